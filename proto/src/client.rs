@@ -1,0 +1,308 @@
+//! The client transport shared by the puppet and the `geppetto` CLI.
+//!
+//! A [`Channel`] is a cloneable tower service that tonic's generated clients
+//! run on. It carries requests over HTTPS with rustls (ring provider) and a
+//! root store holding only the CA the operator gave (the puppeteer's local CA
+//! by default), in one of two ways:
+//!
+//! - [`Transport::GrpcWeb`]: gRPC-web over HTTP/1.1. TLS offers only
+//!   `http/1.1` in ALPN. This crosses HTTP proxies and middleboxes that break
+//!   HTTP/2, and trailers travel inside the body. It is the puppet's default.
+//! - [`Transport::Grpc`]: native gRPC over HTTP/2 (ALPN `h2`), multiplexed on
+//!   one connection. It is the CLI's default.
+//!
+//! Connections are kept alive and reused. The puppeteer closes an idle
+//! HTTP/1 connection after 30 s, so the pool drops idle connections sooner
+//! ([`POOL_IDLE_TIMEOUT`]) rather than reuse one the server is closing.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::header::{AUTHORIZATION, HeaderValue};
+use http::uri::{PathAndQuery, Scheme};
+use http::{Request, Response, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tonic::body::Body;
+use tower::util::BoxCloneSyncService;
+use tower::{Service, ServiceExt};
+
+/// Idle connections are dropped after this long, below the server's 30 s.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long establishing TCP may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How requests travel to the puppeteer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Transport {
+    /// gRPC-web over HTTP/1.1.
+    #[default]
+    GrpcWeb,
+    /// Native gRPC over HTTP/2.
+    Grpc,
+}
+
+impl std::str::FromStr for Transport {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "grpc-web" => Ok(Transport::GrpcWeb),
+            "grpc" => Ok(Transport::Grpc),
+            other => Err(format!(
+                "unknown transport {other:?}: expected grpc-web or grpc"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Transport::GrpcWeb => "grpc-web",
+            Transport::Grpc => "grpc",
+        })
+    }
+}
+
+/// Why a channel could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid server URL {url:?}: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("cannot read CA file {path}: {source}")]
+    CaFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("CA file {path} holds no usable PEM certificate{detail}")]
+    CaContent { path: String, detail: String },
+    #[error("TLS setup failed: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("the token is not a valid HTTP header value")]
+    BadToken,
+}
+
+/// Where and how to connect.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    /// `https://host:port` (or `http://` when the puppeteer was started with
+    /// its insecure plaintext flag).
+    pub url: String,
+    /// PEM file of the CA that signed the puppeteer's certificate. `None`
+    /// means the CA bundle is not needed (plain `http://`).
+    pub ca_file: Option<std::path::PathBuf>,
+    pub transport: Transport,
+}
+
+/// A bearer token sent with every request, replaceable at run time (a puppet
+/// gets its credential after enrolling).
+#[derive(Clone, Default)]
+pub struct TokenSlot(Arc<RwLock<Option<HeaderValue>>>);
+
+impl fmt::Debug for TokenSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenSlot(<redacted>)")
+    }
+}
+
+impl TokenSlot {
+    /// Sets the token; `None` sends no authorization header.
+    pub fn set(&self, token: Option<&str>) -> Result<(), ClientError> {
+        let value = match token {
+            Some(token) => {
+                let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+                    .map_err(|_| ClientError::BadToken)?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+            None => None,
+        };
+        // A std lock: it is held only to clone or swap a header value, never
+        // across an await.
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = value;
+        Ok(())
+    }
+
+    fn get(&self) -> Option<HeaderValue> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// A connection to the puppeteer for tonic's generated clients.
+#[derive(Clone)]
+pub struct Channel {
+    inner: BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>,
+    scheme: Scheme,
+    authority: http::uri::Authority,
+    token: TokenSlot,
+}
+
+impl fmt::Debug for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Channel")
+            .field("scheme", &self.scheme)
+            .field("authority", &self.authority)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Channel {
+    /// Builds a channel; no connection is made until the first request.
+    pub fn new(endpoint: &Endpoint, token: TokenSlot) -> Result<Self, ClientError> {
+        let uri: Uri = endpoint.url.parse().map_err(|e| ClientError::BadUrl {
+            url: endpoint.url.clone(),
+            reason: format!("{e}"),
+        })?;
+        let bad = |reason: &str| ClientError::BadUrl {
+            url: endpoint.url.clone(),
+            reason: reason.to_string(),
+        };
+        let scheme = uri
+            .scheme()
+            .cloned()
+            .ok_or_else(|| bad("no scheme: write https://host:port"))?;
+        if scheme != Scheme::HTTPS && scheme != Scheme::HTTP {
+            return Err(bad(
+                "the scheme must be https (or http for an insecure plaintext puppeteer)",
+            ));
+        }
+        let authority = uri.authority().cloned().ok_or_else(|| bad("no host"))?;
+        if uri.path() != "/" && !uri.path().is_empty() {
+            return Err(bad("a path is not supported: write https://host:port"));
+        }
+
+        let tls = client_tls_config(endpoint)?;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        http.set_nodelay(true);
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let builder = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http();
+
+        let inner = match endpoint.transport {
+            Transport::GrpcWeb => {
+                let connector = builder.enable_http1().wrap_connector(http);
+                let client = Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+                    .pool_timer(TokioTimer::new())
+                    .build(connector);
+                let service = tower::ServiceBuilder::new()
+                    .layer(tonic_web::GrpcWebClientLayer::new())
+                    .service(client)
+                    .map_response(|response: Response<_>| response.map(Body::new))
+                    .map_err(|e| Box::new(e) as BoxError);
+                BoxCloneSyncService::new(service)
+            }
+            Transport::Grpc => {
+                let connector = builder.enable_http2().wrap_connector(http);
+                let client = Client::builder(TokioExecutor::new())
+                    .http2_only(true)
+                    .timer(TokioTimer::new())
+                    .http2_keep_alive_interval(Duration::from_secs(30))
+                    .http2_keep_alive_timeout(Duration::from_secs(20))
+                    .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+                    .pool_timer(TokioTimer::new())
+                    .build(connector);
+                let service = client
+                    .map_response(|response: Response<hyper::body::Incoming>| {
+                        response.map(Body::new)
+                    })
+                    .map_err(|e| Box::new(e) as BoxError);
+                BoxCloneSyncService::new(service)
+            }
+        };
+        Ok(Channel {
+            inner,
+            scheme,
+            authority,
+            token,
+        })
+    }
+
+    /// The token slot of this channel.
+    pub fn token(&self) -> &TokenSlot {
+        &self.token
+    }
+}
+
+impl Service<Request<Body>> for Channel {
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = <BoxCloneSyncService<Request<Body>, Response<Body>, BoxError> as Service<
+        Request<Body>,
+    >>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<Body>) -> Self::Future {
+        // tonic hands us a path-only URI; the HTTP client needs it absolute.
+        let path = request
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let uri = Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path)
+            .build()
+            .expect("scheme, authority and path were valid on their own");
+        *request.uri_mut() = uri;
+        if let Some(token) = self.token.get() {
+            request.headers_mut().insert(AUTHORIZATION, token);
+        }
+        self.inner.call(request)
+    }
+}
+
+fn client_tls_config(endpoint: &Endpoint) -> Result<rustls::ClientConfig, ClientError> {
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(path) = &endpoint.ca_file {
+        for cert in load_pem_certs(path)? {
+            roots.add(cert).map_err(|e| ClientError::CaContent {
+                path: path.display().to_string(),
+                detail: format!(": {e}"),
+            })?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// Reads every certificate of a PEM file; an empty result is an error.
+pub fn load_pem_certs(
+    path: &Path,
+) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, ClientError> {
+    use rustls_pki_types::pem::PemObject;
+    let pem = std::fs::read(path).map_err(|source| ClientError::CaFile {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let certs: Vec<_> = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| ClientError::CaContent {
+            path: path.display().to_string(),
+            detail: format!(": {e}"),
+        })?;
+    if certs.is_empty() {
+        return Err(ClientError::CaContent {
+            path: path.display().to_string(),
+            detail: String::new(),
+        });
+    }
+    Ok(certs)
+}
