@@ -1,1 +1,146 @@
+//! The puppeteer: Geppetto's server.
+//!
+//! Layers, arrows pointing down (see ARCHITECTURE.md):
+//!
+//! ```text
+//! server (TLS, one port for gRPC and gRPC-web)
+//!   -> api (tonic services: auth, validation, proto <-> domain)
+//!     -> scheduler (pure decisions from state and time)
+//!     -> store (sled: typed trees, transactions, schema version)
+//! ```
+//!
+//! [`start`] is the one entry point shared by `main` and the tests: it
+//! prepares the data dir (first-start bootstrap included), binds, and serves
+//! until stopped.
 
+pub mod api;
+pub mod config;
+pub mod domain;
+pub mod hub;
+pub mod ids;
+pub mod pki;
+pub mod presence;
+pub mod scheduler;
+pub mod selector;
+pub mod server;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+pub use server::serve;
+
+use crate::api::{ApiConfig, AppState};
+use crate::store::Store;
+
+/// A puppeteer serving in this process.
+#[derive(Debug)]
+pub struct Running {
+    /// The bound address (useful with port 0).
+    pub addr: SocketAddr,
+    /// The CA file clients should trust, when the certificate is ours.
+    pub ca_file: Option<PathBuf>,
+    /// The file holding the first admin's token.
+    pub admin_token_file: PathBuf,
+    /// The first admin's token, when this start created it.
+    pub new_admin_token: Option<String>,
+    /// Whether this start created the local CA and certificate.
+    pub created_tls: bool,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<()>>,
+}
+
+impl Running {
+    /// `https://host:port` (or `http://` in insecure mode) to give clients.
+    pub fn url(&self, insecure: bool) -> String {
+        let scheme = if insecure { "http" } else { "https" };
+        let host = match self.addr.ip() {
+            ip if ip.is_unspecified() || ip.is_loopback() => "localhost".to_string(),
+            ip => ip.to_string(),
+        };
+        format!("{scheme}://{host}:{}", self.addr.port())
+    }
+
+    /// The first admin's token, read from its file.
+    pub fn admin_token(&self) -> Result<String> {
+        Ok(std::fs::read_to_string(&self.admin_token_file)?
+            .trim()
+            .to_string())
+    }
+
+    /// Asks the server to stop and waits until it has.
+    pub async fn stop(self) -> Result<()> {
+        self.shutdown.cancel();
+        self.task.await.context("the server task panicked")?
+    }
+
+    /// Waits until the server stops by itself (error) or `shutdown` is cancelled.
+    pub async fn wait(self) -> Result<()> {
+        self.task.await.context("the server task panicked")?
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+/// Prepares the data dir, binds the listener and starts serving.
+pub async fn start(config: Config) -> Result<Running> {
+    config.validate()?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))?;
+    let store = Store::open(&config.data_dir.join("db"))
+        .with_context(|| format!("cannot open the database in {}", config.data_dir.display()))?;
+
+    let (tls, ca_file, created_tls) = if config.insecure_plaintext {
+        (None, None, false)
+    } else {
+        let (files, created) = match &config.tls {
+            Some(files) => (files.clone(), false),
+            None => pki::ensure_local_tls(&config.data_dir.join("tls"), &config.server_names)?,
+        };
+        (
+            Some(pki::server_tls_config(&files)?),
+            files.ca.clone(),
+            created,
+        )
+    };
+    let new_admin_token = pki::ensure_admin_token(&config.data_dir, &store)?;
+    store.flush().await?;
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let shutdown = CancellationToken::new();
+    let state = Arc::new(AppState {
+        store,
+        hub: Default::default(),
+        config: ApiConfig {
+            poll_timeout: config.poll_timeout,
+            max_poll_hold: config.max_poll_hold,
+        },
+        auth: Default::default(),
+        presences: Default::default(),
+        shutdown: shutdown.child_token(),
+    });
+    let task = tokio::spawn(serve(listener, state, tls, shutdown.clone()));
+    Ok(Running {
+        addr,
+        ca_file,
+        admin_token_file: config.data_dir.join("admin-token"),
+        new_admin_token,
+        created_tls,
+        shutdown,
+        task,
+    })
+}

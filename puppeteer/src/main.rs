@@ -1,1 +1,176 @@
-fn main() {}
+//! `puppeteer`: Geppetto's server. Parses its configuration and calls the
+//! library; see `puppeteer serve --help`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use clap::{Parser, Subcommand};
+use puppeteer::config::{Config, DEFAULT_DATA_DIR, DEFAULT_LISTEN, FileConfig};
+use puppeteer::pki::TlsFiles;
+
+/// Geppetto's server: holds tasks, schedules runs on puppets, and serves the
+/// gRPC API (native gRPC and gRPC-web) on one TLS port.
+#[derive(Parser, Debug)]
+#[command(name = "puppeteer", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve the API. On an empty data dir, first creates a local CA, a server
+    /// certificate and the first admin's API token, and prints where they are.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// TOML config file; flags override it (see deploy/puppeteer.toml).
+    #[arg(long, env = "PUPPETEER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:7443].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Directory of the database, the TLS files and the first admin token
+    /// [default: ./geppetto-data].
+    #[arg(long, env = "PUPPETEER_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Name (DNS or IP) for the generated server certificate; repeat for
+    /// several [default: localhost, 127.0.0.1, ::1].
+    #[arg(long = "server-name")]
+    server_names: Vec<String>,
+    /// Your own certificate chain (PEM) instead of the generated one.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The CA (PEM) that signed --tls-cert, shown to operators.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// How long a puppet's poll is held when there is no work [default: 50s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    poll_timeout: Option<Duration>,
+    /// The longest hold a puppet may ask for [default: the poll timeout].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    max_poll_hold: Option<Duration>,
+    /// Serve plain TCP without TLS: credentials travel in clear text. Only
+    /// for tests, or behind a proxy that terminates TLS on the same host.
+    #[arg(long)]
+    insecure_plaintext: bool,
+}
+
+fn config_from(args: ServeArgs) -> Result<Config> {
+    let file = match &args.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    let data_dir = args
+        .data_dir
+        .or(file.data_dir)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    let listen = args
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default"));
+    let mut config = Config::new(data_dir, listen);
+    if !args.server_names.is_empty() {
+        config.server_names = args.server_names;
+    } else if let Some(names) = file.server_names {
+        config.server_names = names;
+    }
+    let cert = args.tls_cert.or(file.tls_cert);
+    let key = args.tls_key.or(file.tls_key);
+    let ca = args.tls_ca.or(file.tls_ca);
+    config.tls = match (cert, key) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key, ca }),
+        (None, None) => None,
+        _ => bail!("tls_cert and tls_key go together: give both or neither"),
+    };
+    if let Some(t) = args.poll_timeout.or(file.poll_timeout) {
+        config.poll_timeout = t;
+        config.max_poll_hold = t;
+    }
+    if let Some(t) = args.max_poll_hold.or(file.max_poll_hold) {
+        config.max_poll_hold = t;
+    }
+    config.insecure_plaintext = args.insecure_plaintext || file.insecure_plaintext.unwrap_or(false);
+    config.validate()?;
+    Ok(config)
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(Cli::parse()).await {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let Command::Serve(args) = cli.command;
+    let config = config_from(args)?;
+    let insecure = config.insecure_plaintext;
+    if insecure {
+        tracing::warn!(
+            "serving PLAIN TCP without TLS (--insecure-plaintext): credentials travel in clear text"
+        );
+    }
+    let data_dir = config.data_dir.clone();
+    let running = puppeteer::start(config).await?;
+    let url = running.url(insecure);
+    if running.created_tls {
+        println!(
+            "Created a local CA and a server certificate in {}",
+            data_dir.join("tls").display()
+        );
+    }
+    if running.new_admin_token.is_some() {
+        println!(
+            "Created the first admin's API token in {} (mode 0600)",
+            running.admin_token_file.display()
+        );
+    }
+    println!("puppeteer listening on {url} (gRPC and gRPC-web)");
+    let ca = running
+        .ca_file
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "<your CA file>".into());
+    println!("Connect the CLI with:");
+    println!("  export GEPPETTO_SERVER={url}");
+    if !insecure {
+        println!("  export GEPPETTO_CA={ca}");
+    }
+    println!(
+        "  export GEPPETTO_TOKEN=$(cat {})",
+        running.admin_token_file.display()
+    );
+    println!("Enroll a puppet with: geppetto enroll-tokens create, then");
+    println!("  puppet run --server {url} --ca {ca} --enroll-token TOKEN --state-dir DIR");
+
+    let shutdown = running.shutdown_token();
+    let signals = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+        shutdown.cancel();
+    };
+    tokio::select! {
+        result = running.wait() => result,
+        () = signals => Ok(()),
+    }
+}

@@ -1,0 +1,350 @@
+//! Conversions between protobuf messages and domain types. Incoming values
+//! are validated here, once; what comes out is valid by construction.
+
+use std::time::Duration;
+
+use geppetto_proto::v1 as pb;
+
+use super::error::{ApiError, ApiResult, invalid};
+use crate::domain::{self, Millis};
+use crate::presence::Presence;
+use crate::scheduler::JobState;
+
+pub fn ts(m: Millis) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: m.0.div_euclid(1000),
+        nanos: (m.0.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+pub fn opt_ts(m: Option<Millis>) -> Option<prost_types::Timestamp> {
+    m.map(ts)
+}
+
+pub fn from_ts(t: &prost_types::Timestamp) -> Millis {
+    Millis(t.seconds.saturating_mul(1000) + i64::from(t.nanos) / 1_000_000)
+}
+
+pub fn dur(d: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+/// A protobuf duration as a std one; negative ones are refused.
+pub fn from_dur(field: &str, d: &prost_types::Duration) -> ApiResult<Duration> {
+    if d.seconds < 0 || d.nanos < 0 {
+        return Err(invalid(format!("{field} must not be negative")));
+    }
+    Ok(Duration::new(
+        d.seconds as u64,
+        d.nanos.clamp(0, 999_999_999) as u32,
+    ))
+}
+
+pub fn facts_from(f: pb::Facts) -> domain::Facts {
+    domain::Facts {
+        hostname: f.hostname,
+        os: f.os,
+        os_id: f.os_id,
+        kernel: f.kernel,
+        arch: f.arch,
+        memory_total_bytes: f.memory_total_bytes,
+        disk_total_bytes: f.disk_total_bytes,
+        agent_version: f.agent_version,
+        uptime_secs: f.uptime.map(|d| d.seconds.max(0) as u64).unwrap_or(0),
+        load: f.load,
+        memory_available_bytes: f.memory_available_bytes,
+        disk_available_bytes: f.disk_available_bytes,
+        boot_id: f.boot_id,
+        collected_at: f.collected_at.as_ref().map(from_ts),
+    }
+}
+
+pub fn facts_to(f: &domain::Facts) -> pb::Facts {
+    pb::Facts {
+        hostname: f.hostname.clone(),
+        os: f.os.clone(),
+        os_id: f.os_id.clone(),
+        kernel: f.kernel.clone(),
+        arch: f.arch.clone(),
+        memory_total_bytes: f.memory_total_bytes,
+        disk_total_bytes: f.disk_total_bytes,
+        agent_version: f.agent_version.clone(),
+        uptime: Some(dur(Duration::from_secs(f.uptime_secs))),
+        load: f.load.clone(),
+        memory_available_bytes: f.memory_available_bytes,
+        disk_available_bytes: f.disk_available_bytes,
+        boot_id: f.boot_id.clone(),
+        collected_at: opt_ts(f.collected_at),
+    }
+}
+
+pub fn program_from(p: Option<pb::Program>) -> ApiResult<domain::Program> {
+    match p.and_then(|p| p.kind) {
+        Some(pb::program::Kind::Script(s)) => Ok(domain::Program::Script {
+            body: s.body,
+            interpreter: s.interpreter,
+        }),
+        Some(pb::program::Kind::Argv(a)) => Ok(domain::Program::Argv { args: a.args }),
+        None => Err(invalid("the task has no program: give a script or an argv")),
+    }
+}
+
+pub fn program_to(p: &domain::Program) -> pb::Program {
+    let kind = match p {
+        domain::Program::Script { body, interpreter } => pb::program::Kind::Script(pb::Script {
+            body: body.clone(),
+            interpreter: interpreter.clone(),
+        }),
+        domain::Program::Argv { args } => pb::program::Kind::Argv(pb::Argv { args: args.clone() }),
+    };
+    pb::Program { kind: Some(kind) }
+}
+
+pub fn timeout_from(t: Option<&prost_types::Duration>) -> ApiResult<u64> {
+    match t {
+        None => Ok(domain::DEFAULT_TIMEOUT.as_millis() as u64),
+        Some(t) => Ok(from_dur("timeout", t)?.as_millis() as u64),
+    }
+}
+
+pub fn spec_from(s: Option<pb::RunSpec>) -> ApiResult<domain::RunSpec> {
+    let s = s.ok_or_else(|| invalid("the task has no spec: give at least a program"))?;
+    let spec = domain::RunSpec {
+        program: program_from(s.program)?,
+        timeout_ms: timeout_from(s.timeout.as_ref())?,
+        env: s.env.into_iter().collect(),
+        workdir: s.workdir,
+    };
+    spec.validate()?;
+    Ok(spec)
+}
+
+pub fn spec_to(s: &domain::RunSpec) -> pb::RunSpec {
+    pb::RunSpec {
+        program: Some(program_to(&s.program)),
+        timeout: Some(dur(Duration::from_millis(s.timeout_ms))),
+        env: s.env.clone().into_iter().collect(),
+        workdir: s.workdir.clone(),
+    }
+}
+
+pub fn labels_from(map: std::collections::HashMap<String, String>) -> ApiResult<domain::Labels> {
+    let labels: domain::Labels = map.into_iter().collect();
+    domain::check_labels(&labels)?;
+    Ok(labels)
+}
+
+fn labels_to(l: &domain::Labels) -> std::collections::HashMap<String, String> {
+    l.clone().into_iter().collect()
+}
+
+pub fn presence_to(p: Presence) -> pb::Presence {
+    match p {
+        Presence::Online => pb::Presence::Online,
+        Presence::Late => pb::Presence::Late,
+        Presence::Offline => pb::Presence::Offline,
+    }
+}
+
+pub fn puppet_state_to(s: domain::PuppetState) -> pb::PuppetState {
+    match s {
+        domain::PuppetState::Pending => pb::PuppetState::Pending,
+        domain::PuppetState::Enabled => pb::PuppetState::Enabled,
+        domain::PuppetState::Disabled => pb::PuppetState::Disabled,
+    }
+}
+
+pub fn puppet_to(p: &domain::Puppet, presence: Presence, active_runs: u32) -> pb::Puppet {
+    pb::Puppet {
+        name: p.name.clone(),
+        state: puppet_state_to(p.state) as i32,
+        presence: presence_to(presence) as i32,
+        last_seen: opt_ts(p.last_seen),
+        enrolled_at: Some(ts(p.enrolled_at)),
+        labels: labels_to(&p.labels()),
+        declared_labels: labels_to(&p.declared_labels),
+        assigned_labels: labels_to(&p.assigned_labels),
+        facts: Some(facts_to(&p.facts)),
+        active_runs,
+        enroll_token_id: p.enroll_token_id.clone(),
+    }
+}
+
+pub fn task_to(t: &domain::Task) -> pb::Task {
+    pb::Task {
+        name: t.name.clone(),
+        version: t.version,
+        description: t.description.clone(),
+        spec: Some(spec_to(&t.spec)),
+        created_at: Some(ts(t.created_at)),
+        updated_at: Some(ts(t.updated_at)),
+    }
+}
+
+pub fn run_state_to(s: domain::RunState) -> pb::RunState {
+    use domain::RunState as D;
+    match s {
+        D::Queued => pb::RunState::Queued,
+        D::Waiting => pb::RunState::Waiting,
+        D::Offered => pb::RunState::Offered,
+        D::Running => pb::RunState::Running,
+        D::Succeeded => pb::RunState::Succeeded,
+        D::Failed => pb::RunState::Failed,
+        D::TimedOut => pb::RunState::TimedOut,
+        D::Cancelled => pb::RunState::Cancelled,
+        D::Lost => pb::RunState::Lost,
+        D::Interrupted => pb::RunState::Interrupted,
+        D::Skipped => pb::RunState::Skipped,
+    }
+}
+
+pub fn outcome_from(value: i32) -> ApiResult<domain::Outcome> {
+    use domain::Outcome as D;
+    match pb::Outcome::try_from(value) {
+        Ok(pb::Outcome::Exited) => Ok(D::Exited),
+        Ok(pb::Outcome::Signaled) => Ok(D::Signaled),
+        Ok(pb::Outcome::TimedOut) => Ok(D::TimedOut),
+        Ok(pb::Outcome::Cancelled) => Ok(D::Cancelled),
+        Ok(pb::Outcome::StartFailed) => Ok(D::StartFailed),
+        Ok(pb::Outcome::Interrupted) => Ok(D::Interrupted),
+        Ok(pb::Outcome::Unspecified) | Err(_) => {
+            Err(invalid(format!("outcome {value} is not a valid Outcome")))
+        }
+    }
+}
+
+pub fn outcome_to(o: Option<domain::Outcome>) -> pb::Outcome {
+    use domain::Outcome as D;
+    match o {
+        None => pb::Outcome::Unspecified,
+        Some(D::Exited) => pb::Outcome::Exited,
+        Some(D::Signaled) => pb::Outcome::Signaled,
+        Some(D::TimedOut) => pb::Outcome::TimedOut,
+        Some(D::Cancelled) => pb::Outcome::Cancelled,
+        Some(D::StartFailed) => pb::Outcome::StartFailed,
+        Some(D::Interrupted) => pb::Outcome::Interrupted,
+    }
+}
+
+pub fn run_to(r: &domain::Run) -> pb::Run {
+    pb::Run {
+        id: r.id.clone(),
+        job_id: r.job_id.clone(),
+        puppet: r.puppet.clone(),
+        task_name: r.task_name.clone(),
+        task_version: r.task_version,
+        state: run_state_to(r.state) as i32,
+        attempt: r.attempt,
+        cause: r.cause.clone(),
+        outcome: outcome_to(r.outcome) as i32,
+        exit_code: r.exit_code.unwrap_or(0),
+        signal: r.signal.unwrap_or(0),
+        created_at: Some(ts(r.created_at)),
+        started_at: opt_ts(r.started_at),
+        finished_at: opt_ts(r.finished_at),
+        duration: r.duration_ms.map(|ms| dur(Duration::from_millis(ms))),
+        log_length: r.log_length,
+        history: r
+            .history
+            .iter()
+            .map(|t| pb::RunTransition {
+                state: run_state_to(t.state) as i32,
+                at: Some(ts(t.at)),
+                cause: t.cause.clone(),
+                attempt: t.attempt,
+            })
+            .collect(),
+    }
+}
+
+pub fn target_from(t: Option<pb::Target>) -> ApiResult<domain::Target> {
+    match t.and_then(|t| t.kind) {
+        Some(pb::target::Kind::Selector(s)) => Ok(domain::Target::Selector(s)),
+        Some(pb::target::Kind::Puppets(p)) => {
+            if p.names.is_empty() {
+                return Err(invalid("the target lists no puppet"));
+            }
+            for name in &p.names {
+                domain::check_puppet_name(name)?;
+            }
+            Ok(domain::Target::Puppets(p.names))
+        }
+        None => Err(invalid(
+            "the job has no target: give a selector or puppet names",
+        )),
+    }
+}
+
+pub fn target_to(t: &domain::Target) -> pb::Target {
+    let kind = match t {
+        domain::Target::Selector(s) => pb::target::Kind::Selector(s.clone()),
+        domain::Target::Puppets(names) => pb::target::Kind::Puppets(pb::PuppetNames {
+            names: names.clone(),
+        }),
+    };
+    pb::Target { kind: Some(kind) }
+}
+
+pub fn job_state_to(s: JobState) -> pb::JobState {
+    match s {
+        JobState::Running => pb::JobState::Running,
+        JobState::Succeeded => pb::JobState::Succeeded,
+        JobState::Failed => pb::JobState::Failed,
+        JobState::Cancelled => pb::JobState::Cancelled,
+    }
+}
+
+pub fn job_to(job: &domain::Job, runs: &[domain::Run]) -> pb::Job {
+    let state = crate::scheduler::job_state(job, runs);
+    let mut counts = std::collections::HashMap::new();
+    for run in runs {
+        *counts.entry(run.state.name().to_string()).or_insert(0u32) += 1;
+    }
+    let finished_at = if state == JobState::Running {
+        None
+    } else {
+        runs.iter().filter_map(|r| r.finished_at).max()
+    };
+    pb::Job {
+        id: job.id.clone(),
+        task_name: job.task_name.clone(),
+        task_version: job.task_version,
+        target: Some(target_to(&job.target)),
+        state: job_state_to(state) as i32,
+        created_at: Some(ts(job.created_at)),
+        finished_at: opt_ts(finished_at),
+        runs: runs
+            .iter()
+            .map(|r| pb::RunSummary {
+                run_id: r.id.clone(),
+                puppet: r.puppet.clone(),
+                state: run_state_to(r.state) as i32,
+                exit_code: r.exit_code.unwrap_or(0),
+                cause: r.cause.clone(),
+            })
+            .collect(),
+        counts,
+    }
+}
+
+pub fn enroll_token_to(t: &domain::EnrollToken) -> pb::EnrollToken {
+    pb::EnrollToken {
+        id: t.id.clone(),
+        description: t.description.clone(),
+        labels: labels_to(&t.labels),
+        uses_left: t.uses_left.unwrap_or(0),
+        unlimited: t.uses_left.is_none(),
+        created_at: Some(ts(t.created_at)),
+        expires_at: opt_ts(t.expires_at),
+        revoked: t.revoked,
+        used: t.used,
+    }
+}
+
+/// A required id of a given kind.
+pub fn id_of_kind(kind: &str, id: &str) -> ApiResult<()> {
+    crate::ids::check_kind(kind, id).map_err(ApiError::Invalid)
+}

@@ -1,0 +1,72 @@
+//! The one place where domain and store errors become gRPC statuses.
+
+use tonic::{Code, Status};
+
+use crate::domain::Invalid;
+use crate::selector::SelectorError;
+use crate::store::StoreError;
+
+/// An api error; converts into the right `tonic::Status`.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    NotFound(String),
+}
+
+impl From<Invalid> for ApiError {
+    fn from(e: Invalid) -> Self {
+        ApiError::Invalid(e.0)
+    }
+}
+
+impl From<SelectorError> for ApiError {
+    fn from(e: SelectorError) -> Self {
+        ApiError::Invalid(e.to_string())
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Self {
+        let message = e.to_string();
+        let code = match e {
+            ApiError::Invalid(_) => Code::InvalidArgument,
+            ApiError::Unauthenticated(_) => Code::Unauthenticated,
+            ApiError::PermissionDenied(_) => Code::PermissionDenied,
+            ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
+            ApiError::NotFound(_) => Code::NotFound,
+            ApiError::Store(StoreError::NotFound { .. }) => Code::NotFound,
+            ApiError::Store(StoreError::AlreadyExists { .. }) => Code::AlreadyExists,
+            ApiError::Store(StoreError::Conflict(_)) => Code::FailedPrecondition,
+            ApiError::Store(StoreError::SchemaMismatch { .. }) => Code::FailedPrecondition,
+            ApiError::Store(StoreError::Corrupt { .. }) => Code::DataLoss,
+            ApiError::Store(StoreError::Sled(ref err)) => {
+                tracing::error!(error = %err, "database error");
+                Code::Internal
+            }
+        };
+        Status::new(code, message)
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+/// Shorthand for an InvalidArgument error.
+pub fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::Invalid(message.into())
+}
+
+impl From<StoreError> for Status {
+    fn from(e: StoreError) -> Self {
+        ApiError::from(e).into()
+    }
+}

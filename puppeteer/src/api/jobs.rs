@@ -1,0 +1,258 @@
+//! Admin service over jobs: launch a task on a target, follow, cancel.
+
+use std::pin::Pin;
+
+use futures_util::Stream;
+use geppetto_proto::v1 as pb;
+use geppetto_proto::v1::jobs_server::Jobs;
+use tonic::{Request, Response, Status};
+
+use super::Shared;
+use super::convert::{self, job_to};
+use super::error::{ApiError, ApiResult};
+use crate::domain::{self, Job, Millis, PuppetState, Run, RunState, Target};
+use crate::hub::{job_key, puppet_key, run_key};
+use crate::ids::new_id;
+use crate::selector::Selector;
+
+#[derive(Debug, Clone)]
+pub struct JobsApi {
+    state: Shared,
+}
+
+impl JobsApi {
+    pub fn new(state: Shared) -> Self {
+        JobsApi { state }
+    }
+
+    fn load(&self, id: &str) -> ApiResult<(Job, Vec<Run>)> {
+        convert::id_of_kind("job", id)?;
+        let job = self.state.store.get_job(id)?;
+        let runs = self.state.store.get_runs(&job.run_ids)?;
+        Ok((job, runs))
+    }
+
+    /// The puppets a target names, checked.
+    fn resolve(&self, target: &Target) -> ApiResult<Vec<String>> {
+        let store = &self.state.store;
+        match target {
+            Target::Selector(s) => {
+                let selector = Selector::parse(s)?;
+                let names: Vec<String> = store
+                    .list_puppets()?
+                    .into_iter()
+                    .filter(|p| p.state == PuppetState::Enabled && selector.matches(&p.labels()))
+                    .map(|p| p.name)
+                    .collect();
+                if names.is_empty() {
+                    return Err(ApiError::FailedPrecondition(format!(
+                        "selector {s:?} matches no enabled puppet"
+                    )));
+                }
+                Ok(names)
+            }
+            Target::Puppets(names) => {
+                let mut seen = std::collections::BTreeSet::new();
+                for name in names {
+                    if !seen.insert(name) {
+                        return Err(ApiError::Invalid(format!("puppet {name} is listed twice")));
+                    }
+                    let puppet = store.get_puppet(name)?;
+                    if puppet.state != PuppetState::Enabled {
+                        return Err(ApiError::FailedPrecondition(format!(
+                            "puppet {name} is disabled: enable it first (geppetto puppets enable {name})"
+                        )));
+                    }
+                }
+                Ok(names.clone())
+            }
+        }
+    }
+}
+
+type JobStream = Pin<Box<dyn Stream<Item = Result<pb::Job, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Jobs for JobsApi {
+    async fn create_job(
+        &self,
+        request: Request<pb::CreateJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        self.state.auth.admin(&self.state.store, &request)?;
+        let req = request.into_inner();
+        domain::check_task_name(&req.task_name).map_err(ApiError::from)?;
+        let target = convert::target_from(req.target)?;
+        let store = &self.state.store;
+        let version = (req.task_version != 0).then_some(req.task_version);
+        let task = store
+            .get_task(&req.task_name, version)
+            .map_err(ApiError::from)?;
+        let puppets = self.resolve(&target)?;
+        let now = Millis::now();
+        let job_id = new_id("job");
+        let mut runs = Vec::with_capacity(puppets.len());
+        for puppet in &puppets {
+            let mut run = Run {
+                id: new_id("run"),
+                job_id: job_id.clone(),
+                puppet: puppet.clone(),
+                task_name: task.name.clone(),
+                task_version: task.version,
+                state: RunState::Queued,
+                attempt: 1,
+                cause: String::new(),
+                outcome: None,
+                exit_code: None,
+                signal: None,
+                created_at: now,
+                started_at: None,
+                finished_at: None,
+                duration_ms: None,
+                log_length: 0,
+                history: vec![],
+                cancel_requested: false,
+                queue_seq: store.next_seq().map_err(ApiError::from)?,
+                duplicate_reports: 0,
+            };
+            run.transition(RunState::Queued, now, format!("created by job {job_id}"));
+            runs.push(run);
+        }
+        let job = Job {
+            id: job_id,
+            task_name: task.name.clone(),
+            task_version: task.version,
+            spec: task.spec.clone(),
+            target,
+            created_at: now,
+            run_ids: runs.iter().map(|r| r.id.clone()).collect(),
+            cancelled: false,
+            seq: store.next_seq().map_err(ApiError::from)?,
+        };
+        store.create_job(&job, &runs).map_err(ApiError::from)?;
+        store.flush().await.map_err(ApiError::from)?;
+        for puppet in &puppets {
+            self.state.hub.wake(&puppet_key(puppet));
+        }
+        tracing::info!(job = %job.id, task = %job.task_name, runs = runs.len(), "job created");
+        Ok(Response::new(job_to(&job, &runs)))
+    }
+
+    async fn get_job(
+        &self,
+        request: Request<pb::GetJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        self.state.auth.admin(&self.state.store, &request)?;
+        let (job, runs) = self.load(&request.get_ref().id)?;
+        Ok(Response::new(job_to(&job, &runs)))
+    }
+
+    async fn list_jobs(
+        &self,
+        request: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        self.state.auth.admin(&self.state.store, &request)?;
+        let limit = match request.get_ref().limit {
+            0 => 100,
+            n => n.min(10_000) as usize,
+        };
+        let store = &self.state.store;
+        let jobs = store.list_jobs(limit).map_err(ApiError::from)?;
+        let jobs = jobs
+            .iter()
+            .map(|job| Ok(job_to(job, &store.get_runs(&job.run_ids)?)))
+            .collect::<ApiResult<_>>()?;
+        Ok(Response::new(pb::ListJobsResponse { jobs }))
+    }
+
+    async fn cancel_job(
+        &self,
+        request: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        self.state.auth.admin(&self.state.store, &request)?;
+        let (mut job, _) = self.load(&request.get_ref().id)?;
+        let store = &self.state.store;
+        if !job.cancelled {
+            job.cancelled = true;
+            store.put_job(&job).map_err(ApiError::from)?;
+        }
+        let changed = cancel_runs(&self.state, &job.run_ids, "cancelled with its job")?;
+        store.flush().await.map_err(ApiError::from)?;
+        wake_cancelled(&self.state, &changed);
+        let (job, runs) = self.load(&job.id)?;
+        Ok(Response::new(job_to(&job, &runs)))
+    }
+
+    type WatchJobStream = JobStream;
+
+    async fn watch_job(
+        &self,
+        request: Request<pb::GetJobRequest>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
+        self.state.auth.admin(&self.state.store, &request)?;
+        let id = request.into_inner().id;
+        self.load(&id)?;
+        let api = self.clone();
+        let notify = self.state.hub.subscribe(&job_key(&id));
+        // Each step sends the job as it is now, then waits for a change; the
+        // stream ends after it sent the job finished.
+        let stream = futures_util::stream::unfold(Some(false), move |state| {
+            let api = api.clone();
+            let notify = notify.clone();
+            let id = id.clone();
+            async move {
+                let first = !state?;
+                let notified = notify.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if !first {
+                    tokio::select! {
+                        _ = &mut notified => {}
+                        // A periodic re-read bounds any missed wake-up.
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(20)) => {}
+                        _ = api.state.shutdown.cancelled() => return None,
+                    }
+                }
+                match api.load(&id) {
+                    Ok((job, runs)) => {
+                        let view = job_to(&job, &runs);
+                        let done = view.state != pb::JobState::Running as i32;
+                        Some((Ok(view), if done { None } else { Some(true) }))
+                    }
+                    Err(e) => Some((Err(e.into()), None)),
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// Cancels runs that are not finished. Queued and offered runs end at once;
+/// running ones are flagged, and their puppet kills them and reports.
+pub fn cancel_runs(state: &super::AppState, ids: &[String], cause: &str) -> ApiResult<Vec<Run>> {
+    let now = Millis::now();
+    Ok(state.store.update_runs(ids, |run| match run.state {
+        RunState::Queued | RunState::Waiting | RunState::Offered => {
+            run.transition(RunState::Cancelled, now, cause);
+            Ok(true)
+        }
+        RunState::Running if !run.cancel_requested => {
+            run.cancel_requested = true;
+            run.history.push(domain::Transition {
+                state: RunState::Running,
+                at: now,
+                cause: format!("{cause}: asked its puppet to kill it"),
+                attempt: run.attempt,
+            });
+            Ok(true)
+        }
+        _ => Ok(false),
+    })?)
+}
+
+pub fn wake_cancelled(state: &super::AppState, runs: &[Run]) {
+    for run in runs {
+        state.hub.wake(&run_key(&run.id));
+        state.hub.wake(&job_key(&run.job_id));
+        state.hub.wake(&puppet_key(&run.puppet));
+    }
+}

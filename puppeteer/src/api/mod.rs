@@ -1,0 +1,70 @@
+//! The api layer: tonic services. Thin by design: each method authenticates,
+//! converts protobuf into validated domain values (see [`convert`]), calls the
+//! store and the scheduler, flushes before it acknowledges, wakes whoever
+//! waits, and converts back. This is the only layer that knows protobuf.
+
+mod auth;
+pub mod convert;
+mod enroll;
+mod error;
+mod jobs;
+mod puppet_service;
+mod puppets;
+mod runs;
+mod tasks;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+pub use auth::Auth;
+pub use error::ApiError;
+
+use crate::hub::Hub;
+use crate::presence::Presences;
+use crate::store::Store;
+
+/// Largest message the puppeteer accepts (a log chunk is at most 1 MiB).
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Largest log chunk a puppet may send at once.
+pub const MAX_LOG_CHUNK: usize = 1024 * 1024;
+
+/// Settings of the api layer.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    /// How long a poll is held when the puppet does not ask for a hold.
+    pub poll_timeout: Duration,
+    /// The longest hold a puppet may ask for.
+    pub max_poll_hold: Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            poll_timeout: Duration::from_secs(50),
+            max_poll_hold: Duration::from_secs(50),
+        }
+    }
+}
+
+/// What every service shares.
+#[derive(Debug)]
+pub struct AppState {
+    pub store: Store,
+    pub hub: Hub,
+    pub config: ApiConfig,
+    pub auth: Auth,
+    pub presences: Presences,
+    /// Cancelled at shutdown: held polls and streams end.
+    pub shutdown: CancellationToken,
+}
+
+pub type Shared = Arc<AppState>;
+
+pub use enroll::EnrollTokensApi;
+pub use jobs::JobsApi;
+pub use puppet_service::PuppetServiceApi;
+pub use puppets::PuppetsApi;
+pub use runs::RunsApi;
+pub use tasks::TasksApi;

@@ -1,0 +1,417 @@
+//! The puppet-facing service: enroll, long-poll, start, log, finish.
+//!
+//! Every report is idempotent: a puppet on a bad link resends until it gets
+//! an answer, and a resend changes nothing (it is counted on the run). What
+//! is answered is flushed to disk first.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use geppetto_proto::v1 as pb;
+use geppetto_proto::v1::puppet_service_server::PuppetService;
+use tonic::{Request, Response, Status};
+
+use super::Shared;
+use super::convert::{self, dur, facts_from, spec_to, ts};
+use super::error::{ApiError, ApiResult, invalid};
+use crate::domain::{self, Millis, Puppet, PuppetState, Run, RunState};
+use crate::hub::{job_key, puppet_key, run_key};
+use crate::ids::{hash_secret, new_secret};
+use crate::scheduler::{self, PollReport};
+use crate::store::{NewPuppet, StoreError};
+
+/// Answer a held poll this long before the caller's own deadline, so that it
+/// gets an empty answer instead of a cancelled call.
+const DEADLINE_MARGIN: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone)]
+pub struct PuppetServiceApi {
+    state: Shared,
+}
+
+impl PuppetServiceApi {
+    pub fn new(state: Shared) -> Self {
+        PuppetServiceApi { state }
+    }
+
+    /// The run, if it belongs to `puppet`.
+    fn own_run(&self, puppet: &str, run_id: &str) -> ApiResult<Run> {
+        convert::id_of_kind("run", run_id)?;
+        let run = self.state.store.get_run(run_id)?;
+        if run.puppet != puppet {
+            return Err(ApiError::PermissionDenied(format!(
+                "run {run_id} belongs to another puppet"
+            )));
+        }
+        Ok(run)
+    }
+
+    fn wake_run(&self, run: &Run) {
+        self.state.hub.wake(&run_key(&run.id));
+        self.state.hub.wake(&job_key(&run.job_id));
+    }
+
+    /// The hold for a poll: what the puppet asked, capped by the server's
+    /// maximum and by the caller's deadline.
+    fn hold_for<T>(&self, request: &Request<T>, asked: Option<&prost_types::Duration>) -> Duration {
+        let config = &self.state.config;
+        let mut hold = match asked.and_then(|d| convert::from_dur("hold", d).ok()) {
+            Some(d) if !d.is_zero() => d.min(config.max_poll_hold),
+            _ => config.poll_timeout,
+        };
+        if let Some(deadline) = grpc_timeout(request) {
+            hold = hold.min(deadline.saturating_sub(DEADLINE_MARGIN));
+        }
+        hold
+    }
+
+    fn assignment(&self, run: &Run) -> ApiResult<pb::Assignment> {
+        let job = self.state.store.get_job(&run.job_id)?;
+        Ok(pb::Assignment {
+            run_id: run.id.clone(),
+            attempt: run.attempt,
+            job_id: run.job_id.clone(),
+            task_name: run.task_name.clone(),
+            task_version: run.task_version,
+            spec: Some(spec_to(&job.spec)),
+        })
+    }
+
+    /// Plans the poll and stores its decisions. Returns the answer if there
+    /// is news for the puppet.
+    fn try_answer(
+        &self,
+        puppet: &Puppet,
+        report: &PollReport<'_>,
+        now: Millis,
+    ) -> ApiResult<Option<pb::PollResponse>> {
+        let store = &self.state.store;
+        let active = store.active_runs(&puppet.name)?;
+        let plan = scheduler::plan_poll(puppet.state, &active, report);
+        if !plan.interrupted.is_empty() {
+            let changed = store.update_runs(&plan.interrupted, |run| {
+                if run.state != RunState::Running {
+                    return Ok(false);
+                }
+                run.transition(
+                    RunState::Interrupted,
+                    now,
+                    "the puppet no longer holds this run (it restarted while running it)",
+                );
+                Ok(true)
+            })?;
+            changed.iter().for_each(|r| self.wake_run(r));
+        }
+        if !plan.has_news() {
+            return Ok(None);
+        }
+        let offered = store.update_runs(&plan.offer, |run| {
+            if run.state != RunState::Queued {
+                return Ok(false);
+            }
+            run.transition(RunState::Offered, now, "offered to its puppet");
+            Ok(true)
+        })?;
+        // Queued runs taken meanwhile (cancelled) are simply not offered.
+        let mut assignments = Vec::new();
+        for id in &plan.redeliver {
+            let run = store.get_run(id)?;
+            if run.state == RunState::Offered {
+                assignments.push(self.assignment(&run)?);
+            }
+        }
+        for run in &offered {
+            assignments.push(self.assignment(run)?);
+            self.wake_run(run);
+        }
+        Ok(Some(pb::PollResponse {
+            assignments,
+            cancel_runs: plan.cancel,
+            server_time: Some(ts(now)),
+        }))
+    }
+}
+
+/// The caller's deadline from its `grpc-timeout` header.
+fn grpc_timeout<T>(request: &Request<T>) -> Option<Duration> {
+    let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[tonic::async_trait]
+impl PuppetService for PuppetServiceApi {
+    async fn enroll(
+        &self,
+        request: Request<pb::EnrollRequest>,
+    ) -> Result<Response<pb::EnrollResponse>, Status> {
+        let req = request.into_inner();
+        if req.enroll_token.is_empty() {
+            return Err(ApiError::Unauthenticated("an enrollment token is required".into()).into());
+        }
+        domain::check_puppet_name(&req.name).map_err(ApiError::from)?;
+        let declared = convert::labels_from(req.labels)?;
+        let now = Millis::now();
+        let credential = new_secret("gpp");
+        let puppet = Puppet {
+            name: req.name.clone(),
+            state: PuppetState::Enabled,
+            enrolled_at: now,
+            last_seen: Some(now),
+            declared_labels: declared,
+            assigned_labels: Default::default(),
+            facts: req.facts.map(facts_from).unwrap_or_default(),
+            enroll_token_id: String::new(),
+            credential_hash: hash_secret(&credential),
+        };
+        let new = NewPuppet {
+            puppet,
+            enroll_secret_hash: hash_secret(&req.enroll_token),
+        };
+        let puppet = match self.state.store.enroll(new, now) {
+            Ok(p) => p,
+            Err(StoreError::NotFound { .. }) => {
+                return Err(ApiError::Unauthenticated("unknown enrollment token".into()).into());
+            }
+            Err(StoreError::Conflict(why)) => {
+                return Err(ApiError::Unauthenticated(why).into());
+            }
+            Err(StoreError::AlreadyExists { .. }) => {
+                return Err(Status::already_exists(format!(
+                    "a puppet named {:?} is already enrolled; choose another name, or remove it first (geppetto puppets remove {})",
+                    req.name, req.name
+                )));
+            }
+            Err(e) => return Err(ApiError::from(e).into()),
+        };
+        self.state.store.flush().await.map_err(ApiError::from)?;
+        tracing::info!(puppet = %puppet.name, token = %puppet.enroll_token_id, "puppet enrolled");
+        Ok(Response::new(pb::EnrollResponse {
+            name: puppet.name,
+            credential,
+            max_poll_hold: Some(dur(self.state.config.max_poll_hold)),
+        }))
+    }
+
+    async fn poll(
+        &self,
+        request: Request<pb::PollRequest>,
+    ) -> Result<Response<pb::PollResponse>, Status> {
+        let name = self.state.auth.puppet(&self.state.store, &request)?;
+        let hold = self.hold_for(&request, request.get_ref().hold.as_ref());
+        let req = request.into_inner();
+        let store = &self.state.store;
+        let now = Millis::now();
+        let facts = req.facts.map(facts_from);
+        let mut puppet = store.update_puppet(&name, |p| {
+            p.last_seen = Some(now);
+            if let Some(facts) = &facts {
+                p.facts = facts.clone();
+            }
+            Ok(())
+        })?;
+        let _held = self.state.presences.hold(&name);
+        let known: HashSet<String> = req.known_runs.into_iter().collect();
+        let finishing: HashSet<String> = req.finishing_runs.into_iter().collect();
+        // Runs executing when the poll was sent: their end frees a slot.
+        let executing_at_start: Vec<String> = store
+            .active_runs(&name)?
+            .into_iter()
+            .filter(|r| known.contains(&r.id) && !finishing.contains(&r.id))
+            .map(|r| r.id)
+            .collect();
+        let deadline = tokio::time::Instant::now() + hold;
+        let notify = self.state.hub.subscribe(&puppet_key(&name));
+        loop {
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let now = Millis::now();
+            let freed = if executing_at_start.is_empty() {
+                0
+            } else {
+                let runs = store.get_runs(&executing_at_start)?;
+                runs.iter().filter(|r| r.state.is_terminal()).count() as u32
+            };
+            let report = PollReport {
+                free_slots: req.free_slots,
+                known: &known,
+                finishing: &finishing,
+                freed_during_hold: freed,
+            };
+            if let Some(answer) = self.try_answer(&puppet, &report, now)? {
+                store.flush().await.map_err(ApiError::from)?;
+                return Ok(Response::new(answer));
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = self.state.shutdown.cancelled() => break,
+            }
+            // Its state may have changed (disabled, enabled, removed).
+            puppet = store.get_puppet(&name)?;
+        }
+        store.touch_puppet(&name, Millis::now())?;
+        Ok(Response::new(pb::PollResponse {
+            assignments: vec![],
+            cancel_runs: vec![],
+            server_time: Some(ts(Millis::now())),
+        }))
+    }
+
+    async fn start_run(
+        &self,
+        request: Request<pb::StartRunRequest>,
+    ) -> Result<Response<pb::StartRunResponse>, Status> {
+        let name = self.state.auth.puppet(&self.state.store, &request)?;
+        let req = request.into_inner();
+        let run = self.own_run(&name, &req.run_id)?;
+        let now = Millis::now();
+        let started_at = req.started_at.as_ref().map(convert::from_ts).unwrap_or(now);
+        let attempt = req.attempt;
+        let run = self.state.store.update_run(&run.id, |run| {
+            if run.attempt != attempt {
+                return Ok(false);
+            }
+            match run.state {
+                RunState::Offered => {
+                    run.started_at = Some(started_at);
+                    run.transition(RunState::Running, now, "the puppet started it");
+                    Ok(true)
+                }
+                RunState::Running => {
+                    run.duplicate_reports += 1;
+                    Ok(true)
+                }
+                RunState::Queued | RunState::Waiting => Err(StoreError::Conflict(format!(
+                    "run {} was not offered to you yet",
+                    run.id
+                ))),
+                _ => Ok(false),
+            }
+        })?;
+        self.state.store.flush().await.map_err(ApiError::from)?;
+        self.wake_run(&run);
+        let proceed =
+            run.attempt == attempt && run.state == RunState::Running && !run.cancel_requested;
+        Ok(Response::new(pb::StartRunResponse { proceed }))
+    }
+
+    async fn append_log(
+        &self,
+        request: Request<pb::AppendLogRequest>,
+    ) -> Result<Response<pb::AppendLogResponse>, Status> {
+        let name = self.state.auth.puppet(&self.state.store, &request)?;
+        let req = request.into_inner();
+        if req.data.len() > super::MAX_LOG_CHUNK {
+            return Err(invalid(format!(
+                "log chunk of {} bytes is too large: send at most {} bytes at once",
+                req.data.len(),
+                super::MAX_LOG_CHUNK
+            ))
+            .into());
+        }
+        let run = self.own_run(&name, &req.run_id)?;
+        let attempt = req.attempt;
+        let appended = self
+            .state
+            .store
+            .append_log(&run.id, req.offset, &req.data, |run| {
+                if run.attempt != attempt {
+                    return Err(StoreError::Conflict(format!(
+                        "run {} is at attempt {}, not {attempt}",
+                        run.id, run.attempt
+                    )));
+                }
+                if matches!(run.state, RunState::Queued | RunState::Waiting) {
+                    return Err(StoreError::Conflict(format!(
+                        "run {} was not offered to you yet",
+                        run.id
+                    )));
+                }
+                Ok(())
+            })?;
+        self.state.store.flush().await.map_err(ApiError::from)?;
+        if !appended.duplicate {
+            self.wake_run(&run);
+        }
+        Ok(Response::new(pb::AppendLogResponse {
+            committed: appended.committed,
+        }))
+    }
+
+    async fn finish_run(
+        &self,
+        request: Request<pb::FinishRunRequest>,
+    ) -> Result<Response<pb::FinishRunResponse>, Status> {
+        let name = self.state.auth.puppet(&self.state.store, &request)?;
+        let req = request.into_inner();
+        let run = self.own_run(&name, &req.run_id)?;
+        let outcome = convert::outcome_from(req.outcome)?;
+        let duration = match &req.duration {
+            Some(d) => Some(convert::from_dur("duration", d)?),
+            None => None,
+        };
+        let now = Millis::now();
+        let state = scheduler::finished_state(outcome, req.exit_code);
+        let cause = finish_cause(outcome, &req);
+        let run = self.state.store.update_run(&run.id, |run| {
+            if run.attempt != req.attempt || run.state.is_terminal() {
+                run.duplicate_reports += 1;
+                return Ok(true);
+            }
+            if matches!(run.state, RunState::Queued | RunState::Waiting) {
+                return Err(StoreError::Conflict(format!(
+                    "run {} was not offered to you yet",
+                    run.id
+                )));
+            }
+            if req.log_length != run.log_length {
+                return Err(StoreError::Conflict(format!(
+                    "the server holds {} bytes of output for run {}, you reported {}: send the missing output first",
+                    run.log_length, run.id, req.log_length
+                )));
+            }
+            run.outcome = Some(outcome);
+            run.exit_code = (outcome == domain::Outcome::Exited).then_some(req.exit_code);
+            run.signal = (req.signal != 0).then_some(req.signal);
+            run.duration_ms = duration.map(|d| d.as_millis() as u64);
+            run.transition(state, now, cause.clone());
+            Ok(true)
+        })?;
+        self.state.store.flush().await.map_err(ApiError::from)?;
+        self.wake_run(&run);
+        // A poll held while this run executed can now offer the next one.
+        self.state.hub.wake(&puppet_key(&name));
+        Ok(Response::new(pb::FinishRunResponse {
+            state: convert::run_state_to(run.state) as i32,
+        }))
+    }
+}
+
+fn finish_cause(outcome: domain::Outcome, req: &pb::FinishRunRequest) -> String {
+    use domain::Outcome as O;
+    let base = match outcome {
+        O::Exited => format!("exited with code {}", req.exit_code),
+        O::Signaled => format!("killed by signal {}", req.signal),
+        O::TimedOut => "timed out; its process group was killed".to_string(),
+        O::Cancelled => "cancelled; its process group was killed".to_string(),
+        O::StartFailed => "could not be started".to_string(),
+        O::Interrupted => "interrupted: the puppet restarted while running it".to_string(),
+    };
+    if req.message.is_empty() {
+        base
+    } else {
+        let message: String = req.message.chars().take(500).collect();
+        format!("{base}: {message}")
+    }
+}

@@ -1,0 +1,184 @@
+//! Admin service over runs and their output.
+
+use std::pin::Pin;
+
+use futures_util::Stream;
+use geppetto_proto::v1 as pb;
+use geppetto_proto::v1::runs_server::Runs;
+use tonic::{Request, Response, Status};
+
+use super::Shared;
+use super::convert::{self, run_to};
+use super::error::{ApiError, ApiResult, invalid};
+use super::jobs::{cancel_runs, wake_cancelled};
+use crate::domain;
+use crate::hub::run_key;
+
+/// Default and largest read of `ReadLog`, and the chunk size of `FollowLog`.
+const MAX_READ: usize = 1024 * 1024;
+const FOLLOW_CHUNK: usize = 256 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct RunsApi {
+    state: Shared,
+}
+
+impl RunsApi {
+    pub fn new(state: Shared) -> Self {
+        RunsApi { state }
+    }
+
+    fn run(&self, id: &str) -> ApiResult<domain::Run> {
+        convert::id_of_kind("run", id)?;
+        Ok(self.state.store.get_run(id)?)
+    }
+}
+
+type LogStream = Pin<Box<dyn Stream<Item = Result<pb::LogChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Runs for RunsApi {
+    async fn get_run(
+        &self,
+        request: Request<pb::GetRunRequest>,
+    ) -> Result<Response<pb::Run>, Status> {
+        self.state.auth.admin(&self.state.store, &request)?;
+        Ok(Response::new(run_to(&self.run(&request.get_ref().id)?)))
+    }
+
+    async fn list_runs(
+        &self,
+        request: Request<pb::ListRunsRequest>,
+    ) -> Result<Response<pb::ListRunsResponse>, Status> {
+        self.state.auth.admin(&self.state.store, &request)?;
+        let store = &self.state.store;
+        let runs = match &request.get_ref().of {
+            Some(pb::list_runs_request::Of::JobId(id)) => {
+                convert::id_of_kind("job", id)?;
+                let job = store.get_job(id).map_err(ApiError::from)?;
+                store.get_runs(&job.run_ids).map_err(ApiError::from)?
+            }
+            Some(pb::list_runs_request::Of::Puppet(name)) => {
+                domain::check_puppet_name(name).map_err(ApiError::from)?;
+                store.runs_of_puppet(name).map_err(ApiError::from)?
+            }
+            None => return Err(invalid("give a job id or a puppet name").into()),
+        };
+        Ok(Response::new(pb::ListRunsResponse {
+            runs: runs.iter().map(run_to).collect(),
+        }))
+    }
+
+    async fn cancel_run(
+        &self,
+        request: Request<pb::GetRunRequest>,
+    ) -> Result<Response<pb::Run>, Status> {
+        self.state.auth.admin(&self.state.store, &request)?;
+        let run = self.run(&request.get_ref().id)?;
+        if run.state.is_terminal() {
+            return Err(ApiError::FailedPrecondition(format!(
+                "run {} is already {}",
+                run.id, run.state
+            ))
+            .into());
+        }
+        let changed = cancel_runs(&self.state, &[run.id.clone()], "cancelled by an operator")?;
+        self.state.store.flush().await.map_err(ApiError::from)?;
+        wake_cancelled(&self.state, &changed);
+        Ok(Response::new(run_to(&self.run(&run.id)?)))
+    }
+
+    async fn read_log(
+        &self,
+        request: Request<pb::ReadLogRequest>,
+    ) -> Result<Response<pb::ReadLogResponse>, Status> {
+        self.state.auth.admin(&self.state.store, &request)?;
+        let req = request.into_inner();
+        let run = self.run(&req.run_id)?;
+        let max = match req.max_bytes as usize {
+            0 => MAX_READ,
+            n => n.min(MAX_READ),
+        };
+        if req.offset > run.log_length {
+            return Err(ApiError::Invalid(format!(
+                "offset {} is past the end of the output ({} bytes)",
+                req.offset, run.log_length
+            ))
+            .into());
+        }
+        let data = self
+            .state
+            .store
+            .read_log(&run.id, req.offset, max)
+            .map_err(ApiError::from)?;
+        let end = req.offset + data.len() as u64;
+        Ok(Response::new(pb::ReadLogResponse {
+            eof: run.state.is_terminal() && end >= run.log_length,
+            data: data.into(),
+            offset: req.offset,
+            log_length: run.log_length,
+        }))
+    }
+
+    type FollowLogStream = LogStream;
+
+    async fn follow_log(
+        &self,
+        request: Request<pb::ReadLogRequest>,
+    ) -> Result<Response<Self::FollowLogStream>, Status> {
+        self.state.auth.admin(&self.state.store, &request)?;
+        let req = request.into_inner();
+        let run = self.run(&req.run_id)?;
+        if req.offset > run.log_length {
+            return Err(invalid(format!(
+                "offset {} is past the end of the output ({} bytes)",
+                req.offset, run.log_length
+            ))
+            .into());
+        }
+        let notify = self.state.hub.subscribe(&run_key(&run.id));
+        let state = self.state.clone();
+        let run_id = run.id;
+        // Each step sends the next chunk there is, waiting for one if needed;
+        // the stream ends once the run is finished and everything was sent.
+        let stream = futures_util::stream::unfold(Some(req.offset), move |offset| {
+            let state = state.clone();
+            let notify = notify.clone();
+            let run_id = run_id.clone();
+            async move {
+                let mut offset = offset?;
+                loop {
+                    let notified = notify.notified();
+                    tokio::pin!(notified);
+                    notified.as_mut().enable();
+                    let run = match state.store.get_run(&run_id) {
+                        Ok(run) => run,
+                        Err(e) => return Some((Err(ApiError::from(e).into()), None)),
+                    };
+                    if offset < run.log_length {
+                        return match state.store.read_log(&run_id, offset, FOLLOW_CHUNK) {
+                            Ok(data) => {
+                                let chunk = pb::LogChunk {
+                                    offset,
+                                    data: data.clone().into(),
+                                };
+                                offset += data.len() as u64;
+                                Some((Ok(chunk), Some(offset)))
+                            }
+                            Err(e) => Some((Err(ApiError::from(e).into()), None)),
+                        };
+                    }
+                    if run.state.is_terminal() {
+                        return None;
+                    }
+                    tokio::select! {
+                        _ = &mut notified => {}
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(20)) => {}
+                        _ = state.shutdown.cancelled() => return None,
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

@@ -1,0 +1,107 @@
+//! Configuration: a TOML file, overridden by command-line flags, validated
+//! in full before any port is bound.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+use crate::pki::TlsFiles;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7443";
+pub const DEFAULT_DATA_DIR: &str = "./geppetto-data";
+
+/// The config file, every key optional. See `deploy/puppeteer.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub server_names: Option<Vec<String>>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_ca: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub poll_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub max_poll_hold: Option<Duration>,
+    pub insecure_plaintext: Option<bool>,
+}
+
+mod humantime_serde_opt {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let s: Option<String> = Option::deserialize(d)?;
+        s.map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+    }
+}
+
+/// The validated configuration the server runs with.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Names (DNS or IP) of the generated server certificate.
+    pub server_names: Vec<String>,
+    /// Your own certificate, instead of the generated one.
+    pub tls: Option<TlsFiles>,
+    pub poll_timeout: Duration,
+    pub max_poll_hold: Duration,
+    /// Serve plain TCP without TLS. Only for tests and TLS-terminating proxies.
+    pub insecure_plaintext: bool,
+}
+
+impl Config {
+    /// Defaults for a data dir, listening on `listen`.
+    pub fn new(data_dir: PathBuf, listen: SocketAddr) -> Self {
+        Config {
+            listen,
+            data_dir,
+            server_names: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+            tls: None,
+            poll_timeout: Duration::from_secs(50),
+            max_poll_hold: Duration::from_secs(50),
+            insecure_plaintext: false,
+        }
+    }
+
+    /// Checks what cannot be checked field by field.
+    pub fn validate(&self) -> Result<()> {
+        if self.poll_timeout < Duration::from_secs(1)
+            || self.poll_timeout > Duration::from_secs(3600)
+        {
+            bail!("poll timeout must be between 1s and 1h");
+        }
+        if self.max_poll_hold < self.poll_timeout {
+            bail!("max poll hold must not be shorter than the poll timeout");
+        }
+        if self.max_poll_hold > Duration::from_secs(3600) {
+            bail!("max poll hold must be at most 1h");
+        }
+        if self.tls.is_none() && self.server_names.is_empty() && !self.insecure_plaintext {
+            bail!("give at least one server name for the generated certificate");
+        }
+        if let Some(tls) = &self.tls {
+            for path in [&tls.cert, &tls.key] {
+                if !path.exists() {
+                    bail!("TLS file {} does not exist", path.display());
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,493 @@
+//! Domain types: what the scheduler and the store talk about.
+//!
+//! These are plain, validated Rust types. Protobuf types never reach past the
+//! api layer: it converts them into these with `TryFrom`, once, and a value
+//! of one of these types is valid by construction (names checked, timeouts in
+//! range).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+pub type Labels = BTreeMap<String, String>;
+
+/// A point in time: milliseconds since the Unix epoch. The scheduler gets
+/// "now" as one of these; it never reads a clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Millis(pub i64);
+
+impl Millis {
+    pub fn now() -> Self {
+        let since = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO);
+        Millis(since.as_millis() as i64)
+    }
+
+    pub fn plus(self, d: Duration) -> Self {
+        Millis(self.0.saturating_add(d.as_millis() as i64))
+    }
+
+    /// Time elapsed from `earlier` to `self`, zero if `earlier` is later.
+    pub fn since(self, earlier: Millis) -> Duration {
+        Duration::from_millis(self.0.saturating_sub(earlier.0).max(0) as u64)
+    }
+}
+
+/// A validation failure of outside input, with a message that says what is
+/// wrong and what is accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+fn check_name(kind: &str, s: &str, extra: &[char]) -> Result<(), Invalid> {
+    let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || extra.contains(&c);
+    let extra_list: String = extra.iter().map(|c| format!(" '{c}'")).collect();
+    if s.is_empty() {
+        return Err(Invalid(format!("{kind} name is empty")));
+    }
+    if s.len() > 63 {
+        return Err(Invalid(format!(
+            "{kind} name {s:?} is {} characters long; at most 63 are allowed",
+            s.len()
+        )));
+    }
+    if let Some((i, c)) = s.char_indices().find(|&(_, c)| !allowed(c)) {
+        return Err(Invalid(format!(
+            "{kind} name {s:?} has {c:?} at character {}: use lowercase letters, digits and{extra_list}",
+            i + 1
+        )));
+    }
+    let first = s.chars().next().expect("not empty");
+    if !(first.is_ascii_lowercase() || first.is_ascii_digit()) {
+        return Err(Invalid(format!(
+            "{kind} name {s:?} must start with a lowercase letter or a digit"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a puppet name: 1-63 of `[a-z0-9.-]`, starting with a letter or digit.
+pub fn check_puppet_name(s: &str) -> Result<(), Invalid> {
+    check_name("puppet", s, &['-', '.'])
+}
+
+/// Checks a task name: 1-63 of `[a-z0-9._-]`, starting with a letter or digit.
+pub fn check_task_name(s: &str) -> Result<(), Invalid> {
+    check_name("task", s, &['-', '.', '_'])
+}
+
+fn label_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/')
+}
+
+/// Checks a label key: 1-63 of `[A-Za-z0-9._/-]`.
+pub fn check_label_key(k: &str) -> Result<(), Invalid> {
+    if k.is_empty() || k.len() > 63 {
+        return Err(Invalid(format!(
+            "label key {k:?} must be 1 to 63 characters long"
+        )));
+    }
+    if let Some(c) = k.chars().find(|&c| !label_char(c)) {
+        return Err(Invalid(format!(
+            "label key {k:?} has {c:?}: use letters, digits, '.', '_', '-' and '/'"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a label value: 0-63 of `[A-Za-z0-9._/-]`.
+pub fn check_label_value(k: &str, v: &str) -> Result<(), Invalid> {
+    if v.len() > 63 {
+        return Err(Invalid(format!(
+            "label {k}: value is longer than 63 characters"
+        )));
+    }
+    if let Some(c) = v.chars().find(|&c| !label_char(c)) {
+        return Err(Invalid(format!(
+            "label {k}: value {v:?} has {c:?}: use letters, digits, '.', '_', '-' and '/'"
+        )));
+    }
+    Ok(())
+}
+
+pub fn check_labels(labels: &Labels) -> Result<(), Invalid> {
+    if labels.len() > 64 {
+        return Err(Invalid("at most 64 labels are allowed".into()));
+    }
+    for (k, v) in labels {
+        check_label_key(k)?;
+        check_label_value(k, v)?;
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PuppetState {
+    Pending,
+    Enabled,
+    Disabled,
+}
+
+/// What a puppet reported about its machine.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Facts {
+    pub hostname: String,
+    pub os: String,
+    pub os_id: String,
+    pub kernel: String,
+    pub arch: String,
+    pub memory_total_bytes: u64,
+    pub disk_total_bytes: u64,
+    pub agent_version: String,
+    pub uptime_secs: u64,
+    pub load: Vec<f64>,
+    pub memory_available_bytes: u64,
+    pub disk_available_bytes: u64,
+    pub boot_id: String,
+    pub collected_at: Option<Millis>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Puppet {
+    pub name: String,
+    pub state: PuppetState,
+    pub enrolled_at: Millis,
+    pub last_seen: Option<Millis>,
+    /// Labels the puppet declared for itself.
+    pub declared_labels: Labels,
+    /// Labels from its enrollment token and from operators; they win.
+    pub assigned_labels: Labels,
+    pub facts: Facts,
+    pub enroll_token_id: String,
+    /// Hash of its credential, to revoke it on removal.
+    pub credential_hash: String,
+}
+
+impl Puppet {
+    /// Declared labels overridden by assigned ones.
+    pub fn labels(&self) -> Labels {
+        let mut labels = self.declared_labels.clone();
+        labels.extend(self.assigned_labels.clone());
+        labels
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Program {
+    Script {
+        body: String,
+        interpreter: Vec<String>,
+    },
+    Argv {
+        args: Vec<String>,
+    },
+}
+
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+pub const MIN_TIMEOUT: Duration = Duration::from_secs(1);
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3600);
+pub const MAX_SCRIPT_BYTES: usize = 256 * 1024;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSpec {
+    pub program: Program,
+    pub timeout_ms: u64,
+    pub env: BTreeMap<String, String>,
+    pub workdir: String,
+}
+
+impl RunSpec {
+    /// Checks what the api layer could not check field by field.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        match &self.program {
+            Program::Script { body, interpreter } => {
+                if body.trim().is_empty() {
+                    return Err(Invalid("the script is empty".into()));
+                }
+                if body.len() > MAX_SCRIPT_BYTES {
+                    return Err(Invalid(format!(
+                        "the script is {} bytes; at most {MAX_SCRIPT_BYTES} are allowed",
+                        body.len()
+                    )));
+                }
+                if interpreter.iter().any(|a| a.is_empty() || a.contains('\0')) {
+                    return Err(Invalid(
+                        "interpreter arguments must be non-empty and without NUL".into(),
+                    ));
+                }
+            }
+            Program::Argv { args } => {
+                if args.is_empty() || args[0].is_empty() {
+                    return Err(Invalid("argv is empty: give at least a program".into()));
+                }
+                if args.iter().any(|a| a.contains('\0')) {
+                    return Err(Invalid("argv elements must not contain NUL".into()));
+                }
+            }
+        }
+        let timeout = Duration::from_millis(self.timeout_ms);
+        if !(MIN_TIMEOUT..=MAX_TIMEOUT).contains(&timeout) {
+            return Err(Invalid(format!(
+                "timeout {} is out of range: it must be between 1s and 7days",
+                humantime::format_duration(timeout)
+            )));
+        }
+        for (k, v) in &self.env {
+            if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+                return Err(Invalid(format!(
+                    "environment variable {k:?}: names must be non-empty without '=' or NUL"
+                )));
+            }
+        }
+        if self.workdir.contains('\0') {
+            return Err(Invalid("workdir must not contain NUL".into()));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub name: String,
+    pub version: u32,
+    pub description: String,
+    pub spec: RunSpec,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    Selector(String),
+    Puppets(Vec<String>),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: String,
+    pub task_name: String,
+    pub task_version: u32,
+    /// The task version's spec, copied: the job runs what it was launched with.
+    pub spec: RunSpec,
+    pub target: Target,
+    pub created_at: Millis,
+    pub run_ids: Vec<String>,
+    pub cancelled: bool,
+    /// Creation order, for listing newest first.
+    pub seq: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    Queued,
+    Waiting,
+    Offered,
+    Running,
+    Succeeded,
+    Failed,
+    TimedOut,
+    Cancelled,
+    Lost,
+    Interrupted,
+    Skipped,
+}
+
+impl RunState {
+    pub fn is_terminal(self) -> bool {
+        !matches!(
+            self,
+            RunState::Queued | RunState::Waiting | RunState::Offered | RunState::Running
+        )
+    }
+
+    /// The lowercase name used in job counts and by the CLI.
+    pub fn name(self) -> &'static str {
+        match self {
+            RunState::Queued => "queued",
+            RunState::Waiting => "waiting",
+            RunState::Offered => "offered",
+            RunState::Running => "running",
+            RunState::Succeeded => "succeeded",
+            RunState::Failed => "failed",
+            RunState::TimedOut => "timed_out",
+            RunState::Cancelled => "cancelled",
+            RunState::Lost => "lost",
+            RunState::Interrupted => "interrupted",
+            RunState::Skipped => "skipped",
+        }
+    }
+}
+
+impl fmt::Display for RunState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Exited,
+    Signaled,
+    TimedOut,
+    Cancelled,
+    StartFailed,
+    Interrupted,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transition {
+    pub state: RunState,
+    pub at: Millis,
+    pub cause: String,
+    pub attempt: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    pub id: String,
+    pub job_id: String,
+    pub puppet: String,
+    pub task_name: String,
+    pub task_version: u32,
+    pub state: RunState,
+    pub attempt: u32,
+    pub cause: String,
+    pub outcome: Option<Outcome>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub created_at: Millis,
+    pub started_at: Option<Millis>,
+    pub finished_at: Option<Millis>,
+    pub duration_ms: Option<u64>,
+    pub log_length: u64,
+    pub history: Vec<Transition>,
+    /// An operator cancelled the run while it was running: the puppet is
+    /// told to kill it on its next poll answer.
+    pub cancel_requested: bool,
+    /// Position in its puppet's queue.
+    pub queue_seq: u64,
+    /// Reports that changed nothing (resends after a lost answer).
+    #[serde(default)]
+    pub duplicate_reports: u64,
+}
+
+impl Run {
+    /// Moves the run to `state`, recording when and why.
+    pub fn transition(&mut self, state: RunState, at: Millis, cause: impl Into<String>) {
+        let cause = cause.into();
+        self.state = state;
+        self.cause = cause.clone();
+        if state.is_terminal() && self.finished_at.is_none() {
+            self.finished_at = Some(at);
+        }
+        self.history.push(Transition {
+            state,
+            at,
+            cause,
+            attempt: self.attempt,
+        });
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EnrollToken {
+    pub id: String,
+    pub description: String,
+    pub labels: Labels,
+    /// `None`: unlimited.
+    pub uses_left: Option<u32>,
+    pub used: u32,
+    pub created_at: Millis,
+    pub expires_at: Option<Millis>,
+    pub revoked: bool,
+    pub secret_hash: String,
+}
+
+impl EnrollToken {
+    /// Why the token cannot be used now, if it cannot.
+    pub fn unusable(&self, now: Millis) -> Option<&'static str> {
+        if self.revoked {
+            Some("the enrollment token was revoked")
+        } else if self.expires_at.is_some_and(|e| now >= e) {
+            Some("the enrollment token has expired")
+        } else if self.uses_left == Some(0) {
+            Some("the enrollment token has no uses left")
+        } else {
+            None
+        }
+    }
+}
+
+/// Who holds a credential.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Principal {
+    Admin { user: String },
+    Puppet { name: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked_with_position() {
+        assert!(check_puppet_name("web-01.lyon").is_ok());
+        assert!(check_puppet_name("").unwrap_err().0.contains("empty"));
+        let err = check_puppet_name("web_01").unwrap_err().0;
+        assert!(err.contains("character 4"), "{err}");
+        assert!(check_puppet_name("-web").is_err());
+        assert!(check_puppet_name(&"a".repeat(64)).is_err());
+        assert!(check_task_name("apt_upgrade").is_ok());
+        assert!(check_task_name("Apt").is_err());
+    }
+
+    #[test]
+    fn timeouts_are_bounded() {
+        let mut spec = RunSpec {
+            program: Program::Script {
+                body: "true".into(),
+                interpreter: vec![],
+            },
+            timeout_ms: 1000,
+            env: Default::default(),
+            workdir: String::new(),
+        };
+        assert!(spec.validate().is_ok());
+        spec.timeout_ms = MAX_TIMEOUT.as_millis() as u64 + 1;
+        assert!(spec.validate().unwrap_err().0.contains("out of range"));
+        spec.timeout_ms = 0;
+        assert!(spec.validate().is_err());
+    }
+
+    #[test]
+    fn assigned_labels_win() {
+        let puppet = Puppet {
+            name: "p".into(),
+            state: PuppetState::Enabled,
+            enrolled_at: Millis(0),
+            last_seen: None,
+            declared_labels: [
+                ("env".into(), "prod".into()),
+                ("os".into(), "debian".into()),
+            ]
+            .into(),
+            assigned_labels: [("env".into(), "test".into())].into(),
+            facts: Facts::default(),
+            enroll_token_id: "enr-x".into(),
+            credential_hash: String::new(),
+        };
+        let labels = puppet.labels();
+        assert_eq!(labels["env"], "test");
+        assert_eq!(labels["os"], "debian");
+    }
+}

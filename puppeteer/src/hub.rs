@@ -1,0 +1,69 @@
+//! Wake-ups for held polls and streams.
+//!
+//! A held poll waits on its puppet's key, a log follower on its run's, a job
+//! watcher on its job's. Whoever changes the state wakes the key after the
+//! change is stored; the waiter then re-reads the store. A waiter registers
+//! (enables its `Notified`) before it reads, so a wake-up between its read and
+//! its wait is never missed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+
+#[derive(Debug, Default)]
+pub struct Hub {
+    // A std mutex: held only to look up or insert an entry, never across an
+    // await.
+    keys: Mutex<HashMap<String, Arc<Notify>>>,
+}
+
+impl Hub {
+    /// The notifier of a key, to wait on.
+    pub fn subscribe(&self, key: &str) -> Arc<Notify> {
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        keys.entry(key.to_string()).or_default().clone()
+    }
+
+    /// Wakes every current waiter of a key.
+    pub fn wake(&self, key: &str) {
+        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(notify) = keys.get(key) {
+            notify.notify_waiters();
+            // Nobody else holds it: drop the entry so the map stays small.
+            if Arc::strong_count(notify) == 1 {
+                keys.remove(key);
+            }
+        }
+    }
+}
+
+pub fn puppet_key(name: &str) -> String {
+    format!("puppet/{name}")
+}
+
+pub fn run_key(id: &str) -> String {
+    format!("run/{id}")
+}
+
+pub fn job_key(id: &str) -> String {
+    format!("job/{id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_registered_waiter_is_woken() {
+        let hub = Hub::default();
+        let notify = hub.subscribe("k");
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        hub.wake("k");
+        tokio::time::timeout(std::time::Duration::from_secs(5), notified)
+            .await
+            .expect("woken");
+    }
+}

@@ -1,0 +1,120 @@
+//! Presence: online, late or offline, from each puppet's own polls.
+//!
+//! A puppet with a poll held right now is online. Otherwise it is judged by
+//! its last poll against the hold it uses: within one hold plus a margin it
+//! is online (between two polls), within three it is late, beyond it is
+//! offline. A puppet busy with a long silent run stays online, since it keeps
+//! polling.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::domain::{Millis, Puppet};
+
+/// Slack for the gap between two polls (answer, reconnect, scheduling).
+pub const MARGIN: Duration = Duration::from_secs(15);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Presence {
+    Online,
+    Late,
+    Offline,
+}
+
+/// Which puppets have a poll held right now.
+#[derive(Debug, Default)]
+pub struct Presences {
+    // A std mutex: held only to bump a counter, never across an await.
+    held: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+/// Marks a puppet as holding a poll until dropped.
+#[derive(Debug)]
+pub struct HeldPoll {
+    held: Arc<Mutex<HashMap<String, u32>>>,
+    name: String,
+}
+
+impl Drop for HeldPoll {
+    fn drop(&mut self) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = held.get_mut(&self.name) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.name);
+            }
+        }
+    }
+}
+
+impl Presences {
+    pub fn hold(&self, name: &str) -> HeldPoll {
+        *self
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(name.to_string())
+            .or_default() += 1;
+        HeldPoll {
+            held: self.held.clone(),
+            name: name.to_string(),
+        }
+    }
+
+    fn is_held(&self, name: &str) -> bool {
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(name)
+    }
+
+    pub fn of(&self, puppet: &Puppet, now: Millis, hold: Duration) -> Presence {
+        if self.is_held(&puppet.name) {
+            return Presence::Online;
+        }
+        judge(puppet.last_seen, now, hold)
+    }
+}
+
+/// Presence from the last poll alone.
+pub fn judge(last_seen: Option<Millis>, now: Millis, hold: Duration) -> Presence {
+    let Some(seen) = last_seen else {
+        return Presence::Offline;
+    };
+    let silence = now.since(seen);
+    let period = hold + MARGIN;
+    if silence <= period {
+        Presence::Online
+    } else if silence <= period * 3 {
+        Presence::Late
+    } else {
+        Presence::Offline
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presence_follows_silence() {
+        let hold = Duration::from_secs(50);
+        let seen = Some(Millis(1_000_000));
+        assert_eq!(
+            judge(seen, Millis(1_000_000 + 60_000), hold),
+            Presence::Online
+        );
+        assert_eq!(
+            judge(seen, Millis(1_000_000 + 100_000), hold),
+            Presence::Late
+        );
+        assert_eq!(
+            judge(seen, Millis(1_000_000 + 300_000), hold),
+            Presence::Offline
+        );
+        assert_eq!(judge(None, Millis(0), hold), Presence::Offline);
+        // A clock that went backwards counts as no silence.
+        assert_eq!(judge(seen, Millis(0), hold), Presence::Online);
+    }
+}

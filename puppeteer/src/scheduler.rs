@@ -1,0 +1,298 @@
+//! The scheduler: pure decisions from state and time. No I/O, no clock.
+//!
+//! # Dispatch
+//! Each puppet has a queue of unfinished runs in creation order. When a
+//! puppet polls, [`plan_poll`] decides, from that queue and what the puppet
+//! says it holds, what the poll answers:
+//!
+//! - A run `offered` earlier that the puppet does not list among the runs it
+//!   holds never reached it (the answer was lost): it is offered again, same
+//!   attempt. The puppet recognises a run it already has by id and attempt,
+//!   so a redelivery never starts a run twice.
+//! - `queued` runs are offered in queue order while the puppet has free
+//!   slots: one run at a time with the default single slot.
+//! - A run `running` that the puppet no longer holds was lost with the
+//!   puppet's process (it restarted without its records): it becomes
+//!   `interrupted`. It is never silently re-executed.
+//! - Runs the puppet holds that the puppeteer has cancelled, finished, or
+//!   never gave it are listed for the puppet to stop and forget.
+//!
+//! A disabled puppet keeps polling (it is its heartbeat) but is offered
+//! nothing.
+//!
+//! # Slots during a held poll
+//! A poll sent while busy says "no free slot" and is then held. When a run
+//! it was executing finishes during the hold, its slot is free again: the
+//! caller counts such runs in `freed_during_hold` so the next queued run is
+//! offered on that same held poll, without waiting for the next one.
+
+use std::collections::HashSet;
+
+use crate::domain::{Job, Outcome, PuppetState, Run, RunState};
+
+/// What a puppet said in its poll, and what changed since it was sent.
+#[derive(Debug)]
+pub struct PollReport<'a> {
+    pub free_slots: u32,
+    /// Runs the puppet holds (executing or finishing).
+    pub known: &'a HashSet<String>,
+    /// Runs whose process ended on the puppet (they hold no slot).
+    pub finishing: &'a HashSet<String>,
+    /// Runs executing when the poll was sent that have finished since.
+    pub freed_during_hold: u32,
+}
+
+/// What a poll answers.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PollPlan {
+    /// Queued runs to offer now (they become `offered`).
+    pub offer: Vec<String>,
+    /// Offered runs to send again: the puppet never got them.
+    pub redeliver: Vec<String>,
+    /// Running runs the puppet no longer holds.
+    pub interrupted: Vec<String>,
+    /// Runs the puppet must stop and forget.
+    pub cancel: Vec<String>,
+}
+
+impl PollPlan {
+    /// True when the poll has something to answer (it is not held further).
+    pub fn has_news(&self) -> bool {
+        !(self.offer.is_empty() && self.redeliver.is_empty() && self.cancel.is_empty())
+    }
+}
+
+/// Decides a poll's answer. `active` is the puppet's queue of unfinished
+/// runs, in order.
+pub fn plan_poll(state: PuppetState, active: &[Run], report: &PollReport<'_>) -> PollPlan {
+    let mut plan = PollPlan::default();
+    let mut free = report.free_slots.saturating_add(report.freed_during_hold);
+    let enabled = state == PuppetState::Enabled;
+    let active_ids: HashSet<&str> = active.iter().map(|r| r.id.as_str()).collect();
+
+    for run in active {
+        let known = report.known.contains(&run.id);
+        match run.state {
+            RunState::Offered if !known && enabled && free > 0 => {
+                plan.redeliver.push(run.id.clone());
+                free -= 1;
+            }
+            RunState::Running if !known => plan.interrupted.push(run.id.clone()),
+            RunState::Running if run.cancel_requested && !report.finishing.contains(&run.id) => {
+                plan.cancel.push(run.id.clone());
+            }
+            RunState::Queued if enabled && free > 0 => {
+                plan.offer.push(run.id.clone());
+                free -= 1;
+            }
+            _ => {}
+        }
+    }
+    let mut stale: Vec<String> = report
+        .known
+        .iter()
+        .filter(|id| !active_ids.contains(id.as_str()) && !report.finishing.contains(*id))
+        .cloned()
+        .collect();
+    stale.sort();
+    plan.cancel.extend(stale);
+    plan
+}
+
+/// The state a run ends in for what its puppet reported.
+pub fn finished_state(outcome: Outcome, exit_code: i32) -> RunState {
+    match outcome {
+        Outcome::Exited if exit_code == 0 => RunState::Succeeded,
+        Outcome::Exited | Outcome::Signaled | Outcome::StartFailed => RunState::Failed,
+        Outcome::TimedOut => RunState::TimedOut,
+        Outcome::Cancelled => RunState::Cancelled,
+        Outcome::Interrupted => RunState::Interrupted,
+    }
+}
+
+/// A job's overall state, from its runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobState {
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+pub fn job_state(job: &Job, runs: &[Run]) -> JobState {
+    if runs.iter().any(|r| !r.state.is_terminal()) {
+        JobState::Running
+    } else if job.cancelled {
+        JobState::Cancelled
+    } else if runs.iter().all(|r| r.state == RunState::Succeeded) {
+        JobState::Succeeded
+    } else {
+        JobState::Failed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Millis;
+
+    fn run(id: &str, state: RunState) -> Run {
+        Run {
+            id: id.into(),
+            job_id: "job-1".into(),
+            puppet: "p".into(),
+            task_name: "t".into(),
+            task_version: 1,
+            state,
+            attempt: 1,
+            cause: String::new(),
+            outcome: None,
+            exit_code: None,
+            signal: None,
+            created_at: Millis(0),
+            started_at: None,
+            finished_at: None,
+            duration_ms: None,
+            log_length: 0,
+            history: vec![],
+            cancel_requested: false,
+            queue_seq: 0,
+            duplicate_reports: 0,
+        }
+    }
+
+    fn set(ids: &[&str]) -> HashSet<String> {
+        ids.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn offers_in_order_up_to_free_slots() {
+        let active = [run("a", RunState::Queued), run("b", RunState::Queued)];
+        let (known, finishing) = (set(&[]), set(&[]));
+        let report = PollReport {
+            free_slots: 1,
+            known: &known,
+            finishing: &finishing,
+            freed_during_hold: 0,
+        };
+        let plan = plan_poll(PuppetState::Enabled, &active, &report);
+        assert_eq!(plan.offer, vec!["a"]);
+        assert!(plan.has_news());
+    }
+
+    #[test]
+    fn busy_puppet_gets_nothing_until_its_slot_frees() {
+        let active = [run("a", RunState::Running), run("b", RunState::Queued)];
+        let (known, finishing) = (set(&["a"]), set(&[]));
+        let mut report = PollReport {
+            free_slots: 0,
+            known: &known,
+            finishing: &finishing,
+            freed_during_hold: 0,
+        };
+        assert_eq!(
+            plan_poll(PuppetState::Enabled, &active, &report),
+            PollPlan::default()
+        );
+        // "a" finished during the hold: "b" is offered on the same poll.
+        let active = [run("b", RunState::Queued)];
+        report.freed_during_hold = 1;
+        let plan = plan_poll(PuppetState::Enabled, &active, &report);
+        assert_eq!(plan.offer, vec!["b"]);
+        // "a" is known but finished: the puppet is told to forget it.
+        assert_eq!(plan.cancel, vec!["a"]);
+    }
+
+    #[test]
+    fn lost_offer_is_redelivered_not_duplicated() {
+        let active = [run("a", RunState::Offered), run("b", RunState::Queued)];
+        let (known, finishing) = (set(&[]), set(&[]));
+        let report = PollReport {
+            free_slots: 1,
+            known: &known,
+            finishing: &finishing,
+            freed_during_hold: 0,
+        };
+        let plan = plan_poll(PuppetState::Enabled, &active, &report);
+        assert_eq!(plan.redeliver, vec!["a"]);
+        assert!(plan.offer.is_empty());
+        // Once the puppet holds it, nothing is sent again.
+        let known = set(&["a"]);
+        let report = PollReport {
+            known: &known,
+            free_slots: 0,
+            ..report
+        };
+        assert_eq!(
+            plan_poll(PuppetState::Enabled, &active, &report),
+            PollPlan::default()
+        );
+    }
+
+    #[test]
+    fn running_run_forgotten_by_puppet_is_interrupted() {
+        let active = [run("a", RunState::Running)];
+        let (known, finishing) = (set(&[]), set(&[]));
+        let report = PollReport {
+            free_slots: 1,
+            known: &known,
+            finishing: &finishing,
+            freed_during_hold: 0,
+        };
+        let plan = plan_poll(PuppetState::Enabled, &active, &report);
+        assert_eq!(plan.interrupted, vec!["a"]);
+        assert!(!plan.has_news());
+    }
+
+    #[test]
+    fn cancel_requests_reach_the_puppet_once_running() {
+        let mut a = run("a", RunState::Running);
+        a.cancel_requested = true;
+        let (known, finishing) = (set(&["a", "zombie"]), set(&[]));
+        let report = PollReport {
+            free_slots: 0,
+            known: &known,
+            finishing: &finishing,
+            freed_during_hold: 0,
+        };
+        let plan = plan_poll(PuppetState::Enabled, &[a.clone()], &report);
+        assert_eq!(plan.cancel, vec!["a", "zombie"]);
+        // A run already finishing on the puppet needs no kill.
+        let finishing = set(&["a"]);
+        let report = PollReport {
+            finishing: &finishing,
+            ..report
+        };
+        let plan = plan_poll(PuppetState::Enabled, &[a], &report);
+        assert_eq!(plan.cancel, vec!["zombie"]);
+    }
+
+    #[test]
+    fn disabled_puppet_is_offered_nothing() {
+        let active = [run("a", RunState::Queued), run("b", RunState::Offered)];
+        let (known, finishing) = (set(&[]), set(&[]));
+        let report = PollReport {
+            free_slots: 4,
+            known: &known,
+            finishing: &finishing,
+            freed_during_hold: 0,
+        };
+        assert_eq!(
+            plan_poll(PuppetState::Disabled, &active, &report),
+            PollPlan::default()
+        );
+    }
+
+    #[test]
+    fn outcomes_map_to_states() {
+        assert_eq!(finished_state(Outcome::Exited, 0), RunState::Succeeded);
+        assert_eq!(finished_state(Outcome::Exited, 3), RunState::Failed);
+        assert_eq!(finished_state(Outcome::Signaled, 0), RunState::Failed);
+        assert_eq!(finished_state(Outcome::TimedOut, 0), RunState::TimedOut);
+        assert_eq!(finished_state(Outcome::Cancelled, 0), RunState::Cancelled);
+        assert_eq!(
+            finished_state(Outcome::Interrupted, 0),
+            RunState::Interrupted
+        );
+    }
+}

@@ -1,0 +1,220 @@
+//! Label selectors: `os=debian,env!=prod,gpu,!retired`.
+//!
+//! A selector is a comma-separated list of terms, all of which must hold:
+//! `key=value`, `key!=value`, `key` (the label exists) and `!key` (it does
+//! not). Whitespace around terms is ignored. Errors point at the character
+//! (1-based) where the input stops making sense, so a typo in a long
+//! selector is found at once.
+
+use std::fmt;
+
+use crate::domain::Labels;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Term {
+    Equals(String, String),
+    NotEquals(String, String),
+    Exists(String),
+    Absent(String),
+}
+
+/// A parsed selector. The empty selector matches everything.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Selector {
+    terms: Vec<Term>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("malformed selector {input:?} at character {position}: {reason}")]
+pub struct SelectorError {
+    pub input: String,
+    /// 1-based character position.
+    pub position: usize,
+    pub reason: String,
+}
+
+fn is_label_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/')
+}
+
+struct Parser<'a> {
+    input: &'a str,
+    chars: Vec<char>,
+    pos: usize,
+}
+
+impl Parser<'_> {
+    fn error(&self, reason: impl Into<String>) -> SelectorError {
+        SelectorError {
+            input: self.input.to_string(),
+            position: self.pos + 1,
+            reason: reason.into(),
+        }
+    }
+
+    fn peek(&self) -> Option<char> {
+        self.chars.get(self.pos).copied()
+    }
+
+    fn skip_spaces(&mut self) {
+        while self.peek().is_some_and(|c| c == ' ') {
+            self.pos += 1;
+        }
+    }
+
+    fn word(&mut self, what: &str) -> Result<String, SelectorError> {
+        let start = self.pos;
+        while self.peek().is_some_and(is_label_char) {
+            self.pos += 1;
+        }
+        if self.pos == start {
+            return Err(match self.peek() {
+                Some(c) => self.error(format!("expected a {what}, found {c:?}")),
+                None => self.error(format!("expected a {what}, found the end")),
+            });
+        }
+        let word: String = self.chars[start..self.pos].iter().collect();
+        if word.len() > 63 {
+            self.pos = start;
+            return Err(self.error(format!("{what} longer than 63 characters")));
+        }
+        Ok(word)
+    }
+
+    fn value(&mut self) -> String {
+        let start = self.pos;
+        while self.peek().is_some_and(is_label_char) {
+            self.pos += 1;
+        }
+        self.chars[start..self.pos].iter().collect()
+    }
+
+    fn term(&mut self) -> Result<Term, SelectorError> {
+        self.skip_spaces();
+        if self.peek() == Some('!') {
+            self.pos += 1;
+            let key = self.word("label key")?;
+            return Ok(Term::Absent(key));
+        }
+        let key = self.word("label key")?;
+        self.skip_spaces();
+        match self.peek() {
+            Some('=') => {
+                self.pos += 1;
+                if self.peek() == Some('=') {
+                    self.pos += 1;
+                }
+                Ok(Term::Equals(key, self.value()))
+            }
+            Some('!') => {
+                self.pos += 1;
+                if self.peek() != Some('=') {
+                    return Err(self.error("expected '=' after '!'"));
+                }
+                self.pos += 1;
+                Ok(Term::NotEquals(key, self.value()))
+            }
+            _ => Ok(Term::Exists(key)),
+        }
+    }
+}
+
+impl Selector {
+    pub fn parse(input: &str) -> Result<Self, SelectorError> {
+        let mut parser = Parser {
+            input,
+            chars: input.chars().collect(),
+            pos: 0,
+        };
+        let mut terms = Vec::new();
+        parser.skip_spaces();
+        if parser.peek().is_none() {
+            return Ok(Selector { terms });
+        }
+        loop {
+            terms.push(parser.term()?);
+            parser.skip_spaces();
+            match parser.peek() {
+                None => break,
+                Some(',') => parser.pos += 1,
+                Some(c) => {
+                    return Err(parser.error(format!("expected ',' or the end, found {c:?}")));
+                }
+            }
+        }
+        Ok(Selector { terms })
+    }
+
+    pub fn matches(&self, labels: &Labels) -> bool {
+        self.terms.iter().all(|term| match term {
+            Term::Equals(k, v) => labels.get(k) == Some(v),
+            Term::NotEquals(k, v) => labels.get(k) != Some(v),
+            Term::Exists(k) => labels.contains_key(k),
+            Term::Absent(k) => !labels.contains_key(k),
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.terms.is_empty()
+    }
+}
+
+impl fmt::Display for Selector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let terms: Vec<String> = self
+            .terms
+            .iter()
+            .map(|t| match t {
+                Term::Equals(k, v) => format!("{k}={v}"),
+                Term::NotEquals(k, v) => format!("{k}!={v}"),
+                Term::Exists(k) => k.clone(),
+                Term::Absent(k) => format!("!{k}"),
+            })
+            .collect();
+        f.write_str(&terms.join(","))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn parses_and_matches() {
+        let s = Selector::parse("os=debian, env!=prod,gpu,!retired").unwrap();
+        assert!(s.matches(&labels(&[("os", "debian"), ("env", "test"), ("gpu", "")])));
+        assert!(!s.matches(&labels(&[("os", "debian"), ("env", "prod"), ("gpu", "")])));
+        assert!(!s.matches(&labels(&[("os", "debian"), ("gpu", ""), ("retired", "y")])));
+        assert!(!s.matches(&labels(&[("os", "gentoo"), ("gpu", "")])));
+        assert_eq!(s.to_string(), "os=debian,env!=prod,gpu,!retired");
+    }
+
+    #[test]
+    fn empty_matches_all() {
+        let s = Selector::parse("  ").unwrap();
+        assert!(s.is_empty());
+        assert!(s.matches(&labels(&[])));
+    }
+
+    #[test]
+    fn errors_point_at_the_character() {
+        let e = Selector::parse("os=debian,,env=test").unwrap_err();
+        assert_eq!(e.position, 11, "{e}");
+        let e = Selector::parse("os=deb ian").unwrap_err();
+        assert_eq!(e.position, 8, "{e}");
+        let e = Selector::parse("os!debian").unwrap_err();
+        assert_eq!(e.position, 4, "{e}");
+        let e = Selector::parse("os=debian,").unwrap_err();
+        assert!(e.reason.contains("end"), "{e}");
+        let e = Selector::parse("=x").unwrap_err();
+        assert_eq!(e.position, 1);
+        assert!(e.to_string().contains("at character 1"));
+    }
+}

@@ -1,0 +1,171 @@
+//! The network edge: one port for native gRPC (HTTP/2) and gRPC-web
+//! (HTTP/1.1), with TLS negotiating both (ALPN `h2` and `http/1.1`).
+//!
+//! tonic's own TLS offers only `h2`, which turns away clients and proxies
+//! that speak HTTP/1.1 only, so TLS is terminated here with tokio-rustls and
+//! the accepted streams are handed to tonic. Handshakes run concurrently and
+//! are bounded in time, so a slow or silent client cannot stall the accept
+//! loop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use geppetto_proto::v1::enroll_tokens_server::EnrollTokensServer;
+use geppetto_proto::v1::jobs_server::JobsServer;
+use geppetto_proto::v1::puppet_service_server::PuppetServiceServer;
+use geppetto_proto::v1::puppets_server::PuppetsServer;
+use geppetto_proto::v1::runs_server::RunsServer;
+use geppetto_proto::v1::tasks_server::TasksServer;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic::transport::server::Router;
+use tower::layer::util::{Identity, Stack};
+
+use crate::api::{
+    EnrollTokensApi, JobsApi, MAX_MESSAGE_BYTES, PuppetServiceApi, PuppetsApi, RunsApi, Shared,
+    TasksApi,
+};
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// After shutdown is asked, connections get this long to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+type WebRouter = Router<Stack<tonic_web::GrpcWebLayer, Identity>>;
+
+async fn router(state: &Shared) -> Result<WebRouter> {
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(geppetto_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(geppetto_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<PuppetServiceServer<PuppetServiceApi>>()
+        .await;
+    health_reporter.set_serving::<JobsServer<JobsApi>>().await;
+
+    Ok(Server::builder()
+        .accept_http1(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .tcp_nodelay(true)
+        .layer(tonic_web::GrpcWebLayer::new())
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(
+            PuppetServiceServer::new(PuppetServiceApi::new(state.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            PuppetsServer::new(PuppetsApi::new(state.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            EnrollTokensServer::new(EnrollTokensApi::new(state.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            TasksServer::new(TasksApi::new(state.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            JobsServer::new(JobsApi::new(state.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            RunsServer::new(RunsApi::new(state.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        ))
+}
+
+/// Serves the API on `listener` until `shutdown` is cancelled. With `tls`
+/// unset the port speaks plain TCP (the insecure mode).
+pub async fn serve(
+    listener: TcpListener,
+    state: Shared,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let router = router(&state).await?;
+    let stopped = shutdown.clone();
+    let graceful = async move { stopped.cancelled().await };
+    let serving = async {
+        match tls {
+            None => {
+                router
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), graceful)
+                    .await
+            }
+            Some(tls) => {
+                let (tx, rx) = mpsc::channel(256);
+                let accepting = accept_tls(listener, TlsAcceptor::from(tls), tx, shutdown.clone());
+                let (served, ()) = tokio::join!(
+                    router.serve_with_incoming_shutdown(ReceiverStream::new(rx), graceful),
+                    accepting
+                );
+                served
+            }
+        }
+    };
+    tokio::pin!(serving);
+    tokio::select! {
+        result = &mut serving => result?,
+        () = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => tracing::warn!("connections still open after the shutdown grace period; closing them"),
+    }
+    Ok(())
+}
+
+/// Accepts TCP connections and performs TLS handshakes concurrently, each
+/// bounded by [`HANDSHAKE_TIMEOUT`], passing established streams on.
+async fn accept_tls(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    established: mpsc::Sender<std::io::Result<TlsStream<TcpStream>>>,
+    shutdown: CancellationToken,
+) {
+    let mut handshakes = JoinSet::new();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            Some(_) = handshakes.join_next(), if !handshakes.is_empty() => {}
+            accepted = listener.accept() => {
+                let (tcp, peer) = match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off a little.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let _ = tcp.set_nodelay(true);
+                let acceptor = acceptor.clone();
+                let established = established.clone();
+                handshakes.spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            let _ = established.send(Ok(stream)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+        }
+    }
+    handshakes.shutdown().await;
+}

@@ -1,0 +1,152 @@
+//! Jobs, their runs, and each puppet's queue of unfinished runs.
+
+use sled::Transactional;
+use sled::transaction::TransactionalTree;
+
+use super::keys::{prefix_of, seq_key};
+use super::{Result, Store, StoreError, abort, decode, encode};
+use crate::domain::{Job, Run};
+
+impl Store {
+    /// Stores a job with its runs, and queues each run on its puppet.
+    pub fn create_job(&self, job: &Job, runs: &[Run]) -> Result<()> {
+        (
+            &self.jobs,
+            &self.job_order,
+            &self.runs,
+            &self.queue,
+            &self.puppet_runs,
+        )
+            .transaction(|(jobs, order, runs_tree, queue, puppet_runs)| {
+                jobs.insert(job.id.as_bytes(), encode(job))?;
+                order.insert(&job.seq.to_be_bytes(), job.id.as_bytes())?;
+                for run in runs {
+                    runs_tree.insert(run.id.as_bytes(), encode(run))?;
+                    let key = seq_key(&run.puppet, run.queue_seq);
+                    queue.insert(key.clone(), run.id.as_bytes())?;
+                    puppet_runs.insert(key, run.id.as_bytes())?;
+                }
+                Ok(())
+            })?;
+        Ok(())
+    }
+
+    pub fn get_job(&self, id: &str) -> Result<Job> {
+        match self.jobs.get(id)? {
+            Some(v) => decode(id.as_bytes(), &v),
+            None => Err(StoreError::NotFound {
+                kind: "job",
+                id: id.to_string(),
+            }),
+        }
+    }
+
+    pub fn put_job(&self, job: &Job) -> Result<()> {
+        self.jobs.insert(job.id.as_bytes(), encode(job))?;
+        Ok(())
+    }
+
+    /// The newest jobs first.
+    pub fn list_jobs(&self, limit: usize) -> Result<Vec<Job>> {
+        let mut jobs = Vec::new();
+        for kv in self.job_order.iter().rev().take(limit) {
+            let (_, id) = kv?;
+            jobs.push(self.get_job(&String::from_utf8_lossy(&id))?);
+        }
+        Ok(jobs)
+    }
+
+    pub fn get_run(&self, id: &str) -> Result<Run> {
+        match self.runs.get(id)? {
+            Some(v) => decode(id.as_bytes(), &v),
+            None => Err(StoreError::NotFound {
+                kind: "run",
+                id: id.to_string(),
+            }),
+        }
+    }
+
+    pub fn get_runs(&self, ids: &[String]) -> Result<Vec<Run>> {
+        ids.iter().map(|id| self.get_run(id)).collect()
+    }
+
+    /// A puppet's unfinished runs, in queue order.
+    pub fn active_runs(&self, puppet: &str) -> Result<Vec<Run>> {
+        self.runs_under(&self.queue, puppet)
+    }
+
+    /// Every run a puppet was ever given, oldest first.
+    pub fn runs_of_puppet(&self, puppet: &str) -> Result<Vec<Run>> {
+        self.runs_under(&self.puppet_runs, puppet)
+    }
+
+    fn runs_under(&self, index: &sled::Tree, puppet: &str) -> Result<Vec<Run>> {
+        let mut runs = Vec::new();
+        for kv in index.scan_prefix(prefix_of(puppet)) {
+            let (_, id) = kv?;
+            match self.get_run(&String::from_utf8_lossy(&id)) {
+                Ok(run) => runs.push(run),
+                // The index entry was removed between the scan and the read.
+                Err(StoreError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(runs)
+    }
+
+    /// Applies `change` to each run in one transaction and returns the runs
+    /// that changed (`change` returned true). A run that becomes terminal
+    /// leaves its puppet's queue in the same transaction.
+    /// `change` may run more than once (transaction retries): no side effects.
+    pub fn update_runs(
+        &self,
+        ids: &[String],
+        change: impl Fn(&mut Run) -> Result<bool>,
+    ) -> Result<Vec<Run>> {
+        let changed = (&self.runs, &self.queue).transaction(|(runs, queue)| {
+            let mut changed = Vec::new();
+            for id in ids {
+                let mut run = match load_run(runs, id) {
+                    Ok(Ok(run)) => run,
+                    Ok(Err(e)) => return abort(e),
+                    Err(e) => return Err(e.into()),
+                };
+                let was_terminal = run.state.is_terminal();
+                match change(&mut run) {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(e) => return abort(e),
+                }
+                runs.insert(id.as_bytes(), encode(&run))?;
+                if run.state.is_terminal() && !was_terminal {
+                    queue.remove(seq_key(&run.puppet, run.queue_seq))?;
+                }
+                changed.push(run);
+            }
+            Ok(changed)
+        })?;
+        Ok(changed)
+    }
+
+    /// Like [`Store::update_runs`] for one run; returns it whether or not it changed.
+    pub fn update_run(&self, id: &str, change: impl Fn(&mut Run) -> Result<bool>) -> Result<Run> {
+        let ids = [id.to_string()];
+        match self.update_runs(&ids, change)?.pop() {
+            Some(run) => Ok(run),
+            None => self.get_run(id),
+        }
+    }
+}
+
+fn load_run(
+    runs: &TransactionalTree,
+    id: &str,
+) -> std::result::Result<Result<Run>, sled::transaction::UnabortableTransactionError> {
+    Ok(match runs.get(id.as_bytes())? {
+        Some(v) => decode(id.as_bytes(), &v),
+        None => Err(StoreError::NotFound {
+            kind: "run",
+            id: id.to_string(),
+        }),
+    })
+}

@@ -1,0 +1,218 @@
+//! The store: every byte of state the puppeteer keeps, in sled.
+//!
+//! This is the only module that touches sled. Callers see typed methods over
+//! domain types, and a [`StoreError::NotFound`] they can branch on.
+//!
+//! Trees and keys (names never contain a NUL byte, so `name 0x00 ...` keys
+//! scan unambiguously by prefix):
+//!
+//! | tree           | key                          | value                  |
+//! |----------------|------------------------------|------------------------|
+//! | `meta`         | `schema_version`             | u32 big-endian         |
+//! | `credentials`  | sha256(token), hex           | [`Principal`] (JSON)   |
+//! | `puppets`      | name                         | [`Puppet`]             |
+//! | `enroll_tokens`| id                           | [`EnrollToken`]        |
+//! | `enroll_secrets`| sha256(secret), hex         | id                     |
+//! | `tasks`        | name 0 version(u32 BE)       | [`Task`]               |
+//! | `jobs`         | id                           | [`Job`]                |
+//! | `job_order`    | seq(u64 BE)                  | job id                 |
+//! | `runs`         | id                           | [`Run`]                |
+//! | `queue`        | puppet 0 seq(u64 BE)         | run id (unfinished runs only) |
+//! | `puppet_runs`  | puppet 0 seq(u64 BE)         | run id (all runs)      |
+//! | `logs`         | run id 0 offset(u64 BE)      | output bytes           |
+//!
+//! Durability: every state change is one sled transaction over all the trees
+//! it touches, so a crash never leaves half of it. Sled writes reach disk on a
+//! background flush; the api layer calls [`Store::flush`] before it
+//! acknowledges anything, so whatever a caller was told survives `kill -9`.
+
+mod jobs;
+mod keys;
+mod logs;
+mod puppets;
+mod tasks;
+
+use std::path::Path;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+pub use keys::prefix_of;
+pub use logs::Appended;
+pub use puppets::NewPuppet;
+
+/// The on-disk layout this build reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no {kind} {id:?}")]
+    NotFound { kind: &'static str, id: String },
+    #[error("{kind} {id:?} already exists")]
+    AlreadyExists { kind: &'static str, id: String },
+    /// The operation does not fit the current state; the message says why.
+    #[error("{0}")]
+    Conflict(String),
+    #[error(
+        "the data dir was written with schema version {found}; this puppeteer reads version {SCHEMA_VERSION}"
+    )]
+    SchemaMismatch { found: u32 },
+    #[error("stored record {key} is corrupt: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error("database error: {0}")]
+    Sled(#[from] sled::Error),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+impl From<TransactionError<StoreError>> for StoreError {
+    fn from(e: TransactionError<StoreError>) -> Self {
+        match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => StoreError::Sled(e),
+        }
+    }
+}
+
+/// Aborts a transaction with a store error.
+pub(crate) fn abort<T>(
+    e: StoreError,
+) -> std::result::Result<T, ConflictableTransactionError<StoreError>> {
+    Err(ConflictableTransactionError::Abort(e))
+}
+
+pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("domain records always serialize")
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// The typed handle on the database. Cloning it is cheap.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    meta: sled::Tree,
+    credentials: sled::Tree,
+    puppets: sled::Tree,
+    enroll_tokens: sled::Tree,
+    enroll_secrets: sled::Tree,
+    tasks: sled::Tree,
+    jobs: sled::Tree,
+    job_order: sled::Tree,
+    runs: sled::Tree,
+    queue: sled::Tree,
+    puppet_runs: sled::Tree,
+    logs: sled::Tree,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the database in `path` and checks its schema version.
+    pub fn open(path: &Path) -> Result<Self> {
+        let db = sled::Config::new()
+            .path(path)
+            .mode(sled::Mode::LowSpace)
+            .open()?;
+        let tree = |name: &str| db.open_tree(name);
+        let store = Store {
+            meta: tree("meta")?,
+            credentials: tree("credentials")?,
+            puppets: tree("puppets")?,
+            enroll_tokens: tree("enroll_tokens")?,
+            enroll_secrets: tree("enroll_secrets")?,
+            tasks: tree("tasks")?,
+            jobs: tree("jobs")?,
+            job_order: tree("job_order")?,
+            runs: tree("runs")?,
+            queue: tree("queue")?,
+            puppet_runs: tree("puppet_runs")?,
+            logs: tree("logs")?,
+            db,
+        };
+        store.check_schema()?;
+        Ok(store)
+    }
+
+    fn check_schema(&self) -> Result<()> {
+        match self.meta.get("schema_version")? {
+            None => {
+                self.meta
+                    .insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
+                self.db.flush()?;
+                Ok(())
+            }
+            Some(v) => {
+                let found =
+                    u32::from_be_bytes(v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                        key: "meta/schema_version".into(),
+                        reason: "not 4 bytes".into(),
+                    })?);
+                if found == SCHEMA_VERSION {
+                    Ok(())
+                } else {
+                    Err(StoreError::SchemaMismatch { found })
+                }
+            }
+        }
+    }
+
+    /// Makes every write so far durable (up to the OS page cache).
+    pub async fn flush(&self) -> Result<()> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// A fresh number, increasing across restarts.
+    pub fn next_seq(&self) -> Result<u64> {
+        Ok(self.db.generate_id()?)
+    }
+
+    pub fn size_on_disk(&self) -> Result<u64> {
+        Ok(self.db.size_on_disk()?)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    pub fn temp_store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        (dir, store)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_version_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            let store = Store::open(&path).unwrap();
+            store
+                .meta
+                .insert("schema_version", &99u32.to_be_bytes())
+                .unwrap();
+            store.db.flush().unwrap();
+        }
+        match Store::open(&path) {
+            Err(StoreError::SchemaMismatch { found: 99 }) => {}
+            other => panic!("expected a schema mismatch, got {other:?}"),
+        }
+    }
+}
