@@ -62,7 +62,8 @@ impl Presences {
         }
     }
 
-    fn is_held(&self, name: &str) -> bool {
+    /// Whether a poll of this puppet is held right now.
+    pub fn is_held(&self, name: &str) -> bool {
         self.held
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -170,6 +170,7 @@ pub fn puppet_to(p: &domain::Puppet, presence: Presence, active_runs: u32) -> pb
         facts: Some(facts_to(&p.facts)),
         active_runs,
         enroll_token_id: p.enroll_token_id.clone(),
+        polling: false,
     }
 }
 

@@ -28,7 +28,9 @@ impl PuppetsApi {
             self.state
                 .presences
                 .of(puppet, Millis::now(), self.state.config.poll_timeout);
-        Ok(puppet_to(puppet, presence, active))
+        let mut view = puppet_to(puppet, presence, active);
+        view.polling = self.state.presences.is_held(&puppet.name);
+        Ok(view)
     }
 
     fn name_of(name: &str) -> ApiResult<&str> {

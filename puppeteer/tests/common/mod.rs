@@ -1,0 +1,230 @@
+//! Test support: a real puppeteer (sled in a temp dir, real TLS on an
+//! ephemeral loopback port) and clients for it.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use geppetto_proto::client::{Channel, Endpoint, TokenSlot, Transport};
+use geppetto_proto::v1 as pb;
+use geppetto_proto::v1::enroll_tokens_client::EnrollTokensClient;
+use geppetto_proto::v1::jobs_client::JobsClient;
+use geppetto_proto::v1::puppet_service_client::PuppetServiceClient;
+use geppetto_proto::v1::puppets_client::PuppetsClient;
+use geppetto_proto::v1::runs_client::RunsClient;
+use geppetto_proto::v1::tasks_client::TasksClient;
+use puppeteer::{Config, Running};
+
+pub struct TestServer {
+    pub dir: tempfile::TempDir,
+    pub running: Option<Running>,
+    pub url: String,
+    pub ca: PathBuf,
+    pub admin_token: String,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::new(dir.path().join("data"), "127.0.0.1:0".parse().unwrap());
+        tweak(&mut config);
+        let running = puppeteer::start(config).await.expect("puppeteer starts");
+        let url = running.url(false);
+        let ca = running.ca_file.clone().expect("generated CA");
+        let admin_token = running.admin_token().unwrap();
+        TestServer {
+            dir,
+            running: Some(running),
+            url,
+            ca,
+            admin_token,
+        }
+    }
+
+    pub fn channel(&self, transport: Transport, token: Option<&str>) -> Channel {
+        let slot = TokenSlot::default();
+        slot.set(token).unwrap();
+        Channel::new(
+            &Endpoint {
+                url: self.url.clone(),
+                ca_file: Some(self.ca.clone()),
+                transport,
+            },
+            slot,
+        )
+        .unwrap()
+    }
+
+    pub fn admin(&self) -> Admin {
+        Admin::new(self.channel(Transport::Grpc, Some(&self.admin_token)))
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(running) = self.running.take() {
+            running.stop().await.unwrap();
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Admin {
+    pub puppets: PuppetsClient<Channel>,
+    pub tokens: EnrollTokensClient<Channel>,
+    pub tasks: TasksClient<Channel>,
+    pub jobs: JobsClient<Channel>,
+    pub runs: RunsClient<Channel>,
+}
+
+impl Admin {
+    pub fn new(channel: Channel) -> Self {
+        Admin {
+            puppets: PuppetsClient::new(channel.clone()),
+            tokens: EnrollTokensClient::new(channel.clone()),
+            tasks: TasksClient::new(channel.clone()),
+            jobs: JobsClient::new(channel.clone()),
+            runs: RunsClient::new(channel),
+        }
+    }
+
+    pub async fn enroll_secret(&mut self) -> String {
+        self.tokens
+            .create_enroll_token(pb::CreateEnrollTokenRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .secret
+    }
+
+    pub async fn script_task(&mut self, name: &str, body: &str, timeout: Duration) -> pb::Task {
+        self.tasks
+            .create_task(pb::CreateTaskRequest {
+                name: name.into(),
+                description: String::new(),
+                spec: Some(script_spec(body, timeout)),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    pub async fn run_on(&mut self, task: &str, puppets: &[&str]) -> pb::Job {
+        self.jobs
+            .create_job(pb::CreateJobRequest {
+                task_name: task.into(),
+                task_version: 0,
+                target: Some(pb::Target {
+                    kind: Some(pb::target::Kind::Puppets(pb::PuppetNames {
+                        names: puppets.iter().map(|s| s.to_string()).collect(),
+                    })),
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// Waits until the job is finished, with a deadline.
+    pub async fn wait_job(&mut self, id: &str, deadline: Duration) -> pb::Job {
+        let until = tokio::time::Instant::now() + deadline;
+        loop {
+            let job = self
+                .jobs
+                .get_job(pb::GetJobRequest { id: id.into() })
+                .await
+                .unwrap()
+                .into_inner();
+            if job.state != pb::JobState::Running as i32 {
+                return job;
+            }
+            assert!(
+                tokio::time::Instant::now() < until,
+                "job {id} not finished in time: {job:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn log(&mut self, run_id: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        loop {
+            let chunk = self
+                .runs
+                .read_log(pb::ReadLogRequest {
+                    run_id: run_id.into(),
+                    offset: out.len() as u64,
+                    max_bytes: 0,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            out.extend_from_slice(&chunk.data);
+            if chunk.data.is_empty() {
+                return out;
+            }
+        }
+    }
+}
+
+pub fn script_spec(body: &str, timeout: Duration) -> pb::RunSpec {
+    pb::RunSpec {
+        program: Some(pb::Program {
+            kind: Some(pb::program::Kind::Script(pb::Script {
+                body: body.into(),
+                interpreter: vec![],
+            })),
+        }),
+        timeout: Some(prost_types::Duration {
+            seconds: timeout.as_secs() as i64,
+            nanos: 0,
+        }),
+        env: Default::default(),
+        workdir: String::new(),
+    }
+}
+
+/// A hand-driven puppet speaking the puppet protocol, for protocol tests.
+pub struct FakePuppet {
+    pub name: String,
+    pub client: PuppetServiceClient<Channel>,
+    pub credential: String,
+}
+
+impl FakePuppet {
+    pub async fn enroll(server: &TestServer, secret: &str, name: &str) -> Self {
+        let mut client = PuppetServiceClient::new(server.channel(Transport::GrpcWeb, None));
+        let answer = client
+            .enroll(pb::EnrollRequest {
+                enroll_token: secret.into(),
+                name: name.into(),
+                labels: Default::default(),
+                facts: None,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let channel = server.channel(Transport::GrpcWeb, Some(&answer.credential));
+        FakePuppet {
+            name: name.into(),
+            client: PuppetServiceClient::new(channel),
+            credential: answer.credential,
+        }
+    }
+
+    pub async fn poll(&mut self, free_slots: u32, known: &[&str]) -> pb::PollResponse {
+        self.client
+            .poll(pb::PollRequest {
+                free_slots,
+                known_runs: known.iter().map(|s| s.to_string()).collect(),
+                facts: None,
+                hold: None,
+                finishing_runs: vec![],
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+}
