@@ -1,0 +1,226 @@
+//! `kill -9` of the puppeteer process right after it acknowledged something,
+//! then a restart on the same data dir and port: every acknowledged object is
+//! there, queued runs still dispatch, and the puppet's credential still works.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{Admin, FakePuppet, TestServer, script_spec};
+use geppetto_proto::client::{Channel, Endpoint, TokenSlot, Transport};
+use geppetto_proto::v1 as pb;
+use geppetto_proto::v1::puppet_service_client::PuppetServiceClient;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+struct ProcServer {
+    child: Child,
+    port: u16,
+}
+
+impl ProcServer {
+    async fn start(data_dir: &Path, port: u16) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_puppeteer"))
+            .args(["serve", "--poll-timeout", "2s", "--data-dir"])
+            .arg(data_dir)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("puppeteer binary starts");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let port = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if let Some(rest) = line.strip_prefix("puppeteer listening on https://localhost:") {
+                    return rest.split(' ').next().unwrap().parse::<u16>().unwrap();
+                }
+            }
+            panic!("the puppeteer exited before listening");
+        })
+        .await
+        .expect("the puppeteer listens in time");
+        ProcServer { child, port }
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    async fn kill9(mut self) -> u16 {
+        self.child.start_kill().unwrap();
+        self.child.wait().await.unwrap();
+        self.port
+    }
+}
+
+fn channel(port: u16, ca: &Path, transport: Transport, token: &str) -> Channel {
+    let slot = TokenSlot::default();
+    slot.set(Some(token)).unwrap();
+    Channel::new(
+        &Endpoint {
+            url: format!("https://localhost:{port}"),
+            ca_file: Some(ca.to_path_buf()),
+            transport,
+        },
+        slot,
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn kill_9_right_after_an_acknowledgement_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data: PathBuf = dir.path().join("data");
+    let server = ProcServer::start(&data, 0).await;
+    let port = server.port;
+    let ca = data.join("tls/ca.pem");
+    let token = std::fs::read_to_string(data.join("admin-token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let admin = || Admin::new(channel(port, &ca, Transport::Grpc, &token));
+
+    // An enrollment token and a puppet, then a crash.
+    let secret = admin().enroll_secret().await;
+    let mut enroller = PuppetServiceClient::new(channel(port, &ca, Transport::GrpcWeb, "none"));
+    let credential = enroller
+        .enroll(pb::EnrollRequest {
+            enroll_token: secret,
+            name: "p1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .credential;
+    let server = ProcServer::start(&data, server.kill9().await).await;
+    let puppet = || FakePuppet {
+        name: "p1".into(),
+        client: PuppetServiceClient::new(channel(port, &ca, Transport::GrpcWeb, &credential)),
+        credential: credential.clone(),
+    };
+
+    // A task, then a crash.
+    admin()
+        .tasks
+        .create_task(pb::CreateTaskRequest {
+            name: "t".into(),
+            description: String::new(),
+            spec: Some(script_spec("echo hi", Duration::from_secs(60))),
+        })
+        .await
+        .unwrap();
+    let server = ProcServer::start(&data, server.kill9().await).await;
+    let task = admin()
+        .tasks
+        .get_task(pb::GetTaskRequest {
+            name: "t".into(),
+            version: 0,
+        })
+        .await
+        .expect("the acknowledged task survived");
+    assert_eq!(task.into_inner().version, 1);
+
+    // A job, then a crash: its run is still queued and still dispatches.
+    let job = admin().run_on("t", &["p1"]).await;
+    let run_id = job.runs[0].run_id.clone();
+    let server = ProcServer::start(&data, server.kill9().await).await;
+    let answer = puppet().poll(1, &[]).await;
+    assert_eq!(answer.assignments[0].run_id, run_id);
+
+    // Started and some output, then a crash.
+    puppet()
+        .client
+        .start_run(pb::StartRunRequest {
+            run_id: run_id.clone(),
+            attempt: 1,
+            started_at: None,
+        })
+        .await
+        .unwrap();
+    let committed = puppet()
+        .client
+        .append_log(pb::AppendLogRequest {
+            run_id: run_id.clone(),
+            attempt: 1,
+            offset: 0,
+            data: b"hi\n".to_vec().into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .committed;
+    assert_eq!(committed, 3);
+    let server = ProcServer::start(&data, server.kill9().await).await;
+    assert_eq!(admin().log(&run_id).await, b"hi\n");
+    // The puppet's resend after the crash is accepted once.
+    let again = puppet()
+        .client
+        .append_log(pb::AppendLogRequest {
+            run_id: run_id.clone(),
+            attempt: 1,
+            offset: 0,
+            data: b"hi\n".to_vec().into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.committed, 3);
+
+    // Finished, then a crash.
+    puppet()
+        .client
+        .finish_run(pb::FinishRunRequest {
+            run_id: run_id.clone(),
+            attempt: 1,
+            outcome: pb::Outcome::Exited as i32,
+            exit_code: 0,
+            log_length: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let server = ProcServer::start(&data, server.kill9().await).await;
+    let run = admin()
+        .runs
+        .get_run(pb::GetRunRequest { id: run_id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(run.state, pb::RunState::Succeeded as i32);
+    assert_eq!(admin().log(&run_id).await, b"hi\n");
+    server.kill9().await;
+}
+
+/// The in-process server: a clean stop and start keeps everything too.
+#[tokio::test]
+async fn a_clean_restart_keeps_everything() {
+    let server = TestServer::start().await;
+    let mut admin = server.admin();
+    admin.script_task("t", "true", Duration::from_secs(5)).await;
+    let data = server.dir.path().join("data");
+    let TestServer { dir, running, .. } = server;
+    running.unwrap().stop().await.unwrap();
+    let mut config = puppeteer::Config::new(data, "127.0.0.1:0".parse().unwrap());
+    config.poll_timeout = Duration::from_secs(1);
+    let running = puppeteer::start(config).await.unwrap();
+    assert!(running.new_admin_token.is_none(), "the token is kept");
+    assert!(!running.created_tls, "the certificate is kept");
+    let server = TestServer {
+        url: running.url(false),
+        ca: running.ca_file.clone().unwrap(),
+        admin_token: running.admin_token().unwrap(),
+        running: Some(running),
+        dir,
+    };
+    let tasks = server
+        .admin()
+        .tasks
+        .list_tasks(pb::ListTasksRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks;
+    assert_eq!(tasks.len(), 1);
+    server.stop().await;
+}

@@ -1,0 +1,141 @@
+//! One port, every client: native gRPC with reflection over HTTP/2, and
+//! gRPC-web over HTTP/1.1 from a client that offers only `http/1.1` in TLS.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::TestServer;
+use geppetto_proto::client::Transport;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use prost::Message;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+#[tokio::test]
+async fn a_generic_client_discovers_the_services_by_reflection_over_http2() {
+    let server = TestServer::start().await;
+    let channel = server.channel(Transport::Grpc, None);
+    let mut client = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = client
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .expect("reflection answers")
+        .into_inner();
+    let response = responses.message().await.unwrap().expect("one answer");
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected answer {response:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for wanted in [
+        "geppetto.v1.PuppetService",
+        "geppetto.v1.Puppets",
+        "geppetto.v1.EnrollTokens",
+        "geppetto.v1.Tasks",
+        "geppetto.v1.Jobs",
+        "geppetto.v1.Runs",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            names.iter().any(|n| n == wanted),
+            "{wanted} missing from {names:?}"
+        );
+    }
+    // The descriptors are there too, so a client can build calls from them.
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::FileContainingSymbol(
+            "geppetto.v1.Jobs".into(),
+        )),
+    };
+    let mut responses = ServerReflectionClient::new(server.channel(Transport::Grpc, None))
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.message().await.unwrap().unwrap();
+    let Some(MessageResponse::FileDescriptorResponse(files)) = response.message_response else {
+        panic!("unexpected answer {response:?}");
+    };
+    assert!(!files.file_descriptor_proto.is_empty());
+    server.stop().await;
+}
+
+/// Frames one gRPC message: flag, big-endian length, bytes.
+fn frame(message: &impl Message) -> Vec<u8> {
+    let body = message.encode_to_vec();
+    let mut out = vec![0u8];
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+#[tokio::test]
+async fn grpc_web_over_http1_from_a_client_offering_only_http1() {
+    let server = TestServer::start().await;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in geppetto_proto::client::load_pem_certs(&server.ca).unwrap() {
+        roots.add(cert).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let port = server.url.rsplit(':').next().unwrap();
+    let tcp = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .expect("TLS handshake offering only http/1.1");
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    let driver = tokio::spawn(conn);
+    let body = frame(&geppetto_proto::v1::ListTasksRequest {});
+    let request = hyper::Request::post("/geppetto.v1.Tasks/ListTasks")
+        .header("host", "localhost")
+        .header("content-type", "application/grpc-web+proto")
+        .header("x-grpc-web", "1")
+        .header("authorization", format!("Bearer {}", server.admin_token))
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.version(), hyper::Version::HTTP_11);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/grpc-web"),
+        "{:?}",
+        response.headers()
+    );
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    // A data frame, then the trailers frame (flag 0x80) inside the body.
+    assert_eq!(bytes[0], 0);
+    let len = u32::from_be_bytes(bytes[1..5].try_into().unwrap()) as usize;
+    let tasks = geppetto_proto::v1::ListTasksResponse::decode(&bytes[5..5 + len]).unwrap();
+    assert!(tasks.tasks.is_empty());
+    let trailers = &bytes[5 + len..];
+    assert_eq!(trailers[0], 0x80);
+    let text = String::from_utf8_lossy(&trailers[5..]).to_lowercase();
+    assert!(text.contains("grpc-status:0"), "{text}");
+    drop(sender);
+    let _ = driver.await;
+    server.stop().await;
+}
