@@ -1,1 +1,5 @@
-fn main() {}
+//! The `geppetto` binary; everything is in the library.
+
+fn main() -> std::process::ExitCode {
+    geppetto_cli::main()
+}

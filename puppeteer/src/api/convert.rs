@@ -325,6 +325,8 @@ pub fn job_to(job: &domain::Job, runs: &[domain::Run]) -> pb::Job {
                 state: run_state_to(r.state) as i32,
                 exit_code: r.exit_code.unwrap_or(0),
                 cause: r.cause.clone(),
+                outcome: outcome_to(r.outcome) as i32,
+                signal: r.signal.unwrap_or(0),
             })
             .collect(),
         counts,

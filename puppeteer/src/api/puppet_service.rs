@@ -128,6 +128,7 @@ impl PuppetServiceApi {
             assignments,
             cancel_runs: plan.cancel,
             server_time: Some(ts(now)),
+            hold: None,
         }))
     }
 }
@@ -248,7 +249,8 @@ impl PuppetService for PuppetServiceApi {
                 finishing: &finishing,
                 freed_during_hold: freed,
             };
-            if let Some(answer) = self.try_answer(&puppet, &report, now)? {
+            if let Some(mut answer) = self.try_answer(&puppet, &report, now)? {
+                answer.hold = Some(dur(hold));
                 store.flush().await.map_err(ApiError::from)?;
                 return Ok(Response::new(answer));
             }
@@ -265,6 +267,7 @@ impl PuppetService for PuppetServiceApi {
             assignments: vec![],
             cancel_runs: vec![],
             server_time: Some(ts(Millis::now())),
+            hold: Some(dur(hold)),
         }))
     }
 

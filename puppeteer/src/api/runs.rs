@@ -82,7 +82,11 @@ impl Runs for RunsApi {
             ))
             .into());
         }
-        let changed = cancel_runs(&self.state, &[run.id.clone()], "cancelled by an operator")?;
+        let changed = cancel_runs(
+            &self.state,
+            std::slice::from_ref(&run.id),
+            "cancelled by an operator",
+        )?;
         self.state.store.flush().await.map_err(ApiError::from)?;
         wake_cancelled(&self.state, &changed);
         Ok(Response::new(run_to(&self.run(&run.id)?)))

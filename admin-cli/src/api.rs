@@ -1,0 +1,144 @@
+//! The connection to the puppeteer: generated clients over one channel, and
+//! the deadline and error mapping every call goes through.
+
+use std::future::Future;
+use std::time::Duration;
+
+use geppetto_proto::client::{Channel, Endpoint, TokenSlot};
+use geppetto_proto::v1::enroll_tokens_client::EnrollTokensClient;
+use geppetto_proto::v1::jobs_client::JobsClient;
+use geppetto_proto::v1::puppets_client::PuppetsClient;
+use geppetto_proto::v1::runs_client::RunsClient;
+use geppetto_proto::v1::tasks_client::TasksClient;
+use tonic::{Request, Response, Status};
+
+use crate::config::Settings;
+use crate::error::{Error, ErrorContext};
+
+/// Deadline of every unary call, and of opening a stream.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A connected (lazily: nothing is dialled before the first call) client.
+#[derive(Debug, Clone)]
+pub struct Api {
+    channel: Channel,
+    context: ErrorContext,
+}
+
+impl Api {
+    pub fn connect(settings: &Settings) -> Result<Self, Error> {
+        let token = settings.token.as_ref().ok_or_else(|| {
+            Error::Config(
+                "no API token: give --token or --token-file, set GEPPETTO_TOKEN, \
+                 or put `token` in the config file"
+                    .into(),
+            )
+        })?;
+        let slot = TokenSlot::default();
+        slot.set(Some(token.expose()))?;
+        let endpoint = Endpoint {
+            url: settings.server.clone(),
+            ca_file: settings.ca.clone(),
+            transport: settings.transport,
+        };
+        let channel = Channel::new(&endpoint, slot)?;
+        Ok(Api {
+            channel,
+            context: ErrorContext {
+                url: settings.server.clone(),
+                has_ca: settings.ca.is_some(),
+            },
+        })
+    }
+
+    /// The puppeteer's URL, for messages.
+    pub fn url(&self) -> &str {
+        &self.context.url
+    }
+
+    pub fn puppets(&self) -> PuppetsClient<Channel> {
+        PuppetsClient::new(self.channel.clone())
+    }
+
+    pub fn enroll_tokens(&self) -> EnrollTokensClient<Channel> {
+        EnrollTokensClient::new(self.channel.clone())
+    }
+
+    pub fn tasks(&self) -> TasksClient<Channel> {
+        TasksClient::new(self.channel.clone())
+    }
+
+    pub fn jobs(&self) -> JobsClient<Channel> {
+        JobsClient::new(self.channel.clone())
+    }
+
+    pub fn runs(&self) -> RunsClient<Channel> {
+        RunsClient::new(self.channel.clone())
+    }
+
+    /// Awaits a unary call (or the opening of a stream) within
+    /// [`CALL_TIMEOUT`], mapping its failure to a readable error.
+    pub async fn call<T>(
+        &self,
+        call: impl Future<Output = Result<Response<T>, Status>>,
+    ) -> Result<T, Error> {
+        match tokio::time::timeout(CALL_TIMEOUT, call).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(self.error(status)),
+            Err(_) => Err(Error::Timeout {
+                url: self.context.url.clone(),
+                after: CALL_TIMEOUT,
+            }),
+        }
+    }
+
+    pub fn error(&self, status: Status) -> Error {
+        self.context.status(status)
+    }
+}
+
+/// A request that tells the server our deadline too, so it can give up.
+pub fn request<T>(message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request.set_timeout(CALL_TIMEOUT);
+    request
+}
+
+/// How often a broken stream (watch, follow) is reopened before giving up.
+const STREAM_RETRIES: u32 = 5;
+const STREAM_RETRY_DELAY: Duration = Duration::from_secs(2);
+
+/// Reopens a broken stream a few times: links drop, and a watch or a
+/// follow resumes where it stopped. The budget is refilled by every message
+/// received, so only a link that stays down ends the command.
+#[derive(Debug)]
+pub struct Reconnect {
+    left: u32,
+}
+
+impl Default for Reconnect {
+    fn default() -> Self {
+        Reconnect {
+            left: STREAM_RETRIES,
+        }
+    }
+}
+
+impl Reconnect {
+    /// Something arrived: the link works again.
+    pub fn reset(&mut self) {
+        self.left = STREAM_RETRIES;
+    }
+
+    /// Whether to reopen after `error`; waits a little first if so.
+    pub async fn retry(&mut self, error: &Error) -> bool {
+        let transient = matches!(error, Error::Unreachable { .. } | Error::Timeout { .. });
+        if !transient || self.left == 0 {
+            return false;
+        }
+        self.left -= 1;
+        eprintln!("warning: {error}; reconnecting");
+        tokio::time::sleep(STREAM_RETRY_DELAY).await;
+        true
+    }
+}

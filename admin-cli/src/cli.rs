@@ -1,0 +1,415 @@
+//! The command line as clap sees it: every command, flag and help text.
+//!
+//! Parsing stops at syntax: values that clap can check alone (durations,
+//! `k=v` pairs) are parsed here by the functions of [`crate::parse`];
+//! everything that needs the config file, the environment or the server is
+//! left to [`crate::config`] and the command modules.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::Secret;
+use crate::parse::{parse_duration, parse_kv, parse_kv_list};
+
+const TOUR: &str = "\
+Connection settings come from flags, then the environment (GEPPETTO_SERVER, GEPPETTO_CA,
+GEPPETTO_TOKEN, GEPPETTO_TOKEN_FILE, GEPPETTO_TRANSPORT, GEPPETTO_CONFIG), then the config file
+(~/.config/geppetto/config.toml, TOML keys `server`, `ca`, `token`, `token_file`, `transport`).
+
+A short tour:
+
+  # Where the puppeteer is, its CA, and the admin token it wrote at its first start.
+  export GEPPETTO_SERVER=https://puppeteer.example:7443
+  export GEPPETTO_CA=/etc/geppetto/ca.pem
+  export GEPPETTO_TOKEN_FILE=/var/lib/puppeteer/admin.token
+
+  # Let machines join: make an enroll token, start a puppet with it on each machine.
+  SECRET=$(geppetto enroll-tokens create --uses 10 --expires 1h --labels site=lyon,env=test)
+  puppet run --server https://puppeteer.example:7443 --ca ca.pem --enroll-token \"$SECRET\"   # on the machine
+  geppetto puppets list --selector site=lyon
+
+  # Define a task, run it on the test machines and wait for the result.
+  geppetto tasks create disk-usage --command 'df -h /' --timeout 1m
+  JOB=$(geppetto jobs run disk-usage --target env=test)
+  geppetto jobs watch \"$JOB\"
+
+  # Read what a run printed.
+  geppetto jobs show \"$JOB\"
+  geppetto logs \"$JOB\" --puppet web-1
+  geppetto logs run-... --follow
+
+Read commands print tables; add `-o json` for scripts.";
+
+/// The operator's command line for a Geppetto puppeteer.
+#[derive(Debug, Parser)]
+#[command(name = "geppetto", version, about, long_about = None, after_long_help = TOUR)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command accepts.
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Global options")]
+pub struct GlobalArgs {
+    /// URL of the puppeteer [env: GEPPETTO_SERVER] [default: https://localhost:7443]
+    #[arg(long, global = true, value_name = "URL")]
+    pub server: Option<String>,
+    /// PEM file of the CA that signed the puppeteer's certificate [env: GEPPETTO_CA]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// API token sent as a bearer token [env: GEPPETTO_TOKEN]
+    #[arg(
+        long,
+        global = true,
+        value_name = "TOKEN",
+        conflicts_with = "token_file"
+    )]
+    pub token: Option<Secret>,
+    /// File holding the API token, e.g. the one the puppeteer wrote at its first start
+    /// [env: GEPPETTO_TOKEN_FILE]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// How requests travel: native gRPC over HTTP/2, or gRPC-web over HTTP/1.1 (crosses
+    /// HTTP proxies) [env: GEPPETTO_TRANSPORT] [default: grpc]
+    #[arg(long, global = true, value_enum, value_name = "TRANSPORT")]
+    pub transport: Option<TransportArg>,
+    /// Config file (TOML) [env: GEPPETTO_CONFIG] [default: ~/.config/geppetto/config.toml]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Output format of read commands: human tables, or JSON for scripts
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TransportArg {
+    Grpc,
+    GrpcWeb,
+}
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    #[default]
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Machines managed by the puppeteer: list, inspect, label, enable, disable, remove
+    #[command(subcommand)]
+    Puppets(PuppetsCommand),
+    /// Tokens that let new puppets enroll
+    #[command(subcommand)]
+    EnrollTokens(EnrollTokensCommand),
+    /// Versioned definitions of what to run: a script or an argv, timeout, environment
+    #[command(subcommand)]
+    Tasks(TasksCommand),
+    /// Launches of a task on a set of puppets
+    #[command(subcommand)]
+    Jobs(JobsCommand),
+    /// Runs: one job on one puppet
+    #[command(subcommand)]
+    Runs(RunsCommand),
+    /// Writes a run's output to stdout, byte for byte
+    Logs(LogsArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PuppetsCommand {
+    /// Lists puppets with their state, presence and labels
+    List {
+        /// Label selector, e.g. "os=debian,env!=prod,gpu"
+        #[arg(long, short = 's', value_name = "SEL")]
+        selector: Option<String>,
+    },
+    /// Shows a puppet: labels, facts, state
+    Show { name: String },
+    /// Sets or removes operator labels of a puppet (they win over its own)
+    Label {
+        name: String,
+        /// Labels to set, as key=value
+        #[arg(value_name = "KEY=VALUE", value_parser = parse_kv, required_unless_present = "remove")]
+        labels: Vec<(String, String)>,
+        /// Label keys to remove (repeatable)
+        #[arg(long, value_name = "KEY")]
+        remove: Vec<String>,
+    },
+    /// Stops offering new runs to a puppet; it keeps polling
+    Disable { name: String },
+    /// Lets a puppet receive runs again (and approves one pending approval)
+    Enable { name: String },
+    /// Removes a puppet and revokes its credential
+    Remove {
+        name: String,
+        /// Remove it even if it has unfinished runs; they are cancelled
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EnrollTokensCommand {
+    /// Creates an enroll token and prints its secret (shown only once)
+    Create(CreateEnrollTokenArgs),
+    /// Lists enroll tokens (without their secrets)
+    List,
+    /// Revokes an enroll token: no puppet can enroll with it any more
+    Revoke {
+        /// Id of the token (enr-...)
+        id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CreateEnrollTokenArgs {
+    /// How many puppets may enroll with it; 0 means no limit
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub uses: u32,
+    /// How long it stays valid, e.g. 30m, 1h, 7days; without it, it never expires
+    #[arg(long, value_parser = parse_duration, value_name = "DUR")]
+    pub expires: Option<Duration>,
+    /// Labels given to every puppet enrolling with it: k=v,k2=v2
+    #[arg(long, value_parser = parse_kv_list, value_name = "K=V,...")]
+    pub labels: Option<Vec<(String, String)>>,
+    /// What the token is for
+    #[arg(long, value_name = "TEXT")]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TasksCommand {
+    /// Creates a task (version 1)
+    Create(CreateTaskArgs),
+    /// Makes a new version of a task; options not given keep their current value
+    Update(UpdateTaskArgs),
+    /// Lists the latest version of each task
+    List,
+    /// Shows a task
+    Show {
+        name: String,
+        /// Which version; the latest by default
+        #[arg(long, value_name = "N")]
+        version: Option<u32>,
+    },
+    /// Removes a task and all its versions (jobs already launched are kept)
+    Remove { name: String },
+}
+
+/// What a task runs. `--command` and `--script` both give a script run by an
+/// interpreter (`/bin/sh` unless `--interpreter`); `--exec` gives an argv
+/// executed without a shell.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ProgramArgs {
+    /// Shell command line, run as a script by the interpreter
+    #[arg(long, value_name = "STR", group = "program")]
+    pub command: Option<String>,
+    /// Script file whose content is run by the interpreter
+    #[arg(long, value_name = "FILE", group = "program")]
+    pub script: Option<PathBuf>,
+    /// Program and arguments executed directly, without a shell; put it last,
+    /// every following word is an argument: --exec apt-get -y upgrade
+    #[arg(long, value_name = "ARG", num_args = 1.., allow_hyphen_values = true, group = "program")]
+    pub exec: Option<Vec<String>>,
+    /// Interpreter of --command/--script, e.g. /bin/bash [default: /bin/sh]
+    #[arg(long, value_name = "PATH")]
+    pub interpreter: Option<String>,
+    /// Argument given to the interpreter before the script (repeatable), e.g. -eu
+    #[arg(
+        long,
+        value_name = "ARG",
+        allow_hyphen_values = true,
+        requires = "interpreter"
+    )]
+    pub interpreter_arg: Vec<String>,
+}
+
+/// Everything of a task but its program.
+#[derive(Debug, Clone, Default, Args)]
+pub struct SpecArgs {
+    /// The run is killed when it lasts longer, e.g. 30s, 10m, 1h30m
+    #[arg(long, value_parser = parse_duration, value_name = "DUR")]
+    pub timeout: Option<Duration>,
+    /// Environment variable for the run, K=V (repeatable)
+    #[arg(long, value_parser = parse_kv, value_name = "K=V")]
+    pub env: Vec<(String, String)>,
+    /// Working directory of the run [default: the puppet's state directory]
+    #[arg(long, value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// What the task does
+    #[arg(long, value_name = "TEXT")]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("program").required(true).multiple(false)))]
+pub struct CreateTaskArgs {
+    /// 1-63 of [a-z0-9-_.], starting with a letter or digit
+    pub name: String,
+    #[command(flatten)]
+    pub program: ProgramArgs,
+    #[command(flatten)]
+    pub spec: SpecArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("program").required(false).multiple(false)))]
+pub struct UpdateTaskArgs {
+    pub name: String,
+    #[command(flatten)]
+    pub program: ProgramArgs,
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    /// Environment variable to remove (repeatable)
+    #[arg(long, value_name = "KEY")]
+    pub unset_env: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// Launches a task and prints the job id
+    Run(RunJobArgs),
+    /// Lists jobs, newest first
+    List {
+        /// At most this many jobs
+        #[arg(long, default_value_t = 20, value_name = "N")]
+        limit: u32,
+    },
+    /// Shows a job and one row per run
+    Show { job: String },
+    /// Cancels every unfinished run of a job
+    Cancel { job: String },
+    /// Follows a job until it is finished; exits 1 if a run did not succeed
+    Watch { job: String },
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("on").required(true).multiple(false)))]
+pub struct RunJobArgs {
+    /// Name of the task
+    pub task: String,
+    /// Label selector of the enabled puppets to run on, e.g. "os=debian,env=test"
+    #[arg(long, value_name = "SELECTOR", group = "on")]
+    pub target: Option<String>,
+    /// Puppet to run on (repeatable)
+    #[arg(long = "puppet", value_name = "NAME", group = "on")]
+    pub puppets: Vec<String>,
+    /// Task version to run [default: the latest]
+    #[arg(long, value_name = "N")]
+    pub version: Option<u32>,
+    /// Wait until the job is finished, show progress on stderr, then a summary;
+    /// exits 1 if a run did not succeed
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// Shows a run and its state history
+    Show { run: String },
+    /// Lists the runs of a job or of a puppet
+    #[command(group(ArgGroup::new("of").required(true).multiple(false)))]
+    List {
+        /// Runs of this job
+        #[arg(long, value_name = "JOB", group = "of")]
+        job: Option<String>,
+        /// Runs on this puppet
+        #[arg(long, value_name = "NAME", group = "of")]
+        puppet: Option<String>,
+    },
+    /// Cancels a run; a running one is killed on its puppet
+    Cancel { run: String },
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// A run id (run-...), or a job id (job-...) with --puppet
+    pub id: String,
+    /// With a job id: the puppet whose run to show
+    #[arg(long, value_name = "NAME")]
+    pub puppet: Option<String>,
+    /// Keep printing output as it comes, until the run is finished
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn exec_takes_every_following_word() {
+        let cli = Cli::try_parse_from([
+            "geppetto",
+            "tasks",
+            "create",
+            "up",
+            "--timeout",
+            "1m",
+            "--exec",
+            "apt-get",
+            "-y",
+            "upgrade",
+        ])
+        .unwrap();
+        let Command::Tasks(TasksCommand::Create(args)) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(
+            args.program.exec.unwrap(),
+            vec!["apt-get".to_string(), "-y".into(), "upgrade".into()]
+        );
+        assert_eq!(args.spec.timeout, Some(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn create_needs_exactly_one_program() {
+        let none = Cli::try_parse_from(["geppetto", "tasks", "create", "t"]).unwrap_err();
+        assert_eq!(none.exit_code(), 2);
+        let two = Cli::try_parse_from([
+            "geppetto",
+            "tasks",
+            "create",
+            "t",
+            "--command",
+            "x",
+            "--script",
+            "f",
+        ])
+        .unwrap_err();
+        assert_eq!(two.exit_code(), 2);
+    }
+
+    #[test]
+    fn interpreter_args_may_start_with_a_dash() {
+        let cli = Cli::try_parse_from([
+            "geppetto",
+            "tasks",
+            "create",
+            "t",
+            "--command",
+            "x",
+            "--interpreter",
+            "/bin/bash",
+            "--interpreter-arg",
+            "-eu",
+        ])
+        .unwrap();
+        let Command::Tasks(TasksCommand::Create(args)) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(args.program.interpreter_arg, vec!["-eu".to_string()]);
+    }
+}

@@ -1,0 +1,27 @@
+//! One module per command group. Each command takes the connection, its
+//! parsed arguments and the output format, prints its result on stdout and
+//! returns an [`Error`](crate::error::Error) for `main` to report.
+
+pub mod enroll_tokens;
+pub mod jobs;
+pub mod logs;
+pub mod puppets;
+pub mod runs;
+pub mod tasks;
+mod watch;
+
+use crate::api::Api;
+use crate::cli::{Command, Format};
+use crate::error::Error;
+
+/// Runs one command against the puppeteer.
+pub async fn dispatch(api: &Api, command: Command, format: Format) -> Result<(), Error> {
+    match command {
+        Command::Puppets(c) => puppets::run(api, c, format).await,
+        Command::EnrollTokens(c) => enroll_tokens::run(api, c, format).await,
+        Command::Tasks(c) => tasks::run(api, c, format).await,
+        Command::Jobs(c) => jobs::run(api, c, format).await,
+        Command::Runs(c) => runs::run(api, c, format).await,
+        Command::Logs(args) => logs::run(api, args).await,
+    }
+}

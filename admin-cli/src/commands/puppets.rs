@@ -1,0 +1,167 @@
+//! `geppetto puppets ...`
+
+use geppetto_proto::v1 as pb;
+
+use crate::api::{Api, request};
+use crate::cli::{Format, PuppetsCommand};
+use crate::error::Error;
+use crate::output::{self, Cell};
+use crate::parse::pairs_to_map;
+use crate::views::{self, PuppetView};
+
+pub async fn run(api: &Api, command: PuppetsCommand, format: Format) -> Result<(), Error> {
+    match command {
+        PuppetsCommand::List { selector } => {
+            let req = pb::ListPuppetsRequest {
+                selector: selector.unwrap_or_default(),
+            };
+            let mut list = api.call(api.puppets().list_puppets(request(req))).await?;
+            list.puppets.sort_by(|a, b| a.name.cmp(&b.name));
+            print_list(&list.puppets, format)
+        }
+        PuppetsCommand::Show { name } => {
+            let req = pb::GetPuppetRequest { name };
+            let puppet = api.call(api.puppets().get_puppet(request(req))).await?;
+            print_one(&puppet, format)
+        }
+        PuppetsCommand::Label {
+            name,
+            labels,
+            remove,
+        } => {
+            let req = pb::LabelPuppetRequest {
+                name,
+                set: pairs_to_map("label", labels)?.into_iter().collect(),
+                remove,
+            };
+            let puppet = api.call(api.puppets().label_puppet(request(req))).await?;
+            print_one(&puppet, format)
+        }
+        PuppetsCommand::Disable { name } => {
+            let req = pb::GetPuppetRequest { name };
+            let puppet = api.call(api.puppets().disable_puppet(request(req))).await?;
+            print_one(&puppet, format)
+        }
+        PuppetsCommand::Enable { name } => {
+            let req = pb::GetPuppetRequest { name };
+            let puppet = api.call(api.puppets().enable_puppet(request(req))).await?;
+            print_one(&puppet, format)
+        }
+        PuppetsCommand::Remove { name, force } => {
+            let req = pb::RemovePuppetRequest {
+                name: name.clone(),
+                force,
+            };
+            let removed = api.call(api.puppets().remove_puppet(request(req))).await?;
+            match format {
+                Format::Json => output::print_json(&serde_json::json!({
+                    "name": name,
+                    "cancelled_runs": removed.cancelled_runs,
+                })),
+                Format::Table => {
+                    eprintln!("removed puppet {name}");
+                    for run in &removed.cancelled_runs {
+                        eprintln!("cancelled run {run}");
+                    }
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+fn print_list(puppets: &[pb::Puppet], format: Format) -> Result<(), Error> {
+    if format == Format::Json {
+        let views: Vec<_> = puppets.iter().map(PuppetView::from).collect();
+        return output::print_json(&views);
+    }
+    let mut table = output::table([
+        "NAME",
+        "STATE",
+        "PRESENCE",
+        "LAST SEEN",
+        "RUNS",
+        "OS",
+        "LABELS",
+    ]);
+    for p in puppets {
+        let os = p
+            .facts
+            .as_ref()
+            .map(|f| f.os_id.clone())
+            .unwrap_or_default();
+        table.add_row(vec![
+            Cell::new(&p.name),
+            output::state_cell(&views::puppet_state(p.state)),
+            output::state_cell(&views::presence(p.presence)),
+            Cell::new(output::ago(p.last_seen.as_ref())),
+            Cell::new(p.active_runs),
+            Cell::new(if os.is_empty() { "-".into() } else { os }),
+            Cell::new(output::labels(&p.labels)),
+        ]);
+    }
+    output::print_table(&table)
+}
+
+fn print_one(p: &pb::Puppet, format: Format) -> Result<(), Error> {
+    if format == Format::Json {
+        return output::print_json(&PuppetView::from(p));
+    }
+    let mut rows = vec![
+        ("name", p.name.clone()),
+        ("state", views::puppet_state(p.state)),
+        ("presence", views::presence(p.presence)),
+        ("last seen", output::when(p.last_seen.as_ref())),
+        ("enrolled", output::when(p.enrolled_at.as_ref())),
+        ("enroll token", or_dash(&p.enroll_token_id)),
+        ("active runs", p.active_runs.to_string()),
+        ("labels", output::labels(&p.labels)),
+        ("declared labels", output::labels(&p.declared_labels)),
+        ("assigned labels", output::labels(&p.assigned_labels)),
+    ];
+    if let Some(f) = &p.facts {
+        let load: Vec<String> = f.load.iter().map(|l| format!("{l:.2}")).collect();
+        rows.extend([
+            ("hostname", or_dash(&f.hostname)),
+            ("os", or_dash(&f.os)),
+            ("kernel", or_dash(&f.kernel)),
+            ("arch", or_dash(&f.arch)),
+            ("agent version", or_dash(&f.agent_version)),
+            ("uptime", output::human_duration(f.uptime.as_ref())),
+            (
+                "load",
+                if load.is_empty() {
+                    "-".into()
+                } else {
+                    load.join(" ")
+                },
+            ),
+            (
+                "memory",
+                format!(
+                    "{} free of {}",
+                    output::bytes(f.memory_available_bytes),
+                    output::bytes(f.memory_total_bytes)
+                ),
+            ),
+            (
+                "disk",
+                format!(
+                    "{} free of {}",
+                    output::bytes(f.disk_available_bytes),
+                    output::bytes(f.disk_total_bytes)
+                ),
+            ),
+            ("facts collected", output::when(f.collected_at.as_ref())),
+        ]);
+    }
+    output::print_table(&output::fields(rows))
+}
+
+pub fn or_dash(s: &str) -> String {
+    if s.is_empty() {
+        "-".into()
+    } else {
+        s.to_string()
+    }
+}

@@ -1,0 +1,119 @@
+//! `geppetto runs ...`
+
+use geppetto_proto::v1 as pb;
+use pb::list_runs_request::Of;
+
+use crate::api::{Api, request};
+use crate::cli::{Format, RunsCommand};
+use crate::error::Error;
+use crate::output::{self, Cell};
+use crate::views::{self, RunView};
+
+pub async fn run(api: &Api, command: RunsCommand, format: Format) -> Result<(), Error> {
+    match command {
+        RunsCommand::Show { run } => {
+            let req = pb::GetRunRequest { id: run };
+            let run = api.call(api.runs().get_run(request(req))).await?;
+            print_one(&run, format)
+        }
+        RunsCommand::List { job, puppet } => {
+            let of = match (job, puppet) {
+                (Some(job), _) => Of::JobId(job),
+                (None, Some(puppet)) => Of::Puppet(puppet),
+                (None, None) => unreachable!("clap requires --job or --puppet"),
+            };
+            let req = pb::ListRunsRequest { of: Some(of) };
+            let list = api.call(api.runs().list_runs(request(req))).await?;
+            print_list(&list.runs, format)
+        }
+        RunsCommand::Cancel { run } => {
+            let req = pb::GetRunRequest { id: run };
+            let run = api.call(api.runs().cancel_run(request(req))).await?;
+            match format {
+                Format::Json => output::print_json(&RunView::from(&run)),
+                Format::Table => {
+                    eprintln!(
+                        "run {}: {}",
+                        run.id,
+                        views::run_state(run.state).replace('_', " ")
+                    );
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+/// `exit 3`, `signal 9`, `timed out`... or `-` while it runs.
+fn ending(run: &RunView) -> String {
+    match (run.exit_code, run.signal, &run.outcome) {
+        (Some(code), _, _) => code.to_string(),
+        (_, Some(signal), _) => format!("signal {signal}"),
+        (_, _, Some(outcome)) => outcome.replace('_', " "),
+        _ => "-".into(),
+    }
+}
+
+fn print_list(runs: &[pb::Run], format: Format) -> Result<(), Error> {
+    let views: Vec<_> = runs.iter().map(RunView::from).collect();
+    if format == Format::Json {
+        return output::print_json(&views);
+    }
+    let mut table = output::table([
+        "RUN", "JOB", "PUPPET", "TASK", "STATE", "EXIT", "CREATED", "CAUSE",
+    ]);
+    for (view, run) in views.iter().zip(runs) {
+        table.add_row(vec![
+            Cell::new(&view.id),
+            Cell::new(&view.job_id),
+            Cell::new(&view.puppet),
+            Cell::new(format!("{} v{}", view.task_name, view.task_version)),
+            output::state_cell(&view.state),
+            Cell::new(ending(view)),
+            Cell::new(output::ago(run.created_at.as_ref())),
+            Cell::new(&view.cause),
+        ]);
+    }
+    output::print_table(&table)
+}
+
+fn print_one(run: &pb::Run, format: Format) -> Result<(), Error> {
+    let view = RunView::from(run);
+    if format == Format::Json {
+        return output::print_json(&view);
+    }
+    let rows = vec![
+        ("run", view.id.clone()),
+        ("job", view.job_id.clone()),
+        ("puppet", view.puppet.clone()),
+        ("task", format!("{} v{}", view.task_name, view.task_version)),
+        ("state", view.state.replace('_', " ")),
+        ("attempt", view.attempt.to_string()),
+        ("cause", super::puppets::or_dash(&view.cause)),
+        (
+            "outcome",
+            view.outcome.clone().unwrap_or("-".into()).replace('_', " "),
+        ),
+        ("exit", ending(&view)),
+        ("created", output::when(run.created_at.as_ref())),
+        ("started", output::when(run.started_at.as_ref())),
+        ("finished", output::when(run.finished_at.as_ref())),
+        ("duration", output::human_duration(run.duration.as_ref())),
+        ("log", output::bytes(run.log_length)),
+    ];
+    output::print_table(&output::fields(rows))?;
+    if run.history.is_empty() {
+        return Ok(());
+    }
+    output::print_section("history:")?;
+    let mut table = output::table(["STATE", "AT", "ATTEMPT", "CAUSE"]);
+    for t in &run.history {
+        table.add_row(vec![
+            output::state_cell(&views::run_state(t.state)),
+            Cell::new(output::rfc3339(t.at.as_ref()).unwrap_or("-".into())),
+            Cell::new(t.attempt),
+            Cell::new(&t.cause),
+        ]);
+    }
+    output::print_table(&table)
+}

@@ -1,0 +1,209 @@
+//! Printing: human tables (comfy-table) or JSON, and the few formats both
+//! share (times, durations, label maps).
+//!
+//! Colours are used only when stdout is a terminal and `NO_COLOR` is unset,
+//! so piped output is plain text.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, SystemTime};
+
+pub use comfy_table::Cell;
+use comfy_table::{Attribute, Color, ContentArrangement, Table, presets};
+use serde::Serialize;
+
+use crate::error::Error;
+
+/// Whether stdout gets colours.
+pub fn colors() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
+/// A table with the given header, in the house style.
+pub fn table<const N: usize>(header: [&str; N]) -> Table {
+    let color = colors();
+    let mut table = Table::new();
+    table.load_preset(presets::NOTHING);
+    if std::io::stdout().is_terminal() {
+        table.set_content_arrangement(ContentArrangement::Dynamic);
+    }
+    table.set_header(header.map(|h| {
+        let cell = Cell::new(h);
+        if color {
+            cell.add_attribute(Attribute::Bold)
+        } else {
+            cell
+        }
+    }));
+    table
+}
+
+/// A cell holding a state word, coloured by how good it is.
+pub fn state_cell(word: &str) -> Cell {
+    let cell = Cell::new(word.replace('_', " "));
+    if !colors() {
+        return cell;
+    }
+    let color = match word {
+        "succeeded" | "online" | "enabled" | "active" => Color::Green,
+        "failed" | "timed_out" | "lost" | "interrupted" | "offline" | "revoked" => Color::Red,
+        "cancelled" | "skipped" | "late" | "disabled" | "pending" | "expired" | "used_up" => {
+            Color::Yellow
+        }
+        _ => return cell,
+    };
+    cell.fg(color)
+}
+
+/// Prints a table (or a key/value block) on stdout.
+pub fn print_table(table: &Table) -> Result<(), Error> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", table.to_string().trim_end())?;
+    Ok(())
+}
+
+/// Prints a value as pretty JSON on stdout.
+pub fn print_json<T: Serialize>(value: &T) -> Result<(), Error> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value).map_err(std::io::Error::from)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// A key/value block for `show` commands: one field per line.
+pub fn fields(rows: Vec<(&str, String)>) -> Table {
+    let mut table = Table::new();
+    table.load_preset(presets::NOTHING);
+    let color = colors();
+    for (key, value) in rows {
+        let key = Cell::new(format!("{key}:"));
+        let key = if color {
+            key.add_attribute(Attribute::Bold)
+        } else {
+            key
+        };
+        table.add_row(vec![key, Cell::new(value)]);
+    }
+    table
+}
+
+/// Prints a title line between blocks of a `show` output.
+pub fn print_section(title: &str) -> Result<(), Error> {
+    writeln!(std::io::stdout().lock(), "\n{title}")?;
+    Ok(())
+}
+
+pub fn to_system_time(ts: &prost_types::Timestamp) -> Option<SystemTime> {
+    SystemTime::try_from(*ts).ok()
+}
+
+/// RFC 3339 text of a protobuf timestamp, as JSON output shows it.
+pub fn rfc3339(ts: Option<&prost_types::Timestamp>) -> Option<String> {
+    ts.and_then(to_system_time)
+        .map(|t| humantime::format_rfc3339(t).to_string())
+}
+
+/// A timestamp for tables: RFC 3339 to the second, and how long ago.
+pub fn when(ts: Option<&prost_types::Timestamp>) -> String {
+    let Some(time) = ts.and_then(to_system_time) else {
+        return "-".into();
+    };
+    let at = humantime::format_rfc3339_seconds(time);
+    match SystemTime::now().duration_since(time) {
+        Ok(ago) => format!("{at} ({} ago)", short_duration(ago)),
+        Err(_) => at.to_string(),
+    }
+}
+
+/// How long ago, alone, for narrow table columns.
+pub fn ago(ts: Option<&prost_types::Timestamp>) -> String {
+    match ts.and_then(to_system_time) {
+        Some(time) => match SystemTime::now().duration_since(time) {
+            Ok(ago) => format!("{} ago", short_duration(ago)),
+            Err(_) => "just now".into(),
+        },
+        None => "-".into(),
+    }
+}
+
+/// A duration rounded to its two largest units: `3m12s`, `2h5m`, `4d3h`.
+pub fn short_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    let (days, hours, minutes, seconds) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
+    if days > 0 {
+        format!("{days}d{hours}h")
+    } else if hours > 0 {
+        format!("{hours}h{minutes}m")
+    } else if minutes > 0 {
+        format!("{minutes}m{seconds}s")
+    } else {
+        format!("{seconds}s")
+    }
+}
+
+/// Seconds of a protobuf duration, as JSON output shows it.
+pub fn seconds(d: Option<&prost_types::Duration>) -> Option<f64> {
+    d.map(|d| d.seconds as f64 + f64::from(d.nanos) / 1e9)
+}
+
+/// A protobuf duration for tables: `1h30m`.
+pub fn human_duration(d: Option<&prost_types::Duration>) -> String {
+    match d.and_then(|d| Duration::try_from(*d).ok()) {
+        Some(d) => humantime::format_duration(d).to_string(),
+        None => "-".into(),
+    }
+}
+
+/// `k=v,k2=v2`, sorted by key.
+pub fn labels<'a>(map: impl IntoIterator<Item = (&'a String, &'a String)>) -> String {
+    let sorted: BTreeMap<_, _> = map.into_iter().collect();
+    if sorted.is_empty() {
+        return "-".into();
+    }
+    sorted
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A byte count for humans: `1.5 GiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats() {
+        assert_eq!(short_duration(Duration::from_secs(192)), "3m12s");
+        assert_eq!(short_duration(Duration::from_secs(7500)), "2h5m");
+        assert_eq!(short_duration(Duration::from_secs(5)), "5s");
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(3 * 1024 * 1024 / 2), "1.5 MiB");
+        let ts = prost_types::Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 0,
+        };
+        assert_eq!(rfc3339(Some(&ts)).unwrap(), "2023-11-14T22:13:20Z");
+        let d = prost_types::Duration {
+            seconds: 90,
+            nanos: 500_000_000,
+        };
+        assert_eq!(seconds(Some(&d)), Some(90.5));
+        assert_eq!(human_duration(Some(&d)), "1m 30s 500ms");
+    }
+}

@@ -1,0 +1,149 @@
+//! Parsers of the values operators type: durations, `k=v` pairs, ids.
+//!
+//! Each returns a message that says what was wrong and what is expected, so
+//! clap can print it as a usage error.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::error::Error;
+
+/// A duration written like `30s`, `10m`, `1h30m` or `2days`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("invalid duration {s:?} ({e}): write e.g. 30s, 10m, 1h30m"))?;
+    if d.is_zero() {
+        return Err(format!("invalid duration {s:?}: it must be more than zero"));
+    }
+    Ok(d)
+}
+
+/// One `key=value` pair. The key is non-empty and holds no `=`, `,` or
+/// whitespace; the value may be empty.
+pub fn parse_kv(s: &str) -> Result<(String, String), String> {
+    let Some((key, value)) = s.split_once('=') else {
+        return Err(format!("invalid pair {s:?}: write key=value"));
+    };
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(format!("invalid pair {s:?}: the key is empty"));
+    }
+    if key.contains(|c: char| c.is_whitespace() || c == ',') {
+        return Err(format!(
+            "invalid pair {s:?}: the key {key:?} holds a space or a comma"
+        ));
+    }
+    Ok((key.to_string(), value.to_string()))
+}
+
+/// A comma-separated list of `key=value` pairs: `os=debian,site=lyon`.
+pub fn parse_kv_list(s: &str) -> Result<Vec<(String, String)>, String> {
+    let pairs: Vec<_> = s
+        .split(',')
+        .filter(|part| !part.trim().is_empty())
+        .map(parse_kv)
+        .collect::<Result<_, _>>()?;
+    if pairs.is_empty() {
+        return Err(format!("invalid list {s:?}: write key=value,key2=value2"));
+    }
+    Ok(pairs)
+}
+
+/// Turns pairs into a map, refusing a key given twice (which value would
+/// the operator have meant?).
+pub fn pairs_to_map(
+    what: &str,
+    pairs: impl IntoIterator<Item = (String, String)>,
+) -> Result<BTreeMap<String, String>, Error> {
+    let mut map = BTreeMap::new();
+    for (key, value) in pairs {
+        if map.contains_key(&key) {
+            return Err(Error::Usage(format!("{what} {key:?} is given twice")));
+        }
+        map.insert(key, value);
+    }
+    Ok(map)
+}
+
+/// What an id names, from its prefix: ids carry their kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdKind {
+    Run,
+    Job,
+}
+
+/// Tells a run id from a job id.
+pub fn id_kind(id: &str) -> Result<IdKind, Error> {
+    if id.starts_with("run-") && id.len() > 4 {
+        Ok(IdKind::Run)
+    } else if id.starts_with("job-") && id.len() > 4 {
+        Ok(IdKind::Job)
+    } else {
+        Err(Error::Usage(format!(
+            "{id:?} is neither a run id (run-...) nor a job id (job-...)"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(
+            parse_duration(" 2days ").unwrap(),
+            Duration::from_secs(172_800)
+        );
+        let err = parse_duration("10").unwrap_err();
+        assert!(err.contains("\"10\"") && err.contains("30s"), "{err}");
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("0s").unwrap_err().contains("more than zero"));
+    }
+
+    #[test]
+    fn pairs() {
+        assert_eq!(
+            parse_kv("os=debian").unwrap(),
+            ("os".into(), "debian".into())
+        );
+        assert_eq!(parse_kv("A=b=c").unwrap(), ("A".into(), "b=c".into()));
+        assert_eq!(parse_kv("EMPTY=").unwrap(), ("EMPTY".into(), String::new()));
+        assert!(parse_kv("debian").unwrap_err().contains("key=value"));
+        assert!(parse_kv("=x").unwrap_err().contains("key is empty"));
+        assert!(parse_kv("a b=x").unwrap_err().contains("space"));
+    }
+
+    #[test]
+    fn pair_lists() {
+        assert_eq!(
+            parse_kv_list("os=debian,site=lyon,").unwrap(),
+            vec![
+                ("os".into(), "debian".into()),
+                ("site".into(), "lyon".into())
+            ]
+        );
+        assert!(
+            parse_kv_list("os=debian,lyon")
+                .unwrap_err()
+                .contains("\"lyon\"")
+        );
+        assert!(parse_kv_list(",").is_err());
+        let twice = pairs_to_map("label", parse_kv_list("a=1,a=2").unwrap()).unwrap_err();
+        assert_eq!(twice.to_string(), "label \"a\" is given twice");
+    }
+
+    #[test]
+    fn id_kinds() {
+        assert_eq!(id_kind("run-01hx").unwrap(), IdKind::Run);
+        assert_eq!(id_kind("job-01hx").unwrap(), IdKind::Job);
+        for bad in ["enr-1", "01hx", "run-", "", "jobs-1"] {
+            let err = id_kind(bad).unwrap_err();
+            assert!(matches!(err, Error::Usage(_)), "{bad}");
+            assert!(err.to_string().contains("run id (run-...)"), "{err}");
+        }
+    }
+}

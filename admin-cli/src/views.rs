@@ -1,0 +1,590 @@
+//! What `-o json` prints: serde views of the protobuf messages.
+//!
+//! These field names are an interface for scripts, so they are stable and
+//! snake_case; enum values are lowercase words (`timed_out`), times RFC 3339
+//! strings, durations seconds as floats (fields ending in `_seconds`).
+
+use std::collections::BTreeMap;
+
+use geppetto_proto::v1 as pb;
+use serde::Serialize;
+
+use crate::output::{rfc3339, seconds};
+
+/// The lowercase word of an enum value: `RUN_STATE_TIMED_OUT` → `timed_out`.
+fn word(name: &str, prefix: &str) -> String {
+    name.strip_prefix(prefix)
+        .unwrap_or(name)
+        .to_ascii_lowercase()
+}
+
+pub fn run_state(value: i32) -> String {
+    match pb::RunState::try_from(value) {
+        Ok(state) => word(state.as_str_name(), "RUN_STATE_"),
+        Err(_) => format!("unknown_{value}"),
+    }
+}
+
+pub fn job_state(value: i32) -> String {
+    match pb::JobState::try_from(value) {
+        Ok(state) => word(state.as_str_name(), "JOB_STATE_"),
+        Err(_) => format!("unknown_{value}"),
+    }
+}
+
+pub fn puppet_state(value: i32) -> String {
+    match pb::PuppetState::try_from(value) {
+        Ok(state) => word(state.as_str_name(), "PUPPET_STATE_"),
+        Err(_) => format!("unknown_{value}"),
+    }
+}
+
+pub fn presence(value: i32) -> String {
+    match pb::Presence::try_from(value) {
+        Ok(p) => word(p.as_str_name(), "PRESENCE_"),
+        Err(_) => format!("unknown_{value}"),
+    }
+}
+
+pub fn outcome(value: i32) -> String {
+    match pb::Outcome::try_from(value) {
+        Ok(o) => word(o.as_str_name(), "OUTCOME_"),
+        Err(_) => format!("unknown_{value}"),
+    }
+}
+
+/// Whether a run state is final.
+pub fn run_finished(state: i32) -> bool {
+    state >= pb::RunState::Succeeded as i32
+}
+
+/// Whether a job is finished (every run is).
+pub fn job_finished(state: i32) -> bool {
+    state != pb::JobState::Running as i32 && state != pb::JobState::Unspecified as i32
+}
+
+fn sorted(map: &std::collections::HashMap<String, String>) -> BTreeMap<String, String> {
+    map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+fn non_empty(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+#[derive(Debug, Serialize)]
+pub struct PuppetView {
+    pub name: String,
+    pub state: String,
+    pub presence: String,
+    pub last_seen: Option<String>,
+    pub enrolled_at: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub declared_labels: BTreeMap<String, String>,
+    pub assigned_labels: BTreeMap<String, String>,
+    pub facts: Option<FactsView>,
+    pub active_runs: u32,
+    pub enroll_token_id: Option<String>,
+}
+
+impl From<&pb::Puppet> for PuppetView {
+    fn from(p: &pb::Puppet) -> Self {
+        PuppetView {
+            name: p.name.clone(),
+            state: puppet_state(p.state),
+            presence: presence(p.presence),
+            last_seen: rfc3339(p.last_seen.as_ref()),
+            enrolled_at: rfc3339(p.enrolled_at.as_ref()),
+            labels: sorted(&p.labels),
+            declared_labels: sorted(&p.declared_labels),
+            assigned_labels: sorted(&p.assigned_labels),
+            facts: p.facts.as_ref().map(FactsView::from),
+            active_runs: p.active_runs,
+            enroll_token_id: non_empty(&p.enroll_token_id),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct FactsView {
+    pub hostname: String,
+    pub os: String,
+    pub os_id: String,
+    pub kernel: String,
+    pub arch: String,
+    pub agent_version: String,
+    pub uptime_seconds: Option<f64>,
+    pub load: Vec<f64>,
+    pub memory_total_bytes: u64,
+    pub memory_available_bytes: u64,
+    pub disk_total_bytes: u64,
+    pub disk_available_bytes: u64,
+    pub boot_id: String,
+    pub collected_at: Option<String>,
+}
+
+impl From<&pb::Facts> for FactsView {
+    fn from(f: &pb::Facts) -> Self {
+        FactsView {
+            hostname: f.hostname.clone(),
+            os: f.os.clone(),
+            os_id: f.os_id.clone(),
+            kernel: f.kernel.clone(),
+            arch: f.arch.clone(),
+            agent_version: f.agent_version.clone(),
+            uptime_seconds: seconds(f.uptime.as_ref()),
+            load: f.load.clone(),
+            memory_total_bytes: f.memory_total_bytes,
+            memory_available_bytes: f.memory_available_bytes,
+            disk_total_bytes: f.disk_total_bytes,
+            disk_available_bytes: f.disk_available_bytes,
+            boot_id: f.boot_id.clone(),
+            collected_at: rfc3339(f.collected_at.as_ref()),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct EnrollTokenView {
+    pub id: String,
+    pub description: String,
+    pub labels: BTreeMap<String, String>,
+    /// `null` when the token has no use limit.
+    pub uses_left: Option<u32>,
+    pub unlimited: bool,
+    pub used: u32,
+    pub created_at: Option<String>,
+    /// `null` when it never expires.
+    pub expires_at: Option<String>,
+    pub revoked: bool,
+    /// `active`, `revoked`, `expired` or `used_up`.
+    pub status: String,
+}
+
+impl From<&pb::EnrollToken> for EnrollTokenView {
+    fn from(t: &pb::EnrollToken) -> Self {
+        EnrollTokenView {
+            id: t.id.clone(),
+            description: t.description.clone(),
+            labels: sorted(&t.labels),
+            uses_left: (!t.unlimited).then_some(t.uses_left),
+            unlimited: t.unlimited,
+            used: t.used,
+            created_at: rfc3339(t.created_at.as_ref()),
+            expires_at: rfc3339(t.expires_at.as_ref()),
+            revoked: t.revoked,
+            status: token_status(t).into(),
+        }
+    }
+}
+
+fn token_status(t: &pb::EnrollToken) -> &'static str {
+    let expired = t
+        .expires_at
+        .as_ref()
+        .and_then(crate::output::to_system_time)
+        .is_some_and(|at| at <= std::time::SystemTime::now());
+    if t.revoked {
+        "revoked"
+    } else if expired {
+        "expired"
+    } else if !t.unlimited && t.uses_left == 0 {
+        "used_up"
+    } else {
+        "active"
+    }
+}
+
+/// `enroll-tokens create -o json`: the token and its secret.
+#[derive(Debug, Serialize)]
+pub struct CreatedTokenView {
+    #[serde(flatten)]
+    pub token: EnrollTokenView,
+    pub secret: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ProgramView {
+    Script {
+        body: String,
+        interpreter: Vec<String>,
+    },
+    Argv {
+        args: Vec<String>,
+    },
+    None,
+}
+
+impl From<Option<&pb::Program>> for ProgramView {
+    fn from(p: Option<&pb::Program>) -> Self {
+        match p.and_then(|p| p.kind.as_ref()) {
+            Some(pb::program::Kind::Script(s)) => ProgramView::Script {
+                body: s.body.clone(),
+                interpreter: s.interpreter.clone(),
+            },
+            Some(pb::program::Kind::Argv(a)) => ProgramView::Argv {
+                args: a.args.clone(),
+            },
+            None => ProgramView::None,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct TaskView {
+    pub name: String,
+    pub version: u32,
+    pub description: String,
+    pub program: ProgramView,
+    pub timeout_seconds: Option<f64>,
+    pub env: BTreeMap<String, String>,
+    pub workdir: Option<String>,
+    pub created_at: Option<String>,
+    pub updated_at: Option<String>,
+}
+
+impl From<&pb::Task> for TaskView {
+    fn from(t: &pb::Task) -> Self {
+        let spec = t.spec.clone().unwrap_or_default();
+        TaskView {
+            name: t.name.clone(),
+            version: t.version,
+            description: t.description.clone(),
+            program: ProgramView::from(spec.program.as_ref()),
+            timeout_seconds: seconds(spec.timeout.as_ref()),
+            env: sorted(&spec.env),
+            workdir: non_empty(&spec.workdir),
+            created_at: rfc3339(t.created_at.as_ref()),
+            updated_at: rfc3339(t.updated_at.as_ref()),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TargetView {
+    Selector { selector: String },
+    Puppets { puppets: Vec<String> },
+    None,
+}
+
+impl From<Option<&pb::Target>> for TargetView {
+    fn from(t: Option<&pb::Target>) -> Self {
+        match t.and_then(|t| t.kind.as_ref()) {
+            Some(pb::target::Kind::Selector(s)) => TargetView::Selector {
+                selector: s.clone(),
+            },
+            Some(pb::target::Kind::Puppets(p)) => TargetView::Puppets {
+                puppets: p.names.clone(),
+            },
+            None => TargetView::None,
+        }
+    }
+}
+
+impl std::fmt::Display for TargetView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TargetView::Selector { selector } if selector.is_empty() => f.write_str("all"),
+            TargetView::Selector { selector } => f.write_str(selector),
+            TargetView::Puppets { puppets } => write!(f, "puppets {}", puppets.join(",")),
+            TargetView::None => f.write_str("-"),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct JobView {
+    pub id: String,
+    pub task_name: String,
+    pub task_version: u32,
+    pub target: TargetView,
+    pub state: String,
+    pub created_at: Option<String>,
+    pub finished_at: Option<String>,
+    /// Number of runs in each state, counted from `runs`.
+    pub counts: BTreeMap<String, u32>,
+    pub runs: Vec<RunSummaryView>,
+}
+
+impl From<&pb::Job> for JobView {
+    fn from(j: &pb::Job) -> Self {
+        JobView {
+            id: j.id.clone(),
+            task_name: j.task_name.clone(),
+            task_version: j.task_version,
+            target: TargetView::from(j.target.as_ref()),
+            state: job_state(j.state),
+            created_at: rfc3339(j.created_at.as_ref()),
+            finished_at: rfc3339(j.finished_at.as_ref()),
+            counts: run_counts(j),
+            runs: j.runs.iter().map(RunSummaryView::from).collect(),
+        }
+    }
+}
+
+/// Runs by state word. Counted from the runs themselves rather than taken
+/// from `Job.counts`, whose keys the API describes only loosely.
+pub fn run_counts(job: &pb::Job) -> BTreeMap<String, u32> {
+    let mut counts = BTreeMap::new();
+    for run in &job.runs {
+        *counts.entry(run_state(run.state)).or_insert(0) += 1;
+    }
+    if job.runs.is_empty() {
+        counts.extend(job.counts.iter().map(|(k, v)| (k.to_ascii_lowercase(), *v)));
+    }
+    counts
+}
+
+#[derive(Debug, Serialize)]
+pub struct RunSummaryView {
+    pub run_id: String,
+    pub puppet: String,
+    pub state: String,
+    /// Set once the run succeeded or failed.
+    pub exit_code: Option<i32>,
+    pub cause: String,
+}
+
+impl From<&pb::RunSummary> for RunSummaryView {
+    fn from(r: &pb::RunSummary) -> Self {
+        let ended =
+            r.state == pb::RunState::Succeeded as i32 || r.state == pb::RunState::Failed as i32;
+        RunSummaryView {
+            run_id: r.run_id.clone(),
+            puppet: r.puppet.clone(),
+            state: run_state(r.state),
+            exit_code: ended.then_some(r.exit_code),
+            cause: r.cause.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct RunView {
+    pub id: String,
+    pub job_id: String,
+    pub puppet: String,
+    pub task_name: String,
+    pub task_version: u32,
+    pub state: String,
+    pub attempt: u32,
+    pub cause: String,
+    /// `null` until the run ended on its puppet.
+    pub outcome: Option<String>,
+    /// Set when the outcome is `exited`.
+    pub exit_code: Option<i32>,
+    /// Set when the outcome is `signaled`.
+    pub signal: Option<i32>,
+    pub created_at: Option<String>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub duration_seconds: Option<f64>,
+    pub log_length: u64,
+    pub history: Vec<TransitionView>,
+}
+
+impl From<&pb::Run> for RunView {
+    fn from(r: &pb::Run) -> Self {
+        let exited = r.outcome == pb::Outcome::Exited as i32;
+        let signaled = r.outcome == pb::Outcome::Signaled as i32;
+        RunView {
+            id: r.id.clone(),
+            job_id: r.job_id.clone(),
+            puppet: r.puppet.clone(),
+            task_name: r.task_name.clone(),
+            task_version: r.task_version,
+            state: run_state(r.state),
+            attempt: r.attempt,
+            cause: r.cause.clone(),
+            outcome: (r.outcome != pb::Outcome::Unspecified as i32).then(|| outcome(r.outcome)),
+            exit_code: exited.then_some(r.exit_code),
+            signal: signaled.then_some(r.signal),
+            created_at: rfc3339(r.created_at.as_ref()),
+            started_at: rfc3339(r.started_at.as_ref()),
+            finished_at: rfc3339(r.finished_at.as_ref()),
+            duration_seconds: seconds(r.duration.as_ref()),
+            log_length: r.log_length,
+            history: r.history.iter().map(TransitionView::from).collect(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct TransitionView {
+    pub state: String,
+    pub at: Option<String>,
+    pub cause: String,
+    pub attempt: u32,
+}
+
+impl From<&pb::RunTransition> for TransitionView {
+    fn from(t: &pb::RunTransition) -> Self {
+        TransitionView {
+            state: run_state(t.state),
+            at: rfc3339(t.at.as_ref()),
+            cause: t.cause.clone(),
+            attempt: t.attempt,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost_types::{Duration, Timestamp};
+    use serde_json::json;
+
+    fn ts(seconds: i64) -> Option<Timestamp> {
+        Some(Timestamp { seconds, nanos: 0 })
+    }
+
+    #[test]
+    fn job_json() {
+        let job = pb::Job {
+            id: "job-1".into(),
+            task_name: "disk".into(),
+            task_version: 2,
+            target: Some(pb::Target {
+                kind: Some(pb::target::Kind::Selector("os=debian".into())),
+            }),
+            state: pb::JobState::Failed as i32,
+            created_at: ts(1_700_000_000),
+            finished_at: None,
+            runs: vec![
+                pb::RunSummary {
+                    run_id: "run-a".into(),
+                    puppet: "web-1".into(),
+                    state: pb::RunState::TimedOut as i32,
+                    exit_code: 0,
+                    cause: "lasted more than 1m".into(),
+                    ..Default::default()
+                },
+                pb::RunSummary {
+                    run_id: "run-b".into(),
+                    puppet: "web-2".into(),
+                    state: pb::RunState::Succeeded as i32,
+                    exit_code: 0,
+                    cause: String::new(),
+                    ..Default::default()
+                },
+            ],
+            counts: Default::default(),
+        };
+        let value = serde_json::to_value(JobView::from(&job)).unwrap();
+        assert_eq!(
+            value,
+            json!({
+                "id": "job-1",
+                "task_name": "disk",
+                "task_version": 2,
+                "target": {"kind": "selector", "selector": "os=debian"},
+                "state": "failed",
+                "created_at": "2023-11-14T22:13:20Z",
+                "finished_at": null,
+                "counts": {"succeeded": 1, "timed_out": 1},
+                "runs": [
+                    {"run_id": "run-a", "puppet": "web-1", "state": "timed_out",
+                     "exit_code": null, "cause": "lasted more than 1m"},
+                    {"run_id": "run-b", "puppet": "web-2", "state": "succeeded",
+                     "exit_code": 0, "cause": ""},
+                ],
+            })
+        );
+    }
+
+    #[test]
+    fn run_json() {
+        let run = pb::Run {
+            id: "run-a".into(),
+            job_id: "job-1".into(),
+            puppet: "web-1".into(),
+            task_name: "disk".into(),
+            task_version: 2,
+            state: pb::RunState::Failed as i32,
+            attempt: 1,
+            cause: "exit code 3".into(),
+            outcome: pb::Outcome::Exited as i32,
+            exit_code: 3,
+            signal: 0,
+            created_at: ts(1_700_000_000),
+            started_at: Some(Timestamp {
+                seconds: 1_700_000_001,
+                nanos: 500_000_000,
+            }),
+            finished_at: ts(1_700_000_011),
+            duration: Some(Duration {
+                seconds: 9,
+                nanos: 500_000_000,
+            }),
+            log_length: 42,
+            history: vec![pb::RunTransition {
+                state: pb::RunState::Queued as i32,
+                at: ts(1_700_000_000),
+                cause: "created".into(),
+                attempt: 1,
+            }],
+        };
+        let value = serde_json::to_value(RunView::from(&run)).unwrap();
+        assert_eq!(value["state"], "failed");
+        assert_eq!(value["outcome"], "exited");
+        assert_eq!(value["exit_code"], 3);
+        assert_eq!(value["signal"], serde_json::Value::Null);
+        assert_eq!(value["started_at"], "2023-11-14T22:13:21.500000000Z");
+        assert_eq!(value["duration_seconds"], 9.5);
+        assert_eq!(
+            value["history"],
+            json!([{"state": "queued", "at": "2023-11-14T22:13:20Z", "cause": "created", "attempt": 1}])
+        );
+    }
+
+    #[test]
+    fn enum_words() {
+        assert_eq!(run_state(pb::RunState::TimedOut as i32), "timed_out");
+        assert_eq!(run_state(99), "unknown_99");
+        assert_eq!(presence(pb::Presence::Online as i32), "online");
+        assert_eq!(puppet_state(pb::PuppetState::Pending as i32), "pending");
+        assert_eq!(outcome(pb::Outcome::StartFailed as i32), "start_failed");
+        assert!(run_finished(pb::RunState::Skipped as i32));
+        assert!(!run_finished(pb::RunState::Running as i32));
+    }
+
+    #[test]
+    fn task_and_token_json() {
+        let task = pb::Task {
+            name: "t".into(),
+            version: 1,
+            spec: Some(pb::RunSpec {
+                program: Some(pb::Program {
+                    kind: Some(pb::program::Kind::Argv(pb::Argv {
+                        args: vec!["true".into()],
+                    })),
+                }),
+                timeout: Some(Duration {
+                    seconds: 60,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let value = serde_json::to_value(TaskView::from(&task)).unwrap();
+        assert_eq!(value["program"], json!({"kind": "argv", "args": ["true"]}));
+        assert_eq!(value["timeout_seconds"], 60.0);
+
+        let token = pb::EnrollToken {
+            id: "enr-1".into(),
+            unlimited: true,
+            ..Default::default()
+        };
+        let created = CreatedTokenView {
+            token: EnrollTokenView::from(&token),
+            secret: "s".into(),
+        };
+        let value = serde_json::to_value(created).unwrap();
+        assert_eq!(value["id"], "enr-1");
+        assert_eq!(value["secret"], "s");
+        assert_eq!(value["uses_left"], serde_json::Value::Null);
+        assert_eq!(value["status"], "active");
+    }
+}

@@ -1,0 +1,151 @@
+//! The `geppetto` binary as scripts see it: help, exit codes, error lines.
+//! No puppeteer is needed; see `tests/common` for driving the binary
+//! against a real one.
+
+mod common;
+
+use predicates::prelude::*;
+
+use common::geppetto;
+
+#[test]
+fn help_lists_the_command_groups() {
+    let assert = geppetto().arg("--help").assert().success();
+    let out = String::from_utf8_lossy(&assert.get_output().stdout).to_string();
+    for group in ["puppets", "enroll-tokens", "tasks", "jobs", "runs", "logs"] {
+        assert!(
+            out.contains(group),
+            "--help does not mention {group}:\n{out}"
+        );
+    }
+    assert!(out.contains("A short tour"), "{out}");
+}
+
+#[test]
+fn every_command_has_help() {
+    for path in [
+        &["puppets", "list"][..],
+        &["puppets", "label"],
+        &["enroll-tokens", "create"],
+        &["tasks", "create"],
+        &["tasks", "update"],
+        &["jobs", "run"],
+        &["jobs", "watch"],
+        &["runs", "list"],
+        &["logs"],
+    ] {
+        geppetto()
+            .args(path)
+            .arg("--help")
+            .assert()
+            .success()
+            .stdout(predicate::str::contains("Usage: geppetto"));
+    }
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    geppetto()
+        .args(["puppets", "frobnicate"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::starts_with("error:"));
+    geppetto()
+        .args(["enroll-tokens", "create", "--expires", "soon"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("invalid duration \"soon\""));
+    geppetto()
+        .args(["puppets", "label", "web-1", "os"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("write key=value"));
+}
+
+#[test]
+fn tasks_create_needs_a_program() {
+    geppetto()
+        .args(["tasks", "create", "foo", "--timeout", "1m"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--command"))
+        .stderr(predicate::str::contains("--exec"));
+}
+
+#[test]
+fn unreachable_server_is_one_error_line() {
+    let assert = geppetto()
+        .args([
+            "--server",
+            "https://127.0.0.1:1",
+            "--token",
+            "x",
+            "puppets",
+            "list",
+        ])
+        .assert()
+        .code(1)
+        .stdout("");
+    let err = String::from_utf8_lossy(&assert.get_output().stderr).to_string();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("error: cannot reach the puppeteer at https://127.0.0.1:1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn logs_refuses_an_id_of_another_kind() {
+    geppetto()
+        .args(["--token", "x", "logs", "enr-123"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains(
+            "neither a run id (run-...) nor a job id (job-...)",
+        ));
+}
+
+#[test]
+fn a_bad_ca_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, "not a certificate").unwrap();
+    geppetto()
+        .args(["--token", "x", "--ca"])
+        .arg(&ca)
+        .args(["puppets", "list"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("CA file"))
+        .stderr(predicate::str::contains("ca.pem"));
+}
+
+#[test]
+fn a_missing_token_is_explained() {
+    geppetto()
+        .args(["puppets", "list"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("no API token"));
+}
+
+#[test]
+fn the_config_file_is_used_and_flags_win() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "server = \"https://127.0.0.1:2\"\ntoken = \"t\"\n").unwrap();
+    geppetto()
+        .arg("--config")
+        .arg(&config)
+        .args(["tasks", "list"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("https://127.0.0.1:2"));
+    geppetto()
+        .arg("--config")
+        .arg(&config)
+        .args(["--server", "https://127.0.0.1:1", "tasks", "list"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("https://127.0.0.1:1"));
+}

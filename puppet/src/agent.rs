@@ -1,0 +1,272 @@
+//! The agent: enrollment, the poll loop and the run tasks it owns.
+
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use geppetto_proto::client::{Channel, Endpoint, TokenSlot};
+use geppetto_proto::v1::puppet_service_client::PuppetServiceClient;
+use geppetto_proto::v1::{Assignment, PollRequest, PollResponse};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::config::AgentConfig;
+use crate::enroll;
+use crate::facts::{self, FactsSchedule};
+use crate::held::{Admission, HeldRuns, Stage};
+use crate::records::{RunStore, is_safe_run_id};
+use crate::rpc::{self, Retry};
+use crate::run::{self, RunContext};
+
+/// The hold assumed when the puppet does not ask for one: the server's default is 50 s.
+const ASSUMED_SERVER_HOLD: Duration = Duration::from_secs(60);
+/// Added to the hold for the client-side deadline of a poll.
+const POLL_MARGIN: Duration = Duration::from_secs(15);
+/// How long run tasks may go on reporting after a shutdown began.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// How long run tasks may take to wind down once reporting was abandoned.
+const ABANDON_GRACE: Duration = Duration::from_secs(3);
+
+/// Runs the puppet until `shutdown` is cancelled (then returns `Ok`) or a
+/// fatal error (bad configuration, enrollment refused) occurs.
+pub async fn run_agent(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    config.validate()?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&config.state_dir)
+        .with_context(|| {
+            format!(
+                "cannot create the state directory {}",
+                config.state_dir.display()
+            )
+        })?;
+    std::fs::set_permissions(&config.state_dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| {
+            format!(
+                "cannot restrict the state directory {}",
+                config.state_dir.display()
+            )
+        })?;
+    let store = RunStore::open(&config.state_dir)
+        .with_context(|| format!("cannot create {}/runs", config.state_dir.display()))?;
+    let credential = enroll::load_credential(&config.state_dir)?;
+    if credential.is_none() && config.enroll_token.is_none() {
+        anyhow::bail!(
+            "this puppet has no credential in {} and no enrollment token: give --enroll-token TOKEN",
+            config.state_dir.display()
+        );
+    }
+
+    let token_slot = TokenSlot::default();
+    let endpoint = Endpoint {
+        url: config.server.clone(),
+        ca_file: config.ca_file.clone(),
+        transport: config.transport,
+    };
+    let channel = Channel::new(&endpoint, token_slot.clone())?;
+    let client = PuppetServiceClient::new(channel);
+    tracing::info!(server = %config.server, transport = %config.transport, name = %config.name, slots = config.slots, "puppet starting");
+
+    match credential {
+        Some(credential) => token_slot
+            .set(Some(&credential))
+            .context("the stored credential is not usable")?,
+        None => {
+            let facts = facts::collect(&config.state_dir);
+            if !enroll::enroll(&config, &client, &token_slot, facts, &shutdown).await? {
+                return Ok(());
+            }
+        }
+    }
+
+    let ctx = RunContext {
+        client,
+        store,
+        held: HeldRuns::default(),
+        state_dir: config.state_dir.clone(),
+        shutdown: shutdown.clone(),
+        abandon: CancellationToken::new(),
+    };
+    let mut tasks = JoinSet::new();
+    recover(&ctx, &mut tasks)?;
+    poll_loop(&config, &ctx, &mut tasks).await;
+    drain(&ctx, &mut tasks).await;
+    Ok(())
+}
+
+/// Holds every run recorded by an earlier process and starts reporting it.
+fn recover(ctx: &RunContext, tasks: &mut JoinSet<()>) -> anyhow::Result<()> {
+    let records = ctx
+        .store
+        .load_all()
+        .context("cannot read the run records")?;
+    for record in records {
+        match ctx.held.admit(
+            &record.run_id,
+            record.attempt,
+            Stage::Finishing,
+            &ctx.shutdown,
+        ) {
+            Admission::New(_) => {
+                tasks.spawn(run::recover_run(ctx.clone(), record));
+            }
+            _ => tracing::warn!(run_id = %record.run_id, "duplicate run record ignored"),
+        }
+    }
+    Ok(())
+}
+
+async fn poll_loop(config: &AgentConfig, ctx: &RunContext, tasks: &mut JoinSet<()>) {
+    let mut backoff = Backoff::standard();
+    let mut schedule = FactsSchedule::default();
+    let timeout = config.poll_hold.unwrap_or(ASSUMED_SERVER_HOLD) + POLL_MARGIN;
+    while !ctx.shutdown.is_cancelled() {
+        let snapshot = ctx.held.snapshot(config.slots);
+        let current_facts = facts::collect(&config.state_dir);
+        let send_facts = schedule.due(&current_facts, Instant::now());
+        let message = PollRequest {
+            free_slots: snapshot.free_slots,
+            known_runs: snapshot.known_runs,
+            facts: send_facts.then(|| current_facts.clone()),
+            hold: config.poll_hold.map(rpc::to_proto_duration),
+            finishing_runs: snapshot.finishing_runs,
+        };
+        let mut client = ctx.client.clone();
+        let call = rpc::with_deadline(timeout, client.poll(rpc::request(message, timeout)));
+        let Some(result) = await_poll(config, ctx, tasks, snapshot.free_slots, call).await else {
+            // Shut down, or a slot was freed: the next poll says so at once.
+            continue;
+        };
+        match result {
+            Ok(answer) => {
+                backoff.reset();
+                if send_facts {
+                    schedule.sent(&current_facts, Instant::now());
+                }
+                handle_answer(ctx, tasks, answer);
+            }
+            Err(status) => {
+                let delay = if rpc::classify(&status) == Retry::Slowly {
+                    tracing::error!(
+                        error = status.message(),
+                        "the puppeteer does not accept this puppet's credential (revoked?); retrying slowly"
+                    );
+                    backoff.slow_delay()
+                } else {
+                    tracing::warn!(code = ?status.code(), error = status.message(), "poll failed");
+                    backoff.next_delay()
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = ctx.shutdown.cancelled() => {}
+                }
+            }
+        }
+    }
+}
+
+/// Waits for the poll's answer while reaping finished run tasks. Returns
+/// `None` when the poll was abandoned: on shutdown, or when a slot freed up
+/// while the server holds a poll that said fewer slots were free (it would
+/// otherwise not offer work for a whole hold).
+async fn await_poll<F>(
+    config: &AgentConfig,
+    ctx: &RunContext,
+    tasks: &mut JoinSet<()>,
+    sent_free: u32,
+    call: F,
+) -> Option<F::Output>
+where
+    F: std::future::Future,
+{
+    tokio::pin!(call);
+    loop {
+        tokio::select! {
+            result = &mut call => return Some(result),
+            _ = ctx.shutdown.cancelled() => return None,
+            _ = ctx.held.slot_freed() => {
+                if ctx.held.snapshot(config.slots).free_slots > sent_free {
+                    return None;
+                }
+            }
+            Some(joined) = tasks.join_next(), if !tasks.is_empty() => report_task_end(joined),
+        }
+    }
+}
+
+fn handle_answer(ctx: &RunContext, tasks: &mut JoinSet<()>, answer: PollResponse) {
+    for assignment in answer.assignments {
+        admit(ctx, tasks, assignment);
+    }
+    for run_id in answer.cancel_runs {
+        if ctx.held.cancel(&run_id) {
+            tracing::info!(%run_id, "run cancelled by the puppeteer");
+        } else {
+            tracing::debug!(%run_id, "cancel for a run this puppet does not hold");
+        }
+    }
+}
+
+/// Holds a new assignment and starts its task; recognises redeliveries.
+fn admit(ctx: &RunContext, tasks: &mut JoinSet<()>, assignment: Assignment) {
+    let run_id = assignment.run_id.clone();
+    if !is_safe_run_id(&run_id) {
+        tracing::error!(%run_id, "ignoring an assignment whose run id is not a safe file name");
+        return;
+    }
+    // This runs synchronously between two polls: the next poll already
+    // lists the run in known_runs.
+    match ctx
+        .held
+        .admit(&run_id, assignment.attempt, Stage::Starting, &ctx.shutdown)
+    {
+        Admission::New(cancel) => {
+            tasks.spawn(run::run_assignment(ctx.clone(), assignment, cancel));
+        }
+        Admission::Duplicate => {
+            tracing::debug!(%run_id, attempt = assignment.attempt, "redelivered assignment ignored: already held");
+        }
+        Admission::OtherAttempt(held_attempt) => {
+            tracing::warn!(%run_id, attempt = assignment.attempt, held_attempt, "assignment of another attempt ignored until the held one is reported");
+        }
+    }
+}
+
+fn report_task_end(joined: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = joined
+        && e.is_panic()
+    {
+        tracing::error!(error = %e, "a run task panicked; its run will be reported at the next start");
+    }
+}
+
+/// Lets run tasks kill their children and report for a grace period, then
+/// abandons what is left to the next start.
+async fn drain(ctx: &RunContext, tasks: &mut JoinSet<()>) {
+    {
+        let reap = async {
+            while let Some(joined) = tasks.join_next().await {
+                report_task_end(joined);
+            }
+        };
+        tokio::pin!(reap);
+        if tokio::time::timeout(SHUTDOWN_GRACE, &mut reap)
+            .await
+            .is_err()
+        {
+            ctx.abandon.cancel();
+            if tokio::time::timeout(ABANDON_GRACE, &mut reap)
+                .await
+                .is_err()
+            {
+                // Only a task stuck on local I/O can get here. Its run record
+                // is on disk, so the next start reports the run.
+                tracing::warn!("run tasks did not stop in time; aborting them");
+            }
+        }
+    }
+    tasks.abort_all();
+    tracing::info!("puppet stopped");
+}

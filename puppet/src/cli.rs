@@ -1,0 +1,255 @@
+//! The command line and the optional TOML configuration file.
+//!
+//! Precedence, highest first: flags, environment variables, the file given
+//! with `--config`, built-in defaults.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use geppetto_proto::client::Transport;
+use serde::Deserialize;
+
+use crate::config::{AgentConfig, ConfigError, DEFAULT_SLOTS, default_name, parse_labels};
+
+/// Geppetto's agent: long-polls the puppeteer over outgoing HTTPS and runs what it is given.
+#[derive(Debug, Parser)]
+#[command(name = "puppet", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Enroll (first start only), then poll the puppeteer and execute runs until stopped.
+    ///
+    /// The first start needs an enrollment token; the credential it yields is
+    /// kept in STATE_DIR/credential (mode 0600) and used from then on. Runs are
+    /// recorded under STATE_DIR/runs, so that a run redelivered or cut short by
+    /// a restart is never executed twice. Stop with Ctrl-C or SIGTERM.
+    /// Logging follows RUST_LOG (default: info).
+    Run(RunArgs),
+}
+
+#[derive(Debug, Default, clap::Args)]
+pub struct RunArgs {
+    /// TOML file with the same keys as the flags (server, ca, enroll_token,
+    /// state_dir, name, labels, transport, slots, poll_hold); flags win.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The puppeteer's URL, https://host:port.
+    #[arg(long, env = "PUPPET_SERVER", value_name = "URL")]
+    pub server: Option<String>,
+    /// PEM file of the CA that signed the puppeteer's certificate.
+    #[arg(long, env = "PUPPET_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// Enrollment token from `geppetto enroll-tokens create`; needed only until enrolled.
+    #[arg(
+        long,
+        env = "PUPPET_ENROLL_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub enroll_token: Option<String>,
+    /// Directory for the credential, run records and output spools (created 0700).
+    #[arg(long, env = "PUPPET_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Name asked for at enrollment [default: this machine's host name].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Labels declared at enrollment, e.g. os=debian,env=test,site=lyon.
+    #[arg(long, value_name = "K=V,...")]
+    pub labels: Option<String>,
+    /// grpc-web (HTTP/1.1, crosses proxies) or grpc (HTTP/2) [default: grpc-web].
+    #[arg(long, value_name = "TRANSPORT")]
+    pub transport: Option<Transport>,
+    /// How many runs may execute at the same time [default: 1].
+    #[arg(long, value_name = "N")]
+    pub slots: Option<u32>,
+    /// How long the server should hold an idle poll, e.g. 50s [default: the server's].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub poll_hold: Option<Duration>,
+}
+
+/// The `--config` file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub server: Option<String>,
+    pub ca: Option<PathBuf>,
+    pub enroll_token: Option<String>,
+    pub state_dir: Option<PathBuf>,
+    pub name: Option<String>,
+    pub labels: Option<FileLabels>,
+    pub transport: Option<String>,
+    pub slots: Option<u32>,
+    pub poll_hold: Option<String>,
+}
+
+/// Labels in the file: a table (`[labels]`) or a `k=v,...` string.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum FileLabels {
+    Table(BTreeMap<String, String>),
+    Text(String),
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError(format!(
+                "cannot read the config file {}: {e}",
+                path.display()
+            ))
+        })?;
+        Self::parse(&text)
+            .map_err(|e| ConfigError(format!("config file {}: {}", path.display(), e.0)))
+    }
+
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError(e.message().to_string()))
+    }
+}
+
+impl RunArgs {
+    /// Merges the flags over the file and validates the result.
+    pub fn into_config(self) -> Result<AgentConfig, ConfigError> {
+        let file = match &self.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        self.merge(file)
+    }
+
+    fn merge(self, file: FileConfig) -> Result<AgentConfig, ConfigError> {
+        let server = self.server.or(file.server).ok_or_else(|| {
+            ConfigError("no server given: use --server https://host:port (or PUPPET_SERVER)".into())
+        })?;
+        let state_dir = self.state_dir.or(file.state_dir).ok_or_else(|| {
+            ConfigError(
+                "no state directory given: use --state-dir DIR (or PUPPET_STATE_DIR)".into(),
+            )
+        })?;
+        let labels = match (self.labels, file.labels) {
+            (Some(text), _) | (None, Some(FileLabels::Text(text))) => parse_labels(&text)?,
+            (None, Some(FileLabels::Table(table))) => {
+                for (key, value) in &table {
+                    crate::config::validate_label(key, value)?;
+                }
+                table
+            }
+            (None, None) => BTreeMap::new(),
+        };
+        let transport = match (self.transport, file.transport) {
+            (Some(t), _) => t,
+            (None, Some(text)) => text.parse().map_err(ConfigError)?,
+            (None, None) => Transport::default(),
+        };
+        let poll_hold = match (self.poll_hold, file.poll_hold) {
+            (Some(hold), _) => Some(hold),
+            (None, Some(text)) => Some(humantime::parse_duration(&text).map_err(|e| {
+                ConfigError(format!("invalid poll_hold {text:?}: {e} (write e.g. 50s)"))
+            })?),
+            (None, None) => None,
+        };
+        let config = AgentConfig {
+            server,
+            ca_file: self.ca.or(file.ca),
+            enroll_token: self.enroll_token.or(file.enroll_token),
+            state_dir,
+            name: self.name.or(file.name).unwrap_or_else(default_name),
+            labels,
+            transport,
+            slots: self.slots.or(file.slots).unwrap_or(DEFAULT_SLOTS),
+            poll_hold,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> RunArgs {
+        let mut argv = vec!["puppet", "run"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Run(args) => args,
+        }
+    }
+
+    #[test]
+    fn flags_build_a_config() {
+        let config = parse(&[
+            "--server",
+            "http://127.0.0.1:7",
+            "--state-dir",
+            "/tmp/p",
+            "--name",
+            "web-1",
+            "--labels",
+            "os=debian,env=test",
+            "--transport",
+            "grpc",
+            "--slots",
+            "3",
+            "--poll-hold",
+            "20s",
+            "--enroll-token",
+            "tok",
+        ])
+        .into_config()
+        .unwrap();
+        assert_eq!(config.name, "web-1");
+        assert_eq!(config.labels.len(), 2);
+        assert_eq!(config.transport, Transport::Grpc);
+        assert_eq!(config.slots, 3);
+        assert_eq!(config.poll_hold, Some(Duration::from_secs(20)));
+        assert_eq!(config.enroll_token.as_deref(), Some("tok"));
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let file = FileConfig::parse(
+            "server = \"http://file:1\"\nstate_dir = \"/var/lib/puppet\"\nname = \"from-file\"\nslots = 2\npoll_hold = \"30s\"\n[labels]\nos = \"debian\"\n",
+        )
+        .unwrap();
+        let config = parse(&["--name", "from-flag"]).merge(file).unwrap();
+        assert_eq!(config.server, "http://file:1");
+        assert_eq!(config.name, "from-flag");
+        assert_eq!(config.slots, 2);
+        assert_eq!(config.labels["os"], "debian");
+        assert_eq!(config.poll_hold, Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn bad_input_is_one_clear_error() {
+        assert!(
+            FileConfig::parse("sever = \"x\"")
+                .unwrap_err()
+                .0
+                .contains("sever")
+        );
+        let file = FileConfig::parse("labels = \"os=debian,bad\"").unwrap();
+        let e = parse(&[
+            "--server",
+            "http://x:1",
+            "--state-dir",
+            "/tmp/p",
+            "--name",
+            "a",
+        ])
+        .merge(file)
+        .unwrap_err();
+        assert!(e.0.contains("bad"), "{e}");
+        let e = parse(&["--state-dir", "/tmp/p"])
+            .merge(FileConfig::default())
+            .unwrap_err();
+        assert!(e.0.contains("--server"), "{e}");
+        assert!(Cli::try_parse_from(["puppet", "run", "--transport", "smoke"]).is_err());
+    }
+}

@@ -1,0 +1,300 @@
+//! The agent's validated configuration.
+//!
+//! Everything is checked before the first connection, so that a typo gives
+//! one clear error line at start-up instead of a puppet that retries forever.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use geppetto_proto::client::Transport;
+
+/// Runs a puppet executes at the same time unless told otherwise.
+pub const DEFAULT_SLOTS: u32 = 1;
+/// More slots than this is certainly a typo.
+pub const MAX_SLOTS: u32 = 256;
+/// The range of hold times a puppet may ask for.
+pub const MIN_POLL_HOLD: Duration = Duration::from_secs(1);
+pub const MAX_POLL_HOLD: Duration = Duration::from_secs(600);
+
+/// A configuration error, worded for the operator.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn err<T>(message: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError(message.into()))
+}
+
+/// Everything [`crate::run_agent`] needs.
+#[derive(Clone)]
+pub struct AgentConfig {
+    /// `https://host:port` of the puppeteer.
+    pub server: String,
+    /// PEM file of the CA that signed the puppeteer's certificate.
+    pub ca_file: Option<PathBuf>,
+    /// Needed only until the puppet holds a credential.
+    pub enroll_token: Option<String>,
+    /// Holds the credential, run records and spools (created with mode 0700).
+    pub state_dir: PathBuf,
+    /// The name the puppet asks for when it enrolls.
+    pub name: String,
+    /// Labels the puppet declares when it enrolls.
+    pub labels: BTreeMap<String, String>,
+    pub transport: Transport,
+    /// How many runs may execute at the same time.
+    pub slots: u32,
+    /// How long the server should hold an idle poll; `None`: the server's default.
+    pub poll_hold: Option<Duration>,
+}
+
+impl fmt::Debug for AgentConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AgentConfig")
+            .field("server", &self.server)
+            .field("ca_file", &self.ca_file)
+            .field(
+                "enroll_token",
+                &self.enroll_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("state_dir", &self.state_dir)
+            .field("name", &self.name)
+            .field("labels", &self.labels)
+            .field("transport", &self.transport)
+            .field("slots", &self.slots)
+            .field("poll_hold", &self.poll_hold)
+            .finish()
+    }
+}
+
+impl AgentConfig {
+    /// A configuration with defaults for everything but the server and the state directory.
+    pub fn new(server: impl Into<String>, state_dir: impl Into<PathBuf>) -> Self {
+        AgentConfig {
+            server: server.into(),
+            ca_file: None,
+            enroll_token: None,
+            state_dir: state_dir.into(),
+            name: default_name(),
+            labels: BTreeMap::new(),
+            transport: Transport::default(),
+            slots: DEFAULT_SLOTS,
+            poll_hold: None,
+        }
+    }
+
+    /// Checks everything that can be checked without the network.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate_server(&self.server, self.ca_file.is_some())?;
+        if let Some(ca) = &self.ca_file
+            && !ca.is_file()
+        {
+            return err(format!(
+                "the CA file {} does not exist or is not a file",
+                ca.display()
+            ));
+        }
+        if self.state_dir.as_os_str().is_empty() {
+            return err("the state directory is empty: give --state-dir DIR");
+        }
+        if self.state_dir.exists() && !self.state_dir.is_dir() {
+            return err(format!(
+                "the state directory {} is not a directory",
+                self.state_dir.display()
+            ));
+        }
+        validate_name(&self.name)?;
+        for (key, value) in &self.labels {
+            validate_label(key, value)?;
+        }
+        if self
+            .enroll_token
+            .as_deref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
+            return err("the enrollment token is empty");
+        }
+        if self.slots == 0 || self.slots > MAX_SLOTS {
+            return err(format!(
+                "slots must be between 1 and {MAX_SLOTS}, not {}",
+                self.slots
+            ));
+        }
+        if let Some(hold) = self.poll_hold
+            && !(MIN_POLL_HOLD..=MAX_POLL_HOLD).contains(&hold)
+        {
+            return err(format!(
+                "the poll hold must be between {} and {}, not {}",
+                humantime::format_duration(MIN_POLL_HOLD),
+                humantime::format_duration(MAX_POLL_HOLD),
+                humantime::format_duration(hold)
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn validate_server(server: &str, has_ca: bool) -> Result<(), ConfigError> {
+    if server.is_empty() {
+        return err("no server given: use --server https://host:port");
+    }
+    if let Some(rest) = server.strip_prefix("https://") {
+        if rest.is_empty() {
+            return err(format!("the server URL {server:?} has no host"));
+        }
+        if !has_ca {
+            return err("an https server needs the CA that signed its certificate: give --ca FILE");
+        }
+        Ok(())
+    } else if server.starts_with("http://") {
+        Ok(())
+    } else {
+        err(format!(
+            "the server URL {server:?} must start with https://"
+        ))
+    }
+}
+
+/// The default puppet name: this machine's host name, lower-cased.
+pub fn default_name() -> String {
+    crate::facts::hostname().to_ascii_lowercase()
+}
+
+/// Checks a puppet name: 1-63 of `[a-z0-9-.]`, starting with a letter or digit.
+pub fn validate_name(name: &str) -> Result<(), ConfigError> {
+    let well_formed = !name.is_empty()
+        && name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+    if well_formed {
+        Ok(())
+    } else {
+        err(format!(
+            "invalid puppet name {name:?}: use 1-63 of a-z 0-9 - . starting with a letter or digit (--name)"
+        ))
+    }
+}
+
+/// Checks one label: a key of 1-63 of `[a-z0-9._/-]` starting with a letter
+/// or digit, and a value of 0-63 of `[A-Za-z0-9._-]`.
+pub fn validate_label(key: &str, value: &str) -> Result<(), ConfigError> {
+    let key_ok = !key.is_empty()
+        && key.len() <= 63
+        && key.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && key.chars().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.' | '_' | '/')
+        });
+    if !key_ok {
+        return err(format!(
+            "invalid label key {key:?}: use 1-63 of a-z 0-9 - . _ / starting with a letter or digit"
+        ));
+    }
+    let value_ok = value.len() <= 63
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
+    if !value_ok {
+        return err(format!(
+            "invalid value {value:?} of label {key:?}: use at most 63 of A-Z a-z 0-9 - . _"
+        ));
+    }
+    Ok(())
+}
+
+/// Parses `k=v,k2=v2` (spaces around items are ignored; empty is no labels).
+pub fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut labels = BTreeMap::new();
+    for item in text
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+    {
+        let Some((key, value)) = item.split_once('=') else {
+            return err(format!("invalid label {item:?}: write key=value"));
+        };
+        let (key, value) = (key.trim(), value.trim());
+        validate_label(key, value)?;
+        if labels.insert(key.to_string(), value.to_string()).is_some() {
+            return err(format!("label {key:?} is given twice"));
+        }
+    }
+    Ok(labels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> AgentConfig {
+        let mut config = AgentConfig::new("http://127.0.0.1:1", std::env::temp_dir());
+        config.name = "web-1".into();
+        config
+    }
+
+    #[test]
+    fn labels_parse_and_bad_ones_are_rejected() {
+        let labels = parse_labels("os=debian, env=test,site=lyon").unwrap();
+        assert_eq!(labels.len(), 3);
+        assert_eq!(labels["env"], "test");
+        assert!(parse_labels("").unwrap().is_empty());
+        assert_eq!(parse_labels("k=").unwrap()["k"], "");
+        for bad in [
+            "os",
+            "=debian",
+            "Os=debian",
+            "os=deb ian",
+            "a=1,a=2",
+            "os=debian;rm",
+        ] {
+            assert!(parse_labels(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn names_follow_the_server_rules() {
+        assert!(validate_name("web-1.lyon").is_ok());
+        for bad in ["", "-web", "Web", "web_1", &"a".repeat(64)] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn validation_catches_mistakes_before_connecting() {
+        assert_eq!(valid().validate(), Ok(()));
+        type Mutation = fn(&mut AgentConfig);
+        let cases: Vec<(Mutation, &str)> = vec![
+            (|c| c.server = "ftp://x".into(), "must start with https://"),
+            (|c| c.server = "https://x:1".into(), "--ca"),
+            (|c| c.server = String::new(), "no server"),
+            (
+                |c| c.ca_file = Some("/nonexistent/ca.pem".into()),
+                "CA file",
+            ),
+            (|c| c.slots = 0, "slots"),
+            (
+                |c| c.poll_hold = Some(Duration::from_millis(10)),
+                "poll hold",
+            ),
+            (|c| c.enroll_token = Some(" ".into()), "token"),
+            (|c| c.name = "Bad Name".into(), "puppet name"),
+        ];
+        for (mutate, expected) in cases {
+            let mut config = valid();
+            mutate(&mut config);
+            let e = config.validate().unwrap_err();
+            assert!(e.0.contains(expected), "{e} does not mention {expected}");
+        }
+    }
+
+    #[test]
+    fn debug_redacts_the_enroll_token() {
+        let mut config = valid();
+        config.enroll_token = Some("s3cret-token".into());
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("s3cret"));
+        assert!(shown.contains("<redacted>"));
+    }
+}

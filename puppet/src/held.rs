@@ -1,0 +1,269 @@
+//! The runs this puppet holds, shared by the poll loop and the run tasks.
+//!
+//! The poll loop inserts a run here synchronously when its assignment
+//! arrives, before it sends the next poll, so every poll's `known_runs`
+//! includes it and a redelivered assignment is recognised. A run leaves the
+//! table only when its task ends (the guard's drop, which also runs if the
+//! task panics), after `FinishRun` was acknowledged.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// How many forgotten runs are remembered, so that a late duplicate of an
+/// assignment that was already finished and acknowledged is not started again.
+const TOMBSTONES: usize = 1024;
+
+/// Where a held run is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Accepted, `StartRun` not yet answered: it takes a slot.
+    Starting,
+    /// Its process runs: it takes a slot.
+    Executing,
+    /// Its process ended; its log and `FinishRun` are not acknowledged yet.
+    Finishing,
+}
+
+#[derive(Debug)]
+struct Entry {
+    attempt: u32,
+    stage: Stage,
+    cancel: CancellationToken,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    runs: BTreeMap<String, Entry>,
+    forgotten: VecDeque<(String, u32)>,
+}
+
+/// What a poll reports about the held runs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub free_slots: u32,
+    pub known_runs: Vec<String>,
+    pub finishing_runs: Vec<String>,
+}
+
+/// Whether an assignment is new to the puppet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// New: it is now held, and its task must be started.
+    New(CancellationToken),
+    /// The same attempt is already held or was already finished.
+    Duplicate,
+    /// Another attempt of the run is still held.
+    OtherAttempt(u32),
+}
+
+/// The table, cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct HeldRuns {
+    // A std mutex: it is held only for map operations, never across an await.
+    table: Arc<Mutex<Table>>,
+    slot_freed: Arc<Notify>,
+}
+
+impl HeldRuns {
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Holds a run unless it is already known. The cancel token is a child
+    /// of `parent`, so a shutdown also reaches the run.
+    pub fn admit(
+        &self,
+        run_id: &str,
+        attempt: u32,
+        stage: Stage,
+        parent: &CancellationToken,
+    ) -> Admission {
+        let mut table = self.lock();
+        if let Some(entry) = table.runs.get(run_id) {
+            return if entry.attempt == attempt {
+                Admission::Duplicate
+            } else {
+                Admission::OtherAttempt(entry.attempt)
+            };
+        }
+        if table
+            .forgotten
+            .iter()
+            .any(|(id, a)| id == run_id && *a == attempt)
+        {
+            return Admission::Duplicate;
+        }
+        let cancel = parent.child_token();
+        table.runs.insert(
+            run_id.to_string(),
+            Entry {
+                attempt,
+                stage,
+                cancel: cancel.clone(),
+            },
+        );
+        Admission::New(cancel)
+    }
+
+    /// Moves a run to another stage; leaving a slot-taking stage wakes the poll loop.
+    pub fn set_stage(&self, run_id: &str, stage: Stage) {
+        let freed = {
+            let mut table = self.lock();
+            match table.runs.get_mut(run_id) {
+                Some(entry) => {
+                    let freed = entry.stage != Stage::Finishing && stage == Stage::Finishing;
+                    entry.stage = stage;
+                    freed
+                }
+                None => false,
+            }
+        };
+        if freed {
+            self.slot_freed.notify_one();
+        }
+    }
+
+    /// Cancels a held run; returns whether it was held.
+    pub fn cancel(&self, run_id: &str) -> bool {
+        match self.lock().runs.get(run_id) {
+            Some(entry) => {
+                entry.cancel.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Stops holding a run and remembers that this attempt is done.
+    pub fn forget(&self, run_id: &str) {
+        let freed = {
+            let mut table = self.lock();
+            let Some(entry) = table.runs.remove(run_id) else {
+                return;
+            };
+            if table.forgotten.len() >= TOMBSTONES {
+                table.forgotten.pop_front();
+            }
+            table
+                .forgotten
+                .push_back((run_id.to_string(), entry.attempt));
+            entry.stage != Stage::Finishing
+        };
+        if freed {
+            self.slot_freed.notify_one();
+        }
+    }
+
+    /// What the next poll reports.
+    pub fn snapshot(&self, slots: u32) -> Snapshot {
+        let table = self.lock();
+        let busy = table
+            .runs
+            .values()
+            .filter(|e| e.stage != Stage::Finishing)
+            .count();
+        Snapshot {
+            free_slots: slots.saturating_sub(u32::try_from(busy).unwrap_or(u32::MAX)),
+            known_runs: table.runs.keys().cloned().collect(),
+            finishing_runs: table
+                .runs
+                .iter()
+                .filter(|(_, e)| e.stage == Stage::Finishing)
+                .map(|(id, _)| id.clone())
+                .collect(),
+        }
+    }
+
+    /// Resolves when a slot may have been freed since the last call.
+    pub async fn slot_freed(&self) {
+        self.slot_freed.notified().await;
+    }
+
+    /// A guard that forgets the run when dropped, even by a panic.
+    pub fn guard(&self, run_id: &str) -> HeldGuard {
+        HeldGuard {
+            held: self.clone(),
+            run_id: run_id.to_string(),
+        }
+    }
+}
+
+/// Forgets its run when dropped.
+#[derive(Debug)]
+pub struct HeldGuard {
+    held: HeldRuns,
+    run_id: String,
+}
+
+impl Drop for HeldGuard {
+    fn drop(&mut self) {
+        self.held.forget(&self.run_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redelivery_is_recognised_while_held_and_after_forgetting() {
+        let held = HeldRuns::default();
+        let root = CancellationToken::new();
+        assert!(matches!(
+            held.admit("run-1", 1, Stage::Starting, &root),
+            Admission::New(_)
+        ));
+        assert_eq!(
+            held.admit("run-1", 1, Stage::Starting, &root),
+            Admission::Duplicate
+        );
+        assert_eq!(
+            held.admit("run-1", 2, Stage::Starting, &root),
+            Admission::OtherAttempt(1)
+        );
+        held.forget("run-1");
+        assert_eq!(
+            held.admit("run-1", 1, Stage::Starting, &root),
+            Admission::Duplicate
+        );
+        assert!(matches!(
+            held.admit("run-1", 2, Stage::Starting, &root),
+            Admission::New(_)
+        ));
+    }
+
+    #[test]
+    fn slots_and_known_runs_follow_the_stages() {
+        let held = HeldRuns::default();
+        let root = CancellationToken::new();
+        held.admit("run-a", 1, Stage::Starting, &root);
+        held.admit("run-b", 1, Stage::Finishing, &root);
+        let snap = held.snapshot(2);
+        assert_eq!(snap.free_slots, 1);
+        assert_eq!(snap.known_runs, ["run-a", "run-b"]);
+        assert_eq!(snap.finishing_runs, ["run-b"]);
+        held.set_stage("run-a", Stage::Finishing);
+        assert_eq!(held.snapshot(2).free_slots, 2);
+        assert_eq!(held.snapshot(0).free_slots, 0);
+    }
+
+    #[test]
+    fn cancel_and_shutdown_reach_the_run() {
+        let held = HeldRuns::default();
+        let root = CancellationToken::new();
+        let Admission::New(token) = held.admit("run-a", 1, Stage::Executing, &root) else {
+            panic!("not admitted");
+        };
+        assert!(held.cancel("run-a"));
+        assert!(token.is_cancelled());
+        assert!(!held.cancel("run-unknown"));
+        let Admission::New(token) = held.admit("run-b", 1, Stage::Executing, &root) else {
+            panic!("not admitted");
+        };
+        root.cancel();
+        assert!(token.is_cancelled());
+    }
+}

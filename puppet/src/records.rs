@@ -1,0 +1,340 @@
+//! Run records and spool files under `state_dir/runs/`.
+//!
+//! A record (`<run_id>.json`) is written before anything irreversible happens
+//! to a run, so that after a crash or a redelivery the puppet knows what it
+//! already did: `accepted` before `StartRun` is sent, `started` before the
+//! child is spawned, `finished` (with the outcome) as soon as the child is
+//! gone. The spool (`<run_id>.log`) holds the run's output until the
+//! puppeteer has acknowledged it. Both are removed once `FinishRun` is
+//! acknowledged.
+//!
+//! The files are tiny and written only at phase changes, so they are written
+//! with blocking calls; each write goes to a temporary file that is synced
+//! and renamed over the old one, so a crash leaves either record whole.
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// How far a run got on this puppet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Received; `StartRun` may have been sent, the child was not spawned.
+    Accepted,
+    /// The child was (about to be) spawned.
+    Started,
+    /// The child is gone and the outcome is known; `FinishRun` may not be acknowledged yet.
+    Finished,
+}
+
+/// How a run ended, as the puppet saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Exited,
+    Signaled,
+    TimedOut,
+    Cancelled,
+    StartFailed,
+    Interrupted,
+}
+
+/// Everything `FinishRun` reports, kept on disk until it is acknowledged.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FinishReport {
+    pub outcome: Outcome,
+    #[serde(default)]
+    pub exit_code: i32,
+    #[serde(default)]
+    pub signal: i32,
+    #[serde(default, with = "duration_ms")]
+    pub duration: Duration,
+    /// Bytes of output in the spool when the run ended.
+    #[serde(default)]
+    pub log_length: u64,
+    #[serde(default)]
+    pub message: String,
+}
+
+impl FinishReport {
+    /// The report of a run that a restart of the puppet cut short.
+    pub fn interrupted(log_length: u64, message: impl Into<String>) -> Self {
+        FinishReport {
+            outcome: Outcome::Interrupted,
+            exit_code: 0,
+            signal: 0,
+            duration: Duration::ZERO,
+            log_length,
+            message: message.into(),
+        }
+    }
+}
+
+/// The on-disk record of one run attempt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub run_id: String,
+    pub attempt: u32,
+    pub phase: Phase,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish: Option<FinishReport>,
+}
+
+impl RunRecord {
+    /// The finish to report for a record left by an earlier puppet process.
+    ///
+    /// A finished run reports its stored outcome again. A run that was accepted or started but never finished was cut short by
+    /// the restart: it is reported as interrupted and never executed again,
+    /// because the puppet cannot know how far its child got.
+    pub fn recovery_report(&self, spool_len: u64) -> FinishReport {
+        match (&self.phase, &self.finish) {
+            (Phase::Finished, Some(report)) => report.clone(),
+            (Phase::Accepted, _) => FinishReport::interrupted(
+                spool_len,
+                "the puppet restarted before the run started; it was not executed",
+            ),
+            _ => FinishReport::interrupted(
+                spool_len,
+                "the puppet restarted while the run was executing",
+            ),
+        }
+    }
+}
+
+/// Whether a run id is safe to use as a file name (the server's ids look like `run-...`).
+pub fn is_safe_run_id(run_id: &str) -> bool {
+    !run_id.is_empty()
+        && run_id.len() <= 128
+        && !run_id.starts_with('.')
+        && run_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// The `runs/` directory of the state directory.
+#[derive(Clone, Debug)]
+pub struct RunStore {
+    dir: PathBuf,
+}
+
+impl RunStore {
+    /// Opens (creating with mode 0700) `state_dir/runs`.
+    pub fn open(state_dir: &Path) -> io::Result<Self> {
+        let dir = state_dir.join("runs");
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)?;
+        Ok(RunStore { dir })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn record_path(&self, run_id: &str) -> PathBuf {
+        self.dir.join(format!("{run_id}.json"))
+    }
+
+    pub fn spool_path(&self, run_id: &str) -> PathBuf {
+        self.dir.join(format!("{run_id}.log"))
+    }
+
+    pub fn script_path(&self, run_id: &str) -> PathBuf {
+        self.dir.join(format!("{run_id}.script"))
+    }
+
+    /// Writes a record atomically and durably.
+    pub fn save(&self, record: &RunRecord) -> io::Result<()> {
+        let json = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
+        write_atomically(&self.record_path(&record.run_id), &json, 0o600)
+    }
+
+    /// Reads the record of a run, if there is one.
+    pub fn load(&self, run_id: &str) -> io::Result<Option<RunRecord>> {
+        match fs::read(self.record_path(run_id)) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads every record; unreadable ones are logged and skipped, since one
+    /// damaged file must not keep the puppet from working.
+    pub fn load_all(&self) -> io::Result<Vec<RunRecord>> {
+        let mut records = Vec::new();
+        for entry in fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            if path.extension().is_none_or(|ext| ext != "json") {
+                continue;
+            }
+            match fs::read(&path).and_then(|bytes| {
+                serde_json::from_slice::<RunRecord>(&bytes)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+            }) {
+                Ok(record) if is_safe_run_id(&record.run_id) => records.push(record),
+                Ok(record) => {
+                    tracing::warn!(path = %path.display(), run_id = %record.run_id, "ignoring a run record with an unsafe run id")
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "ignoring an unreadable run record")
+                }
+            }
+        }
+        records.sort_by(|a, b| a.run_id.cmp(&b.run_id));
+        Ok(records)
+    }
+
+    /// The current length of a run's spool (0 when there is none).
+    pub fn spool_len(&self, run_id: &str) -> u64 {
+        fs::metadata(self.spool_path(run_id)).map_or(0, |m| m.len())
+    }
+
+    /// Removes everything the puppet kept about a run.
+    pub fn forget(&self, run_id: &str) -> io::Result<()> {
+        for path in [
+            self.spool_path(run_id),
+            self.script_path(run_id),
+            self.record_path(run_id),
+        ] {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes `bytes` to `path` through a synced temporary file and a rename.
+pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = PathBuf::from(tmp_name);
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(&tmp, path)?;
+    // Syncing the directory makes the rename itself survive a power loss.
+    if let Some(parent) = path.parent() {
+        fs::File::open(parent)?.sync_all()?;
+    }
+    Ok(())
+}
+
+mod duration_ms {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(phase: Phase, finish: Option<FinishReport>) -> RunRecord {
+        RunRecord {
+            run_id: "run-1".into(),
+            attempt: 2,
+            phase,
+            finish,
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_are_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RunStore::open(dir.path()).unwrap();
+        let finished = record(
+            Phase::Finished,
+            Some(FinishReport {
+                outcome: Outcome::Exited,
+                exit_code: 3,
+                signal: 0,
+                duration: Duration::from_millis(1500),
+                log_length: 42,
+                message: String::new(),
+            }),
+        );
+        store.save(&finished).unwrap();
+        assert_eq!(store.load("run-1").unwrap(), Some(finished.clone()));
+        assert_eq!(store.load_all().unwrap(), vec![finished]);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(store.record_path("run-1"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let dir_mode = fs::metadata(store.dir()).unwrap().permissions().mode();
+        assert_eq!(dir_mode & 0o777, 0o700);
+        store.forget("run-1").unwrap();
+        assert_eq!(store.load("run-1").unwrap(), None);
+        assert!(store.load_all().unwrap().is_empty());
+    }
+
+    #[test]
+    fn started_but_not_finished_is_interrupted_on_restart() {
+        let rec = record(Phase::Started, None);
+        let report = rec.recovery_report(17);
+        assert_eq!(report.outcome, Outcome::Interrupted);
+        assert_eq!(report.log_length, 17);
+
+        let report = record(Phase::Accepted, None).recovery_report(0);
+        assert_eq!(report.outcome, Outcome::Interrupted);
+    }
+
+    #[test]
+    fn finished_records_resend_their_outcome() {
+        let report = FinishReport {
+            outcome: Outcome::Signaled,
+            exit_code: 0,
+            signal: 9,
+            duration: Duration::from_secs(2),
+            log_length: 5,
+            message: "x".into(),
+        };
+        let got = record(Phase::Finished, Some(report.clone())).recovery_report(99);
+        assert_eq!(got, report);
+    }
+
+    #[test]
+    fn broken_and_foreign_files_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RunStore::open(dir.path()).unwrap();
+        fs::write(store.dir().join("bad.json"), b"{not json").unwrap();
+        fs::write(store.dir().join("run-2.log"), b"output").unwrap();
+        store.save(&record(Phase::Accepted, None)).unwrap();
+        let all = store.load_all().unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(store.spool_len("run-2"), 6);
+    }
+
+    #[test]
+    fn run_ids_that_could_escape_the_directory_are_refused() {
+        assert!(is_safe_run_id("run-01HZX.3_a"));
+        for bad in ["", "../x", "a/b", ".hidden", "a b", &"x".repeat(129)] {
+            assert!(!is_safe_run_id(bad), "{bad:?}");
+        }
+    }
+}

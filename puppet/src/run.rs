@@ -1,0 +1,338 @@
+//! The life of one run on this puppet: record, start, execute, upload, finish.
+//!
+//! Each step is recorded before it happens (see [`crate::records`]), so that
+//! a crash at any point leaves enough on disk to report the run truthfully
+//! and never execute it twice.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use geppetto_proto::v1::{Assignment, StartRunRequest};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::executor::{self, ExecRequest, StopSignals};
+use crate::held::{HeldRuns, Stage};
+use crate::records::{FinishReport, Outcome, Phase, RunRecord, RunStore};
+use crate::rpc::{self, CALL_TIMEOUT, CallError, Client};
+use crate::spool::SpoolWriter;
+use crate::upload::{self, LogTarget};
+
+/// What every run task shares.
+#[derive(Clone, Debug)]
+pub struct RunContext {
+    pub client: Client,
+    pub store: RunStore,
+    pub held: HeldRuns,
+    pub state_dir: PathBuf,
+    /// Fires when the puppet shuts down: children are killed, nothing new starts.
+    pub shutdown: CancellationToken,
+    /// Fires a grace period after `shutdown`: calls to the server stop.
+    pub abandon: CancellationToken,
+}
+
+/// Executes a newly admitted assignment and reports it.
+pub async fn run_assignment(ctx: RunContext, assignment: Assignment, cancel: CancellationToken) {
+    let run_id = assignment.run_id.clone();
+    let attempt = assignment.attempt;
+    let _guard = ctx.held.guard(&run_id);
+    let target = LogTarget {
+        run_id: run_id.clone(),
+        attempt,
+    };
+    let mut record = RunRecord {
+        run_id: run_id.clone(),
+        attempt,
+        phase: Phase::Accepted,
+        finish: None,
+    };
+    if let Err(e) = ctx.store.save(&record) {
+        // Without a record, a restart could not recognise the run: refuse to
+        // start it rather than risk running it twice.
+        let message = format!(
+            "the puppet cannot record the run in {}: {e}",
+            ctx.store.dir().display()
+        );
+        tracing::error!(%run_id, "{message}");
+        let report = report_without_output(Outcome::StartFailed, message);
+        finish(&ctx, &target, &report).await;
+        return;
+    }
+
+    match start(&ctx, &target, &cancel).await {
+        Started::Proceed => {}
+        Started::Dropped => {
+            forget(&ctx, &run_id);
+            return;
+        }
+        Started::Stopped => return,
+        Started::Abort(report) => {
+            record.phase = Phase::Finished;
+            record.finish = Some(report.clone());
+            save_or_log(&ctx.store, &record);
+            report_and_forget(&ctx, &target, report, 0).await;
+            return;
+        }
+    }
+
+    record.phase = Phase::Started;
+    if let Err(e) = ctx.store.save(&record) {
+        let message = format!(
+            "the puppet cannot record the run in {}: {e}",
+            ctx.store.dir().display()
+        );
+        tracing::error!(%run_id, "{message}");
+        report_and_forget(
+            &ctx,
+            &target,
+            report_without_output(Outcome::StartFailed, message),
+            0,
+        )
+        .await;
+        return;
+    }
+    ctx.held.set_stage(&run_id, Stage::Executing);
+    let spool_path = ctx.store.spool_path(&run_id);
+    let (mut writer, progress) = match SpoolWriter::open(&spool_path).await {
+        Ok(opened) => opened,
+        Err(e) => {
+            let message = format!(
+                "the puppet cannot create the spool {}: {e}",
+                spool_path.display()
+            );
+            report_and_forget(
+                &ctx,
+                &target,
+                report_without_output(Outcome::StartFailed, message),
+                0,
+            )
+            .await;
+            return;
+        }
+    };
+    let request = exec_request(&ctx, &assignment);
+    tracing::info!(%run_id, attempt, task = %assignment.task_name, "run starting");
+
+    let execution = async {
+        let stop = StopSignals {
+            cancel: cancel.clone(),
+            shutdown: ctx.shutdown.clone(),
+        };
+        let report = match request {
+            Ok(request) => executor::execute(&request, &mut writer, &stop).await,
+            Err(message) => report_without_output(Outcome::StartFailed, message),
+        };
+        // Dropping the writer tells the uploader the output is complete.
+        drop(writer);
+        record.phase = Phase::Finished;
+        record.finish = Some(report.clone());
+        save_or_log(&ctx.store, &record);
+        ctx.held.set_stage(&run_id, Stage::Finishing);
+        tracing::info!(%run_id, outcome = ?report.outcome, exit_code = report.exit_code, signal = report.signal, "run ended");
+        report
+    };
+    let uploading =
+        upload::stream_log(&ctx.client, &target, &spool_path, progress, 0, &ctx.abandon);
+    let (report, uploaded) = tokio::join!(execution, uploading);
+    finish_after_upload(&ctx, &target, report, uploaded).await;
+}
+
+/// Reports a run found on disk at start-up: uploads what its spool holds
+/// and finishes it (as interrupted, unless it had finished).
+pub async fn recover_run(ctx: RunContext, mut record: RunRecord) {
+    let run_id = record.run_id.clone();
+    let _guard = ctx.held.guard(&run_id);
+    let target = LogTarget {
+        run_id: run_id.clone(),
+        attempt: record.attempt,
+    };
+    let spool_len = ctx.store.spool_len(&run_id);
+    let report = record.recovery_report(spool_len);
+    if record.phase != Phase::Finished {
+        tracing::warn!(%run_id, attempt = record.attempt, "run was cut short by a restart of the puppet; reporting it as interrupted");
+        record.phase = Phase::Finished;
+        record.finish = Some(report.clone());
+        save_or_log(&ctx.store, &record);
+    }
+    if spool_len == 0 {
+        report_and_forget(&ctx, &target, report, 0).await;
+        return;
+    }
+    let uploaded = match target.committed(&ctx.client, &ctx.abandon).await {
+        Ok(committed) => {
+            // The sender is dropped at once: the spool will not grow.
+            let (_, progress) = watch::channel(spool_len);
+            upload::stream_log(
+                &ctx.client,
+                &target,
+                &ctx.store.spool_path(&run_id),
+                progress,
+                committed,
+                &ctx.abandon,
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
+    finish_after_upload(&ctx, &target, report, uploaded).await;
+}
+
+enum Started {
+    Proceed,
+    /// The server said not to start it; there is nothing to report.
+    Dropped,
+    /// The puppet is shutting down; the record stays for the next start.
+    Stopped,
+    /// Not started; report this instead.
+    Abort(FinishReport),
+}
+
+async fn start(ctx: &RunContext, target: &LogTarget, cancel: &CancellationToken) -> Started {
+    if cancel.is_cancelled() {
+        return not_started(ctx);
+    }
+    let message = StartRunRequest {
+        run_id: target.run_id.clone(),
+        attempt: target.attempt,
+        started_at: Some(rpc::timestamp_now()),
+    };
+    // The operator's cancel token is a child of the shutdown token, so both
+    // end the retries.
+    let answer = rpc::retry("StartRun", cancel, || {
+        let mut client = ctx.client.clone();
+        let message = message.clone();
+        async move {
+            rpc::with_deadline(
+                CALL_TIMEOUT,
+                client.start_run(rpc::request(message, CALL_TIMEOUT)),
+            )
+            .await
+        }
+    })
+    .await;
+    match answer {
+        Ok(answer) if !answer.proceed => {
+            tracing::info!(run_id = %target.run_id, "the puppeteer says not to start the run");
+            Started::Dropped
+        }
+        Ok(_) if cancel.is_cancelled() => not_started(ctx),
+        Ok(_) => Started::Proceed,
+        Err(CallError::Stopped) => not_started(ctx),
+        Err(CallError::Refused(status)) => {
+            tracing::error!(run_id = %target.run_id, code = ?status.code(), error = status.message(), "the puppeteer refused to start the run; dropping it");
+            Started::Dropped
+        }
+    }
+}
+
+fn not_started(ctx: &RunContext) -> Started {
+    if ctx.shutdown.is_cancelled() {
+        Started::Stopped
+    } else {
+        Started::Abort(report_without_output(
+            Outcome::Cancelled,
+            "cancelled before it started".into(),
+        ))
+    }
+}
+
+fn exec_request(ctx: &RunContext, assignment: &Assignment) -> Result<ExecRequest, String> {
+    let spec = assignment.spec.clone().unwrap_or_default();
+    let program = rpc::program_of(&spec).ok_or("the assignment holds no program")?;
+    let workdir = if spec.workdir.is_empty() {
+        ctx.state_dir.clone()
+    } else {
+        PathBuf::from(&spec.workdir)
+    };
+    Ok(ExecRequest {
+        program,
+        env: spec.env.into_iter().collect(),
+        workdir,
+        timeout: rpc::from_proto_duration(spec.timeout.as_ref()).filter(|t| !t.is_zero()),
+        script_path: ctx.store.script_path(&assignment.run_id),
+    })
+}
+
+async fn finish_after_upload(
+    ctx: &RunContext,
+    target: &LogTarget,
+    report: FinishReport,
+    uploaded: Result<u64, CallError>,
+) {
+    match uploaded {
+        Ok(committed) => report_and_forget(ctx, target, report, committed).await,
+        Err(CallError::Stopped) => {
+            tracing::info!(run_id = %target.run_id, "shutting down; the run will be reported at the next start");
+        }
+        Err(CallError::Refused(status)) => {
+            tracing::error!(run_id = %target.run_id, code = ?status.code(), error = status.message(), "the puppeteer refused the run's output");
+            report_and_forget(ctx, target, report, 0).await;
+        }
+    }
+}
+
+/// Sends `FinishRun` until acknowledged (or refused), then forgets the run.
+async fn report_and_forget(
+    ctx: &RunContext,
+    target: &LogTarget,
+    mut report: FinishReport,
+    committed: u64,
+) {
+    // The server may hold more than the spool if the machine lost the
+    // spool's tail in a crash; the log is as long as the longer of the two.
+    report.log_length = report.log_length.max(committed);
+    if finish(ctx, target, &report).await {
+        forget(ctx, &target.run_id);
+    }
+}
+
+/// Returns whether the run is done with (acknowledged or refused).
+async fn finish(ctx: &RunContext, target: &LogTarget, report: &FinishReport) -> bool {
+    let message = rpc::finish_request(&target.run_id, target.attempt, report);
+    let answer = rpc::retry("FinishRun", &ctx.abandon, || {
+        let mut client = ctx.client.clone();
+        let message = message.clone();
+        async move {
+            rpc::with_deadline(
+                CALL_TIMEOUT,
+                client.finish_run(rpc::request(message, CALL_TIMEOUT)),
+            )
+            .await
+        }
+    })
+    .await;
+    match answer {
+        Ok(answer) => {
+            tracing::info!(run_id = %target.run_id, state = answer.state, "run reported");
+            true
+        }
+        Err(CallError::Stopped) => false,
+        Err(CallError::Refused(status)) => {
+            tracing::error!(run_id = %target.run_id, code = ?status.code(), error = status.message(), "the puppeteer refused the run's finish; forgetting the run");
+            true
+        }
+    }
+}
+
+fn forget(ctx: &RunContext, run_id: &str) {
+    if let Err(e) = ctx.store.forget(run_id) {
+        tracing::warn!(%run_id, error = %e, "cannot remove the run's files");
+    }
+}
+
+fn save_or_log(store: &RunStore, record: &RunRecord) {
+    if let Err(e) = store.save(record) {
+        tracing::error!(run_id = %record.run_id, error = %e, "cannot update the run record");
+    }
+}
+
+fn report_without_output(outcome: Outcome, message: String) -> FinishReport {
+    FinishReport {
+        outcome,
+        exit_code: 0,
+        signal: 0,
+        duration: Duration::ZERO,
+        log_length: 0,
+        message,
+    }
+}

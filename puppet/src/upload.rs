@@ -1,0 +1,129 @@
+//! Streams a run's spool to the puppeteer with `AppendLog`.
+//!
+//! Output is sent as soon as it exists: each call carries everything the
+//! spool holds beyond what the server has committed, up to [`MAX_CHUNK`], so
+//! a live `logs --follow` sees lines as they are printed and a busy run is
+//! batched into large chunks. The server's `committed` answer is the truth:
+//! the next chunk starts there, whatever was sent before.
+
+use std::path::Path;
+
+use geppetto_proto::v1::AppendLogRequest;
+use tokio::sync::watch;
+use tokio_util::bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+
+use crate::rpc::{self, CALL_TIMEOUT, CallError, Client};
+use crate::spool::read_chunk;
+
+/// The largest chunk sent in one call.
+pub const MAX_CHUNK: usize = 256 * 1024;
+
+/// How many times in a row a refused chunk makes the uploader ask the
+/// server where it stands, before it gives up on the log.
+const MAX_RESYNCS: u32 = 3;
+
+/// One run attempt's log on the server.
+#[derive(Clone, Debug)]
+pub struct LogTarget {
+    pub run_id: String,
+    pub attempt: u32,
+}
+
+impl LogTarget {
+    /// Appends `data` at `offset` until answered, returning the server's committed length.
+    async fn append(
+        &self,
+        client: &Client,
+        offset: u64,
+        data: Bytes,
+        stop: &CancellationToken,
+    ) -> Result<u64, CallError> {
+        rpc::retry("AppendLog", stop, || {
+            let mut client = client.clone();
+            let message = AppendLogRequest {
+                run_id: self.run_id.clone(),
+                attempt: self.attempt,
+                offset,
+                data: data.clone(),
+            };
+            async move {
+                rpc::with_deadline(
+                    CALL_TIMEOUT,
+                    client.append_log(rpc::request(message, CALL_TIMEOUT)),
+                )
+                .await
+            }
+        })
+        .await
+        .map(|answer| answer.committed)
+    }
+
+    /// Asks how many bytes the server holds: an empty append at offset 0
+    /// can never leave a gap, and its answer is the committed length.
+    pub async fn committed(
+        &self,
+        client: &Client,
+        stop: &CancellationToken,
+    ) -> Result<u64, CallError> {
+        self.append(client, 0, Bytes::new(), stop).await
+    }
+}
+
+/// Uploads the spool from `committed` on, following `progress` (the spool's
+/// length) until its writer is gone and everything is acknowledged.
+/// Returns the committed length.
+pub async fn stream_log(
+    client: &Client,
+    target: &LogTarget,
+    spool: &Path,
+    mut progress: watch::Receiver<u64>,
+    mut committed: u64,
+    stop: &CancellationToken,
+) -> Result<u64, CallError> {
+    let mut resyncs = 0;
+    loop {
+        let available = *progress.borrow_and_update();
+        if committed >= available {
+            let writer_gone = tokio::select! {
+                changed = progress.changed() => changed.is_err(),
+                _ = stop.cancelled() => return Err(CallError::Stopped),
+            };
+            if writer_gone && committed >= *progress.borrow() {
+                return Ok(committed);
+            }
+            continue;
+        }
+        let want = usize::try_from(available - committed)
+            .unwrap_or(MAX_CHUNK)
+            .min(MAX_CHUNK);
+        let data = match read_chunk(spool, committed, want).await {
+            Ok(data) if !data.is_empty() => Bytes::from(data),
+            Ok(_) => {
+                tracing::error!(run_id = %target.run_id, "the spool is shorter than expected; the log ends here");
+                return Ok(committed);
+            }
+            Err(e) => {
+                tracing::error!(run_id = %target.run_id, error = %e, "cannot read the spool; the log ends here");
+                return Ok(committed);
+            }
+        };
+        match target.append(client, committed, data, stop).await {
+            Ok(server_committed) => {
+                committed = server_committed;
+                resyncs = 0;
+            }
+            Err(CallError::Refused(status))
+                if status.code() == Code::FailedPrecondition && resyncs < MAX_RESYNCS =>
+            {
+                // The server's log does not end where we thought (a gap or
+                // an overlap it refuses): ask where it stands and go on from there.
+                tracing::warn!(run_id = %target.run_id, error = status.message(), "chunk refused; resuming from the server's committed length");
+                resyncs += 1;
+                committed = target.committed(client, stop).await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
