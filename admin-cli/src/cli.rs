@@ -176,8 +176,10 @@ pub struct CreateEnrollTokenArgs {
     #[arg(long, value_parser = parse_duration, value_name = "DUR")]
     pub expires: Option<Duration>,
     /// Labels given to every puppet enrolling with it: k=v,k2=v2
+    // `std::vec::Vec` spelled out: clap then takes the list `parse_kv_list`
+    // returns as one value, instead of expecting one pair per value.
     #[arg(long, value_parser = parse_kv_list, value_name = "K=V,...")]
-    pub labels: Option<Vec<(String, String)>>,
+    pub labels: Option<std::vec::Vec<(String, String)>>,
     /// What the token is for
     #[arg(long, value_name = "TEXT")]
     pub description: Option<String>,
@@ -390,6 +392,33 @@ mod tests {
         ])
         .unwrap_err();
         assert_eq!(two.exit_code(), 2);
+    }
+
+    #[test]
+    fn enroll_token_labels_are_one_list() {
+        let cli = Cli::try_parse_from([
+            "geppetto",
+            "enroll-tokens",
+            "create",
+            "--labels",
+            "site=lyon,env=test",
+        ])
+        .unwrap();
+        let Command::EnrollTokens(EnrollTokensCommand::Create(args)) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(
+            args.labels.unwrap(),
+            vec![
+                ("site".to_string(), "lyon".to_string()),
+                ("env".into(), "test".into())
+            ]
+        );
+        let cli = Cli::try_parse_from(["geppetto", "enroll-tokens", "create"]).unwrap();
+        let Command::EnrollTokens(EnrollTokensCommand::Create(args)) = cli.command else {
+            panic!("wrong command");
+        };
+        assert!(args.labels.is_none());
     }
 
     #[test]

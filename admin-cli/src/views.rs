@@ -76,6 +76,8 @@ pub struct PuppetView {
     pub name: String,
     pub state: String,
     pub presence: String,
+    /// A poll is held right now: the puppet gets new runs at once.
+    pub polling: bool,
     pub last_seen: Option<String>,
     pub enrolled_at: Option<String>,
     pub labels: BTreeMap<String, String>,
@@ -92,6 +94,7 @@ impl From<&pb::Puppet> for PuppetView {
             name: p.name.clone(),
             state: puppet_state(p.state),
             presence: presence(p.presence),
+            polling: p.polling,
             last_seen: rfc3339(p.last_seen.as_ref()),
             enrolled_at: rfc3339(p.enrolled_at.as_ref()),
             labels: sorted(&p.labels),

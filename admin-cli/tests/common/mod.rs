@@ -19,7 +19,15 @@ use assert_cmd::Command;
 
 /// The binary, with a clean environment and a deadline.
 pub fn geppetto() -> Command {
-    let mut cmd = Command::cargo_bin("geppetto").expect("the geppetto binary is built");
+    let mut cmd = Command::from_std(geppetto_std());
+    cmd.timeout(Duration::from_secs(60));
+    cmd
+}
+
+/// The binary with a clean environment, as a plain [`std::process::Command`]
+/// (no deadline): for a process the test spawns and talks to while it runs.
+pub fn geppetto_std() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_geppetto"));
     for var in [
         "GEPPETTO_SERVER",
         "GEPPETTO_CA",
@@ -33,6 +41,5 @@ pub fn geppetto() -> Command {
     // No config file from the developer's home.
     cmd.env("XDG_CONFIG_HOME", "/nonexistent");
     cmd.env("NO_COLOR", "1");
-    cmd.timeout(Duration::from_secs(60));
     cmd
 }

@@ -411,7 +411,8 @@ fn finish_cause(outcome: domain::Outcome, req: &pb::FinishRunRequest) -> String 
         O::StartFailed => "could not be started".to_string(),
         O::Interrupted => "interrupted: the puppet restarted while running it".to_string(),
     };
-    if req.message.is_empty() {
+    // The puppeteer's own words say all there is for kills it asked for.
+    if req.message.is_empty() || matches!(outcome, O::TimedOut | O::Cancelled) {
         base
     } else {
         let message: String = req.message.chars().take(500).collect();

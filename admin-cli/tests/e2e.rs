@@ -1,0 +1,537 @@
+//! End to end: the `geppetto` binary, run as an operator runs it, against a
+//! real puppeteer (real TLS, generated CA, admin token file) with real
+//! puppets running real scripts. Every wait is on a condition with a
+//! deadline; nothing sleeps to synchronise.
+
+mod common;
+#[path = "common/live.rs"]
+mod live;
+
+use std::io::{Read, Write};
+use std::sync::mpsc;
+use std::time::Instant;
+
+use predicates::prelude::*;
+use serde_json::Value;
+
+use live::{DEADLINE, Live, mkfifo, single_id, wait_for};
+
+/// Names in a JSON array of objects with a `name` field.
+fn names(list: &Value) -> Vec<String> {
+    list.as_array()
+        .expect("a JSON array")
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Enrolls puppets `names` with a fresh unlimited token and waits until
+/// each polls. Returns the secret.
+fn with_puppets(live: &mut Live, names: &[&str]) -> String {
+    let secret = live.ok(&["enroll-tokens", "create"]).trim().to_string();
+    for name in names {
+        live.start_puppet(&secret, name);
+    }
+    for name in names {
+        live.wait_polling(name);
+    }
+    secret
+}
+
+#[test]
+fn operator_flow_from_enrollment_to_logs() {
+    let mut live = Live::start();
+
+    // --- Enroll tokens: only the secret on stdout, the rest on stderr.
+    let created = live
+        .cli()
+        .args([
+            "enroll-tokens",
+            "create",
+            "--uses",
+            "5",
+            "--labels",
+            "site=lab",
+            "--description",
+            "e2e fleet",
+        ])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("created enroll token enr-"));
+    let secret = String::from_utf8(created.get_output().stdout.clone()).unwrap();
+    let lines: Vec<&str> = secret.lines().collect();
+    assert_eq!(lines.len(), 1, "stdout is only the secret: {secret:?}");
+    let secret = lines[0].to_string();
+    assert!(!secret.is_empty() && !secret.contains(' '), "{secret:?}");
+
+    let tokens = live.json(&["enroll-tokens", "list"]);
+    let tokens = tokens.as_array().unwrap();
+    assert_eq!(tokens.len(), 1, "{tokens:?}");
+    let token_id = tokens[0]["id"].as_str().unwrap().to_string();
+    assert!(token_id.starts_with("enr-"), "{token_id}");
+    assert_eq!(tokens[0]["status"], "active");
+    assert_eq!(tokens[0]["uses_left"], 5);
+    assert_eq!(tokens[0]["description"], "e2e fleet");
+    assert!(tokens[0].get("secret").is_none(), "list shows no secret");
+    let table = live.ok(&["enroll-tokens", "list"]);
+    assert!(table.trim_start().starts_with("ID"), "{table}");
+    assert!(
+        table.contains(&token_id) && table.contains("active"),
+        "{table}"
+    );
+    assert!(
+        table.contains("site=lab") && table.contains("e2e fleet"),
+        "{table}"
+    );
+    assert!(!table.contains(&secret), "the table never shows the secret");
+
+    // --- Puppets: three real agents enroll with that secret.
+    for name in ["p1", "p2", "p3"] {
+        live.start_puppet(&secret, name);
+    }
+    for name in ["p1", "p2", "p3"] {
+        live.wait_polling(name);
+    }
+    let tokens = live.json(&["enroll-tokens", "list"]);
+    assert_eq!(tokens[0]["used"], 3, "{tokens}");
+    assert_eq!(tokens[0]["uses_left"], 2, "{tokens}");
+
+    let list = live.json(&["puppets", "list"]);
+    assert_eq!(names(&list), ["p1", "p2", "p3"]);
+    for p in list.as_array().unwrap() {
+        assert_eq!(p["state"], "enabled", "{p}");
+        assert_eq!(p["presence"], "online", "{p}");
+        assert_eq!(p["labels"]["site"], "lab", "token labels are given: {p}");
+        assert_eq!(p["enroll_token_id"], token_id.as_str(), "{p}");
+    }
+    let table = live.ok(&["puppets", "list"]);
+    assert!(table.trim_start().starts_with("NAME"), "{table}");
+    for name in ["p1", "p2", "p3"] {
+        assert!(
+            table.lines().any(|l| l.trim_start().starts_with(name)
+                && l.contains("enabled")
+                && l.contains("online")),
+            "{name} in:\n{table}"
+        );
+    }
+
+    let shown = live.ok(&["puppets", "show", "p1"]);
+    assert!(
+        shown.contains("p1") && shown.contains("site=lab"),
+        "{shown}"
+    );
+    let p1 = live.json(&["puppets", "show", "p1"]);
+    assert_eq!(p1["name"], "p1");
+    assert!(
+        p1["facts"]["hostname"]
+            .as_str()
+            .is_some_and(|h| !h.is_empty()),
+        "{p1}"
+    );
+
+    let labelled = live.json(&["puppets", "label", "p2", "env=test"]);
+    assert_eq!(labelled["labels"]["env"], "test", "{labelled}");
+    assert_eq!(labelled["assigned_labels"]["env"], "test", "{labelled}");
+    live.ok(&["puppets", "label", "p3", "env=test"]);
+    let selected = live.json(&["puppets", "list", "--selector", "env=test"]);
+    assert_eq!(names(&selected), ["p2", "p3"]);
+    let table = live.ok(&["puppets", "list", "--selector", "env=test"]);
+    assert!(table.contains("p2") && table.contains("p3"), "{table}");
+    assert!(!table.contains("p1"), "{table}");
+
+    // --- Tasks.
+    let out = live.ok(&[
+        "tasks",
+        "create",
+        "hello",
+        "--command",
+        "echo hi; echo oops >&2",
+    ]);
+    assert!(
+        out.contains("hello") && out.contains("echo hi; echo oops >&2"),
+        "{out}"
+    );
+    let v1 = live.json(&["tasks", "show", "hello"]);
+    assert_eq!(v1["version"], 1);
+    let v2 = live.json(&["tasks", "update", "hello", "--timeout", "30s"]);
+    assert_eq!(v2["version"], 2, "{v2}");
+    assert_eq!(v2["timeout_seconds"], 30.0, "{v2}");
+    let table = live.ok(&["tasks", "list"]);
+    let row = table
+        .lines()
+        .find(|l| l.trim_start().starts_with("hello"))
+        .unwrap_or_else(|| panic!("no hello in:\n{table}"));
+    assert!(
+        row.contains(" 2 ") && row.contains("script: echo hi") && row.contains("30s"),
+        "{row}"
+    );
+    let shown = live.json(&["tasks", "show", "hello"]);
+    assert_eq!(shown["name"], "hello");
+    assert_eq!(shown["version"], 2);
+    assert_eq!(shown["timeout_seconds"], 30.0);
+    assert_eq!(shown["program"]["kind"], "script");
+    assert_eq!(shown["program"]["body"], "echo hi; echo oops >&2");
+    let old = live.json(&["tasks", "show", "hello", "--version", "1"]);
+    assert_eq!(old["version"], 1);
+    assert_eq!(old["timeout_seconds"], v1["timeout_seconds"]);
+
+    // --- A job on three named puppets, waited for.
+    let waited = live
+        .cli()
+        .args([
+            "jobs", "run", "hello", "--puppet", "p1", "--puppet", "p2", "--puppet", "p3", "--wait",
+        ])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("3 runs: 3 succeeded"));
+    let stdout = String::from_utf8(waited.get_output().stdout.clone()).unwrap();
+    let wait_job = stdout.lines().next().unwrap().to_string();
+    assert!(wait_job.starts_with("job-"), "{stdout}");
+    for name in ["p1", "p2", "p3"] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.contains(name) && l.contains("succeeded")),
+            "{name} in:\n{stdout}"
+        );
+    }
+    for name in ["p1", "p2", "p3"] {
+        let log = live.ok(&["logs", &wait_job, "--puppet", name]);
+        assert_eq!(log, "hi\noops\n", "log of {name}");
+    }
+
+    // --- A job on a selector: a disabled puppet is left out.
+    let disabled = live.ok(&["puppets", "disable", "p3"]);
+    assert!(disabled.contains("disabled"), "{disabled}");
+    assert_eq!(live.json(&["puppets", "show", "p3"])["state"], "disabled");
+    let out = live.ok(&["jobs", "run", "hello", "--target", "env=test"]);
+    let job = single_id(&out, "job");
+    let enabled = live.json(&["puppets", "enable", "p3"]);
+    assert_eq!(enabled["state"], "enabled", "{enabled}");
+
+    let done = live.wait_job(&job);
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["task_name"], "hello");
+    assert_eq!(done["task_version"], 2);
+    assert_eq!(done["target"]["selector"], "env=test");
+    let runs = done["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 1, "only p2 (p3 was disabled): {done}");
+    assert_eq!(runs[0]["puppet"], "p2");
+    assert_eq!(runs[0]["exit_code"], 0);
+    let run = runs[0]["run_id"].as_str().unwrap().to_string();
+
+    let shown = live.ok(&["jobs", "show", &job]);
+    for part in [
+        job.as_str(),
+        "hello v2",
+        "env=test",
+        "succeeded",
+        "p2",
+        run.as_str(),
+    ] {
+        assert!(shown.contains(part), "{part:?} in:\n{shown}");
+    }
+
+    // Newest first; read once through the environment instead of flags.
+    let listed = live
+        .cli_env()
+        .args(["-o", "json", "jobs", "list"])
+        .assert()
+        .success();
+    let listed: Value = serde_json::from_slice(&listed.get_output().stdout).unwrap();
+    let ids: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [job.as_str(), wait_job.as_str()]);
+    let table = live.ok(&["jobs", "list"]);
+    assert!(table.contains(&job) && table.contains(&wait_job), "{table}");
+
+    let shown = live.ok(&["runs", "show", &run]);
+    assert!(shown.contains(&run) && shown.contains(&job), "{shown}");
+    let history = &shown[shown.find("history:").expect("a history section")..];
+    for state in ["queued", "running", "succeeded"] {
+        assert!(history.contains(state), "{state} in:\n{history}");
+    }
+    let run_json = live.json(&["runs", "show", &run]);
+    assert_eq!(run_json["state"], "succeeded");
+    assert_eq!(run_json["outcome"], "exited");
+    assert_eq!(run_json["exit_code"], 0);
+    assert_eq!(run_json["log_length"], 8);
+    let states: Vec<&str> = run_json["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states.first(), Some(&"queued"), "{states:?}");
+    assert_eq!(states.last(), Some(&"succeeded"), "{states:?}");
+
+    let table = live.ok(&["runs", "list", "--job", &job]);
+    assert!(table.trim_start().starts_with("RUN"), "{table}");
+    assert!(table.contains(&run) && table.contains("p2"), "{table}");
+    let by_puppet = live.json(&["runs", "list", "--puppet", "p2"]);
+    assert_eq!(by_puppet.as_array().unwrap().len(), 2, "{by_puppet}");
+
+    assert_eq!(live.ok(&["logs", &run]), "hi\noops\n");
+    assert_eq!(live.ok(&["logs", &job, "--puppet", "p2"]), "hi\noops\n");
+    assert_eq!(live.ok(&["logs", &job]), "hi\noops\n", "a job's only run");
+    // Both transports of the CLI reach the same puppeteer.
+    assert_eq!(
+        live.ok(&["--transport", "grpc-web", "logs", &run]),
+        "hi\noops\n"
+    );
+
+    // --- A failing task: `--wait` exits 1 and says why.
+    live.ok(&["tasks", "create", "fail", "--command", "exit 3"]);
+    let failed = live
+        .cli()
+        .args(["jobs", "run", "fail", "--puppet", "p1", "--wait"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("p1: failed, exit code 3"))
+        .stderr(predicate::str::contains("1 of 1 run did not succeed"));
+    let stdout = String::from_utf8(failed.get_output().stdout.clone()).unwrap();
+    let fail_job = stdout.lines().next().unwrap().to_string();
+    let job_json = live.json(&["jobs", "show", &fail_job]);
+    assert_eq!(job_json["state"], "failed", "{job_json}");
+    assert_eq!(job_json["runs"][0]["exit_code"], 3, "{job_json}");
+    // `jobs watch` of a finished failed job says the same.
+    live.cli()
+        .args(["jobs", "watch", &fail_job])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("did not succeed"));
+}
+
+#[test]
+fn logs_follow_prints_output_as_it_comes() {
+    let mut live = Live::start();
+    with_puppets(&mut live, &["p1"]);
+    let fifo = live.path("gate");
+    mkfifo(&fifo);
+    let script = format!("echo first-line; cat '{}'; echo after", fifo.display());
+    live.ok(&[
+        "tasks",
+        "create",
+        "live",
+        "--command",
+        &script,
+        "--timeout",
+        "2m",
+    ]);
+    let job = single_id(&live.ok(&["jobs", "run", "live", "--puppet", "p1"]), "job");
+    let runs = live.json(&["runs", "list", "--job", &job]);
+    let run = runs[0]["id"].as_str().unwrap().to_string();
+    // Whatever happens below, the script is not left blocked on the FIFO.
+    let _release = Release(fifo.clone());
+
+    let started = Instant::now();
+    let mut follow = live
+        .cli_std()
+        .args(["logs", &run, "--follow"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("geppetto logs --follow starts");
+    let mut stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stdout.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if tx.send(buf[..n].to_vec()).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let until = started + DEADLINE;
+    let mut seen = Vec::new();
+    // Read until the first line is there: the run is now blocked on the FIFO.
+    while !seen.ends_with(b"first-line\n") {
+        let left = until.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(bytes) => seen.extend(bytes),
+            Err(e) => {
+                let _ = follow.kill();
+                panic!(
+                    "no first line from logs --follow ({e}); got {:?}",
+                    String::from_utf8_lossy(&seen)
+                );
+            }
+        }
+    }
+    assert_eq!(seen, b"first-line\n");
+    // The follower is still there, waiting for more.
+    assert!(follow.try_wait().unwrap().is_none(), "follow ended early");
+
+    // Release the run: opening for writing blocks until `cat` reads.
+    let (done_tx, done_rx) = mpsc::channel();
+    let fifo_path = fifo.clone();
+    std::thread::spawn(move || {
+        let result = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&fifo_path)
+            .and_then(|mut f| f.write_all(b"released\n"));
+        let _ = done_tx.send(result);
+    });
+    done_rx
+        .recv_timeout(until.saturating_duration_since(Instant::now()))
+        .expect("the FIFO was opened by the run in time")
+        .expect("writing to the FIFO");
+
+    // The rest arrives, then the follower ends by itself.
+    loop {
+        match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+            Ok(bytes) => seen.extend(bytes),
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let _ = follow.kill();
+                panic!(
+                    "logs --follow did not end; got {:?}",
+                    String::from_utf8_lossy(&seen)
+                );
+            }
+        }
+    }
+    reader.join().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&seen),
+        "first-line\nreleased\nafter\n"
+    );
+    let status = wait_for("logs --follow exits", DEADLINE, || {
+        follow.try_wait().unwrap()
+    });
+    assert!(status.success(), "logs --follow: {status}");
+
+    let run_json = live.wait_run_state(&run, "succeeded");
+    assert_eq!(run_json["exit_code"], 0);
+    assert_eq!(live.ok(&["logs", &run]), "first-line\nreleased\nafter\n");
+}
+
+/// Opens the FIFO for reading and writing (which never blocks on Linux)
+/// and writes a line, so a `cat` blocked on it finishes.
+struct Release(std::path::PathBuf);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&self.0)
+        {
+            let _ = f.write_all(b"");
+        }
+    }
+}
+
+#[test]
+fn cancelling_a_running_job_kills_its_run() {
+    let mut live = Live::start();
+    with_puppets(&mut live, &["p1"]);
+    live.ok(&[
+        "tasks",
+        "create",
+        "long",
+        "--command",
+        "sleep 300",
+        "--timeout",
+        "10m",
+    ]);
+    let job = single_id(&live.ok(&["jobs", "run", "long", "--puppet", "p1"]), "job");
+    let runs = live.json(&["runs", "list", "--job", &job]);
+    let run = runs[0]["id"].as_str().unwrap().to_string();
+    live.wait_run_state(&run, "running");
+
+    live.cli()
+        .args(["jobs", "cancel", &job])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(format!("cancelled job {job}")));
+    let run_json = live.wait_run_state(&run, "cancelled");
+    assert!(
+        run_json["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["state"] == "running"),
+        "it was running before: {run_json}"
+    );
+    let job_json = live.wait_job(&job);
+    assert_eq!(job_json["state"], "cancelled", "{job_json}");
+    // The puppet is free again: a new job on it runs to the end.
+    live.ok(&["tasks", "create", "quick", "--command", "echo done"]);
+    live.cli()
+        .args(["jobs", "run", "quick", "--puppet", "p1", "--wait"])
+        .assert()
+        .success();
+    // Cancelling a finished job is refused or changes nothing.
+    let again = live.cli().args(["jobs", "cancel", &job]).output().unwrap();
+    if again.status.success() {
+        assert_eq!(live.json(&["jobs", "show", &job])["state"], "cancelled");
+    }
+}
+
+#[test]
+fn bad_input_is_one_error_line_and_changes_nothing() {
+    let live = Live::start();
+    live.ok(&["tasks", "create", "hello", "--command", "echo hi"]);
+    let tasks_before = live.json(&["tasks", "list"]);
+    let jobs_before = live.json(&["jobs", "list"]);
+
+    let one_error_line = |args: &[&str], wanted: &[&str]| {
+        let output = live.cli().args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            output.stdout.is_empty(),
+            "{args:?}: stdout {:?}",
+            output.stdout
+        );
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{args:?}: one line:\n{stderr}");
+        assert!(lines[0].starts_with("error: "), "{stderr}");
+        for part in wanted {
+            assert!(stderr.contains(part), "{args:?}: {part:?} in {stderr}");
+        }
+    };
+    one_error_line(
+        &["tasks", "create", "Bad Name", "--command", "x"],
+        &["Bad Name", "'B'", "character 1"],
+    );
+    one_error_line(
+        &["jobs", "run", "hello", "--target", "os=debian,,x"],
+        &["os=debian,,x", "character"],
+    );
+    one_error_line(&["runs", "show", "job-xxxx"], &["is a job id"]);
+    one_error_line(&["jobs", "show", "job-0000000000"], &["not found"]);
+    one_error_line(
+        &["jobs", "run", "nosuchtask", "--puppet", "p1"],
+        &["not found"],
+    );
+
+    let bad_token = live.path("bad-token");
+    std::fs::write(&bad_token, "not-the-token\n").unwrap();
+    let output = common::geppetto()
+        .args(["--server", &live.url])
+        .args(["--ca".as_ref(), live.ca.as_os_str()])
+        .args(["--token-file".as_ref(), bad_token.as_os_str()])
+        .args(["tasks", "create", "other", "--command", "true"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("error: not authenticated"), "{stderr}");
+    assert!(stderr.contains("check --token"), "{stderr}");
+
+    assert_eq!(live.json(&["tasks", "list"]), tasks_before);
+    assert_eq!(live.json(&["jobs", "list"]), jobs_before);
+    assert_eq!(names(&tasks_before), ["hello"]);
+}
