@@ -166,6 +166,15 @@ pub struct Puppet {
     pub enroll_token_id: String,
     /// Hash of its credential, to revoke it on removal.
     pub credential_hash: String,
+    /// A rotated credential not yet picked up by the puppet.
+    #[serde(default)]
+    pub rotation: Option<Rotation>,
+    /// The previous credential, valid until the time given.
+    #[serde(default)]
+    pub old_credential: Option<(String, Millis)>,
+    /// Its credential was revoked: it is cut off.
+    #[serde(default)]
+    pub revoked: bool,
 }
 
 impl Puppet {
@@ -410,6 +419,9 @@ pub struct EnrollToken {
     pub expires_at: Option<Millis>,
     pub revoked: bool,
     pub secret_hash: String,
+    /// Puppets enrolling with it are enabled at once, not pending.
+    #[serde(default)]
+    pub auto_approve: bool,
 }
 
 impl EnrollToken {
@@ -431,8 +443,81 @@ impl EnrollToken {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Principal {
-    Admin { user: String },
-    Puppet { name: String },
+    /// An operator's API token.
+    User {
+        user: String,
+        token_id: String,
+    },
+    Puppet {
+        name: String,
+    },
+}
+
+/// What a user may do; each role includes the ones before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Viewer,
+    Operator,
+    Admin,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// Checks a user name: 1-63 of `[a-z0-9._-]`, starting with a letter or digit.
+pub fn check_user_name(s: &str) -> Result<(), Invalid> {
+    check_name("user", s, &['-', '.', '_'])
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub name: String,
+    pub role: Role,
+    pub created_at: Millis,
+}
+
+/// An operator's API token. The secret is stored only as its hash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiToken {
+    pub id: String,
+    pub user: String,
+    pub name: String,
+    pub created_at: Millis,
+    pub expires_at: Option<Millis>,
+    pub revoked: bool,
+    pub secret_hash: String,
+}
+
+/// A puppet credential being replaced.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rotation {
+    /// The new credential, kept until the puppet authenticates with it: it
+    /// is sent to the puppet in poll answers until then.
+    pub new_secret: String,
+    pub new_hash: String,
+    /// The old credential stops working then.
+    pub old_expires_at: Millis,
+}
+
+/// One admin mutation (or refused attempt), as recorded in the audit trail.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub seq: u64,
+    pub at: Millis,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub remote_addr: String,
+    pub outcome: String,
+    pub message: String,
 }
 
 #[cfg(test)]
@@ -485,6 +570,9 @@ mod tests {
             facts: Facts::default(),
             enroll_token_id: "enr-x".into(),
             credential_hash: String::new(),
+            rotation: None,
+            old_credential: None,
+            revoked: false,
         };
         let labels = puppet.labels();
         assert_eq!(labels["env"], "test");

@@ -19,8 +19,8 @@ use rcgen::{
     KeyUsagePurpose,
 };
 
-use crate::domain::Principal;
-use crate::ids::{hash_secret, new_secret};
+use crate::domain::{ApiToken, Millis, Role, User};
+use crate::ids::{hash_secret, new_id, new_secret};
 use crate::store::Store;
 
 /// Where the TLS material lives.
@@ -150,7 +150,8 @@ pub fn server_tls_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>> 
     Ok(Arc::new(config))
 }
 
-/// Creates the first admin's token if the data dir has none.
+/// Creates the first admin (user `admin`, role admin) and an ordinary API
+/// token of theirs if the data dir has none.
 /// Returns the token when it was created now.
 pub fn ensure_admin_token(data_dir: &Path, store: &Store) -> Result<Option<String>> {
     let path = data_dir.join("admin-token");
@@ -158,12 +159,24 @@ pub fn ensure_admin_token(data_dir: &Path, store: &Store) -> Result<Option<Strin
         return Ok(None);
     }
     let token = new_secret("gpa");
-    store.put_credential(
-        &hash_secret(&token),
-        &Principal::Admin {
-            user: "admin".into(),
-        },
-    )?;
+    let now = Millis::now();
+    match store.add_user(&User {
+        name: "admin".into(),
+        role: Role::Admin,
+        created_at: now,
+    }) {
+        Ok(()) | Err(crate::store::StoreError::AlreadyExists { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    store.create_api_token(&ApiToken {
+        id: new_id("tok"),
+        user: "admin".into(),
+        name: "first admin token".into(),
+        created_at: now,
+        expires_at: None,
+        revoked: false,
+        secret_hash: hash_secret(&token),
+    })?;
     write_secret(&path, format!("{token}\n").as_bytes())?;
     Ok(Some(token))
 }

@@ -29,9 +29,12 @@ use tonic::transport::server::Router;
 use tower::layer::util::{Identity, Stack};
 
 use crate::api::{
-    EnrollTokensApi, JobsApi, MAX_MESSAGE_BYTES, PuppetServiceApi, PuppetsApi, RunsApi, Shared,
-    TasksApi,
+    AuditApi, EnrollTokensApi, JobsApi, MAX_MESSAGE_BYTES, PuppetServiceApi, PuppetsApi, RunsApi,
+    Shared, TasksApi, TokensApi, UsersApi,
 };
+use geppetto_proto::v1::audit_server::AuditServer;
+use geppetto_proto::v1::tokens_server::TokensServer;
+use geppetto_proto::v1::users_server::UsersServer;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// After shutdown is asked, connections get this long to finish.
@@ -85,6 +88,18 @@ async fn router(state: &Shared) -> Result<WebRouter> {
         )
         .add_service(
             RunsServer::new(RunsApi::new(state.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            UsersServer::new(UsersApi::new(state.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            TokensServer::new(TokensApi::new(state.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            AuditServer::new(AuditApi::new(state.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
         ))
 }

@@ -2,18 +2,33 @@
 //!
 //! Secrets are stored only as SHA-256 hashes; a secret is found by the hash
 //! of what the caller sent, so the lookup never compares secrets byte by byte.
-//! Admin services accept admin principals only; the puppet service accepts
-//! puppet credentials only, and a puppet can touch only its own runs.
+//! Admin services accept users' API tokens only, each call checked against
+//! the role it needs ([`super::authz`]); the puppet service accepts puppet
+//! credentials only, and a puppet can touch only its own runs.
+//!
+//! Puppet credential rotation: after `RotatePuppetCredential` both the old and
+//! the new credential work. The first call with the new one makes it current.
+//! The old one stops working at the rotation's expiry, whether or not the
+//! puppet picked up the new one (a rotation is often a response to a leak).
 
 use tonic::Request;
 
+use super::authz::required_role;
 use super::error::{ApiError, ApiResult};
-use crate::domain::Principal;
+use crate::domain::{Millis, Principal, Role};
 use crate::ids::hash_secret;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 #[derive(Debug, Default)]
 pub struct Auth;
+
+/// An authenticated user.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub user: String,
+    pub role: Role,
+    pub token_id: String,
+}
 
 fn bearer<T>(request: &Request<T>) -> ApiResult<&str> {
     let Some(value) = request.metadata().get("authorization") else {
@@ -34,31 +49,114 @@ fn bearer<T>(request: &Request<T>) -> ApiResult<&str> {
         })
 }
 
+fn unknown() -> ApiError {
+    ApiError::Unauthenticated("unknown, expired or revoked credential".into())
+}
+
 impl Auth {
-    fn principal<T>(&self, store: &Store, request: &Request<T>) -> ApiResult<Principal> {
-        let secret = bearer(request)?;
-        store
-            .principal(&hash_secret(secret))?
-            .ok_or_else(|| ApiError::Unauthenticated("unknown or revoked credential".into()))
+    fn principal<T>(&self, store: &Store, request: &Request<T>) -> ApiResult<(String, Principal)> {
+        let hash = hash_secret(bearer(request)?);
+        let principal = store.principal(&hash)?.ok_or_else(unknown)?;
+        Ok((hash, principal))
     }
 
-    /// The admin user calling, or an error for anyone else.
-    pub fn admin<T>(&self, store: &Store, request: &Request<T>) -> ApiResult<String> {
-        match self.principal(store, request)? {
-            Principal::Admin { user } => Ok(user),
+    /// The user calling, with their role, if the token is valid now.
+    pub fn user<T>(&self, store: &Store, request: &Request<T>) -> ApiResult<Caller> {
+        match self.principal(store, request)?.1 {
+            Principal::User { user, token_id } => {
+                let token = store.get_api_token(&token_id).map_err(|_| unknown())?;
+                if token.revoked || token.expires_at.is_some_and(|e| Millis::now() >= e) {
+                    return Err(unknown());
+                }
+                let user = store.get_user(&user).map_err(|_| unknown())?;
+                Ok(Caller {
+                    user: user.name,
+                    role: user.role,
+                    token_id,
+                })
+            }
             Principal::Puppet { .. } => Err(ApiError::PermissionDenied(
                 "a puppet credential cannot call admin services".into(),
             )),
         }
     }
 
+    /// Authenticates the caller and checks that their role may call
+    /// `action`. Returns who the caller is for the audit trail ("-" when
+    /// unknown) along with the verdict.
+    pub fn authorize<T>(
+        &self,
+        store: &Store,
+        request: &Request<T>,
+        action: &str,
+    ) -> (String, ApiResult<Caller>) {
+        let caller = match self.user(store, request) {
+            Ok(caller) => caller,
+            Err(e) => return ("-".into(), Err(e)),
+        };
+        let needed = required_role(action);
+        if caller.role < needed {
+            let message = format!(
+                "{} has role {}; {action} needs {}",
+                caller.user,
+                caller.role.name(),
+                needed.name()
+            );
+            return (caller.user, Err(ApiError::PermissionDenied(message)));
+        }
+        (caller.user.clone(), Ok(caller))
+    }
+
     /// The puppet calling, or an error for anyone else.
     pub fn puppet<T>(&self, store: &Store, request: &Request<T>) -> ApiResult<String> {
-        match self.principal(store, request)? {
-            Principal::Puppet { name } => Ok(name),
-            Principal::Admin { .. } => Err(ApiError::PermissionDenied(
-                "the puppet service takes puppet credentials only".into(),
-            )),
+        let (hash, principal) = self.principal(store, request)?;
+        let name = match principal {
+            Principal::Puppet { name } => name,
+            Principal::User { .. } => {
+                return Err(ApiError::PermissionDenied(
+                    "the puppet service takes puppet credentials only".into(),
+                ));
+            }
+        };
+        let puppet = match store.get_puppet(&name) {
+            Ok(p) => p,
+            Err(StoreError::NotFound { .. }) => return Err(unknown()),
+            Err(e) => return Err(e.into()),
+        };
+        if puppet.revoked {
+            return Err(ApiError::Unauthenticated(
+                "this puppet's credential was revoked".into(),
+            ));
         }
+        let now = Millis::now();
+        if hash == puppet.credential_hash {
+            if puppet
+                .rotation
+                .as_ref()
+                .is_some_and(|r| now >= r.old_expires_at)
+            {
+                return Err(ApiError::Unauthenticated(
+                    "this credential was rotated and its grace period is over".into(),
+                ));
+            }
+            return Ok(name);
+        }
+        if puppet.rotation.as_ref().is_some_and(|r| r.new_hash == hash) {
+            store.complete_rotation(&name)?;
+            tracing::info!(puppet = %name, "puppet switched to its rotated credential");
+            return Ok(name);
+        }
+        if let Some((old, expires)) = &puppet.old_credential
+            && *old == hash
+        {
+            if now < *expires {
+                return Ok(name);
+            }
+            store.expire_old_credential(&name, old)?;
+            return Err(ApiError::Unauthenticated(
+                "this credential was rotated and its grace period is over".into(),
+            ));
+        }
+        Err(unknown())
     }
 }

@@ -171,6 +171,8 @@ pub fn puppet_to(p: &domain::Puppet, presence: Presence, active_runs: u32) -> pb
         active_runs,
         enroll_token_id: p.enroll_token_id.clone(),
         polling: false,
+        rotation_pending: p.rotation.is_some(),
+        revoked: p.revoked,
     }
 }
 
@@ -344,6 +346,7 @@ pub fn enroll_token_to(t: &domain::EnrollToken) -> pb::EnrollToken {
         expires_at: opt_ts(t.expires_at),
         revoked: t.revoked,
         used: t.used,
+        auto_approve: t.auto_approve,
     }
 }
 

@@ -21,6 +21,11 @@ pub enum ApiError {
     FailedPrecondition(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// A concurrent change won; read again and retry.
+    #[error("{0}")]
+    Aborted(String),
 }
 
 impl From<Invalid> for ApiError {
@@ -35,26 +40,38 @@ impl From<SelectorError> for ApiError {
     }
 }
 
-impl From<ApiError> for Status {
-    fn from(e: ApiError) -> Self {
-        let message = e.to_string();
-        let code = match e {
+impl ApiError {
+    pub fn code(&self) -> Code {
+        match self {
             ApiError::Invalid(_) => Code::InvalidArgument,
             ApiError::Unauthenticated(_) => Code::Unauthenticated,
             ApiError::PermissionDenied(_) => Code::PermissionDenied,
             ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
             ApiError::NotFound(_) => Code::NotFound,
+            ApiError::AlreadyExists(_) => Code::AlreadyExists,
+            ApiError::Aborted(_) => Code::Aborted,
             ApiError::Store(StoreError::NotFound { .. }) => Code::NotFound,
             ApiError::Store(StoreError::AlreadyExists { .. }) => Code::AlreadyExists,
             ApiError::Store(StoreError::Conflict(_)) => Code::FailedPrecondition,
             ApiError::Store(StoreError::SchemaMismatch { .. }) => Code::FailedPrecondition,
             ApiError::Store(StoreError::Corrupt { .. }) => Code::DataLoss,
-            ApiError::Store(StoreError::Sled(ref err)) => {
-                tracing::error!(error = %err, "database error");
-                Code::Internal
-            }
-        };
-        Status::new(code, message)
+            ApiError::Store(StoreError::Sled(_)) => Code::Internal,
+        }
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Self {
+        if let ApiError::Store(StoreError::Sled(err)) = &e {
+            tracing::error!(error = %err, "database error");
+        }
+        Status::new(e.code(), e.to_string())
+    }
+}
+
+impl From<StoreError> for Status {
+    fn from(e: StoreError) -> Self {
+        ApiError::from(e).into()
     }
 }
 
@@ -63,10 +80,4 @@ pub type ApiResult<T> = Result<T, ApiError>;
 /// Shorthand for an InvalidArgument error.
 pub fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::Invalid(message.into())
-}
-
-impl From<StoreError> for Status {
-    fn from(e: StoreError) -> Self {
-        ApiError::from(e).into()
-    }
 }

@@ -58,7 +58,8 @@ impl JobsApi {
                         return Err(ApiError::Invalid(format!("puppet {name} is listed twice")));
                     }
                     let puppet = store.get_puppet(name)?;
-                    if puppet.state != PuppetState::Enabled {
+                    // A pending puppet's run waits for its approval.
+                    if puppet.state == PuppetState::Disabled {
                         return Err(ApiError::FailedPrecondition(format!(
                             "puppet {name} is disabled: enable it first (geppetto puppets enable {name})"
                         )));
@@ -78,70 +79,84 @@ impl Jobs for JobsApi {
         &self,
         request: Request<pb::CreateJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        self.state.auth.admin(&self.state.store, &request)?;
-        let req = request.into_inner();
-        domain::check_task_name(&req.task_name).map_err(ApiError::from)?;
-        let target = convert::target_from(req.target)?;
-        let store = &self.state.store;
-        let version = (req.task_version != 0).then_some(req.task_version);
-        let task = store
-            .get_task(&req.task_name, version)
-            .map_err(ApiError::from)?;
-        let puppets = self.resolve(&target)?;
-        let now = Millis::now();
-        let job_id = new_id("job");
-        let mut runs = Vec::with_capacity(puppets.len());
-        for puppet in &puppets {
-            let mut run = Run {
-                id: new_id("run"),
-                job_id: job_id.clone(),
-                puppet: puppet.clone(),
+        let target = format!("task {}", request.get_ref().task_name);
+        #[allow(unused_mut)]
+        let (mut audit, caller) = self.state.begin(&request, "Jobs/CreateJob", target);
+        let result: Result<Response<pb::Job>, Status> = async {
+            caller?;
+            let req = request.into_inner();
+            domain::check_task_name(&req.task_name).map_err(ApiError::from)?;
+            let target = convert::target_from(req.target)?;
+            let store = &self.state.store;
+            let version = (req.task_version != 0).then_some(req.task_version);
+            let task = store
+                .get_task(&req.task_name, version)
+                .map_err(ApiError::from)?;
+            let puppets = self.resolve(&target)?;
+            let now = Millis::now();
+            let job_id = new_id("job");
+            let mut runs = Vec::with_capacity(puppets.len());
+            for puppet in &puppets {
+                let mut run = Run {
+                    id: new_id("run"),
+                    job_id: job_id.clone(),
+                    puppet: puppet.clone(),
+                    task_name: task.name.clone(),
+                    task_version: task.version,
+                    state: RunState::Queued,
+                    attempt: 1,
+                    cause: String::new(),
+                    outcome: None,
+                    exit_code: None,
+                    signal: None,
+                    created_at: now,
+                    started_at: None,
+                    finished_at: None,
+                    duration_ms: None,
+                    log_length: 0,
+                    history: vec![],
+                    cancel_requested: false,
+                    queue_seq: store.next_seq().map_err(ApiError::from)?,
+                    duplicate_reports: 0,
+                };
+                run.transition(RunState::Queued, now, format!("created by job {job_id}"));
+                runs.push(run);
+            }
+            let job = Job {
+                id: job_id,
                 task_name: task.name.clone(),
                 task_version: task.version,
-                state: RunState::Queued,
-                attempt: 1,
-                cause: String::new(),
-                outcome: None,
-                exit_code: None,
-                signal: None,
+                spec: task.spec.clone(),
+                target,
                 created_at: now,
-                started_at: None,
-                finished_at: None,
-                duration_ms: None,
-                log_length: 0,
-                history: vec![],
-                cancel_requested: false,
-                queue_seq: store.next_seq().map_err(ApiError::from)?,
-                duplicate_reports: 0,
+                run_ids: runs.iter().map(|r| r.id.clone()).collect(),
+                cancelled: false,
+                seq: store.next_seq().map_err(ApiError::from)?,
             };
-            run.transition(RunState::Queued, now, format!("created by job {job_id}"));
-            runs.push(run);
+            store.create_job(&job, &runs).map_err(ApiError::from)?;
+            store.flush().await.map_err(ApiError::from)?;
+            for puppet in &puppets {
+                self.state.hub.wake(&puppet_key(puppet));
+            }
+            tracing::info!(job = %job.id, task = %job.task_name, runs = runs.len(), "job created");
+            Ok(Response::new(job_to(&job, &runs)))
         }
-        let job = Job {
-            id: job_id,
-            task_name: task.name.clone(),
-            task_version: task.version,
-            spec: task.spec.clone(),
-            target,
-            created_at: now,
-            run_ids: runs.iter().map(|r| r.id.clone()).collect(),
-            cancelled: false,
-            seq: store.next_seq().map_err(ApiError::from)?,
-        };
-        store.create_job(&job, &runs).map_err(ApiError::from)?;
-        store.flush().await.map_err(ApiError::from)?;
-        for puppet in &puppets {
-            self.state.hub.wake(&puppet_key(puppet));
+        .await;
+        if let Ok(job) = &result {
+            audit.target(format!(
+                "{} (task {})",
+                job.get_ref().id,
+                job.get_ref().task_name
+            ));
         }
-        tracing::info!(job = %job.id, task = %job.task_name, runs = runs.len(), "job created");
-        Ok(Response::new(job_to(&job, &runs)))
+        self.state.conclude_status(audit, result).await
     }
 
     async fn get_job(
         &self,
         request: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        self.state.auth.admin(&self.state.store, &request)?;
+        self.state.authorize(&request, "Jobs/GetJob")?;
         let (job, runs) = self.load(&request.get_ref().id)?;
         Ok(Response::new(job_to(&job, &runs)))
     }
@@ -150,7 +165,7 @@ impl Jobs for JobsApi {
         &self,
         request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
-        self.state.auth.admin(&self.state.store, &request)?;
+        self.state.authorize(&request, "Jobs/ListJobs")?;
         let limit = match request.get_ref().limit {
             0 => 100,
             n => n.min(10_000) as usize,
@@ -168,18 +183,25 @@ impl Jobs for JobsApi {
         &self,
         request: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        self.state.auth.admin(&self.state.store, &request)?;
-        let (mut job, _) = self.load(&request.get_ref().id)?;
-        let store = &self.state.store;
-        if !job.cancelled {
-            job.cancelled = true;
-            store.put_job(&job).map_err(ApiError::from)?;
+        let target = request.get_ref().id.clone();
+        #[allow(unused_mut)]
+        let (mut audit, caller) = self.state.begin(&request, "Jobs/CancelJob", target);
+        let result: Result<Response<pb::Job>, Status> = async {
+            caller?;
+            let (mut job, _) = self.load(&request.get_ref().id)?;
+            let store = &self.state.store;
+            if !job.cancelled {
+                job.cancelled = true;
+                store.put_job(&job).map_err(ApiError::from)?;
+            }
+            let changed = cancel_runs(&self.state, &job.run_ids, "cancelled with its job")?;
+            store.flush().await.map_err(ApiError::from)?;
+            wake_cancelled(&self.state, &changed);
+            let (job, runs) = self.load(&job.id)?;
+            Ok(Response::new(job_to(&job, &runs)))
         }
-        let changed = cancel_runs(&self.state, &job.run_ids, "cancelled with its job")?;
-        store.flush().await.map_err(ApiError::from)?;
-        wake_cancelled(&self.state, &changed);
-        let (job, runs) = self.load(&job.id)?;
-        Ok(Response::new(job_to(&job, &runs)))
+        .await;
+        self.state.conclude_status(audit, result).await
     }
 
     type WatchJobStream = JobStream;
@@ -188,7 +210,7 @@ impl Jobs for JobsApi {
         &self,
         request: Request<pb::GetJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
-        self.state.auth.admin(&self.state.store, &request)?;
+        self.state.authorize(&request, "Jobs/WatchJob")?;
         let id = request.into_inner().id;
         self.load(&id)?;
         let api = self.clone();

@@ -3,7 +3,9 @@
 //! store and the scheduler, flushes before it acknowledges, wakes whoever
 //! waits, and converts back. This is the only layer that knows protobuf.
 
+mod audit;
 mod auth;
+pub mod authz;
 pub mod convert;
 mod enroll;
 mod error;
@@ -12,13 +14,14 @@ mod puppet_service;
 mod puppets;
 mod runs;
 mod tasks;
+mod users;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-pub use auth::Auth;
+pub use auth::{Auth, Caller};
 pub use error::ApiError;
 
 use crate::hub::Hub;
@@ -68,3 +71,4 @@ pub use puppet_service::PuppetServiceApi;
 pub use puppets::PuppetsApi;
 pub use runs::RunsApi;
 pub use tasks::TasksApi;
+pub use users::{AuditApi, TokensApi, UsersApi};

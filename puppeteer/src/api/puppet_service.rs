@@ -46,6 +46,47 @@ impl PuppetServiceApi {
         Ok(run)
     }
 
+    /// Enrolls a puppet with an enrollment token; returns it and its credential.
+    fn enroll_puppet(&self, req: pb::EnrollRequest) -> Result<(Puppet, String), Status> {
+        if req.enroll_token.is_empty() {
+            return Err(ApiError::Unauthenticated("an enrollment token is required".into()).into());
+        }
+        domain::check_puppet_name(&req.name).map_err(ApiError::from)?;
+        let declared = convert::labels_from(req.labels)?;
+        let now = Millis::now();
+        let credential = new_secret("gpp");
+        let puppet = Puppet {
+            name: req.name.clone(),
+            state: PuppetState::Pending,
+            enrolled_at: now,
+            last_seen: Some(now),
+            declared_labels: declared,
+            assigned_labels: Default::default(),
+            facts: req.facts.map(facts_from).unwrap_or_default(),
+            enroll_token_id: String::new(),
+            credential_hash: hash_secret(&credential),
+            rotation: None,
+            old_credential: None,
+            revoked: false,
+        };
+        let new = NewPuppet {
+            puppet,
+            enroll_secret_hash: hash_secret(&req.enroll_token),
+        };
+        match self.state.store.enroll(new, now) {
+            Ok(puppet) => Ok((puppet, credential)),
+            Err(StoreError::NotFound { .. }) => {
+                Err(ApiError::Unauthenticated("unknown enrollment token".into()).into())
+            }
+            Err(StoreError::Conflict(why)) => Err(ApiError::Unauthenticated(why).into()),
+            Err(StoreError::AlreadyExists { .. }) => Err(Status::already_exists(format!(
+                "a puppet named {:?} is already enrolled; choose another name, or remove it first (geppetto puppets remove {})",
+                req.name, req.name
+            ))),
+            Err(e) => Err(ApiError::from(e).into()),
+        }
+    }
+
     fn wake_run(&self, run: &Run) {
         self.state.hub.wake(&run_key(&run.id));
         self.state.hub.wake(&job_key(&run.job_id));
@@ -102,7 +143,12 @@ impl PuppetServiceApi {
             })?;
             changed.iter().for_each(|r| self.wake_run(r));
         }
-        if !plan.has_news() {
+        let new_credential = puppet
+            .rotation
+            .as_ref()
+            .map(|r| r.new_secret.clone())
+            .unwrap_or_default();
+        if !plan.has_news() && new_credential.is_empty() {
             return Ok(None);
         }
         let offered = store.update_runs(&plan.offer, |run| {
@@ -129,6 +175,7 @@ impl PuppetServiceApi {
             cancel_runs: plan.cancel,
             server_time: Some(ts(now)),
             hold: None,
+            new_credential,
         }))
     }
 }
@@ -155,48 +202,25 @@ impl PuppetService for PuppetServiceApi {
         &self,
         request: Request<pb::EnrollRequest>,
     ) -> Result<Response<pb::EnrollResponse>, Status> {
-        let req = request.into_inner();
-        if req.enroll_token.is_empty() {
-            return Err(ApiError::Unauthenticated("an enrollment token is required".into()).into());
+        let mut audit = self.state.begin_unauthenticated(
+            &request,
+            "PuppetService/Enroll",
+            request.get_ref().name.clone(),
+        );
+        let result = self.enroll_puppet(request.into_inner());
+        if let Ok((puppet, _)) = &result {
+            audit.actor(format!("puppet:{}", puppet.name));
+            audit.target(format!("{} via {}", puppet.name, puppet.enroll_token_id));
         }
-        domain::check_puppet_name(&req.name).map_err(ApiError::from)?;
-        let declared = convert::labels_from(req.labels)?;
-        let now = Millis::now();
-        let credential = new_secret("gpp");
-        let puppet = Puppet {
-            name: req.name.clone(),
-            state: PuppetState::Enabled,
-            enrolled_at: now,
-            last_seen: Some(now),
-            declared_labels: declared,
-            assigned_labels: Default::default(),
-            facts: req.facts.map(facts_from).unwrap_or_default(),
-            enroll_token_id: String::new(),
-            credential_hash: hash_secret(&credential),
-        };
-        let new = NewPuppet {
-            puppet,
-            enroll_secret_hash: hash_secret(&req.enroll_token),
-        };
-        let puppet = match self.state.store.enroll(new, now) {
-            Ok(p) => p,
-            Err(StoreError::NotFound { .. }) => {
-                return Err(ApiError::Unauthenticated("unknown enrollment token".into()).into());
-            }
-            Err(StoreError::Conflict(why)) => {
-                return Err(ApiError::Unauthenticated(why).into());
-            }
-            Err(StoreError::AlreadyExists { .. }) => {
-                return Err(Status::already_exists(format!(
-                    "a puppet named {:?} is already enrolled; choose another name, or remove it first (geppetto puppets remove {})",
-                    req.name, req.name
-                )));
-            }
-            Err(e) => return Err(ApiError::from(e).into()),
-        };
-        self.state.store.flush().await.map_err(ApiError::from)?;
-        tracing::info!(puppet = %puppet.name, token = %puppet.enroll_token_id, "puppet enrolled");
+        let (puppet, credential) = self.state.conclude_status(audit, result).await?;
+        tracing::info!(
+            puppet = %puppet.name,
+            token = %puppet.enroll_token_id,
+            pending = puppet.state == PuppetState::Pending,
+            "puppet enrolled"
+        );
         Ok(Response::new(pb::EnrollResponse {
+            approved: puppet.state == PuppetState::Enabled,
             name: puppet.name,
             credential,
             max_poll_hold: Some(dur(self.state.config.max_poll_hold)),
@@ -259,8 +283,17 @@ impl PuppetService for PuppetServiceApi {
                 _ = tokio::time::sleep_until(deadline) => break,
                 _ = self.state.shutdown.cancelled() => break,
             }
-            // Its state may have changed (disabled, enabled, removed).
-            puppet = store.get_puppet(&name)?;
+            // Its state may have changed (disabled, enabled, removed, revoked).
+            puppet = match store.get_puppet(&name) {
+                Ok(p) if !p.revoked => p,
+                Ok(_) | Err(StoreError::NotFound { .. }) => {
+                    return Err(ApiError::Unauthenticated(
+                        "this puppet's credential was revoked".into(),
+                    )
+                    .into());
+                }
+                Err(e) => return Err(e.into()),
+            };
         }
         store.touch_puppet(&name, Millis::now())?;
         Ok(Response::new(pb::PollResponse {
@@ -268,6 +301,7 @@ impl PuppetService for PuppetServiceApi {
             cancel_runs: vec![],
             server_time: Some(ts(Millis::now())),
             hold: Some(dur(hold)),
+            new_credential: String::new(),
         }))
     }
 

@@ -1,4 +1,7 @@
-//! Admin service over puppets.
+//! Admin service over puppets: listing, labels, states, approval, removal and
+//! credentials.
+
+use std::time::Duration;
 
 use geppetto_proto::v1 as pb;
 use geppetto_proto::v1::puppets_server::Puppets;
@@ -6,11 +9,15 @@ use tonic::{Request, Response, Status};
 
 use super::Shared;
 use super::convert::{self, puppet_to};
-use super::error::{ApiError, ApiResult};
-use crate::domain::{self, Millis, Puppet, PuppetState, RunState};
+use super::error::{ApiError, ApiResult, invalid};
+use crate::domain::{self, Millis, Puppet, PuppetState, Rotation, RunState};
 use crate::hub::{job_key, puppet_key, run_key};
+use crate::ids::{hash_secret, new_secret};
 use crate::selector::Selector;
 use crate::store::StoreError;
+
+const DEFAULT_GRACE: Duration = Duration::from_secs(3600);
+const MAX_GRACE: Duration = Duration::from_secs(30 * 24 * 3600);
 
 #[derive(Debug, Clone)]
 pub struct PuppetsApi {
@@ -38,16 +45,79 @@ impl PuppetsApi {
         Ok(name)
     }
 
-    async fn set_state(&self, name: &str, state: PuppetState) -> ApiResult<pb::Puppet> {
+    /// Changes a puppet's state; `allowed` says from which states.
+    fn set_state(
+        &self,
+        name: &str,
+        state: PuppetState,
+        allowed: &'static [PuppetState],
+    ) -> ApiResult<pb::Puppet> {
         let name = Self::name_of(name)?;
         let puppet = self.state.store.update_puppet(name, |p| {
+            if p.revoked {
+                return Err(StoreError::Conflict(format!(
+                    "puppet {name} was revoked: remove it and enroll it again"
+                )));
+            }
+            if !allowed.contains(&p.state) {
+                return Err(StoreError::Conflict(format!(
+                    "puppet {name} is {}",
+                    state_name(p.state)
+                )));
+            }
             p.state = state;
             Ok(())
         })?;
-        self.state.store.flush().await?;
-        // A held poll re-reads the puppet: enabled again, it gets its runs.
+        // A held poll re-reads the puppet: enabled, it gets its runs.
         self.state.hub.wake(&puppet_key(name));
         self.view(&puppet)
+    }
+
+    /// Removes a puppet; its unfinished runs end with `state` and `cause`.
+    fn remove(
+        &self,
+        name: &str,
+        force: bool,
+        state: RunState,
+        cause: &str,
+    ) -> ApiResult<pb::RemovePuppetResponse> {
+        let store = &self.state.store;
+        store.get_puppet(name)?;
+        let active: Vec<String> = store.active_runs(name)?.into_iter().map(|r| r.id).collect();
+        if !active.is_empty() && !force {
+            return Err(ApiError::FailedPrecondition(format!(
+                "puppet {name} has {} unfinished runs; cancel them first or pass force",
+                active.len()
+            )));
+        }
+        let now = Millis::now();
+        let ended = store.update_runs(&active, |run| {
+            if run.state.is_terminal() {
+                return Ok(false);
+            }
+            run.transition(state, now, cause);
+            Ok(true)
+        })?;
+        match store.remove_puppet(name) {
+            Ok(_) | Err(StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        for run in &ended {
+            self.state.hub.wake(&run_key(&run.id));
+            self.state.hub.wake(&job_key(&run.job_id));
+        }
+        self.state.hub.wake(&puppet_key(name));
+        Ok(pb::RemovePuppetResponse {
+            cancelled_runs: ended.into_iter().map(|r| r.id).collect(),
+        })
+    }
+}
+
+fn state_name(state: PuppetState) -> &'static str {
+    match state {
+        PuppetState::Pending => "pending approval",
+        PuppetState::Enabled => "enabled",
+        PuppetState::Disabled => "disabled",
     }
 }
 
@@ -57,7 +127,11 @@ impl Puppets for PuppetsApi {
         &self,
         request: Request<pb::ListPuppetsRequest>,
     ) -> Result<Response<pb::ListPuppetsResponse>, Status> {
-        self.state.auth.admin(&self.state.store, &request)?;
+        let (_, caller) =
+            self.state
+                .auth
+                .authorize(&self.state.store, &request, "Puppets/ListPuppets");
+        caller?;
         let selector = Selector::parse(&request.get_ref().selector).map_err(ApiError::from)?;
         let puppets = self
             .state
@@ -75,7 +149,11 @@ impl Puppets for PuppetsApi {
         &self,
         request: Request<pb::GetPuppetRequest>,
     ) -> Result<Response<pb::Puppet>, Status> {
-        self.state.auth.admin(&self.state.store, &request)?;
+        let (_, caller) =
+            self.state
+                .auth
+                .authorize(&self.state.store, &request, "Puppets/GetPuppet");
+        caller?;
         let name = Self::name_of(&request.get_ref().name)?;
         let puppet = self.state.store.get_puppet(name).map_err(ApiError::from)?;
         Ok(Response::new(self.view(&puppet)?))
@@ -85,95 +163,166 @@ impl Puppets for PuppetsApi {
         &self,
         request: Request<pb::LabelPuppetRequest>,
     ) -> Result<Response<pb::Puppet>, Status> {
-        self.state.auth.admin(&self.state.store, &request)?;
+        let (audit, caller) =
+            self.state
+                .begin(&request, "Puppets/LabelPuppet", &request.get_ref().name);
         let req = request.into_inner();
-        let name = Self::name_of(&req.name)?;
-        let set = convert::labels_from(req.set)?;
-        for key in &req.remove {
-            domain::check_label_key(key).map_err(ApiError::from)?;
-        }
-        let puppet = self
-            .state
-            .store
-            .update_puppet(name, |p| {
+        let result = (|| {
+            caller?;
+            let name = Self::name_of(&req.name)?;
+            let set = convert::labels_from(req.set.clone())?;
+            for key in &req.remove {
+                domain::check_label_key(key)?;
+            }
+            let puppet = self.state.store.update_puppet(name, |p| {
                 p.assigned_labels.extend(set.clone());
                 for key in &req.remove {
                     p.assigned_labels.remove(key);
                     p.declared_labels.remove(key);
                 }
                 Ok(())
-            })
-            .map_err(ApiError::from)?;
-        self.state.store.flush().await.map_err(ApiError::from)?;
-        Ok(Response::new(self.view(&puppet)?))
+            })?;
+            self.view(&puppet)
+        })();
+        self.state.conclude(audit, result).await.map(Response::new)
     }
 
     async fn disable_puppet(
         &self,
         request: Request<pb::GetPuppetRequest>,
     ) -> Result<Response<pb::Puppet>, Status> {
-        self.state.auth.admin(&self.state.store, &request)?;
-        Ok(Response::new(
-            self.set_state(&request.get_ref().name, PuppetState::Disabled)
-                .await?,
-        ))
+        let name = request.get_ref().name.clone();
+        let (audit, caller) = self.state.begin(&request, "Puppets/DisablePuppet", &name);
+        let result = caller.and_then(|_| {
+            self.set_state(
+                &name,
+                PuppetState::Disabled,
+                &[PuppetState::Enabled, PuppetState::Disabled],
+            )
+        });
+        self.state.conclude(audit, result).await.map(Response::new)
     }
 
     async fn enable_puppet(
         &self,
         request: Request<pb::GetPuppetRequest>,
     ) -> Result<Response<pb::Puppet>, Status> {
-        self.state.auth.admin(&self.state.store, &request)?;
-        Ok(Response::new(
-            self.set_state(&request.get_ref().name, PuppetState::Enabled)
-                .await?,
-        ))
+        let name = request.get_ref().name.clone();
+        let (audit, caller) = self.state.begin(&request, "Puppets/EnablePuppet", &name);
+        let result = caller.and_then(|_| {
+            self.set_state(
+                &name,
+                PuppetState::Enabled,
+                &[PuppetState::Enabled, PuppetState::Disabled],
+            )
+            .map_err(|e| match e {
+                ApiError::Store(StoreError::Conflict(m)) if m.ends_with("pending approval") => {
+                    ApiError::FailedPrecondition(format!(
+                        "{m}: approve it instead (geppetto puppets approve {name})"
+                    ))
+                }
+                e => e,
+            })
+        });
+        self.state.conclude(audit, result).await.map(Response::new)
     }
 
     async fn remove_puppet(
         &self,
         request: Request<pb::RemovePuppetRequest>,
     ) -> Result<Response<pb::RemovePuppetResponse>, Status> {
-        self.state.auth.admin(&self.state.store, &request)?;
-        let req = request.into_inner();
-        let name = Self::name_of(&req.name)?;
-        let store = &self.state.store;
-        store.get_puppet(name).map_err(ApiError::from)?;
-        let active: Vec<String> = store
-            .active_runs(name)
-            .map_err(ApiError::from)?
-            .into_iter()
-            .map(|r| r.id)
-            .collect();
-        if !active.is_empty() && !req.force {
-            return Err(ApiError::FailedPrecondition(format!(
-                "puppet {name} has {} unfinished runs; cancel them first or pass force",
-                active.len()
-            ))
-            .into());
-        }
-        let now = Millis::now();
-        let cancelled = store
-            .update_runs(&active, |run| {
-                if run.state.is_terminal() {
-                    return Ok(false);
-                }
-                run.transition(RunState::Cancelled, now, "its puppet was removed");
-                Ok(true)
-            })
-            .map_err(ApiError::from)?;
-        match store.remove_puppet(name) {
-            Ok(_) | Err(StoreError::NotFound { .. }) => {}
-            Err(e) => return Err(ApiError::from(e).into()),
-        }
-        store.flush().await.map_err(ApiError::from)?;
-        for run in &cancelled {
-            self.state.hub.wake(&run_key(&run.id));
-            self.state.hub.wake(&job_key(&run.job_id));
-        }
-        self.state.hub.wake(&puppet_key(name));
-        Ok(Response::new(pb::RemovePuppetResponse {
-            cancelled_runs: cancelled.into_iter().map(|r| r.id).collect(),
-        }))
+        let name = request.get_ref().name.clone();
+        let force = request.get_ref().force;
+        let (audit, caller) = self.state.begin(&request, "Puppets/RemovePuppet", &name);
+        let result = caller.and_then(|_| {
+            let name = Self::name_of(&name)?;
+            self.remove(name, force, RunState::Cancelled, "its puppet was removed")
+        });
+        self.state.conclude(audit, result).await.map(Response::new)
+    }
+
+    async fn approve_puppet(
+        &self,
+        request: Request<pb::GetPuppetRequest>,
+    ) -> Result<Response<pb::Puppet>, Status> {
+        let name = request.get_ref().name.clone();
+        let (audit, caller) = self.state.begin(&request, "Puppets/ApprovePuppet", &name);
+        let result = caller
+            .and_then(|_| self.set_state(&name, PuppetState::Enabled, &[PuppetState::Pending]));
+        self.state.conclude(audit, result).await.map(Response::new)
+    }
+
+    async fn reject_puppet(
+        &self,
+        request: Request<pb::GetPuppetRequest>,
+    ) -> Result<Response<pb::RemovePuppetResponse>, Status> {
+        let name = request.get_ref().name.clone();
+        let (audit, caller) = self.state.begin(&request, "Puppets/RejectPuppet", &name);
+        let result = caller.and_then(|_| {
+            let name = Self::name_of(&name)?;
+            let puppet = self.state.store.get_puppet(name)?;
+            if puppet.state != PuppetState::Pending {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "puppet {name} is {}, not pending: remove it instead",
+                    state_name(puppet.state)
+                )));
+            }
+            self.remove(
+                name,
+                true,
+                RunState::Skipped,
+                "skipped: its puppet was rejected",
+            )
+        });
+        self.state.conclude(audit, result).await.map(Response::new)
+    }
+
+    async fn rotate_puppet_credential(
+        &self,
+        request: Request<pb::RotatePuppetCredentialRequest>,
+    ) -> Result<Response<pb::Puppet>, Status> {
+        let req = request.get_ref().clone();
+        let (audit, caller) =
+            self.state
+                .begin(&request, "Puppets/RotatePuppetCredential", &req.name);
+        let result = caller.and_then(|_| {
+            let name = Self::name_of(&req.name)?;
+            let grace = match &req.grace {
+                Some(g) => convert::from_dur("grace", g)?,
+                None => DEFAULT_GRACE,
+            };
+            if grace > MAX_GRACE {
+                return Err(invalid("grace must be at most 30 days"));
+            }
+            let secret = new_secret("gpp");
+            let rotation = Rotation {
+                new_hash: hash_secret(&secret),
+                new_secret: secret,
+                old_expires_at: Millis::now().plus(grace),
+            };
+            let puppet = self.state.store.rotate_puppet(name, &rotation)?;
+            // Its held poll answers at once with the new credential.
+            self.state.hub.wake(&puppet_key(name));
+            self.view(&puppet)
+        });
+        self.state.conclude(audit, result).await.map(Response::new)
+    }
+
+    async fn revoke_puppet_credential(
+        &self,
+        request: Request<pb::GetPuppetRequest>,
+    ) -> Result<Response<pb::Puppet>, Status> {
+        let name = request.get_ref().name.clone();
+        let (audit, caller) = self
+            .state
+            .begin(&request, "Puppets/RevokePuppetCredential", &name);
+        let result = caller.and_then(|_| {
+            let name = Self::name_of(&name)?;
+            let puppet = self.state.store.revoke_puppet(name)?;
+            // Its held poll ends, refused.
+            self.state.hub.wake(&puppet_key(name));
+            self.view(&puppet)
+        });
+        self.state.conclude(audit, result).await.map(Response::new)
     }
 }

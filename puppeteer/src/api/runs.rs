@@ -42,7 +42,7 @@ impl Runs for RunsApi {
         &self,
         request: Request<pb::GetRunRequest>,
     ) -> Result<Response<pb::Run>, Status> {
-        self.state.auth.admin(&self.state.store, &request)?;
+        self.state.authorize(&request, "Runs/GetRun")?;
         Ok(Response::new(run_to(&self.run(&request.get_ref().id)?)))
     }
 
@@ -50,7 +50,7 @@ impl Runs for RunsApi {
         &self,
         request: Request<pb::ListRunsRequest>,
     ) -> Result<Response<pb::ListRunsResponse>, Status> {
-        self.state.auth.admin(&self.state.store, &request)?;
+        self.state.authorize(&request, "Runs/ListRuns")?;
         let store = &self.state.store;
         let runs = match &request.get_ref().of {
             Some(pb::list_runs_request::Of::JobId(id)) => {
@@ -73,30 +73,37 @@ impl Runs for RunsApi {
         &self,
         request: Request<pb::GetRunRequest>,
     ) -> Result<Response<pb::Run>, Status> {
-        self.state.auth.admin(&self.state.store, &request)?;
-        let run = self.run(&request.get_ref().id)?;
-        if run.state.is_terminal() {
-            return Err(ApiError::FailedPrecondition(format!(
-                "run {} is already {}",
-                run.id, run.state
-            ))
-            .into());
+        let target = request.get_ref().id.clone();
+        #[allow(unused_mut)]
+        let (mut audit, caller) = self.state.begin(&request, "Runs/CancelRun", target);
+        let result: Result<Response<pb::Run>, Status> = async {
+            caller?;
+            let run = self.run(&request.get_ref().id)?;
+            if run.state.is_terminal() {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "run {} is already {}",
+                    run.id, run.state
+                ))
+                .into());
+            }
+            let changed = cancel_runs(
+                &self.state,
+                std::slice::from_ref(&run.id),
+                "cancelled by an operator",
+            )?;
+            self.state.store.flush().await.map_err(ApiError::from)?;
+            wake_cancelled(&self.state, &changed);
+            Ok(Response::new(run_to(&self.run(&run.id)?)))
         }
-        let changed = cancel_runs(
-            &self.state,
-            std::slice::from_ref(&run.id),
-            "cancelled by an operator",
-        )?;
-        self.state.store.flush().await.map_err(ApiError::from)?;
-        wake_cancelled(&self.state, &changed);
-        Ok(Response::new(run_to(&self.run(&run.id)?)))
+        .await;
+        self.state.conclude_status(audit, result).await
     }
 
     async fn read_log(
         &self,
         request: Request<pb::ReadLogRequest>,
     ) -> Result<Response<pb::ReadLogResponse>, Status> {
-        self.state.auth.admin(&self.state.store, &request)?;
+        self.state.authorize(&request, "Runs/ReadLog")?;
         let req = request.into_inner();
         let run = self.run(&req.run_id)?;
         let max = match req.max_bytes as usize {
@@ -130,7 +137,7 @@ impl Runs for RunsApi {
         &self,
         request: Request<pb::ReadLogRequest>,
     ) -> Result<Response<Self::FollowLogStream>, Status> {
-        self.state.auth.admin(&self.state.store, &request)?;
+        self.state.authorize(&request, "Runs/FollowLog")?;
         let req = request.into_inner();
         let run = self.run(&req.run_id)?;
         if req.offset > run.log_length {

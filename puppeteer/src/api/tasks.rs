@@ -35,82 +35,96 @@ impl Tasks for TasksApi {
         &self,
         request: Request<pb::CreateTaskRequest>,
     ) -> Result<Response<pb::Task>, Status> {
-        self.state.auth.admin(&self.state.store, &request)?;
-        let req = request.into_inner();
-        domain::check_task_name(&req.name).map_err(ApiError::from)?;
-        check_description(&req.description)?;
-        let spec = convert::spec_from(req.spec)?;
-        let now = Millis::now();
-        let task = Task {
-            name: req.name,
-            version: 1,
-            description: req.description,
-            spec,
-            created_at: now,
-            updated_at: now,
-        };
-        self.state
-            .store
-            .create_task(&task)
-            .map_err(ApiError::from)?;
-        self.state.store.flush().await.map_err(ApiError::from)?;
-        Ok(Response::new(task_to(&task)))
+        let target = request.get_ref().name.clone();
+        #[allow(unused_mut)]
+        let (mut audit, caller) = self.state.begin(&request, "Tasks/CreateTask", target);
+        let result: Result<Response<pb::Task>, Status> = async {
+            caller?;
+            let req = request.into_inner();
+            domain::check_task_name(&req.name).map_err(ApiError::from)?;
+            check_description(&req.description)?;
+            let spec = convert::spec_from(req.spec)?;
+            let now = Millis::now();
+            let task = Task {
+                name: req.name,
+                version: 1,
+                description: req.description,
+                spec,
+                created_at: now,
+                updated_at: now,
+            };
+            self.state
+                .store
+                .create_task(&task)
+                .map_err(ApiError::from)?;
+            self.state.store.flush().await.map_err(ApiError::from)?;
+            Ok(Response::new(task_to(&task)))
+        }
+        .await;
+        self.state.conclude_status(audit, result).await
     }
 
     async fn update_task(
         &self,
         request: Request<pb::UpdateTaskRequest>,
     ) -> Result<Response<pb::Task>, Status> {
-        self.state.auth.admin(&self.state.store, &request)?;
-        let req = request.into_inner();
-        domain::check_task_name(&req.name).map_err(ApiError::from)?;
-        let current = self
-            .state
-            .store
-            .get_task(&req.name, None)
-            .map_err(ApiError::from)?;
-        if req.expected_version != 0 && req.expected_version != current.version {
-            return Err(Status::aborted(format!(
-                "task {} is at version {}, not {}: read it again",
-                req.name, current.version, req.expected_version
-            )));
+        let target = request.get_ref().name.clone();
+        #[allow(unused_mut)]
+        let (mut audit, caller) = self.state.begin(&request, "Tasks/UpdateTask", target);
+        let result: Result<Response<pb::Task>, Status> = async {
+            caller?;
+            let req = request.into_inner();
+            domain::check_task_name(&req.name).map_err(ApiError::from)?;
+            let current = self
+                .state
+                .store
+                .get_task(&req.name, None)
+                .map_err(ApiError::from)?;
+            if req.expected_version != 0 && req.expected_version != current.version {
+                return Err(Status::aborted(format!(
+                    "task {} is at version {}, not {}: read it again",
+                    req.name, current.version, req.expected_version
+                )));
+            }
+            let mut task = current.clone();
+            task.version += 1;
+            task.updated_at = Millis::now();
+            if let Some(description) = req.description {
+                check_description(&description)?;
+                task.description = description;
+            }
+            if req.program.is_some() {
+                task.spec.program = convert::program_from(req.program)?;
+            }
+            if let Some(timeout) = &req.timeout {
+                task.spec.timeout_ms = convert::timeout_from(Some(timeout))?;
+            }
+            if req.replace_env {
+                task.spec.env = req.env.into_iter().collect();
+            } else {
+                task.spec.env.extend(req.env);
+            }
+            if let Some(workdir) = req.workdir {
+                task.spec.workdir = workdir;
+            }
+            task.spec.validate().map_err(ApiError::from)?;
+            match self.state.store.add_task_version(&task) {
+                Ok(()) => {}
+                Err(StoreError::Conflict(m)) => return Err(Status::aborted(m)),
+                Err(e) => return Err(ApiError::from(e).into()),
+            }
+            self.state.store.flush().await.map_err(ApiError::from)?;
+            Ok(Response::new(task_to(&task)))
         }
-        let mut task = current.clone();
-        task.version += 1;
-        task.updated_at = Millis::now();
-        if let Some(description) = req.description {
-            check_description(&description)?;
-            task.description = description;
-        }
-        if req.program.is_some() {
-            task.spec.program = convert::program_from(req.program)?;
-        }
-        if let Some(timeout) = &req.timeout {
-            task.spec.timeout_ms = convert::timeout_from(Some(timeout))?;
-        }
-        if req.replace_env {
-            task.spec.env = req.env.into_iter().collect();
-        } else {
-            task.spec.env.extend(req.env);
-        }
-        if let Some(workdir) = req.workdir {
-            task.spec.workdir = workdir;
-        }
-        task.spec.validate().map_err(ApiError::from)?;
-        match self.state.store.add_task_version(&task) {
-            Ok(()) => {}
-            Err(StoreError::Conflict(m)) => return Err(Status::aborted(m)),
-            Err(e) => return Err(ApiError::from(e).into()),
-        }
-        self.state.store.flush().await.map_err(ApiError::from)?;
-        Ok(Response::new(task_to(&task)))
+        .await;
+        self.state.conclude_status(audit, result).await
     }
 
     async fn get_task(
         &self,
         request: Request<pb::GetTaskRequest>,
     ) -> Result<Response<pb::Task>, Status> {
-        self.state.auth.admin(&self.state.store, &request)?;
+        self.state.authorize(&request, "Tasks/GetTask")?;
         let req = request.get_ref();
         domain::check_task_name(&req.name).map_err(ApiError::from)?;
         let version = (req.version != 0).then_some(req.version);
@@ -126,7 +140,7 @@ impl Tasks for TasksApi {
         &self,
         request: Request<pb::ListTasksRequest>,
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
-        self.state.auth.admin(&self.state.store, &request)?;
+        self.state.authorize(&request, "Tasks/ListTasks")?;
         let tasks = self.state.store.list_tasks().map_err(ApiError::from)?;
         Ok(Response::new(pb::ListTasksResponse {
             tasks: tasks.iter().map(task_to).collect(),
@@ -137,11 +151,18 @@ impl Tasks for TasksApi {
         &self,
         request: Request<pb::RemoveTaskRequest>,
     ) -> Result<Response<pb::RemoveTaskResponse>, Status> {
-        self.state.auth.admin(&self.state.store, &request)?;
-        let name = &request.get_ref().name;
-        domain::check_task_name(name).map_err(ApiError::from)?;
-        self.state.store.remove_task(name).map_err(ApiError::from)?;
-        self.state.store.flush().await.map_err(ApiError::from)?;
-        Ok(Response::new(pb::RemoveTaskResponse {}))
+        let target = request.get_ref().name.clone();
+        #[allow(unused_mut)]
+        let (mut audit, caller) = self.state.begin(&request, "Tasks/RemoveTask", target);
+        let result: Result<Response<pb::RemoveTaskResponse>, Status> = async {
+            caller?;
+            let name = &request.get_ref().name;
+            domain::check_task_name(name).map_err(ApiError::from)?;
+            self.state.store.remove_task(name).map_err(ApiError::from)?;
+            self.state.store.flush().await.map_err(ApiError::from)?;
+            Ok(Response::new(pb::RemoveTaskResponse {}))
+        }
+        .await;
+        self.state.conclude_status(audit, result).await
     }
 }

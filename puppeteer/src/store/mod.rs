@@ -20,6 +20,9 @@
 //! | `queue`        | puppet 0 seq(u64 BE)         | run id (unfinished runs only) |
 //! | `puppet_runs`  | puppet 0 seq(u64 BE)         | run id (all runs)      |
 //! | `logs`         | run id 0 offset(u64 BE)      | output bytes           |
+//! | `users`        | name                         | [`User`]               |
+//! | `api_tokens`   | id                           | [`ApiToken`]           |
+//! | `audit`        | seq(u64 BE)                  | [`AuditEntry`]         |
 //!
 //! Durability: every state change is one sled transaction over all the trees
 //! it touches, so a crash never leaves half of it. Sled writes reach disk on a
@@ -31,6 +34,7 @@ mod keys;
 mod logs;
 mod puppets;
 mod tasks;
+mod users;
 
 use std::path::Path;
 
@@ -43,7 +47,7 @@ pub use logs::Appended;
 pub use puppets::NewPuppet;
 
 /// The on-disk layout this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -109,6 +113,9 @@ pub struct Store {
     queue: sled::Tree,
     puppet_runs: sled::Tree,
     logs: sled::Tree,
+    users: sled::Tree,
+    api_tokens: sled::Tree,
+    audit: sled::Tree,
 }
 
 impl std::fmt::Debug for Store {
@@ -138,6 +145,9 @@ impl Store {
             queue: tree("queue")?,
             puppet_runs: tree("puppet_runs")?,
             logs: tree("logs")?,
+            users: tree("users")?,
+            api_tokens: tree("api_tokens")?,
+            audit: tree("audit")?,
             db,
         };
         store.check_schema()?;

@@ -3,7 +3,19 @@
 use sled::Transactional;
 
 use super::{Result, Store, StoreError, abort, decode, encode};
-use crate::domain::{EnrollToken, Millis, Principal, Puppet, PuppetState};
+use crate::domain::{EnrollToken, Millis, Principal, Puppet, PuppetState, Rotation};
+
+/// Every credential hash a puppet may hold.
+fn puppet_hashes(puppet: &Puppet) -> Vec<String> {
+    let mut hashes = vec![puppet.credential_hash.clone()];
+    if let Some(rotation) = &puppet.rotation {
+        hashes.push(rotation.new_hash.clone());
+    }
+    if let Some((old, _)) = &puppet.old_credential {
+        hashes.push(old.clone());
+    }
+    hashes
+}
 
 /// What enrolling a puppet needs, all checked by the caller except the token.
 #[derive(Debug)]
@@ -129,7 +141,11 @@ impl Store {
                 let mut puppet = puppet.clone();
                 puppet.enroll_token_id = token.id.clone();
                 puppet.assigned_labels.extend(token.labels.clone());
-                puppet.state = PuppetState::Enabled;
+                puppet.state = if token.auto_approve {
+                    PuppetState::Enabled
+                } else {
+                    PuppetState::Pending
+                };
                 tokens.insert(id.clone(), encode(&token))?;
                 puppets.insert(puppet.name.as_bytes(), encode(&puppet))?;
                 credentials.insert(
@@ -157,7 +173,107 @@ impl Store {
                 Ok(p) => p,
                 Err(e) => return abort(e),
             };
-            credentials.remove(puppet.credential_hash.as_bytes())?;
+            for hash in puppet_hashes(&puppet) {
+                credentials.remove(hash.as_bytes())?;
+            }
+            Ok(puppet)
+        })?;
+        Ok(puppet)
+    }
+
+    /// Starts a rotation: the new credential works from now on, the current
+    /// one until `rotation.old_expires_at`.
+    pub fn rotate_puppet(&self, name: &str, rotation: &Rotation) -> Result<Puppet> {
+        let puppet = (&self.puppets, &self.credentials).transaction(|(puppets, credentials)| {
+            let Some(v) = puppets.get(name.as_bytes())? else {
+                return abort(StoreError::NotFound {
+                    kind: "puppet",
+                    id: name.to_string(),
+                });
+            };
+            let mut puppet: Puppet = match decode(name.as_bytes(), &v) {
+                Ok(p) => p,
+                Err(e) => return abort(e),
+            };
+            if puppet.revoked {
+                return abort(StoreError::Conflict(format!(
+                    "puppet {name} was revoked: remove it and enroll it again"
+                )));
+            }
+            // A rotation replacing one not yet picked up: the older new
+            // credential was never used, it simply stops existing.
+            if let Some(previous) = &puppet.rotation {
+                credentials.remove(previous.new_hash.as_bytes())?;
+            }
+            puppet.rotation = Some(rotation.clone());
+            credentials.insert(
+                rotation.new_hash.as_bytes(),
+                encode(&Principal::Puppet {
+                    name: name.to_string(),
+                }),
+            )?;
+            puppets.insert(name.as_bytes(), encode(&puppet))?;
+            Ok(puppet)
+        })?;
+        Ok(puppet)
+    }
+
+    /// The puppet used its new credential: it becomes the current one, and
+    /// the old one lives on until its expiry.
+    pub fn complete_rotation(&self, name: &str) -> Result<Puppet> {
+        self.update_puppet(name, |p| {
+            if let Some(rotation) = p.rotation.take() {
+                let old = std::mem::replace(&mut p.credential_hash, rotation.new_hash);
+                p.old_credential = Some((old, rotation.old_expires_at));
+            }
+            Ok(())
+        })
+    }
+
+    /// Forgets an expired old credential.
+    pub fn expire_old_credential(&self, name: &str, hash: &str) -> Result<()> {
+        (&self.puppets, &self.credentials).transaction(|(puppets, credentials)| {
+            credentials.remove(hash.as_bytes())?;
+            if let Some(v) = puppets.get(name.as_bytes())? {
+                let mut puppet: Puppet = match decode(name.as_bytes(), &v) {
+                    Ok(p) => p,
+                    Err(e) => return abort(e),
+                };
+                if puppet
+                    .old_credential
+                    .as_ref()
+                    .is_some_and(|(h, _)| h == hash)
+                {
+                    puppet.old_credential = None;
+                    puppets.insert(name.as_bytes(), encode(&puppet))?;
+                }
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// Revokes every credential of a puppet and disables it.
+    pub fn revoke_puppet(&self, name: &str) -> Result<Puppet> {
+        let puppet = (&self.puppets, &self.credentials).transaction(|(puppets, credentials)| {
+            let Some(v) = puppets.get(name.as_bytes())? else {
+                return abort(StoreError::NotFound {
+                    kind: "puppet",
+                    id: name.to_string(),
+                });
+            };
+            let mut puppet: Puppet = match decode(name.as_bytes(), &v) {
+                Ok(p) => p,
+                Err(e) => return abort(e),
+            };
+            for hash in puppet_hashes(&puppet) {
+                credentials.remove(hash.as_bytes())?;
+            }
+            puppet.revoked = true;
+            puppet.state = PuppetState::Disabled;
+            puppet.rotation = None;
+            puppet.old_credential = None;
+            puppets.insert(name.as_bytes(), encode(&puppet))?;
             Ok(puppet)
         })?;
         Ok(puppet)

@@ -92,7 +92,10 @@ impl Admin {
 
     pub async fn enroll_secret(&mut self) -> String {
         self.tokens
-            .create_enroll_token(pb::CreateEnrollTokenRequest::default())
+            .create_enroll_token(pb::CreateEnrollTokenRequest {
+                auto_approve: true,
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner()

@@ -1,0 +1,126 @@
+//! The audit trail: every admin mutation, and every refused attempt at one,
+//! is recorded with who, what, when, from where and the outcome, then flushed
+//! with the change itself before the caller gets an answer. Secrets never go
+//! into it: targets are names and ids.
+
+use tonic::{Request, Status};
+
+use super::AppState;
+use super::auth::Caller;
+use super::error::{ApiError, ApiResult};
+use crate::domain::{AuditEntry, Millis};
+
+/// A mutation under way: what will be recorded when it ends.
+#[derive(Debug)]
+pub struct Audited {
+    action: &'static str,
+    target: String,
+    remote_addr: String,
+    actor: String,
+}
+
+impl Audited {
+    /// Changes the recorded target (e.g. to the id a creation produced).
+    pub fn target(&mut self, target: impl Into<String>) {
+        self.target = target.into();
+    }
+
+    /// Records the actor for calls not made by a user (enrollments).
+    pub fn actor(&mut self, actor: impl Into<String>) {
+        self.actor = actor.into();
+    }
+}
+
+pub fn remote_addr<T>(request: &Request<T>) -> String {
+    request
+        .remote_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+impl AppState {
+    /// Authorizes a read-only call (not audited).
+    pub fn authorize<T>(&self, request: &Request<T>, action: &'static str) -> ApiResult<Caller> {
+        self.auth.authorize(&self.store, request, action).1
+    }
+
+    /// Authorizes a mutation and starts its audit record.
+    pub fn begin<T>(
+        &self,
+        request: &Request<T>,
+        action: &'static str,
+        target: impl Into<String>,
+    ) -> (Audited, ApiResult<Caller>) {
+        let (actor, caller) = self.auth.authorize(&self.store, request, action);
+        let audited = Audited {
+            action,
+            target: target.into(),
+            remote_addr: remote_addr(request),
+            actor,
+        };
+        (audited, caller)
+    }
+
+    /// Starts the audit record of a call that authenticates otherwise.
+    pub fn begin_unauthenticated<T>(
+        &self,
+        request: &Request<T>,
+        action: &'static str,
+        target: impl Into<String>,
+    ) -> Audited {
+        Audited {
+            action,
+            target: target.into(),
+            remote_addr: remote_addr(request),
+            actor: "-".into(),
+        }
+    }
+
+    /// Records how the mutation ended, flushes, and answers.
+    pub async fn conclude<T>(&self, audited: Audited, result: ApiResult<T>) -> Result<T, Status> {
+        let (outcome, message) = match &result {
+            Ok(_) => ("ok".to_string(), String::new()),
+            Err(e) => (format!("{:?}", e.code()), e.to_string()),
+        };
+        self.record(audited, outcome, message).await?;
+        result.map_err(Status::from)
+    }
+
+    /// Like [`AppState::conclude`] for a body that already answers with a status.
+    pub async fn conclude_status<T>(
+        &self,
+        audited: Audited,
+        result: Result<T, Status>,
+    ) -> Result<T, Status> {
+        let (outcome, message) = match &result {
+            Ok(_) => ("ok".to_string(), String::new()),
+            Err(status) => (format!("{:?}", status.code()), status.message().to_string()),
+        };
+        self.record(audited, outcome, message).await?;
+        result
+    }
+
+    async fn record(
+        &self,
+        audited: Audited,
+        outcome: String,
+        message: String,
+    ) -> Result<(), Status> {
+        let entry = AuditEntry {
+            seq: 0,
+            at: Millis::now(),
+            actor: audited.actor,
+            action: audited.action.to_string(),
+            target: audited.target,
+            remote_addr: audited.remote_addr,
+            outcome,
+            message,
+        };
+        if let Err(e) = self.store.append_audit(entry) {
+            tracing::error!(error = %e, "cannot write the audit trail");
+            return Err(ApiError::from(e).into());
+        }
+        self.store.flush().await.map_err(ApiError::from)?;
+        Ok(())
+    }
+}

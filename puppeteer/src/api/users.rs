@@ -1,0 +1,322 @@
+//! Admin services over users, API tokens and the audit trail.
+
+use std::time::Duration;
+
+use geppetto_proto::v1 as pb;
+use geppetto_proto::v1::audit_server::Audit;
+use geppetto_proto::v1::tokens_server::Tokens;
+use geppetto_proto::v1::users_server::Users;
+use tonic::{Request, Response, Status};
+
+use super::Shared;
+use super::convert::{self, opt_ts, ts};
+use super::error::{ApiError, ApiResult, invalid};
+use crate::domain::{self, ApiToken, Millis, Role, User};
+use crate::ids::{hash_secret, new_id, new_secret};
+
+const MAX_TOKEN_TTL: Duration = Duration::from_secs(2 * 366 * 24 * 3600);
+
+pub fn role_from(value: i32) -> ApiResult<Role> {
+    match pb::Role::try_from(value) {
+        Ok(pb::Role::Viewer) => Ok(Role::Viewer),
+        Ok(pb::Role::Operator) => Ok(Role::Operator),
+        Ok(pb::Role::Admin) => Ok(Role::Admin),
+        _ => Err(invalid("give a role: viewer, operator or admin")),
+    }
+}
+
+pub fn role_to(role: Role) -> pb::Role {
+    match role {
+        Role::Viewer => pb::Role::Viewer,
+        Role::Operator => pb::Role::Operator,
+        Role::Admin => pb::Role::Admin,
+    }
+}
+
+fn token_to(t: &ApiToken) -> pb::ApiToken {
+    pb::ApiToken {
+        id: t.id.clone(),
+        user: t.user.clone(),
+        name: t.name.clone(),
+        created_at: Some(ts(t.created_at)),
+        expires_at: opt_ts(t.expires_at),
+        revoked: t.revoked,
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct UsersApi {
+    state: Shared,
+}
+
+impl UsersApi {
+    pub fn new(state: Shared) -> Self {
+        UsersApi { state }
+    }
+
+    fn view(&self, user: &User) -> ApiResult<pb::User> {
+        let now = Millis::now();
+        let active = self
+            .state
+            .store
+            .list_api_tokens()?
+            .iter()
+            .filter(|t| t.user == user.name && !t.revoked && t.expires_at.is_none_or(|e| e > now))
+            .count() as u32;
+        Ok(pb::User {
+            name: user.name.clone(),
+            role: role_to(user.role) as i32,
+            created_at: Some(ts(user.created_at)),
+            active_tokens: active,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Users for UsersApi {
+    async fn add_user(
+        &self,
+        request: Request<pb::AddUserRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        let req = request.get_ref().clone();
+        let (audit, caller) = self.state.begin(&request, "Users/AddUser", &req.name);
+        let result = caller.and_then(|_| {
+            domain::check_user_name(&req.name)?;
+            let user = User {
+                name: req.name.clone(),
+                role: role_from(req.role)?,
+                created_at: Millis::now(),
+            };
+            self.state.store.add_user(&user)?;
+            self.view(&user)
+        });
+        self.state.conclude(audit, result).await.map(Response::new)
+    }
+
+    async fn list_users(
+        &self,
+        request: Request<pb::ListUsersRequest>,
+    ) -> Result<Response<pb::ListUsersResponse>, Status> {
+        self.state.authorize(&request, "Users/ListUsers")?;
+        let users = self
+            .state
+            .store
+            .list_users()
+            .map_err(ApiError::from)?
+            .iter()
+            .map(|u| self.view(u))
+            .collect::<ApiResult<_>>()?;
+        Ok(Response::new(pb::ListUsersResponse { users }))
+    }
+
+    async fn set_user_role(
+        &self,
+        request: Request<pb::SetUserRoleRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        let req = request.get_ref().clone();
+        let (audit, caller) = self.state.begin(&request, "Users/SetUserRole", &req.name);
+        let result = caller.and_then(|_| {
+            domain::check_user_name(&req.name)?;
+            let role = role_from(req.role)?;
+            let user = self.state.store.set_user_role(&req.name, role)?;
+            self.view(&user)
+        });
+        self.state.conclude(audit, result).await.map(Response::new)
+    }
+
+    async fn remove_user(
+        &self,
+        request: Request<pb::RemoveUserRequest>,
+    ) -> Result<Response<pb::RemoveUserResponse>, Status> {
+        let name = request.get_ref().name.clone();
+        let (audit, caller) = self.state.begin(&request, "Users/RemoveUser", &name);
+        let result = caller.and_then(|_| {
+            domain::check_user_name(&name)?;
+            let revoked_tokens = self.state.store.remove_user(&name)?;
+            Ok(pb::RemoveUserResponse { revoked_tokens })
+        });
+        self.state.conclude(audit, result).await.map(Response::new)
+    }
+
+    async fn who_am_i(
+        &self,
+        request: Request<pb::WhoAmIRequest>,
+    ) -> Result<Response<pb::WhoAmIResponse>, Status> {
+        let caller = self.state.authorize(&request, "Users/WhoAmI")?;
+        Ok(Response::new(pb::WhoAmIResponse {
+            user: caller.user,
+            role: role_to(caller.role) as i32,
+            token_id: caller.token_id,
+        }))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TokensApi {
+    state: Shared,
+}
+
+impl TokensApi {
+    pub fn new(state: Shared) -> Self {
+        TokensApi { state }
+    }
+}
+
+#[tonic::async_trait]
+impl Tokens for TokensApi {
+    async fn create_token(
+        &self,
+        request: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        let req = request.get_ref().clone();
+        let (mut audit, caller) = self.state.begin(&request, "Tokens/CreateToken", &req.user);
+        let result = caller.and_then(|caller| {
+            let user = if req.user.is_empty() {
+                caller.user.clone()
+            } else {
+                domain::check_user_name(&req.user)?;
+                req.user.clone()
+            };
+            if user != caller.user && caller.role < Role::Admin {
+                return Err(ApiError::PermissionDenied(format!(
+                    "only admins create tokens for other users; {} is {}",
+                    caller.user,
+                    caller.role.name()
+                )));
+            }
+            if req.name.len() > 128 {
+                return Err(invalid("the token name is longer than 128 bytes"));
+            }
+            let now = Millis::now();
+            let expires_at = match &req.ttl {
+                Some(ttl) => {
+                    let ttl = convert::from_dur("ttl", ttl)?;
+                    if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
+                        return Err(invalid(
+                            "the token's lifetime must be between 1s and 2 years",
+                        ));
+                    }
+                    Some(now.plus(ttl))
+                }
+                None => None,
+            };
+            let secret = new_secret("gpa");
+            let token = ApiToken {
+                id: new_id("tok"),
+                user,
+                name: req.name.clone(),
+                created_at: now,
+                expires_at,
+                revoked: false,
+                secret_hash: hash_secret(&secret),
+            };
+            self.state.store.create_api_token(&token)?;
+            Ok((token, secret))
+        });
+        if let Ok((token, _)) = &result {
+            audit.target(format!("{} (user {})", token.id, token.user));
+        }
+        let (token, secret) = self.state.conclude(audit, result).await?;
+        Ok(Response::new(pb::CreateTokenResponse {
+            token: Some(token_to(&token)),
+            secret,
+        }))
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        let caller = self.state.authorize(&request, "Tokens/ListTokens")?;
+        let wanted = &request.get_ref().user;
+        let user = if caller.role == Role::Admin {
+            (!wanted.is_empty()).then(|| wanted.clone())
+        } else if wanted.is_empty() || *wanted == caller.user {
+            Some(caller.user.clone())
+        } else {
+            return Err(ApiError::PermissionDenied(format!(
+                "only admins list other users' tokens; {} is {}",
+                caller.user,
+                caller.role.name()
+            ))
+            .into());
+        };
+        let tokens = self
+            .state
+            .store
+            .list_api_tokens()
+            .map_err(ApiError::from)?
+            .iter()
+            .filter(|t| user.as_ref().is_none_or(|u| &t.user == u))
+            .map(token_to)
+            .collect();
+        Ok(Response::new(pb::ListTokensResponse { tokens }))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::ApiToken>, Status> {
+        let id = request.get_ref().id.clone();
+        let (audit, caller) = self.state.begin(&request, "Tokens/RevokeToken", &id);
+        let result = caller.and_then(|caller| {
+            convert::id_of_kind("tok", &id)?;
+            let token = self.state.store.get_api_token(&id)?;
+            if token.user != caller.user && caller.role < Role::Admin {
+                return Err(ApiError::PermissionDenied(format!(
+                    "only admins revoke other users' tokens; {} is {}",
+                    caller.user,
+                    caller.role.name()
+                )));
+            }
+            Ok(token_to(&self.state.store.revoke_api_token(&id)?))
+        });
+        self.state.conclude(audit, result).await.map(Response::new)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditApi {
+    state: Shared,
+}
+
+impl AuditApi {
+    pub fn new(state: Shared) -> Self {
+        AuditApi { state }
+    }
+}
+
+#[tonic::async_trait]
+impl Audit for AuditApi {
+    async fn list_audit(
+        &self,
+        request: Request<pb::ListAuditRequest>,
+    ) -> Result<Response<pb::ListAuditResponse>, Status> {
+        self.state.authorize(&request, "Audit/ListAudit")?;
+        let req = request.into_inner();
+        let limit = match req.limit {
+            0 => 1000,
+            n => n.min(100_000) as usize,
+        };
+        let since = req.since.as_ref().map(convert::from_ts);
+        let actor = (!req.actor.is_empty()).then_some(req.actor.as_str());
+        let entries = self
+            .state
+            .store
+            .list_audit(since, actor, limit)
+            .map_err(ApiError::from)?
+            .into_iter()
+            .map(|e| pb::AuditEntry {
+                seq: e.seq,
+                at: Some(ts(e.at)),
+                actor: e.actor,
+                action: e.action,
+                target: e.target,
+                remote_addr: e.remote_addr,
+                outcome: e.outcome,
+                message: e.message,
+            })
+            .collect();
+        Ok(Response::new(pb::ListAuditResponse { entries }))
+    }
+}

@@ -1,0 +1,199 @@
+//! Users, their API tokens, and the audit trail.
+//!
+//! A token's secret is stored only as a hash, in `credentials` (for lookup)
+//! and on the token record (for revocation). Revoking a token or removing its
+//! user removes the `credentials` entry in the same transaction, so a revoked
+//! token is refused from the next call on.
+
+use sled::Transactional;
+
+use super::{Result, Store, StoreError, abort, decode, encode};
+use crate::domain::{ApiToken, AuditEntry, Millis, Principal, Role, User};
+
+impl Store {
+    pub fn get_user(&self, name: &str) -> Result<User> {
+        match self.users.get(name)? {
+            Some(v) => decode(name.as_bytes(), &v),
+            None => Err(StoreError::NotFound {
+                kind: "user",
+                id: name.to_string(),
+            }),
+        }
+    }
+
+    pub fn add_user(&self, user: &User) -> Result<()> {
+        self.users.transaction(|users| {
+            if users.get(user.name.as_bytes())?.is_some() {
+                return abort(StoreError::AlreadyExists {
+                    kind: "user",
+                    id: user.name.clone(),
+                });
+            }
+            users.insert(user.name.as_bytes(), encode(user))?;
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    pub fn list_users(&self) -> Result<Vec<User>> {
+        self.users
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    fn admins_besides(&self, name: &str) -> Result<usize> {
+        Ok(self
+            .list_users()?
+            .iter()
+            .filter(|u| u.role == Role::Admin && u.name != name)
+            .count())
+    }
+
+    /// Changes a user's role; the last admin cannot be demoted.
+    pub fn set_user_role(&self, name: &str, role: Role) -> Result<User> {
+        let mut user = self.get_user(name)?;
+        if user.role == Role::Admin && role != Role::Admin && self.admins_besides(name)? == 0 {
+            return Err(StoreError::Conflict(format!(
+                "{name} is the last admin: make another user admin first"
+            )));
+        }
+        user.role = role;
+        self.users.insert(name.as_bytes(), encode(&user))?;
+        Ok(user)
+    }
+
+    /// Removes a user and revokes all their tokens; the last admin cannot
+    /// be removed. Returns how many tokens were revoked.
+    pub fn remove_user(&self, name: &str) -> Result<u32> {
+        let user = self.get_user(name)?;
+        if user.role == Role::Admin && self.admins_besides(name)? == 0 {
+            return Err(StoreError::Conflict(format!(
+                "{name} is the last admin: make another user admin first"
+            )));
+        }
+        let tokens: Vec<ApiToken> = self
+            .list_api_tokens()?
+            .into_iter()
+            .filter(|t| t.user == name && !t.revoked)
+            .collect();
+        (&self.users, &self.api_tokens, &self.credentials).transaction(
+            |(users, api_tokens, credentials)| {
+                users.remove(name.as_bytes())?;
+                for token in &tokens {
+                    let mut token = token.clone();
+                    token.revoked = true;
+                    api_tokens.insert(token.id.as_bytes(), encode(&token))?;
+                    credentials.remove(token.secret_hash.as_bytes())?;
+                }
+                Ok(())
+            },
+        )?;
+        Ok(tokens.len() as u32)
+    }
+
+    /// Stores a token and makes its secret usable.
+    pub fn create_api_token(&self, token: &ApiToken) -> Result<()> {
+        (&self.users, &self.api_tokens, &self.credentials).transaction(
+            |(users, api_tokens, credentials)| {
+                if users.get(token.user.as_bytes())?.is_none() {
+                    return abort(StoreError::NotFound {
+                        kind: "user",
+                        id: token.user.clone(),
+                    });
+                }
+                api_tokens.insert(token.id.as_bytes(), encode(token))?;
+                credentials.insert(
+                    token.secret_hash.as_bytes(),
+                    encode(&Principal::User {
+                        user: token.user.clone(),
+                        token_id: token.id.clone(),
+                    }),
+                )?;
+                Ok(())
+            },
+        )?;
+        Ok(())
+    }
+
+    pub fn get_api_token(&self, id: &str) -> Result<ApiToken> {
+        match self.api_tokens.get(id)? {
+            Some(v) => decode(id.as_bytes(), &v),
+            None => Err(StoreError::NotFound {
+                kind: "token",
+                id: id.to_string(),
+            }),
+        }
+    }
+
+    pub fn list_api_tokens(&self) -> Result<Vec<ApiToken>> {
+        let mut tokens: Vec<ApiToken> = self
+            .api_tokens
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(&k, &v)
+            })
+            .collect::<Result<_>>()?;
+        tokens.sort_by_key(|t| t.created_at);
+        Ok(tokens)
+    }
+
+    /// Revokes a token: its secret stops working at once.
+    pub fn revoke_api_token(&self, id: &str) -> Result<ApiToken> {
+        let token =
+            (&self.api_tokens, &self.credentials).transaction(|(api_tokens, credentials)| {
+                let Some(v) = api_tokens.get(id.as_bytes())? else {
+                    return abort(StoreError::NotFound {
+                        kind: "token",
+                        id: id.to_string(),
+                    });
+                };
+                let mut token: ApiToken = match decode(id.as_bytes(), &v) {
+                    Ok(t) => t,
+                    Err(e) => return abort(e),
+                };
+                token.revoked = true;
+                api_tokens.insert(id.as_bytes(), encode(&token))?;
+                credentials.remove(token.secret_hash.as_bytes())?;
+                Ok(token)
+            })?;
+        Ok(token)
+    }
+
+    /// Appends an entry to the audit trail (its `seq` is set here).
+    pub fn append_audit(&self, mut entry: AuditEntry) -> Result<AuditEntry> {
+        entry.seq = self.next_seq()?;
+        self.audit.insert(entry.seq.to_be_bytes(), encode(&entry))?;
+        Ok(entry)
+    }
+
+    /// Audit entries at or after `since`, oldest first, at most the newest `limit`.
+    pub fn list_audit(
+        &self,
+        since: Option<Millis>,
+        actor: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>> {
+        let mut entries = Vec::new();
+        for kv in self.audit.iter().rev() {
+            let (k, v) = kv?;
+            let entry: AuditEntry = decode(&k, &v)?;
+            if since.is_some_and(|s| entry.at < s) {
+                break;
+            }
+            if actor.is_some_and(|a| entry.actor != a) {
+                continue;
+            }
+            entries.push(entry);
+            if entries.len() >= limit {
+                break;
+            }
+        }
+        entries.reverse();
+        Ok(entries)
+    }
+}
