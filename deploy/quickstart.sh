@@ -76,7 +76,7 @@ echo "==> Starting a puppet named $PUPPET_NAME (state in $QS/puppet)"
 enroll=()
 if [ ! -f "$QS/puppet/credential" ]; then
     secret=$("$G" enroll-tokens create --uses 1 --expires 10m --labels env=demo \
-        --description "quickstart puppet")
+        --auto-approve --description "quickstart puppet")
     enroll=(--enroll-token "$secret")
 fi
 os_id=$(. /etc/os-release 2>/dev/null && echo "${ID:-linux}" || echo linux)

@@ -24,6 +24,21 @@ enum Command {
     /// Serve the API. On an empty data dir, first creates a local CA, a server
     /// certificate and the first admin's API token, and prints where they are.
     Serve(ServeArgs),
+    /// Replace the generated server certificate with a new one signed by the
+    /// same local CA (for new names, or before it expires). Puppets and
+    /// operators keep their CA file. Restart the puppeteer to use it.
+    RenewCert(RenewArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct RenewArgs {
+    /// Data dir of the puppeteer [default: ./geppetto-data].
+    #[arg(long, env = "PUPPETEER_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Name (DNS or IP) for the certificate; repeat for several
+    /// [default: localhost, 127.0.0.1, ::1].
+    #[arg(long = "server-name")]
+    server_names: Vec<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -102,6 +117,25 @@ fn config_from(args: ServeArgs) -> Result<Config> {
     Ok(config)
 }
 
+fn renew(args: RenewArgs) -> Result<()> {
+    let data_dir = args
+        .data_dir
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    let names = if args.server_names.is_empty() {
+        Config::new(data_dir.clone(), DEFAULT_LISTEN.parse()?).server_names
+    } else {
+        args.server_names
+    };
+    let files = puppeteer::pki::renew_server_cert(&data_dir.join("tls"), &names)?;
+    println!(
+        "Wrote a new server certificate {} for {} (the previous one is kept as .old).",
+        files.cert.display(),
+        names.join(", ")
+    );
+    println!("Restart the puppeteer to use it; clients keep their CA file.");
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() {
     tracing_subscriber::fmt()
@@ -117,7 +151,10 @@ async fn main() {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let Command::Serve(args) = cli.command;
+    let args = match cli.command {
+        Command::Serve(args) => args,
+        Command::RenewCert(args) => return renew(args),
+    };
     let config = config_from(args)?;
     let insecure = config.insecure_plaintext;
     if insecure {

@@ -68,6 +68,25 @@ fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
     Ok(())
 }
 
+/// Replaces the server certificate in `dir` with a new one for `names`,
+/// signed by the existing local CA: clients keep trusting the same CA file,
+/// so no puppet needs anything. Takes effect at the next start.
+pub fn renew_server_cert(dir: &Path, names: &[String]) -> Result<TlsFiles> {
+    if !dir.join("ca.pem").exists() || !dir.join("ca.key").exists() {
+        bail!(
+            "no local CA in {}: renewal needs the CA the puppeteer generated at its first start",
+            dir.display()
+        );
+    }
+    for file in ["server.pem", "server.key"] {
+        let path = dir.join(file);
+        if path.exists() {
+            std::fs::rename(&path, dir.join(format!("{file}.old")))?;
+        }
+    }
+    Ok(ensure_local_tls(dir, names)?.0)
+}
+
 /// Creates the local CA and a server certificate in `dir` if absent.
 pub fn ensure_local_tls(dir: &Path, names: &[String]) -> Result<(TlsFiles, bool)> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
