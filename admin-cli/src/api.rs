@@ -5,11 +5,14 @@ use std::future::Future;
 use std::time::Duration;
 
 use geppetto_proto::client::{Channel, Endpoint, TokenSlot};
+use geppetto_proto::v1::audit_client::AuditClient;
 use geppetto_proto::v1::enroll_tokens_client::EnrollTokensClient;
 use geppetto_proto::v1::jobs_client::JobsClient;
 use geppetto_proto::v1::puppets_client::PuppetsClient;
 use geppetto_proto::v1::runs_client::RunsClient;
 use geppetto_proto::v1::tasks_client::TasksClient;
+use geppetto_proto::v1::tokens_client::TokensClient;
+use geppetto_proto::v1::users_client::UsersClient;
 use tonic::{Request, Response, Status};
 
 use crate::config::Settings;
@@ -74,6 +77,18 @@ impl Api {
 
     pub fn runs(&self) -> RunsClient<Channel> {
         RunsClient::new(self.channel.clone())
+    }
+
+    pub fn users(&self) -> UsersClient<Channel> {
+        UsersClient::new(self.channel.clone())
+    }
+
+    pub fn tokens(&self) -> TokensClient<Channel> {
+        TokensClient::new(self.channel.clone())
+    }
+
+    pub fn audit(&self) -> AuditClient<Channel> {
+        AuditClient::new(self.channel.clone())
     }
 
     /// Awaits a unary call (or the opening of a stream) within

@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::Secret;
-use crate::parse::{parse_duration, parse_kv, parse_kv_list};
+use crate::parse::{parse_duration, parse_kv, parse_kv_list, parse_token_id};
 
 const TOUR: &str = "\
 Connection settings come from flags, then the environment (GEPPETTO_SERVER, GEPPETTO_CA,
@@ -26,7 +26,9 @@ A short tour:
   export GEPPETTO_TOKEN_FILE=/var/lib/puppeteer/admin.token
 
   # Let machines join: make an enroll token, start a puppet with it on each machine.
-  SECRET=$(geppetto enroll-tokens create --uses 10 --expires 1h --labels site=lyon,env=test)
+  # With --auto-approve they get work at once; without it they wait as pending
+  # until `geppetto puppets approve NAME` (or `puppets reject NAME`).
+  SECRET=$(geppetto enroll-tokens create --uses 10 --expires 1h --labels site=lyon,env=test --auto-approve)
   puppet run --server https://puppeteer.example:7443 --ca ca.pem --enroll-token \"$SECRET\"   # on the machine
   geppetto puppets list --selector site=lyon
 
@@ -39,6 +41,11 @@ A short tour:
   geppetto jobs show \"$JOB\"
   geppetto logs \"$JOB\" --puppet web-1
   geppetto logs run-... --follow
+
+  # Give a colleague an account and a token of their own; see who did what.
+  geppetto users add alice --role operator
+  geppetto tokens create --user alice --name laptop --expires 90days
+  geppetto audit --since 1h
 
 Read commands print tables; add `-o json` for scripts.";
 
@@ -102,12 +109,23 @@ pub enum Format {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Machines managed by the puppeteer: list, inspect, label, enable, disable, remove
+    /// Machines managed by the puppeteer: list, inspect, approve, label, enable, disable,
+    /// rotate or revoke credentials, remove
     #[command(subcommand)]
     Puppets(PuppetsCommand),
     /// Tokens that let new puppets enroll
     #[command(subcommand)]
     EnrollTokens(EnrollTokensCommand),
+    /// Operators' accounts and their roles (admins only)
+    #[command(subcommand)]
+    Users(UsersCommand),
+    /// Shows who the API token belongs to: user, role, token id
+    Whoami,
+    /// API tokens of operators: create, list, revoke
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+    /// Shows the audit log: who called what, from where, with what outcome
+    Audit(AuditArgs),
     /// Versioned definitions of what to run: a script or an argv, timeout, environment
     #[command(subcommand)]
     Tasks(TasksCommand),
@@ -143,7 +161,7 @@ pub enum PuppetsCommand {
     },
     /// Stops offering new runs to a puppet; it keeps polling
     Disable { name: String },
-    /// Lets a puppet receive runs again (and approves one pending approval)
+    /// Lets a disabled puppet receive runs again (a pending one needs `puppets approve`)
     Enable { name: String },
     /// Removes a puppet and revokes its credential
     Remove {
@@ -152,11 +170,28 @@ pub enum PuppetsCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Admits a pending puppet: it starts receiving runs
+    Approve { name: String },
+    /// Refuses a pending puppet: it is removed, its credential revoked, its runs skipped
+    Reject { name: String },
+    /// Gives a puppet a new credential, picked up at its next poll; the old one
+    /// keeps working for a grace period
+    Rotate {
+        name: String,
+        /// How long the old credential keeps working once the puppet uses the new one
+        /// (or, if it never does, after the rotation), e.g. 10m, 1h [default: 24h]
+        #[arg(long, value_parser = parse_duration, value_name = "DUR")]
+        grace: Option<Duration>,
+    },
+    /// Revokes a puppet's credential at once: it is cut off and disabled, and can
+    /// come back only by being removed and enrolled again
+    Revoke { name: String },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum EnrollTokensCommand {
-    /// Creates an enroll token and prints its secret (shown only once)
+    /// Creates an enroll token and prints its secret (shown only once); puppets
+    /// enrolling with it wait as pending unless --auto-approve
     Create(CreateEnrollTokenArgs),
     /// Lists enroll tokens (without their secrets)
     List,
@@ -183,6 +218,89 @@ pub struct CreateEnrollTokenArgs {
     /// What the token is for
     #[arg(long, value_name = "TEXT")]
     pub description: Option<String>,
+    /// Puppets enrolling with it are enabled at once. Without it they wait as
+    /// pending, visible but given no run, until `geppetto puppets approve NAME`
+    #[arg(long)]
+    pub auto_approve: bool,
+}
+
+/// What a user may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RoleArg {
+    /// Everything: users, tokens, enrollment, removal and credentials of puppets
+    Admin,
+    /// Tasks, jobs, approvals, puppets' labels and states
+    Operator,
+    /// Read only
+    Viewer,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Adds a user; give them a token with `geppetto tokens create --user NAME`
+    Add {
+        /// 1-63 of [a-z0-9._-], starting with a letter or digit
+        name: String,
+        /// What the user may do
+        #[arg(long, value_enum, value_name = "ROLE")]
+        role: RoleArg,
+    },
+    /// Lists users with their role and number of working tokens
+    List,
+    /// Changes a user's role
+    SetRole {
+        name: String,
+        /// The new role
+        #[arg(long, value_enum, value_name = "ROLE")]
+        role: RoleArg,
+    },
+    /// Removes a user; their tokens stop working at once
+    Remove { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Creates an API token and prints its secret (shown only once)
+    Create(CreateTokenArgs),
+    /// Lists API tokens (without their secrets): yours, or everyone's for admins
+    List {
+        /// Only the tokens of this user (admins only)
+        #[arg(long, value_name = "NAME")]
+        user: Option<String>,
+    },
+    /// Revokes an API token at once: yours, or anyone's for admins
+    Revoke {
+        /// Id of the token (tok-...)
+        #[arg(value_parser = parse_token_id)]
+        id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CreateTokenArgs {
+    /// Whose token it is (admins only) [default: yours]
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+    /// A name to recognise it by, e.g. ci or laptop
+    #[arg(long, value_name = "TEXT")]
+    pub name: Option<String>,
+    /// How long it stays valid (at most 2 years), e.g. 12h, 90days; without it, it
+    /// never expires
+    #[arg(long, value_parser = parse_duration, value_name = "DUR")]
+    pub expires: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only entries of the last DUR, e.g. 1h for the last hour, 7days
+    #[arg(long, value_parser = parse_duration, value_name = "DUR")]
+    pub since: Option<Duration>,
+    /// Only calls by this user ("puppet:NAME" for a puppet)
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+    /// At most this many entries, the newest [default: 1000]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: Option<u32>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -440,5 +558,148 @@ mod tests {
             panic!("wrong command");
         };
         assert_eq!(args.program.interpreter_arg, vec!["-eu".to_string()]);
+    }
+
+    #[test]
+    fn users_take_a_role() {
+        let cli = Cli::try_parse_from(["geppetto", "users", "add", "alice", "--role", "operator"])
+            .unwrap();
+        let Command::Users(UsersCommand::Add { name, role }) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!((name.as_str(), role), ("alice", RoleArg::Operator));
+        let cli = Cli::try_parse_from(["geppetto", "users", "set-role", "bob", "--role", "admin"])
+            .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Users(UsersCommand::SetRole {
+                role: RoleArg::Admin,
+                ..
+            })
+        ));
+        for bad in [
+            &["geppetto", "users", "add", "alice"][..],
+            &["geppetto", "users", "add", "alice", "--role", "root"],
+            &["geppetto", "users", "set-role", "alice"],
+        ] {
+            assert_eq!(
+                Cli::try_parse_from(bad).unwrap_err().exit_code(),
+                2,
+                "{bad:?}"
+            );
+        }
+        let cli = Cli::try_parse_from(["geppetto", "whoami"]).unwrap();
+        assert!(matches!(cli.command, Command::Whoami));
+    }
+
+    #[test]
+    fn tokens_parse() {
+        let cli = Cli::try_parse_from([
+            "geppetto",
+            "tokens",
+            "create",
+            "--user",
+            "alice",
+            "--name",
+            "ci",
+            "--expires",
+            "90days",
+        ])
+        .unwrap();
+        let Command::Tokens(TokensCommand::Create(args)) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(args.user.as_deref(), Some("alice"));
+        assert_eq!(args.name.as_deref(), Some("ci"));
+        assert_eq!(args.expires, Some(Duration::from_secs(90 * 86_400)));
+        let cli = Cli::try_parse_from(["geppetto", "tokens", "create"]).unwrap();
+        let Command::Tokens(TokensCommand::Create(args)) = cli.command else {
+            panic!("wrong command");
+        };
+        assert!(args.user.is_none() && args.name.is_none() && args.expires.is_none());
+        let cli = Cli::try_parse_from(["geppetto", "tokens", "revoke", "tok-1"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Tokens(TokensCommand::Revoke { id }) if id == "tok-1"
+        ));
+        let err = Cli::try_parse_from(["geppetto", "tokens", "revoke", "enr-1"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("enroll-tokens revoke"), "{err}");
+    }
+
+    #[test]
+    fn audit_parses_since_and_limit() {
+        let cli = Cli::try_parse_from([
+            "geppetto", "audit", "--since", "1h", "--user", "alice", "--limit", "50",
+        ])
+        .unwrap();
+        let Command::Audit(args) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(args.since, Some(Duration::from_secs(3600)));
+        assert_eq!(args.user.as_deref(), Some("alice"));
+        assert_eq!(args.limit, Some(50));
+        let cli = Cli::try_parse_from(["geppetto", "audit"]).unwrap();
+        let Command::Audit(args) = cli.command else {
+            panic!("wrong command");
+        };
+        assert!(args.since.is_none() && args.user.is_none() && args.limit.is_none());
+        for bad in [
+            &["--since", "soon"][..],
+            &["--limit", "0"],
+            &["--limit", "x"],
+        ] {
+            let err = Cli::try_parse_from(["geppetto", "audit"].iter().chain(bad)).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn puppet_credentials_and_approval() {
+        let cli = Cli::try_parse_from(["geppetto", "puppets", "rotate", "web-1", "--grace", "10m"])
+            .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Puppets(PuppetsCommand::Rotate { name, grace })
+                if name == "web-1" && grace == Some(Duration::from_secs(600))
+        ));
+        let cli = Cli::try_parse_from(["geppetto", "puppets", "rotate", "web-1"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Puppets(PuppetsCommand::Rotate { grace: None, .. })
+        ));
+        for (word, check) in [
+            (
+                "approve",
+                (|c| matches!(c, Command::Puppets(PuppetsCommand::Approve { .. })))
+                    as fn(&Command) -> bool,
+            ),
+            ("reject", |c| {
+                matches!(c, Command::Puppets(PuppetsCommand::Reject { .. }))
+            }),
+            ("revoke", |c| {
+                matches!(c, Command::Puppets(PuppetsCommand::Revoke { .. }))
+            }),
+        ] {
+            let cli = Cli::try_parse_from(["geppetto", "puppets", word, "web-1"]).unwrap();
+            assert!(check(&cli.command), "{word}");
+            let err = Cli::try_parse_from(["geppetto", "puppets", word]).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{word} needs a name");
+        }
+    }
+
+    #[test]
+    fn enroll_tokens_auto_approve_is_a_flag() {
+        let cli =
+            Cli::try_parse_from(["geppetto", "enroll-tokens", "create", "--auto-approve"]).unwrap();
+        let Command::EnrollTokens(EnrollTokensCommand::Create(args)) = cli.command else {
+            panic!("wrong command");
+        };
+        assert!(args.auto_approve);
+        let cli = Cli::try_parse_from(["geppetto", "enroll-tokens", "create"]).unwrap();
+        let Command::EnrollTokens(EnrollTokensCommand::Create(args)) = cli.command else {
+            panic!("wrong command");
+        };
+        assert!(!args.auto_approve);
     }
 }

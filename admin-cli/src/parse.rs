@@ -65,6 +65,22 @@ pub fn pairs_to_map(
     Ok(map)
 }
 
+/// The id of an API token (`tok-...`). An enroll token's id (`enr-...`) is
+/// refused with a pointer to the command that revokes those; other ids are
+/// left for the puppeteer to judge.
+pub fn parse_token_id(s: &str) -> Result<String, String> {
+    let id = s.trim();
+    if id.is_empty() {
+        return Err("the token id is empty: write e.g. tok-01hx...".into());
+    }
+    if id.starts_with("enr-") {
+        return Err(format!(
+            "{id:?} is an enroll token: revoke it with `geppetto enroll-tokens revoke {id}`"
+        ));
+    }
+    Ok(id.to_string())
+}
+
 /// What an id names, from its prefix: ids carry their kind.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IdKind {
@@ -134,6 +150,14 @@ mod tests {
         assert!(parse_kv_list(",").is_err());
         let twice = pairs_to_map("label", parse_kv_list("a=1,a=2").unwrap()).unwrap_err();
         assert_eq!(twice.to_string(), "label \"a\" is given twice");
+    }
+
+    #[test]
+    fn token_ids() {
+        assert_eq!(parse_token_id(" tok-01hx ").unwrap(), "tok-01hx");
+        assert!(parse_token_id("").unwrap_err().contains("empty"));
+        let err = parse_token_id("enr-1").unwrap_err();
+        assert!(err.contains("geppetto enroll-tokens revoke enr-1"), "{err}");
     }
 
     #[test]

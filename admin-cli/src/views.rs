@@ -39,6 +39,13 @@ pub fn puppet_state(value: i32) -> String {
     }
 }
 
+pub fn role(value: i32) -> String {
+    match pb::Role::try_from(value) {
+        Ok(r) => word(r.as_str_name(), "ROLE_"),
+        Err(_) => format!("unknown_{value}"),
+    }
+}
+
 pub fn presence(value: i32) -> String {
     match pb::Presence::try_from(value) {
         Ok(p) => word(p.as_str_name(), "PRESENCE_"),
@@ -86,6 +93,10 @@ pub struct PuppetView {
     pub facts: Option<FactsView>,
     pub active_runs: u32,
     pub enroll_token_id: Option<String>,
+    /// A rotated credential waits for the puppet to pick it up.
+    pub rotation_pending: bool,
+    /// The credential was revoked: the puppet is cut off.
+    pub revoked: bool,
 }
 
 impl From<&pb::Puppet> for PuppetView {
@@ -103,6 +114,8 @@ impl From<&pb::Puppet> for PuppetView {
             facts: p.facts.as_ref().map(FactsView::from),
             active_runs: p.active_runs,
             enroll_token_id: non_empty(&p.enroll_token_id),
+            rotation_pending: p.rotation_pending,
+            revoked: p.revoked,
         }
     }
 }
@@ -159,6 +172,8 @@ pub struct EnrollTokenView {
     /// `null` when it never expires.
     pub expires_at: Option<String>,
     pub revoked: bool,
+    /// Puppets enrolling with it are enabled at once (otherwise: pending).
+    pub auto_approve: bool,
     /// `active`, `revoked`, `expired` or `used_up`.
     pub status: String,
 }
@@ -175,17 +190,21 @@ impl From<&pb::EnrollToken> for EnrollTokenView {
             created_at: rfc3339(t.created_at.as_ref()),
             expires_at: rfc3339(t.expires_at.as_ref()),
             revoked: t.revoked,
+            auto_approve: t.auto_approve,
             status: token_status(t).into(),
         }
     }
 }
 
-fn token_status(t: &pb::EnrollToken) -> &'static str {
-    let expired = t
-        .expires_at
-        .as_ref()
+/// Whether an expiry time is past.
+fn expired(expires_at: Option<&prost_types::Timestamp>) -> bool {
+    expires_at
         .and_then(crate::output::to_system_time)
-        .is_some_and(|at| at <= std::time::SystemTime::now());
+        .is_some_and(|at| at <= std::time::SystemTime::now())
+}
+
+fn token_status(t: &pb::EnrollToken) -> &'static str {
+    let expired = expired(t.expires_at.as_ref());
     if t.revoked {
         "revoked"
     } else if expired {
@@ -203,6 +222,119 @@ pub struct CreatedTokenView {
     #[serde(flatten)]
     pub token: EnrollTokenView,
     pub secret: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UserView {
+    pub name: String,
+    /// `admin`, `operator` or `viewer`.
+    pub role: String,
+    pub created_at: Option<String>,
+    /// Tokens of the user that still work.
+    pub active_tokens: u32,
+}
+
+impl From<&pb::User> for UserView {
+    fn from(u: &pb::User) -> Self {
+        UserView {
+            name: u.name.clone(),
+            role: role(u.role),
+            created_at: rfc3339(u.created_at.as_ref()),
+            active_tokens: u.active_tokens,
+        }
+    }
+}
+
+/// `geppetto whoami -o json`.
+#[derive(Debug, Serialize)]
+pub struct WhoAmIView {
+    pub user: String,
+    pub role: String,
+    pub token_id: String,
+}
+
+impl From<&pb::WhoAmIResponse> for WhoAmIView {
+    fn from(w: &pb::WhoAmIResponse) -> Self {
+        WhoAmIView {
+            user: w.user.clone(),
+            role: role(w.role),
+            token_id: w.token_id.clone(),
+        }
+    }
+}
+
+/// An operator's API token, without its secret.
+#[derive(Debug, Serialize)]
+pub struct ApiTokenView {
+    pub id: String,
+    pub user: String,
+    pub name: String,
+    pub created_at: Option<String>,
+    /// `null` when it never expires.
+    pub expires_at: Option<String>,
+    pub revoked: bool,
+    /// `active`, `revoked` or `expired`.
+    pub status: String,
+}
+
+impl From<&pb::ApiToken> for ApiTokenView {
+    fn from(t: &pb::ApiToken) -> Self {
+        let status = if t.revoked {
+            "revoked"
+        } else if expired(t.expires_at.as_ref()) {
+            "expired"
+        } else {
+            "active"
+        };
+        ApiTokenView {
+            id: t.id.clone(),
+            user: t.user.clone(),
+            name: t.name.clone(),
+            created_at: rfc3339(t.created_at.as_ref()),
+            expires_at: rfc3339(t.expires_at.as_ref()),
+            revoked: t.revoked,
+            status: status.into(),
+        }
+    }
+}
+
+/// `tokens create -o json`: the token and its secret.
+#[derive(Debug, Serialize)]
+pub struct CreatedApiTokenView {
+    #[serde(flatten)]
+    pub token: ApiTokenView,
+    pub secret: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AuditEntryView {
+    pub seq: u64,
+    pub at: Option<String>,
+    /// The user, `puppet:NAME` for a puppet, or `-` when unauthenticated.
+    pub actor: String,
+    /// The call, e.g. `Tasks/CreateTask`.
+    pub action: String,
+    pub target: String,
+    pub remote_addr: String,
+    /// `ok`, or the status code name of the refusal (`PermissionDenied`).
+    pub outcome: String,
+    /// The error message of a refusal; empty otherwise.
+    pub message: String,
+}
+
+impl From<&pb::AuditEntry> for AuditEntryView {
+    fn from(e: &pb::AuditEntry) -> Self {
+        AuditEntryView {
+            seq: e.seq,
+            at: rfc3339(e.at.as_ref()),
+            actor: e.actor.clone(),
+            action: e.action.clone(),
+            target: e.target.clone(),
+            remote_addr: e.remote_addr.clone(),
+            outcome: e.outcome.clone(),
+            message: e.message.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -589,5 +721,110 @@ mod tests {
         assert_eq!(value["secret"], "s");
         assert_eq!(value["uses_left"], serde_json::Value::Null);
         assert_eq!(value["status"], "active");
+        assert_eq!(value["auto_approve"], false);
+    }
+
+    #[test]
+    fn puppet_json_shows_credential_state() {
+        let puppet = pb::Puppet {
+            name: "web-1".into(),
+            state: pb::PuppetState::Pending as i32,
+            rotation_pending: true,
+            ..Default::default()
+        };
+        let value = serde_json::to_value(PuppetView::from(&puppet)).unwrap();
+        assert_eq!(value["state"], "pending");
+        assert_eq!(value["rotation_pending"], true);
+        assert_eq!(value["revoked"], false);
+        assert_eq!(value["enroll_token_id"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn users_tokens_and_audit_json() {
+        let user = pb::User {
+            name: "alice".into(),
+            role: pb::Role::Operator as i32,
+            created_at: ts(1_700_000_000),
+            active_tokens: 2,
+        };
+        assert_eq!(
+            serde_json::to_value(UserView::from(&user)).unwrap(),
+            json!({
+                "name": "alice",
+                "role": "operator",
+                "created_at": "2023-11-14T22:13:20Z",
+                "active_tokens": 2,
+            })
+        );
+        assert_eq!(role(pb::Role::Admin as i32), "admin");
+        assert_eq!(role(pb::Role::Viewer as i32), "viewer");
+
+        let who = pb::WhoAmIResponse {
+            user: "admin".into(),
+            role: pb::Role::Admin as i32,
+            token_id: "tok-1".into(),
+        };
+        assert_eq!(
+            serde_json::to_value(WhoAmIView::from(&who)).unwrap(),
+            json!({"user": "admin", "role": "admin", "token_id": "tok-1"})
+        );
+
+        let token = pb::ApiToken {
+            id: "tok-1".into(),
+            user: "alice".into(),
+            name: "laptop".into(),
+            created_at: ts(1_700_000_000),
+            expires_at: ts(1_700_000_100),
+            revoked: false,
+        };
+        let created = CreatedApiTokenView {
+            token: ApiTokenView::from(&token),
+            secret: "s3cret".into(),
+        };
+        assert_eq!(
+            serde_json::to_value(created).unwrap(),
+            json!({
+                "id": "tok-1",
+                "user": "alice",
+                "name": "laptop",
+                "created_at": "2023-11-14T22:13:20Z",
+                "expires_at": "2023-11-14T22:15:00Z",
+                "revoked": false,
+                "status": "expired",
+                "secret": "s3cret",
+            })
+        );
+        let revoked = pb::ApiToken {
+            revoked: true,
+            expires_at: None,
+            ..token
+        };
+        let value = serde_json::to_value(ApiTokenView::from(&revoked)).unwrap();
+        assert_eq!(value["status"], "revoked");
+        assert_eq!(value["expires_at"], serde_json::Value::Null);
+
+        let entry = pb::AuditEntry {
+            seq: 7,
+            at: ts(1_700_000_000),
+            actor: "alice".into(),
+            action: "Users/AddUser".into(),
+            target: "bob".into(),
+            remote_addr: "10.0.0.5:51234".into(),
+            outcome: "PermissionDenied".into(),
+            message: "admins only".into(),
+        };
+        assert_eq!(
+            serde_json::to_value(AuditEntryView::from(&entry)).unwrap(),
+            json!({
+                "seq": 7,
+                "at": "2023-11-14T22:13:20Z",
+                "actor": "alice",
+                "action": "Users/AddUser",
+                "target": "bob",
+                "remote_addr": "10.0.0.5:51234",
+                "outcome": "PermissionDenied",
+                "message": "admins only",
+            })
+        );
     }
 }

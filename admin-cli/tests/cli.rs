@@ -12,13 +12,85 @@ use common::geppetto;
 fn help_lists_the_command_groups() {
     let assert = geppetto().arg("--help").assert().success();
     let out = String::from_utf8_lossy(&assert.get_output().stdout).to_string();
-    for group in ["puppets", "enroll-tokens", "tasks", "jobs", "runs", "logs"] {
+    for group in [
+        "puppets",
+        "enroll-tokens",
+        "users",
+        "whoami",
+        "tokens",
+        "audit",
+        "tasks",
+        "jobs",
+        "runs",
+        "logs",
+    ] {
         assert!(
             out.contains(group),
             "--help does not mention {group}:\n{out}"
         );
     }
     assert!(out.contains("A short tour"), "{out}");
+    assert!(out.contains("--auto-approve"), "{out}");
+    assert!(out.contains("puppets approve"), "{out}");
+}
+
+/// The words each group's --help lists as its subcommands.
+fn subcommands_listed(group: &str, words: &[&str]) {
+    let assert = geppetto().args([group, "--help"]).assert().success();
+    let out = String::from_utf8_lossy(&assert.get_output().stdout).to_string();
+    let commands: Vec<&str> = out
+        .split("Commands:")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no Commands: section in {group} --help:\n{out}"))
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    for word in words {
+        assert!(
+            commands.contains(word),
+            "{group} --help does not list {word}:\n{out}"
+        );
+    }
+}
+
+#[test]
+fn new_groups_list_their_commands() {
+    subcommands_listed("users", &["add", "list", "set-role", "remove"]);
+    subcommands_listed("tokens", &["create", "list", "revoke"]);
+    subcommands_listed(
+        "puppets",
+        &[
+            "list", "show", "label", "disable", "enable", "remove", "approve", "reject", "rotate",
+            "revoke",
+        ],
+    );
+}
+
+#[test]
+fn help_texts_of_approval_and_access() {
+    let help = |args: &[&str]| {
+        let assert = geppetto().args(args).arg("--help").assert().success();
+        String::from_utf8_lossy(&assert.get_output().stdout).to_string()
+    };
+    let create = help(&["enroll-tokens", "create"]);
+    assert!(create.contains("--auto-approve"), "{create}");
+    assert!(create.contains("pending"), "{create}");
+    let enable = help(&["puppets", "enable"]);
+    assert!(!enable.contains("approves"), "{enable}");
+    let add = help(&["users", "add"]);
+    for role in ["admin", "operator", "viewer"] {
+        assert!(add.contains(role), "{add}");
+    }
+    let audit = help(&["audit"]);
+    for flag in ["--since", "--user", "--limit"] {
+        assert!(audit.contains(flag), "{audit}");
+    }
+    let rotate = help(&["puppets", "rotate"]);
+    assert!(rotate.contains("--grace"), "{rotate}");
+    let create = help(&["tokens", "create"]);
+    for flag in ["--user", "--name", "--expires"] {
+        assert!(create.contains(flag), "{create}");
+    }
 }
 
 #[test]
@@ -27,6 +99,18 @@ fn every_command_has_help() {
         &["puppets", "list"][..],
         &["puppets", "label"],
         &["enroll-tokens", "create"],
+        &["users", "add"],
+        &["users", "set-role"],
+        &["users", "remove"],
+        &["whoami"],
+        &["tokens", "create"],
+        &["tokens", "list"],
+        &["tokens", "revoke"],
+        &["audit"],
+        &["puppets", "approve"],
+        &["puppets", "reject"],
+        &["puppets", "rotate"],
+        &["puppets", "revoke"],
         &["tasks", "create"],
         &["tasks", "update"],
         &["jobs", "run"],
@@ -55,6 +139,21 @@ fn usage_errors_exit_2() {
         .assert()
         .code(2)
         .stderr(predicate::str::contains("invalid duration \"soon\""));
+    geppetto()
+        .args(["users", "add", "alice", "--role", "root"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("operator"));
+    geppetto()
+        .args(["tokens", "revoke", "enr-1"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("enroll-tokens revoke"));
+    geppetto()
+        .args(["audit", "--since", "yesterday"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("invalid duration"));
     geppetto()
         .args(["puppets", "label", "web-1", "os"])
         .assert()

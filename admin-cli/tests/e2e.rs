@@ -25,10 +25,13 @@ fn names(list: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Enrolls puppets `names` with a fresh unlimited token and waits until
-/// each polls. Returns the secret.
+/// Enrolls puppets `names` with a fresh unlimited token (auto-approving, so
+/// they get work at once) and waits until each polls. Returns the secret.
 fn with_puppets(live: &mut Live, names: &[&str]) -> String {
-    let secret = live.ok(&["enroll-tokens", "create"]).trim().to_string();
+    let secret = live
+        .ok(&["enroll-tokens", "create", "--auto-approve"])
+        .trim()
+        .to_string();
     for name in names {
         live.start_puppet(&secret, name);
     }
@@ -54,6 +57,7 @@ fn operator_flow_from_enrollment_to_logs() {
             "site=lab",
             "--description",
             "e2e fleet",
+            "--auto-approve",
         ])
         .assert()
         .success()
@@ -72,6 +76,7 @@ fn operator_flow_from_enrollment_to_logs() {
     assert_eq!(tokens[0]["status"], "active");
     assert_eq!(tokens[0]["uses_left"], 5);
     assert_eq!(tokens[0]["description"], "e2e fleet");
+    assert_eq!(tokens[0]["auto_approve"], true);
     assert!(tokens[0].get("secret").is_none(), "list shows no secret");
     let table = live.ok(&["enroll-tokens", "list"]);
     assert!(table.trim_start().starts_with("ID"), "{table}");

@@ -48,6 +48,7 @@ async fn create(api: &Api, args: CreateEnrollTokenArgs, format: Format) -> Resul
             .collect(),
         uses: args.uses,
         ttl,
+        auto_approve: args.auto_approve,
     };
     let created = api
         .call(api.enroll_tokens().create_enroll_token(request(req)))
@@ -63,10 +64,11 @@ async fn create(api: &Api, args: CreateEnrollTokenArgs, format: Format) -> Resul
             // works; the rest is for the operator's eyes.
             let view = EnrollTokenView::from(&token);
             eprintln!(
-                "created enroll token {} ({}, {}); its secret, shown only once:",
+                "created enroll token {} ({}, {}, {}); its secret, shown only once:",
                 view.id,
                 uses(&view),
-                expiry(&view)
+                expiry(&view),
+                approval_note(&view)
             );
             println!("{}", created.secret);
             Ok(())
@@ -81,6 +83,18 @@ fn uses(view: &EnrollTokenView) -> String {
     }
 }
 
+fn approval_note(view: &EnrollTokenView) -> &'static str {
+    if view.auto_approve {
+        "puppets are enabled at once"
+    } else {
+        "puppets wait as pending until `geppetto puppets approve NAME`"
+    }
+}
+
+fn approval(view: &EnrollTokenView) -> &'static str {
+    if view.auto_approve { "auto" } else { "manual" }
+}
+
 fn expiry(view: &EnrollTokenView) -> String {
     match &view.expires_at {
         Some(at) => format!("expires {at}"),
@@ -93,7 +107,15 @@ fn print_list(tokens: &[pb::EnrollToken], format: Format) -> Result<(), Error> {
     if format == Format::Json {
         return output::print_json(&views);
     }
-    let mut table = output::table(["ID", "STATUS", "USES", "EXPIRES", "LABELS", "DESCRIPTION"]);
+    let mut table = output::table([
+        "ID",
+        "STATUS",
+        "USES",
+        "EXPIRES",
+        "APPROVAL",
+        "LABELS",
+        "DESCRIPTION",
+    ]);
     for (view, token) in views.iter().zip(tokens) {
         table.add_row(vec![
             Cell::new(&view.id),
@@ -103,6 +125,7 @@ fn print_list(tokens: &[pb::EnrollToken], format: Format) -> Result<(), Error> {
                 Some(_) => output::when(token.expires_at.as_ref()),
                 None => "never".into(),
             }),
+            Cell::new(approval(view)),
             Cell::new(output::labels(&view.labels)),
             Cell::new(&view.description),
         ]);

@@ -2,12 +2,15 @@
 //! parsed arguments and the output format, prints its result on stdout and
 //! returns an [`Error`](crate::error::Error) for `main` to report.
 
+pub mod audit;
 pub mod enroll_tokens;
 pub mod jobs;
 pub mod logs;
 pub mod puppets;
 pub mod runs;
 pub mod tasks;
+pub mod tokens;
+pub mod users;
 mod watch;
 
 use crate::api::Api;
@@ -19,6 +22,10 @@ pub async fn dispatch(api: &Api, command: Command, format: Format) -> Result<(),
     match command {
         Command::Puppets(c) => puppets::run(api, c, format).await,
         Command::EnrollTokens(c) => enroll_tokens::run(api, c, format).await,
+        Command::Users(c) => users::run(api, c, format).await,
+        Command::Whoami => users::whoami(api, format).await,
+        Command::Tokens(c) => tokens::run(api, c, format).await,
+        Command::Audit(args) => audit::run(api, args, format).await,
         Command::Tasks(c) => tasks::run(api, c, format).await,
         Command::Jobs(c) => jobs::run(api, c, format).await,
         Command::Runs(c) => runs::run(api, c, format).await,

@@ -53,20 +53,92 @@ pub async fn run(api: &Api, command: PuppetsCommand, format: Format) -> Result<(
                 force,
             };
             let removed = api.call(api.puppets().remove_puppet(request(req))).await?;
-            match format {
-                Format::Json => output::print_json(&serde_json::json!({
-                    "name": name,
-                    "cancelled_runs": removed.cancelled_runs,
-                })),
-                Format::Table => {
-                    eprintln!("removed puppet {name}");
-                    for run in &removed.cancelled_runs {
-                        eprintln!("cancelled run {run}");
-                    }
-                    Ok(())
-                }
-            }
+            print_removed("removed", &name, &removed, format)
         }
+        PuppetsCommand::Approve { name } => {
+            let req = pb::GetPuppetRequest { name };
+            let puppet = api.call(api.puppets().approve_puppet(request(req))).await?;
+            print_one(&puppet, format)
+        }
+        PuppetsCommand::Reject { name } => {
+            let req = pb::GetPuppetRequest { name: name.clone() };
+            let removed = api.call(api.puppets().reject_puppet(request(req))).await?;
+            print_removed("rejected", &name, &removed, format)
+        }
+        PuppetsCommand::Rotate { name, grace } => {
+            let grace = grace
+                .map(prost_types::Duration::try_from)
+                .transpose()
+                .map_err(|_| Error::Usage("--grace is too long".into()))?;
+            let req = pb::RotatePuppetCredentialRequest { name, grace };
+            let puppet = api
+                .call(api.puppets().rotate_puppet_credential(request(req)))
+                .await?;
+            if format == Format::Table {
+                eprintln!(
+                    "rotated the credential of {}: it picks the new one up at its next poll",
+                    puppet.name
+                );
+            }
+            print_one(&puppet, format)
+        }
+        PuppetsCommand::Revoke { name } => {
+            let req = pb::GetPuppetRequest { name };
+            let puppet = api
+                .call(api.puppets().revoke_puppet_credential(request(req)))
+                .await?;
+            if format == Format::Table {
+                eprintln!(
+                    "revoked the credential of {}: it is cut off; to bring it back, \
+                     remove it and enroll it again",
+                    puppet.name
+                );
+            }
+            print_one(&puppet, format)
+        }
+    }
+}
+
+/// What `puppets remove` and `puppets reject` print: the runs they cancelled.
+fn print_removed(
+    what: &str,
+    name: &str,
+    removed: &pb::RemovePuppetResponse,
+    format: Format,
+) -> Result<(), Error> {
+    match format {
+        Format::Json => output::print_json(&serde_json::json!({
+            "name": name,
+            "cancelled_runs": removed.cancelled_runs,
+        })),
+        Format::Table => {
+            eprintln!("{what} puppet {name}");
+            for run in &removed.cancelled_runs {
+                eprintln!("cancelled run {run}");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The state column of the list: a revoked puppet is disabled, but "revoked"
+/// says why and that enabling it will not help.
+fn state_word(p: &pb::Puppet) -> String {
+    if p.revoked {
+        "revoked".into()
+    } else {
+        views::puppet_state(p.state)
+    }
+}
+
+/// The credential line of `puppets show`.
+fn credential(p: &pb::Puppet) -> &'static str {
+    if p.revoked {
+        "revoked (remove the puppet and enroll it again)"
+    } else if p.rotation_pending {
+        "rotation pending (the puppet has not picked the new one up yet)"
+    } else {
+        "ok"
     }
 }
 
@@ -92,7 +164,7 @@ fn print_list(puppets: &[pb::Puppet], format: Format) -> Result<(), Error> {
             .unwrap_or_default();
         table.add_row(vec![
             Cell::new(&p.name),
-            output::state_cell(&views::puppet_state(p.state)),
+            output::state_cell(&state_word(p)),
             output::state_cell(&views::presence(p.presence)),
             Cell::new(output::ago(p.last_seen.as_ref())),
             Cell::new(p.active_runs),
@@ -114,6 +186,7 @@ fn print_one(p: &pb::Puppet, format: Format) -> Result<(), Error> {
         ("last seen", output::when(p.last_seen.as_ref())),
         ("enrolled", output::when(p.enrolled_at.as_ref())),
         ("enroll token", or_dash(&p.enroll_token_id)),
+        ("credential", credential(p).into()),
         ("active runs", p.active_runs.to_string()),
         ("labels", output::labels(&p.labels)),
         ("declared labels", output::labels(&p.declared_labels)),
@@ -163,5 +236,26 @@ pub fn or_dash(s: &str) -> String {
         "-".into()
     } else {
         s.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credential_state_is_shown() {
+        let mut p = pb::Puppet {
+            state: pb::PuppetState::Pending as i32,
+            ..Default::default()
+        };
+        assert_eq!(state_word(&p), "pending");
+        assert_eq!(credential(&p), "ok");
+        p.rotation_pending = true;
+        assert!(credential(&p).starts_with("rotation pending"));
+        p.state = pb::PuppetState::Disabled as i32;
+        p.revoked = true;
+        assert_eq!(state_word(&p), "revoked");
+        assert!(credential(&p).starts_with("revoked"));
     }
 }
