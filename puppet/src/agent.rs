@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::config::AgentConfig;
-use crate::enroll;
+use crate::enroll::{self, Credential};
 use crate::facts::{self, FactsSchedule};
 use crate::held::{Admission, HeldRuns, Stage};
 use crate::records::{RunStore, is_safe_run_id};
@@ -69,17 +69,17 @@ pub async fn run_agent(config: AgentConfig, shutdown: CancellationToken) -> anyh
     let client = PuppetServiceClient::new(channel);
     tracing::info!(server = %config.server, transport = %config.transport, name = %config.name, slots = config.slots, "puppet starting");
 
-    match credential {
-        Some(credential) => token_slot
-            .set(Some(&credential))
-            .context("the stored credential is not usable")?,
+    let credential = match credential {
+        Some(credential) => credential,
         None => {
             let facts = facts::collect(&config.state_dir);
-            if !enroll::enroll(&config, &client, &token_slot, facts, &shutdown).await? {
-                return Ok(());
+            match enroll::enroll(&config, &client, facts, &shutdown).await? {
+                Some(credential) => credential,
+                None => return Ok(()),
             }
         }
-    }
+    };
+    let mut credential = Credential::new(&config.state_dir, token_slot, credential)?;
 
     let ctx = RunContext {
         client,
@@ -91,7 +91,7 @@ pub async fn run_agent(config: AgentConfig, shutdown: CancellationToken) -> anyh
     };
     let mut tasks = JoinSet::new();
     recover(&ctx, &mut tasks)?;
-    poll_loop(&config, &ctx, &mut tasks).await;
+    poll_loop(&config, &ctx, &mut credential, &mut tasks).await;
     drain(&ctx, &mut tasks).await;
     Ok(())
 }
@@ -118,7 +118,12 @@ fn recover(ctx: &RunContext, tasks: &mut JoinSet<()>) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn poll_loop(config: &AgentConfig, ctx: &RunContext, tasks: &mut JoinSet<()>) {
+async fn poll_loop(
+    config: &AgentConfig,
+    ctx: &RunContext,
+    credential: &mut Credential,
+    tasks: &mut JoinSet<()>,
+) {
     let mut backoff = Backoff::standard();
     let mut schedule = FactsSchedule::default();
     let timeout = config.poll_hold.unwrap_or(ASSUMED_SERVER_HOLD) + POLL_MARGIN;
@@ -145,13 +150,15 @@ async fn poll_loop(config: &AgentConfig, ctx: &RunContext, tasks: &mut JoinSet<(
                 if send_facts {
                     schedule.sent(&current_facts, Instant::now());
                 }
+                take_new_credential(credential, &answer.new_credential);
                 handle_answer(ctx, tasks, answer);
             }
             Err(status) => {
                 let delay = if rpc::classify(&status) == Retry::Slowly {
                     tracing::error!(
                         error = status.message(),
-                        "the puppeteer does not accept this puppet's credential (revoked?); retrying slowly"
+                        "the puppeteer refused this puppet's credential (revoked, or rotated while it was offline past the grace period); remove {} and enroll again; retrying slowly",
+                        enroll::credential_path(&config.state_dir).display()
                     );
                     backoff.slow_delay()
                 } else {
@@ -193,6 +200,19 @@ where
             }
             Some(joined) = tasks.join_next(), if !tasks.is_empty() => report_task_end(joined),
         }
+    }
+}
+
+/// Switches to the credential of an operator's rotation, before anything
+/// else of the answer is handled. The value itself is never logged.
+fn take_new_credential(credential: &mut Credential, new: &str) {
+    match credential.rotate(new) {
+        Ok(true) => tracing::info!("credential rotated"),
+        Ok(false) => {}
+        Err(e) => tracing::error!(
+            error = format!("{e:#}"),
+            "cannot take the rotated credential; the current one stays in use and the next poll offers the new one again"
+        ),
     }
 }
 

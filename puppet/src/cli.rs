@@ -4,6 +4,7 @@
 //! with `--config`, built-in defaults.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -33,7 +34,7 @@ pub enum Command {
     Run(RunArgs),
 }
 
-#[derive(Debug, Default, clap::Args)]
+#[derive(Default, clap::Args)]
 pub struct RunArgs {
     /// TOML file with the same keys as the flags (server, ca, enroll_token,
     /// state_dir, name, labels, transport, slots, poll_hold); flags win.
@@ -73,8 +74,30 @@ pub struct RunArgs {
     pub poll_hold: Option<Duration>,
 }
 
+/// Shown without the enrollment token, a secret.
+impl fmt::Debug for RunArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RunArgs")
+            .field("config", &self.config)
+            .field("server", &self.server)
+            .field("ca", &self.ca)
+            .field("enroll_token", &redacted(&self.enroll_token))
+            .field("state_dir", &self.state_dir)
+            .field("name", &self.name)
+            .field("labels", &self.labels)
+            .field("transport", &self.transport)
+            .field("slots", &self.slots)
+            .field("poll_hold", &self.poll_hold)
+            .finish()
+    }
+}
+
+fn redacted(secret: &Option<String>) -> Option<&'static str> {
+    secret.as_ref().map(|_| "<redacted>")
+}
+
 /// The `--config` file.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub server: Option<String>,
@@ -86,6 +109,23 @@ pub struct FileConfig {
     pub transport: Option<String>,
     pub slots: Option<u32>,
     pub poll_hold: Option<String>,
+}
+
+/// Shown without the enrollment token, a secret.
+impl fmt::Debug for FileConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileConfig")
+            .field("server", &self.server)
+            .field("ca", &self.ca)
+            .field("enroll_token", &redacted(&self.enroll_token))
+            .field("state_dir", &self.state_dir)
+            .field("name", &self.name)
+            .field("labels", &self.labels)
+            .field("transport", &self.transport)
+            .field("slots", &self.slots)
+            .field("poll_hold", &self.poll_hold)
+            .finish()
+    }
 }
 
 /// Labels in the file: a table (`[labels]`) or a `k=v,...` string.
@@ -224,6 +264,16 @@ mod tests {
         assert_eq!(config.slots, 2);
         assert_eq!(config.labels["os"], "debian");
         assert_eq!(config.poll_hold, Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn debug_redacts_the_enroll_token() {
+        let args = parse(&["--enroll-token", "s3cret-token"]);
+        let file = FileConfig::parse("enroll_token = \"s3cret-file\"").unwrap();
+        for shown in [format!("{args:?}"), format!("{file:?}")] {
+            assert!(!shown.contains("s3cret"), "{shown}");
+            assert!(shown.contains("<redacted>"), "{shown}");
+        }
     }
 
     #[test]

@@ -1,6 +1,11 @@
 //! The puppet's credential: read from the state directory, or obtained once
-//! by enrolling with an operator's enrollment token.
+//! by enrolling with an operator's enrollment token, and replaced when an
+//! operator rotates it.
+//!
+//! The credential is a secret: it is never logged, at any level, and the
+//! types that hold it redact it from their `Debug` output.
 
+use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -36,17 +41,88 @@ pub fn load_credential(state_dir: &Path) -> anyhow::Result<Option<String>> {
     }
 }
 
-/// Enrolls and stores the credential. Returns `false` if shut down first.
+/// The credential in use: stored in `state_dir/credential` and set in the
+/// channel's token slot, which every call (and every retry) reads when it is
+/// sent.
+pub struct Credential {
+    path: PathBuf,
+    slot: TokenSlot,
+    current: String,
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credential")
+            .field("path", &self.path)
+            .field("current", &"<redacted>")
+            .finish()
+    }
+}
+
+impl Credential {
+    /// Starts using `current`, a credential already stored in `state_dir`.
+    pub fn new(state_dir: &Path, slot: TokenSlot, current: String) -> anyhow::Result<Self> {
+        slot.set(Some(&current))
+            .context("the stored credential is not usable as a header")?;
+        Ok(Credential {
+            path: credential_path(state_dir),
+            slot,
+            current,
+        })
+    }
+
+    /// Takes the credential an operator's rotation gave (`new_credential` of
+    /// a poll's answer). It is stored durably first, then set in the token
+    /// slot, so that a crash in between leaves the new credential on disk,
+    /// which the server accepts. Returns whether the credential changed: an
+    /// empty value or the one in use changes nothing, since the server
+    /// resends it until the puppet authenticates with it.
+    ///
+    /// On error the current credential stays in use, and the server's next
+    /// answer offers the new one again.
+    pub fn rotate(&mut self, new: &str) -> anyhow::Result<bool> {
+        if new.is_empty() || new == self.current {
+            return Ok(false);
+        }
+        check_usable(new).context("the new credential from the puppeteer")?;
+        write_atomically(&self.path, new.as_bytes(), 0o600).with_context(|| {
+            format!("cannot store the new credential in {}", self.path.display())
+        })?;
+        self.slot
+            .set(Some(new))
+            .context("the new credential from the puppeteer is not usable as a header")?;
+        self.current = new.to_string();
+        Ok(true)
+    }
+}
+
+/// Checks a credential from the server before it is stored, so that the file
+/// never holds one the puppet cannot send (or read back unchanged: stored
+/// credentials are read back trimmed).
+fn check_usable(credential: &str) -> anyhow::Result<()> {
+    if credential.is_empty() {
+        bail!("is empty");
+    }
+    if credential.trim() != credential {
+        bail!("has surrounding white space");
+    }
+    TokenSlot::default()
+        .set(Some(credential))
+        .context("is not usable as an authorization header")?;
+    Ok(())
+}
+
+/// Enrolls and stores the credential, which it returns; `None` if shut down
+/// first. The token slot is not set: see [`Credential::new`].
 ///
 /// A refusal by the server (bad or used token, name taken...) is fatal and
 /// carries the server's message; an unreachable server is retried.
 pub async fn enroll(
     config: &AgentConfig,
     client: &Client,
-    token_slot: &TokenSlot,
     facts: Facts,
     shutdown: &CancellationToken,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<Option<String>> {
     let Some(enroll_token) = config.enroll_token.clone() else {
         bail!(
             "this puppet has no credential in {} and no enrollment token: give --enroll-token TOKEN",
@@ -68,7 +144,7 @@ pub async fn enroll(
         );
         let result = tokio::select! {
             result = call => result,
-            _ = shutdown.cancelled() => return Ok(false),
+            _ = shutdown.cancelled() => return Ok(None),
         };
         match result {
             Ok(answer) => break answer,
@@ -84,23 +160,131 @@ pub async fn enroll(
                 tracing::warn!(code = ?status.code(), error = status.message(), retry_in = ?delay, "cannot enroll yet");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.cancelled() => return Ok(false),
+                    _ = shutdown.cancelled() => return Ok(None),
                 }
             }
         }
     };
-    if answer.credential.is_empty() {
-        bail!("the puppeteer answered the enrollment without a credential");
-    }
+    check_usable(&answer.credential).context("the credential from the puppeteer's enrollment")?;
     write_atomically(
         &credential_path(&config.state_dir),
         answer.credential.as_bytes(),
         0o600,
     )
     .context("cannot store the credential")?;
-    token_slot
-        .set(Some(&answer.credential))
-        .context("the credential from the puppeteer is not usable as a header")?;
-    tracing::info!(name = %answer.name, "enrolled");
-    Ok(true)
+    if answer.approved {
+        tracing::info!(name = %answer.name, "enrolled as {}", answer.name);
+    } else {
+        tracing::info!(
+            name = %answer.name,
+            "enrolled as {name}; waiting for an operator's approval: geppetto puppets approve {name}",
+            name = answer.name
+        );
+    }
+    Ok(Some(answer.credential))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use geppetto_proto::client::{Channel, Endpoint, Transport};
+    use geppetto_proto::v1::PollRequest;
+    use geppetto_proto::v1::puppet_service_client::PuppetServiceClient;
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+
+    /// The authorization header the channel sends now, as seen by a bare
+    /// HTTP/1.1 listener (gRPC-web is plain HTTP/1.1 without TLS).
+    async fn header_sent(slot: &TokenSlot) -> Option<String> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = Endpoint {
+            url: format!("http://{}", listener.local_addr().unwrap()),
+            ca_file: None,
+            transport: Transport::GrpcWeb,
+        };
+        let mut client = PuppetServiceClient::new(Channel::new(&endpoint, slot.clone()).unwrap());
+        let call = tokio::spawn(async move { client.poll(PollRequest::default()).await });
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = socket.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the connection closed before the request head");
+            head.extend_from_slice(&buf[..n]);
+        }
+        drop(socket);
+        call.abort();
+        String::from_utf8_lossy(&head).lines().find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("authorization")
+                .then(|| value.trim().to_string())
+        })
+    }
+
+    fn stored(dir: &Path) -> (String, u32) {
+        let path = credential_path(dir);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        (std::fs::read_to_string(&path).unwrap(), mode)
+    }
+
+    #[tokio::test]
+    async fn a_rotated_credential_is_stored_then_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        write_atomically(&credential_path(dir.path()), b"cred-1", 0o600).unwrap();
+        let slot = TokenSlot::default();
+        let mut credential = Credential::new(dir.path(), slot.clone(), "cred-1".into()).unwrap();
+        assert_eq!(header_sent(&slot).await.as_deref(), Some("Bearer cred-1"));
+
+        assert!(credential.rotate("cred-2").unwrap());
+        assert_eq!(stored(dir.path()), ("cred-2".to_string(), 0o600));
+        assert_eq!(header_sent(&slot).await.as_deref(), Some("Bearer cred-2"));
+        assert_eq!(
+            load_credential(dir.path()).unwrap().as_deref(),
+            Some("cred-2")
+        );
+        assert!(!dir.path().join("credential.tmp").exists());
+
+        // The server resends it until the puppet authenticates with it.
+        assert!(!credential.rotate("cred-2").unwrap());
+        assert!(!credential.rotate("").unwrap());
+        assert_eq!(stored(dir.path()), ("cred-2".to_string(), 0o600));
+        assert_eq!(header_sent(&slot).await.as_deref(), Some("Bearer cred-2"));
+    }
+
+    #[test]
+    fn an_unusable_credential_is_neither_stored_nor_used() {
+        let dir = tempfile::tempdir().unwrap();
+        write_atomically(&credential_path(dir.path()), b"cred-1", 0o600).unwrap();
+        let mut credential =
+            Credential::new(dir.path(), TokenSlot::default(), "cred-1".into()).unwrap();
+        for bad in ["s3cret\n2", " s3cret-2", "s3cret-2\u{7f}"] {
+            let e = credential.rotate(bad).unwrap_err();
+            assert!(!format!("{e:#}").contains("s3cret"), "{e:#}");
+            assert_eq!(stored(dir.path()).0, "cred-1");
+        }
+        assert!(credential.rotate("cred-2").unwrap());
+    }
+
+    #[test]
+    fn a_stale_temporary_file_does_not_widen_the_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = dir.path().join("credential.tmp");
+        std::fs::write(&tmp, "old").unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let mut credential =
+            Credential::new(dir.path(), TokenSlot::default(), "cred-1".into()).unwrap();
+        assert!(credential.rotate("cred-2").unwrap());
+        assert_eq!(stored(dir.path()), ("cred-2".to_string(), 0o600));
+    }
+
+    #[test]
+    fn debug_redacts_the_credential() {
+        let dir = tempfile::tempdir().unwrap();
+        let credential =
+            Credential::new(dir.path(), TokenSlot::default(), "s3cret-cred".into()).unwrap();
+        let shown = format!("{credential:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+    }
 }

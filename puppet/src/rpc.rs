@@ -112,7 +112,7 @@ where
                 tracing::error!(
                     call = what,
                     error = status.message(),
-                    "the puppeteer does not accept this puppet's credential (revoked?); retrying slowly"
+                    "the puppeteer refused this puppet's credential (revoked, or rotated while it was offline past the grace period); retrying slowly"
                 );
                 backoff.slow_delay()
             }

@@ -1,5 +1,6 @@
 //! Drives the whole agent against a small in-process fake puppeteer (plain
-//! HTTP/2, no TLS) that redelivers its assignment on purpose.
+//! HTTP/2, no TLS) that redelivers its assignment on purpose, and can rotate
+//! the puppet's credential.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,6 +18,13 @@ struct Seen {
     starts: Vec<StartRunRequest>,
     log: Vec<u8>,
     finishes: Vec<FinishRunRequest>,
+    /// The credential each acknowledged FinishRun carried.
+    finish_credentials: Vec<String>,
+    /// Set once a poll's answer carried the new credential: from then on only
+    /// the new one is accepted.
+    rotation_sent: bool,
+    /// Calls refused for their credential.
+    refused: u32,
 }
 
 #[derive(Clone, Default)]
@@ -24,18 +32,31 @@ struct Fake {
     // A std mutex: held only to record or read, never across an await.
     seen: Arc<Mutex<Seen>>,
     assignment: Option<Assignment>,
+    /// Rotates the credential to this on the first poll.
+    rotate_to: Option<&'static str>,
+    /// Enrolls puppets as pending an operator's approval.
+    pending: bool,
 }
 
 impl Fake {
     fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
         self.seen.lock().unwrap()
     }
-}
 
-fn authorised<T>(request: &Request<T>) -> Result<(), Status> {
-    match request.metadata().get("authorization") {
-        Some(value) if value == "Bearer cred-1" => Ok(()),
-        _ => Err(Status::unauthenticated("bad credential")),
+    /// Checks the bearer credential; returns it.
+    fn authorised<T>(&self, request: &Request<T>) -> Result<&'static str, Status> {
+        let mut seen = self.seen();
+        let expected = match self.rotate_to {
+            Some(new) if seen.rotation_sent => new,
+            _ => "cred-1",
+        };
+        match request.metadata().get("authorization") {
+            Some(value) if value == format!("Bearer {expected}").as_str() => Ok(expected),
+            _ => {
+                seen.refused += 1;
+                Err(Status::unauthenticated("bad credential"))
+            }
+        }
     }
 }
 
@@ -53,18 +74,25 @@ impl PuppetService for Fake {
         Ok(Response::new(EnrollResponse {
             name: request.name,
             credential: "cred-1".into(),
+            approved: !self.pending,
             max_poll_hold: None,
         }))
     }
 
     async fn poll(&self, request: Request<PollRequest>) -> Result<Response<PollResponse>, Status> {
-        authorised(&request)?;
+        let used = self.authorised(&request)?;
         let request = request.into_inner();
+        // Sent on every poll, even after the puppet switched (as by a server
+        // that has not recorded the switch yet): taking it again is harmless.
+        let new_credential = self.rotate_to.unwrap_or_default();
         let deliver = {
             let mut seen = self.seen();
             seen.polls.push(request);
+            seen.rotation_sent |= self.rotate_to.is_some();
+            // With a rotation, work goes only to a puppet that switched.
+            let switched = self.rotate_to.is_none_or(|new| new == used);
             // The same assignment goes out on the first three polls, as after lost answers.
-            let deliver = seen.finishes.is_empty() && seen.deliveries < 3;
+            let deliver = switched && seen.finishes.is_empty() && seen.deliveries < 3;
             if deliver {
                 seen.deliveries += 1;
             }
@@ -82,6 +110,7 @@ impl PuppetService for Fake {
             cancel_runs: Vec::new(),
             server_time: None,
             hold: None,
+            new_credential: new_credential.into(),
         }))
     }
 
@@ -89,7 +118,7 @@ impl PuppetService for Fake {
         &self,
         request: Request<StartRunRequest>,
     ) -> Result<Response<StartRunResponse>, Status> {
-        authorised(&request)?;
+        self.authorised(&request)?;
         self.seen().starts.push(request.into_inner());
         Ok(Response::new(StartRunResponse { proceed: true }))
     }
@@ -98,7 +127,7 @@ impl PuppetService for Fake {
         &self,
         request: Request<AppendLogRequest>,
     ) -> Result<Response<AppendLogResponse>, Status> {
-        authorised(&request)?;
+        self.authorised(&request)?;
         let request = request.into_inner();
         let mut seen = self.seen();
         let held = seen.log.len() as u64;
@@ -120,13 +149,14 @@ impl PuppetService for Fake {
         &self,
         request: Request<FinishRunRequest>,
     ) -> Result<Response<FinishRunResponse>, Status> {
-        authorised(&request)?;
+        let used = self.authorised(&request)?;
         let request = request.into_inner();
         let mut seen = self.seen();
         if request.log_length != seen.log.len() as u64 {
             return Err(Status::failed_precondition("the log is short"));
         }
         seen.finishes.push(request);
+        seen.finish_credentials.push(used.to_string());
         Ok(Response::new(FinishRunResponse {
             state: RunState::Succeeded as i32,
         }))
@@ -278,6 +308,71 @@ async fn a_run_cut_short_by_a_restart_is_reported_interrupted_not_executed() {
         !runs.join("run-9.json").exists()
     })
     .await;
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), agent)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_rotated_credential_is_stored_and_used_for_every_later_call() {
+    let fake = Fake {
+        assignment: Some(assignment("echo rotated")),
+        rotate_to: Some("cred-2"),
+        pending: true,
+        ..Fake::default()
+    };
+    let server = serve(fake.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let shutdown = CancellationToken::new();
+    let agent = tokio::spawn(run_agent(
+        config(server.clone(), dir.path()),
+        shutdown.clone(),
+    ));
+
+    eventually("the run is finished", || !fake.seen().finishes.is_empty()).await;
+    eventually("a few polls with the resent credential", || {
+        fake.seen().polls.len() >= 6
+    })
+    .await;
+    {
+        let seen = fake.seen();
+        assert_eq!(seen.finish_credentials, ["cred-2"]);
+        assert_eq!(seen.starts.len(), 1);
+        assert_eq!(seen.log, b"rotated\n");
+        assert_eq!(
+            seen.refused, 0,
+            "a call used the old credential after the rotation"
+        );
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let credential = dir.path().join("credential");
+    assert_eq!(std::fs::read_to_string(&credential).unwrap(), "cred-2");
+    assert_eq!(
+        std::fs::metadata(&credential).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(!dir.path().join("credential.tmp").exists());
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), agent)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+
+    // A restart uses the stored, new credential.
+    let polls_before = fake.seen().polls.len();
+    let mut restarted = config(server, dir.path());
+    restarted.enroll_token = None;
+    let shutdown = CancellationToken::new();
+    let agent = tokio::spawn(run_agent(restarted, shutdown.clone()));
+    eventually("the restarted puppet polls", || {
+        fake.seen().polls.len() > polls_before
+    })
+    .await;
+    assert_eq!(fake.seen().refused, 0);
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(10), agent)
         .await

@@ -27,6 +27,8 @@ pub struct FileConfig {
     pub poll_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
     pub max_poll_hold: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub lease_timeout: Option<Duration>,
     pub insecure_plaintext: Option<bool>,
 }
 
@@ -61,11 +63,20 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     pub poll_timeout: Duration,
     pub max_poll_hold: Duration,
+    /// Runs of a puppet silent for this long are lost. `None`: the max poll
+    /// hold plus one minute.
+    pub lease_timeout: Option<Duration>,
     /// Serve plain TCP without TLS. Only for tests and TLS-terminating proxies.
     pub insecure_plaintext: bool,
 }
 
 impl Config {
+    /// The lease timeout in force.
+    pub fn lease(&self) -> Duration {
+        self.lease_timeout
+            .unwrap_or(self.max_poll_hold + Duration::from_secs(60))
+    }
+
     /// Defaults for a data dir, listening on `listen`.
     pub fn new(data_dir: PathBuf, listen: SocketAddr) -> Self {
         Config {
@@ -75,6 +86,7 @@ impl Config {
             tls: None,
             poll_timeout: Duration::from_secs(50),
             max_poll_hold: Duration::from_secs(50),
+            lease_timeout: None,
             insecure_plaintext: false,
         }
     }
@@ -91,6 +103,12 @@ impl Config {
         }
         if self.max_poll_hold > Duration::from_secs(3600) {
             bail!("max poll hold must be at most 1h");
+        }
+        if self
+            .lease_timeout
+            .is_some_and(|l| l < Duration::from_secs(1) || l > Duration::from_secs(7 * 24 * 3600))
+        {
+            bail!("lease timeout must be between 1s and 7 days");
         }
         if self.tls.is_none() && self.server_names.is_empty() && !self.insecure_plaintext {
             bail!("give at least one server name for the generated certificate");

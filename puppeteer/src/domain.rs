@@ -261,6 +261,44 @@ impl RunSpec {
     }
 }
 
+/// Some capacity of a resource that a run holds while offered or running.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceNeed {
+    pub name: String,
+    pub count: u32,
+}
+
+/// Checks a resource name: 1-63 of `[a-z0-9._-]`, starting with a letter or digit.
+pub fn check_resource_name(s: &str) -> Result<(), Invalid> {
+    check_name("resource", s, &['-', '.', '_'])
+}
+
+/// Checks a list of needs: valid names, counts of at least 1, no name twice.
+pub fn check_needs(needs: &[ResourceNeed]) -> Result<(), Invalid> {
+    let mut seen = std::collections::BTreeSet::new();
+    for need in needs {
+        check_resource_name(&need.name)?;
+        if need.count == 0 {
+            return Err(Invalid(format!(
+                "resource {}: the count must be at least 1",
+                need.name
+            )));
+        }
+        if !seen.insert(&need.name) {
+            return Err(Invalid(format!("resource {} is listed twice", need.name)));
+        }
+    }
+    Ok(())
+}
+
+/// A named counting semaphore.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resource {
+    pub name: String,
+    pub capacity: u32,
+    pub created_at: Millis,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Task {
     pub name: String,
@@ -269,7 +307,18 @@ pub struct Task {
     pub spec: RunSpec,
     pub created_at: Millis,
     pub updated_at: Millis,
+    #[serde(default)]
+    pub resources: Vec<ResourceNeed>,
+    /// New attempts after lost, interrupted or timed out.
+    #[serde(default)]
+    pub retries: u32,
+    /// Selector of the puppets the task is valid for; empty: any.
+    #[serde(default)]
+    pub requires: String,
 }
+
+/// The most attempts a task may ask for.
+pub const MAX_RETRIES: u32 = 100;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -387,6 +436,70 @@ pub struct Run {
     /// Reports that changed nothing (resends after a lost answer).
     #[serde(default)]
     pub duplicate_reports: u64,
+    /// Resources the run needs (from its task).
+    #[serde(default)]
+    pub needs: Vec<ResourceNeed>,
+    /// Resources the run holds now: all of `needs` while offered or
+    /// running, nothing otherwise.
+    #[serde(default)]
+    pub holds: Vec<ResourceNeed>,
+    /// Where the current attempt's output starts in the run's log: each
+    /// attempt writes from its own offset 0, after the earlier attempts'.
+    #[serde(default)]
+    pub log_base: u64,
+    /// How many attempts the run may have in all (1 + the task's retries).
+    #[serde(default = "one")]
+    pub max_attempts: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl Run {
+    /// Whether an attempt that ended in `state` gets a new one.
+    pub fn retryable(&self, state: RunState) -> bool {
+        matches!(
+            state,
+            RunState::Lost | RunState::Interrupted | RunState::TimedOut
+        ) && self.attempt < self.max_attempts
+    }
+
+    /// Ends the current attempt in `state`; when the retry rule allows, a
+    /// new attempt is queued instead (with a new fencing number). Returns
+    /// true when a new attempt was made.
+    pub fn end_attempt(&mut self, state: RunState, at: Millis, cause: impl Into<String>) -> bool {
+        let cause = cause.into();
+        if self.retryable(state) {
+            self.history.push(Transition {
+                state,
+                at,
+                cause: cause.clone(),
+                attempt: self.attempt,
+            });
+            self.attempt += 1;
+            self.log_base = self.log_length;
+            self.started_at = None;
+            self.outcome = None;
+            self.exit_code = None;
+            self.signal = None;
+            self.duration_ms = None;
+            self.cancel_requested = false;
+            self.transition(
+                RunState::Queued,
+                at,
+                format!(
+                    "attempt {} after attempt {} was {state}: {cause}",
+                    self.attempt,
+                    self.attempt - 1
+                ),
+            );
+            true
+        } else {
+            self.transition(state, at, cause);
+            false
+        }
+    }
 }
 
 impl Run {

@@ -16,6 +16,8 @@ pub struct Hub {
     // A std mutex: held only to look up or insert an entry, never across an
     // await.
     keys: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Puppets with a run waiting for each resource (same kind of lock).
+    resource_waiters: Mutex<HashMap<String, std::collections::BTreeSet<String>>>,
 }
 
 impl Hub {
@@ -34,6 +36,32 @@ impl Hub {
             if Arc::strong_count(notify) == 1 {
                 keys.remove(key);
             }
+        }
+    }
+}
+
+impl Hub {
+    /// Notes that a run of `puppet` waits for `resource`.
+    pub fn wait_for_resource(&self, resource: &str, puppet: &str) {
+        self.resource_waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(resource.to_string())
+            .or_default()
+            .insert(puppet.to_string());
+    }
+
+    /// Some of `resource` was released: wakes the puppets whose runs wait
+    /// for it, so their held polls try again.
+    pub fn resource_released(&self, resource: &str) {
+        let waiters = self
+            .resource_waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(resource)
+            .unwrap_or_default();
+        for puppet in waiters {
+            self.wake(&puppet_key(&puppet));
         }
     }
 }

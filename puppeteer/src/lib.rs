@@ -128,6 +128,7 @@ pub async fn start(config: Config) -> Result<Running> {
         config: ApiConfig {
             poll_timeout: config.poll_timeout,
             max_poll_hold: config.max_poll_hold,
+            lease_timeout: config.lease(),
         },
         auth: Default::default(),
         presences: Default::default(),

@@ -72,6 +72,10 @@ struct ServeArgs {
     /// The longest hold a puppet may ask for [default: the poll timeout].
     #[arg(long, value_parser = humantime::parse_duration)]
     max_poll_hold: Option<Duration>,
+    /// A run offered to or running on a puppet that has not polled for this
+    /// long is lost and its resources released [default: max poll hold + 1m].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    lease_timeout: Option<Duration>,
     /// Serve plain TCP without TLS: credentials travel in clear text. Only
     /// for tests, or behind a proxy that terminates TLS on the same host.
     #[arg(long)]
@@ -112,6 +116,7 @@ fn config_from(args: ServeArgs) -> Result<Config> {
     if let Some(t) = args.max_poll_hold.or(file.max_poll_hold) {
         config.max_poll_hold = t;
     }
+    config.lease_timeout = args.lease_timeout.or(file.lease_timeout);
     config.insecure_plaintext = args.insecure_plaintext || file.insecure_plaintext.unwrap_or(false);
     config.validate()?;
     Ok(config)

@@ -26,12 +26,12 @@
 //! caller counts such runs in `freed_during_hold` so the next queued run is
 //! offered on that same held poll, without waiting for the next one.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
-use crate::domain::{Job, Outcome, PuppetState, Run, RunState};
+use crate::domain::{Job, Millis, Outcome, PuppetState, Run, RunState};
 
 /// What a puppet said in its poll, and what changed since it was sent.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub struct PollReport<'a> {
     pub free_slots: u32,
     /// Runs the puppet holds (executing or finishing).
@@ -40,6 +40,8 @@ pub struct PollReport<'a> {
     pub finishing: &'a HashSet<String>,
     /// Runs executing when the poll was sent that have finished since.
     pub freed_during_hold: u32,
+    /// Capacity free now, by resource (absent: the resource does not exist).
+    pub available: &'a HashMap<String, u32>,
 }
 
 /// What a poll answers.
@@ -53,6 +55,8 @@ pub struct PollPlan {
     pub interrupted: Vec<String>,
     /// Runs the puppet must stop and forget.
     pub cancel: Vec<String>,
+    /// Runs that could start but for a resource: (run, resource).
+    pub blocked: Vec<(String, String)>,
 }
 
 impl PollPlan {
@@ -67,6 +71,7 @@ impl PollPlan {
 pub fn plan_poll(state: PuppetState, active: &[Run], report: &PollReport<'_>) -> PollPlan {
     let mut plan = PollPlan::default();
     let mut free = report.free_slots.saturating_add(report.freed_during_hold);
+    let mut available = report.available.clone();
     let enabled = state == PuppetState::Enabled;
     let active_ids: HashSet<&str> = active.iter().map(|r| r.id.as_str()).collect();
 
@@ -81,9 +86,19 @@ pub fn plan_poll(state: PuppetState, active: &[Run], report: &PollReport<'_>) ->
             RunState::Running if run.cancel_requested && !report.finishing.contains(&run.id) => {
                 plan.cancel.push(run.id.clone());
             }
-            RunState::Queued if enabled && free > 0 => {
-                plan.offer.push(run.id.clone());
-                free -= 1;
+            RunState::Queued | RunState::Waiting if enabled && free > 0 => {
+                // A run takes all its resources or none; one that cannot
+                // does not block the runs after it.
+                match lacking(&available, run) {
+                    Some(resource) => plan.blocked.push((run.id.clone(), resource)),
+                    None => {
+                        for need in &run.needs {
+                            *available.get_mut(&need.name).expect("checked") -= need.count;
+                        }
+                        plan.offer.push(run.id.clone());
+                        free -= 1;
+                    }
+                }
             }
             _ => {}
         }
@@ -97,6 +112,37 @@ pub fn plan_poll(state: PuppetState, active: &[Run], report: &PollReport<'_>) ->
     stale.sort();
     plan.cancel.extend(stale);
     plan
+}
+
+/// The first resource the run needs that lacks capacity now.
+fn lacking(available: &HashMap<String, u32>, run: &Run) -> Option<String> {
+    run.needs
+        .iter()
+        .find(|need| {
+            available
+                .get(&need.name)
+                .is_none_or(|free| *free < need.count)
+        })
+        .map(|need| need.name.clone())
+}
+
+/// Runs whose lease expired: offered to or running on a puppet that has no
+/// poll held and has not polled for longer than `lease` (the lease of a run
+/// is renewed by every poll of its puppet). Input: each run with its
+/// puppet's last poll and whether a poll of it is held now.
+pub fn expired_leases(
+    runs: &[(Run, Option<Millis>, bool)],
+    now: Millis,
+    lease: std::time::Duration,
+) -> Vec<String> {
+    runs.iter()
+        .filter(|(run, last_seen, polling)| {
+            matches!(run.state, RunState::Offered | RunState::Running)
+                && !*polling
+                && last_seen.is_none_or(|seen| now.since(seen) > lease)
+        })
+        .map(|(run, _, _)| run.id.clone())
+        .collect()
 }
 
 /// The state a run ends in for what its puppet reported.
@@ -158,6 +204,10 @@ mod tests {
             cancel_requested: false,
             queue_seq: 0,
             duplicate_reports: 0,
+            needs: vec![],
+            holds: vec![],
+            log_base: 0,
+            max_attempts: 1,
         }
     }
 
@@ -174,6 +224,7 @@ mod tests {
             known: &known,
             finishing: &finishing,
             freed_during_hold: 0,
+            available: &HashMap::new(),
         };
         let plan = plan_poll(PuppetState::Enabled, &active, &report);
         assert_eq!(plan.offer, vec!["a"]);
@@ -184,11 +235,13 @@ mod tests {
     fn busy_puppet_gets_nothing_until_its_slot_frees() {
         let active = [run("a", RunState::Running), run("b", RunState::Queued)];
         let (known, finishing) = (set(&["a"]), set(&[]));
+        let no_resources = HashMap::new();
         let mut report = PollReport {
             free_slots: 0,
             known: &known,
             finishing: &finishing,
             freed_during_hold: 0,
+            available: &no_resources,
         };
         assert_eq!(
             plan_poll(PuppetState::Enabled, &active, &report),
@@ -212,6 +265,7 @@ mod tests {
             known: &known,
             finishing: &finishing,
             freed_during_hold: 0,
+            available: &HashMap::new(),
         };
         let plan = plan_poll(PuppetState::Enabled, &active, &report);
         assert_eq!(plan.redeliver, vec!["a"]);
@@ -238,6 +292,7 @@ mod tests {
             known: &known,
             finishing: &finishing,
             freed_during_hold: 0,
+            available: &HashMap::new(),
         };
         let plan = plan_poll(PuppetState::Enabled, &active, &report);
         assert_eq!(plan.interrupted, vec!["a"]);
@@ -254,6 +309,7 @@ mod tests {
             known: &known,
             finishing: &finishing,
             freed_during_hold: 0,
+            available: &HashMap::new(),
         };
         let plan = plan_poll(PuppetState::Enabled, &[a.clone()], &report);
         assert_eq!(plan.cancel, vec!["a", "zombie"]);
@@ -276,11 +332,93 @@ mod tests {
             known: &known,
             finishing: &finishing,
             freed_during_hold: 0,
+            available: &HashMap::new(),
         };
         assert_eq!(
             plan_poll(PuppetState::Disabled, &active, &report),
             PollPlan::default()
         );
+    }
+
+    fn needing(id: &str, resource: &str, count: u32) -> Run {
+        let mut r = run(id, RunState::Queued);
+        r.needs = vec![crate::domain::ResourceNeed {
+            name: resource.into(),
+            count,
+        }];
+        r
+    }
+
+    #[test]
+    fn a_run_waiting_for_a_resource_does_not_block_the_next() {
+        let active = [needing("a", "uplink", 1), run("b", RunState::Queued)];
+        let (known, finishing) = (set(&[]), set(&[]));
+        let available: HashMap<String, u32> = [("uplink".to_string(), 0)].into();
+        let report = PollReport {
+            free_slots: 1,
+            known: &known,
+            finishing: &finishing,
+            freed_during_hold: 0,
+            available: &available,
+        };
+        let plan = plan_poll(PuppetState::Enabled, &active, &report);
+        assert_eq!(plan.offer, vec!["b"]);
+        assert_eq!(plan.blocked, vec![("a".to_string(), "uplink".to_string())]);
+    }
+
+    #[test]
+    fn capacity_is_shared_within_one_plan() {
+        let active = [
+            needing("a", "uplink", 1),
+            needing("b", "uplink", 1),
+            needing("c", "missing", 1),
+        ];
+        let (known, finishing) = (set(&[]), set(&[]));
+        let available: HashMap<String, u32> = [("uplink".to_string(), 1)].into();
+        let report = PollReport {
+            free_slots: 5,
+            known: &known,
+            finishing: &finishing,
+            freed_during_hold: 0,
+            available: &available,
+        };
+        let plan = plan_poll(PuppetState::Enabled, &active, &report);
+        assert_eq!(plan.offer, vec!["a"]);
+        assert_eq!(plan.blocked.len(), 2);
+    }
+
+    #[test]
+    fn leases_expire_only_for_silent_puppets() {
+        let lease = std::time::Duration::from_secs(60);
+        let running = run("a", RunState::Running);
+        let queued = run("b", RunState::Queued);
+        let now = Millis(1_000_000);
+        let runs = vec![
+            (running.clone(), Some(Millis(1_000_000 - 61_000)), false),
+            (queued, Some(Millis(0)), false),
+        ];
+        assert_eq!(expired_leases(&runs, now, lease), vec!["a"]);
+        // A held poll renews the lease, however old the last poll start.
+        let runs = vec![(running.clone(), Some(Millis(0)), true)];
+        assert!(expired_leases(&runs, now, lease).is_empty());
+        let runs = vec![(running, Some(Millis(1_000_000 - 59_000)), false)];
+        assert!(expired_leases(&runs, now, lease).is_empty());
+    }
+
+    #[test]
+    fn retryable_ends_make_a_new_attempt() {
+        let mut r = run("a", RunState::Running);
+        r.max_attempts = 2;
+        r.log_length = 10;
+        assert!(r.end_attempt(RunState::Lost, Millis(5), "lease expired"));
+        assert_eq!((r.state, r.attempt, r.log_base), (RunState::Queued, 2, 10));
+        // The last attempt stays in its end state.
+        assert!(!r.end_attempt(RunState::Interrupted, Millis(6), "puppet restarted"));
+        assert_eq!(r.state, RunState::Interrupted);
+        // A failure is never retried.
+        let mut f = run("f", RunState::Running);
+        f.max_attempts = 5;
+        assert!(!f.end_attempt(RunState::Failed, Millis(5), "exit 1"));
     }
 
     #[test]

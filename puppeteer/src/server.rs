@@ -28,11 +28,13 @@ use tonic::transport::Server;
 use tonic::transport::server::Router;
 use tower::layer::util::{Identity, Stack};
 
+use crate::api::ResourcesApi;
 use crate::api::{
     AuditApi, EnrollTokensApi, JobsApi, MAX_MESSAGE_BYTES, PuppetServiceApi, PuppetsApi, RunsApi,
     Shared, TasksApi, TokensApi, UsersApi,
 };
 use geppetto_proto::v1::audit_server::AuditServer;
+use geppetto_proto::v1::resources_server::ResourcesServer;
 use geppetto_proto::v1::tokens_server::TokensServer;
 use geppetto_proto::v1::users_server::UsersServer;
 
@@ -99,6 +101,10 @@ async fn router(state: &Shared) -> Result<WebRouter> {
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(
+            ResourcesServer::new(ResourcesApi::new(state.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
             AuditServer::new(AuditApi::new(state.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
         ))
@@ -113,6 +119,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<()> {
     let router = router(&state).await?;
+    let sweeper = crate::api::run_sweeper(state.clone(), shutdown.clone());
     let stopped = shutdown.clone();
     let graceful = async move { stopped.cancelled().await };
     let serving = async {
@@ -133,6 +140,10 @@ pub async fn serve(
             }
         }
     };
+    let serving = async {
+        let (served, ()) = tokio::join!(serving, sweeper);
+        served
+    };
     tokio::pin!(serving);
     tokio::select! {
         result = &mut serving => result?,
@@ -144,12 +155,70 @@ pub async fn serve(
     Ok(())
 }
 
+/// An accepted TLS connection, which tells tonic its peer address (so that
+/// `Request::remote_addr` works as on plain TCP).
+pub struct TlsConn(TlsStream<TcpStream>);
+
+impl tonic::transport::server::Connected for TlsConn {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.0.get_ref().0.connect_info()
+    }
+}
+
+impl tokio::io::AsyncRead for TlsConn {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for TlsConn {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
 /// Accepts TCP connections and performs TLS handshakes concurrently, each
 /// bounded by [`HANDSHAKE_TIMEOUT`], passing established streams on.
 async fn accept_tls(
     listener: TcpListener,
     acceptor: TlsAcceptor,
-    established: mpsc::Sender<std::io::Result<TlsStream<TcpStream>>>,
+    established: mpsc::Sender<std::io::Result<TlsConn>>,
     shutdown: CancellationToken,
 ) {
     let mut handshakes = JoinSet::new();
@@ -173,7 +242,7 @@ async fn accept_tls(
                 handshakes.spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => {
-                            let _ = established.send(Ok(stream)).await;
+                            let _ = established.send(Ok(TlsConn(stream))).await;
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),

@@ -107,6 +107,7 @@ async fn kill_9_right_after_an_acknowledgement_loses_nothing() {
             name: "t".into(),
             description: String::new(),
             spec: Some(script_spec("echo hi", Duration::from_secs(60))),
+            ..Default::default()
         })
         .await
         .unwrap();

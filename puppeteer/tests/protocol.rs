@@ -375,6 +375,7 @@ async fn bad_input_gets_the_right_status_and_changes_nothing() {
         name: name.into(),
         description: String::new(),
         spec,
+        ..Default::default()
     };
     let good = script_spec("true", Duration::from_secs(10));
     let mut negative = good.clone();

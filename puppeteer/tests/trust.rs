@@ -119,9 +119,18 @@ async fn call_empty(server: &TestServer, token: &str, rpc: &str, streaming: bool
 async fn every_admin_rpc_answers_each_role_as_documented() {
     let server = TestServer::start().await;
     let tokens = [
-        (Role::Viewer, user_with_role(&server, "vera", pb::Role::Viewer).await),
-        (Role::Operator, user_with_role(&server, "otto", pb::Role::Operator).await),
-        (Role::Admin, user_with_role(&server, "ada", pb::Role::Admin).await),
+        (
+            Role::Viewer,
+            user_with_role(&server, "vera", pb::Role::Viewer).await,
+        ),
+        (
+            Role::Operator,
+            user_with_role(&server, "otto", pb::Role::Operator).await,
+        ),
+        (
+            Role::Admin,
+            user_with_role(&server, "ada", pb::Role::Admin).await,
+        ),
     ];
     let rpcs = admin_rpcs();
     assert!(rpcs.len() >= 30, "{rpcs:?}");
@@ -141,7 +150,11 @@ async fn every_admin_rpc_answers_each_role_as_documented() {
             }
         }
     }
-    assert_eq!(PERMISSIONS.len(), rpcs.len(), "PERMISSIONS lists unknown RPCs");
+    assert_eq!(
+        PERMISSIONS.len(),
+        rpcs.len(),
+        "PERMISSIONS lists unknown RPCs"
+    );
     server.stop().await;
 }
 
@@ -216,7 +229,10 @@ async fn roles_and_token_lifecycle() {
         .secret;
     let until = tokio::time::Instant::now() + DEADLINE;
     while list_as(short.clone()).await == Ok(()) {
-        assert!(tokio::time::Instant::now() < until, "the token never expired");
+        assert!(
+            tokio::time::Instant::now() < until,
+            "the token never expired"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(list_as(short).await, Err(Code::Unauthenticated));
@@ -272,9 +288,14 @@ async fn a_pending_puppet_gets_work_only_after_approval() {
         .unwrap()
         .into_inner();
     assert_eq!(shown.state, pb::PuppetState::Pending as i32);
-    assert!(!shown.facts.unwrap().hostname.is_empty(), "its facts are visible");
+    assert!(
+        !shown.facts.unwrap().hostname.is_empty(),
+        "its facts are visible"
+    );
 
-    admin.script_task("t", "echo approved", Duration::from_secs(30)).await;
+    admin
+        .script_task("t", "echo approved", Duration::from_secs(30))
+        .await;
     let job = admin.run_on("t", &["newcomer"]).await;
     // The job woke its held poll; it was answered with nothing and held again.
     admin.wait_polling("newcomer").await;
@@ -286,7 +307,11 @@ async fn a_pending_puppet_gets_work_only_after_approval() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(run.state, pb::RunState::Queued as i32, "no work while pending");
+    assert_eq!(
+        run.state,
+        pb::RunState::Queued as i32,
+        "no work while pending"
+    );
 
     admin
         .puppets
@@ -310,7 +335,10 @@ async fn a_rotated_credential_is_picked_up_and_the_old_one_expires() {
     let puppet = RealPuppet::start(&server.url, Some(&server.ca), &secret, "p1");
     admin.wait_polling("p1").await;
     let credential_file = puppet.state_dir.path().join("state/credential");
-    let old = std::fs::read_to_string(&credential_file).unwrap().trim().to_string();
+    let old = std::fs::read_to_string(&credential_file)
+        .unwrap()
+        .trim()
+        .to_string();
 
     admin
         .puppets
@@ -329,8 +357,7 @@ async fn a_rotated_credential_is_picked_up_and_the_old_one_expires() {
     })
     .await;
     // Past the grace period the old credential is refused.
-    let mut with_old =
-        PuppetServiceClient::new(server.channel(Transport::GrpcWeb, Some(&old)));
+    let mut with_old = PuppetServiceClient::new(server.channel(Transport::GrpcWeb, Some(&old)));
     let until = tokio::time::Instant::now() + DEADLINE;
     loop {
         let answer = with_old
@@ -345,12 +372,17 @@ async fn a_rotated_credential_is_picked_up_and_the_old_one_expires() {
             .await;
         match answer {
             Err(status) if status.code() == Code::Unauthenticated => break,
-            _ => assert!(tokio::time::Instant::now() < until, "the old credential still works"),
+            _ => assert!(
+                tokio::time::Instant::now() < until,
+                "the old credential still works"
+            ),
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // The puppet keeps working with the new one.
-    admin.script_task("t", "echo rotated", Duration::from_secs(30)).await;
+    admin
+        .script_task("t", "echo rotated", Duration::from_secs(30))
+        .await;
     let job = admin.run_on("t", &["p1"]).await;
     let job = admin.wait_job(&job.id, DEADLINE).await;
     assert_eq!(job.state, pb::JobState::Succeeded as i32);
@@ -363,7 +395,10 @@ async fn a_rotated_credential_is_picked_up_and_the_old_one_expires() {
     assert!(!shown.rotation_pending);
 
     // Revocation cuts it off at once.
-    let new = std::fs::read_to_string(&credential_file).unwrap().trim().to_string();
+    let new = std::fs::read_to_string(&credential_file)
+        .unwrap()
+        .trim()
+        .to_string();
     admin
         .puppets
         .revoke_puppet_credential(pb::GetPuppetRequest { name: "p1".into() })
@@ -389,10 +424,12 @@ async fn the_audit_trail_records_each_mutation_and_no_secret_leaks() {
     secrets.push(enroll.clone());
     let puppet = RealPuppet::start(&server.url, Some(&server.ca), &enroll, "p1");
     admin.wait_polling("p1").await;
-    let credential = std::fs::read_to_string(puppet.state_dir.path().join("state/credential"))
-        .unwrap();
+    let credential =
+        std::fs::read_to_string(puppet.state_dir.path().join("state/credential")).unwrap();
     secrets.push(credential.trim().to_string());
-    admin.script_task("t", "echo audited", Duration::from_secs(30)).await;
+    admin
+        .script_task("t", "echo audited", Duration::from_secs(30))
+        .await;
     let job = admin.run_on("t", &["p1"]).await;
     admin.wait_job(&job.id, DEADLINE).await;
     // A refused attempt is recorded too.
@@ -418,7 +455,12 @@ async fn the_audit_trail_records_each_mutation_and_no_secret_leaks() {
         std::fs::read_to_string(&credential_file).is_ok_and(|c| c.trim() != old)
     })
     .await;
-    secrets.push(std::fs::read_to_string(&credential_file).unwrap().trim().to_string());
+    secrets.push(
+        std::fs::read_to_string(&credential_file)
+            .unwrap()
+            .trim()
+            .to_string(),
+    );
 
     let entries = admin_audit(&server).await;
     let actions: Vec<(&str, &str, &str)> = entries
@@ -438,7 +480,11 @@ async fn the_audit_trail_records_each_mutation_and_no_secret_leaks() {
             ("admin", "Puppets/RotatePuppetCredential", "ok"),
         ]
     );
-    assert!(entries.iter().all(|e| e.at.is_some() && e.remote_addr.starts_with("127.0.0.1:")));
+    assert!(
+        entries
+            .iter()
+            .all(|e| e.at.is_some() && e.remote_addr.starts_with("127.0.0.1:"))
+    );
     assert!(entries[3].target.starts_with("job-"), "{:?}", entries[3]);
     puppet.stop().await;
     server.stop().await;
@@ -448,7 +494,11 @@ async fn the_audit_trail_records_each_mutation_and_no_secret_leaks() {
     assert!(haystack.len() > 1000, "the logs were captured");
     for secret in &secrets {
         assert!(!secret.is_empty());
-        assert!(!haystack.contains(secret.as_str()), "a secret leaked: {}…", &secret[..8]);
+        assert!(
+            !haystack.contains(secret.as_str()),
+            "a secret leaked: {}…",
+            &secret[..8]
+        );
     }
 }
 
@@ -493,7 +543,9 @@ async fn a_renewed_server_certificate_needs_nothing_from_puppets() {
     };
     let mut admin = server.admin();
     admin.wait_polling("p1").await;
-    admin.script_task("t", "echo renewed", Duration::from_secs(30)).await;
+    admin
+        .script_task("t", "echo renewed", Duration::from_secs(30))
+        .await;
     let job = admin.run_on("t", &["p1"]).await;
     let job = admin.wait_job(&job.id, DEADLINE).await;
     assert_eq!(job.state, pb::JobState::Succeeded as i32);

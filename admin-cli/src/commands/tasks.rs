@@ -109,6 +109,7 @@ pub fn create_request(args: CreateTaskArgs) -> Result<pb::CreateTaskRequest, Err
         name: args.name,
         description: args.spec.description.unwrap_or_default(),
         spec: Some(spec),
+        ..Default::default()
     })
 }
 

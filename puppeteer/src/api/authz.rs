@@ -47,6 +47,11 @@ pub const PERMISSIONS: &[(&str, Role)] = &[
     ("Tokens/ListTokens", Role::Viewer),
     ("Tokens/RevokeToken", Role::Viewer),
     ("Audit/ListAudit", Role::Admin),
+    ("Resources/CreateResource", Role::Operator),
+    ("Resources/ListResources", Role::Viewer),
+    ("Resources/GetResource", Role::Viewer),
+    ("Resources/UpdateResource", Role::Operator),
+    ("Resources/RemoveResource", Role::Operator),
 ];
 
 /// The role an admin RPC needs. An RPC missing from the table needs admin,

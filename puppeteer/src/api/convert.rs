@@ -184,6 +184,9 @@ pub fn task_to(t: &domain::Task) -> pb::Task {
         spec: Some(spec_to(&t.spec)),
         created_at: Some(ts(t.created_at)),
         updated_at: Some(ts(t.updated_at)),
+        resources: t.resources.iter().map(need_to).collect(),
+        retries: t.retries,
+        requires: t.requires.clone(),
     }
 }
 
@@ -353,4 +356,40 @@ pub fn enroll_token_to(t: &domain::EnrollToken) -> pb::EnrollToken {
 /// A required id of a given kind.
 pub fn id_of_kind(kind: &str, id: &str) -> ApiResult<()> {
     crate::ids::check_kind(kind, id).map_err(ApiError::Invalid)
+}
+
+pub fn need_to(n: &domain::ResourceNeed) -> pb::ResourceNeed {
+    pb::ResourceNeed {
+        name: n.name.clone(),
+        count: n.count,
+    }
+}
+
+/// Resource needs from the API, checked.
+pub fn needs_from(needs: Vec<pb::ResourceNeed>) -> ApiResult<Vec<domain::ResourceNeed>> {
+    let needs: Vec<domain::ResourceNeed> = needs
+        .into_iter()
+        .map(|n| domain::ResourceNeed {
+            name: n.name,
+            count: n.count,
+        })
+        .collect();
+    domain::check_needs(&needs)?;
+    Ok(needs)
+}
+
+/// A task's class selector, checked.
+pub fn requires_from(requires: &str) -> ApiResult<String> {
+    crate::selector::Selector::parse(requires)?;
+    Ok(requires.trim().to_string())
+}
+
+pub fn retries_from(retries: u32) -> ApiResult<u32> {
+    if retries > domain::MAX_RETRIES {
+        return Err(invalid(format!(
+            "retries {retries} is too many: at most {}",
+            domain::MAX_RETRIES
+        )));
+    }
+    Ok(retries)
 }

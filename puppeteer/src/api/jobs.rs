@@ -11,7 +11,7 @@ use super::Shared;
 use super::convert::{self, job_to};
 use super::error::{ApiError, ApiResult};
 use crate::domain::{self, Job, Millis, PuppetState, Run, RunState, Target};
-use crate::hub::{job_key, puppet_key, run_key};
+use crate::hub::{job_key, puppet_key};
 use crate::ids::new_id;
 use crate::selector::Selector;
 
@@ -118,6 +118,10 @@ impl Jobs for JobsApi {
                     cancel_requested: false,
                     queue_seq: store.next_seq().map_err(ApiError::from)?,
                     duplicate_reports: 0,
+                    needs: task.resources.clone(),
+                    holds: vec![],
+                    log_base: 0,
+                    max_attempts: 1 + task.retries,
                 };
                 run.transition(RunState::Queued, now, format!("created by job {job_id}"));
                 runs.push(run);
@@ -272,9 +276,8 @@ pub fn cancel_runs(state: &super::AppState, ids: &[String], cause: &str) -> ApiR
 }
 
 pub fn wake_cancelled(state: &super::AppState, runs: &[Run]) {
+    state.ended(runs);
     for run in runs {
-        state.hub.wake(&run_key(&run.id));
-        state.hub.wake(&job_key(&run.job_id));
         state.hub.wake(&puppet_key(&run.puppet));
     }
 }

@@ -7,12 +7,15 @@ mod audit;
 mod auth;
 pub mod authz;
 pub mod convert;
+mod effects;
 mod enroll;
 mod error;
 mod jobs;
 mod puppet_service;
 mod puppets;
+mod resources;
 mod runs;
+mod sweep;
 mod tasks;
 mod users;
 
@@ -40,6 +43,9 @@ pub struct ApiConfig {
     pub poll_timeout: Duration,
     /// The longest hold a puppet may ask for.
     pub max_poll_hold: Duration,
+    /// A run offered to or running on a puppet that has not polled for this
+    /// long is lost (its resources are released).
+    pub lease_timeout: Duration,
 }
 
 impl Default for ApiConfig {
@@ -47,6 +53,7 @@ impl Default for ApiConfig {
         ApiConfig {
             poll_timeout: Duration::from_secs(50),
             max_poll_hold: Duration::from_secs(50),
+            lease_timeout: Duration::from_secs(110),
         }
     }
 }
@@ -69,6 +76,8 @@ pub use enroll::EnrollTokensApi;
 pub use jobs::JobsApi;
 pub use puppet_service::PuppetServiceApi;
 pub use puppets::PuppetsApi;
+pub use resources::ResourcesApi;
 pub use runs::RunsApi;
+pub use sweep::run_sweeper;
 pub use tasks::TasksApi;
 pub use users::{AuditApi, TokensApi, UsersApi};

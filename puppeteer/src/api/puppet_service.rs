@@ -128,21 +128,27 @@ impl PuppetServiceApi {
     ) -> ApiResult<Option<pb::PollResponse>> {
         let store = &self.state.store;
         let active = store.active_runs(&puppet.name)?;
-        let plan = scheduler::plan_poll(puppet.state, &active, report);
+        let available = self.state.available_resources(&active)?;
+        let report = PollReport {
+            available: &available,
+            ..*report
+        };
+        let plan = scheduler::plan_poll(puppet.state, &active, &report);
         if !plan.interrupted.is_empty() {
             let changed = store.update_runs(&plan.interrupted, |run| {
                 if run.state != RunState::Running {
                     return Ok(false);
                 }
-                run.transition(
+                run.end_attempt(
                     RunState::Interrupted,
                     now,
                     "the puppet no longer holds this run (it restarted while running it)",
                 );
                 Ok(true)
             })?;
-            changed.iter().for_each(|r| self.wake_run(r));
+            self.state.ended(&changed);
         }
+        self.state.note_blocked(&puppet.name, &plan.blocked, now)?;
         let new_credential = puppet
             .rotation
             .as_ref()
@@ -151,13 +157,7 @@ impl PuppetServiceApi {
         if !plan.has_news() && new_credential.is_empty() {
             return Ok(None);
         }
-        let offered = store.update_runs(&plan.offer, |run| {
-            if run.state != RunState::Queued {
-                return Ok(false);
-            }
-            run.transition(RunState::Offered, now, "offered to its puppet");
-            Ok(true)
-        })?;
+        let offered = store.offer_runs(&plan.offer, now)?;
         // Queued runs taken meanwhile (cancelled) are simply not offered.
         let mut assignments = Vec::new();
         for id in &plan.redeliver {
@@ -267,7 +267,9 @@ impl PuppetService for PuppetServiceApi {
                 let runs = store.get_runs(&executing_at_start)?;
                 runs.iter().filter(|r| r.state.is_terminal()).count() as u32
             };
+            let no_resources = std::collections::HashMap::new();
             let report = PollReport {
+                available: &no_resources,
                 free_slots: req.free_slots,
                 known: &known,
                 finishing: &finishing,
@@ -412,21 +414,22 @@ impl PuppetService for PuppetServiceApi {
                     run.id
                 )));
             }
-            if req.log_length != run.log_length {
+            let held = run.log_length - run.log_base;
+            if req.log_length != held {
                 return Err(StoreError::Conflict(format!(
-                    "the server holds {} bytes of output for run {}, you reported {}: send the missing output first",
-                    run.log_length, run.id, req.log_length
+                    "the server holds {held} bytes of output for run {}, you reported {}: send the missing output first",
+                    run.id, req.log_length
                 )));
             }
             run.outcome = Some(outcome);
             run.exit_code = (outcome == domain::Outcome::Exited).then_some(req.exit_code);
             run.signal = (req.signal != 0).then_some(req.signal);
             run.duration_ms = duration.map(|d| d.as_millis() as u64);
-            run.transition(state, now, cause.clone());
+            run.end_attempt(state, now, cause.clone());
             Ok(true)
         })?;
         self.state.store.flush().await.map_err(ApiError::from)?;
-        self.wake_run(&run);
+        self.state.ended(std::slice::from_ref(&run));
         // A poll held while this run executed can now offer the next one.
         self.state.hub.wake(&puppet_key(&name));
         Ok(Response::new(pb::FinishRunResponse {

@@ -20,6 +20,28 @@ impl TasksApi {
     pub fn new(state: Shared) -> Self {
         TasksApi { state }
     }
+
+    fn check_resources_exist(&self, needs: &[domain::ResourceNeed]) -> Result<(), ApiError> {
+        for need in needs {
+            let resource = match self.state.store.get_resource(&need.name) {
+                Ok(r) => r,
+                Err(StoreError::NotFound { .. }) => {
+                    return Err(ApiError::NotFound(format!(
+                        "no resource {:?}: create it first (geppetto resources create {} --capacity N)",
+                        need.name, need.name
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if need.count > resource.resource.capacity {
+                return Err(ApiError::Invalid(format!(
+                    "resource {} has capacity {}: a run can never take {}",
+                    need.name, resource.resource.capacity, need.count
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn check_description(d: &str) -> Result<(), ApiError> {
@@ -44,6 +66,10 @@ impl Tasks for TasksApi {
             domain::check_task_name(&req.name).map_err(ApiError::from)?;
             check_description(&req.description)?;
             let spec = convert::spec_from(req.spec)?;
+            let resources = convert::needs_from(req.resources)?;
+            self.check_resources_exist(&resources)?;
+            let retries = convert::retries_from(req.retries)?;
+            let requires = convert::requires_from(&req.requires)?;
             let now = Millis::now();
             let task = Task {
                 name: req.name,
@@ -52,6 +78,9 @@ impl Tasks for TasksApi {
                 spec,
                 created_at: now,
                 updated_at: now,
+                resources,
+                retries,
+                requires,
             };
             self.state
                 .store
@@ -106,6 +135,24 @@ impl Tasks for TasksApi {
             }
             if let Some(workdir) = req.workdir {
                 task.spec.workdir = workdir;
+            }
+            if req.replace_resources || !req.resources.is_empty() {
+                let needs = convert::needs_from(req.resources)?;
+                if req.replace_resources {
+                    task.resources = needs;
+                } else {
+                    for need in needs {
+                        task.resources.retain(|n| n.name != need.name);
+                        task.resources.push(need);
+                    }
+                }
+                self.check_resources_exist(&task.resources)?;
+            }
+            if let Some(retries) = req.retries {
+                task.retries = convert::retries_from(retries)?;
+            }
+            if let Some(requires) = &req.requires {
+                task.requires = convert::requires_from(requires)?;
             }
             task.spec.validate().map_err(ApiError::from)?;
             match self.state.store.add_task_version(&task) {

@@ -5,7 +5,7 @@ use sled::transaction::TransactionalTree;
 
 use super::keys::{prefix_of, seq_key};
 use super::{Result, Store, StoreError, abort, decode, encode};
-use crate::domain::{Job, Run};
+use crate::domain::{Job, Millis, Run, RunState};
 
 impl Store {
     /// Stores a job with its runs, and queues each run on its puppet.
@@ -75,6 +75,20 @@ impl Store {
         self.runs_under(&self.queue, puppet)
     }
 
+    /// Every unfinished run of every puppet.
+    pub fn all_active_runs(&self) -> Result<Vec<Run>> {
+        let mut runs = Vec::new();
+        for kv in self.queue.iter() {
+            let (_, id) = kv?;
+            match self.get_run(&String::from_utf8_lossy(&id)) {
+                Ok(run) => runs.push(run),
+                Err(StoreError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(runs)
+    }
+
     /// Every run a puppet was ever given, oldest first.
     pub fn runs_of_puppet(&self, puppet: &str) -> Result<Vec<Run>> {
         self.runs_under(&self.puppet_runs, puppet)
@@ -95,39 +109,79 @@ impl Store {
     }
 
     /// Applies `change` to each run in one transaction and returns the runs
-    /// that changed (`change` returned true). A run that becomes terminal
-    /// leaves its puppet's queue in the same transaction.
+    /// that changed (`change` returned true). In the same transaction, a run
+    /// that becomes terminal leaves its puppet's queue, and a run that is no
+    /// longer offered or running releases the resources it held.
     /// `change` may run more than once (transaction retries): no side effects.
     pub fn update_runs(
         &self,
         ids: &[String],
         change: impl Fn(&mut Run) -> Result<bool>,
     ) -> Result<Vec<Run>> {
-        let changed = (&self.runs, &self.queue).transaction(|(runs, queue)| {
-            let mut changed = Vec::new();
-            for id in ids {
-                let mut run = match load_run(runs, id) {
-                    Ok(Ok(run)) => run,
-                    Ok(Err(e)) => return abort(e),
-                    Err(e) => return Err(e.into()),
-                };
-                let was_terminal = run.state.is_terminal();
-                match change(&mut run) {
-                    Ok(true) => {}
-                    Ok(false) => continue,
-                    Err(e) => return abort(e),
+        let changed = (&self.runs, &self.queue, &self.resource_usage).transaction(
+            |(runs, queue, usage)| {
+                let mut changed = Vec::new();
+                for id in ids {
+                    let mut run = match load_run(runs, id) {
+                        Ok(Ok(run)) => run,
+                        Ok(Err(e)) => return abort(e),
+                        Err(e) => return Err(e.into()),
+                    };
+                    let was_terminal = run.state.is_terminal();
+                    match change(&mut run) {
+                        Ok(true) => {}
+                        Ok(false) => continue,
+                        Err(e) => return abort(e),
+                    }
+                    let holding = matches!(run.state, RunState::Offered | RunState::Running);
+                    if !holding && !run.holds.is_empty() {
+                        for hold in std::mem::take(&mut run.holds) {
+                            super::resources::release(usage, &hold)?;
+                        }
+                    }
+                    runs.insert(id.as_bytes(), encode(&run))?;
+                    if run.state.is_terminal() && !was_terminal {
+                        queue.remove(seq_key(&run.puppet, run.queue_seq))?;
+                    }
+                    changed.push(run);
                 }
-                runs.insert(id.as_bytes(), encode(&run))?;
-                if run.state.is_terminal() && !was_terminal {
-                    queue.remove(seq_key(&run.puppet, run.queue_seq))?;
-                }
-                changed.push(run);
-            }
-            Ok(changed)
-        })?;
+                Ok(changed)
+            },
+        )?;
         Ok(changed)
     }
 
+    /// Offers queued runs to their puppet: each takes all the resources it
+    /// needs, or is left queued if one of them lacks capacity now. Returns
+    /// the runs offered. Capacity is checked and taken in the same
+    /// transaction as the offer, so it is never exceeded.
+    pub fn offer_runs(&self, ids: &[String], now: Millis) -> Result<Vec<Run>> {
+        let offered = (&self.runs, &self.resources, &self.resource_usage).transaction(
+            |(runs, resources, usage)| {
+                let mut offered = Vec::new();
+                for id in ids {
+                    let mut run = match load_run(runs, id) {
+                        Ok(Ok(run)) => run,
+                        Ok(Err(e)) => return abort(e),
+                        Err(e) => return Err(e.into()),
+                    };
+                    if !matches!(run.state, RunState::Queued | RunState::Waiting) {
+                        continue;
+                    }
+                    match super::resources::acquire(resources, usage, &run.needs)? {
+                        Ok(()) => {}
+                        Err(_) => continue,
+                    }
+                    run.holds = run.needs.clone();
+                    run.transition(RunState::Offered, now, "offered to its puppet");
+                    runs.insert(id.as_bytes(), encode(&run))?;
+                    offered.push(run);
+                }
+                Ok(offered)
+            },
+        )?;
+        Ok(offered)
+    }
     /// Like [`Store::update_runs`] for one run; returns it whether or not it changed.
     pub fn update_run(&self, id: &str, change: impl Fn(&mut Run) -> Result<bool>) -> Result<Run> {
         let ids = [id.to_string()];

@@ -15,7 +15,7 @@ use crate::domain::Run;
 /// How an append went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
-    /// Bytes of output held after the append.
+    /// Bytes of the current attempt's output held after the append.
     pub committed: u64,
     /// The chunk added nothing (it was all there already).
     pub duplicate: bool,
@@ -45,7 +45,9 @@ impl Store {
             if let Err(e) = check(&run) {
                 return abort(e);
             }
-            let held = run.log_length;
+            // Offsets are the attempt's own; the attempt's output starts at
+            // `log_base` in the run's log.
+            let held = run.log_length - run.log_base;
             let end = offset + data.len() as u64;
             if offset > held {
                 return abort(StoreError::Conflict(format!(
@@ -60,6 +62,7 @@ impl Store {
                     duplicate: true,
                 });
             }
+            let base = run.log_base;
             if run.state.is_terminal() {
                 return abort(StoreError::Conflict(format!(
                     "run {run_id} is {} with {held} bytes of output; nothing can be appended",
@@ -67,8 +70,8 @@ impl Store {
                 )));
             }
             let fresh = &data[(held - offset) as usize..];
-            logs.insert(seq_key(run_id, held), fresh)?;
-            run.log_length = end;
+            logs.insert(seq_key(run_id, base + held), fresh)?;
+            run.log_length = base + end;
             runs.insert(run_id.as_bytes(), encode(&run))?;
             Ok(Appended {
                 committed: end,
@@ -141,6 +144,10 @@ mod tests {
             cancel_requested: false,
             queue_seq: 1,
             duplicate_reports: 0,
+            needs: vec![],
+            holds: vec![],
+            log_base: 0,
+            max_attempts: 1,
         }
     }
 

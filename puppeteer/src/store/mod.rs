@@ -23,6 +23,8 @@
 //! | `users`        | name                         | [`User`]               |
 //! | `api_tokens`   | id                           | [`ApiToken`]           |
 //! | `audit`        | seq(u64 BE)                  | [`AuditEntry`]         |
+//! | `resources`    | name                         | [`Resource`]           |
+//! | `resource_usage`| name                        | capacity held, u32 BE  |
 //!
 //! Durability: every state change is one sled transaction over all the trees
 //! it touches, so a crash never leaves half of it. Sled writes reach disk on a
@@ -33,6 +35,7 @@ mod jobs;
 mod keys;
 mod logs;
 mod puppets;
+mod resources;
 mod tasks;
 mod users;
 
@@ -45,6 +48,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 pub use keys::prefix_of;
 pub use logs::Appended;
 pub use puppets::NewPuppet;
+pub use resources::ResourceUse;
 
 /// The on-disk layout this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 2;
@@ -116,6 +120,8 @@ pub struct Store {
     users: sled::Tree,
     api_tokens: sled::Tree,
     audit: sled::Tree,
+    resources: sled::Tree,
+    resource_usage: sled::Tree,
 }
 
 impl std::fmt::Debug for Store {
@@ -148,6 +154,8 @@ impl Store {
             users: tree("users")?,
             api_tokens: tree("api_tokens")?,
             audit: tree("audit")?,
+            resources: tree("resources")?,
+            resource_usage: tree("resource_usage")?,
             db,
         };
         store.check_schema()?;

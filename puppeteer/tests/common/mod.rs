@@ -108,6 +108,7 @@ impl Admin {
                 name: name.into(),
                 description: String::new(),
                 spec: Some(script_spec(body, timeout)),
+                ..Default::default()
             })
             .await
             .unwrap()

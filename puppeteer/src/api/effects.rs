@@ -1,0 +1,86 @@
+//! What follows a change of runs: waking whoever waits on it, and the
+//! bookkeeping of runs waiting for resources.
+
+use std::collections::HashMap;
+
+use super::AppState;
+use super::error::ApiResult;
+use crate::domain::{Millis, Run, RunState};
+use crate::hub::{job_key, puppet_key, run_key};
+
+impl AppState {
+    /// Wakes the followers of changed runs, and, for runs that no longer hold
+    /// resources, the puppets waiting for those resources.
+    pub fn ended(&self, runs: &[Run]) {
+        for run in runs {
+            self.hub.wake(&run_key(&run.id));
+            self.hub.wake(&job_key(&run.job_id));
+            if !matches!(run.state, RunState::Offered | RunState::Running) {
+                for need in &run.needs {
+                    self.hub.resource_released(&need.name);
+                }
+            }
+            if run.state == RunState::Queued {
+                // A new attempt: its puppet may take it at once.
+                self.hub.wake(&puppet_key(&run.puppet));
+            }
+        }
+    }
+
+    /// Free capacity of the resources these runs need.
+    pub fn available_resources(&self, runs: &[Run]) -> ApiResult<HashMap<String, u32>> {
+        let mut available = HashMap::new();
+        for run in runs {
+            for need in &run.needs {
+                if available.contains_key(&need.name) {
+                    continue;
+                }
+                match self.store.get_resource(&need.name) {
+                    Ok(r) => {
+                        available.insert(
+                            need.name.clone(),
+                            r.resource.capacity.saturating_sub(r.used),
+                        );
+                    }
+                    Err(crate::store::StoreError::NotFound { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(available)
+    }
+
+    /// Records why runs of `puppet` wait for a resource (once per cause, so
+    /// a busy poll loop does not rewrite them), and asks to be woken when the
+    /// resource is released.
+    pub fn note_blocked(
+        &self,
+        puppet: &str,
+        blocked: &[(String, String)],
+        now: Millis,
+    ) -> ApiResult<()> {
+        if blocked.is_empty() {
+            return Ok(());
+        }
+        for (_, resource) in blocked {
+            self.hub.wait_for_resource(resource, puppet);
+        }
+        let ids: Vec<String> = blocked.iter().map(|(id, _)| id.clone()).collect();
+        let changed = self.store.update_runs(&ids, |run| {
+            let Some((_, resource)) = blocked.iter().find(|(id, _)| *id == run.id) else {
+                return Ok(false);
+            };
+            let cause = format!("waiting for resource {resource}");
+            if !matches!(run.state, RunState::Queued | RunState::Waiting) || run.cause == cause {
+                return Ok(false);
+            }
+            run.transition(RunState::Waiting, now, cause);
+            Ok(true)
+        })?;
+        for run in &changed {
+            self.hub.wake(&run_key(&run.id));
+            self.hub.wake(&job_key(&run.job_id));
+        }
+        Ok(())
+    }
+}

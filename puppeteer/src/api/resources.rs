@@ -1,0 +1,172 @@
+//! Admin service over resources (named counting semaphores).
+
+use geppetto_proto::v1 as pb;
+use geppetto_proto::v1::resources_server::Resources;
+use tonic::{Request, Response, Status};
+
+use super::Shared;
+use super::convert::ts;
+use super::error::{ApiError, ApiResult, invalid};
+use crate::domain::{self, Millis, Resource, RunState};
+use crate::store::ResourceUse;
+
+/// The largest capacity a resource may have.
+const MAX_CAPACITY: u32 = 1_000_000;
+
+#[derive(Debug, Clone)]
+pub struct ResourcesApi {
+    state: Shared,
+}
+
+impl ResourcesApi {
+    pub fn new(state: Shared) -> Self {
+        ResourcesApi { state }
+    }
+
+    fn view(&self, r: &ResourceUse) -> ApiResult<pb::Resource> {
+        let mut runs = self.state.store.all_active_runs()?;
+        runs.sort_by_key(|run| run.queue_seq);
+        let mut holders = Vec::new();
+        let mut waiters = Vec::new();
+        for run in &runs {
+            let entry = |count: u32| pb::ResourceHolder {
+                run_id: run.id.clone(),
+                puppet: run.puppet.clone(),
+                job_id: run.job_id.clone(),
+                count,
+            };
+            if let Some(hold) = run.holds.iter().find(|h| h.name == r.resource.name) {
+                holders.push(entry(hold.count));
+            } else if let Some(need) = run.needs.iter().find(|n| n.name == r.resource.name)
+                && matches!(run.state, RunState::Queued | RunState::Waiting)
+            {
+                waiters.push(entry(need.count));
+            }
+        }
+        Ok(pb::Resource {
+            name: r.resource.name.clone(),
+            capacity: r.resource.capacity,
+            used: r.used,
+            holders,
+            waiters,
+            created_at: Some(ts(r.resource.created_at)),
+        })
+    }
+}
+
+fn check_capacity(capacity: u32) -> ApiResult<()> {
+    if capacity == 0 || capacity > MAX_CAPACITY {
+        return Err(invalid(format!(
+            "capacity must be between 1 and {MAX_CAPACITY}"
+        )));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl Resources for ResourcesApi {
+    async fn create_resource(
+        &self,
+        request: Request<pb::CreateResourceRequest>,
+    ) -> Result<Response<pb::Resource>, Status> {
+        let req = request.get_ref().clone();
+        let (audit, caller) = self
+            .state
+            .begin(&request, "Resources/CreateResource", &req.name);
+        let result = caller.and_then(|_| {
+            domain::check_resource_name(&req.name)?;
+            check_capacity(req.capacity)?;
+            let resource = Resource {
+                name: req.name.clone(),
+                capacity: req.capacity,
+                created_at: Millis::now(),
+            };
+            self.state.store.create_resource(&resource)?;
+            self.view(&ResourceUse { resource, used: 0 })
+        });
+        self.state.conclude(audit, result).await.map(Response::new)
+    }
+
+    async fn list_resources(
+        &self,
+        request: Request<pb::ListResourcesRequest>,
+    ) -> Result<Response<pb::ListResourcesResponse>, Status> {
+        self.state.authorize(&request, "Resources/ListResources")?;
+        let resources = self
+            .state
+            .store
+            .list_resources()
+            .map_err(ApiError::from)?
+            .iter()
+            .map(|r| self.view(r))
+            .collect::<ApiResult<_>>()?;
+        Ok(Response::new(pb::ListResourcesResponse { resources }))
+    }
+
+    async fn get_resource(
+        &self,
+        request: Request<pb::GetResourceRequest>,
+    ) -> Result<Response<pb::Resource>, Status> {
+        self.state.authorize(&request, "Resources/GetResource")?;
+        let name = &request.get_ref().name;
+        domain::check_resource_name(name).map_err(ApiError::from)?;
+        let r = self
+            .state
+            .store
+            .get_resource(name)
+            .map_err(ApiError::from)?;
+        Ok(Response::new(self.view(&r)?))
+    }
+
+    async fn update_resource(
+        &self,
+        request: Request<pb::UpdateResourceRequest>,
+    ) -> Result<Response<pb::Resource>, Status> {
+        let req = request.get_ref().clone();
+        let (audit, caller) = self
+            .state
+            .begin(&request, "Resources/UpdateResource", &req.name);
+        let result = caller.and_then(|_| {
+            domain::check_resource_name(&req.name)?;
+            check_capacity(req.capacity)?;
+            let r = self
+                .state
+                .store
+                .set_resource_capacity(&req.name, req.capacity)?;
+            // More room may let waiting runs start.
+            self.state.hub.resource_released(&req.name);
+            self.view(&r)
+        });
+        self.state.conclude(audit, result).await.map(Response::new)
+    }
+
+    async fn remove_resource(
+        &self,
+        request: Request<pb::GetResourceRequest>,
+    ) -> Result<Response<pb::RemoveResourceResponse>, Status> {
+        let name = request.get_ref().name.clone();
+        let (audit, caller) = self
+            .state
+            .begin(&request, "Resources/RemoveResource", &name);
+        let result = caller.and_then(|_| {
+            domain::check_resource_name(&name)?;
+            let users: Vec<String> = self
+                .state
+                .store
+                .list_tasks()?
+                .into_iter()
+                .filter(|t| t.resources.iter().any(|n| n.name == name))
+                .map(|t| t.name)
+                .collect();
+            if !users.is_empty() {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "resource {name} is needed by tasks {}: update them first",
+                    users.join(", ")
+                )));
+            }
+            self.state.store.remove_resource(&name)?;
+            Ok(pb::RemoveResourceResponse {})
+        });
+        self.state.conclude(audit, result).await.map(Response::new)
+    }
+}
