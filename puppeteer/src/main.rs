@@ -122,6 +122,15 @@ fn config_from(args: ServeArgs) -> Result<Config> {
     Ok(config)
 }
 
+/// Prints a line for the operator; a closed stdout (a detached daemon, a
+/// reader gone) must not stop the server, so write errors are ignored.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 fn renew(args: RenewArgs) -> Result<()> {
     let data_dir = args
         .data_dir
@@ -171,34 +180,34 @@ async fn run(cli: Cli) -> Result<()> {
     let running = puppeteer::start(config).await?;
     let url = running.url(insecure);
     if running.created_tls {
-        println!(
+        say!(
             "Created a local CA and a server certificate in {}",
             data_dir.join("tls").display()
         );
     }
     if running.new_admin_token.is_some() {
-        println!(
+        say!(
             "Created the first admin's API token in {} (mode 0600)",
             running.admin_token_file.display()
         );
     }
-    println!("puppeteer listening on {url} (gRPC and gRPC-web)");
+    say!("puppeteer listening on {url} (gRPC and gRPC-web)");
     let ca = running
         .ca_file
         .as_ref()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "<your CA file>".into());
-    println!("Connect the CLI with:");
-    println!("  export GEPPETTO_SERVER={url}");
+    say!("Connect the CLI with:");
+    say!("  export GEPPETTO_SERVER={url}");
     if !insecure {
-        println!("  export GEPPETTO_CA={ca}");
+        say!("  export GEPPETTO_CA={ca}");
     }
-    println!(
+    say!(
         "  export GEPPETTO_TOKEN=$(cat {})",
         running.admin_token_file.display()
     );
-    println!("Enroll a puppet with: geppetto enroll-tokens create, then");
-    println!("  puppet run --server {url} --ca {ca} --enroll-token TOKEN --state-dir DIR");
+    say!("Enroll a puppet with: geppetto enroll-tokens create, then");
+    say!("  puppet run --server {url} --ca {ca} --enroll-token TOKEN --state-dir DIR");
 
     let shutdown = running.shutdown_token();
     let signals = async {

@@ -72,6 +72,7 @@ impl TestServer {
 
 #[derive(Clone)]
 pub struct Admin {
+    pub channel: Channel,
     pub puppets: PuppetsClient<Channel>,
     pub tokens: EnrollTokensClient<Channel>,
     pub tasks: TasksClient<Channel>,
@@ -82,6 +83,7 @@ pub struct Admin {
 impl Admin {
     pub fn new(channel: Channel) -> Self {
         Admin {
+            channel: channel.clone(),
             puppets: PuppetsClient::new(channel.clone()),
             tokens: EnrollTokensClient::new(channel.clone()),
             tasks: TasksClient::new(channel.clone()),
@@ -262,6 +264,41 @@ impl RealPuppet {
     pub async fn stop(self) {
         self.shutdown.cancel();
         self.task.await.unwrap().unwrap();
+    }
+
+    /// Kills the agent as `kill -9` would: no goodbye, no report. (Child
+    /// processes it started live on; the test kills them.)
+    pub async fn kill(self) -> tempfile::TempDir {
+        self.task.abort();
+        let _ = self.task.await;
+        self.state_dir
+    }
+}
+
+impl Admin {
+    pub async fn resource(&mut self, name: &str, capacity: u32) {
+        geppetto_proto::v1::resources_client::ResourcesClient::new(self.channel.clone())
+            .create_resource(pb::CreateResourceRequest {
+                name: name.into(),
+                capacity,
+            })
+            .await
+            .unwrap();
+    }
+
+    pub async fn task_needing(&mut self, name: &str, body: &str, resource: &str) {
+        self.tasks
+            .create_task(pb::CreateTaskRequest {
+                name: name.into(),
+                spec: Some(script_spec(body, Duration::from_secs(300))),
+                resources: vec![pb::ResourceNeed {
+                    name: resource.into(),
+                    count: 1,
+                }],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
     }
 }
 
