@@ -62,8 +62,25 @@ echo "==> Starting the puppeteer on https://localhost:$PORT (data in $QS/puppete
 "$BIN/puppeteer" serve --data-dir "$QS/puppeteer" --listen "127.0.0.1:$PORT" \
     >"$QS/puppeteer.log" 2>&1 &
 echo $! >"$QS/puppeteer.pid"
-if ! wait_for "the puppeteer to listen" 30 grep -q "listening on" "$QS/puppeteer.log"; then
-    tail -20 "$QS/puppeteer.log" >&2
+listening() {
+    grep -q "listening on" "$QS/puppeteer.log" && return 0
+    # Gone already: no point in waiting.
+    kill -0 "$(cat "$QS/puppeteer.pid")" 2>/dev/null || return 2
+    return 1
+}
+for _ in $(seq 1 300); do
+    status=0
+    listening || status=$?
+    [ $status -ne 1 ] && break
+    sleep 0.1
+done
+if [ $status -ne 0 ]; then
+    echo "quickstart: the puppeteer did not start:" >&2
+    tail -5 "$QS/puppeteer.log" >&2
+    if grep -q "schema version" "$QS/puppeteer.log"; then
+        echo "quickstart: $QS was made by an older version; remove it and run again." >&2
+    fi
+    rm -f "$QS/puppeteer.pid"
     exit 1
 fi
 

@@ -9,6 +9,7 @@ use geppetto_proto::v1::audit_client::AuditClient;
 use geppetto_proto::v1::enroll_tokens_client::EnrollTokensClient;
 use geppetto_proto::v1::jobs_client::JobsClient;
 use geppetto_proto::v1::puppets_client::PuppetsClient;
+use geppetto_proto::v1::resources_client::ResourcesClient;
 use geppetto_proto::v1::runs_client::RunsClient;
 use geppetto_proto::v1::tasks_client::TasksClient;
 use geppetto_proto::v1::tokens_client::TokensClient;
@@ -89,6 +90,10 @@ impl Api {
 
     pub fn audit(&self) -> AuditClient<Channel> {
         AuditClient::new(self.channel.clone())
+    }
+
+    pub fn resources(&self) -> ResourcesClient<Channel> {
+        ResourcesClient::new(self.channel.clone())
     }
 
     /// Awaits a unary call (or the opening of a stream) within

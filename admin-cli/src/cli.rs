@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::Secret;
-use crate::parse::{parse_duration, parse_kv, parse_kv_list, parse_token_id};
+use crate::parse::{parse_duration, parse_kv, parse_kv_list, parse_resource_need, parse_token_id};
 
 const TOUR: &str = "\
 Connection settings come from flags, then the environment (GEPPETTO_SERVER, GEPPETTO_CA,
@@ -41,6 +41,12 @@ A short tour:
   geppetto jobs show \"$JOB\"
   geppetto logs \"$JOB\" --puppet web-1
   geppetto logs run-... --follow
+
+  # Let at most one run at a time use the Lyon uplink: runs of tasks that need it
+  # wait for it (`runs show` says why); lost or interrupted runs are tried again.
+  geppetto resources create uplink-lyon --capacity 1
+  geppetto tasks create upgrade --script upgrade.sh --resource uplink-lyon --retries 2
+  geppetto resources show uplink-lyon
 
   # Give a colleague an account and a token of their own; see who did what.
   geppetto users add alice --role operator
@@ -137,6 +143,10 @@ pub enum Command {
     Runs(RunsCommand),
     /// Writes a run's output to stdout, byte for byte
     Logs(LogsArgs),
+    /// Named capacities runs hold while they run (e.g. a link, a licence): create,
+    /// list, show holders and waiters, resize, remove
+    #[command(subcommand)]
+    Resources(ResourcesCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -306,9 +316,9 @@ pub struct AuditArgs {
 #[derive(Debug, Subcommand)]
 pub enum TasksCommand {
     /// Creates a task (version 1)
-    Create(CreateTaskArgs),
+    Create(Box<CreateTaskArgs>),
     /// Makes a new version of a task; options not given keep their current value
-    Update(UpdateTaskArgs),
+    Update(Box<UpdateTaskArgs>),
     /// Lists the latest version of each task
     List,
     /// Shows a task
@@ -365,6 +375,18 @@ pub struct SpecArgs {
     /// What the task does
     #[arg(long, value_name = "TEXT")]
     pub description: Option<String>,
+    /// Resource a run holds while it runs, as NAME or NAME:COUNT (repeatable; COUNT
+    /// defaults to 1). A run takes all its resources at once or waits. On update, adds
+    /// the resource or changes its count; the others are kept
+    #[arg(long = "resource", value_parser = parse_resource_need, value_name = "NAME[:COUNT]")]
+    pub resources: Vec<(String, u32)>,
+    /// New attempts of a run that is lost, interrupted or timed out [default on create: 0]
+    #[arg(long, value_name = "N")]
+    pub retries: Option<u32>,
+    /// Label selector of the puppets the task is valid for, e.g. "os=debian": a job
+    /// makes no run on other puppets. On update, '' accepts any puppet again
+    #[arg(long, value_name = "SELECTOR")]
+    pub requires: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -389,6 +411,9 @@ pub struct UpdateTaskArgs {
     /// Environment variable to remove (repeatable)
     #[arg(long, value_name = "KEY")]
     pub unset_env: Vec<String>,
+    /// Remove every resource of the task (with --resource: replace them by those given)
+    #[arg(long)]
+    pub no_resources: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -445,6 +470,33 @@ pub enum RunsCommand {
     },
     /// Cancels a run; a running one is killed on its puppet
     Cancel { run: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ResourcesCommand {
+    /// Creates a resource: a named capacity that runs of the tasks needing it hold
+    /// while they are offered or running
+    Create {
+        /// 1-63 of [a-z0-9._-], starting with a letter or digit
+        name: String,
+        /// How much of it runs may hold at once, e.g. 1 for one run at a time
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        capacity: u32,
+    },
+    /// Lists resources with their capacity, use, holders and waiters
+    List,
+    /// Shows a resource, the runs holding it and those waiting for it, in order
+    Show { name: String },
+    /// Changes the capacity; lowering it stops nothing running, new runs wait
+    /// until enough is released
+    Update {
+        name: String,
+        /// The new capacity
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        capacity: u32,
+    },
+    /// Removes a resource; refused while it is held or a task needs it
+    Remove { name: String },
 }
 
 #[derive(Debug, Args)]
@@ -685,6 +737,110 @@ mod tests {
             assert!(check(&cli.command), "{word}");
             let err = Cli::try_parse_from(["geppetto", "puppets", word]).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{word} needs a name");
+        }
+    }
+
+    #[test]
+    fn tasks_take_resources_retries_and_requires() {
+        let cli = Cli::try_parse_from([
+            "geppetto",
+            "tasks",
+            "create",
+            "upgrade",
+            "--command",
+            "x",
+            "--resource",
+            "uplink-lyon",
+            "--resource",
+            "db:2",
+            "--retries",
+            "2",
+            "--requires",
+            "os=debian",
+        ])
+        .unwrap();
+        let Command::Tasks(TasksCommand::Create(args)) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(
+            args.spec.resources,
+            vec![("uplink-lyon".to_string(), 1), ("db".into(), 2)]
+        );
+        assert_eq!(args.spec.retries, Some(2));
+        assert_eq!(args.spec.requires.as_deref(), Some("os=debian"));
+
+        for bad in ["uplink:0", ":2", "a:b"] {
+            let err = Cli::try_parse_from([
+                "geppetto",
+                "tasks",
+                "create",
+                "t",
+                "--command",
+                "x",
+                "--resource",
+                bad,
+            ])
+            .unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad}");
+            assert!(err.to_string().contains("invalid resource"), "{err}");
+        }
+
+        let cli =
+            Cli::try_parse_from(["geppetto", "tasks", "update", "t", "--no-resources"]).unwrap();
+        let Command::Tasks(TasksCommand::Update(args)) = cli.command else {
+            panic!("wrong command");
+        };
+        assert!(args.no_resources && args.spec.resources.is_empty());
+        let err = Cli::try_parse_from(["geppetto", "tasks", "create", "t", "--no-resources"])
+            .unwrap_err();
+        assert_eq!(err.exit_code(), 2, "--no-resources is for update only");
+    }
+
+    #[test]
+    fn resources_parse() {
+        let cli = Cli::try_parse_from([
+            "geppetto",
+            "resources",
+            "create",
+            "uplink-lyon",
+            "--capacity",
+            "1",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Resources(ResourcesCommand::Create { name, capacity: 1 }) if name == "uplink-lyon"
+        ));
+        let cli = Cli::try_parse_from([
+            "geppetto",
+            "resources",
+            "update",
+            "uplink-lyon",
+            "--capacity",
+            "3",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Resources(ResourcesCommand::Update { capacity: 3, .. })
+        ));
+        for word in ["show", "remove"] {
+            assert!(Cli::try_parse_from(["geppetto", "resources", word, "r"]).is_ok());
+        }
+        assert!(matches!(
+            Cli::try_parse_from(["geppetto", "resources", "list"])
+                .unwrap()
+                .command,
+            Command::Resources(ResourcesCommand::List)
+        ));
+        for bad in [
+            &["resources", "create", "r"][..],
+            &["resources", "create", "r", "--capacity", "0"],
+            &["resources", "update", "r", "--capacity", "x"],
+            &["resources", "show"],
+        ] {
+            let err = Cli::try_parse_from(["geppetto"].iter().chain(bad)).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad:?}");
         }
     }
 

@@ -47,9 +47,8 @@ pub fn state_cell(word: &str) -> Cell {
     let color = match word {
         "succeeded" | "online" | "enabled" | "active" => Color::Green,
         "failed" | "timed_out" | "lost" | "interrupted" | "offline" | "revoked" => Color::Red,
-        "cancelled" | "skipped" | "late" | "disabled" | "pending" | "expired" | "used_up" => {
-            Color::Yellow
-        }
+        "cancelled" | "skipped" | "late" | "disabled" | "pending" | "expired" | "used_up"
+        | "waiting" => Color::Yellow,
         _ => return cell,
     };
     cell.fg(color)

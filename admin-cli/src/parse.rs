@@ -1,4 +1,5 @@
-//! Parsers of the values operators type: durations, `k=v` pairs, ids.
+//! Parsers of the values operators type: durations, `k=v` pairs, resource
+//! needs, ids.
 //!
 //! Each returns a message that says what was wrong and what is expected, so
 //! clap can print it as a usage error.
@@ -63,6 +64,38 @@ pub fn pairs_to_map(
         map.insert(key, value);
     }
     Ok(map)
+}
+
+/// A resource a task needs, written `NAME` or `NAME:COUNT`: `uplink`,
+/// `uplink:2`. The count defaults to 1 and must be at least 1; the name is
+/// left for the puppeteer to judge beyond being non-empty and unspaced.
+pub fn parse_resource_need(s: &str) -> Result<(String, u32), String> {
+    const HOW: &str = "write NAME or NAME:COUNT, e.g. uplink or uplink:2";
+    let (name, count) = match s.trim().split_once(':') {
+        Some((name, count)) => (name.trim(), Some(count.trim())),
+        None => (s.trim(), None),
+    };
+    if name.is_empty() {
+        return Err(format!("invalid resource {s:?}: the name is empty: {HOW}"));
+    }
+    if name.contains(|c: char| c.is_whitespace() || c == ',') {
+        return Err(format!(
+            "invalid resource {s:?}: the name {name:?} holds a space or a comma: {HOW}"
+        ));
+    }
+    let count = match count {
+        None => 1,
+        Some(count) => count.parse::<u32>().map_err(|_| {
+            format!("invalid resource {s:?}: the count {count:?} is not a whole number: {HOW}")
+        })?,
+    };
+    if count == 0 {
+        return Err(format!(
+            "invalid resource {s:?}: the count must be at least 1 (leave the resource out \
+             instead, or remove it with --no-resources)"
+        ));
+    }
+    Ok((name.to_string(), count))
 }
 
 /// The id of an API token (`tok-...`). An enroll token's id (`enr-...`) is
@@ -150,6 +183,38 @@ mod tests {
         assert!(parse_kv_list(",").is_err());
         let twice = pairs_to_map("label", parse_kv_list("a=1,a=2").unwrap()).unwrap_err();
         assert_eq!(twice.to_string(), "label \"a\" is given twice");
+    }
+
+    #[test]
+    fn resource_needs() {
+        assert_eq!(parse_resource_need("uplink").unwrap(), ("uplink".into(), 1));
+        assert_eq!(
+            parse_resource_need("uplink:2").unwrap(),
+            ("uplink".into(), 2)
+        );
+        assert_eq!(
+            parse_resource_need(" db.main-1 : 3 ").unwrap(),
+            ("db.main-1".into(), 3)
+        );
+        let zero = parse_resource_need("uplink:0").unwrap_err();
+        assert!(
+            zero.contains("\"uplink:0\"") && zero.contains("at least 1"),
+            "{zero}"
+        );
+        let nameless = parse_resource_need(":2").unwrap_err();
+        assert!(
+            nameless.contains("\":2\"") && nameless.contains("name is empty"),
+            "{nameless}"
+        );
+        let countless = parse_resource_need("a:b").unwrap_err();
+        assert!(
+            countless.contains("\"a:b\"") && countless.contains("not a whole number"),
+            "{countless}"
+        );
+        assert!(countless.contains("NAME:COUNT"), "{countless}");
+        for bad in ["", "a:", "a:-1", "a:1:2", "a b:1", "a:99999999999"] {
+            assert!(parse_resource_need(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -374,8 +374,44 @@ pub struct TaskView {
     pub timeout_seconds: Option<f64>,
     pub env: BTreeMap<String, String>,
     pub workdir: Option<String>,
+    /// What a run holds while it runs, in the task's order.
+    pub resources: Vec<ResourceNeedView>,
+    /// New attempts of a run that is lost, interrupted or timed out.
+    pub retries: u32,
+    /// Selector of the puppets the task is valid for; `null`: any puppet.
+    pub requires: Option<String>,
     pub created_at: Option<String>,
     pub updated_at: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ResourceNeedView {
+    pub name: String,
+    pub count: u32,
+}
+
+impl From<&pb::ResourceNeed> for ResourceNeedView {
+    fn from(n: &pb::ResourceNeed) -> Self {
+        ResourceNeedView {
+            name: n.name.clone(),
+            count: n.count,
+        }
+    }
+}
+
+/// `uplink-lyon, db:2`: needs as `--resource` takes them, or `-`.
+pub fn needs_line(needs: &[pb::ResourceNeed]) -> String {
+    if needs.is_empty() {
+        return "-".into();
+    }
+    needs
+        .iter()
+        .map(|n| match n.count {
+            1 => n.name.clone(),
+            count => format!("{}:{count}", n.name),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl From<&pb::Task> for TaskView {
@@ -389,6 +425,9 @@ impl From<&pb::Task> for TaskView {
             timeout_seconds: seconds(spec.timeout.as_ref()),
             env: sorted(&spec.env),
             workdir: non_empty(&spec.workdir),
+            resources: t.resources.iter().map(ResourceNeedView::from).collect(),
+            retries: t.retries,
+            requires: non_empty(&t.requires),
             created_at: rfc3339(t.created_at.as_ref()),
             updated_at: rfc3339(t.updated_at.as_ref()),
         }
@@ -564,6 +603,53 @@ impl From<&pb::RunTransition> for TransitionView {
     }
 }
 
+#[derive(Debug, Serialize)]
+pub struct ResourceView {
+    pub name: String,
+    pub capacity: u32,
+    /// Capacity held now.
+    pub used: u32,
+    /// Runs holding some of it.
+    pub holders: Vec<ResourceHolderView>,
+    /// Runs waiting for it, in the order they will be served.
+    pub waiters: Vec<ResourceHolderView>,
+    pub created_at: Option<String>,
+}
+
+impl From<&pb::Resource> for ResourceView {
+    fn from(r: &pb::Resource) -> Self {
+        ResourceView {
+            name: r.name.clone(),
+            capacity: r.capacity,
+            used: r.used,
+            holders: r.holders.iter().map(ResourceHolderView::from).collect(),
+            waiters: r.waiters.iter().map(ResourceHolderView::from).collect(),
+            created_at: rfc3339(r.created_at.as_ref()),
+        }
+    }
+}
+
+/// A run holding (or waiting for) some of a resource.
+#[derive(Debug, Serialize)]
+pub struct ResourceHolderView {
+    pub run_id: String,
+    pub puppet: String,
+    pub job_id: String,
+    /// How much of the capacity it holds (or waits for).
+    pub count: u32,
+}
+
+impl From<&pb::ResourceHolder> for ResourceHolderView {
+    fn from(h: &pb::ResourceHolder) -> Self {
+        ResourceHolderView {
+            run_id: h.run_id.clone(),
+            puppet: h.puppet.clone(),
+            job_id: h.job_id.clone(),
+            count: h.count,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -605,6 +691,7 @@ mod tests {
                 },
             ],
             counts: Default::default(),
+            ..Default::default()
         };
         let value = serde_json::to_value(JobView::from(&job)).unwrap();
         assert_eq!(
@@ -674,9 +761,102 @@ mod tests {
     }
 
     #[test]
+    fn task_json_has_resources_retries_and_requires() {
+        let task = pb::Task {
+            name: "upgrade".into(),
+            version: 3,
+            resources: vec![
+                pb::ResourceNeed {
+                    name: "uplink-lyon".into(),
+                    count: 1,
+                },
+                pb::ResourceNeed {
+                    name: "db".into(),
+                    count: 2,
+                },
+            ],
+            retries: 2,
+            requires: "os=debian".into(),
+            ..Default::default()
+        };
+        let value = serde_json::to_value(TaskView::from(&task)).unwrap();
+        assert_eq!(
+            value["resources"],
+            json!([{"name": "uplink-lyon", "count": 1}, {"name": "db", "count": 2}])
+        );
+        assert_eq!(value["retries"], 2);
+        assert_eq!(value["requires"], "os=debian");
+        assert_eq!(needs_line(&task.resources), "uplink-lyon, db:2");
+
+        let plain = pb::Task {
+            name: "t".into(),
+            ..Default::default()
+        };
+        let value = serde_json::to_value(TaskView::from(&plain)).unwrap();
+        assert_eq!(value["resources"], json!([]));
+        assert_eq!(value["retries"], 0);
+        assert_eq!(value["requires"], serde_json::Value::Null);
+        assert_eq!(needs_line(&plain.resources), "-");
+    }
+
+    #[test]
+    fn resource_json() {
+        let holder = |run: &str, puppet: &str, count| pb::ResourceHolder {
+            run_id: run.into(),
+            puppet: puppet.into(),
+            job_id: "job-1".into(),
+            count,
+        };
+        let resource = pb::Resource {
+            name: "uplink-lyon".into(),
+            capacity: 2,
+            used: 2,
+            holders: vec![holder("run-a", "web-1", 2)],
+            waiters: vec![holder("run-b", "web-2", 1), holder("run-c", "web-3", 2)],
+            created_at: ts(1_700_000_000),
+        };
+        assert_eq!(
+            serde_json::to_value(ResourceView::from(&resource)).unwrap(),
+            json!({
+                "name": "uplink-lyon",
+                "capacity": 2,
+                "used": 2,
+                "holders": [
+                    {"run_id": "run-a", "puppet": "web-1", "job_id": "job-1", "count": 2},
+                ],
+                "waiters": [
+                    {"run_id": "run-b", "puppet": "web-2", "job_id": "job-1", "count": 1},
+                    {"run_id": "run-c", "puppet": "web-3", "job_id": "job-1", "count": 2},
+                ],
+                "created_at": "2023-11-14T22:13:20Z",
+            })
+        );
+    }
+
+    #[test]
+    fn run_json_shows_waiting_and_attempts() {
+        let run = pb::Run {
+            id: "run-a".into(),
+            state: pb::RunState::Waiting as i32,
+            attempt: 2,
+            cause: "waiting for resource uplink-lyon".into(),
+            ..Default::default()
+        };
+        let value = serde_json::to_value(RunView::from(&run)).unwrap();
+        assert_eq!(value["state"], "waiting");
+        assert_eq!(value["attempt"], 2);
+        assert_eq!(value["cause"], "waiting for resource uplink-lyon");
+        assert_eq!(value["outcome"], serde_json::Value::Null);
+    }
+
+    #[test]
     fn enum_words() {
         assert_eq!(run_state(pb::RunState::TimedOut as i32), "timed_out");
         assert_eq!(run_state(99), "unknown_99");
+        assert_eq!(run_state(pb::RunState::Waiting as i32), "waiting");
+        assert_eq!(run_state(pb::RunState::Lost as i32), "lost");
+        assert!(run_finished(pb::RunState::Lost as i32));
+        assert!(!run_finished(pb::RunState::Waiting as i32));
         assert_eq!(presence(pb::Presence::Online as i32), "online");
         assert_eq!(puppet_state(pb::PuppetState::Pending as i32), "pending");
         assert_eq!(outcome(pb::Outcome::StartFailed as i32), "start_failed");

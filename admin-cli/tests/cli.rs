@@ -23,6 +23,7 @@ fn help_lists_the_command_groups() {
         "jobs",
         "runs",
         "logs",
+        "resources",
     ] {
         assert!(
             out.contains(group),
@@ -32,6 +33,16 @@ fn help_lists_the_command_groups() {
     assert!(out.contains("A short tour"), "{out}");
     assert!(out.contains("--auto-approve"), "{out}");
     assert!(out.contains("puppets approve"), "{out}");
+    assert!(
+        out.contains("geppetto resources create uplink-lyon --capacity 1"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "geppetto tasks create upgrade --script upgrade.sh --resource uplink-lyon --retries 2"
+        ),
+        "{out}"
+    );
 }
 
 /// The words each group's --help lists as its subcommands.
@@ -64,6 +75,28 @@ fn new_groups_list_their_commands() {
             "revoke",
         ],
     );
+    subcommands_listed("resources", &["create", "list", "show", "update", "remove"]);
+}
+
+#[test]
+fn help_texts_of_resources_and_retries() {
+    let help = |args: &[&str]| {
+        let assert = geppetto().args(args).arg("--help").assert().success();
+        String::from_utf8_lossy(&assert.get_output().stdout).to_string()
+    };
+    for path in [&["tasks", "create"][..], &["tasks", "update"]] {
+        let out = help(path);
+        for flag in ["--resource <NAME[:COUNT]>", "--retries", "--requires"] {
+            assert!(out.contains(flag), "{path:?} --help lacks {flag}:\n{out}");
+        }
+    }
+    let update = help(&["tasks", "update"]);
+    assert!(update.contains("--no-resources"), "{update}");
+    assert!(!help(&["tasks", "create"]).contains("--no-resources"));
+    for path in [&["resources", "create"][..], &["resources", "update"]] {
+        let out = help(path);
+        assert!(out.contains("--capacity"), "{out}");
+    }
 }
 
 #[test]
@@ -117,6 +150,11 @@ fn every_command_has_help() {
         &["jobs", "watch"],
         &["runs", "list"],
         &["logs"],
+        &["resources", "create"],
+        &["resources", "list"],
+        &["resources", "show"],
+        &["resources", "update"],
+        &["resources", "remove"],
     ] {
         geppetto()
             .args(path)
@@ -159,6 +197,20 @@ fn usage_errors_exit_2() {
         .assert()
         .code(2)
         .stderr(predicate::str::contains("write key=value"));
+    for bad in ["uplink:0", ":2", "a:b"] {
+        geppetto()
+            .args(["tasks", "create", "t", "--command", "x", "--resource", bad])
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains(format!(
+                "invalid resource \"{bad}\""
+            )));
+    }
+    geppetto()
+        .args(["resources", "create", "uplink", "--capacity", "0"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::starts_with("error:"));
 }
 
 #[test]

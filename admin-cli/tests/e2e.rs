@@ -540,3 +540,142 @@ fn bad_input_is_one_error_line_and_changes_nothing() {
     assert_eq!(live.json(&["jobs", "list"]), jobs_before);
     assert_eq!(names(&tasks_before), ["hello"]);
 }
+
+#[test]
+fn a_resource_of_capacity_one_serialises_runs() {
+    let mut live = Live::start();
+    with_puppets(&mut live, &["p1", "p2"]);
+
+    let created = live.json(&["resources", "create", "uplink-lyon", "--capacity", "1"]);
+    assert_eq!(created["name"], "uplink-lyon");
+    assert_eq!(
+        (created["capacity"].as_u64(), created["used"].as_u64()),
+        (Some(1), Some(0))
+    );
+    let script = live.path("upgrade.sh");
+    std::fs::write(&script, "sleep 1\necho upgraded\n").unwrap();
+    live.ok(&[
+        "tasks",
+        "create",
+        "upgrade",
+        "--script",
+        script.to_str().unwrap(),
+        "--resource",
+        "uplink-lyon",
+        "--retries",
+        "2",
+    ]);
+    let task = live.json(&["tasks", "show", "upgrade"]);
+    assert_eq!(
+        task["resources"],
+        serde_json::json!([{"name": "uplink-lyon", "count": 1}]),
+        "{task}"
+    );
+    assert_eq!(task["retries"], 2, "{task}");
+    let shown = live.ok(&["tasks", "show", "upgrade"]);
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.trim_start().starts_with("resources:") && l.contains("uplink-lyon")),
+        "{shown}"
+    );
+
+    // Both puppets want the uplink: one runs, the other waits, then runs.
+    let waited = live
+        .cli()
+        .args([
+            "jobs", "run", "upgrade", "--puppet", "p1", "--puppet", "p2", "--wait",
+        ])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("2 runs: 2 succeeded"));
+    let stdout = String::from_utf8(waited.get_output().stdout.clone()).unwrap();
+    let job = stdout.lines().next().unwrap().to_string();
+    let runs = live.json(&["runs", "list", "--job", &job]);
+    let runs = runs.as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    let time = |run: &Value, field: &str| {
+        humantime::parse_rfc3339(
+            run[field]
+                .as_str()
+                .unwrap_or_else(|| panic!("{field}: {run}")),
+        )
+        .unwrap()
+    };
+    let (first, second) = if time(&runs[0], "started_at") <= time(&runs[1], "started_at") {
+        (&runs[0], &runs[1])
+    } else {
+        (&runs[1], &runs[0])
+    };
+    for run in [first, second] {
+        assert_eq!(run["state"], "succeeded", "{run}");
+        assert_eq!(run["attempt"], 1, "{run}");
+    }
+    assert!(
+        time(second, "started_at") >= time(first, "finished_at"),
+        "the runs overlapped: {first}\n{second}"
+    );
+    assert!(
+        second["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["state"] == "waiting" && t["cause"] == "waiting for resource uplink-lyon"),
+        "the second run waited for the uplink: {second}"
+    );
+    let shown = live.ok(&["runs", "show", second["id"].as_str().unwrap()]);
+    assert!(
+        shown.contains("waiting for resource uplink-lyon"),
+        "{shown}"
+    );
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.trim_start().starts_with("attempt:") && l.trim_end().ends_with('1')),
+        "{shown}"
+    );
+
+    // Everything was released.
+    let resource = live.json(&["resources", "show", "uplink-lyon"]);
+    assert_eq!(resource["used"], 0, "{resource}");
+    assert_eq!(resource["holders"], serde_json::json!([]), "{resource}");
+    assert_eq!(resource["waiters"], serde_json::json!([]), "{resource}");
+    let table = live.ok(&["resources", "list"]);
+    assert!(table.trim_start().starts_with("NAME"), "{table}");
+    let row: Vec<&str> = table
+        .lines()
+        .find(|l| l.trim_start().starts_with("uplink-lyon"))
+        .unwrap_or_else(|| panic!("no uplink-lyon row:\n{table}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(row, ["uplink-lyon", "1", "0", "0", "0"], "{table}");
+    let shown = live.ok(&["resources", "show", "uplink-lyon"]);
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.trim_start().starts_with("used:") && l.trim_end().ends_with('0')),
+        "{shown}"
+    );
+
+    // Resizing, and removal once no task needs it.
+    let resized = live.json(&["resources", "update", "uplink-lyon", "--capacity", "2"]);
+    assert_eq!(resized["capacity"], 2, "{resized}");
+    let refused = live
+        .cli()
+        .args(["resources", "remove", "uplink-lyon"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    let updated = live.json(&["tasks", "update", "upgrade", "--no-resources"]);
+    assert_eq!(updated["resources"], serde_json::json!([]), "{updated}");
+    assert_eq!(updated["retries"], 2, "kept: {updated}");
+    live.cli()
+        .args(["resources", "remove", "uplink-lyon"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("removed resource uplink-lyon"));
+    assert_eq!(live.json(&["resources", "list"]), serde_json::json!([]));
+}

@@ -152,6 +152,18 @@ impl Jobs for FakeJobs {
         Err(Status::unimplemented("fake"))
     }
 
+    async fn approve_job(&self, _: Request<pb::ApproveJobRequest>) -> Answer<pb::Job> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn reject_job(&self, _: Request<pb::ApproveJobRequest>) -> Answer<pb::Job> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn retry_job(&self, _: Request<pb::RetryJobRequest>) -> Answer<pb::Job> {
+        Err(Status::unimplemented("fake"))
+    }
+
     type WatchJobStream = Chunks<pb::Job>;
 
     /// "job-1" ends with a failed run; "job-ok" succeeds.

@@ -327,6 +327,57 @@ pub enum Target {
     Puppets(Vec<String>),
 }
 
+/// A count, or a percentage of a job's runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Limit {
+    Count(u32),
+    Percent(u32),
+}
+
+impl Limit {
+    /// The limit for a job of `total` runs: a percentage rounds up, and is
+    /// at least 1.
+    pub fn resolve(self, total: usize) -> usize {
+        match self {
+            Limit::Count(n) => n as usize,
+            Limit::Percent(p) => ((total * p as usize).div_ceil(100)).max(1),
+        }
+    }
+}
+
+/// How a job's runs are rolled out. See `Strategy` in admin.proto.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Strategy {
+    pub max_in_flight: Option<Limit>,
+    pub max_failures: Option<Limit>,
+    pub rolling: bool,
+    pub deadline_ms: Option<u64>,
+    pub offline_wait_ms: Option<u64>,
+    pub after_job: Option<String>,
+    pub per_puppet: bool,
+    pub approval: bool,
+    pub ordered: bool,
+}
+
+/// Where a job stands with its approval gate.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Approval {
+    #[default]
+    NotNeeded,
+    Awaiting,
+    Approved {
+        by: String,
+        at: Millis,
+    },
+    Rejected {
+        by: String,
+        at: Millis,
+    },
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Job {
     pub id: String,
@@ -340,6 +391,13 @@ pub struct Job {
     pub cancelled: bool,
     /// Creation order, for listing newest first.
     pub seq: u64,
+    #[serde(default)]
+    pub strategy: Strategy,
+    #[serde(default)]
+    pub approval: Approval,
+    /// Puppets the target named that got no run, with why.
+    #[serde(default)]
+    pub not_targeted: Vec<(String, String)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

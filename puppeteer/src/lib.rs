@@ -133,6 +133,7 @@ pub async fn start(config: Config) -> Result<Running> {
         auth: Default::default(),
         presences: Default::default(),
         shutdown: shutdown.child_token(),
+        dispatch: Default::default(),
     });
     let task = tokio::spawn(serve(listener, state, tls, shutdown.clone()));
     Ok(Running {

@@ -27,6 +27,7 @@
 //! offered on that same held poll, without waiting for the next one.
 
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use crate::domain::{Job, Millis, Outcome, PuppetState, Run, RunState};
 
@@ -42,6 +43,8 @@ pub struct PollReport<'a> {
     pub freed_during_hold: u32,
     /// Capacity free now, by resource (absent: the resource does not exist).
     pub available: &'a HashMap<String, u32>,
+    /// What each queued run's job says (absent: go).
+    pub gates: &'a HashMap<String, Gate>,
 }
 
 /// What a poll answers.
@@ -87,6 +90,9 @@ pub fn plan_poll(state: PuppetState, active: &[Run], report: &PollReport<'_>) ->
                 plan.cancel.push(run.id.clone());
             }
             RunState::Queued | RunState::Waiting if enabled && free > 0 => {
+                if let Some(Gate::Wait(_) | Gate::Skip(_)) = report.gates.get(&run.id) {
+                    continue;
+                }
                 // A run takes all its resources or none; one that cannot
                 // does not block the runs after it.
                 match lacking(&available, run) {
@@ -112,6 +118,124 @@ pub fn plan_poll(state: PuppetState, active: &[Run], report: &PollReport<'_>) ->
     stale.sort();
     plan.cancel.extend(stale);
     plan
+}
+
+/// Whether a queued run may start now, as far as its job is concerned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Gate {
+    Go,
+    /// Not yet; the cause says what it waits for.
+    Wait(String),
+    /// Never: the run is skipped with this cause.
+    Skip(String),
+}
+
+/// The job a gate is decided for, with what it depends on.
+#[derive(Debug)]
+pub struct JobView<'a> {
+    pub job: &'a Job,
+    pub runs: &'a [Run],
+    /// The job named by `after`, with its runs.
+    pub upstream: Option<(&'a Job, &'a [Run])>,
+}
+
+/// Failed in the sense of max-failures and rollouts.
+fn failed(state: RunState) -> bool {
+    matches!(
+        state,
+        RunState::Failed | RunState::TimedOut | RunState::Lost | RunState::Interrupted
+    )
+}
+
+/// Decides whether `run` (queued or waiting) may start now. `silent_for` is
+/// how long its puppet has not polled (`None` while a poll is held).
+///
+/// The rules, in order: approval, deadline, offline bypass, failures
+/// (max-failures, or a failed rolling step), dependency, rolling turn,
+/// max-in-flight.
+pub fn gate(view: &JobView<'_>, run: &Run, now: Millis, silent_for: Option<Duration>) -> Gate {
+    use crate::domain::Approval;
+    let job = view.job;
+    let strategy = &job.strategy;
+    match &job.approval {
+        Approval::Awaiting => return Gate::Wait("waiting for approval".into()),
+        Approval::Rejected { by, .. } => {
+            return Gate::Skip(format!("the job was rejected by {by}"));
+        }
+        Approval::NotNeeded | Approval::Approved { .. } => {}
+    }
+    if let Some(deadline) = strategy.deadline_ms
+        && now.since(job.created_at) > Duration::from_millis(deadline)
+    {
+        return Gate::Skip(format!(
+            "deadline passed: not started within {}",
+            humantime::format_duration(Duration::from_millis(deadline))
+        ));
+    }
+    if let (Some(wait), Some(silent)) = (strategy.offline_wait_ms, silent_for)
+        && silent > Duration::from_millis(wait)
+    {
+        return Gate::Skip(format!(
+            "offline: its puppet has not polled for {}",
+            humantime::format_duration(Duration::from_secs(silent.as_secs()))
+        ));
+    }
+    let failures = view.runs.iter().filter(|r| failed(r.state)).count();
+    match strategy.max_failures {
+        Some(limit) if failures >= limit.resolve(view.runs.len()) => {
+            return Gate::Skip(format!("max failures reached ({failures})"));
+        }
+        None if strategy.rolling && failures > 0 => {
+            return Gate::Skip("the rollout stopped after a failure".into());
+        }
+        _ => {}
+    }
+    if let Some((upstream, upstream_runs)) = view.upstream {
+        let id = &upstream.id;
+        if strategy.per_puppet {
+            match upstream_runs.iter().find(|r| r.puppet == run.puppet) {
+                None => return Gate::Skip(format!("dependency {id} has no run on this puppet")),
+                Some(r) if r.state == RunState::Succeeded => {}
+                Some(r) if r.state.is_terminal() => {
+                    return Gate::Skip(format!("dependency failed: {id} was {} here", r.state));
+                }
+                Some(_) => return Gate::Wait(format!("waiting for dependency {id}")),
+            }
+        } else {
+            match job_state(upstream, upstream_runs) {
+                JobState::Succeeded => {}
+                JobState::Running | JobState::AwaitingApproval => {
+                    return Gate::Wait(format!("waiting for dependency {id}"));
+                }
+                JobState::Failed | JobState::Cancelled => {
+                    return Gate::Skip(format!("dependency failed: {id} did not succeed"));
+                }
+            }
+        }
+    }
+    if strategy.rolling {
+        let mut order: Vec<&Run> = view.runs.iter().collect();
+        order.sort_by(|a, b| a.puppet.cmp(&b.puppet));
+        let before = order.iter().take_while(|r| r.id != run.id);
+        if let Some(current) = before.into_iter().find(|r| !r.state.is_terminal()) {
+            return Gate::Wait(format!(
+                "waiting for its turn (rolling; now {})",
+                current.puppet
+            ));
+        }
+    }
+    let in_flight = view
+        .runs
+        .iter()
+        .filter(|r| matches!(r.state, RunState::Offered | RunState::Running))
+        .count();
+    if let Some(limit) = strategy.max_in_flight {
+        let limit = limit.resolve(view.runs.len());
+        if in_flight >= limit {
+            return Gate::Wait(format!("waiting: {in_flight} runs in flight (max {limit})"));
+        }
+    }
+    Gate::Go
 }
 
 /// The first resource the run needs that lacks capacity now.
@@ -159,6 +283,7 @@ pub fn finished_state(outcome: Outcome, exit_code: i32) -> RunState {
 /// A job's overall state, from its runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum JobState {
+    AwaitingApproval,
     Running,
     Succeeded,
     Failed,
@@ -166,7 +291,9 @@ pub enum JobState {
 }
 
 pub fn job_state(job: &Job, runs: &[Run]) -> JobState {
-    if runs.iter().any(|r| !r.state.is_terminal()) {
+    if job.approval == crate::domain::Approval::Awaiting && !job.cancelled {
+        JobState::AwaitingApproval
+    } else if runs.iter().any(|r| !r.state.is_terminal()) {
         JobState::Running
     } else if job.cancelled {
         JobState::Cancelled
@@ -225,6 +352,7 @@ mod tests {
             finishing: &finishing,
             freed_during_hold: 0,
             available: &HashMap::new(),
+            gates: &HashMap::new(),
         };
         let plan = plan_poll(PuppetState::Enabled, &active, &report);
         assert_eq!(plan.offer, vec!["a"]);
@@ -242,6 +370,7 @@ mod tests {
             finishing: &finishing,
             freed_during_hold: 0,
             available: &no_resources,
+            gates: &HashMap::new(),
         };
         assert_eq!(
             plan_poll(PuppetState::Enabled, &active, &report),
@@ -266,6 +395,7 @@ mod tests {
             finishing: &finishing,
             freed_during_hold: 0,
             available: &HashMap::new(),
+            gates: &HashMap::new(),
         };
         let plan = plan_poll(PuppetState::Enabled, &active, &report);
         assert_eq!(plan.redeliver, vec!["a"]);
@@ -293,6 +423,7 @@ mod tests {
             finishing: &finishing,
             freed_during_hold: 0,
             available: &HashMap::new(),
+            gates: &HashMap::new(),
         };
         let plan = plan_poll(PuppetState::Enabled, &active, &report);
         assert_eq!(plan.interrupted, vec!["a"]);
@@ -310,6 +441,7 @@ mod tests {
             finishing: &finishing,
             freed_during_hold: 0,
             available: &HashMap::new(),
+            gates: &HashMap::new(),
         };
         let plan = plan_poll(PuppetState::Enabled, &[a.clone()], &report);
         assert_eq!(plan.cancel, vec!["a", "zombie"]);
@@ -333,6 +465,7 @@ mod tests {
             finishing: &finishing,
             freed_during_hold: 0,
             available: &HashMap::new(),
+            gates: &HashMap::new(),
         };
         assert_eq!(
             plan_poll(PuppetState::Disabled, &active, &report),
@@ -360,6 +493,7 @@ mod tests {
             finishing: &finishing,
             freed_during_hold: 0,
             available: &available,
+            gates: &HashMap::new(),
         };
         let plan = plan_poll(PuppetState::Enabled, &active, &report);
         assert_eq!(plan.offer, vec!["b"]);
@@ -381,6 +515,7 @@ mod tests {
             finishing: &finishing,
             freed_during_hold: 0,
             available: &available,
+            gates: &HashMap::new(),
         };
         let plan = plan_poll(PuppetState::Enabled, &active, &report);
         assert_eq!(plan.offer, vec!["a"]);

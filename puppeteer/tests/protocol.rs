@@ -422,6 +422,7 @@ async fn bad_input_gets_the_right_status_and_changes_nothing() {
             target: Some(pb::Target {
                 kind: Some(pb::target::Kind::Selector("os=debian,,env=x".into())),
             }),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -534,6 +535,7 @@ impl RunOnErr for common::Admin {
                         names: puppets.iter().map(|s| s.to_string()).collect(),
                     })),
                 }),
+                ..Default::default()
             })
             .await
             .unwrap_err()

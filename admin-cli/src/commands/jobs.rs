@@ -52,6 +52,7 @@ async fn launch(api: &Api, args: RunJobArgs, format: Format) -> Result<(), Error
         task_name: args.task,
         task_version: args.version.unwrap_or(0),
         target: Some(pb::Target { kind: Some(target) }),
+        strategy: None,
     };
     let job = api.call(api.jobs().create_job(request(req))).await?;
     if !args.wait {

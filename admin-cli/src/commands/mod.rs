@@ -7,6 +7,7 @@ pub mod enroll_tokens;
 pub mod jobs;
 pub mod logs;
 pub mod puppets;
+pub mod resources;
 pub mod runs;
 pub mod tasks;
 pub mod tokens;
@@ -30,5 +31,6 @@ pub async fn dispatch(api: &Api, command: Command, format: Format) -> Result<(),
         Command::Jobs(c) => jobs::run(api, c, format).await,
         Command::Runs(c) => runs::run(api, c, format).await,
         Command::Logs(args) => logs::run(api, args).await,
+        Command::Resources(c) => resources::run(api, c, format).await,
     }
 }

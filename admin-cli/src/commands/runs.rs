@@ -60,7 +60,7 @@ fn print_list(runs: &[pb::Run], format: Format) -> Result<(), Error> {
         return output::print_json(&views);
     }
     let mut table = output::table([
-        "RUN", "JOB", "PUPPET", "TASK", "STATE", "EXIT", "CREATED", "CAUSE",
+        "RUN", "JOB", "PUPPET", "TASK", "STATE", "ATTEMPT", "EXIT", "CREATED", "CAUSE",
     ]);
     for (view, run) in views.iter().zip(runs) {
         table.add_row(vec![
@@ -69,6 +69,7 @@ fn print_list(runs: &[pb::Run], format: Format) -> Result<(), Error> {
             Cell::new(&view.puppet),
             Cell::new(format!("{} v{}", view.task_name, view.task_version)),
             output::state_cell(&view.state),
+            Cell::new(view.attempt),
             Cell::new(ending(view)),
             Cell::new(output::ago(run.created_at.as_ref())),
             Cell::new(&view.cause),

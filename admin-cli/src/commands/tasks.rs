@@ -7,12 +7,12 @@ use crate::cli::{CreateTaskArgs, Format, ProgramArgs, TasksCommand, UpdateTaskAr
 use crate::error::Error;
 use crate::output::{self, Cell};
 use crate::parse::pairs_to_map;
-use crate::views::TaskView;
+use crate::views::{self, TaskView};
 
 pub async fn run(api: &Api, command: TasksCommand, format: Format) -> Result<(), Error> {
     match command {
         TasksCommand::Create(args) => {
-            let req = create_request(args)?;
+            let req = create_request(*args)?;
             let task = api.call(api.tasks().create_task(request(req))).await?;
             print_one(&task, format)
         }
@@ -22,7 +22,7 @@ pub async fn run(api: &Api, command: TasksCommand, format: Format) -> Result<(),
                 version: 0,
             };
             let current = api.call(api.tasks().get_task(request(get))).await?;
-            let req = update_request(args, &current)?;
+            let req = update_request(*args, &current)?;
             let task = api.call(api.tasks().update_task(request(req))).await?;
             print_one(&task, format)
         }
@@ -96,6 +96,20 @@ fn duration(d: std::time::Duration) -> Result<prost_types::Duration, Error> {
     prost_types::Duration::try_from(d).map_err(|_| Error::Usage("--timeout is too long".into()))
 }
 
+/// The needs of `--resource` options, refusing a resource given twice.
+fn needs(resources: Vec<(String, u32)>) -> Result<Vec<pb::ResourceNeed>, Error> {
+    let mut needs: Vec<pb::ResourceNeed> = Vec::with_capacity(resources.len());
+    for (name, count) in resources {
+        if needs.iter().any(|n| n.name == name) {
+            return Err(Error::Usage(format!(
+                "resource {name:?} is given twice: give it once, with the count wanted"
+            )));
+        }
+        needs.push(pb::ResourceNeed { name, count });
+    }
+    Ok(needs)
+}
+
 pub fn create_request(args: CreateTaskArgs) -> Result<pb::CreateTaskRequest, Error> {
     let spec = pb::RunSpec {
         program: program(&args.program)?,
@@ -109,7 +123,9 @@ pub fn create_request(args: CreateTaskArgs) -> Result<pb::CreateTaskRequest, Err
         name: args.name,
         description: args.spec.description.unwrap_or_default(),
         spec: Some(spec),
-        ..Default::default()
+        resources: needs(args.spec.resources)?,
+        retries: args.spec.retries.unwrap_or(0),
+        requires: args.spec.requires.unwrap_or_default(),
     })
 }
 
@@ -133,6 +149,12 @@ pub fn update_request(
         program,
         timeout: args.spec.timeout.map(duration).transpose()?,
         workdir: args.spec.workdir,
+        // The server merges these into the current needs by name, unless
+        // --no-resources asks for exactly these (possibly none).
+        resources: needs(args.spec.resources)?,
+        replace_resources: args.no_resources,
+        retries: args.spec.retries,
+        requires: args.spec.requires,
         ..Default::default()
     };
     if !args.spec.env.is_empty() || !args.unset_env.is_empty() {
@@ -238,6 +260,16 @@ fn print_one(task: &pb::Task, format: Format) -> Result<(), Error> {
         ("timeout", output::human_duration(spec.timeout.as_ref())),
         ("workdir", super::puppets::or_dash(&spec.workdir)),
         ("env", output::labels(&spec.env)),
+        ("resources", views::needs_line(&task.resources)),
+        ("retries", task.retries.to_string()),
+        (
+            "requires",
+            if task.requires.is_empty() {
+                "any puppet".into()
+            } else {
+                task.requires.clone()
+            },
+        ),
     ];
     match spec.program.and_then(|p| p.kind) {
         Some(pb::program::Kind::Argv(a)) => rows.push(("exec", a.args.join(" "))),
@@ -272,7 +304,7 @@ mod tests {
     fn create_args(argv: &[&str]) -> CreateTaskArgs {
         let cli = Cli::try_parse_from(["geppetto", "tasks", "create"].iter().chain(argv)).unwrap();
         match cli.command {
-            Command::Tasks(TasksCommand::Create(args)) => args,
+            Command::Tasks(TasksCommand::Create(args)) => *args,
             _ => unreachable!(),
         }
     }
@@ -280,7 +312,7 @@ mod tests {
     fn update_args(argv: &[&str]) -> UpdateTaskArgs {
         let cli = Cli::try_parse_from(["geppetto", "tasks", "update"].iter().chain(argv)).unwrap();
         match cli.command {
-            Command::Tasks(TasksCommand::Update(args)) => args,
+            Command::Tasks(TasksCommand::Update(args)) => *args,
             _ => unreachable!(),
         }
     }
@@ -382,5 +414,97 @@ mod tests {
 
         let err = update_request(update_args(&["t"]), &current).unwrap_err();
         assert!(err.to_string().starts_with("nothing to update"));
+    }
+
+    #[test]
+    fn create_carries_resources_retries_and_requires() {
+        let req = create_request(create_args(&[
+            "upgrade",
+            "--command",
+            "true",
+            "--resource",
+            "uplink-lyon",
+            "--resource",
+            "db:2",
+            "--retries",
+            "2",
+            "--requires",
+            "os=debian",
+        ]))
+        .unwrap();
+        assert_eq!(
+            req.resources,
+            vec![
+                pb::ResourceNeed {
+                    name: "uplink-lyon".into(),
+                    count: 1
+                },
+                pb::ResourceNeed {
+                    name: "db".into(),
+                    count: 2
+                },
+            ]
+        );
+        assert_eq!((req.retries, req.requires.as_str()), (2, "os=debian"));
+
+        let plain = create_request(create_args(&["t", "--command", "true"])).unwrap();
+        assert!(plain.resources.is_empty() && plain.retries == 0 && plain.requires.is_empty());
+
+        let err = create_request(create_args(&[
+            "t",
+            "--command",
+            "true",
+            "--resource",
+            "a",
+            "--resource",
+            "a:2",
+        ]))
+        .unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("\"a\" is given twice"), "{err}");
+    }
+
+    #[test]
+    fn update_merges_or_replaces_resources() {
+        let current = pb::Task {
+            name: "t".into(),
+            version: 2,
+            resources: vec![pb::ResourceNeed {
+                name: "old".into(),
+                count: 1,
+            }],
+            ..Default::default()
+        };
+        let merge =
+            update_request(update_args(&["t", "--resource", "uplink:2"]), &current).unwrap();
+        assert_eq!(
+            merge.resources,
+            vec![pb::ResourceNeed {
+                name: "uplink".into(),
+                count: 2
+            }]
+        );
+        assert!(!merge.replace_resources);
+        assert!(merge.retries.is_none() && merge.requires.is_none());
+
+        let clear = update_request(update_args(&["t", "--no-resources"]), &current).unwrap();
+        assert!(clear.resources.is_empty() && clear.replace_resources);
+
+        let replace = update_request(
+            update_args(&["t", "--no-resources", "--resource", "uplink"]),
+            &current,
+        )
+        .unwrap();
+        assert!(replace.replace_resources);
+        assert_eq!(replace.resources.len(), 1);
+
+        let other = update_request(
+            update_args(&["t", "--retries", "0", "--requires", ""]),
+            &current,
+        )
+        .unwrap();
+        assert_eq!(other.retries, Some(0));
+        assert_eq!(other.requires.as_deref(), Some(""));
+        assert!(other.resources.is_empty() && !other.replace_resources);
     }
 }

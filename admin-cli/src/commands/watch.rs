@@ -1,7 +1,7 @@
 //! Following a job until it is finished (`jobs watch`, `jobs run --wait`),
 //! with progress on stderr so stdout keeps only the result.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use geppetto_proto::v1 as pb;
 use tonic::Request;
@@ -54,6 +54,8 @@ pub async fn watch(api: &Api, job_id: &str) -> Result<pb::Job, Error> {
 #[derive(Debug, Default)]
 struct Progress {
     ended: HashSet<String>,
+    /// The cause last shown for each waiting run.
+    waiting: HashMap<String, String>,
     last_counts: String,
 }
 
@@ -62,6 +64,14 @@ impl Progress {
         for run in &job.runs {
             if run_finished(run.state) && self.ended.insert(run.run_id.clone()) {
                 eprintln!("{}", ended_line(run));
+            }
+            if run.state == pb::RunState::Waiting as i32 {
+                if self.waiting.get(&run.run_id) != Some(&run.cause) {
+                    eprintln!("{}", waiting_line(run));
+                    self.waiting.insert(run.run_id.clone(), run.cause.clone());
+                }
+            } else {
+                self.waiting.remove(&run.run_id);
             }
         }
         let counts = counts_line(job);
@@ -84,6 +94,19 @@ fn ended_line(run: &pb::RunSummary) -> String {
     }
     line.push_str(&format!(" ({})", run.run_id));
     line
+}
+
+/// `web-2: waiting for resource uplink-lyon (run-...)`
+fn waiting_line(run: &pb::RunSummary) -> String {
+    let cause = run.cause.trim();
+    let what = if cause.is_empty() {
+        "waiting".to_string()
+    } else if cause.starts_with("waiting") {
+        cause.to_string()
+    } else {
+        format!("waiting: {cause}")
+    };
+    format!("{}: {what} ({})", run.puppet, run.run_id)
 }
 
 /// `3 runs: 1 running, 2 succeeded`
@@ -173,5 +196,42 @@ mod tests {
             ended_line(&run),
             "web-1: failed, exit code 3: exited with 3 (run-a)"
         );
+        let lost = pb::RunSummary {
+            state: pb::RunState::Lost as i32,
+            cause: "no word from the puppet for 2m".into(),
+            ..run
+        };
+        assert_eq!(
+            ended_line(&lost),
+            "web-1: lost: no word from the puppet for 2m (run-a)"
+        );
+    }
+
+    #[test]
+    fn waiting_lines() {
+        let run = pb::RunSummary {
+            run_id: "run-b".into(),
+            puppet: "web-2".into(),
+            state: pb::RunState::Waiting as i32,
+            cause: "waiting for resource uplink-lyon".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            waiting_line(&run),
+            "web-2: waiting for resource uplink-lyon (run-b)"
+        );
+        let disabled = pb::RunSummary {
+            cause: "puppet disabled".into(),
+            ..run.clone()
+        };
+        assert_eq!(
+            waiting_line(&disabled),
+            "web-2: waiting: puppet disabled (run-b)"
+        );
+        let bare = pb::RunSummary {
+            cause: String::new(),
+            ..run
+        };
+        assert_eq!(waiting_line(&bare), "web-2: waiting (run-b)");
     }
 }

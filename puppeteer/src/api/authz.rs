@@ -12,6 +12,7 @@ use crate::domain::Role;
 pub const PERMISSIONS: &[(&str, Role)] = &[
     ("Puppets/ListPuppets", Role::Viewer),
     ("Puppets/GetPuppet", Role::Viewer),
+    ("Puppets/GetPuppetQueue", Role::Viewer),
     ("Puppets/LabelPuppet", Role::Operator),
     ("Puppets/DisablePuppet", Role::Operator),
     ("Puppets/EnablePuppet", Role::Operator),
@@ -33,6 +34,9 @@ pub const PERMISSIONS: &[(&str, Role)] = &[
     ("Jobs/ListJobs", Role::Viewer),
     ("Jobs/CancelJob", Role::Operator),
     ("Jobs/WatchJob", Role::Viewer),
+    ("Jobs/ApproveJob", Role::Operator),
+    ("Jobs/RejectJob", Role::Operator),
+    ("Jobs/RetryJob", Role::Operator),
     ("Runs/GetRun", Role::Viewer),
     ("Runs/ListRuns", Role::Viewer),
     ("Runs/CancelRun", Role::Operator),

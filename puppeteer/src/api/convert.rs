@@ -296,6 +296,7 @@ pub fn target_to(t: &domain::Target) -> pb::Target {
 
 pub fn job_state_to(s: JobState) -> pb::JobState {
     match s {
+        JobState::AwaitingApproval => pb::JobState::AwaitingApproval,
         JobState::Running => pb::JobState::Running,
         JobState::Succeeded => pb::JobState::Succeeded,
         JobState::Failed => pb::JobState::Failed,
@@ -309,7 +310,7 @@ pub fn job_to(job: &domain::Job, runs: &[domain::Run]) -> pb::Job {
     for run in runs {
         *counts.entry(run.state.name().to_string()).or_insert(0u32) += 1;
     }
-    let finished_at = if state == JobState::Running {
+    let finished_at = if matches!(state, JobState::Running | JobState::AwaitingApproval) {
         None
     } else {
         runs.iter().filter_map(|r| r.finished_at).max()
@@ -335,6 +336,102 @@ pub fn job_to(job: &domain::Job, runs: &[domain::Run]) -> pb::Job {
             })
             .collect(),
         counts,
+        strategy: Some(strategy_to(&job.strategy)),
+        approved_by: match &job.approval {
+            domain::Approval::Approved { by, .. } | domain::Approval::Rejected { by, .. } => {
+                by.clone()
+            }
+            _ => String::new(),
+        },
+        approved_at: match &job.approval {
+            domain::Approval::Approved { at, .. } | domain::Approval::Rejected { at, .. } => {
+                Some(ts(*at))
+            }
+            _ => None,
+        },
+        rejected: matches!(job.approval, domain::Approval::Rejected { .. }),
+        not_targeted: job
+            .not_targeted
+            .iter()
+            .map(|(puppet, cause)| pb::PuppetSkipped {
+                puppet: puppet.clone(),
+                cause: cause.clone(),
+            })
+            .collect(),
+    }
+}
+
+fn limit_from(field: &str, l: Option<pb::Limit>) -> ApiResult<Option<domain::Limit>> {
+    match l.and_then(|l| l.kind) {
+        None => Ok(None),
+        Some(pb::limit::Kind::Count(0)) => Err(invalid(format!("{field} must be at least 1"))),
+        Some(pb::limit::Kind::Count(n)) => Ok(Some(domain::Limit::Count(n))),
+        Some(pb::limit::Kind::Percent(p)) if p == 0 || p > 100 => Err(invalid(format!(
+            "{field} as a percentage must be between 1% and 100%"
+        ))),
+        Some(pb::limit::Kind::Percent(p)) => Ok(Some(domain::Limit::Percent(p))),
+    }
+}
+
+fn limit_to(l: Option<domain::Limit>) -> Option<pb::Limit> {
+    l.map(|l| pb::Limit {
+        kind: Some(match l {
+            domain::Limit::Count(n) => pb::limit::Kind::Count(n),
+            domain::Limit::Percent(p) => pb::limit::Kind::Percent(p),
+        }),
+    })
+}
+
+fn opt_ms(field: &str, d: Option<&prost_types::Duration>) -> ApiResult<Option<u64>> {
+    match d {
+        None => Ok(None),
+        Some(d) => {
+            let d = from_dur(field, d)?;
+            if d.is_zero() || d > domain::MAX_TIMEOUT * 4 {
+                return Err(invalid(format!("{field} must be between 1s and 28 days")));
+            }
+            Ok(Some(d.as_millis() as u64))
+        }
+    }
+}
+
+pub fn strategy_from(s: Option<pb::Strategy>) -> ApiResult<domain::Strategy> {
+    let Some(s) = s else {
+        return Ok(domain::Strategy::default());
+    };
+    let after_job = if s.after_job.is_empty() {
+        if s.per_puppet {
+            return Err(invalid("per_puppet needs after_job"));
+        }
+        None
+    } else {
+        id_of_kind("job", &s.after_job)?;
+        Some(s.after_job)
+    };
+    Ok(domain::Strategy {
+        max_in_flight: limit_from("max_in_flight", s.max_in_flight)?,
+        max_failures: limit_from("max_failures", s.max_failures)?,
+        rolling: s.rolling,
+        deadline_ms: opt_ms("deadline", s.deadline.as_ref())?,
+        offline_wait_ms: opt_ms("offline_wait", s.offline_wait.as_ref())?,
+        after_job,
+        per_puppet: s.per_puppet,
+        approval: s.approval,
+        ordered: s.ordered,
+    })
+}
+
+pub fn strategy_to(s: &domain::Strategy) -> pb::Strategy {
+    pb::Strategy {
+        max_in_flight: limit_to(s.max_in_flight),
+        max_failures: limit_to(s.max_failures),
+        rolling: s.rolling,
+        deadline: s.deadline_ms.map(|ms| dur(Duration::from_millis(ms))),
+        offline_wait: s.offline_wait_ms.map(|ms| dur(Duration::from_millis(ms))),
+        after_job: s.after_job.clone().unwrap_or_default(),
+        per_puppet: s.per_puppet,
+        approval: s.approval,
+        ordered: s.ordered,
     }
 }
 

@@ -73,6 +73,48 @@ impl JobsApi {
 
 type JobStream = Pin<Box<dyn Stream<Item = Result<pb::Job, Status>> + Send>>;
 
+impl JobsApi {
+    /// Approves or rejects a job awaiting approval.
+    fn decide(&self, id: &str, user: &str, approve: bool) -> ApiResult<pb::Job> {
+        let (mut job, _) = self.load(id)?;
+        if job.approval != domain::Approval::Awaiting {
+            return Err(ApiError::FailedPrecondition(format!(
+                "job {id} is not awaiting approval"
+            )));
+        }
+        let now = Millis::now();
+        job.approval = if approve {
+            domain::Approval::Approved {
+                by: user.to_string(),
+                at: now,
+            }
+        } else {
+            domain::Approval::Rejected {
+                by: user.to_string(),
+                at: now,
+            }
+        };
+        self.state.store.put_job(&job)?;
+        if !approve {
+            let cause = format!("skipped: the job was rejected by {user}");
+            let skipped = self.state.store.update_runs(&job.run_ids, |run| {
+                if !matches!(run.state, RunState::Queued | RunState::Waiting) {
+                    return Ok(false);
+                }
+                run.transition(RunState::Skipped, now, cause.clone());
+                Ok(true)
+            })?;
+            self.state.ended(&skipped);
+        }
+        let (job, runs) = self.load(id)?;
+        for run in &runs {
+            self.state.hub.wake(&puppet_key(&run.puppet));
+        }
+        self.state.hub.wake(&job_key(id));
+        Ok(job_to(&job, &runs))
+    }
+}
+
 #[tonic::async_trait]
 impl Jobs for JobsApi {
     async fn create_job(
@@ -92,7 +134,33 @@ impl Jobs for JobsApi {
             let task = store
                 .get_task(&req.task_name, version)
                 .map_err(ApiError::from)?;
-            let puppets = self.resolve(&target)?;
+            let strategy = convert::strategy_from(req.strategy)?;
+            if let Some(up) = &strategy.after_job {
+                store.get_job(up).map_err(ApiError::from)?;
+            }
+            let mut puppets = self.resolve(&target)?;
+            let mut not_targeted = Vec::new();
+            if !task.requires.is_empty() {
+                let class = Selector::parse(&task.requires).map_err(ApiError::from)?;
+                let mut inside = Vec::new();
+                for name in puppets {
+                    let puppet = store.get_puppet(&name).map_err(ApiError::from)?;
+                    if class.matches(&puppet.labels()) {
+                        inside.push(name);
+                    } else {
+                        not_targeted
+                            .push((name, format!("not in the task's class {}", task.requires)));
+                    }
+                }
+                if inside.is_empty() {
+                    return Err(ApiError::FailedPrecondition(format!(
+                        "no targeted puppet is in the class of task {} ({})",
+                        task.name, task.requires
+                    ))
+                    .into());
+                }
+                puppets = inside;
+            }
             let now = Millis::now();
             let job_id = new_id("job");
             let mut runs = Vec::with_capacity(puppets.len());
@@ -136,6 +204,13 @@ impl Jobs for JobsApi {
                 run_ids: runs.iter().map(|r| r.id.clone()).collect(),
                 cancelled: false,
                 seq: store.next_seq().map_err(ApiError::from)?,
+                approval: if strategy.approval {
+                    domain::Approval::Awaiting
+                } else {
+                    domain::Approval::NotNeeded
+                },
+                strategy,
+                not_targeted,
             };
             store.create_job(&job, &runs).map_err(ApiError::from)?;
             store.flush().await.map_err(ApiError::from)?;
@@ -208,6 +283,81 @@ impl Jobs for JobsApi {
         self.state.conclude_status(audit, result).await
     }
 
+    async fn approve_job(
+        &self,
+        request: Request<pb::ApproveJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let id = request.get_ref().id.clone();
+        let (audit, caller) = self.state.begin(&request, "Jobs/ApproveJob", &id);
+        let result = caller.and_then(|caller| self.decide(&id, &caller.user, true));
+        self.state.conclude(audit, result).await.map(Response::new)
+    }
+
+    async fn reject_job(
+        &self,
+        request: Request<pb::ApproveJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let id = request.get_ref().id.clone();
+        let (audit, caller) = self.state.begin(&request, "Jobs/RejectJob", &id);
+        let result = caller.and_then(|caller| self.decide(&id, &caller.user, false));
+        self.state.conclude(audit, result).await.map(Response::new)
+    }
+
+    async fn retry_job(
+        &self,
+        request: Request<pb::RetryJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let req = request.get_ref().clone();
+        let (audit, caller) = self.state.begin(&request, "Jobs/RetryJob", &req.id);
+        let result = caller.and_then(|_| {
+            let pick: fn(RunState) -> bool = match req.only.as_str() {
+                "" | "skipped" => |s| s == RunState::Skipped,
+                "failed" => |s| {
+                    matches!(
+                        s,
+                        RunState::Failed
+                            | RunState::TimedOut
+                            | RunState::Lost
+                            | RunState::Interrupted
+                    )
+                },
+                "all" => |s| s != RunState::Succeeded,
+                other => {
+                    return Err(ApiError::Invalid(format!(
+                        "only must be skipped, failed or all, not {other:?}"
+                    )));
+                }
+            };
+            let (mut job, _) = self.load(&req.id)?;
+            if job.cancelled {
+                job.cancelled = false;
+                self.state.store.put_job(&job)?;
+            }
+            let requeued = self
+                .state
+                .store
+                .requeue_runs(&job.run_ids, Millis::now(), |r| pick(r.state))?;
+            if requeued.is_empty() {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "job {} has no run to retry with only={:?}",
+                    job.id,
+                    if req.only.is_empty() {
+                        "skipped"
+                    } else {
+                        &req.only
+                    }
+                )));
+            }
+            for run in &requeued {
+                self.state.hub.wake(&puppet_key(&run.puppet));
+            }
+            let (job, runs) = self.load(&job.id)?;
+            self.state.hub.wake(&job_key(&job.id));
+            Ok(job_to(&job, &runs))
+        });
+        self.state.conclude(audit, result).await.map(Response::new)
+    }
+
     type WatchJobStream = JobStream;
 
     async fn watch_job(
@@ -241,7 +391,8 @@ impl Jobs for JobsApi {
                 match api.load(&id) {
                     Ok((job, runs)) => {
                         let view = job_to(&job, &runs);
-                        let done = view.state != pb::JobState::Running as i32;
+                        let done = view.state != pb::JobState::Running as i32
+                            && view.state != pb::JobState::AwaitingApproval as i32;
                         Some((Ok(view), if done { None } else { Some(true) }))
                     }
                     Err(e) => Some((Err(e.into()), None)),

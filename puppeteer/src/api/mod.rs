@@ -10,6 +10,7 @@ pub mod convert;
 mod effects;
 mod enroll;
 mod error;
+mod gates;
 mod jobs;
 mod puppet_service;
 mod puppets;
@@ -68,6 +69,10 @@ pub struct AppState {
     pub presences: Presences,
     /// Cancelled at shutdown: held polls and streams end.
     pub shutdown: CancellationToken,
+    /// Held while a poll decides and stores its offers, so that job limits
+    /// (max-in-flight, rolling) see every other offer. A std mutex: the
+    /// section is synchronous (planning and one store transaction).
+    pub dispatch: std::sync::Mutex<()>,
 }
 
 pub type Shared = Arc<AppState>;

@@ -127,10 +127,17 @@ impl PuppetServiceApi {
         now: Millis,
     ) -> ApiResult<Option<pb::PollResponse>> {
         let store = &self.state.store;
+        let _dispatch = self
+            .state
+            .dispatch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let active = store.active_runs(&puppet.name)?;
         let available = self.state.available_resources(&active)?;
+        let gates = self.state.gates_for(&active, now)?;
         let report = PollReport {
             available: &available,
+            gates: &gates,
             ..*report
         };
         let plan = scheduler::plan_poll(puppet.state, &active, &report);
@@ -268,8 +275,10 @@ impl PuppetService for PuppetServiceApi {
                 runs.iter().filter(|r| r.state.is_terminal()).count() as u32
             };
             let no_resources = std::collections::HashMap::new();
+            let no_gates = std::collections::HashMap::new();
             let report = PollReport {
                 available: &no_resources,
+                gates: &no_gates,
                 free_slots: req.free_slots,
                 known: &known,
                 finishing: &finishing,

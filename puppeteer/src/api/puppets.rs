@@ -113,6 +113,34 @@ impl PuppetsApi {
     }
 }
 
+/// Why a queued run of `puppet` is not running, in words.
+fn queued_cause(
+    puppet: &Puppet,
+    run: &domain::Run,
+    gate: Option<&crate::scheduler::Gate>,
+    available: &std::collections::HashMap<String, u32>,
+) -> String {
+    use crate::scheduler::Gate;
+    match puppet.state {
+        PuppetState::Pending => return "waiting for the puppet's approval".into(),
+        PuppetState::Disabled => return "waiting: the puppet is disabled".into(),
+        PuppetState::Enabled => {}
+    }
+    match gate {
+        Some(Gate::Wait(cause)) => return cause.clone(),
+        Some(Gate::Skip(cause)) => return format!("about to be skipped: {cause}"),
+        _ => {}
+    }
+    if let Some(need) = run
+        .needs
+        .iter()
+        .find(|n| available.get(&n.name).is_none_or(|free| *free < n.count))
+    {
+        return format!("waiting for resource {}", need.name);
+    }
+    "waiting for a slot on the puppet".into()
+}
+
 fn state_name(state: PuppetState) -> &'static str {
     match state {
         PuppetState::Pending => "pending approval",
@@ -157,6 +185,44 @@ impl Puppets for PuppetsApi {
         let name = Self::name_of(&request.get_ref().name)?;
         let puppet = self.state.store.get_puppet(name).map_err(ApiError::from)?;
         Ok(Response::new(self.view(&puppet)?))
+    }
+
+    async fn get_puppet_queue(
+        &self,
+        request: Request<pb::GetPuppetRequest>,
+    ) -> Result<Response<pb::PuppetQueue>, Status> {
+        self.state.authorize(&request, "Puppets/GetPuppetQueue")?;
+        let name = Self::name_of(&request.get_ref().name)?;
+        let store = &self.state.store;
+        let puppet = store.get_puppet(name).map_err(ApiError::from)?;
+        let active = store.active_runs(name).map_err(ApiError::from)?;
+        let now = Millis::now();
+        let gates = self.state.gates_for(&active, now)?;
+        let available = self.state.available_resources(&active)?;
+        let entries = active
+            .iter()
+            .map(|run| {
+                let cause = match run.state {
+                    RunState::Offered => "offered to the puppet".to_string(),
+                    RunState::Running if run.cancel_requested => {
+                        "running; the puppet was asked to kill it".to_string()
+                    }
+                    RunState::Running => "running".to_string(),
+                    _ => queued_cause(&puppet, run, gates.get(&run.id), &available),
+                };
+                pb::QueueEntry {
+                    run_id: run.id.clone(),
+                    job_id: run.job_id.clone(),
+                    task_name: run.task_name.clone(),
+                    state: convert::run_state_to(run.state) as i32,
+                    cause,
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::PuppetQueue {
+            puppet: name.to_string(),
+            entries,
+        }))
     }
 
     async fn label_puppet(

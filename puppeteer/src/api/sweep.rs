@@ -19,6 +19,72 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
 impl AppState {
     /// One pass of the sweeper at `now`.
     pub async fn sweep(&self, now: Millis) -> ApiResult<()> {
+        self.expire_leases(now).await?;
+        self.apply_gates(now).await
+    }
+
+    /// Job-level decisions for queued runs: skips (deadline, offline,
+    /// failures, dependency, rejection) are applied; waits are recorded with
+    /// their cause; runs whose wait is over are queued again and their
+    /// puppet woken.
+    async fn apply_gates(&self, now: Millis) -> ApiResult<()> {
+        use crate::scheduler::Gate;
+        let active = self.store.all_active_runs()?;
+        let gates = {
+            let _dispatch = self.dispatch.lock().unwrap_or_else(|e| e.into_inner());
+            self.gates_for(&active, now)?
+        };
+        let ids: Vec<String> = gates.keys().cloned().collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        // A run free to go whose puppet holds a poll should not wait for that
+        // poll's end: wake it (its poll plans again; harmless if busy).
+        for run in &active {
+            if run.state == RunState::Queued
+                && gates.get(&run.id) == Some(&Gate::Go)
+                && self.presences.is_held(&run.puppet)
+            {
+                self.hub.wake(&crate::hub::puppet_key(&run.puppet));
+            }
+        }
+        let changed = self.store.update_runs(&ids, |run| {
+            if !matches!(run.state, RunState::Queued | RunState::Waiting) {
+                return Ok(false);
+            }
+            match gates.get(&run.id) {
+                Some(Gate::Skip(cause)) => {
+                    run.transition(RunState::Skipped, now, format!("skipped: {cause}"));
+                    Ok(true)
+                }
+                Some(Gate::Wait(cause)) if run.cause != *cause => {
+                    run.transition(RunState::Waiting, now, cause.clone());
+                    Ok(true)
+                }
+                Some(Gate::Go)
+                    if run.state == RunState::Waiting
+                        && !run.cause.starts_with("waiting for resource") =>
+                {
+                    run.transition(RunState::Queued, now, "ready to start");
+                    Ok(true)
+                }
+                _ => Ok(false),
+            }
+        })?;
+        if changed.is_empty() {
+            return Ok(());
+        }
+        self.store.flush().await?;
+        self.ended(&changed);
+        for run in &changed {
+            if run.state == RunState::Queued {
+                self.hub.wake(&crate::hub::puppet_key(&run.puppet));
+            }
+        }
+        Ok(())
+    }
+
+    async fn expire_leases(&self, now: Millis) -> ApiResult<()> {
         let runs = self.store.all_active_runs()?;
         let mut view = Vec::new();
         for run in runs {

@@ -182,6 +182,50 @@ impl Store {
         )?;
         Ok(offered)
     }
+    /// Gives finished runs chosen by `pick` a new attempt: they are queued
+    /// again on their puppet, at their original place in its queue.
+    pub fn requeue_runs(
+        &self,
+        ids: &[String],
+        now: Millis,
+        pick: impl Fn(&Run) -> bool,
+    ) -> Result<Vec<Run>> {
+        let requeued = (&self.runs, &self.queue).transaction(|(runs, queue)| {
+            let mut requeued = Vec::new();
+            for id in ids {
+                let mut run = match load_run(runs, id) {
+                    Ok(Ok(run)) => run,
+                    Ok(Err(e)) => return abort(e),
+                    Err(e) => return Err(e.into()),
+                };
+                if !run.state.is_terminal() || !pick(&run) {
+                    continue;
+                }
+                let previous = run.state;
+                run.attempt += 1;
+                run.max_attempts = run.max_attempts.max(run.attempt);
+                run.log_base = run.log_length;
+                run.started_at = None;
+                run.finished_at = None;
+                run.outcome = None;
+                run.exit_code = None;
+                run.signal = None;
+                run.duration_ms = None;
+                run.cancel_requested = false;
+                run.transition(
+                    RunState::Queued,
+                    now,
+                    format!("retried by an operator after it was {previous}"),
+                );
+                runs.insert(id.as_bytes(), encode(&run))?;
+                queue.insert(seq_key(&run.puppet, run.queue_seq), run.id.as_bytes())?;
+                requeued.push(run);
+            }
+            Ok(requeued)
+        })?;
+        Ok(requeued)
+    }
+
     /// Like [`Store::update_runs`] for one run; returns it whether or not it changed.
     pub fn update_run(&self, id: &str, change: impl Fn(&mut Run) -> Result<bool>) -> Result<Run> {
         let ids = [id.to_string()];

@@ -171,6 +171,9 @@ mod tests {
             run_ids: vec!["run-a".into()],
             cancelled: false,
             seq: 1,
+            strategy: Default::default(),
+            approval: Default::default(),
+            not_targeted: vec![],
         };
         store.create_job(&job, &[run("run-a")]).unwrap();
         let ok = |_: &Run| Ok(());

@@ -127,6 +127,7 @@ impl Admin {
                         names: puppets.iter().map(|s| s.to_string()).collect(),
                     })),
                 }),
+                ..Default::default()
             })
             .await
             .unwrap()

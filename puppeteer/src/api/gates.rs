@@ -1,0 +1,66 @@
+//! Job-level decisions for queued runs: loading what the scheduler's `gate`
+//! needs (the job, its runs, its upstream job, the puppet's silence).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::AppState;
+use super::error::ApiResult;
+use crate::domain::{Job, Millis, Run, RunState};
+use crate::scheduler::{self, Gate, JobView};
+use crate::store::StoreError;
+
+type Loaded = (Job, Vec<Run>, Option<(Job, Vec<Run>)>);
+
+impl AppState {
+    fn load_job_view(&self, id: &str) -> ApiResult<Loaded> {
+        let job = self.store.get_job(id)?;
+        let runs = self.store.get_runs(&job.run_ids)?;
+        let upstream = match &job.strategy.after_job {
+            Some(up) => match self.store.get_job(up) {
+                Ok(up) => {
+                    let runs = self.store.get_runs(&up.run_ids)?;
+                    Some((up, runs))
+                }
+                Err(StoreError::NotFound { .. }) => None,
+                Err(e) => return Err(e.into()),
+            },
+            None => None,
+        };
+        Ok((job, runs, upstream))
+    }
+
+    /// How long a puppet has been silent; `None` while a poll is held.
+    pub fn silence(&self, puppet: &str, now: Millis) -> Option<Duration> {
+        if self.presences.is_held(puppet) {
+            return None;
+        }
+        match self.store.get_puppet(puppet).ok().and_then(|p| p.last_seen) {
+            Some(seen) => Some(now.since(seen)),
+            None => Some(Duration::MAX),
+        }
+    }
+
+    /// The gate of every queued or waiting run among `runs`.
+    pub fn gates_for(&self, runs: &[Run], now: Millis) -> ApiResult<HashMap<String, Gate>> {
+        let mut jobs: HashMap<String, Loaded> = HashMap::new();
+        let mut gates = HashMap::new();
+        for run in runs {
+            if !matches!(run.state, RunState::Queued | RunState::Waiting) {
+                continue;
+            }
+            if !jobs.contains_key(&run.job_id) {
+                jobs.insert(run.job_id.clone(), self.load_job_view(&run.job_id)?);
+            }
+            let (job, job_runs, upstream) = &jobs[&run.job_id];
+            let view = JobView {
+                job,
+                runs: job_runs,
+                upstream: upstream.as_ref().map(|(j, r)| (j, r.as_slice())),
+            };
+            let silence = self.silence(&run.puppet, now);
+            gates.insert(run.id.clone(), scheduler::gate(&view, run, now, silence));
+        }
+        Ok(gates)
+    }
+}
