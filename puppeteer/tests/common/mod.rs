@@ -246,7 +246,17 @@ pub struct RealPuppet {
 
 impl RealPuppet {
     pub fn start(url: &str, ca: Option<&std::path::Path>, secret: &str, name: &str) -> Self {
-        let state_dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), url, ca, secret, name)
+    }
+
+    /// Starts an agent on an existing state dir (a restart).
+    pub fn start_in(
+        state_dir: tempfile::TempDir,
+        url: &str,
+        ca: Option<&std::path::Path>,
+        secret: &str,
+        name: &str,
+    ) -> Self {
         let mut config = puppet::AgentConfig::new(url, state_dir.path().join("state"));
         config.ca_file = ca.map(|p| p.to_path_buf());
         config.enroll_token = Some(secret.to_string());
@@ -277,6 +287,43 @@ impl RealPuppet {
 }
 
 impl Admin {
+    pub async fn label(&mut self, puppet: &str, key: &str, value: &str) {
+        self.puppets
+            .label_puppet(pb::LabelPuppetRequest {
+                name: puppet.into(),
+                set: [(key.to_string(), value.to_string())].into(),
+                remove: vec![],
+            })
+            .await
+            .unwrap();
+    }
+
+    pub async fn run_with(
+        &mut self,
+        task: &str,
+        target: pb::target::Kind,
+        strategy: pb::Strategy,
+    ) -> pb::Job {
+        self.jobs
+            .create_job(pb::CreateJobRequest {
+                task_name: task.into(),
+                task_version: 0,
+                target: Some(pb::Target { kind: Some(target) }),
+                strategy: Some(strategy),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    pub async fn job(&mut self, id: &str) -> pb::Job {
+        self.jobs
+            .get_job(pb::GetJobRequest { id: id.into() })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
     pub async fn resource(&mut self, name: &str, capacity: u32) {
         geppetto_proto::v1::resources_client::ResourcesClient::new(self.channel.clone())
             .create_resource(pb::CreateResourceRequest {
