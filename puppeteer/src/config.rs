@@ -29,6 +29,10 @@ pub struct FileConfig {
     pub max_poll_hold: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
     pub lease_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub late_after: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub offline_after: Option<Duration>,
     pub insecure_plaintext: Option<bool>,
 }
 
@@ -66,11 +70,25 @@ pub struct Config {
     /// Runs of a puppet silent for this long are lost. `None`: the max poll
     /// hold plus one minute.
     pub lease_timeout: Option<Duration>,
+    /// A puppet silent for longer is shown late. `None`: hold + 15s.
+    pub late_after: Option<Duration>,
+    /// A puppet silent for longer is shown offline. `None`: 3 × late_after.
+    pub offline_after: Option<Duration>,
     /// Serve plain TCP without TLS. Only for tests and TLS-terminating proxies.
     pub insecure_plaintext: bool,
 }
 
 impl Config {
+    /// The presence thresholds in force.
+    pub fn presence(&self) -> crate::presence::Thresholds {
+        let defaults = crate::presence::Thresholds::for_hold(self.poll_timeout);
+        let late_after = self.late_after.unwrap_or(defaults.late_after);
+        crate::presence::Thresholds {
+            late_after,
+            offline_after: self.offline_after.unwrap_or(late_after * 3),
+        }
+    }
+
     /// The lease timeout in force.
     pub fn lease(&self) -> Duration {
         self.lease_timeout
@@ -87,6 +105,8 @@ impl Config {
             poll_timeout: Duration::from_secs(50),
             max_poll_hold: Duration::from_secs(50),
             lease_timeout: None,
+            late_after: None,
+            offline_after: None,
             insecure_plaintext: false,
         }
     }
@@ -109,6 +129,10 @@ impl Config {
             .is_some_and(|l| l < Duration::from_secs(1) || l > Duration::from_secs(7 * 24 * 3600))
         {
             bail!("lease timeout must be between 1s and 7 days");
+        }
+        let presence = self.presence();
+        if presence.offline_after < presence.late_after {
+            bail!("offline_after must not be shorter than late_after");
         }
         if self.tls.is_none() && self.server_names.is_empty() && !self.insecure_plaintext {
             bail!("give at least one server name for the generated certificate");

@@ -129,6 +129,7 @@ pub async fn start(config: Config) -> Result<Running> {
             poll_timeout: config.poll_timeout,
             max_poll_hold: config.max_poll_hold,
             lease_timeout: config.lease(),
+            presence: config.presence(),
         },
         auth: Default::default(),
         presences: Default::default(),

@@ -76,6 +76,12 @@ struct ServeArgs {
     /// long is lost and its resources released [default: max poll hold + 1m].
     #[arg(long, value_parser = humantime::parse_duration)]
     lease_timeout: Option<Duration>,
+    /// A puppet silent for longer is shown late [default: poll timeout + 15s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    late_after: Option<Duration>,
+    /// A puppet silent for longer is shown offline [default: 3 × late-after].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    offline_after: Option<Duration>,
     /// Serve plain TCP without TLS: credentials travel in clear text. Only
     /// for tests, or behind a proxy that terminates TLS on the same host.
     #[arg(long)]
@@ -117,6 +123,8 @@ fn config_from(args: ServeArgs) -> Result<Config> {
         config.max_poll_hold = t;
     }
     config.lease_timeout = args.lease_timeout.or(file.lease_timeout);
+    config.late_after = args.late_after.or(file.late_after);
+    config.offline_after = args.offline_after.or(file.offline_after);
     config.insecure_plaintext = args.insecure_plaintext || file.insecure_plaintext.unwrap_or(false);
     config.validate()?;
     Ok(config)

@@ -1,9 +1,10 @@
 //! Presence: online, late or offline, from each puppet's own polls.
 //!
 //! A puppet with a poll held right now is online. Otherwise it is judged by
-//! its last poll against the hold it uses: within one hold plus a margin it
-//! is online (between two polls), within three it is late, beyond it is
-//! offline. A puppet busy with a long silent run stays online, since it keeps
+//! the time since its last poll against two thresholds: up to `late_after`
+//! it is online (between two polls), up to `offline_after` late, beyond it
+//! offline. By default `late_after` is the poll hold plus a margin and
+//! `offline_after` three times that; both are configurable. A puppet busy with a long silent run stays online, since it keeps
 //! polling.
 
 use std::collections::HashMap;
@@ -70,28 +71,49 @@ impl Presences {
             .contains_key(name)
     }
 
-    pub fn of(&self, puppet: &Puppet, now: Millis, hold: Duration) -> Presence {
+    pub fn of(&self, puppet: &Puppet, now: Millis, thresholds: Thresholds) -> Presence {
         if self.is_held(&puppet.name) {
             return Presence::Online;
         }
-        judge(puppet.last_seen, now, hold)
+        thresholds.judge(puppet.last_seen, now)
     }
 }
 
-/// Presence from the last poll alone.
-pub fn judge(last_seen: Option<Millis>, now: Millis, hold: Duration) -> Presence {
-    let Some(seen) = last_seen else {
-        return Presence::Offline;
-    };
-    let silence = now.since(seen);
-    let period = hold + MARGIN;
-    if silence <= period {
-        Presence::Online
-    } else if silence <= period * 3 {
-        Presence::Late
-    } else {
-        Presence::Offline
+/// When a silent puppet becomes late, then offline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Thresholds {
+    pub late_after: Duration,
+    pub offline_after: Duration,
+}
+
+impl Thresholds {
+    /// The defaults for a poll hold.
+    pub fn for_hold(hold: Duration) -> Self {
+        Thresholds {
+            late_after: hold + MARGIN,
+            offline_after: (hold + MARGIN) * 3,
+        }
     }
+
+    /// Presence from the last poll alone.
+    pub fn judge(&self, last_seen: Option<Millis>, now: Millis) -> Presence {
+        let Some(seen) = last_seen else {
+            return Presence::Offline;
+        };
+        let silence = now.since(seen);
+        if silence <= self.late_after {
+            Presence::Online
+        } else if silence <= self.offline_after {
+            Presence::Late
+        } else {
+            Presence::Offline
+        }
+    }
+}
+
+/// Presence from the last poll alone, with the default thresholds.
+pub fn judge(last_seen: Option<Millis>, now: Millis, hold: Duration) -> Presence {
+    Thresholds::for_hold(hold).judge(last_seen, now)
 }
 
 #[cfg(test)]

@@ -45,6 +45,9 @@ pub struct PollReport<'a> {
     pub available: &'a HashMap<String, u32>,
     /// What each queued run's job says (absent: go).
     pub gates: &'a HashMap<String, Gate>,
+    /// Jobs that keep strict order: a run of theirs blocked on a resource
+    /// holds back every later run on this puppet.
+    pub ordered_jobs: &'a HashSet<String>,
 }
 
 /// What a poll answers.
@@ -75,6 +78,7 @@ pub fn plan_poll(state: PuppetState, active: &[Run], report: &PollReport<'_>) ->
     let mut plan = PollPlan::default();
     let mut free = report.free_slots.saturating_add(report.freed_during_hold);
     let mut available = report.available.clone();
+    let mut held_back = false;
     let enabled = state == PuppetState::Enabled;
     let active_ids: HashSet<&str> = active.iter().map(|r| r.id.as_str()).collect();
 
@@ -93,10 +97,18 @@ pub fn plan_poll(state: PuppetState, active: &[Run], report: &PollReport<'_>) ->
                 if let Some(Gate::Wait(_) | Gate::Skip(_)) = report.gates.get(&run.id) {
                     continue;
                 }
+                if held_back {
+                    continue;
+                }
                 // A run takes all its resources or none; one that cannot
                 // does not block the runs after it.
                 match lacking(&available, run) {
-                    Some(resource) => plan.blocked.push((run.id.clone(), resource)),
+                    Some(resource) => {
+                        if report.ordered_jobs.contains(&run.job_id) {
+                            held_back = true;
+                        }
+                        plan.blocked.push((run.id.clone(), resource));
+                    }
                     None => {
                         for need in &run.needs {
                             *available.get_mut(&need.name).expect("checked") -= need.count;
@@ -353,6 +365,7 @@ mod tests {
             freed_during_hold: 0,
             available: &HashMap::new(),
             gates: &HashMap::new(),
+            ordered_jobs: &HashSet::new(),
         };
         let plan = plan_poll(PuppetState::Enabled, &active, &report);
         assert_eq!(plan.offer, vec!["a"]);
@@ -371,6 +384,7 @@ mod tests {
             freed_during_hold: 0,
             available: &no_resources,
             gates: &HashMap::new(),
+            ordered_jobs: &HashSet::new(),
         };
         assert_eq!(
             plan_poll(PuppetState::Enabled, &active, &report),
@@ -396,6 +410,7 @@ mod tests {
             freed_during_hold: 0,
             available: &HashMap::new(),
             gates: &HashMap::new(),
+            ordered_jobs: &HashSet::new(),
         };
         let plan = plan_poll(PuppetState::Enabled, &active, &report);
         assert_eq!(plan.redeliver, vec!["a"]);
@@ -424,6 +439,7 @@ mod tests {
             freed_during_hold: 0,
             available: &HashMap::new(),
             gates: &HashMap::new(),
+            ordered_jobs: &HashSet::new(),
         };
         let plan = plan_poll(PuppetState::Enabled, &active, &report);
         assert_eq!(plan.interrupted, vec!["a"]);
@@ -442,6 +458,7 @@ mod tests {
             freed_during_hold: 0,
             available: &HashMap::new(),
             gates: &HashMap::new(),
+            ordered_jobs: &HashSet::new(),
         };
         let plan = plan_poll(PuppetState::Enabled, &[a.clone()], &report);
         assert_eq!(plan.cancel, vec!["a", "zombie"]);
@@ -466,6 +483,7 @@ mod tests {
             freed_during_hold: 0,
             available: &HashMap::new(),
             gates: &HashMap::new(),
+            ordered_jobs: &HashSet::new(),
         };
         assert_eq!(
             plan_poll(PuppetState::Disabled, &active, &report),
@@ -494,10 +512,30 @@ mod tests {
             freed_during_hold: 0,
             available: &available,
             gates: &HashMap::new(),
+            ordered_jobs: &HashSet::new(),
         };
         let plan = plan_poll(PuppetState::Enabled, &active, &report);
         assert_eq!(plan.offer, vec!["b"]);
         assert_eq!(plan.blocked, vec![("a".to_string(), "uplink".to_string())]);
+    }
+
+    #[test]
+    fn an_ordered_job_blocked_on_a_resource_holds_the_queue() {
+        let active = [needing("a", "uplink", 1), run("b", RunState::Queued)];
+        let (known, finishing) = (set(&[]), set(&[]));
+        let available: HashMap<String, u32> = [("uplink".to_string(), 0)].into();
+        let ordered: HashSet<String> = ["job-1".to_string()].into();
+        let report = PollReport {
+            free_slots: 1,
+            known: &known,
+            finishing: &finishing,
+            freed_during_hold: 0,
+            available: &available,
+            gates: &HashMap::new(),
+            ordered_jobs: &ordered,
+        };
+        let plan = plan_poll(PuppetState::Enabled, &active, &report);
+        assert!(plan.offer.is_empty(), "{plan:?}");
     }
 
     #[test]
@@ -516,6 +554,7 @@ mod tests {
             freed_during_hold: 0,
             available: &available,
             gates: &HashMap::new(),
+            ordered_jobs: &HashSet::new(),
         };
         let plan = plan_poll(PuppetState::Enabled, &active, &report);
         assert_eq!(plan.offer, vec!["a"]);

@@ -1,8 +1,8 @@
 //! Label selectors: `os=debian,env!=prod,gpu,!retired`.
 //!
 //! A selector is a comma-separated list of terms, all of which must hold:
-//! `key=value`, `key!=value`, `key` (the label exists) and `!key` (it does
-//! not). Whitespace around terms is ignored. Errors point at the character
+//! `key=value`, `key!=value`, `key in (a,b)` (one of the values),
+//! `key notin (a,b)`, `key` (the label exists) and `!key` (it does not). Whitespace around terms is ignored. Errors point at the character
 //! (1-based) where the input stops making sense, so a typo in a long
 //! selector is found at once.
 
@@ -16,6 +16,8 @@ pub enum Term {
     NotEquals(String, String),
     Exists(String),
     Absent(String),
+    In(String, Vec<String>),
+    NotIn(String, Vec<String>),
 }
 
 /// A parsed selector. The empty selector matches everything.
@@ -89,6 +91,38 @@ impl Parser<'_> {
         self.chars[start..self.pos].iter().collect()
     }
 
+    /// Whether the input continues with the word `word` followed by a space
+    /// or an opening parenthesis.
+    fn at_keyword(&self, word: &str) -> bool {
+        let rest: String = self.chars[self.pos..].iter().collect();
+        rest.strip_prefix(word)
+            .is_some_and(|after| after.starts_with(' ') || after.starts_with('('))
+    }
+
+    /// `(a, b, ...)`, at least one value.
+    fn list(&mut self) -> Result<Vec<String>, SelectorError> {
+        self.skip_spaces();
+        if self.peek() != Some('(') {
+            return Err(self.error("expected '(' to start the list of values"));
+        }
+        self.pos += 1;
+        let mut values = Vec::new();
+        loop {
+            self.skip_spaces();
+            values.push(self.word("value")?);
+            self.skip_spaces();
+            match self.peek() {
+                Some(',') => self.pos += 1,
+                Some(')') => {
+                    self.pos += 1;
+                    return Ok(values);
+                }
+                Some(c) => return Err(self.error(format!("expected ',' or ')', found {c:?}"))),
+                None => return Err(self.error("expected ')', found the end")),
+            }
+        }
+    }
+
     fn term(&mut self) -> Result<Term, SelectorError> {
         self.skip_spaces();
         if self.peek() == Some('!') {
@@ -98,6 +132,14 @@ impl Parser<'_> {
         }
         let key = self.word("label key")?;
         self.skip_spaces();
+        if self.at_keyword("in") {
+            self.pos += 2;
+            return Ok(Term::In(key, self.list()?));
+        }
+        if self.at_keyword("notin") {
+            self.pos += 5;
+            return Ok(Term::NotIn(key, self.list()?));
+        }
         match self.peek() {
             Some('=') => {
                 self.pos += 1;
@@ -151,6 +193,8 @@ impl Selector {
             Term::NotEquals(k, v) => labels.get(k) != Some(v),
             Term::Exists(k) => labels.contains_key(k),
             Term::Absent(k) => !labels.contains_key(k),
+            Term::In(k, values) => labels.get(k).is_some_and(|v| values.contains(v)),
+            Term::NotIn(k, values) => labels.get(k).is_none_or(|v| !values.contains(v)),
         })
     }
 
@@ -169,6 +213,8 @@ impl fmt::Display for Selector {
                 Term::NotEquals(k, v) => format!("{k}!={v}"),
                 Term::Exists(k) => k.clone(),
                 Term::Absent(k) => format!("!{k}"),
+                Term::In(k, v) => format!("{k} in ({})", v.join(",")),
+                Term::NotIn(k, v) => format!("{k} notin ({})", v.join(",")),
             })
             .collect();
         f.write_str(&terms.join(","))
@@ -194,6 +240,22 @@ mod tests {
         assert!(!s.matches(&labels(&[("os", "debian"), ("gpu", ""), ("retired", "y")])));
         assert!(!s.matches(&labels(&[("os", "gentoo"), ("gpu", "")])));
         assert_eq!(s.to_string(), "os=debian,env!=prod,gpu,!retired");
+    }
+
+    #[test]
+    fn in_and_notin_lists() {
+        let s = Selector::parse("os in (debian, ubuntu),env notin (prod),gpu").unwrap();
+        assert!(s.matches(&labels(&[("os", "ubuntu"), ("env", "test"), ("gpu", "")])));
+        assert!(s.matches(&labels(&[("os", "debian"), ("gpu", "")])));
+        assert!(!s.matches(&labels(&[("os", "gentoo"), ("gpu", "")])));
+        assert!(!s.matches(&labels(&[("os", "debian"), ("env", "prod"), ("gpu", "")])));
+        assert_eq!(s.to_string(), "os in (debian,ubuntu),env notin (prod),gpu");
+        // A key named like the keyword still works.
+        assert!(Selector::parse("in=x,index").is_ok());
+        let e = Selector::parse("os in (debian").unwrap_err();
+        assert!(e.reason.contains("')'"), "{e}");
+        let e = Selector::parse("os in debian").unwrap_err();
+        assert_eq!(e.position, 7, "{e}");
     }
 
     #[test]

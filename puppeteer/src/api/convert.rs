@@ -395,6 +395,10 @@ fn opt_ms(field: &str, d: Option<&prost_types::Duration>) -> ApiResult<Option<u6
     }
 }
 
+/// How long a rolling or max-in-flight job waits for an offline puppet
+/// before skipping its run, when the job does not say.
+pub const DEFAULT_STRATEGY_OFFLINE_WAIT: Duration = Duration::from_secs(600);
+
 pub fn strategy_from(s: Option<pb::Strategy>) -> ApiResult<domain::Strategy> {
     let Some(s) = s else {
         return Ok(domain::Strategy::default());
@@ -408,12 +412,22 @@ pub fn strategy_from(s: Option<pb::Strategy>) -> ApiResult<domain::Strategy> {
         id_of_kind("job", &s.after_job)?;
         Some(s.after_job)
     };
+    let max_in_flight = limit_from("max_in_flight", s.max_in_flight)?;
+    // A strategy that serialises runs would stall on an offline puppet:
+    // unless told otherwise, it is bypassed after a while.
+    let offline_wait_ms = match opt_ms("offline_wait", s.offline_wait.as_ref())? {
+        Some(ms) => Some(ms),
+        None if s.rolling || max_in_flight.is_some() => {
+            Some(DEFAULT_STRATEGY_OFFLINE_WAIT.as_millis() as u64)
+        }
+        None => None,
+    };
     Ok(domain::Strategy {
-        max_in_flight: limit_from("max_in_flight", s.max_in_flight)?,
+        max_in_flight,
         max_failures: limit_from("max_failures", s.max_failures)?,
         rolling: s.rolling,
         deadline_ms: opt_ms("deadline", s.deadline.as_ref())?,
-        offline_wait_ms: opt_ms("offline_wait", s.offline_wait.as_ref())?,
+        offline_wait_ms,
         after_job,
         per_puppet: s.per_puppet,
         approval: s.approval,

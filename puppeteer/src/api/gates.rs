@@ -41,6 +41,21 @@ impl AppState {
         }
     }
 
+    /// The jobs among these runs' that keep strict order.
+    pub fn ordered_jobs(&self, runs: &[Run]) -> ApiResult<std::collections::HashSet<String>> {
+        let mut ordered = std::collections::HashSet::new();
+        let mut seen = std::collections::HashSet::new();
+        for run in runs {
+            if run.needs.is_empty() || !seen.insert(run.job_id.clone()) {
+                continue;
+            }
+            if self.store.get_job(&run.job_id)?.strategy.ordered {
+                ordered.insert(run.job_id.clone());
+            }
+        }
+        Ok(ordered)
+    }
+
     /// The gate of every queued or waiting run among `runs`.
     pub fn gates_for(&self, runs: &[Run], now: Millis) -> ApiResult<HashMap<String, Gate>> {
         let mut jobs: HashMap<String, Loaded> = HashMap::new();

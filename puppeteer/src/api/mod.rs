@@ -47,6 +47,8 @@ pub struct ApiConfig {
     /// A run offered to or running on a puppet that has not polled for this
     /// long is lost (its resources are released).
     pub lease_timeout: Duration,
+    /// When a silent puppet is shown late, then offline.
+    pub presence: crate::presence::Thresholds,
 }
 
 impl Default for ApiConfig {
@@ -55,6 +57,7 @@ impl Default for ApiConfig {
             poll_timeout: Duration::from_secs(50),
             max_poll_hold: Duration::from_secs(50),
             lease_timeout: Duration::from_secs(110),
+            presence: crate::presence::Thresholds::for_hold(Duration::from_secs(50)),
         }
     }
 }

@@ -135,9 +135,11 @@ impl PuppetServiceApi {
         let active = store.active_runs(&puppet.name)?;
         let available = self.state.available_resources(&active)?;
         let gates = self.state.gates_for(&active, now)?;
+        let ordered_jobs = self.state.ordered_jobs(&active)?;
         let report = PollReport {
             available: &available,
             gates: &gates,
+            ordered_jobs: &ordered_jobs,
             ..*report
         };
         let plan = scheduler::plan_poll(puppet.state, &active, &report);
@@ -276,9 +278,11 @@ impl PuppetService for PuppetServiceApi {
             };
             let no_resources = std::collections::HashMap::new();
             let no_gates = std::collections::HashMap::new();
+            let no_jobs = HashSet::new();
             let report = PollReport {
                 available: &no_resources,
                 gates: &no_gates,
+                ordered_jobs: &no_jobs,
                 free_slots: req.free_slots,
                 known: &known,
                 finishing: &finishing,
@@ -413,7 +417,22 @@ impl PuppetService for PuppetServiceApi {
         let state = scheduler::finished_state(outcome, req.exit_code);
         let cause = finish_cause(outcome, &req);
         let run = self.state.store.update_run(&run.id, |run| {
-            if run.attempt != req.attempt || run.state.is_terminal() {
+            if run.attempt != req.attempt {
+                // A late report of an earlier attempt: recorded against that
+                // attempt, never changing the current one.
+                let note = format!("late report of attempt {}: {cause}", req.attempt);
+                if !run.history.iter().any(|t| t.cause == note) {
+                    run.history.push(domain::Transition {
+                        state,
+                        at: now,
+                        cause: note,
+                        attempt: req.attempt,
+                    });
+                }
+                run.duplicate_reports += 1;
+                return Ok(true);
+            }
+            if run.state.is_terminal() {
                 run.duplicate_reports += 1;
                 return Ok(true);
             }
