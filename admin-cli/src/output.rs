@@ -48,7 +48,7 @@ pub fn state_cell(word: &str) -> Cell {
         "succeeded" | "online" | "enabled" | "active" => Color::Green,
         "failed" | "timed_out" | "lost" | "interrupted" | "offline" | "revoked" => Color::Red,
         "cancelled" | "skipped" | "late" | "disabled" | "pending" | "expired" | "used_up"
-        | "waiting" => Color::Yellow,
+        | "waiting" | "awaiting_approval" => Color::Yellow,
         _ => return cell,
     };
     cell.fg(color)

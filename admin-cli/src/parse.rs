@@ -1,5 +1,5 @@
 //! Parsers of the values operators type: durations, `k=v` pairs, resource
-//! needs, ids.
+//! needs, limits, ids.
 //!
 //! Each returns a message that says what was wrong and what is expected, so
 //! clap can print it as a usage error.
@@ -96,6 +96,47 @@ pub fn parse_resource_need(s: &str) -> Result<(String, u32), String> {
         ));
     }
     Ok((name.to_string(), count))
+}
+
+/// A limit of a job's strategy: a count of runs, or a percentage of the
+/// job's runs (the puppeteer rounds it up, to at least 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    Count(u32),
+    Percent(u32),
+}
+
+/// A limit written `N` or `P%`: `3`, `25%`. A count is at least 1 (leave
+/// the option out for no limit); a percentage is from 1 to 100.
+pub fn parse_limit(s: &str) -> Result<Limit, String> {
+    const HOW: &str = "write a count N or a percentage P%, e.g. 3 or 25%";
+    let text = s.trim();
+    let (number, percent) = match text.strip_suffix('%') {
+        Some(number) => (number.trim(), true),
+        None => (text, false),
+    };
+    if number.is_empty() {
+        return Err(format!("invalid limit {s:?}: {HOW}"));
+    }
+    let n = number
+        .parse::<u32>()
+        .map_err(|_| format!("invalid limit {s:?}: {number:?} is not a whole number: {HOW}"))?;
+    if percent {
+        if !(1..=100).contains(&n) {
+            return Err(format!(
+                "invalid limit {s:?}: a percentage must be from 1% to 100%"
+            ));
+        }
+        Ok(Limit::Percent(n))
+    } else {
+        if n == 0 {
+            return Err(format!(
+                "invalid limit {s:?}: the count must be at least 1 (leave the option out \
+                 for no limit)"
+            ));
+        }
+        Ok(Limit::Count(n))
+    }
 }
 
 /// The id of an API token (`tok-...`). An enroll token's id (`enr-...`) is
@@ -214,6 +255,38 @@ mod tests {
         assert!(countless.contains("NAME:COUNT"), "{countless}");
         for bad in ["", "a:", "a:-1", "a:1:2", "a b:1", "a:99999999999"] {
             assert!(parse_resource_need(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn limits() {
+        assert_eq!(parse_limit("3").unwrap(), Limit::Count(3));
+        assert_eq!(parse_limit("25%").unwrap(), Limit::Percent(25));
+        assert_eq!(parse_limit(" 100% ").unwrap(), Limit::Percent(100));
+        assert_eq!(parse_limit("1%").unwrap(), Limit::Percent(1));
+        let zero = parse_limit("0").unwrap_err();
+        assert!(
+            zero.contains("\"0\"") && zero.contains("at least 1"),
+            "{zero}"
+        );
+        for bad in ["0%", "101%"] {
+            let err = parse_limit(bad).unwrap_err();
+            assert!(
+                err.contains(&format!("{bad:?}")) && err.contains("from 1% to 100%"),
+                "{err}"
+            );
+        }
+        for bad in ["x%", "-1", "x", "1.5", "3%%", "99999999999"] {
+            let err = parse_limit(bad).unwrap_err();
+            assert!(
+                err.contains(&format!("{bad:?}")) && err.contains("not a whole number"),
+                "{err}"
+            );
+            assert!(err.contains("e.g. 3 or 25%"), "{err}");
+        }
+        for bad in ["", "%", " "] {
+            let err = parse_limit(bad).unwrap_err();
+            assert!(err.contains("e.g. 3 or 25%"), "{err}");
         }
     }
 

@@ -65,9 +65,16 @@ pub fn run_finished(state: i32) -> bool {
     state >= pb::RunState::Succeeded as i32
 }
 
-/// Whether a job is finished (every run is).
+/// Whether a job is finished (every run is). A job awaiting approval is not:
+/// its runs have not started.
 pub fn job_finished(state: i32) -> bool {
-    state != pb::JobState::Running as i32 && state != pb::JobState::Unspecified as i32
+    [
+        pb::JobState::Succeeded,
+        pb::JobState::Failed,
+        pb::JobState::Cancelled,
+    ]
+    .iter()
+    .any(|s| *s as i32 == state)
 }
 
 fn sorted(map: &std::collections::HashMap<String, String>) -> BTreeMap<String, String> {
@@ -479,6 +486,171 @@ pub struct JobView {
     /// Number of runs in each state, counted from `runs`.
     pub counts: BTreeMap<String, u32>,
     pub runs: Vec<RunSummaryView>,
+    /// How the runs are rolled out (every field at its default when the job
+    /// was launched without rollout options).
+    pub strategy: StrategyView,
+    /// Who approved (or, with `rejected`, rejected) the job; `null` if nobody.
+    pub approved_by: Option<String>,
+    pub approved_at: Option<String>,
+    pub rejected: bool,
+    /// Puppets the target named that got no run, and why.
+    pub not_targeted: Vec<PuppetSkippedView>,
+}
+
+/// A limit of a strategy: `{"count": 3}` or `{"percent": 25}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitView {
+    Count(u32),
+    Percent(u32),
+}
+
+impl LimitView {
+    fn from_pb(limit: Option<&pb::Limit>) -> Option<Self> {
+        match limit.and_then(|l| l.kind) {
+            Some(pb::limit::Kind::Count(n)) => Some(LimitView::Count(n)),
+            Some(pb::limit::Kind::Percent(p)) => Some(LimitView::Percent(p)),
+            None => None,
+        }
+    }
+}
+
+impl std::fmt::Display for LimitView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LimitView::Count(n) => write!(f, "{n}"),
+            LimitView::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct StrategyView {
+    /// `null`: no limit.
+    pub max_in_flight: Option<LimitView>,
+    /// `null`: no limit.
+    pub max_failures: Option<LimitView>,
+    pub rolling: bool,
+    /// `null`: no deadline.
+    pub deadline_seconds: Option<f64>,
+    /// `null`: runs wait for their offline puppet forever.
+    pub offline_wait_seconds: Option<f64>,
+    /// The job this one starts after; `null` if none.
+    pub after_job: Option<String>,
+    pub per_puppet: bool,
+    pub approval: bool,
+    pub ordered: bool,
+}
+
+impl From<&pb::Strategy> for StrategyView {
+    fn from(s: &pb::Strategy) -> Self {
+        StrategyView {
+            max_in_flight: LimitView::from_pb(s.max_in_flight.as_ref()),
+            max_failures: LimitView::from_pb(s.max_failures.as_ref()),
+            rolling: s.rolling,
+            deadline_seconds: seconds(s.deadline.as_ref()),
+            offline_wait_seconds: seconds(s.offline_wait.as_ref()),
+            after_job: non_empty(&s.after_job),
+            per_puppet: s.per_puppet,
+            approval: s.approval,
+            ordered: s.ordered,
+        }
+    }
+}
+
+/// A strategy in words, for tables: `rolling, max failures 1, offline wait
+/// 30s, after job-x`; `-` when it has no option.
+pub fn strategy_line(s: &pb::Strategy) -> String {
+    let view = StrategyView::from(s);
+    let duration = |d: Option<&prost_types::Duration>| crate::output::human_duration(d);
+    let mut parts = Vec::new();
+    if view.rolling {
+        parts.push("rolling".to_string());
+    }
+    if let Some(limit) = view.max_in_flight {
+        parts.push(format!("max in flight {limit}"));
+    }
+    if let Some(limit) = view.max_failures {
+        parts.push(format!("max failures {limit}"));
+    }
+    if s.deadline.is_some() {
+        parts.push(format!("deadline {}", duration(s.deadline.as_ref())));
+    }
+    if s.offline_wait.is_some() {
+        parts.push(format!(
+            "offline wait {}",
+            duration(s.offline_wait.as_ref())
+        ));
+    }
+    if let Some(up) = &view.after_job {
+        if view.per_puppet {
+            parts.push(format!("after {up} (per puppet)"));
+        } else {
+            parts.push(format!("after {up}"));
+        }
+    }
+    if view.approval {
+        parts.push("approval".into());
+    }
+    if view.ordered {
+        parts.push("ordered".into());
+    }
+    if parts.is_empty() {
+        return "-".into();
+    }
+    parts.join(", ")
+}
+
+#[derive(Debug, Serialize)]
+pub struct PuppetSkippedView {
+    pub puppet: String,
+    pub cause: String,
+}
+
+impl From<&pb::PuppetSkipped> for PuppetSkippedView {
+    fn from(p: &pb::PuppetSkipped) -> Self {
+        PuppetSkippedView {
+            puppet: p.puppet.clone(),
+            cause: p.cause.clone(),
+        }
+    }
+}
+
+/// `puppets queue -o json`.
+#[derive(Debug, Serialize)]
+pub struct PuppetQueueView {
+    pub puppet: String,
+    /// Unfinished runs, in the order the puppet takes them.
+    pub entries: Vec<QueueEntryView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct QueueEntryView {
+    pub run_id: String,
+    pub job_id: String,
+    pub task_name: String,
+    pub state: String,
+    /// Why it waits (or what it does), in words.
+    pub cause: String,
+}
+
+impl From<&pb::PuppetQueue> for PuppetQueueView {
+    fn from(q: &pb::PuppetQueue) -> Self {
+        PuppetQueueView {
+            puppet: q.puppet.clone(),
+            entries: q
+                .entries
+                .iter()
+                .map(|e| QueueEntryView {
+                    run_id: e.run_id.clone(),
+                    job_id: e.job_id.clone(),
+                    task_name: e.task_name.clone(),
+                    state: run_state(e.state),
+                    cause: e.cause.clone(),
+                })
+                .collect(),
+        }
+    }
 }
 
 impl From<&pb::Job> for JobView {
@@ -493,6 +665,11 @@ impl From<&pb::Job> for JobView {
             finished_at: rfc3339(j.finished_at.as_ref()),
             counts: run_counts(j),
             runs: j.runs.iter().map(RunSummaryView::from).collect(),
+            strategy: StrategyView::from(&j.strategy.clone().unwrap_or_default()),
+            approved_by: non_empty(&j.approved_by),
+            approved_at: rfc3339(j.approved_at.as_ref()),
+            rejected: j.rejected,
+            not_targeted: j.not_targeted.iter().map(PuppetSkippedView::from).collect(),
         }
     }
 }
@@ -711,6 +888,138 @@ mod tests {
                     {"run_id": "run-b", "puppet": "web-2", "state": "succeeded",
                      "exit_code": 0, "cause": ""},
                 ],
+                "strategy": {
+                    "max_in_flight": null,
+                    "max_failures": null,
+                    "rolling": false,
+                    "deadline_seconds": null,
+                    "offline_wait_seconds": null,
+                    "after_job": null,
+                    "per_puppet": false,
+                    "approval": false,
+                    "ordered": false,
+                },
+                "approved_by": null,
+                "approved_at": null,
+                "rejected": false,
+                "not_targeted": [],
+            })
+        );
+    }
+
+    #[test]
+    fn job_json_with_strategy_and_approval() {
+        let secs = |seconds| Some(Duration { seconds, nanos: 0 });
+        let job = pb::Job {
+            id: "job-2".into(),
+            state: pb::JobState::AwaitingApproval as i32,
+            strategy: Some(pb::Strategy {
+                max_in_flight: Some(pb::Limit {
+                    kind: Some(pb::limit::Kind::Percent(25)),
+                }),
+                max_failures: Some(pb::Limit {
+                    kind: Some(pb::limit::Kind::Count(3)),
+                }),
+                rolling: true,
+                deadline: secs(3600),
+                offline_wait: secs(30),
+                after_job: "job-1".into(),
+                per_puppet: true,
+                approval: true,
+                ordered: false,
+            }),
+            approved_by: "alice".into(),
+            approved_at: ts(1_700_000_000),
+            not_targeted: vec![pb::PuppetSkipped {
+                puppet: "win-1".into(),
+                cause: "not in the task's class os=debian".into(),
+            }],
+            ..Default::default()
+        };
+        let value = serde_json::to_value(JobView::from(&job)).unwrap();
+        assert_eq!(value["state"], "awaiting_approval");
+        assert_eq!(
+            value["strategy"],
+            json!({
+                "max_in_flight": {"percent": 25},
+                "max_failures": {"count": 3},
+                "rolling": true,
+                "deadline_seconds": 3600.0,
+                "offline_wait_seconds": 30.0,
+                "after_job": "job-1",
+                "per_puppet": true,
+                "approval": true,
+                "ordered": false,
+            })
+        );
+        assert_eq!(value["approved_by"], "alice");
+        assert_eq!(value["approved_at"], "2023-11-14T22:13:20Z");
+        assert_eq!(value["rejected"], false);
+        assert_eq!(
+            value["not_targeted"],
+            json!([{"puppet": "win-1", "cause": "not in the task's class os=debian"}])
+        );
+        assert_eq!(
+            strategy_line(job.strategy.as_ref().unwrap()),
+            "rolling, max in flight 25%, max failures 3, deadline 1h, offline wait 30s, \
+             after job-1 (per puppet), approval"
+        );
+        assert_eq!(
+            strategy_line(&pb::Strategy {
+                rolling: true,
+                max_failures: Some(pb::Limit {
+                    kind: Some(pb::limit::Kind::Count(1)),
+                }),
+                offline_wait: secs(30),
+                after_job: "job-x".into(),
+                ..Default::default()
+            }),
+            "rolling, max failures 1, offline wait 30s, after job-x"
+        );
+        assert_eq!(strategy_line(&pb::Strategy::default()), "-");
+    }
+
+    #[test]
+    fn awaiting_approval_is_not_finished() {
+        assert!(!job_finished(pb::JobState::AwaitingApproval as i32));
+        assert!(!job_finished(pb::JobState::Running as i32));
+        assert!(!job_finished(pb::JobState::Unspecified as i32));
+        for done in [
+            pb::JobState::Succeeded,
+            pb::JobState::Failed,
+            pb::JobState::Cancelled,
+        ] {
+            assert!(job_finished(done as i32), "{done:?}");
+        }
+        assert_eq!(
+            job_state(pb::JobState::AwaitingApproval as i32),
+            "awaiting_approval"
+        );
+    }
+
+    #[test]
+    fn queue_json() {
+        let queue = pb::PuppetQueue {
+            puppet: "web-1".into(),
+            entries: vec![pb::QueueEntry {
+                run_id: "run-a".into(),
+                job_id: "job-1".into(),
+                task_name: "patch".into(),
+                state: pb::RunState::Waiting as i32,
+                cause: "waiting for job job-0".into(),
+            }],
+        };
+        assert_eq!(
+            serde_json::to_value(PuppetQueueView::from(&queue)).unwrap(),
+            json!({
+                "puppet": "web-1",
+                "entries": [{
+                    "run_id": "run-a",
+                    "job_id": "job-1",
+                    "task_name": "patch",
+                    "state": "waiting",
+                    "cause": "waiting for job job-0",
+                }],
             })
         );
     }

@@ -43,6 +43,13 @@ fn help_lists_the_command_groups() {
         ),
         "{out}"
     );
+    for line in [
+        "TEST=$(geppetto jobs run patch --target env=test)",
+        "geppetto jobs run patch --target env=prod --after $TEST --approval --rolling --max-failures 1",
+        "geppetto jobs approve job-...",
+    ] {
+        assert!(out.contains(line), "the tour lacks {line:?}:\n{out}");
+    }
 }
 
 /// The words each group's --help lists as its subcommands.
@@ -76,6 +83,73 @@ fn new_groups_list_their_commands() {
         ],
     );
     subcommands_listed("resources", &["create", "list", "show", "update", "remove"]);
+    subcommands_listed("puppets", &["queue"]);
+    subcommands_listed(
+        "jobs",
+        &[
+            "run", "list", "show", "cancel", "watch", "approve", "reject", "retry",
+        ],
+    );
+}
+
+#[test]
+fn help_texts_of_rollouts() {
+    let help = |args: &[&str]| {
+        let assert = geppetto().args(args).arg("--help").assert().success();
+        String::from_utf8_lossy(&assert.get_output().stdout).to_string()
+    };
+    let run = help(&["jobs", "run"]);
+    for flag in [
+        "--max-in-flight <N|P%>",
+        "--max-failures <N|P%>",
+        "--rolling",
+        "--deadline <DUR>",
+        "--offline-wait <DUR>",
+        "--after <JOB>",
+        "--per-puppet",
+        "--approval",
+        "--ordered",
+        "awaiting approval",
+    ] {
+        assert!(run.contains(flag), "jobs run --help lacks {flag}:\n{run}");
+    }
+    let retry = help(&["jobs", "retry"]);
+    assert!(retry.contains("--only <RUNS>"), "{retry}");
+    for word in ["skipped", "failed", "all", "default: skipped"] {
+        assert!(retry.contains(word), "{retry}");
+    }
+    assert!(help(&["jobs", "approve"]).contains("--approval"));
+    let queue = help(&["puppets", "queue"]);
+    assert!(queue.contains("in order"), "{queue}");
+}
+
+#[test]
+fn bad_rollout_options_exit_2() {
+    for (flag, bad, says) in [
+        ("--max-in-flight", "0", "at least 1"),
+        ("--max-failures", "0%", "from 1% to 100%"),
+        ("--max-failures", "101%", "from 1% to 100%"),
+        ("--max-in-flight", "x%", "not a whole number"),
+        ("--max-in-flight", "-1", "not a whole number"),
+    ] {
+        geppetto()
+            .args(["jobs", "run", "t", "--target", "a=b", flag, bad])
+            .assert()
+            .code(2)
+            .stderr(predicate::str::starts_with("error:"))
+            .stderr(predicate::str::contains(format!("invalid limit \"{bad}\"")))
+            .stderr(predicate::str::contains(says));
+    }
+    geppetto()
+        .args(["jobs", "run", "t", "--target", "a=b", "--per-puppet"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--after <JOB>"));
+    geppetto()
+        .args(["jobs", "retry", "job-1", "--only", "lost"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("skipped"));
 }
 
 #[test]
@@ -148,6 +222,10 @@ fn every_command_has_help() {
         &["tasks", "update"],
         &["jobs", "run"],
         &["jobs", "watch"],
+        &["jobs", "approve"],
+        &["jobs", "reject"],
+        &["jobs", "retry"],
+        &["puppets", "queue"],
         &["runs", "list"],
         &["logs"],
         &["resources", "create"],

@@ -679,3 +679,159 @@ fn a_resource_of_capacity_one_serialises_runs() {
         .stderr(predicate::str::contains("removed resource uplink-lyon"));
     assert_eq!(live.json(&["resources", "list"]), serde_json::json!([]));
 }
+
+#[test]
+fn a_production_job_waits_for_the_test_job_and_an_approval() {
+    let mut live = Live::start();
+    with_puppets(&mut live, &["prod-1", "test-1"]);
+    live.ok(&["puppets", "label", "test-1", "env=test"]);
+    live.ok(&["puppets", "label", "prod-1", "env=prod"]);
+    live.ok(&["tasks", "create", "patch", "--command", "echo patched"]);
+
+    let test = single_id(
+        &live.ok(&["jobs", "run", "patch", "--target", "env=test"]),
+        "job",
+    );
+    let prod = single_id(
+        &live.ok(&[
+            "jobs",
+            "run",
+            "patch",
+            "--target",
+            "env=prod",
+            "--after",
+            &test,
+            "--approval",
+            "--rolling",
+            "--max-failures",
+            "1",
+        ]),
+        "job",
+    );
+
+    // Awaiting approval: shown as such, with the strategy in words.
+    let shown = live.ok(&["jobs", "show", &prod]);
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.trim_start().starts_with("state:") && l.contains("awaiting approval")),
+        "{shown}"
+    );
+    // The puppeteer may add a default offline wait to a rolling job.
+    let strategy = shown
+        .lines()
+        .find(|l| l.trim_start().starts_with("strategy:"))
+        .unwrap_or_else(|| panic!("no strategy line:\n{shown}"));
+    assert!(strategy.contains("rolling, max failures 1, "), "{shown}");
+    assert!(
+        strategy.contains(&format!("after {test}, approval")),
+        "{shown}"
+    );
+    let json = live.json(&["jobs", "show", &prod]);
+    assert_eq!(json["state"], "awaiting_approval", "{json}");
+    assert_eq!(
+        json["strategy"]["max_failures"],
+        serde_json::json!({"count": 1})
+    );
+    assert_eq!(json["strategy"]["max_in_flight"], Value::Null);
+    assert_eq!(json["strategy"]["after_job"], test.as_str());
+    assert_eq!(json["strategy"]["approval"], true);
+    assert_eq!(json["approved_by"], Value::Null, "{json}");
+    let list = live.ok(&["jobs", "list"]);
+    assert!(
+        list.lines()
+            .any(|l| l.contains(&prod) && l.contains("awaiting approval")),
+        "{list}"
+    );
+
+    // The prod puppet's queue names the job.
+    let queue = live.json(&["puppets", "queue", "prod-1"]);
+    assert_eq!(queue["puppet"], "prod-1", "{queue}");
+    let entries = queue["entries"].as_array().unwrap();
+    assert!(
+        entries.iter().any(|e| e["job_id"] == prod.as_str()),
+        "{queue}"
+    );
+    let table = live.ok(&["puppets", "queue", "prod-1"]);
+    assert!(table.trim_start().starts_with('#'), "{table}");
+    assert!(table.contains(&prod), "{table}");
+
+    // A watch keeps waiting through the approval gate.
+    let mut watch = live
+        .cli_std()
+        .args(["jobs", "watch", &prod])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = watch.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stderr.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if tx.send(buf[..n].to_vec()).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let until = Instant::now() + DEADLINE;
+    while !String::from_utf8_lossy(&seen).contains("awaiting approval") {
+        let left = until.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(bytes) => seen.extend(bytes),
+            Err(_) => {
+                let _ = watch.kill();
+                panic!(
+                    "jobs watch never said awaiting approval; got {:?}",
+                    String::from_utf8_lossy(&seen)
+                );
+            }
+        }
+    }
+    assert!(
+        watch.try_wait().unwrap().is_none(),
+        "jobs watch ended while the job awaits approval: {:?}",
+        String::from_utf8_lossy(&seen)
+    );
+
+    // The test job succeeds on its own; then the approval lets prod go.
+    let test_json = live.wait_job(&test);
+    assert_eq!(test_json["state"], "succeeded", "{test_json}");
+    live.cli()
+        .args(["jobs", "approve", &prod])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(format!("approved job {prod}")));
+    let status = wait_for("jobs watch exits", DEADLINE, || watch.try_wait().unwrap());
+    reader.join().unwrap();
+    seen.extend(rx.try_iter().flatten());
+    assert!(
+        status.success(),
+        "jobs watch: {status}: {}",
+        String::from_utf8_lossy(&seen)
+    );
+
+    let json = live.json(&["jobs", "show", &prod]);
+    assert_eq!(json["state"], "succeeded", "{json}");
+    assert_eq!(json["approved_by"], "admin", "{json}");
+    assert!(json["approved_at"].is_string(), "{json}");
+    assert_eq!(json["rejected"], false, "{json}");
+    let shown = live.ok(&["jobs", "show", &prod]);
+    assert!(shown.contains("approved by admin"), "{shown}");
+    // Approving twice is refused, in one line.
+    let again = live
+        .cli()
+        .args(["jobs", "approve", &prod])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(again.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+}

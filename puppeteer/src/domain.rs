@@ -291,6 +291,21 @@ pub fn check_needs(needs: &[ResourceNeed]) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// A named set of puppets: a saved selector or an explicit list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Group {
+    pub name: String,
+    pub selector: Option<String>,
+    pub puppets: Vec<String>,
+    pub description: String,
+    pub created_at: Millis,
+}
+
+/// Checks a group name: 1-63 of `[a-z0-9._-]`, starting with a letter or digit.
+pub fn check_group_name(s: &str) -> Result<(), Invalid> {
+    check_name("group", s, &['-', '.', '_'])
+}
+
 /// A named counting semaphore.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resource {
@@ -516,11 +531,14 @@ fn one() -> u32 {
 
 impl Run {
     /// Whether an attempt that ended in `state` gets a new one.
+    /// An operator's cancellation always wins: a cancelled run is never
+    /// given a new attempt, whatever ended the current one.
     pub fn retryable(&self, state: RunState) -> bool {
         matches!(
             state,
             RunState::Lost | RunState::Interrupted | RunState::TimedOut
         ) && self.attempt < self.max_attempts
+            && !self.cancel_requested
     }
 
     /// Ends the current attempt in `state`; when the retry rule allows, a

@@ -23,7 +23,7 @@ struct Cli {
 enum Command {
     /// Serve the API. On an empty data dir, first creates a local CA, a server
     /// certificate and the first admin's API token, and prints where they are.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Replace the generated server certificate with a new one signed by the
     /// same local CA (for new names, or before it expires). Puppets and
     /// operators keep their CA file. Restart the puppeteer to use it.
@@ -174,7 +174,7 @@ async fn main() {
 
 async fn run(cli: Cli) -> Result<()> {
     let args = match cli.command {
-        Command::Serve(args) => args,
+        Command::Serve(args) => *args,
         Command::RenewCert(args) => return renew(args),
     };
     let config = config_from(args)?;

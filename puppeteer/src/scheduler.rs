@@ -162,19 +162,15 @@ fn failed(state: RunState) -> bool {
 /// Decides whether `run` (queued or waiting) may start now. `silent_for` is
 /// how long its puppet has not polled (`None` while a poll is held).
 ///
-/// The rules, in order: approval, deadline, offline bypass, failures
+/// The rules, in order: cancellation, deadline, approval, offline bypass, failures
 /// (max-failures, or a failed rolling step), dependency, rolling turn,
 /// max-in-flight.
 pub fn gate(view: &JobView<'_>, run: &Run, now: Millis, silent_for: Option<Duration>) -> Gate {
     use crate::domain::Approval;
     let job = view.job;
     let strategy = &job.strategy;
-    match &job.approval {
-        Approval::Awaiting => return Gate::Wait("waiting for approval".into()),
-        Approval::Rejected { by, .. } => {
-            return Gate::Skip(format!("the job was rejected by {by}"));
-        }
-        Approval::NotNeeded | Approval::Approved { .. } => {}
+    if job.cancelled {
+        return Gate::Skip("the job was cancelled".into());
     }
     if let Some(deadline) = strategy.deadline_ms
         && now.since(job.created_at) > Duration::from_millis(deadline)
@@ -183,6 +179,13 @@ pub fn gate(view: &JobView<'_>, run: &Run, now: Millis, silent_for: Option<Durat
             "deadline passed: not started within {}",
             humantime::format_duration(Duration::from_millis(deadline))
         ));
+    }
+    match &job.approval {
+        Approval::Awaiting => return Gate::Wait("waiting for approval".into()),
+        Approval::Rejected { by, .. } => {
+            return Gate::Skip(format!("the job was rejected by {by}"));
+        }
+        Approval::NotNeeded | Approval::Approved { .. } => {}
     }
     if let (Some(wait), Some(silent)) = (strategy.offline_wait_ms, silent_for)
         && silent > Duration::from_millis(wait)

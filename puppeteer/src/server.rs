@@ -28,12 +28,13 @@ use tonic::transport::Server;
 use tonic::transport::server::Router;
 use tower::layer::util::{Identity, Stack};
 
-use crate::api::ResourcesApi;
 use crate::api::{
     AuditApi, EnrollTokensApi, JobsApi, MAX_MESSAGE_BYTES, PuppetServiceApi, PuppetsApi, RunsApi,
     Shared, TasksApi, TokensApi, UsersApi,
 };
+use crate::api::{GroupsApi, ResourcesApi};
 use geppetto_proto::v1::audit_server::AuditServer;
+use geppetto_proto::v1::groups_server::GroupsServer;
 use geppetto_proto::v1::resources_server::ResourcesServer;
 use geppetto_proto::v1::tokens_server::TokensServer;
 use geppetto_proto::v1::users_server::UsersServer;
@@ -102,6 +103,10 @@ async fn router(state: &Shared) -> Result<WebRouter> {
         )
         .add_service(
             ResourcesServer::new(ResourcesApi::new(state.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            GroupsServer::new(GroupsApi::new(state.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(

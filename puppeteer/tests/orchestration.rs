@@ -322,3 +322,61 @@ async fn a_task_class_keeps_runs_off_other_puppets() {
     gentoo.stop().await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_group_is_a_target() {
+    let server = server().await;
+    let mut admin = server.admin();
+    let secret = admin.enroll_secret().await;
+    let a = RealPuppet::start(&server.url, Some(&server.ca), &secret, "web-1");
+    let b = RealPuppet::start(&server.url, Some(&server.ca), &secret, "db-1");
+    admin.wait_polling("web-1").await;
+    admin.wait_polling("db-1").await;
+    admin.label("web-1", "role", "web").await;
+    let mut groups = geppetto_proto::v1::groups_client::GroupsClient::new(admin.channel.clone());
+    groups
+        .create_group(pb::Group {
+            name: "webs".into(),
+            members: Some(pb::group::Members::Selector("role in (web,proxy)".into())),
+            description: String::new(),
+        })
+        .await
+        .unwrap();
+    let shown = groups
+        .get_group(pb::GetGroupRequest {
+            name: "webs".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(shown.current_members, vec!["web-1"]);
+    admin
+        .script_task("t", "echo web", Duration::from_secs(30))
+        .await;
+    let job = admin
+        .run_with(
+            "t",
+            Kind::Selector("group:webs".into()),
+            pb::Strategy::default(),
+        )
+        .await;
+    assert_eq!(job.runs.len(), 1);
+    assert_eq!(job.runs[0].puppet, "web-1");
+    let err = admin
+        .jobs
+        .create_job(pb::CreateJobRequest {
+            task_name: "t".into(),
+            task_version: 0,
+            target: Some(pb::Target {
+                kind: Some(Kind::Selector("group:nope".into())),
+            }),
+            strategy: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    admin.wait_job(&job.id, DEADLINE).await;
+    a.stop().await;
+    b.stop().await;
+    server.stop().await;
+}

@@ -618,10 +618,18 @@ proptest! {
         let me = &case.runs[case.me];
         let total = case.runs.len();
 
-        match case.job.approval {
-            Approval::Awaiting => prop_assert!(matches!(g, Gate::Wait(_)), "{g:?}"),
-            Approval::Rejected { .. } => prop_assert!(matches!(g, Gate::Skip(_)), "{g:?}"),
-            _ => {}
+        // Cancellation and a passed deadline come first; then approval.
+        let deadline_passed = strategy
+            .deadline_ms
+            .is_some_and(|d| case.now.since(case.job.created_at) > Duration::from_millis(d));
+        if case.job.cancelled || deadline_passed {
+            prop_assert!(matches!(g, Gate::Skip(_)), "{g:?}");
+        } else {
+            match case.job.approval {
+                Approval::Awaiting => prop_assert!(matches!(g, Gate::Wait(_)), "{g:?}"),
+                Approval::Rejected { .. } => prop_assert!(matches!(g, Gate::Skip(_)), "{g:?}"),
+                _ => {}
+            }
         }
 
         if let Some(limit) = strategy.max_in_flight {
@@ -767,9 +775,10 @@ proptest! {
 
         let retried = r.end_attempt(end, Millis(100), "why");
         let retryable = matches!(end, RunState::Lost | RunState::Interrupted | RunState::TimedOut)
-            && attempt < max_attempts;
+            && attempt < max_attempts
+            && !before.cancel_requested;
         prop_assert_eq!(retried, retryable);
-        prop_assert_eq!(r.retryable(end), retryable && r.attempt < r.max_attempts);
+        prop_assert_eq!(r.retryable(end), retryable && r.attempt < r.max_attempts && !r.cancel_requested);
         if retryable {
             prop_assert_eq!(r.state, RunState::Queued);
             prop_assert_eq!(r.attempt, attempt + 1);
@@ -803,10 +812,6 @@ proptest! {
     /// (it was running; its puppet was asked to kill it) is never given a
     /// new attempt, whatever ends it.
     #[test]
-    #[ignore = "bug: Run::end_attempt retries a Lost/Interrupted/TimedOut attempt even when \
-                cancel_requested is set, and clears the flag: a run cancelled while running \
-                whose puppet dies (lease expires) or restarts, or that times out, before the \
-                kill lands is queued again and executed again"]
     fn end_attempt_never_retries_a_cancelled_run(
         end in prop::sample::select(vec![RunState::Lost, RunState::Interrupted, RunState::TimedOut]),
         attempt in 1u32..=3,
@@ -826,8 +831,6 @@ proptest! {
     /// through the bug above (a retried cancel-requested run); `gate` then
     /// lets it go, since it never looks at `job.cancelled`.
     #[test]
-    #[ignore = "bug: gate never checks job.cancelled, so a run queued again in a cancelled job \
-                (see end_attempt_never_retries_a_cancelled_run) is Go and is offered again"]
     fn a_cancelled_job_never_lets_a_run_go(mut case in any_gate_case()) {
         case.job.cancelled = true;
         prop_assert_ne!(case.gate(), Gate::Go);

@@ -4,9 +4,10 @@ use geppetto_proto::v1 as pb;
 
 use super::watch::{counts_line, verdict, watch};
 use crate::api::{Api, request};
-use crate::cli::{Format, JobsCommand, RunJobArgs};
+use crate::cli::{Format, JobsCommand, RunJobArgs, StrategyArgs};
 use crate::error::Error;
 use crate::output::{self, Cell};
+use crate::parse::Limit;
 use crate::views::{self, JobView, RunSummaryView, TargetView};
 
 pub async fn run(api: &Api, command: JobsCommand, format: Format) -> Result<(), Error> {
@@ -38,22 +39,97 @@ pub async fn run(api: &Api, command: JobsCommand, format: Format) -> Result<(), 
             print_summary(&job, format)?;
             verdict(&job)
         }
+        JobsCommand::Approve { job } => {
+            let req = pb::ApproveJobRequest { id: job };
+            let job = api.call(api.jobs().approve_job(request(req))).await?;
+            print_changed(&job, &format!("approved job {}", job.id), format)
+        }
+        JobsCommand::Reject { job } => {
+            let req = pb::ApproveJobRequest { id: job };
+            let job = api.call(api.jobs().reject_job(request(req))).await?;
+            print_changed(&job, &format!("rejected job {}", job.id), format)
+        }
+        JobsCommand::Retry { job, only } => {
+            let req = pb::RetryJobRequest {
+                id: job,
+                only: only.as_str().into(),
+            };
+            let job = api.call(api.jobs().retry_job(request(req))).await?;
+            let what = format!("retrying the {} runs of job {}", only.as_str(), job.id);
+            print_changed(&job, &what, format)
+        }
     }
 }
 
-async fn launch(api: &Api, args: RunJobArgs, format: Format) -> Result<(), Error> {
-    let target = match args.target {
-        Some(selector) => pb::target::Kind::Selector(selector),
+/// What a command that changes a job prints: the job as JSON, or one line
+/// on stderr (stdout stays empty, as for `jobs cancel`).
+fn print_changed(job: &pb::Job, what: &str, format: Format) -> Result<(), Error> {
+    match format {
+        Format::Json => output::print_json(&JobView::from(job)),
+        Format::Table => {
+            eprintln!(
+                "{what}: {}, {}",
+                views::job_state(job.state).replace('_', " "),
+                counts_line(job)
+            );
+            Ok(())
+        }
+    }
+}
+
+fn limit(limit: Option<Limit>) -> Option<pb::Limit> {
+    limit.map(|l| pb::Limit {
+        kind: Some(match l {
+            Limit::Count(n) => pb::limit::Kind::Count(n),
+            Limit::Percent(p) => pb::limit::Kind::Percent(p),
+        }),
+    })
+}
+
+fn duration(
+    d: Option<std::time::Duration>,
+    flag: &str,
+) -> Result<Option<prost_types::Duration>, Error> {
+    d.map(prost_types::Duration::try_from)
+        .transpose()
+        .map_err(|_| Error::Usage(format!("{flag} is too long")))
+}
+
+/// The strategy of `jobs run`, or none when no rollout option was given (the
+/// puppeteer's default: every run starts as soon as it can).
+fn strategy(args: StrategyArgs) -> Result<Option<pb::Strategy>, Error> {
+    let strategy = pb::Strategy {
+        max_in_flight: limit(args.max_in_flight),
+        max_failures: limit(args.max_failures),
+        rolling: args.rolling,
+        deadline: duration(args.deadline, "--deadline")?,
+        offline_wait: duration(args.offline_wait, "--offline-wait")?,
+        after_job: args.after.unwrap_or_default(),
+        per_puppet: args.per_puppet,
+        approval: args.approval,
+        ordered: args.ordered,
+    };
+    Ok((strategy != pb::Strategy::default()).then_some(strategy))
+}
+
+/// The request of `jobs run`.
+fn create_request(args: &RunJobArgs) -> Result<pb::CreateJobRequest, Error> {
+    let target = match &args.target {
+        Some(selector) => pb::target::Kind::Selector(selector.clone()),
         None => pb::target::Kind::Puppets(pb::PuppetNames {
-            names: args.puppets,
+            names: args.puppets.clone(),
         }),
     };
-    let req = pb::CreateJobRequest {
-        task_name: args.task,
+    Ok(pb::CreateJobRequest {
+        task_name: args.task.clone(),
         task_version: args.version.unwrap_or(0),
         target: Some(pb::Target { kind: Some(target) }),
-        strategy: None,
-    };
+        strategy: strategy(args.strategy.clone())?,
+    })
+}
+
+async fn launch(api: &Api, args: RunJobArgs, format: Format) -> Result<(), Error> {
+    let req = create_request(&args)?;
     let job = api.call(api.jobs().create_job(request(req))).await?;
     if !args.wait {
         return match format {
@@ -80,7 +156,7 @@ fn print_summary(job: &pb::Job, format: Format) -> Result<(), Error> {
             eprintln!(
                 "{} {}: {}",
                 job.id,
-                views::job_state(job.state),
+                views::job_state(job.state).replace('_', " "),
                 counts_line(job)
             );
             print_runs(&job.runs)
@@ -126,19 +202,161 @@ fn print_one(job: &pb::Job, format: Format) -> Result<(), Error> {
     if format == Format::Json {
         return output::print_json(&JobView::from(job));
     }
-    let rows = vec![
+    let strategy = job.strategy.clone().unwrap_or_default();
+    let mut rows = vec![
         ("job", job.id.clone()),
         ("task", format!("{} v{}", job.task_name, job.task_version)),
         ("target", TargetView::from(job.target.as_ref()).to_string()),
-        ("state", views::job_state(job.state)),
+        ("state", views::job_state(job.state).replace('_', " ")),
+        ("strategy", views::strategy_line(&strategy)),
+    ];
+    if let Some(line) = approval_line(job) {
+        rows.push(("approval", line));
+    }
+    rows.extend([
         ("created", output::when(job.created_at.as_ref())),
         ("finished", output::when(job.finished_at.as_ref())),
         ("runs", counts_line(job)),
-    ];
+    ]);
     output::print_table(&output::fields(rows))?;
+    if !job.not_targeted.is_empty() {
+        output::print_section("not targeted:")?;
+        let mut table = output::table(["PUPPET", "CAUSE"]);
+        for skipped in &job.not_targeted {
+            table.add_row(vec![Cell::new(&skipped.puppet), Cell::new(&skipped.cause)]);
+        }
+        output::print_table(&table)?;
+    }
     if job.runs.is_empty() {
         return Ok(());
     }
     output::print_section("runs:")?;
     print_runs(&job.runs)
+}
+
+/// Who approved or rejected the job and when, or what it waits for; none
+/// for a job without an approval gate.
+fn approval_line(job: &pb::Job) -> Option<String> {
+    if !job.approved_by.is_empty() {
+        let verb = if job.rejected { "rejected" } else { "approved" };
+        return Some(format!(
+            "{verb} by {} at {}",
+            job.approved_by,
+            output::when(job.approved_at.as_ref())
+        ));
+    }
+    if job.state == pb::JobState::AwaitingApproval as i32 {
+        return Some(format!(
+            "awaiting: geppetto jobs approve {} (or jobs reject {0})",
+            job.id
+        ));
+    }
+    job.strategy
+        .as_ref()
+        .is_some_and(|s| s.approval)
+        .then(|| "required, not given".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    fn request_of(args: &[&str]) -> pb::CreateJobRequest {
+        let cli = Cli::try_parse_from(["geppetto", "jobs", "run"].iter().chain(args)).unwrap();
+        let Command::Jobs(JobsCommand::Run(args)) = cli.command else {
+            panic!("wrong command");
+        };
+        create_request(&args).unwrap()
+    }
+
+    #[test]
+    fn no_rollout_option_sends_no_strategy() {
+        let req = request_of(&["patch", "--target", "env=test"]);
+        assert_eq!(req.task_name, "patch");
+        assert_eq!(
+            req.target.unwrap().kind,
+            Some(pb::target::Kind::Selector("env=test".into()))
+        );
+        assert_eq!(req.strategy, None);
+    }
+
+    #[test]
+    fn rollout_options_make_the_strategy() {
+        let req = request_of(&[
+            "patch",
+            "--target",
+            "env=prod",
+            "--after",
+            "job-1",
+            "--per-puppet",
+            "--approval",
+            "--rolling",
+            "--max-failures",
+            "1",
+            "--max-in-flight",
+            "25%",
+            "--deadline",
+            "2h",
+            "--offline-wait",
+            "30s",
+            "--ordered",
+        ]);
+        let secs = |seconds| Some(prost_types::Duration { seconds, nanos: 0 });
+        assert_eq!(
+            req.strategy.unwrap(),
+            pb::Strategy {
+                max_in_flight: Some(pb::Limit {
+                    kind: Some(pb::limit::Kind::Percent(25))
+                }),
+                max_failures: Some(pb::Limit {
+                    kind: Some(pb::limit::Kind::Count(1))
+                }),
+                rolling: true,
+                deadline: secs(7200),
+                offline_wait: secs(30),
+                after_job: "job-1".into(),
+                per_puppet: true,
+                approval: true,
+                ordered: true,
+            }
+        );
+        let req = request_of(&["patch", "--puppet", "web-1", "--approval"]);
+        assert_eq!(
+            req.strategy.unwrap(),
+            pb::Strategy {
+                approval: true,
+                ..Default::default()
+            }
+        );
+    }
+
+    #[test]
+    fn approval_lines() {
+        let mut job = pb::Job {
+            id: "job-1".into(),
+            state: pb::JobState::Running as i32,
+            ..Default::default()
+        };
+        assert_eq!(approval_line(&job), None);
+        job.state = pb::JobState::AwaitingApproval as i32;
+        job.strategy = Some(pb::Strategy {
+            approval: true,
+            ..Default::default()
+        });
+        assert_eq!(
+            approval_line(&job).unwrap(),
+            "awaiting: geppetto jobs approve job-1 (or jobs reject job-1)"
+        );
+        job.state = pb::JobState::Running as i32;
+        job.approved_by = "alice".into();
+        assert_eq!(approval_line(&job).unwrap(), "approved by alice at -");
+        job.rejected = true;
+        assert!(
+            approval_line(&job)
+                .unwrap()
+                .starts_with("rejected by alice")
+        );
+    }
 }

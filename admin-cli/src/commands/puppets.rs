@@ -82,6 +82,13 @@ pub async fn run(api: &Api, command: PuppetsCommand, format: Format) -> Result<(
             }
             print_one(&puppet, format)
         }
+        PuppetsCommand::Queue { name } => {
+            let req = pb::GetPuppetRequest { name };
+            let queue = api
+                .call(api.puppets().get_puppet_queue(request(req)))
+                .await?;
+            print_queue(&queue, format)
+        }
         PuppetsCommand::Revoke { name } => {
             let req = pb::GetPuppetRequest { name };
             let puppet = api
@@ -97,6 +104,28 @@ pub async fn run(api: &Api, command: PuppetsCommand, format: Format) -> Result<(
             print_one(&puppet, format)
         }
     }
+}
+
+/// `puppets queue`: the runs a puppet takes next, in order.
+fn print_queue(queue: &pb::PuppetQueue, format: Format) -> Result<(), Error> {
+    if format == Format::Json {
+        return output::print_json(&views::PuppetQueueView::from(queue));
+    }
+    if queue.entries.is_empty() {
+        eprintln!("puppet {} has nothing to run", queue.puppet);
+    }
+    let mut table = output::table(["#", "RUN", "JOB", "TASK", "STATE", "WHY"]);
+    for (i, entry) in queue.entries.iter().enumerate() {
+        table.add_row(vec![
+            Cell::new(i + 1),
+            Cell::new(&entry.run_id),
+            Cell::new(&entry.job_id),
+            Cell::new(&entry.task_name),
+            output::state_cell(&views::run_state(entry.state)),
+            Cell::new(or_dash(&entry.cause)),
+        ]);
+    }
+    output::print_table(&table)
 }
 
 /// What `puppets remove` and `puppets reject` print: the runs they cancelled.

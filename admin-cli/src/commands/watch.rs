@@ -57,10 +57,20 @@ struct Progress {
     /// The cause last shown for each waiting run.
     waiting: HashMap<String, String>,
     last_counts: String,
+    /// The job was seen awaiting approval.
+    awaiting: bool,
 }
 
 impl Progress {
     fn update(&mut self, job: &pb::Job) {
+        let awaiting = job.state == pb::JobState::AwaitingApproval as i32;
+        if awaiting && !self.awaiting {
+            eprintln!("{}", awaiting_line(job));
+        } else if !awaiting && self.awaiting && !job.approved_by.is_empty() {
+            let verb = if job.rejected { "rejected" } else { "approved" };
+            eprintln!("{}: {verb} by {}", job.id, job.approved_by);
+        }
+        self.awaiting = awaiting;
         for run in &job.runs {
             if run_finished(run.state) && self.ended.insert(run.run_id.clone()) {
                 eprintln!("{}", ended_line(run));
@@ -94,6 +104,11 @@ fn ended_line(run: &pb::RunSummary) -> String {
     }
     line.push_str(&format!(" ({})", run.run_id));
     line
+}
+
+/// `job-1: awaiting approval (geppetto jobs approve job-1)`
+fn awaiting_line(job: &pb::Job) -> String {
+    format!("{}: awaiting approval (geppetto jobs approve {0})", job.id)
 }
 
 /// `web-2: waiting for resource uplink-lyon (run-...)`
@@ -205,6 +220,22 @@ mod tests {
             ended_line(&lost),
             "web-1: lost: no word from the puppet for 2m (run-a)"
         );
+    }
+
+    #[test]
+    fn awaiting_approval_is_shown_once() {
+        let mut awaiting = job(pb::JobState::AwaitingApproval, &[pb::RunState::Queued]);
+        assert_eq!(
+            awaiting_line(&awaiting),
+            "job-1: awaiting approval (geppetto jobs approve job-1)"
+        );
+        let mut progress = Progress::default();
+        progress.update(&awaiting);
+        assert!(progress.awaiting);
+        awaiting.state = pb::JobState::Running as i32;
+        awaiting.approved_by = "alice".into();
+        progress.update(&awaiting);
+        assert!(!progress.awaiting);
     }
 
     #[test]

@@ -166,7 +166,8 @@ impl Live {
     pub fn wait_job(&self, job: &str) -> Value {
         wait_for(&format!("{job} finished"), DEADLINE, || {
             let value = self.json(&["jobs", "show", job]);
-            (value["state"] != "running").then_some(value)
+            let state = value["state"].as_str().unwrap_or_default();
+            (!["running", "awaiting_approval"].contains(&state)).then_some(value)
         })
     }
 

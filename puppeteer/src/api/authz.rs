@@ -56,6 +56,10 @@ pub const PERMISSIONS: &[(&str, Role)] = &[
     ("Resources/GetResource", Role::Viewer),
     ("Resources/UpdateResource", Role::Operator),
     ("Resources/RemoveResource", Role::Operator),
+    ("Groups/CreateGroup", Role::Operator),
+    ("Groups/ListGroups", Role::Viewer),
+    ("Groups/GetGroup", Role::Viewer),
+    ("Groups/RemoveGroup", Role::Operator),
 ];
 
 /// The role an admin RPC needs. An RPC missing from the table needs admin,

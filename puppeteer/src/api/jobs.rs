@@ -36,6 +36,15 @@ impl JobsApi {
     fn resolve(&self, target: &Target) -> ApiResult<Vec<String>> {
         let store = &self.state.store;
         match target {
+            Target::Selector(s) if s.trim_start().starts_with("group:") => {
+                let name = s.trim_start()["group:".len()..].trim();
+                crate::domain::check_group_name(name)?;
+                let group = store.get_group(name)?;
+                match &group.selector {
+                    Some(selector) => self.resolve(&Target::Selector(selector.clone())),
+                    None => self.resolve(&Target::Puppets(group.puppets.clone())),
+                }
+            }
             Target::Selector(s) => {
                 let selector = Selector::parse(s)?;
                 let names: Vec<String> = store

@@ -11,6 +11,7 @@ mod effects;
 mod enroll;
 mod error;
 mod gates;
+mod groups;
 mod jobs;
 mod puppet_service;
 mod puppets;
@@ -81,6 +82,7 @@ pub struct AppState {
 pub type Shared = Arc<AppState>;
 
 pub use enroll::EnrollTokensApi;
+pub use groups::GroupsApi;
 pub use jobs::JobsApi;
 pub use puppet_service::PuppetServiceApi;
 pub use puppets::PuppetsApi;

@@ -24,6 +24,7 @@
 //! | `api_tokens`   | id                           | [`ApiToken`]           |
 //! | `audit`        | seq(u64 BE)                  | [`AuditEntry`]         |
 //! | `resources`    | name                         | [`Resource`]           |
+//! | `groups`       | name                         | [`Group`]              |
 //! | `resource_usage`| name                        | capacity held, u32 BE  |
 //!
 //! Durability: every state change is one sled transaction over all the trees
@@ -31,6 +32,7 @@
 //! background flush; the api layer calls [`Store::flush`] before it
 //! acknowledges anything, so whatever a caller was told survives `kill -9`.
 
+mod groups;
 mod jobs;
 mod keys;
 mod logs;
@@ -122,6 +124,7 @@ pub struct Store {
     audit: sled::Tree,
     resources: sled::Tree,
     resource_usage: sled::Tree,
+    groups: sled::Tree,
 }
 
 impl std::fmt::Debug for Store {
@@ -156,6 +159,7 @@ impl Store {
             audit: tree("audit")?,
             resources: tree("resources")?,
             resource_usage: tree("resource_usage")?,
+            groups: tree("groups")?,
             db,
         };
         store.check_schema()?;

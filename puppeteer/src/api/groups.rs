@@ -1,0 +1,143 @@
+//! Admin service over groups, and their use as a job target.
+
+use geppetto_proto::v1 as pb;
+use geppetto_proto::v1::groups_server::Groups;
+use tonic::{Request, Response, Status};
+
+use super::Shared;
+use super::error::{ApiError, ApiResult, invalid};
+use crate::domain::{self, Group, Millis, PuppetState};
+use crate::selector::Selector;
+
+#[derive(Debug, Clone)]
+pub struct GroupsApi {
+    state: Shared,
+}
+
+fn group_to(g: &Group) -> pb::Group {
+    pb::Group {
+        name: g.name.clone(),
+        description: g.description.clone(),
+        members: Some(match &g.selector {
+            Some(s) => pb::group::Members::Selector(s.clone()),
+            None => pb::group::Members::Puppets(pb::PuppetNames {
+                names: g.puppets.clone(),
+            }),
+        }),
+    }
+}
+
+impl super::AppState {
+    /// The puppets a group stands for now: for a selector, the enabled
+    /// puppets matching it; for a list, the listed puppets that exist.
+    pub fn group_members(&self, group: &Group) -> ApiResult<Vec<String>> {
+        match &group.selector {
+            Some(s) => {
+                let selector = Selector::parse(s)?;
+                Ok(self
+                    .store
+                    .list_puppets()?
+                    .into_iter()
+                    .filter(|p| p.state == PuppetState::Enabled && selector.matches(&p.labels()))
+                    .map(|p| p.name)
+                    .collect())
+            }
+            None => Ok(group
+                .puppets
+                .iter()
+                .filter(|n| self.store.get_puppet(n).is_ok())
+                .cloned()
+                .collect()),
+        }
+    }
+}
+
+impl GroupsApi {
+    pub fn new(state: Shared) -> Self {
+        GroupsApi { state }
+    }
+
+    fn create(&self, req: pb::Group) -> ApiResult<pb::Group> {
+        domain::check_group_name(&req.name)?;
+        if req.description.len() > 1024 {
+            return Err(invalid("the description is longer than 1024 bytes"));
+        }
+        let (selector, puppets) = match req.members {
+            Some(pb::group::Members::Selector(s)) => {
+                Selector::parse(&s)?;
+                (Some(s.trim().to_string()), vec![])
+            }
+            Some(pb::group::Members::Puppets(p)) => {
+                if p.names.is_empty() {
+                    return Err(invalid("the group lists no puppet"));
+                }
+                for name in &p.names {
+                    domain::check_puppet_name(name)?;
+                }
+                (None, p.names)
+            }
+            None => return Err(invalid("give the group a selector or puppet names")),
+        };
+        let group = Group {
+            name: req.name,
+            selector,
+            puppets,
+            description: req.description,
+            created_at: Millis::now(),
+        };
+        self.state.store.create_group(&group)?;
+        Ok(group_to(&group))
+    }
+}
+
+#[tonic::async_trait]
+impl Groups for GroupsApi {
+    async fn create_group(
+        &self,
+        request: Request<pb::Group>,
+    ) -> Result<Response<pb::Group>, Status> {
+        let req = request.get_ref().clone();
+        let (audit, caller) = self.state.begin(&request, "Groups/CreateGroup", &req.name);
+        let result = caller.and_then(|_| self.create(req));
+        self.state.conclude(audit, result).await.map(Response::new)
+    }
+
+    async fn list_groups(
+        &self,
+        request: Request<pb::ListGroupsRequest>,
+    ) -> Result<Response<pb::ListGroupsResponse>, Status> {
+        self.state.authorize(&request, "Groups/ListGroups")?;
+        let groups = self.state.store.list_groups().map_err(ApiError::from)?;
+        Ok(Response::new(pb::ListGroupsResponse {
+            groups: groups.iter().map(group_to).collect(),
+        }))
+    }
+
+    async fn get_group(
+        &self,
+        request: Request<pb::GetGroupRequest>,
+    ) -> Result<Response<pb::GroupView>, Status> {
+        self.state.authorize(&request, "Groups/GetGroup")?;
+        let name = &request.get_ref().name;
+        domain::check_group_name(name).map_err(ApiError::from)?;
+        let group = self.state.store.get_group(name).map_err(ApiError::from)?;
+        Ok(Response::new(pb::GroupView {
+            current_members: self.state.group_members(&group)?,
+            group: Some(group_to(&group)),
+        }))
+    }
+
+    async fn remove_group(
+        &self,
+        request: Request<pb::GetGroupRequest>,
+    ) -> Result<Response<pb::RemoveGroupResponse>, Status> {
+        let name = request.get_ref().name.clone();
+        let (audit, caller) = self.state.begin(&request, "Groups/RemoveGroup", &name);
+        let result = caller.and_then(|_| {
+            domain::check_group_name(&name)?;
+            self.state.store.remove_group(&name)?;
+            Ok(pb::RemoveGroupResponse {})
+        });
+        self.state.conclude(audit, result).await.map(Response::new)
+    }
+}
