@@ -7,6 +7,7 @@ use std::time::Duration;
 use geppetto_proto::client::{Channel, Endpoint, TokenSlot};
 use geppetto_proto::v1::audit_client::AuditClient;
 use geppetto_proto::v1::enroll_tokens_client::EnrollTokensClient;
+use geppetto_proto::v1::groups_client::GroupsClient;
 use geppetto_proto::v1::jobs_client::JobsClient;
 use geppetto_proto::v1::puppets_client::PuppetsClient;
 use geppetto_proto::v1::resources_client::ResourcesClient;
@@ -94,6 +95,10 @@ impl Api {
 
     pub fn resources(&self) -> ResourcesClient<Channel> {
         ResourcesClient::new(self.channel.clone())
+    }
+
+    pub fn groups(&self) -> GroupsClient<Channel> {
+        GroupsClient::new(self.channel.clone())
     }
 
     /// Awaits a unary call (or the opening of a stream) within

@@ -51,6 +51,11 @@ A short tour:
   geppetto tasks create upgrade --script upgrade.sh --resource uplink-lyon --retries 2
   geppetto resources show uplink-lyon
 
+  # Name a set of puppets once and target it by name; a selector group is
+  # evaluated when each job is created.
+  geppetto groups create webs --selector 'role in (web,proxy)'
+  geppetto jobs run deploy --target group:webs
+
   # Promote a patch: test machines first, then production once the test job
   # succeeded and someone approved it, one machine at a time, stopping at the
   # first failure. `puppets queue NAME` says what a machine runs next, and why.
@@ -159,6 +164,10 @@ pub enum Command {
     /// list, show holders and waiters, resize, remove
     #[command(subcommand)]
     Resources(ResourcesCommand),
+    /// Named sets of puppets, by selector or by name, that jobs target with
+    /// `--target group:NAME`: create, list, show current members, remove
+    #[command(subcommand)]
+    Groups(GroupsCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -488,7 +497,8 @@ impl RetryOnly {
 pub struct RunJobArgs {
     /// Name of the task
     pub task: String,
-    /// Label selector of the enabled puppets to run on, e.g. "os=debian,env=test"
+    /// Label selector of the enabled puppets to run on, e.g. "os=debian,env=test",
+    /// or group:NAME for the members of a group (see `geppetto groups`)
     #[arg(long, value_name = "SELECTOR", group = "on")]
     pub target: Option<String>,
     /// Puppet to run on (repeatable)
@@ -603,6 +613,35 @@ pub enum ResourcesCommand {
     },
     /// Removes a resource; refused while it is held or a task needs it
     Remove { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GroupsCommand {
+    /// Creates a group: a saved selector, or a list of puppet names
+    Create(CreateGroupArgs),
+    /// Lists groups with their selector or puppets
+    List,
+    /// Shows a group and the puppets it stands for now
+    Show { name: String },
+    /// Removes a group (jobs already launched on it are kept)
+    Remove { name: String },
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("members").required(true).multiple(false)))]
+pub struct CreateGroupArgs {
+    /// 1-63 of [a-z0-9._-], starting with a letter or digit
+    pub name: String,
+    /// Label selector of its puppets, e.g. "role in (web,proxy)"; evaluated each
+    /// time a job targets the group
+    #[arg(long, value_name = "SEL", group = "members")]
+    pub selector: Option<String>,
+    /// Puppet in the group (repeatable)
+    #[arg(long = "puppet", value_name = "NAME", group = "members")]
+    pub puppets: Vec<String>,
+    /// What the group is for
+    #[arg(long, value_name = "TEXT")]
+    pub description: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -1047,6 +1086,64 @@ mod tests {
             cli.command,
             Command::Puppets(PuppetsCommand::Queue { name }) if name == "web-1"
         ));
+    }
+
+    #[test]
+    fn groups_parse() {
+        let cli = Cli::try_parse_from([
+            "geppetto",
+            "groups",
+            "create",
+            "webs",
+            "--selector",
+            "role in (web,proxy)",
+            "--description",
+            "front",
+        ])
+        .unwrap();
+        let Command::Groups(GroupsCommand::Create(args)) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(args.name, "webs");
+        assert_eq!(args.selector.as_deref(), Some("role in (web,proxy)"));
+        assert!(args.puppets.is_empty());
+        assert_eq!(args.description.as_deref(), Some("front"));
+        let cli = Cli::try_parse_from([
+            "geppetto", "groups", "create", "db", "--puppet", "db-1", "--puppet", "db-2",
+        ])
+        .unwrap();
+        let Command::Groups(GroupsCommand::Create(args)) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(args.puppets, vec!["db-1".to_string(), "db-2".into()]);
+        assert!(args.selector.is_none() && args.description.is_none());
+        assert!(matches!(
+            Cli::try_parse_from(["geppetto", "groups", "list"])
+                .unwrap()
+                .command,
+            Command::Groups(GroupsCommand::List)
+        ));
+        for word in ["show", "remove"] {
+            assert!(Cli::try_parse_from(["geppetto", "groups", word, "g"]).is_ok());
+        }
+        for bad in [
+            &["groups", "create", "g"][..],
+            &[
+                "groups",
+                "create",
+                "g",
+                "--selector",
+                "a=b",
+                "--puppet",
+                "p",
+            ],
+            &["groups", "create", "--selector", "a=b"],
+            &["groups", "show"],
+            &["groups", "remove"],
+        ] {
+            let err = Cli::try_parse_from(["geppetto"].iter().chain(bad)).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad:?}");
+        }
     }
 
     #[test]

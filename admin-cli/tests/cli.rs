@@ -24,6 +24,7 @@ fn help_lists_the_command_groups() {
         "runs",
         "logs",
         "resources",
+        "groups",
     ] {
         assert!(
             out.contains(group),
@@ -47,6 +48,8 @@ fn help_lists_the_command_groups() {
         "TEST=$(geppetto jobs run patch --target env=test)",
         "geppetto jobs run patch --target env=prod --after $TEST --approval --rolling --max-failures 1",
         "geppetto jobs approve job-...",
+        "geppetto groups create webs --selector 'role in (web,proxy)'",
+        "geppetto jobs run deploy --target group:webs",
     ] {
         assert!(out.contains(line), "the tour lacks {line:?}:\n{out}");
     }
@@ -84,6 +87,7 @@ fn new_groups_list_their_commands() {
     );
     subcommands_listed("resources", &["create", "list", "show", "update", "remove"]);
     subcommands_listed("puppets", &["queue"]);
+    subcommands_listed("groups", &["create", "list", "show", "remove"]);
     subcommands_listed(
         "jobs",
         &[
@@ -174,6 +178,48 @@ fn help_texts_of_resources_and_retries() {
 }
 
 #[test]
+fn help_texts_of_groups() {
+    let help = |args: &[&str]| {
+        let assert = geppetto().args(args).arg("--help").assert().success();
+        String::from_utf8_lossy(&assert.get_output().stdout).to_string()
+    };
+    let run = help(&["jobs", "run"]);
+    assert!(
+        run.contains("group:NAME"),
+        "jobs run --help lacks group:NAME:\n{run}"
+    );
+    let create = help(&["groups", "create"]);
+    for flag in [
+        "--selector <SEL>",
+        "--puppet <NAME>",
+        "--description <TEXT>",
+    ] {
+        assert!(
+            create.contains(flag),
+            "groups create --help lacks {flag}:\n{create}"
+        );
+    }
+    assert!(help(&["groups"]).contains("group:NAME"));
+    // Exactly one way to give the members.
+    for bad in [
+        &["groups", "create", "g"][..],
+        &[
+            "groups",
+            "create",
+            "g",
+            "--selector",
+            "a=b",
+            "--puppet",
+            "p",
+        ],
+    ] {
+        geppetto().args(bad).assert().code(2).stderr(
+            predicate::str::contains("--selector").or(predicate::str::contains("--puppet")),
+        );
+    }
+}
+
+#[test]
 fn help_texts_of_approval_and_access() {
     let help = |args: &[&str]| {
         let assert = geppetto().args(args).arg("--help").assert().success();
@@ -233,6 +279,10 @@ fn every_command_has_help() {
         &["resources", "show"],
         &["resources", "update"],
         &["resources", "remove"],
+        &["groups", "create"],
+        &["groups", "list"],
+        &["groups", "show"],
+        &["groups", "remove"],
     ] {
         geppetto()
             .args(path)

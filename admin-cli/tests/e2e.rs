@@ -681,6 +681,91 @@ fn a_resource_of_capacity_one_serialises_runs() {
 }
 
 #[test]
+fn a_job_targets_a_group_by_name() {
+    let mut live = Live::start();
+    with_puppets(&mut live, &["web-1", "db-1"]);
+    live.ok(&["puppets", "label", "web-1", "role=web"]);
+    live.ok(&["puppets", "label", "db-1", "role=db"]);
+
+    let created = live.json(&[
+        "groups",
+        "create",
+        "webs",
+        "--selector",
+        "role in (web,proxy)",
+        "--description",
+        "front ends",
+    ]);
+    assert_eq!(
+        created,
+        serde_json::json!({
+            "name": "webs",
+            "selector": "role in (web,proxy)",
+            "puppets": [],
+            "description": "front ends",
+        })
+    );
+    live.cli()
+        .args(["groups", "create", "dbs", "--puppet", "db-1"])
+        .assert()
+        .success()
+        .stdout("")
+        .stderr(predicate::str::contains("created group dbs"));
+
+    let list = live.json(&["groups", "list"]);
+    assert_eq!(names(&list), ["dbs", "webs"]);
+    assert_eq!(list[0]["selector"], Value::Null, "{list}");
+    assert_eq!(list[0]["puppets"], serde_json::json!(["db-1"]), "{list}");
+    let table = live.ok(&["groups", "list"]);
+    assert!(table.trim_start().starts_with("NAME"), "{table}");
+    assert!(
+        table.lines().any(|l| l.trim_start().starts_with("webs")
+            && l.contains("role in (web,proxy)")
+            && l.contains("front ends")),
+        "{table}"
+    );
+
+    let shown = live.json(&["groups", "show", "webs"]);
+    assert_eq!(
+        shown["current_members"],
+        serde_json::json!(["web-1"]),
+        "{shown}"
+    );
+    let table = live.ok(&["groups", "show", "webs"]);
+    assert!(
+        table.contains("current members:") && table.contains("web-1"),
+        "{table}"
+    );
+    assert!(!table.contains("db-1"), "{table}");
+
+    live.ok(&["tasks", "create", "deploy", "--command", "echo deployed"]);
+    let job = single_id(
+        &live.ok(&["jobs", "run", "deploy", "--target", "group:webs"]),
+        "job",
+    );
+    let done = live.wait_job(&job);
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let runs = done["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 1, "{done}");
+    assert_eq!(runs[0]["puppet"], "web-1", "{done}");
+
+    live.cli()
+        .args(["groups", "remove", "webs"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("removed group webs"));
+    assert_eq!(names(&live.json(&["groups", "list"])), ["dbs"]);
+    let gone = live
+        .cli()
+        .args(["jobs", "run", "deploy", "--target", "group:webs"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&gone.stderr);
+    assert_eq!(gone.status.code(), Some(1), "{stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+}
+
+#[test]
 fn a_production_job_waits_for_the_test_job_and_an_approval() {
     let mut live = Live::start();
     with_puppets(&mut live, &["prod-1", "test-1"]);

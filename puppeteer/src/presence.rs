@@ -27,20 +27,22 @@ pub enum Presence {
 #[derive(Debug, Default)]
 pub struct Presences {
     // A std mutex: held only to bump a counter, never across an await.
-    held: Arc<Mutex<HashMap<String, u32>>>,
+    /// Per puppet: how many polls are held, and the free slots the last
+    /// one reported.
+    held: Arc<Mutex<HashMap<String, (u32, u32)>>>,
 }
 
 /// Marks a puppet as holding a poll until dropped.
 #[derive(Debug)]
 pub struct HeldPoll {
-    held: Arc<Mutex<HashMap<String, u32>>>,
+    held: Arc<Mutex<HashMap<String, (u32, u32)>>>,
     name: String,
 }
 
 impl Drop for HeldPoll {
     fn drop(&mut self) {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = held.get_mut(&self.name) {
+        if let Some((n, _)) = held.get_mut(&self.name) {
             *n -= 1;
             if *n == 0 {
                 held.remove(&self.name);
@@ -50,17 +52,26 @@ impl Drop for HeldPoll {
 }
 
 impl Presences {
-    pub fn hold(&self, name: &str) -> HeldPoll {
-        *self
-            .held
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(name.to_string())
-            .or_default() += 1;
+    pub fn hold(&self, name: &str, free_slots: u32) -> HeldPoll {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = held.entry(name.to_string()).or_default();
+        entry.0 += 1;
+        entry.1 = free_slots;
+        drop(held);
         HeldPoll {
             held: self.held.clone(),
             name: name.to_string(),
         }
+    }
+
+    /// Whether the puppet holds a poll with a free slot: it could take a
+    /// run this instant.
+    pub fn ready(&self, name: &str) -> bool {
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .is_some_and(|(_, free)| *free > 0)
     }
 
     /// Whether a poll of this puppet is held right now.

@@ -253,6 +253,38 @@ pub fn gate(view: &JobView<'_>, run: &Run, now: Millis, silent_for: Option<Durat
     Gate::Go
 }
 
+/// Capacity to set aside, per resource, for older runs of other puppets
+/// that wait for it and could take it now: waiting runs are served in FIFO
+/// order per resource. `mine` are this puppet's unfinished runs; `waiters`
+/// the queued runs of other puppets with whether each could start now
+/// (its puppet holds a poll with a free slot and its job lets it go).
+pub fn fifo_reserve(mine: &[Run], waiters: &[(Run, bool)]) -> HashMap<String, u32> {
+    let mut oldest_mine: HashMap<&str, u64> = HashMap::new();
+    for run in mine {
+        if !matches!(run.state, RunState::Queued | RunState::Waiting) {
+            continue;
+        }
+        for need in &run.needs {
+            let seq = oldest_mine.entry(need.name.as_str()).or_insert(u64::MAX);
+            *seq = (*seq).min(run.queue_seq);
+        }
+    }
+    let mut reserve = HashMap::new();
+    for (waiter, ready) in waiters {
+        if !ready {
+            continue;
+        }
+        for need in &waiter.needs {
+            if let Some(seq) = oldest_mine.get(need.name.as_str())
+                && waiter.queue_seq < *seq
+            {
+                *reserve.entry(need.name.clone()).or_insert(0) += need.count;
+            }
+        }
+    }
+    reserve
+}
+
 /// The first resource the run needs that lacks capacity now.
 fn lacking(available: &HashMap<String, u32>, run: &Run) -> Option<String> {
     run.needs
@@ -539,6 +571,21 @@ mod tests {
         };
         let plan = plan_poll(PuppetState::Enabled, &active, &report);
         assert!(plan.offer.is_empty(), "{plan:?}");
+    }
+
+    #[test]
+    fn older_ready_waiters_elsewhere_are_served_first() {
+        let mut mine = needing("mine", "uplink", 1);
+        mine.queue_seq = 10;
+        let mut older = needing("older", "uplink", 1);
+        older.queue_seq = 5;
+        let mut younger = needing("younger", "uplink", 1);
+        younger.queue_seq = 20;
+        let mut older_busy = needing("busy", "uplink", 2);
+        older_busy.queue_seq = 1;
+        let waiters = vec![(older, true), (younger, true), (older_busy, false)];
+        let reserve = fifo_reserve(&[mine], &waiters);
+        assert_eq!(reserve.get("uplink"), Some(&1));
     }
 
     #[test]

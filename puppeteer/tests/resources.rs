@@ -241,3 +241,58 @@ async fn a_dead_puppet_releases_its_resource_when_its_lease_expires() {
     other.stop().await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn waiting_runs_are_served_in_fifo_order_per_resource() {
+    let server = TestServer::start().await;
+    let mut admin = server.admin();
+    let secret = admin.enroll_secret().await;
+    let list = ["p1", "p2", "p3"];
+    let puppets: Vec<RealPuppet> = list
+        .iter()
+        .map(|n| RealPuppet::start(&server.url, Some(&server.ca), &secret, n))
+        .collect();
+    for n in list {
+        admin.wait_polling(n).await;
+    }
+    admin.resource("uplink", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("order");
+    let gate = dir.path().join("gate");
+    // The hog holds the resource until the test has queued the others.
+    admin
+        .task_needing(
+            "hog",
+            &format!("while [ ! -e {} ]; do sleep 0.05; done", gate.display()),
+            "uplink",
+        )
+        .await;
+    for tag in ["first", "second", "third", "fourth"] {
+        admin
+            .task_needing(tag, &format!("echo {tag} >> {}", file.display()), "uplink")
+            .await;
+    }
+    let hog = admin.run_on("hog", &["p1"]).await;
+    // Created in this order, on puppets that alternate.
+    let mut jobs = Vec::new();
+    for (tag, puppet) in [
+        ("first", "p3"),
+        ("second", "p2"),
+        ("third", "p3"),
+        ("fourth", "p2"),
+    ] {
+        jobs.push(admin.run_on(tag, &[puppet]).await);
+    }
+    std::fs::write(&gate, b"go").unwrap();
+    admin.wait_job(&hog.id, DEADLINE).await;
+    for job in &jobs {
+        let job = admin.wait_job(&job.id, DEADLINE).await;
+        assert_eq!(job.state, pb::JobState::Succeeded as i32, "{job:?}");
+    }
+    let order = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(order, "first\nsecond\nthird\nfourth\n");
+    for p in puppets {
+        p.stop().await;
+    }
+    server.stop().await;
+}

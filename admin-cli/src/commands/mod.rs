@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod enroll_tokens;
+pub mod groups;
 pub mod jobs;
 pub mod logs;
 pub mod puppets;
@@ -32,5 +33,6 @@ pub async fn dispatch(api: &Api, command: Command, format: Format) -> Result<(),
         Command::Runs(c) => runs::run(api, c, format).await,
         Command::Logs(args) => logs::run(api, args).await,
         Command::Resources(c) => resources::run(api, c, format).await,
+        Command::Groups(c) => groups::run(api, c, format).await,
     }
 }

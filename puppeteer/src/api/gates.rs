@@ -41,6 +41,52 @@ impl AppState {
         }
     }
 
+    /// Capacity to set aside for older waiters of other puppets (FIFO per
+    /// resource), for the resources `mine` wait for.
+    pub fn fifo_reserve(
+        &self,
+        puppet: &str,
+        mine: &[Run],
+        now: Millis,
+    ) -> ApiResult<HashMap<String, u32>> {
+        let wanted: std::collections::HashSet<&str> = mine
+            .iter()
+            .filter(|r| matches!(r.state, RunState::Queued | RunState::Waiting))
+            .flat_map(|r| r.needs.iter().map(|n| n.name.as_str()))
+            .collect();
+        if wanted.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let others: Vec<Run> = self
+            .store
+            .all_active_runs()?
+            .into_iter()
+            .filter(|r| {
+                r.puppet != puppet
+                    && matches!(r.state, RunState::Queued | RunState::Waiting)
+                    && r.needs.iter().any(|n| wanted.contains(n.name.as_str()))
+                    && self.presences.ready(&r.puppet)
+            })
+            .collect();
+        let gates = self.gates_for(&others, now)?;
+        let available = self.available_resources(&others)?;
+        // A waiter counts only if it could really start now: its job lets
+        // it go and every resource it needs has room (one waiting for
+        // another, busy resource must not hold this one back).
+        let waiters: Vec<(Run, bool)> = others
+            .into_iter()
+            .map(|r| {
+                let fits = r
+                    .needs
+                    .iter()
+                    .all(|n| available.get(&n.name).is_some_and(|free| *free >= n.count));
+                let ready = fits && gates.get(&r.id) == Some(&Gate::Go);
+                (r, ready)
+            })
+            .collect();
+        Ok(scheduler::fifo_reserve(mine, &waiters))
+    }
+
     /// The jobs among these runs' that keep strict order.
     pub fn ordered_jobs(&self, runs: &[Run]) -> ApiResult<std::collections::HashSet<String>> {
         let mut ordered = std::collections::HashSet::new();

@@ -133,7 +133,12 @@ impl PuppetServiceApi {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         let active = store.active_runs(&puppet.name)?;
-        let available = self.state.available_resources(&active)?;
+        let mut available = self.state.available_resources(&active)?;
+        for (resource, reserved) in self.state.fifo_reserve(&puppet.name, &active, now)? {
+            if let Some(free) = available.get_mut(&resource) {
+                *free = free.saturating_sub(reserved);
+            }
+        }
         let gates = self.state.gates_for(&active, now)?;
         let ordered_jobs = self.state.ordered_jobs(&active)?;
         let report = PollReport {
@@ -253,7 +258,7 @@ impl PuppetService for PuppetServiceApi {
             }
             Ok(())
         })?;
-        let _held = self.state.presences.hold(&name);
+        let _held = self.state.presences.hold(&name, req.free_slots);
         let known: HashSet<String> = req.known_runs.into_iter().collect();
         let finishing: HashSet<String> = req.finishing_runs.into_iter().collect();
         // Runs executing when the poll was sent: their end frees a slot.
