@@ -7,6 +7,7 @@ use std::time::Duration;
 use geppetto_proto::client::{Channel, Endpoint, TokenSlot};
 use geppetto_proto::v1::audit_client::AuditClient;
 use geppetto_proto::v1::enroll_tokens_client::EnrollTokensClient;
+use geppetto_proto::v1::events_client::EventsClient;
 use geppetto_proto::v1::groups_client::GroupsClient;
 use geppetto_proto::v1::jobs_client::JobsClient;
 use geppetto_proto::v1::puppets_client::PuppetsClient;
@@ -101,6 +102,10 @@ impl Api {
         GroupsClient::new(self.channel.clone())
     }
 
+    pub fn events(&self) -> EventsClient<Channel> {
+        EventsClient::new(self.channel.clone())
+    }
+
     /// Awaits a unary call (or the opening of a stream) within
     /// [`CALL_TIMEOUT`], mapping its failure to a readable error.
     pub async fn call<T>(
@@ -139,20 +144,54 @@ const STREAM_RETRY_DELAY: Duration = Duration::from_secs(2);
 #[derive(Debug)]
 pub struct Reconnect {
     left: u32,
+    tries: u32,
+    /// The wait before the first reopening; `None`: always
+    /// [`STREAM_RETRY_DELAY`].
+    backoff: Option<Backoff>,
+}
+
+/// Waits that double after each failed reopening, up to a ceiling.
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    first: Duration,
+    max: Duration,
 }
 
 impl Default for Reconnect {
     fn default() -> Self {
         Reconnect {
             left: STREAM_RETRIES,
+            tries: STREAM_RETRIES,
+            backoff: None,
         }
     }
 }
 
 impl Reconnect {
+    /// For long follows (`events --follow`): up to `tries` reopenings in a
+    /// row, waiting `first`, then twice as long each time, at most `max`.
+    pub fn with_backoff(tries: u32, first: Duration, max: Duration) -> Self {
+        Reconnect {
+            left: tries,
+            tries,
+            backoff: Some(Backoff { first, max }),
+        }
+    }
+
     /// Something arrived: the link works again.
     pub fn reset(&mut self) {
-        self.left = STREAM_RETRIES;
+        self.left = self.tries;
+    }
+
+    /// The wait before the next reopening.
+    pub fn delay(&self) -> Duration {
+        match self.backoff {
+            None => STREAM_RETRY_DELAY,
+            Some(Backoff { first, max }) => {
+                let failed = self.tries.saturating_sub(self.left).min(16);
+                first.saturating_mul(1 << failed).min(max)
+            }
+        }
     }
 
     /// Whether to reopen after `error`; waits a little first if so.
@@ -161,9 +200,29 @@ impl Reconnect {
         if !transient || self.left == 0 {
             return false;
         }
+        let delay = self.delay();
         self.left -= 1;
         eprintln!("warning: {error}; reconnecting");
-        tokio::time::sleep(STREAM_RETRY_DELAY).await;
+        tokio::time::sleep(delay).await;
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_ceiling_and_resets() {
+        let mut r = Reconnect::with_backoff(10, Duration::from_secs(1), Duration::from_secs(5));
+        let mut delays = Vec::new();
+        for _ in 0..5 {
+            delays.push(r.delay().as_secs());
+            r.left -= 1;
+        }
+        assert_eq!(delays, [1, 2, 4, 5, 5]);
+        r.reset();
+        assert_eq!(r.delay(), Duration::from_secs(1));
+        assert_eq!(Reconnect::default().delay(), STREAM_RETRY_DELAY);
     }
 }

@@ -12,8 +12,8 @@ use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::Secret;
 use crate::parse::{
-    Limit, parse_duration, parse_kv, parse_kv_list, parse_limit, parse_resource_need,
-    parse_token_id,
+    Limit, parse_duration, parse_event_kind, parse_kv, parse_kv_list, parse_limit,
+    parse_resource_need, parse_token_id,
 };
 
 const TOUR: &str = "\
@@ -69,6 +69,15 @@ A short tour:
   geppetto users add alice --role operator
   geppetto tokens create --user alice --name laptop --expires 90days
   geppetto audit --since 1h
+
+  # One screen of what is going on and what needs attention; then follow what happens.
+  geppetto status
+  geppetto events --follow --kind run. --kind job.failed
+  geppetto events --job job-... -o json
+
+  # Shell completions and the man page.
+  geppetto completions bash > /etc/bash_completion.d/geppetto
+  geppetto man > /usr/local/share/man/man1/geppetto.1
 
 Read commands print tables; add `-o json` for scripts.";
 
@@ -168,6 +177,79 @@ pub enum Command {
     /// `--target group:NAME`: create, list, show current members, remove
     #[command(subcommand)]
     Groups(GroupsCommand),
+    /// What happened, in order: runs, jobs, puppets, resources, API calls; --follow
+    /// keeps printing new events as they happen
+    #[command(after_long_help = EVENTS_HELP)]
+    Events(EventsArgs),
+    /// One screen: the fleet, running jobs, resources in use, and what needs attention
+    Status,
+    /// Prints a shell completion script for bash, zsh, fish, elvish or powershell
+    #[command(after_long_help = COMPLETIONS_HELP)]
+    Completions {
+        /// The shell to complete for
+        #[arg(value_enum, value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Prints the man page of geppetto (roff)
+    #[command(after_long_help = MAN_HELP)]
+    Man,
+}
+
+const EVENTS_HELP: &str = "\
+Kinds are \"subject.change\": run.queued, run.started, run.succeeded, run.failed, run.lost,
+job.succeeded, job.failed, job.awaiting_approval, job.approved, puppet.online, puppet.offline,
+puppet.pending, puppet.enrolled, resource.updated, admin.Tasks/CreateTask, ...
+A --kind ending in '.' keeps every kind starting with it: --kind run. keeps all run events.
+
+Examples:
+  geppetto events                                  # the oldest events kept
+  geppetto events --after 1200 --limit 50          # the 50 events after id 1200
+  geppetto events --follow --kind job.failed       # one line per failed job, until Ctrl-C
+  geppetto events --follow --puppets site=lyon -o json   # one JSON object per line
+
+With --follow a dropped connection is reopened (with growing waits) from the last event
+printed, so no event is missed or printed twice; if the puppeteer no longer keeps the
+events to resume from, the command says so and exits 1.";
+
+const COMPLETIONS_HELP: &str = "\
+Install them, e.g.:
+  geppetto completions bash > /etc/bash_completion.d/geppetto     # or ~/.local/share/bash-completion/completions/geppetto
+  geppetto completions zsh > \"${fpath[1]}/_geppetto\"               # a directory of your $fpath
+  geppetto completions fish > ~/.config/fish/completions/geppetto.fish";
+
+const MAN_HELP: &str = "\
+Install it, e.g.:
+  geppetto man > /usr/local/share/man/man1/geppetto.1 && mandb
+  man geppetto";
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Keep printing events as they happen (from now on, or after --after), until
+    /// Ctrl-C; with -o json, one JSON object per line
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// Only events of this kind (repeatable): exact (run.failed) or a prefix ending
+    /// in '.' (run.)
+    #[arg(long = "kind", value_name = "KIND", value_parser = parse_event_kind)]
+    pub kinds: Vec<String>,
+    /// Only events of this job
+    #[arg(long, value_name = "JOB")]
+    pub job: Option<String>,
+    /// Only events about puppets matching this label selector, e.g. "site=lyon"
+    #[arg(long, value_name = "SELECTOR")]
+    pub puppets: Option<String>,
+    /// Only events with a larger id [default: from the oldest kept; with --follow,
+    /// from now on]
+    #[arg(long, value_name = "ID")]
+    pub after: Option<u64>,
+    /// At most this many events [default: 1000]
+    #[arg(
+        long,
+        value_name = "N",
+        value_parser = clap::value_parser!(u32).range(1..),
+        conflicts_with = "follow"
+    )]
+    pub limit: Option<u32>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -1141,6 +1223,78 @@ mod tests {
             &["groups", "show"],
             &["groups", "remove"],
         ] {
+            let err = Cli::try_parse_from(["geppetto"].iter().chain(bad)).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn events_parse() {
+        let cli = Cli::try_parse_from([
+            "geppetto",
+            "events",
+            "--follow",
+            "--kind",
+            "run.",
+            "--kind",
+            "job.failed",
+            "--job",
+            "job-1",
+            "--puppets",
+            "site=lyon",
+            "--after",
+            "42",
+        ])
+        .unwrap();
+        let Command::Events(args) = cli.command else {
+            panic!("wrong command");
+        };
+        assert!(args.follow);
+        assert_eq!(args.kinds, ["run.", "job.failed"]);
+        assert_eq!(args.job.as_deref(), Some("job-1"));
+        assert_eq!(args.puppets.as_deref(), Some("site=lyon"));
+        assert_eq!(args.after, Some(42));
+        assert_eq!(args.limit, None);
+        let cli = Cli::try_parse_from(["geppetto", "events", "--limit", "5"]).unwrap();
+        let Command::Events(args) = cli.command else {
+            panic!("wrong command");
+        };
+        assert!(!args.follow && args.kinds.is_empty() && args.limit == Some(5));
+        for bad in [
+            &["--kind", ""][..],
+            &["--kind", "run failed"],
+            &["--after", "-1"],
+            &["--after", "x"],
+            &["--limit", "0"],
+            &["--follow", "--limit", "5"],
+        ] {
+            let err = Cli::try_parse_from(["geppetto", "events"].iter().chain(bad)).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn status_completions_and_man_parse() {
+        assert!(matches!(
+            Cli::try_parse_from(["geppetto", "status"]).unwrap().command,
+            Command::Status
+        ));
+        assert!(matches!(
+            Cli::try_parse_from(["geppetto", "man"]).unwrap().command,
+            Command::Man
+        ));
+        for (word, shell) in [
+            ("bash", clap_complete::Shell::Bash),
+            ("zsh", clap_complete::Shell::Zsh),
+            ("fish", clap_complete::Shell::Fish),
+        ] {
+            let cli = Cli::try_parse_from(["geppetto", "completions", word]).unwrap();
+            assert!(
+                matches!(cli.command, Command::Completions { shell: s } if s == shell),
+                "{word}"
+            );
+        }
+        for bad in [&["completions"][..], &["completions", "tcsh"]] {
             let err = Cli::try_parse_from(["geppetto"].iter().chain(bad)).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{bad:?}");
         }

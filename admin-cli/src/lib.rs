@@ -28,6 +28,10 @@ pub use error::Error;
 
 /// Runs a parsed command line. `env` looks up environment variables.
 pub async fn run(cli: Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<(), Error> {
+    // Completions and the man page need no config, token or server.
+    if let Some(result) = commands::local(&cli.command) {
+        return result;
+    }
     let file = config::load_file(&cli.global, env)?;
     let settings = config::resolve(&cli.global, env, file)?;
     let api = api::Api::connect(&settings)?;

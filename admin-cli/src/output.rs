@@ -41,17 +41,22 @@ pub fn table<const N: usize>(header: [&str; N]) -> Table {
 /// A cell holding a state word, coloured by how good it is.
 pub fn state_cell(word: &str) -> Cell {
     let cell = Cell::new(word.replace('_', " "));
-    if !colors() {
-        return cell;
+    match state_color(word) {
+        Some(color) if colors() => cell.fg(color),
+        _ => cell,
     }
-    let color = match word {
+}
+
+/// The colour of a state word: green for good, red for bad, yellow for
+/// waiting or ended without result; `None` for the others.
+pub fn state_color(word: &str) -> Option<Color> {
+    Some(match word {
         "succeeded" | "online" | "enabled" | "active" => Color::Green,
         "failed" | "timed_out" | "lost" | "interrupted" | "offline" | "revoked" => Color::Red,
         "cancelled" | "skipped" | "late" | "disabled" | "pending" | "expired" | "used_up"
         | "waiting" | "awaiting_approval" => Color::Yellow,
-        _ => return cell,
-    };
-    cell.fg(color)
+        _ => return None,
+    })
 }
 
 /// Prints a table (or a key/value block) on stdout.

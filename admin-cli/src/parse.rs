@@ -66,6 +66,21 @@ pub fn pairs_to_map(
     Ok(map)
 }
 
+/// An event kind for `events --kind`: exact (`run.failed`) or a prefix
+/// ending in `.` (`run.`); the puppeteer does the matching.
+pub fn parse_event_kind(s: &str) -> Result<String, String> {
+    let kind = s.trim();
+    if kind.is_empty() {
+        return Err("invalid kind \"\": write e.g. run.failed, or run. for every run event".into());
+    }
+    if kind.contains(|c: char| c.is_whitespace() || c == ',') {
+        return Err(format!(
+            "invalid kind {s:?}: one kind per --kind, without spaces or commas"
+        ));
+    }
+    Ok(kind.to_string())
+}
+
 /// A resource a task needs, written `NAME` or `NAME:COUNT`: `uplink`,
 /// `uplink:2`. The count defaults to 1 and must be at least 1; the name is
 /// left for the puppeteer to judge beyond being non-empty and unspaced.
@@ -178,6 +193,19 @@ pub fn id_kind(id: &str) -> Result<IdKind, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_kinds() {
+        assert_eq!(parse_event_kind("run.failed").unwrap(), "run.failed");
+        assert_eq!(parse_event_kind(" run. ").unwrap(), "run.");
+        assert_eq!(
+            parse_event_kind("admin.Tasks/CreateTask").unwrap(),
+            "admin.Tasks/CreateTask"
+        );
+        assert!(parse_event_kind("").unwrap_err().contains("run."));
+        assert!(parse_event_kind("run.failed,job.failed").is_err());
+        assert!(parse_event_kind("run failed").is_err());
+    }
 
     #[test]
     fn durations() {

@@ -883,6 +883,163 @@ impl From<&pb::GroupView> for GroupShowView {
     }
 }
 
+/// An event of `geppetto events`.
+#[derive(Debug, Serialize)]
+pub struct EventView {
+    /// Increasing; `--after ID` resumes after it.
+    pub id: u64,
+    pub at: Option<String>,
+    /// `subject.change`, e.g. `run.succeeded`, `job.failed`, `puppet.offline`.
+    pub kind: String,
+    /// What it is about, `null` when it does not apply.
+    pub job_id: Option<String>,
+    pub run_id: Option<String>,
+    pub puppet: Option<String>,
+    pub resource: Option<String>,
+    /// A user, `puppet:NAME`, or `puppeteer`.
+    pub actor: String,
+    pub summary: String,
+}
+
+impl From<&pb::Event> for EventView {
+    fn from(e: &pb::Event) -> Self {
+        EventView {
+            id: e.id,
+            at: rfc3339(e.at.as_ref()),
+            kind: e.kind.clone(),
+            job_id: non_empty(&e.job_id),
+            run_id: non_empty(&e.run_id),
+            puppet: non_empty(&e.puppet),
+            resource: non_empty(&e.resource),
+            actor: e.actor.clone(),
+            summary: e.summary.clone(),
+        }
+    }
+}
+
+/// `geppetto status -o json`.
+#[derive(Debug, Serialize)]
+pub struct StatusView {
+    pub fleet: FleetView,
+    /// Jobs running or awaiting approval, newest first.
+    pub jobs: Vec<JobBriefView>,
+    /// Resources held or waited for.
+    pub resources: Vec<ResourceUseView>,
+    pub attention: AttentionView,
+}
+
+/// Puppets counted by presence (every puppet), and by state.
+#[derive(Debug, Default, PartialEq, Eq, Serialize)]
+pub struct FleetView {
+    pub total: u32,
+    pub online: u32,
+    pub late: u32,
+    /// Offline, or never seen.
+    pub offline: u32,
+    /// Enrolled, waiting for `puppets approve`.
+    pub pending: u32,
+    pub disabled: u32,
+}
+
+/// A job in one line: what it runs and how its runs stand.
+#[derive(Debug, Serialize)]
+pub struct JobBriefView {
+    pub id: String,
+    pub task_name: String,
+    pub task_version: u32,
+    pub state: String,
+    pub created_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub counts: BTreeMap<String, u32>,
+}
+
+impl From<&pb::Job> for JobBriefView {
+    fn from(j: &pb::Job) -> Self {
+        JobBriefView {
+            id: j.id.clone(),
+            task_name: j.task_name.clone(),
+            task_version: j.task_version,
+            state: job_state(j.state),
+            created_at: rfc3339(j.created_at.as_ref()),
+            finished_at: rfc3339(j.finished_at.as_ref()),
+            counts: run_counts(j),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct ResourceUseView {
+    pub name: String,
+    pub used: u32,
+    pub capacity: u32,
+    /// Runs waiting for it.
+    pub waiters: u32,
+}
+
+/// What an operator should look at.
+#[derive(Debug, Default, Serialize)]
+pub struct AttentionView {
+    /// Puppets to approve (or reject), by name.
+    pub pending_puppets: Vec<String>,
+    /// Jobs to approve (or reject).
+    pub awaiting_approval: Vec<JobBriefView>,
+    /// Failed jobs among the last 100, newest first.
+    pub failed_jobs: Vec<JobBriefView>,
+}
+
+impl StatusView {
+    /// The status from the puppets, the last jobs (newest first) and the
+    /// resources.
+    pub fn new(puppets: &[pb::Puppet], jobs: &[pb::Job], resources: &[pb::Resource]) -> Self {
+        let mut fleet = FleetView::default();
+        let mut pending_puppets = Vec::new();
+        for p in puppets {
+            fleet.total += 1;
+            match pb::Presence::try_from(p.presence) {
+                Ok(pb::Presence::Online) => fleet.online += 1,
+                Ok(pb::Presence::Late) => fleet.late += 1,
+                _ => fleet.offline += 1,
+            }
+            match pb::PuppetState::try_from(p.state) {
+                Ok(pb::PuppetState::Pending) => {
+                    fleet.pending += 1;
+                    pending_puppets.push(p.name.clone());
+                }
+                Ok(pb::PuppetState::Disabled) => fleet.disabled += 1,
+                _ => {}
+            }
+        }
+        pending_puppets.sort();
+        let with_state = |states: &[pb::JobState]| -> Vec<JobBriefView> {
+            jobs.iter()
+                .filter(|j| states.iter().any(|s| *s as i32 == j.state))
+                .map(JobBriefView::from)
+                .collect()
+        };
+        let mut in_use: Vec<ResourceUseView> = resources
+            .iter()
+            .filter(|r| r.used > 0 || !r.waiters.is_empty())
+            .map(|r| ResourceUseView {
+                name: r.name.clone(),
+                used: r.used,
+                capacity: r.capacity,
+                waiters: r.waiters.len() as u32,
+            })
+            .collect();
+        in_use.sort_by(|a, b| a.name.cmp(&b.name));
+        StatusView {
+            fleet,
+            jobs: with_state(&[pb::JobState::Running, pb::JobState::AwaitingApproval]),
+            resources: in_use,
+            attention: AttentionView {
+                pending_puppets,
+                awaiting_approval: with_state(&[pb::JobState::AwaitingApproval]),
+                failed_jobs: with_state(&[pb::JobState::Failed]),
+            },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1423,5 +1580,121 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(all.members_line(), "all");
+    }
+
+    #[test]
+    fn event_json() {
+        let event = pb::Event {
+            id: 7,
+            at: ts(1_700_000_000),
+            kind: "run.succeeded".into(),
+            job_id: "job-1".into(),
+            run_id: "run-a".into(),
+            puppet: "web-1".into(),
+            actor: "puppet:web-1".into(),
+            summary: "run-a on web-1 succeeded".into(),
+            ..Default::default()
+        };
+        let value = serde_json::to_value(EventView::from(&event)).unwrap();
+        assert_eq!(
+            value,
+            json!({
+                "id": 7,
+                "at": "2023-11-14T22:13:20Z",
+                "kind": "run.succeeded",
+                "job_id": "job-1",
+                "run_id": "run-a",
+                "puppet": "web-1",
+                "resource": null,
+                "actor": "puppet:web-1",
+                "summary": "run-a on web-1 succeeded",
+            })
+        );
+    }
+
+    #[test]
+    fn status_counts_and_attention() {
+        let puppet = |name: &str, state: pb::PuppetState, presence: pb::Presence| pb::Puppet {
+            name: name.into(),
+            state: state as i32,
+            presence: presence as i32,
+            ..Default::default()
+        };
+        use pb::{Presence as P, PuppetState as S};
+        let puppets = [
+            puppet("web-1", S::Enabled, P::Online),
+            puppet("web-2", S::Enabled, P::Late),
+            puppet("web-3", S::Disabled, P::Offline),
+            puppet("new-2", S::Pending, P::Online),
+            puppet("new-1", S::Pending, P::Unspecified),
+        ];
+        let job = |id: &str, state: pb::JobState| pb::Job {
+            id: id.into(),
+            task_name: "patch".into(),
+            task_version: 2,
+            state: state as i32,
+            runs: vec![pb::RunSummary {
+                run_id: format!("run-{id}"),
+                state: pb::RunState::Failed as i32,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let jobs = [
+            job("job-5", pb::JobState::AwaitingApproval),
+            job("job-4", pb::JobState::Running),
+            job("job-3", pb::JobState::Failed),
+            job("job-2", pb::JobState::Succeeded),
+            job("job-1", pb::JobState::Failed),
+        ];
+        let resource = |name: &str, used, waiters: usize| pb::Resource {
+            name: name.into(),
+            capacity: 2,
+            used,
+            waiters: vec![pb::ResourceHolder::default(); waiters],
+            ..Default::default()
+        };
+        let resources = [
+            resource("uplink", 2, 1),
+            resource("idle", 0, 0),
+            resource("db", 1, 0),
+        ];
+        let status = StatusView::new(&puppets, &jobs, &resources);
+        assert_eq!(
+            status.fleet,
+            FleetView {
+                total: 5,
+                online: 2,
+                late: 1,
+                offline: 2,
+                pending: 2,
+                disabled: 1
+            }
+        );
+        let value = serde_json::to_value(&status).unwrap();
+        let ids = |v: &serde_json::Value| -> Vec<String> {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|j| j["id"].as_str().unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(ids(&value["jobs"]), ["job-5", "job-4"]);
+        assert_eq!(value["jobs"][0]["state"], "awaiting_approval");
+        assert_eq!(value["jobs"][1]["counts"], json!({"failed": 1}));
+        assert_eq!(
+            value["resources"],
+            json!([
+                {"name": "db", "used": 1, "capacity": 2, "waiters": 0},
+                {"name": "uplink", "used": 2, "capacity": 2, "waiters": 1},
+            ])
+        );
+        assert_eq!(
+            value["attention"]["pending_puppets"],
+            json!(["new-1", "new-2"])
+        );
+        assert_eq!(ids(&value["attention"]["awaiting_approval"]), ["job-5"]);
+        assert_eq!(ids(&value["attention"]["failed_jobs"]), ["job-3", "job-1"]);
+        assert_eq!(value["fleet"]["online"], 2);
     }
 }

@@ -25,6 +25,10 @@ fn help_lists_the_command_groups() {
         "logs",
         "resources",
         "groups",
+        "events",
+        "status",
+        "completions",
+        "man",
     ] {
         assert!(
             out.contains(group),
@@ -427,4 +431,64 @@ fn the_config_file_is_used_and_flags_win() {
         .assert()
         .code(1)
         .stderr(predicate::str::contains("https://127.0.0.1:1"));
+}
+
+#[test]
+fn completions_and_man_need_no_server() {
+    let assert = geppetto().args(["completions", "bash"]).assert().success();
+    let out = String::from_utf8_lossy(&assert.get_output().stdout).to_string();
+    assert!(out.contains("geppetto"), "{out}");
+    assert!(out.contains("events") && out.contains("status"), "{out}");
+    for shell in ["zsh", "fish"] {
+        geppetto()
+            .args(["completions", shell])
+            .assert()
+            .success()
+            .stdout(predicate::str::contains("geppetto"));
+    }
+    geppetto().args(["completions", "tcsh"]).assert().code(2);
+
+    let assert = geppetto().arg("man").assert().success();
+    let out = String::from_utf8_lossy(&assert.get_output().stdout).to_string();
+    assert!(out.starts_with(".TH geppetto 1"), "{out}");
+    assert!(
+        out.contains(".SH SUBCOMMANDS") || out.contains("events"),
+        "{out}"
+    );
+    assert!(out.contains("geppetto"), "{out}");
+}
+
+#[test]
+fn new_commands_document_themselves() {
+    let assert = geppetto()
+        .args(["completions", "--help"])
+        .assert()
+        .success();
+    let out = String::from_utf8_lossy(&assert.get_output().stdout).to_string();
+    assert!(
+        out.contains("geppetto completions bash > /etc/bash_completion.d/geppetto"),
+        "{out}"
+    );
+    let assert = geppetto().args(["man", "--help"]).assert().success();
+    let out = String::from_utf8_lossy(&assert.get_output().stdout).to_string();
+    assert!(
+        out.contains("geppetto man > /usr/local/share/man/man1/geppetto.1"),
+        "{out}"
+    );
+    let assert = geppetto().args(["events", "--help"]).assert().success();
+    let out = String::from_utf8_lossy(&assert.get_output().stdout).to_string();
+    for flag in [
+        "--follow",
+        "--kind",
+        "--job",
+        "--puppets",
+        "--after",
+        "--limit",
+    ] {
+        assert!(out.contains(flag), "events --help lacks {flag}:\n{out}");
+    }
+    geppetto()
+        .args(["events", "--follow", "--limit", "3"])
+        .assert()
+        .code(2);
 }

@@ -920,3 +920,133 @@ fn a_production_job_waits_for_the_test_job_and_an_approval() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.starts_with("error: "), "{stderr}");
 }
+
+/// Ids and kinds of a JSON array of events.
+fn kinds(events: &Value) -> Vec<(u64, String)> {
+    events
+        .as_array()
+        .expect("a JSON array")
+        .iter()
+        .map(|e| {
+            (
+                e["id"].as_u64().unwrap(),
+                e["kind"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn events_tell_a_job_in_order_and_status_sums_up() {
+    let mut live = Live::start();
+    with_puppets(&mut live, &["p1", "p2"]);
+
+    let status = live.json(&["status"]);
+    assert_eq!(status["fleet"]["total"], 2, "{status}");
+    assert_eq!(status["fleet"]["online"], 2, "{status}");
+    assert_eq!(status["fleet"]["pending"], 0, "{status}");
+    assert_eq!(
+        status["attention"]["pending_puppets"],
+        serde_json::json!([])
+    );
+    let screen = live.ok(&["status"]);
+    assert!(screen.starts_with("fleet: 2 puppets: 2 online"), "{screen}");
+    assert!(screen.contains("needs attention: nothing"), "{screen}");
+
+    // Follow from the last event so far: nothing of the job can be missed.
+    let before = live.json(&["events"]);
+    let last = kinds(&before).last().map_or(0, |(id, _)| *id);
+    assert!(last > 0, "enrollments make events: {before}");
+    let mut follow = live
+        .cli_std()
+        .args(["-o", "json", "events", "--follow", "--kind", "job."])
+        .args(["--after", &last.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("geppetto events --follow starts");
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+
+    live.ok(&["tasks", "create", "hello", "--command", "echo hi"]);
+    let job = single_id(&live.ok(&["jobs", "run", "hello", "--puppet", "p1"]), "job");
+    live.wait_job(&job);
+
+    let events = live.json(&["events", "--job", &job]);
+    let list = kinds(&events);
+    let ids: Vec<u64> = list.iter().map(|(id, _)| *id).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "id order: {events}");
+    let position = |kind: &str| {
+        list.iter()
+            .position(|(_, k)| k == kind)
+            .unwrap_or_else(|| panic!("no {kind} in {events}"))
+    };
+    assert!(
+        position("run.queued") < position("run.succeeded"),
+        "{events}"
+    );
+    assert!(
+        position("run.succeeded") < position("job.succeeded"),
+        "{events}"
+    );
+    for e in events.as_array().unwrap() {
+        assert_eq!(e["job_id"], job.as_str(), "{e}");
+    }
+    let runs_only = live.json(&["events", "--job", &job, "--kind", "run."]);
+    assert!(
+        kinds(&runs_only).iter().all(|(_, k)| k.starts_with("run.")),
+        "{runs_only}"
+    );
+    let table = live.ok(&["events", "--job", &job]);
+    assert!(table.trim_start().starts_with("ID"), "{table}");
+    assert!(table.contains("job.succeeded"), "{table}");
+
+    // The follower printed the job's events, one JSON object per line.
+    let until = Instant::now() + DEADLINE;
+    let mut followed = Vec::new();
+    while !followed
+        .iter()
+        .any(|e: &Value| e["kind"] == "job.succeeded")
+    {
+        let left = until.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no job.succeeded followed: {followed:?}"));
+        followed.push(serde_json::from_str(&line).expect("one JSON object per line"));
+    }
+    assert!(
+        followed
+            .iter()
+            .all(|e| e["kind"].as_str().unwrap().starts_with("job.")
+                && e["id"].as_u64().unwrap() > last),
+        "{followed:?}"
+    );
+    // Ctrl-C ends it, successfully.
+    let interrupted = std::process::Command::new("kill")
+        .args(["-INT", &follow.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupted.success());
+    let until = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = follow.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < until,
+            "events --follow did not stop on SIGINT"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    reader.join().unwrap();
+}

@@ -30,6 +30,8 @@ pub struct FileConfig {
     #[serde(default, with = "humantime_serde_opt")]
     pub lease_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
+    pub event_retention: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
     pub late_after: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
     pub offline_after: Option<Duration>,
@@ -70,6 +72,8 @@ pub struct Config {
     /// Runs of a puppet silent for this long are lost. `None`: the max poll
     /// hold plus one minute.
     pub lease_timeout: Option<Duration>,
+    /// How long events are kept for resuming watchers.
+    pub event_retention: Duration,
     /// A puppet silent for longer is shown late. `None`: hold + 15s.
     pub late_after: Option<Duration>,
     /// A puppet silent for longer is shown offline. `None`: 3 × late_after.
@@ -105,6 +109,7 @@ impl Config {
             poll_timeout: Duration::from_secs(50),
             max_poll_hold: Duration::from_secs(50),
             lease_timeout: None,
+            event_retention: Duration::from_secs(7 * 24 * 3600),
             late_after: None,
             offline_after: None,
             insecure_plaintext: false,

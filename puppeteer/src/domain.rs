@@ -15,7 +15,9 @@ pub type Labels = BTreeMap<String, String>;
 
 /// A point in time: milliseconds since the Unix epoch. The scheduler gets
 /// "now" as one of these; it never reads a clock.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Millis(pub i64);
 
 impl Millis {
@@ -175,6 +177,9 @@ pub struct Puppet {
     /// Its credential was revoked: it is cut off.
     #[serde(default)]
     pub revoked: bool,
+    /// The presence last announced in the event stream ("online", "offline").
+    #[serde(default)]
+    pub reported_presence: Option<String>,
 }
 
 impl Puppet {
@@ -413,6 +418,9 @@ pub struct Job {
     /// Puppets the target named that got no run, with why.
     #[serde(default)]
     pub not_targeted: Vec<(String, String)>,
+    /// The end state already announced in the event stream, if any.
+    #[serde(default)]
+    pub reported_end: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -696,6 +704,40 @@ pub struct Rotation {
     pub old_expires_at: Millis,
 }
 
+/// A state change an operator cares about. `id` is gap-free and increasing.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Event {
+    pub id: u64,
+    pub at: Millis,
+    pub kind: String,
+    pub job_id: String,
+    pub run_id: String,
+    pub puppet: String,
+    pub resource: String,
+    pub actor: String,
+    pub summary: String,
+}
+
+impl Event {
+    /// The event of a run's transition.
+    pub fn of_run(run: &Run, transition: &Transition) -> Event {
+        Event {
+            at: transition.at,
+            kind: format!("run.{}", transition.state.name()),
+            job_id: run.job_id.clone(),
+            run_id: run.id.clone(),
+            puppet: run.puppet.clone(),
+            actor: "puppeteer".into(),
+            summary: format!(
+                "{} on {} (attempt {}): {}",
+                run.task_name, run.puppet, transition.attempt, transition.cause
+            ),
+            ..Event::default()
+        }
+    }
+}
+
 /// One admin mutation (or refused attempt), as recorded in the audit trail.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
@@ -762,6 +804,7 @@ mod tests {
             rotation: None,
             old_credential: None,
             revoked: false,
+            reported_presence: None,
         };
         let labels = puppet.labels();
         assert_eq!(labels["env"], "test");

@@ -130,6 +130,7 @@ pub async fn start(config: Config) -> Result<Running> {
             max_poll_hold: config.max_poll_hold,
             lease_timeout: config.lease(),
             presence: config.presence(),
+            event_retention: config.event_retention,
         },
         auth: Default::default(),
         presences: Default::default(),

@@ -124,6 +124,9 @@ fn config_from(args: ServeArgs) -> Result<Config> {
     }
     config.lease_timeout = args.lease_timeout.or(file.lease_timeout);
     config.late_after = args.late_after.or(file.late_after);
+    if let Some(r) = file.event_retention {
+        config.event_retention = r;
+    }
     config.offline_after = args.offline_after.or(file.offline_after);
     config.insecure_plaintext = args.insecure_plaintext || file.insecure_plaintext.unwrap_or(false);
     config.validate()?;

@@ -32,8 +32,9 @@ use crate::api::{
     AuditApi, EnrollTokensApi, JobsApi, MAX_MESSAGE_BYTES, PuppetServiceApi, PuppetsApi, RunsApi,
     Shared, TasksApi, TokensApi, UsersApi,
 };
-use crate::api::{GroupsApi, ResourcesApi};
+use crate::api::{EventsApi, GroupsApi, ResourcesApi};
 use geppetto_proto::v1::audit_server::AuditServer;
+use geppetto_proto::v1::events_server::EventsServer;
 use geppetto_proto::v1::groups_server::GroupsServer;
 use geppetto_proto::v1::resources_server::ResourcesServer;
 use geppetto_proto::v1::tokens_server::TokensServer;
@@ -103,6 +104,10 @@ async fn router(state: &Shared) -> Result<WebRouter> {
         )
         .add_service(
             ResourcesServer::new(ResourcesApi::new(state.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            EventsServer::new(EventsApi::new(state.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(

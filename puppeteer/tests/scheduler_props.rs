@@ -83,6 +83,7 @@ fn job(id: &str, strategy: JobStrategy, approval: Approval, cancelled: bool) -> 
         strategy,
         approval,
         not_targeted: vec![],
+        reported_end: None,
     }
 }
 

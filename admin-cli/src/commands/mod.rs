@@ -3,13 +3,16 @@
 //! returns an [`Error`](crate::error::Error) for `main` to report.
 
 pub mod audit;
+pub mod completions;
 pub mod enroll_tokens;
+pub mod events;
 pub mod groups;
 pub mod jobs;
 pub mod logs;
 pub mod puppets;
 pub mod resources;
 pub mod runs;
+pub mod status;
 pub mod tasks;
 pub mod tokens;
 pub mod users;
@@ -34,5 +37,21 @@ pub async fn dispatch(api: &Api, command: Command, format: Format) -> Result<(),
         Command::Logs(args) => logs::run(api, args).await,
         Command::Resources(c) => resources::run(api, c, format).await,
         Command::Groups(c) => groups::run(api, c, format).await,
+        Command::Events(args) => events::run(api, args, format).await,
+        Command::Status => status::run(api, format).await,
+        Command::Completions { .. } | Command::Man => {
+            local(&command).unwrap_or_else(|| unreachable!("a local command"))
+        }
+    }
+}
+
+/// Runs a command that needs no puppeteer (completions, man page); `None`
+/// for the others.
+pub fn local(command: &Command) -> Option<Result<(), Error>> {
+    let mut out = std::io::stdout().lock();
+    match command {
+        Command::Completions { shell } => Some(completions::completions(*shell, &mut out)),
+        Command::Man => Some(completions::man(&mut out)),
+        _ => None,
     }
 }

@@ -116,10 +116,28 @@ impl AppState {
             outcome,
             message,
         };
+        let event = crate::domain::Event {
+            at: entry.at,
+            kind: format!("admin.{}", entry.action),
+            actor: entry.actor.clone(),
+            summary: format!(
+                "{} {} {}: {}",
+                entry.actor,
+                entry.action,
+                entry.target,
+                if entry.message.is_empty() {
+                    entry.outcome.clone()
+                } else {
+                    format!("{} ({})", entry.outcome, entry.message)
+                }
+            ),
+            ..Default::default()
+        };
         if let Err(e) = self.store.append_audit(entry) {
             tracing::error!(error = %e, "cannot write the audit trail");
             return Err(ApiError::from(e).into());
         }
+        self.announce(vec![event]);
         self.store.flush().await.map_err(ApiError::from)?;
         Ok(())
     }

@@ -60,6 +60,8 @@ pub const PERMISSIONS: &[(&str, Role)] = &[
     ("Groups/ListGroups", Role::Viewer),
     ("Groups/GetGroup", Role::Viewer),
     ("Groups/RemoveGroup", Role::Operator),
+    ("Events/WatchEvents", Role::Viewer),
+    ("Events/ListEvents", Role::Viewer),
 ];
 
 /// The role an admin RPC needs. An RPC missing from the table needs admin,

@@ -12,6 +12,19 @@ impl AppState {
     /// Wakes the followers of changed runs, and, for runs that no longer hold
     /// resources, the puppets waiting for those resources.
     pub fn ended(&self, runs: &[Run]) {
+        self.hub.wake(super::events::EVENTS_KEY);
+        let mut jobs: Vec<&str> = runs
+            .iter()
+            .filter(|r| r.state.is_terminal())
+            .map(|r| r.job_id.as_str())
+            .collect();
+        jobs.sort_unstable();
+        jobs.dedup();
+        for job in jobs {
+            if let Err(e) = self.announce_job_end(job) {
+                tracing::error!(job, error = %e, "cannot announce the end of a job");
+            }
+        }
         for run in runs {
             self.hub.wake(&run_key(&run.id));
             self.hub.wake(&job_key(&run.job_id));
@@ -25,6 +38,38 @@ impl AppState {
                 self.hub.wake(&puppet_key(&run.puppet));
             }
         }
+    }
+
+    /// Announces a job's end (once per end state) when all its runs ended.
+    pub fn announce_job_end(&self, job_id: &str) -> ApiResult<()> {
+        use crate::scheduler::JobState;
+        let job = self.store.get_job(job_id)?;
+        let runs = self.store.get_runs(&job.run_ids)?;
+        let state = match crate::scheduler::job_state(&job, &runs) {
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+            JobState::Running | JobState::AwaitingApproval => return Ok(()),
+        };
+        let failed = runs
+            .iter()
+            .filter(|r| r.state != RunState::Succeeded)
+            .count();
+        let mut event = super::events::event(
+            format!("job.{state}"),
+            "puppeteer",
+            format!(
+                "job {job_id} ({}) {state}: {} of {} runs did not succeed",
+                job.task_name,
+                failed,
+                runs.len()
+            ),
+        );
+        event.job_id = job_id.to_string();
+        if self.store.report_job_end(job_id, state, event)? {
+            self.hub.wake(super::events::EVENTS_KEY);
+        }
+        Ok(())
     }
 
     /// Free capacity of the resources these runs need.
@@ -81,6 +126,7 @@ impl AppState {
             self.hub.wake(&run_key(&run.id));
             self.hub.wake(&job_key(&run.job_id));
         }
+        self.hub.wake(super::events::EVENTS_KEY);
         Ok(())
     }
 }

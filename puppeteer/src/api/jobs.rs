@@ -104,6 +104,21 @@ impl JobsApi {
             }
         };
         self.state.store.put_job(&job)?;
+        let mut event = super::events::event(
+            if approve {
+                "job.approved"
+            } else {
+                "job.rejected"
+            },
+            user,
+            format!(
+                "job {id} ({}) {} by {user}",
+                job.task_name,
+                if approve { "approved" } else { "rejected" }
+            ),
+        );
+        event.job_id = id.to_string();
+        self.state.announce(vec![event]);
         if !approve {
             let cause = format!("skipped: the job was rejected by {user}");
             let skipped = self.state.store.update_runs(&job.run_ids, |run| {
@@ -220,6 +235,7 @@ impl Jobs for JobsApi {
                 },
                 strategy,
                 not_targeted,
+                reported_end: None,
             };
             store.create_job(&job, &runs).map_err(ApiError::from)?;
             store.flush().await.map_err(ApiError::from)?;
@@ -227,6 +243,18 @@ impl Jobs for JobsApi {
                 self.state.hub.wake(&puppet_key(puppet));
             }
             tracing::info!(job = %job.id, task = %job.task_name, runs = runs.len(), "job created");
+            if job.approval == domain::Approval::Awaiting {
+                let mut event = super::events::event(
+                    "job.awaiting_approval",
+                    "puppeteer",
+                    format!(
+                        "job {} ({}) awaits approval: geppetto jobs approve {}",
+                        job.id, job.task_name, job.id
+                    ),
+                );
+                event.job_id = job.id.clone();
+                self.state.announce(vec![event]);
+            }
             Ok(Response::new(job_to(&job, &runs)))
         }
         .await;

@@ -10,6 +10,7 @@ pub mod convert;
 mod effects;
 mod enroll;
 mod error;
+pub mod events;
 mod gates;
 mod groups;
 mod jobs;
@@ -50,6 +51,8 @@ pub struct ApiConfig {
     pub lease_timeout: Duration,
     /// When a silent puppet is shown late, then offline.
     pub presence: crate::presence::Thresholds,
+    /// How long events are kept.
+    pub event_retention: Duration,
 }
 
 impl Default for ApiConfig {
@@ -59,6 +62,7 @@ impl Default for ApiConfig {
             max_poll_hold: Duration::from_secs(50),
             lease_timeout: Duration::from_secs(110),
             presence: crate::presence::Thresholds::for_hold(Duration::from_secs(50)),
+            event_retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -82,6 +86,7 @@ pub struct AppState {
 pub type Shared = Arc<AppState>;
 
 pub use enroll::EnrollTokensApi;
+pub use events::EventsApi;
 pub use groups::GroupsApi;
 pub use jobs::JobsApi;
 pub use puppet_service::PuppetServiceApi;

@@ -68,6 +68,7 @@ impl PuppetServiceApi {
             rotation: None,
             old_credential: None,
             revoked: false,
+            reported_presence: None,
         };
         let new = NewPuppet {
             puppet,
@@ -90,6 +91,7 @@ impl PuppetServiceApi {
     fn wake_run(&self, run: &Run) {
         self.state.hub.wake(&run_key(&run.id));
         self.state.hub.wake(&job_key(&run.job_id));
+        self.state.hub.wake(super::events::EVENTS_KEY);
     }
 
     /// The hold for a poll: what the puppet asked, capped by the server's
@@ -227,6 +229,25 @@ impl PuppetService for PuppetServiceApi {
             audit.target(format!("{} via {}", puppet.name, puppet.enroll_token_id));
         }
         let (puppet, credential) = self.state.conclude_status(audit, result).await?;
+        let pending = puppet.state == PuppetState::Pending;
+        let mut event = super::events::event(
+            if pending {
+                "puppet.pending"
+            } else {
+                "puppet.enrolled"
+            },
+            format!("puppet:{}", puppet.name),
+            if pending {
+                format!(
+                    "{} enrolled with {} and waits for approval (geppetto puppets approve {})",
+                    puppet.name, puppet.enroll_token_id, puppet.name
+                )
+            } else {
+                format!("{} enrolled with {}", puppet.name, puppet.enroll_token_id)
+            },
+        );
+        event.puppet = puppet.name.clone();
+        self.state.announce(vec![event]);
         tracing::info!(
             puppet = %puppet.name,
             token = %puppet.enroll_token_id,

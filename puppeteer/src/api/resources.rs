@@ -54,6 +54,14 @@ impl ResourcesApi {
     }
 }
 
+impl ResourcesApi {
+    fn resource_event(&self, kind: &str, name: &str, what: String) {
+        let mut event = super::events::event(kind, "puppeteer", format!("resource {name}: {what}"));
+        event.resource = name.to_string();
+        self.state.announce(vec![event]);
+    }
+}
+
 fn check_capacity(capacity: u32) -> ApiResult<()> {
     if capacity == 0 || capacity > MAX_CAPACITY {
         return Err(invalid(format!(
@@ -82,6 +90,11 @@ impl Resources for ResourcesApi {
                 created_at: Millis::now(),
             };
             self.state.store.create_resource(&resource)?;
+            self.resource_event(
+                "resource.created",
+                &req.name,
+                format!("capacity {}", req.capacity),
+            );
             self.view(&ResourceUse { resource, used: 0 })
         });
         self.state.conclude(audit, result).await.map(Response::new)
@@ -165,6 +178,7 @@ impl Resources for ResourcesApi {
                 )));
             }
             self.state.store.remove_resource(&name)?;
+            self.resource_event("resource.removed", &name, "removed".into());
             Ok(pb::RemoveResourceResponse {})
         });
         self.state.conclude(audit, result).await.map(Response::new)

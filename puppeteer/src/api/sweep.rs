@@ -20,7 +20,52 @@ impl AppState {
     /// One pass of the sweeper at `now`.
     pub async fn sweep(&self, now: Millis) -> ApiResult<()> {
         self.expire_leases(now).await?;
-        self.apply_gates(now).await
+        self.apply_gates(now).await?;
+        self.announce_presence(now)?;
+        self.store.prune_events(Millis(
+            now.0 - self.config.event_retention.as_millis() as i64,
+        ))?;
+        Ok(())
+    }
+
+    /// Announces puppets that went offline, and those that came back.
+    fn announce_presence(&self, now: Millis) -> ApiResult<()> {
+        use crate::presence::Presence;
+        for puppet in self.store.list_puppets()? {
+            let presence = self.presences.of(&puppet, now, self.config.presence);
+            let word = match presence {
+                Presence::Offline => "offline",
+                Presence::Online => "online",
+                Presence::Late => continue,
+            };
+            let before = puppet.reported_presence.as_deref();
+            let announce = match (before, word) {
+                (Some("offline"), "online") => Some("puppet.online"),
+                (Some("online") | None, "offline") => Some("puppet.offline"),
+                _ => None,
+            };
+            if before == Some(word) {
+                continue;
+            }
+            self.store.update_puppet(&puppet.name, |p| {
+                p.reported_presence = Some(word.to_string());
+                Ok(())
+            })?;
+            if let Some(kind) = announce {
+                let mut event = super::events::event(
+                    kind,
+                    "puppeteer",
+                    if kind == "puppet.offline" {
+                        format!("{} went offline (no poll for a while)", puppet.name)
+                    } else {
+                        format!("{} is back online", puppet.name)
+                    },
+                );
+                event.puppet = puppet.name.clone();
+                self.announce(vec![event]);
+            }
+        }
+        Ok(())
     }
 
     /// Job-level decisions for queued runs: skips (deadline, offline,

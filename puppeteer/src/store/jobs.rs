@@ -16,18 +16,25 @@ impl Store {
             &self.runs,
             &self.queue,
             &self.puppet_runs,
+            &self.meta,
+            &self.events,
         )
-            .transaction(|(jobs, order, runs_tree, queue, puppet_runs)| {
-                jobs.insert(job.id.as_bytes(), encode(job))?;
-                order.insert(&job.seq.to_be_bytes(), job.id.as_bytes())?;
-                for run in runs {
-                    runs_tree.insert(run.id.as_bytes(), encode(run))?;
-                    let key = seq_key(&run.puppet, run.queue_seq);
-                    queue.insert(key.clone(), run.id.as_bytes())?;
-                    puppet_runs.insert(key, run.id.as_bytes())?;
-                }
-                Ok(())
-            })?;
+            .transaction(
+                |(jobs, order, runs_tree, queue, puppet_runs, meta, events)| {
+                    jobs.insert(job.id.as_bytes(), encode(job))?;
+                    order.insert(&job.seq.to_be_bytes(), job.id.as_bytes())?;
+                    let mut new = Vec::new();
+                    for run in runs {
+                        runs_tree.insert(run.id.as_bytes(), encode(run))?;
+                        let key = seq_key(&run.puppet, run.queue_seq);
+                        queue.insert(key.clone(), run.id.as_bytes())?;
+                        puppet_runs.insert(key, run.id.as_bytes())?;
+                        new.extend(super::events::of_run(run, 0));
+                    }
+                    super::events::append(meta, events, new)?;
+                    Ok(())
+                },
+            )?;
         Ok(())
     }
 
@@ -118,9 +125,16 @@ impl Store {
         ids: &[String],
         change: impl Fn(&mut Run) -> Result<bool>,
     ) -> Result<Vec<Run>> {
-        let changed = (&self.runs, &self.queue, &self.resource_usage).transaction(
-            |(runs, queue, usage)| {
+        let changed = (
+            &self.runs,
+            &self.queue,
+            &self.resource_usage,
+            &self.meta,
+            &self.events,
+        )
+            .transaction(|(runs, queue, usage, meta, events)| {
                 let mut changed = Vec::new();
+                let mut new_events = Vec::new();
                 for id in ids {
                     let mut run = match load_run(runs, id) {
                         Ok(Ok(run)) => run,
@@ -128,6 +142,7 @@ impl Store {
                         Err(e) => return Err(e.into()),
                     };
                     let was_terminal = run.state.is_terminal();
+                    let history_len = run.history.len();
                     match change(&mut run) {
                         Ok(true) => {}
                         Ok(false) => continue,
@@ -143,11 +158,12 @@ impl Store {
                     if run.state.is_terminal() && !was_terminal {
                         queue.remove(seq_key(&run.puppet, run.queue_seq))?;
                     }
+                    new_events.extend(super::events::of_run(&run, history_len));
                     changed.push(run);
                 }
+                super::events::append(meta, events, new_events)?;
                 Ok(changed)
-            },
-        )?;
+            })?;
         Ok(changed)
     }
 
@@ -156,9 +172,16 @@ impl Store {
     /// the runs offered. Capacity is checked and taken in the same
     /// transaction as the offer, so it is never exceeded.
     pub fn offer_runs(&self, ids: &[String], now: Millis) -> Result<Vec<Run>> {
-        let offered = (&self.runs, &self.resources, &self.resource_usage).transaction(
-            |(runs, resources, usage)| {
+        let offered = (
+            &self.runs,
+            &self.resources,
+            &self.resource_usage,
+            &self.meta,
+            &self.events,
+        )
+            .transaction(|(runs, resources, usage, meta, events)| {
                 let mut offered = Vec::new();
+                let mut new_events = Vec::new();
                 for id in ids {
                     let mut run = match load_run(runs, id) {
                         Ok(Ok(run)) => run,
@@ -175,11 +198,12 @@ impl Store {
                     run.holds = run.needs.clone();
                     run.transition(RunState::Offered, now, "offered to its puppet");
                     runs.insert(id.as_bytes(), encode(&run))?;
+                    new_events.extend(super::events::of_run(&run, run.history.len() - 1));
                     offered.push(run);
                 }
+                super::events::append(meta, events, new_events)?;
                 Ok(offered)
-            },
-        )?;
+            })?;
         Ok(offered)
     }
     /// Gives finished runs chosen by `pick` a new attempt: they are queued
@@ -190,39 +214,44 @@ impl Store {
         now: Millis,
         pick: impl Fn(&Run) -> bool,
     ) -> Result<Vec<Run>> {
-        let requeued = (&self.runs, &self.queue).transaction(|(runs, queue)| {
-            let mut requeued = Vec::new();
-            for id in ids {
-                let mut run = match load_run(runs, id) {
-                    Ok(Ok(run)) => run,
-                    Ok(Err(e)) => return abort(e),
-                    Err(e) => return Err(e.into()),
-                };
-                if !run.state.is_terminal() || !pick(&run) {
-                    continue;
+        let requeued = (&self.runs, &self.queue, &self.meta, &self.events).transaction(
+            |(runs, queue, meta, events)| {
+                let mut requeued = Vec::new();
+                let mut new_events = Vec::new();
+                for id in ids {
+                    let mut run = match load_run(runs, id) {
+                        Ok(Ok(run)) => run,
+                        Ok(Err(e)) => return abort(e),
+                        Err(e) => return Err(e.into()),
+                    };
+                    if !run.state.is_terminal() || !pick(&run) {
+                        continue;
+                    }
+                    let previous = run.state;
+                    run.attempt += 1;
+                    run.max_attempts = run.max_attempts.max(run.attempt);
+                    run.log_base = run.log_length;
+                    run.started_at = None;
+                    run.finished_at = None;
+                    run.outcome = None;
+                    run.exit_code = None;
+                    run.signal = None;
+                    run.duration_ms = None;
+                    run.cancel_requested = false;
+                    run.transition(
+                        RunState::Queued,
+                        now,
+                        format!("retried by an operator after it was {previous}"),
+                    );
+                    runs.insert(id.as_bytes(), encode(&run))?;
+                    queue.insert(seq_key(&run.puppet, run.queue_seq), run.id.as_bytes())?;
+                    new_events.extend(super::events::of_run(&run, run.history.len() - 1));
+                    requeued.push(run);
                 }
-                let previous = run.state;
-                run.attempt += 1;
-                run.max_attempts = run.max_attempts.max(run.attempt);
-                run.log_base = run.log_length;
-                run.started_at = None;
-                run.finished_at = None;
-                run.outcome = None;
-                run.exit_code = None;
-                run.signal = None;
-                run.duration_ms = None;
-                run.cancel_requested = false;
-                run.transition(
-                    RunState::Queued,
-                    now,
-                    format!("retried by an operator after it was {previous}"),
-                );
-                runs.insert(id.as_bytes(), encode(&run))?;
-                queue.insert(seq_key(&run.puppet, run.queue_seq), run.id.as_bytes())?;
-                requeued.push(run);
-            }
-            Ok(requeued)
-        })?;
+                super::events::append(meta, events, new_events)?;
+                Ok(requeued)
+            },
+        )?;
         Ok(requeued)
     }
 

@@ -174,6 +174,7 @@ mod tests {
             strategy: Default::default(),
             approval: Default::default(),
             not_targeted: vec![],
+            reported_end: None,
         };
         store.create_job(&job, &[run("run-a")]).unwrap();
         let ok = |_: &Run| Ok(());

@@ -25,6 +25,7 @@
 //! | `audit`        | seq(u64 BE)                  | [`AuditEntry`]         |
 //! | `resources`    | name                         | [`Resource`]           |
 //! | `groups`       | name                         | [`Group`]              |
+//! | `events`       | id(u64 BE)                   | [`Event`]              |
 //! | `resource_usage`| name                        | capacity held, u32 BE  |
 //!
 //! Durability: every state change is one sled transaction over all the trees
@@ -32,6 +33,7 @@
 //! background flush; the api layer calls [`Store::flush`] before it
 //! acknowledges anything, so whatever a caller was told survives `kill -9`.
 
+mod events;
 mod groups;
 mod jobs;
 mod keys;
@@ -125,6 +127,7 @@ pub struct Store {
     resources: sled::Tree,
     resource_usage: sled::Tree,
     groups: sled::Tree,
+    events: sled::Tree,
 }
 
 impl std::fmt::Debug for Store {
@@ -160,6 +163,7 @@ impl Store {
             resources: tree("resources")?,
             resource_usage: tree("resource_usage")?,
             groups: tree("groups")?,
+            events: tree("events")?,
             db,
         };
         store.check_schema()?;

@@ -1,0 +1,237 @@
+//! `geppetto status`: one screen of the fleet, the jobs under way, the
+//! resources in use, and what needs an operator.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+
+use geppetto_proto::v1 as pb;
+
+use crate::api::{Api, request};
+use crate::cli::Format;
+use crate::error::Error;
+use crate::output::{self, Cell};
+use crate::views::{JobBriefView, StatusView};
+
+/// How many of the newest jobs are looked at.
+const JOBS_LOOKED_AT: u32 = 100;
+
+pub async fn run(api: &Api, format: Format) -> Result<(), Error> {
+    let (mut puppets_client, mut jobs_client, mut resources_client) =
+        (api.puppets(), api.jobs(), api.resources());
+    let (puppets, jobs, resources) = tokio::try_join!(
+        api.call(puppets_client.list_puppets(request(pb::ListPuppetsRequest {
+            selector: String::new(),
+        }))),
+        api.call(jobs_client.list_jobs(request(pb::ListJobsRequest {
+            limit: JOBS_LOOKED_AT,
+        }))),
+        api.call(resources_client.list_resources(request(pb::ListResourcesRequest {}))),
+    )?;
+    let view = StatusView::new(&puppets.puppets, &jobs.jobs, &resources.resources);
+    if format == Format::Json {
+        return output::print_json(&view);
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", render(&view).trim_end())?;
+    Ok(())
+}
+
+/// The screen, as text.
+pub fn render(view: &StatusView) -> String {
+    let mut text = String::new();
+    let f = &view.fleet;
+    let _ = writeln!(
+        text,
+        "fleet: {} puppet{}: {} online, {} late, {} offline; {} pending, {} disabled",
+        f.total,
+        plural(f.total as usize),
+        f.online,
+        f.late,
+        f.offline,
+        f.pending,
+        f.disabled
+    );
+
+    if view.jobs.is_empty() {
+        let _ = writeln!(text, "\njobs: none running or awaiting approval");
+    } else {
+        let _ = writeln!(text, "\njobs running or awaiting approval:");
+        let mut table = output::table(["ID", "TASK", "STATE", "RUNS"]);
+        for job in &view.jobs {
+            table.add_row(vec![
+                Cell::new(&job.id),
+                Cell::new(task(job)),
+                output::state_cell(&job.state),
+                Cell::new(counts(job)),
+            ]);
+        }
+        let _ = writeln!(text, "{}", table.to_string().trim_end());
+    }
+
+    if view.resources.is_empty() {
+        let _ = writeln!(text, "\nresources: none in use");
+    } else {
+        let _ = writeln!(text, "\nresources in use:");
+        let mut table = output::table(["NAME", "USED", "WAITERS"]);
+        for r in &view.resources {
+            table.add_row(vec![
+                Cell::new(&r.name),
+                Cell::new(format!("{}/{}", r.used, r.capacity)),
+                Cell::new(r.waiters),
+            ]);
+        }
+        let _ = writeln!(text, "{}", table.to_string().trim_end());
+    }
+
+    let a = &view.attention;
+    if a.pending_puppets.is_empty() && a.awaiting_approval.is_empty() && a.failed_jobs.is_empty() {
+        let _ = writeln!(text, "\nneeds attention: nothing");
+        return text;
+    }
+    let _ = writeln!(text, "\nneeds attention:");
+    for name in &a.pending_puppets {
+        let _ = writeln!(
+            text,
+            "  puppet {name} is pending: geppetto puppets approve {name} (or puppets reject)"
+        );
+    }
+    for job in &a.awaiting_approval {
+        let _ = writeln!(
+            text,
+            "  job {} ({}) awaits approval: geppetto jobs approve {0} (or jobs reject)",
+            job.id,
+            task(job)
+        );
+    }
+    for job in &a.failed_jobs {
+        let _ = writeln!(
+            text,
+            "  job {} ({}) failed, {}: geppetto jobs show {0}",
+            job.id,
+            task(job),
+            counts(job)
+        );
+    }
+    text
+}
+
+/// `patch v2`
+fn task(job: &JobBriefView) -> String {
+    format!("{} v{}", job.task_name, job.task_version)
+}
+
+/// `3 runs: 1 failed, 2 succeeded`
+fn counts(job: &JobBriefView) -> String {
+    let total: u32 = job.counts.values().sum();
+    if total == 0 {
+        return "no runs".into();
+    }
+    let parts: Vec<String> = job
+        .counts
+        .iter()
+        .map(|(state, n)| format!("{n} {}", state.replace('_', " ")))
+        .collect();
+    format!(
+        "{total} run{}: {}",
+        plural(total as usize),
+        parts.join(", ")
+    )
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: &str, state: pb::JobState, runs: &[pb::RunState]) -> pb::Job {
+        pb::Job {
+            id: id.into(),
+            task_name: "patch".into(),
+            task_version: 2,
+            state: state as i32,
+            runs: runs
+                .iter()
+                .map(|s| pb::RunSummary {
+                    state: *s as i32,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn screen_lists_what_needs_attention() {
+        let puppets = [
+            pb::Puppet {
+                name: "web-1".into(),
+                state: pb::PuppetState::Enabled as i32,
+                presence: pb::Presence::Online as i32,
+                ..Default::default()
+            },
+            pb::Puppet {
+                name: "new-1".into(),
+                state: pb::PuppetState::Pending as i32,
+                presence: pb::Presence::Online as i32,
+                ..Default::default()
+            },
+        ];
+        use pb::RunState::*;
+        let jobs = [
+            job("job-3", pb::JobState::AwaitingApproval, &[Queued]),
+            job("job-2", pb::JobState::Running, &[Running, Succeeded]),
+            job(
+                "job-1",
+                pb::JobState::Failed,
+                &[Failed, Succeeded, Succeeded],
+            ),
+        ];
+        let resources = [pb::Resource {
+            name: "uplink".into(),
+            capacity: 1,
+            used: 1,
+            waiters: vec![pb::ResourceHolder::default()],
+            ..Default::default()
+        }];
+        let text = render(&StatusView::new(&puppets, &jobs, &resources));
+        assert!(
+            text.starts_with(
+                "fleet: 2 puppets: 2 online, 0 late, 0 offline; 1 pending, 0 disabled"
+            ),
+            "{text}"
+        );
+        let line = |needle: &str| {
+            text.lines()
+                .find(|l| l.contains(needle))
+                .unwrap_or_else(|| panic!("no {needle:?} in:\n{text}"))
+                .to_string()
+        };
+        assert!(
+            line("job-2").contains("2 runs: 1 running, 1 succeeded"),
+            "{text}"
+        );
+        assert!(line("job-2").contains("patch v2"), "{text}");
+        assert!(line("uplink").contains("1/1"), "{text}");
+        assert!(
+            line("new-1").contains("geppetto puppets approve new-1"),
+            "{text}"
+        );
+        assert!(
+            line("awaits approval").contains("geppetto jobs approve job-3"),
+            "{text}"
+        );
+        assert!(
+            line("job-1").contains("failed, 3 runs: 1 failed, 2 succeeded"),
+            "{text}"
+        );
+
+        let quiet = render(&StatusView::new(&puppets[..1], &[], &[]));
+        assert!(quiet.contains("jobs: none running"), "{quiet}");
+        assert!(quiet.contains("resources: none in use"), "{quiet}");
+        assert!(quiet.contains("needs attention: nothing"), "{quiet}");
+        assert!(quiet.starts_with("fleet: 1 puppet: 1 online"), "{quiet}");
+    }
+}
