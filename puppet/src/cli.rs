@@ -72,6 +72,18 @@ pub struct RunArgs {
     /// How long the server should hold an idle poll, e.g. 50s [default: the server's].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub poll_hold: Option<Duration>,
+    /// Log format on stderr: `text` (human-readable) or `json` (one object a
+    /// line). The level comes from RUST_LOG [default: info].
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// Shown without the enrollment token, a secret.
@@ -88,6 +100,7 @@ impl fmt::Debug for RunArgs {
             .field("transport", &self.transport)
             .field("slots", &self.slots)
             .field("poll_hold", &self.poll_hold)
+            .field("log_format", &self.log_format)
             .finish()
     }
 }

@@ -31,11 +31,17 @@ pub struct FileConfig {
     pub lease_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
     pub event_retention: Option<Duration>,
+    pub smtp: Option<crate::notify::SmtpConfig>,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub notify_give_up: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub notify_retry: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
     pub late_after: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
     pub offline_after: Option<Duration>,
     pub insecure_plaintext: Option<bool>,
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 mod humantime_serde_opt {
@@ -74,12 +80,18 @@ pub struct Config {
     pub lease_timeout: Option<Duration>,
     /// How long events are kept for resuming watchers.
     pub event_retention: Duration,
+    /// Notifications: the SMTP relay, retries, give-up time.
+    pub notify: crate::notify::NotifyConfig,
     /// A puppet silent for longer is shown late. `None`: hold + 15s.
     pub late_after: Option<Duration>,
     /// A puppet silent for longer is shown offline. `None`: 3 × late_after.
     pub offline_after: Option<Duration>,
     /// Serve plain TCP without TLS. Only for tests and TLS-terminating proxies.
     pub insecure_plaintext: bool,
+    /// Serve Prometheus metrics (`GET /metrics`, plain HTTP, no
+    /// authentication) on this address; off when unset. Bind it to loopback
+    /// or a private network.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Config {
@@ -110,9 +122,11 @@ impl Config {
             max_poll_hold: Duration::from_secs(50),
             lease_timeout: None,
             event_retention: Duration::from_secs(7 * 24 * 3600),
+            notify: Default::default(),
             late_after: None,
             offline_after: None,
             insecure_plaintext: false,
+            metrics_listen: None,
         }
     }
 

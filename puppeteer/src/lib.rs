@@ -18,6 +18,8 @@ pub mod config;
 pub mod domain;
 pub mod hub;
 pub mod ids;
+pub mod metrics;
+pub mod notify;
 pub mod pki;
 pub mod presence;
 pub mod scheduler;
@@ -54,6 +56,8 @@ pub struct Running {
     pub new_admin_token: Option<String>,
     /// Whether this start created the local CA and certificate.
     pub created_tls: bool,
+    /// The bound address of the metrics listener, when enabled.
+    pub metrics_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     task: JoinHandle<Result<()>>,
 }
@@ -121,6 +125,18 @@ pub async fn start(config: Config) -> Result<Running> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
+    let metrics_listener = match config.metrics_listen {
+        Some(at) => Some(
+            TcpListener::bind(at)
+                .await
+                .with_context(|| format!("cannot listen for metrics on {at}"))?,
+        ),
+        None => None,
+    };
+    let metrics_addr = metrics_listener
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()?;
     let shutdown = CancellationToken::new();
     let state = Arc::new(AppState {
         store,
@@ -131,19 +147,40 @@ pub async fn start(config: Config) -> Result<Running> {
             lease_timeout: config.lease(),
             presence: config.presence(),
             event_retention: config.event_retention,
+            notify: config.notify.clone(),
         },
         auth: Default::default(),
         presences: Default::default(),
         shutdown: shutdown.child_token(),
         dispatch: Default::default(),
+        metrics: Default::default(),
     });
-    let task = tokio::spawn(serve(listener, state, tls, shutdown.clone()));
+    // The metrics listener stops with the server, whether asked to or not.
+    let metrics_stop = shutdown.child_token();
+    let metrics_task =
+        metrics_listener.map(|l| metrics::serve_metrics(l, state.clone(), metrics_stop.clone()));
+    let serving = serve(listener, state, tls, shutdown.clone());
+    let task = tokio::spawn(async move {
+        match metrics_task {
+            None => serving.await,
+            Some(metrics_task) => {
+                let serving = async {
+                    let served = serving.await;
+                    metrics_stop.cancel();
+                    served
+                };
+                let (served, metrics_served) = tokio::join!(serving, metrics_task);
+                served.and(metrics_served)
+            }
+        }
+    });
     Ok(Running {
         addr,
         ca_file,
         admin_token_file: config.data_dir.join("admin-token"),
         new_admin_token,
         created_tls,
+        metrics_addr,
         shutdown,
         task,
     })

@@ -86,6 +86,34 @@ struct ServeArgs {
     /// for tests, or behind a proxy that terminates TLS on the same host.
     #[arg(long)]
     insecure_plaintext: bool,
+    /// Serve Prometheus metrics on ADDR (e.g. 127.0.0.1:9464) at GET /metrics
+    /// [default: off]. Plain HTTP without authentication: bind it to loopback
+    /// or a private network only your Prometheus reaches.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+    /// Log format on stderr: `text` (human-readable) or `json` (one object a
+    /// line). The level comes from RUST_LOG [default: info].
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
 }
 
 fn config_from(args: ServeArgs) -> Result<Config> {
@@ -127,8 +155,16 @@ fn config_from(args: ServeArgs) -> Result<Config> {
     if let Some(r) = file.event_retention {
         config.event_retention = r;
     }
+    config.notify.smtp = file.smtp;
+    if let Some(d) = file.notify_give_up {
+        config.notify.give_up = d;
+    }
+    if let Some(d) = file.notify_retry {
+        config.notify.retry_base = d;
+    }
     config.offline_after = args.offline_after.or(file.offline_after);
     config.insecure_plaintext = args.insecure_plaintext || file.insecure_plaintext.unwrap_or(false);
+    config.metrics_listen = args.metrics_listen.or(file.metrics_listen);
     config.validate()?;
     Ok(config)
 }
@@ -163,13 +199,12 @@ fn renew(args: RenewArgs) -> Result<()> {
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    if let Err(e) = run(Cli::parse()).await {
+    let cli = Cli::parse();
+    init_logging(match &cli.command {
+        Command::Serve(args) => args.log_format,
+        Command::RenewCert(_) => LogFormat::Text,
+    });
+    if let Err(e) = run(cli).await {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
@@ -203,6 +238,9 @@ async fn run(cli: Cli) -> Result<()> {
         );
     }
     say!("puppeteer listening on {url} (gRPC and gRPC-web)");
+    if let Some(at) = running.metrics_addr {
+        say!("Prometheus metrics on http://{at}/metrics (no authentication)");
+    }
     let ca = running
         .ca_file
         .as_ref()

@@ -32,10 +32,11 @@ use crate::api::{
     AuditApi, EnrollTokensApi, JobsApi, MAX_MESSAGE_BYTES, PuppetServiceApi, PuppetsApi, RunsApi,
     Shared, TasksApi, TokensApi, UsersApi,
 };
-use crate::api::{EventsApi, GroupsApi, ResourcesApi};
+use crate::api::{EventsApi, GroupsApi, NotificationsApi, ResourcesApi};
 use geppetto_proto::v1::audit_server::AuditServer;
 use geppetto_proto::v1::events_server::EventsServer;
 use geppetto_proto::v1::groups_server::GroupsServer;
+use geppetto_proto::v1::notifications_server::NotificationsServer;
 use geppetto_proto::v1::resources_server::ResourcesServer;
 use geppetto_proto::v1::tokens_server::TokensServer;
 use geppetto_proto::v1::users_server::UsersServer;
@@ -44,7 +45,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// After shutdown is asked, connections get this long to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-type WebRouter = Router<Stack<tonic_web::GrpcWebLayer, Identity>>;
+type WebRouter =
+    Router<Stack<tonic_web::GrpcWebLayer, Stack<crate::metrics::CountBytesLayer, Identity>>>;
 
 async fn router(state: &Shared) -> Result<WebRouter> {
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -66,6 +68,9 @@ async fn router(state: &Shared) -> Result<WebRouter> {
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .tcp_nodelay(true)
+        // Outermost: counts the bytes of bodies as they travel (gRPC-web
+        // included) for the metrics.
+        .layer(crate::metrics::CountBytesLayer::new(&state.metrics))
         .layer(tonic_web::GrpcWebLayer::new())
         .add_service(health)
         .add_service(reflection_v1)
@@ -107,6 +112,10 @@ async fn router(state: &Shared) -> Result<WebRouter> {
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(
+            NotificationsServer::new(NotificationsApi::new(state.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
             EventsServer::new(EventsApi::new(state.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
@@ -130,6 +139,7 @@ pub async fn serve(
 ) -> Result<()> {
     let router = router(&state).await?;
     let sweeper = crate::api::run_sweeper(state.clone(), shutdown.clone());
+    let notifier = crate::notify::run_notifier(state.clone(), shutdown.clone());
     let stopped = shutdown.clone();
     let graceful = async move { stopped.cancelled().await };
     let serving = async {
@@ -151,7 +161,7 @@ pub async fn serve(
         }
     };
     let serving = async {
-        let (served, ()) = tokio::join!(serving, sweeper);
+        let (served, (), ()) = tokio::join!(serving, sweeper, notifier);
         served
     };
     tokio::pin!(serving);

@@ -62,6 +62,10 @@ pub const PERMISSIONS: &[(&str, Role)] = &[
     ("Groups/RemoveGroup", Role::Operator),
     ("Events/WatchEvents", Role::Viewer),
     ("Events/ListEvents", Role::Viewer),
+    ("Notifications/AddRule", Role::Operator),
+    ("Notifications/ListRules", Role::Viewer),
+    ("Notifications/RemoveRule", Role::Operator),
+    ("Notifications/TestRule", Role::Operator),
 ];
 
 /// The role an admin RPC needs. An RPC missing from the table needs admin,

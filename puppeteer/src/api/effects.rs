@@ -26,6 +26,7 @@ impl AppState {
             }
         }
         for run in runs {
+            self.metrics.run_ended(run);
             self.hub.wake(&run_key(&run.id));
             self.hub.wake(&job_key(&run.job_id));
             if !matches!(run.state, RunState::Offered | RunState::Running) {

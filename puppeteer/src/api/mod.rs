@@ -14,6 +14,7 @@ pub mod events;
 mod gates;
 mod groups;
 mod jobs;
+mod notifications;
 mod puppet_service;
 mod puppets;
 mod resources;
@@ -53,6 +54,8 @@ pub struct ApiConfig {
     pub presence: crate::presence::Thresholds,
     /// How long events are kept.
     pub event_retention: Duration,
+    /// Notifications: the SMTP relay, retries, give-up time.
+    pub notify: crate::notify::NotifyConfig,
 }
 
 impl Default for ApiConfig {
@@ -63,6 +66,7 @@ impl Default for ApiConfig {
             lease_timeout: Duration::from_secs(110),
             presence: crate::presence::Thresholds::for_hold(Duration::from_secs(50)),
             event_retention: Duration::from_secs(7 * 24 * 3600),
+            notify: Default::default(),
         }
     }
 }
@@ -81,6 +85,8 @@ pub struct AppState {
     /// (max-in-flight, rolling) see every other offer. A std mutex: the
     /// section is synchronous (planning and one store transaction).
     pub dispatch: std::sync::Mutex<()>,
+    /// Prometheus counters and histograms (gauges are computed at scrape).
+    pub metrics: crate::metrics::Metrics,
 }
 
 pub type Shared = Arc<AppState>;
@@ -89,6 +95,7 @@ pub use enroll::EnrollTokensApi;
 pub use events::EventsApi;
 pub use groups::GroupsApi;
 pub use jobs::JobsApi;
+pub use notifications::NotificationsApi;
 pub use puppet_service::PuppetServiceApi;
 pub use puppets::PuppetsApi;
 pub use resources::ResourcesApi;

@@ -183,6 +183,7 @@ impl PuppetServiceApi {
             }
         }
         for run in &offered {
+            self.state.metrics.dispatched(now.since(run.created_at));
             assignments.push(self.assignment(run)?);
             self.wake_run(run);
         }
@@ -289,7 +290,8 @@ impl PuppetService for PuppetServiceApi {
             .filter(|r| known.contains(&r.id) && !finishing.contains(&r.id))
             .map(|r| r.id)
             .collect();
-        let deadline = tokio::time::Instant::now() + hold;
+        let held_since = tokio::time::Instant::now();
+        let deadline = held_since + hold;
         let notify = self.state.hub.subscribe(&puppet_key(&name));
         loop {
             let notified = notify.notified();
@@ -317,6 +319,7 @@ impl PuppetService for PuppetServiceApi {
             if let Some(mut answer) = self.try_answer(&puppet, &report, now)? {
                 answer.hold = Some(dur(hold));
                 store.flush().await.map_err(ApiError::from)?;
+                self.state.metrics.poll_held(held_since.elapsed());
                 return Ok(Response::new(answer));
             }
             tokio::select! {
@@ -337,6 +340,7 @@ impl PuppetService for PuppetServiceApi {
             };
         }
         store.touch_puppet(&name, Millis::now())?;
+        self.state.metrics.poll_held(held_since.elapsed());
         Ok(Response::new(pb::PollResponse {
             assignments: vec![],
             cancel_runs: vec![],

@@ -26,6 +26,8 @@
 //! | `resources`    | name                         | [`Resource`]           |
 //! | `groups`       | name                         | [`Group`]              |
 //! | `events`       | id(u64 BE)                   | [`Event`]              |
+//! | `rules`        | id                           | [`NotificationRule`]   |
+//! | `deliveries`   | id                           | [`Delivery`] (owed)    |
 //! | `resource_usage`| name                        | capacity held, u32 BE  |
 //!
 //! Durability: every state change is one sled transaction over all the trees
@@ -38,6 +40,7 @@ mod groups;
 mod jobs;
 mod keys;
 mod logs;
+mod notifications;
 mod puppets;
 mod resources;
 mod tasks;
@@ -128,6 +131,8 @@ pub struct Store {
     resource_usage: sled::Tree,
     groups: sled::Tree,
     events: sled::Tree,
+    rules: sled::Tree,
+    deliveries: sled::Tree,
 }
 
 impl std::fmt::Debug for Store {
@@ -164,6 +169,8 @@ impl Store {
             resource_usage: tree("resource_usage")?,
             groups: tree("groups")?,
             events: tree("events")?,
+            rules: tree("rules")?,
+            deliveries: tree("deliveries")?,
             db,
         };
         store.check_schema()?;

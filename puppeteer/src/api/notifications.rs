@@ -1,0 +1,197 @@
+//! Admin service over notification rules.
+
+use geppetto_proto::v1 as pb;
+use geppetto_proto::v1::notifications_server::Notifications;
+use tonic::{Request, Response, Status};
+
+use super::Shared;
+use super::convert::{opt_ts, ts};
+use super::error::{ApiError, ApiResult, invalid};
+use crate::domain::{Channel, Delivery, Millis, NotificationRule};
+use crate::ids::new_id;
+use crate::selector::Selector;
+
+#[derive(Debug, Clone)]
+pub struct NotificationsApi {
+    state: Shared,
+}
+
+impl NotificationsApi {
+    pub fn new(state: Shared) -> Self {
+        NotificationsApi { state }
+    }
+
+    fn view(&self, rule: &NotificationRule) -> ApiResult<pb::NotificationRule> {
+        let pending = self
+            .state
+            .store
+            .pending_deliveries()?
+            .iter()
+            .filter(|d| d.rule_id == rule.id)
+            .count() as u64;
+        let (channel, has_secret) = match &rule.channel {
+            Channel::Email { to } => (pb::notification_rule::Channel::Email(to.clone()), false),
+            Channel::Webhook { url, secret } => (
+                pb::notification_rule::Channel::Webhook(url.clone()),
+                secret.is_some(),
+            ),
+        };
+        Ok(pb::NotificationRule {
+            id: rule.id.clone(),
+            on: rule.on.clone(),
+            channel: Some(channel),
+            has_secret,
+            target: rule.target.clone(),
+            created_at: Some(ts(rule.created_at)),
+            delivered: rule.delivered,
+            failed: rule.failed,
+            pending,
+            last_error: rule
+                .last_error
+                .as_ref()
+                .map(|(_, e)| e.clone())
+                .unwrap_or_default(),
+            last_error_at: opt_ts(rule.last_error.as_ref().map(|(at, _)| *at)),
+        })
+    }
+
+    fn add(&self, req: pb::AddRuleRequest) -> ApiResult<pb::NotificationRule> {
+        if req.on.is_empty() {
+            return Err(invalid(
+                "say which events trigger the rule (e.g. job.failed)",
+            ));
+        }
+        for kind in &req.on {
+            let ok = !kind.is_empty()
+                && kind.len() <= 100
+                && kind
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._/".contains(c));
+            if !ok {
+                return Err(invalid(format!(
+                    "{kind:?} is not an event kind (e.g. job.failed, run.)"
+                )));
+            }
+        }
+        if !req.target.is_empty() {
+            Selector::parse(&req.target)?;
+        }
+        let channel = match req.channel {
+            Some(pb::add_rule_request::Channel::Email(to)) => {
+                to.parse::<lettre::Address>()
+                    .map_err(|e| invalid(format!("invalid mail address {to:?}: {e}")))?;
+                if !req.secret.is_empty() {
+                    return Err(invalid("a secret is for webhooks only"));
+                }
+                Channel::Email { to }
+            }
+            Some(pb::add_rule_request::Channel::Webhook(url)) => {
+                let uri: http::Uri = url
+                    .parse()
+                    .map_err(|e| invalid(format!("invalid webhook URL {url:?}: {e}")))?;
+                if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+                    return Err(invalid(format!(
+                        "invalid webhook URL {url:?}: use http(s)://host/path"
+                    )));
+                }
+                Channel::Webhook {
+                    url,
+                    secret: (!req.secret.is_empty()).then_some(req.secret),
+                }
+            }
+            None => return Err(invalid("give an email address or a webhook URL")),
+        };
+        let rule = NotificationRule {
+            id: new_id("ntf"),
+            on: req.on,
+            channel,
+            target: req.target.trim().to_string(),
+            created_at: Millis::now(),
+            delivered: 0,
+            failed: 0,
+            last_error: None,
+        };
+        self.state.store.add_rule(&rule)?;
+        self.view(&rule)
+    }
+}
+
+#[tonic::async_trait]
+impl Notifications for NotificationsApi {
+    async fn add_rule(
+        &self,
+        request: Request<pb::AddRuleRequest>,
+    ) -> Result<Response<pb::NotificationRule>, Status> {
+        let req = request.get_ref().clone();
+        let (mut audit, caller) =
+            self.state
+                .begin(&request, "Notifications/AddRule", req.on.join(","));
+        let result = caller.and_then(|_| self.add(req));
+        if let Ok(rule) = &result {
+            audit.target(rule.id.clone());
+        }
+        self.state.conclude(audit, result).await.map(Response::new)
+    }
+
+    async fn list_rules(
+        &self,
+        request: Request<pb::ListRulesRequest>,
+    ) -> Result<Response<pb::ListRulesResponse>, Status> {
+        self.state.authorize(&request, "Notifications/ListRules")?;
+        let rules = self
+            .state
+            .store
+            .list_rules()
+            .map_err(ApiError::from)?
+            .iter()
+            .map(|r| self.view(r))
+            .collect::<ApiResult<_>>()?;
+        Ok(Response::new(pb::ListRulesResponse { rules }))
+    }
+
+    async fn remove_rule(
+        &self,
+        request: Request<pb::RemoveRuleRequest>,
+    ) -> Result<Response<pb::RemoveRuleResponse>, Status> {
+        let id = request.get_ref().id.clone();
+        let (audit, caller) = self.state.begin(&request, "Notifications/RemoveRule", &id);
+        let result = caller.and_then(|_| {
+            super::convert::id_of_kind("ntf", &id)?;
+            self.state.store.remove_rule(&id)?;
+            Ok(pb::RemoveRuleResponse {})
+        });
+        self.state.conclude(audit, result).await.map(Response::new)
+    }
+
+    async fn test_rule(
+        &self,
+        request: Request<pb::RemoveRuleRequest>,
+    ) -> Result<Response<pb::NotificationRule>, Status> {
+        let id = request.get_ref().id.clone();
+        let (audit, caller) = self.state.begin(&request, "Notifications/TestRule", &id);
+        let result = caller.and_then(|caller| {
+            super::convert::id_of_kind("ntf", &id)?;
+            let rule = self.state.store.get_rule(&id)?;
+            let now = Millis::now();
+            let event = super::events::event(
+                "notification.test",
+                caller.user.clone(),
+                format!("a test of notification rule {id} by {}", caller.user),
+            );
+            let delivery = Delivery {
+                id: new_id("dlv"),
+                rule_id: rule.id.clone(),
+                event,
+                created_at: now,
+                attempts: 0,
+                next_at: now,
+                last_error: None,
+            };
+            let cursor = self.state.store.notify_cursor()?.unwrap_or(0);
+            self.state.store.queue_deliveries(cursor, &[delivery])?;
+            self.state.hub.wake(super::events::EVENTS_KEY);
+            self.view(&rule)
+        });
+        self.state.conclude(audit, result).await.map(Response::new)
+    }
+}

@@ -1,0 +1,452 @@
+//! Notifications: the puppeteer's own tasks of telling people.
+//!
+//! The notifier follows the event stream from its cursor. For each event,
+//! every rule that wants it gets a delivery, stored together with the
+//! cursor's move (see `store::notifications`). Deliveries are then attempted
+//! (mail through the configured SMTP relay, or a signed JSON POST), retried
+//! with exponential backoff, and given up after `give_up`; a give-up is
+//! counted on the rule and announced as a `notification.failed` event.
+//!
+//! Delivery is at least once: a delivery is removed right after the relay
+//! or the receiver accepted it, so it is sent twice only if the puppeteer
+//! dies in between. Each carries a stable id (mail Message-ID, webhook
+//! header `X-Geppetto-Delivery`) so a receiver can drop such a duplicate.
+
+use std::fmt;
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use serde::Serialize;
+use sha2::Sha256;
+
+use crate::api::Shared;
+use crate::domain::{Channel, Delivery, Event, Millis, NotificationRule, RunState};
+use crate::ids::new_id;
+use crate::selector::Selector;
+
+/// How mail leaves: TLS from the start, STARTTLS, or plain (a local relay).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SmtpTls {
+    #[default]
+    Starttls,
+    Tls,
+    None,
+}
+
+/// The SMTP relay.
+#[derive(Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    pub host: String,
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub tls: SmtpTls,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// The sender, e.g. "Geppetto <geppetto@example.org>".
+    pub from: String,
+}
+
+impl fmt::Debug for SmtpConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SmtpConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("tls", &self.tls)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("from", &self.from)
+            .finish()
+    }
+}
+
+/// Settings of the notifier.
+#[derive(Clone, Debug)]
+pub struct NotifyConfig {
+    pub smtp: Option<SmtpConfig>,
+    /// A delivery still failing this long after its event is given up.
+    pub give_up: Duration,
+    /// The first retry waits this long; each next one twice as long (capped).
+    pub retry_base: Duration,
+    pub webhook_timeout: Duration,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        NotifyConfig {
+            smtp: None,
+            give_up: Duration::from_secs(24 * 3600),
+            retry_base: Duration::from_secs(10),
+            webhook_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+const RETRY_CAP: Duration = Duration::from_secs(600);
+const BATCH: usize = 500;
+
+/// The JSON body of a webhook (schema `geppetto.notification/v1`).
+#[derive(Serialize)]
+struct WebhookBody<'a> {
+    schema: &'static str,
+    delivery_id: &'a str,
+    rule_id: &'a str,
+    event: WebhookEvent<'a>,
+}
+
+#[derive(Serialize)]
+struct WebhookEvent<'a> {
+    id: u64,
+    at_unix_ms: i64,
+    kind: &'a str,
+    job_id: &'a str,
+    run_id: &'a str,
+    puppet: &'a str,
+    resource: &'a str,
+    actor: &'a str,
+    summary: &'a str,
+}
+
+/// The HMAC-SHA256 signature of a body, as sent in `X-Geppetto-Signature`.
+pub fn signature(secret: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Runs the notifier until `shutdown`.
+pub async fn run_notifier(state: Shared, shutdown: tokio_util::sync::CancellationToken) {
+    let notify = state.hub.subscribe(crate::api::events::EVENTS_KEY);
+    loop {
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if let Err(e) = match_events(&state) {
+            tracing::error!(error = %e, "notifier cannot read the event stream");
+        }
+        deliver_due(&state).await;
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = &mut notified => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+fn rule_matches(state: &crate::api::AppState, rule: &NotificationRule, e: &Event) -> bool {
+    if !rule.wants(&e.kind) {
+        return false;
+    }
+    if rule.target.is_empty() || e.puppet.is_empty() {
+        return true;
+    }
+    let Ok(selector) = Selector::parse(&rule.target) else {
+        return false;
+    };
+    state
+        .store
+        .get_puppet(&e.puppet)
+        .is_ok_and(|p| selector.matches(&p.labels()))
+}
+
+/// Turns new events into stored deliveries.
+fn match_events(state: &crate::api::AppState) -> crate::store::Result<()> {
+    let store = &state.store;
+    let cursor = match store.notify_cursor()? {
+        Some(c) => c,
+        // First start: nothing from before is owed.
+        None => {
+            let last = store.last_event_id()?;
+            store.queue_deliveries(last, &[])?;
+            last
+        }
+    };
+    let events = store.events_after(cursor, BATCH)?;
+    let Some(last) = events.last().map(|e| e.id) else {
+        return Ok(());
+    };
+    let rules = store.list_rules()?;
+    let now = Millis::now();
+    let mut deliveries = Vec::new();
+    for event in &events {
+        // The notifier's own failures are not notified again by mail.
+        if event.kind == "notification.failed" {
+            continue;
+        }
+        for rule in rules.iter().filter(|r| rule_matches(state, r, event)) {
+            deliveries.push(Delivery {
+                id: new_id("dlv"),
+                rule_id: rule.id.clone(),
+                event: event.clone(),
+                created_at: now,
+                attempts: 0,
+                next_at: now,
+                last_error: None,
+            });
+        }
+    }
+    store.queue_deliveries(last, &deliveries)
+}
+
+/// Attempts every delivery that is due.
+async fn deliver_due(state: &Shared) {
+    let now = Millis::now();
+    let due = match state.store.pending_deliveries() {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the deliveries owed");
+            return;
+        }
+    };
+    for mut delivery in due.into_iter().filter(|d| d.next_at <= now) {
+        let rule = match state.store.get_rule(&delivery.rule_id) {
+            Ok(rule) => rule,
+            // The rule was removed: nothing is owed any more.
+            Err(_) => {
+                let _ = state.store.delivery_sent(&delivery);
+                continue;
+            }
+        };
+        let outcome = attempt(state, &rule, &delivery).await;
+        let now = Millis::now();
+        let result = match outcome {
+            Ok(()) => {
+                tracing::info!(delivery = %delivery.id, rule = %rule.id, kind = %delivery.event.kind, "notification sent");
+                state.store.delivery_sent(&delivery)
+            }
+            Err(error) => {
+                delivery.attempts += 1;
+                delivery.last_error = Some(error.clone());
+                if now.since(delivery.created_at) >= state.config.notify.give_up {
+                    tracing::warn!(delivery = %delivery.id, rule = %rule.id, %error, "notification given up");
+                    let mut event = crate::api::events::event(
+                        "notification.failed",
+                        "puppeteer",
+                        format!(
+                            "notification {} of rule {} for event {} given up after {} attempts: {error}",
+                            delivery.id, rule.id, delivery.event.id, delivery.attempts
+                        ),
+                    );
+                    event.job_id = delivery.event.job_id.clone();
+                    state.announce(vec![event]);
+                    state.store.delivery_failed(&delivery, &error, now)
+                } else {
+                    let backoff = state
+                        .config
+                        .notify
+                        .retry_base
+                        .saturating_mul(1 << delivery.attempts.min(16).saturating_sub(1))
+                        .min(RETRY_CAP);
+                    delivery.next_at = now.plus(backoff);
+                    tracing::info!(delivery = %delivery.id, rule = %rule.id, %error, retry_in = ?backoff, "notification failed; will retry");
+                    state.store.delivery_retry(&delivery, now)
+                }
+            }
+        };
+        if let Err(e) = result.and(Ok(())) {
+            tracing::error!(error = %e, "cannot record a delivery");
+        }
+        let _ = state.store.flush().await;
+    }
+}
+
+async fn attempt(
+    state: &Shared,
+    rule: &NotificationRule,
+    delivery: &Delivery,
+) -> Result<(), String> {
+    match &rule.channel {
+        Channel::Email { to } => send_mail(state, to, delivery).await,
+        Channel::Webhook { url, secret } => {
+            post_webhook(state, url, secret.as_deref(), rule, delivery).await
+        }
+    }
+}
+
+/// Subject and body of the mail for an event.
+pub fn compose(state: &crate::api::AppState, event: &Event) -> (String, String) {
+    let subject = format!("[geppetto] {}: {}", event.kind, first_line(&event.summary));
+    let mut body = format!(
+        "{}\n\nEvent {} ({}) at {}\n",
+        event.summary,
+        event.id,
+        event.kind,
+        humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + Duration::from_millis(event.at.0.max(0) as u64)
+        )
+    );
+    if !event.puppet.is_empty() {
+        body.push_str(&format!("Puppet: {}\n", event.puppet));
+    }
+    if !event.job_id.is_empty()
+        && let Ok(job) = state.store.get_job(&event.job_id)
+        && let Ok(runs) = state.store.get_runs(&job.run_ids)
+    {
+        body.push_str(&format!(
+            "Job: {} (task {} v{})\n",
+            job.id, job.task_name, job.task_version
+        ));
+        let failing: Vec<_> = runs
+            .iter()
+            .filter(|r| r.state.is_terminal() && r.state != RunState::Succeeded)
+            .collect();
+        if !failing.is_empty() {
+            body.push_str(&format!(
+                "Runs that did not succeed: {}\n",
+                failing
+                    .iter()
+                    .map(|r| format!("{} ({})", r.puppet, r.state))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        for run in failing.iter().take(3) {
+            let from = run.log_length.saturating_sub(2048);
+            if let Ok(tail) = state.store.read_log(&run.id, from, 2048) {
+                let text = String::from_utf8_lossy(&tail);
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+                body.push_str(&format!(
+                    "\n--- end of the output of {} on {} ---\n{tail}\n",
+                    run.id, run.puppet
+                ));
+            }
+            body.push_str(&format!("More: geppetto logs {}\n", run.id));
+        }
+        body.push_str(&format!("\nSee: geppetto jobs show {}\n", job.id));
+    }
+    (subject, body)
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or("")
+}
+
+async fn send_mail(state: &Shared, to: &str, delivery: &Delivery) -> Result<(), String> {
+    use lettre::message::header::ContentType;
+    use lettre::transport::smtp::authentication::Credentials;
+    use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+
+    let Some(smtp) = &state.config.notify.smtp else {
+        return Err("no SMTP relay is configured ([smtp] in the puppeteer's config)".into());
+    };
+    let (subject, body) = compose(state, &delivery.event);
+    let message = Message::builder()
+        .from(
+            smtp.from
+                .parse()
+                .map_err(|e| format!("invalid sender {:?}: {e}", smtp.from))?,
+        )
+        .to(to
+            .parse()
+            .map_err(|e| format!("invalid address {to:?}: {e}"))?)
+        .subject(subject)
+        .message_id(Some(format!("<{}@geppetto>", delivery.id)))
+        .header(ContentType::TEXT_PLAIN)
+        .body(body)
+        .map_err(|e| format!("cannot build the mail: {e}"))?;
+    let builder = match smtp.tls {
+        SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host),
+        SmtpTls::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&smtp.host)
+            .map_err(|e| format!("SMTP relay {}: {e}", smtp.host))?,
+        SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&smtp.host)
+            .map_err(|e| format!("SMTP relay {}: {e}", smtp.host))?,
+    };
+    let mut builder = builder.timeout(Some(Duration::from_secs(30)));
+    if let Some(port) = smtp.port {
+        builder = builder.port(port);
+    }
+    if let (Some(user), Some(password)) = (&smtp.username, &smtp.password) {
+        builder = builder.credentials(Credentials::new(user.clone(), password.clone()));
+    }
+    builder
+        .build()
+        .send(message)
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("SMTP relay {}: {e}", smtp.host))
+}
+
+async fn post_webhook(
+    state: &Shared,
+    url: &str,
+    secret: Option<&str>,
+    rule: &NotificationRule,
+    delivery: &Delivery,
+) -> Result<(), String> {
+    let e = &delivery.event;
+    let body = serde_json::to_vec(&WebhookBody {
+        schema: "geppetto.notification/v1",
+        delivery_id: &delivery.id,
+        rule_id: &rule.id,
+        event: WebhookEvent {
+            id: e.id,
+            at_unix_ms: e.at.0,
+            kind: &e.kind,
+            job_id: &e.job_id,
+            run_id: &e.run_id,
+            puppet: &e.puppet,
+            resource: &e.resource,
+            actor: &e.actor,
+            summary: &e.summary,
+        },
+    })
+    .expect("serializable");
+    let mut request = http::Request::post(url)
+        .header("content-type", "application/json")
+        .header(
+            "user-agent",
+            concat!("geppetto/", env!("CARGO_PKG_VERSION")),
+        )
+        .header("x-geppetto-delivery", &delivery.id)
+        .header("x-geppetto-event", &e.kind);
+    if let Some(secret) = secret {
+        request = request.header("x-geppetto-signature", signature(secret, &body));
+    }
+    let request = request
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| format!("invalid webhook request: {e}"))?;
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(rustls::RootCertStore {
+        roots: webpki_roots_list(),
+    })
+    .with_no_client_auth();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .build();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build(connector);
+    let timeout = state.config.notify.webhook_timeout;
+    let response = tokio::time::timeout(timeout, client.request(request))
+        .await
+        .map_err(|_| {
+            format!(
+                "webhook {url}: no answer within {}",
+                humantime::format_duration(timeout)
+            )
+        })?
+        .map_err(|e| format!("webhook {url}: {e}"))?;
+    let status = response.status();
+    let _ = tokio::time::timeout(timeout, response.into_body().collect()).await;
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("webhook {url} answered {status}"))
+    }
+}
+
+fn webpki_roots_list() -> Vec<rustls_pki_types::TrustAnchor<'static>> {
+    webpki_roots::TLS_SERVER_ROOTS.to_vec()
+}
