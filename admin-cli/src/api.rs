@@ -10,6 +10,7 @@ use geppetto_proto::v1::enroll_tokens_client::EnrollTokensClient;
 use geppetto_proto::v1::events_client::EventsClient;
 use geppetto_proto::v1::groups_client::GroupsClient;
 use geppetto_proto::v1::jobs_client::JobsClient;
+use geppetto_proto::v1::notifications_client::NotificationsClient;
 use geppetto_proto::v1::puppets_client::PuppetsClient;
 use geppetto_proto::v1::resources_client::ResourcesClient;
 use geppetto_proto::v1::runs_client::RunsClient;
@@ -100,6 +101,10 @@ impl Api {
 
     pub fn groups(&self) -> GroupsClient<Channel> {
         GroupsClient::new(self.channel.clone())
+    }
+
+    pub fn notifications(&self) -> NotificationsClient<Channel> {
+        NotificationsClient::new(self.channel.clone())
     }
 
     pub fn events(&self) -> EventsClient<Channel> {

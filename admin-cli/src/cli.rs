@@ -13,7 +13,7 @@ use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use crate::config::Secret;
 use crate::parse::{
     Limit, parse_duration, parse_event_kind, parse_kv, parse_kv_list, parse_limit,
-    parse_resource_need, parse_token_id,
+    parse_resource_need, parse_rule_event, parse_token_id,
 };
 
 const TOUR: &str = "\
@@ -55,6 +55,9 @@ A short tour:
   # evaluated when each job is created.
   geppetto groups create webs --selector 'role in (web,proxy)'
   geppetto jobs run deploy --target group:webs
+
+  # Be told by mail when a job fails or a machine is lost (or by a signed webhook).
+  geppetto notifications add --on job.failed,run.lost,puppet.offline --email ops@example.org
 
   # Promote a patch: test machines first, then production once the test job
   # succeeded and someone approved it, one machine at a time, stopping at the
@@ -177,6 +180,10 @@ pub enum Command {
     /// `--target group:NAME`: create, list, show current members, remove
     #[command(subcommand)]
     Groups(GroupsCommand),
+    /// Rules that send an email or a webhook when events happen (a job failed, a
+    /// puppet went offline, ...): add, list, remove, test
+    #[command(subcommand, after_long_help = NOTIFICATIONS_HELP)]
+    Notifications(NotificationsCommand),
     /// What happened, in order: runs, jobs, puppets, resources, API calls; --follow
     /// keeps printing new events as they happen
     #[command(after_long_help = EVENTS_HELP)]
@@ -210,6 +217,21 @@ Examples:
 With --follow a dropped connection is reopened (with growing waits) from the last event
 printed, so no event is missed or printed twice; if the puppeteer no longer keeps the
 events to resume from, the command says so and exits 1.";
+
+const NOTIFICATIONS_HELP: &str = "\
+Event kinds a rule can be on: job.succeeded, job.failed, job.awaiting_approval, run.failed,
+run.lost, puppet.offline, puppet.online, puppet.pending, ... (the kinds of `geppetto events`).
+A kind ending in '.' is a prefix: --on run. fires on every run event.
+
+Examples:
+  geppetto notifications add --on job.failed,run.lost --email ops@example.org
+  geppetto notifications add --on puppet.offline --webhook https://hooks.example/gp --secret \"$S\" --target site=lyon
+  geppetto notifications list
+  geppetto notifications test ntf-...     # queue a test notification through the rule
+  geppetto notifications remove ntf-...
+
+Webhooks receive a JSON POST; with --secret the body is signed with HMAC-SHA256 in the
+X-Geppetto-Signature header (\"sha256=HEX\"). The secret is never shown again.";
 
 const COMPLETIONS_HELP: &str = "\
 Install them, e.g.:
@@ -726,6 +748,56 @@ pub struct CreateGroupArgs {
     pub description: Option<String>,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum NotificationsCommand {
+    /// Adds a rule: on these events, send an email or call a webhook; prints its id
+    #[command(after_long_help = NOTIFICATIONS_HELP)]
+    Add(AddRuleArgs),
+    /// Lists rules with their deliveries: done, pending (being retried), failed
+    List,
+    /// Removes a rule; notifications it still owes are dropped
+    Remove {
+        /// Id of the rule (ntf-...)
+        id: String,
+    },
+    /// Queues a test notification through a rule, like any other delivery
+    Test {
+        /// Id of the rule (ntf-...)
+        id: String,
+    },
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("channel").required(true).multiple(false)))]
+pub struct AddRuleArgs {
+    /// Event kinds that fire the rule, comma-separated, repeatable: exact (job.failed)
+    /// or a prefix ending in '.' (run.). Kinds: job.succeeded, job.failed,
+    /// job.awaiting_approval, run.failed, run.lost, puppet.offline, puppet.online,
+    /// puppet.pending, ...
+    #[arg(
+        long = "on",
+        value_name = "EVENT[,EVENT]",
+        value_delimiter = ',',
+        value_parser = parse_rule_event,
+        required = true
+    )]
+    pub on: Vec<String>,
+    /// Send a mail to this address (through the puppeteer's SMTP relay)
+    #[arg(long, value_name = "ADDR", group = "channel")]
+    pub email: Option<String>,
+    /// POST a JSON body to this http(s) URL
+    #[arg(long, value_name = "URL", group = "channel")]
+    pub webhook: Option<String>,
+    /// Sign webhook bodies with HMAC-SHA256 using this secret (X-Geppetto-Signature
+    /// header); it is never shown again
+    #[arg(long, value_name = "S", conflicts_with = "email")]
+    pub secret: Option<Secret>,
+    /// Only events about puppets matching this label selector, e.g. "site=lyon"
+    /// (events about no puppet, such as job events, always match) [default: all]
+    #[arg(long, value_name = "SELECTOR")]
+    pub target: Option<String>,
+}
+
 #[derive(Debug, Args)]
 pub struct LogsArgs {
     /// A run id (run-...), or a job id (job-...) with --puppet
@@ -1168,6 +1240,79 @@ mod tests {
             cli.command,
             Command::Puppets(PuppetsCommand::Queue { name }) if name == "web-1"
         ));
+    }
+
+    #[test]
+    fn notifications_parse() {
+        let cli = Cli::try_parse_from([
+            "geppetto",
+            "notifications",
+            "add",
+            "--on",
+            "job.failed,run.",
+            "--on",
+            "puppet.offline",
+            "--webhook",
+            "https://hooks.example/gp",
+            "--secret",
+            "s3cret",
+            "--target",
+            "site=lyon",
+        ])
+        .unwrap();
+        let Command::Notifications(NotificationsCommand::Add(args)) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(args.on, ["job.failed", "run.", "puppet.offline"]);
+        assert_eq!(args.webhook.as_deref(), Some("https://hooks.example/gp"));
+        assert_eq!(args.secret, Some(Secret::new("s3cret")));
+        assert!(!format!("{args:?}").contains("s3cret"));
+        assert_eq!(args.target.as_deref(), Some("site=lyon"));
+        assert!(args.email.is_none());
+        let cli = Cli::try_parse_from([
+            "geppetto",
+            "notifications",
+            "add",
+            "--on",
+            "job.failed",
+            "--email",
+            "ops@example.org",
+        ])
+        .unwrap();
+        let Command::Notifications(NotificationsCommand::Add(args)) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(args.email.as_deref(), Some("ops@example.org"));
+        assert!(args.webhook.is_none() && args.secret.is_none() && args.target.is_none());
+        assert!(matches!(
+            Cli::try_parse_from(["geppetto", "notifications", "list"])
+                .unwrap()
+                .command,
+            Command::Notifications(NotificationsCommand::List)
+        ));
+        for word in ["remove", "test"] {
+            assert!(Cli::try_parse_from(["geppetto", "notifications", word, "ntf-1"]).is_ok());
+            assert!(Cli::try_parse_from(["geppetto", "notifications", word]).is_err());
+        }
+        for bad in [
+            // No channel, two channels, a secret for an email, no --on, an empty kind.
+            &["--on", "job.failed"][..],
+            &[
+                "--on",
+                "job.failed",
+                "--email",
+                "a@b",
+                "--webhook",
+                "https://x",
+            ],
+            &["--on", "job.failed", "--email", "a@b", "--secret", "s"],
+            &["--email", "a@b"],
+            &["--on", "job.failed,,run.", "--email", "a@b"],
+            &["--on", "job failed", "--email", "a@b"],
+        ] {
+            let args = ["geppetto", "notifications", "add"].iter().chain(bad);
+            assert!(Cli::try_parse_from(args).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -81,6 +81,22 @@ pub fn parse_event_kind(s: &str) -> Result<String, String> {
     Ok(kind.to_string())
 }
 
+/// One event kind of `notifications add --on` (clap splits the list at
+/// commas first): exact (`job.failed`) or a prefix ending in `.` (`run.`).
+pub fn parse_rule_event(s: &str) -> Result<String, String> {
+    let kind = s.trim();
+    if kind.is_empty() {
+        return Err(
+            "invalid event \"\": write e.g. job.failed,run.lost, or run. for every run event"
+                .into(),
+        );
+    }
+    if kind.contains(char::is_whitespace) {
+        return Err(format!("invalid event {s:?}: an event kind holds no space"));
+    }
+    Ok(kind.to_string())
+}
+
 /// A resource a task needs, written `NAME` or `NAME:COUNT`: `uplink`,
 /// `uplink:2`. The count defaults to 1 and must be at least 1; the name is
 /// left for the puppeteer to judge beyond being non-empty and unspaced.
@@ -193,6 +209,14 @@ pub fn id_kind(id: &str) -> Result<IdKind, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rule_events() {
+        assert_eq!(parse_rule_event(" job.failed ").unwrap(), "job.failed");
+        assert_eq!(parse_rule_event("run.").unwrap(), "run.");
+        assert!(parse_rule_event("").unwrap_err().contains("job.failed"));
+        assert!(parse_rule_event("job failed").is_err());
+    }
 
     #[test]
     fn event_kinds() {

@@ -25,6 +25,7 @@ fn help_lists_the_command_groups() {
         "logs",
         "resources",
         "groups",
+        "notifications",
         "events",
         "status",
         "completions",
@@ -54,6 +55,7 @@ fn help_lists_the_command_groups() {
         "geppetto jobs approve job-...",
         "geppetto groups create webs --selector 'role in (web,proxy)'",
         "geppetto jobs run deploy --target group:webs",
+        "geppetto notifications add --on job.failed,run.lost,puppet.offline --email ops@example.org",
     ] {
         assert!(out.contains(line), "the tour lacks {line:?}:\n{out}");
     }
@@ -92,6 +94,7 @@ fn new_groups_list_their_commands() {
     subcommands_listed("resources", &["create", "list", "show", "update", "remove"]);
     subcommands_listed("puppets", &["queue"]);
     subcommands_listed("groups", &["create", "list", "show", "remove"]);
+    subcommands_listed("notifications", &["add", "list", "remove", "test"]);
     subcommands_listed(
         "jobs",
         &[
@@ -224,6 +227,71 @@ fn help_texts_of_groups() {
 }
 
 #[test]
+fn help_texts_of_notifications() {
+    let help = |args: &[&str]| {
+        let assert = geppetto().args(args).arg("--help").assert().success();
+        String::from_utf8_lossy(&assert.get_output().stdout).to_string()
+    };
+    let add = help(&["notifications", "add"]);
+    for text in [
+        "--on <EVENT[,EVENT]>",
+        "--email <ADDR>",
+        "--webhook <URL>",
+        "--secret <S>",
+        "--target <SELECTOR>",
+        "job.succeeded",
+        "job.failed",
+        "run.failed",
+        "run.lost",
+        "puppet.offline",
+        "puppet.online",
+        "job.awaiting_approval",
+        "puppet.pending",
+        "prefix",
+        "run.",
+    ] {
+        assert!(
+            add.contains(text),
+            "notifications add --help lacks {text}:\n{add}"
+        );
+    }
+    let group = help(&["notifications"]);
+    assert!(group.contains("X-Geppetto-Signature"), "{group}");
+    assert!(group.contains("notifications test ntf-"), "{group}");
+    // Exactly one channel, a secret only for a webhook, at least one event.
+    for bad in [
+        &["notifications", "add", "--on", "job.failed"][..],
+        &[
+            "notifications",
+            "add",
+            "--on",
+            "job.failed",
+            "--email",
+            "a@b",
+            "--webhook",
+            "https://x",
+        ],
+        &[
+            "notifications",
+            "add",
+            "--on",
+            "job.failed",
+            "--email",
+            "a@b",
+            "--secret",
+            "s",
+        ],
+        &["notifications", "add", "--email", "a@b"],
+    ] {
+        geppetto()
+            .args(bad)
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains("--"));
+    }
+}
+
+#[test]
 fn help_texts_of_approval_and_access() {
     let help = |args: &[&str]| {
         let assert = geppetto().args(args).arg("--help").assert().success();
@@ -287,6 +355,11 @@ fn every_command_has_help() {
         &["groups", "list"],
         &["groups", "show"],
         &["groups", "remove"],
+        &["notifications"],
+        &["notifications", "add"],
+        &["notifications", "list"],
+        &["notifications", "remove"],
+        &["notifications", "test"],
     ] {
         geppetto()
             .args(path)

@@ -72,7 +72,7 @@ pub struct RunArgs {
     /// How long the server should hold an idle poll, e.g. 50s [default: the server's].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub poll_hold: Option<Duration>,
-    /// Log format on stderr: `text` (human-readable) or `json` (one object a
+    /// Log format: `text` (human-readable) or `json` (one JSON object a
     /// line). The level comes from RUST_LOG [default: info].
     #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

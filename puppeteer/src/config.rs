@@ -166,3 +166,32 @@ impl Config {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example config in deploy/ parses, with every option uncommented.
+    #[test]
+    fn the_example_config_parses() {
+        let text = include_str!("../../deploy/puppeteer.toml");
+        toml::from_str::<FileConfig>(text).expect("deploy/puppeteer.toml as shipped");
+        let uncommented: String = text
+            .lines()
+            .map(|l| {
+                l.strip_prefix("# ")
+                    .filter(|rest| {
+                        rest.starts_with('[')
+                            || rest
+                                .split_once(" = ")
+                                .is_some_and(|(k, _)| !k.contains(' '))
+                    })
+                    .unwrap_or(l)
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let parsed: FileConfig = toml::from_str(&uncommented).expect("every option uncommented");
+        assert!(parsed.smtp.is_some());
+        assert!(parsed.tls_cert.is_some());
+    }
+}

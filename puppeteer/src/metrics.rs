@@ -118,7 +118,7 @@ impl Metrics {
         let mut r = Registry::default();
         r.register(
             "geppetto_puppets",
-            "Enrolled, approved puppets by presence",
+            "Enrolled puppets by presence (pending and revoked ones aside)",
             m.puppets.clone(),
         );
         r.register(
@@ -206,10 +206,10 @@ impl Metrics {
                 return;
             }
             recent.1.push_back(key);
-            if recent.1.len() > RECENTLY_ENDED {
-                if let Some(old) = recent.1.pop_front() {
-                    recent.0.remove(&old);
-                }
+            if recent.1.len() > RECENTLY_ENDED
+                && let Some(old) = recent.1.pop_front()
+            {
+                recent.0.remove(&old);
             }
         }
         self.runs_finished
@@ -289,10 +289,10 @@ impl Metrics {
         let mut waiting_for: HashMap<String, i64> = HashMap::new();
         for run in &active {
             *by_state.entry(run.state).or_default() += 1;
-            if run.state == RunState::Waiting {
-                if let Some(resource) = run.cause.strip_prefix("waiting for resource ") {
-                    *waiting_for.entry(resource.to_string()).or_default() += 1;
-                }
+            if run.state == RunState::Waiting
+                && let Some(resource) = run.cause.strip_prefix("waiting for resource ")
+            {
+                *waiting_for.entry(resource.to_string()).or_default() += 1;
             }
         }
         for s in [

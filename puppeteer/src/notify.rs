@@ -225,6 +225,7 @@ async fn deliver_due(state: &Shared) {
                 delivery.last_error = Some(error.clone());
                 if now.since(delivery.created_at) >= state.config.notify.give_up {
                     tracing::warn!(delivery = %delivery.id, rule = %rule.id, %error, "notification given up");
+                    state.metrics.notification_failed();
                     let mut event = crate::api::events::event(
                         "notification.failed",
                         "puppeteer",

@@ -9,6 +9,7 @@ pub mod events;
 pub mod groups;
 pub mod jobs;
 pub mod logs;
+pub mod notifications;
 pub mod puppets;
 pub mod resources;
 pub mod runs;
@@ -37,6 +38,7 @@ pub async fn dispatch(api: &Api, command: Command, format: Format) -> Result<(),
         Command::Logs(args) => logs::run(api, args).await,
         Command::Resources(c) => resources::run(api, c, format).await,
         Command::Groups(c) => groups::run(api, c, format).await,
+        Command::Notifications(c) => notifications::run(api, c, format).await,
         Command::Events(args) => events::run(api, args, format).await,
         Command::Status => status::run(api, format).await,
         Command::Completions { .. } | Command::Man => {
