@@ -7,51 +7,10 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Admin, FakePuppet, TestServer, script_spec};
+use common::{Admin, FakePuppet, ProcServer, TestServer, script_spec};
 use geppetto_proto::client::{Channel, Endpoint, TokenSlot, Transport};
 use geppetto_proto::v1 as pb;
 use geppetto_proto::v1::puppet_service_client::PuppetServiceClient;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-
-struct ProcServer {
-    child: Child,
-    port: u16,
-}
-
-impl ProcServer {
-    async fn start(data_dir: &Path, port: u16) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_puppeteer"))
-            .args(["serve", "--poll-timeout", "2s", "--data-dir"])
-            .arg(data_dir)
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("puppeteer binary starts");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let port = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(line) = lines.next_line().await.unwrap() {
-                if let Some(rest) = line.strip_prefix("puppeteer listening on https://localhost:") {
-                    return rest.split(' ').next().unwrap().parse::<u16>().unwrap();
-                }
-            }
-            panic!("the puppeteer exited before listening");
-        })
-        .await
-        .expect("the puppeteer listens in time");
-        ProcServer { child, port }
-    }
-
-    /// SIGKILL: no shutdown code runs.
-    async fn kill9(mut self) -> u16 {
-        self.child.start_kill().unwrap();
-        self.child.wait().await.unwrap();
-        self.port
-    }
-}
 
 fn channel(port: u16, ca: &Path, transport: Transport, token: &str) -> Channel {
     let slot = TokenSlot::default();
@@ -71,7 +30,7 @@ fn channel(port: u16, ca: &Path, transport: Transport, token: &str) -> Channel {
 async fn kill_9_right_after_an_acknowledgement_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let data: PathBuf = dir.path().join("data");
-    let server = ProcServer::start(&data, 0).await;
+    let server = ProcServer::start(&data, 0, "2s").await;
     let port = server.port;
     let ca = data.join("tls/ca.pem");
     let token = std::fs::read_to_string(data.join("admin-token"))
@@ -93,7 +52,7 @@ async fn kill_9_right_after_an_acknowledgement_loses_nothing() {
         .unwrap()
         .into_inner()
         .credential;
-    let server = ProcServer::start(&data, server.kill9().await).await;
+    let server = ProcServer::start(&data, server.kill9().await, "2s").await;
     let puppet = || FakePuppet {
         name: "p1".into(),
         client: PuppetServiceClient::new(channel(port, &ca, Transport::GrpcWeb, &credential)),
@@ -111,7 +70,7 @@ async fn kill_9_right_after_an_acknowledgement_loses_nothing() {
         })
         .await
         .unwrap();
-    let server = ProcServer::start(&data, server.kill9().await).await;
+    let server = ProcServer::start(&data, server.kill9().await, "2s").await;
     let task = admin()
         .tasks
         .get_task(pb::GetTaskRequest {
@@ -125,7 +84,7 @@ async fn kill_9_right_after_an_acknowledgement_loses_nothing() {
     // A job, then a crash: its run is still queued and still dispatches.
     let job = admin().run_on("t", &["p1"]).await;
     let run_id = job.runs[0].run_id.clone();
-    let server = ProcServer::start(&data, server.kill9().await).await;
+    let server = ProcServer::start(&data, server.kill9().await, "2s").await;
     let answer = puppet().poll(1, &[]).await;
     assert_eq!(answer.assignments[0].run_id, run_id);
 
@@ -152,7 +111,7 @@ async fn kill_9_right_after_an_acknowledgement_loses_nothing() {
         .into_inner()
         .committed;
     assert_eq!(committed, 3);
-    let server = ProcServer::start(&data, server.kill9().await).await;
+    let server = ProcServer::start(&data, server.kill9().await, "2s").await;
     assert_eq!(admin().log(&run_id).await, b"hi\n");
     // The puppet's resend after the crash is accepted once.
     let again = puppet()
@@ -181,7 +140,7 @@ async fn kill_9_right_after_an_acknowledgement_loses_nothing() {
         })
         .await
         .unwrap();
-    let server = ProcServer::start(&data, server.kill9().await).await;
+    let server = ProcServer::start(&data, server.kill9().await, "2s").await;
     let run = admin()
         .runs
         .get_run(pb::GetRunRequest { id: run_id.clone() })

@@ -7,11 +7,9 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Admin, RealPuppet, TestServer, process_alive, wait_until};
+use common::{Admin, ProcServer, RealPuppet, TestServer, process_alive, wait_until};
 use geppetto_proto::client::{Channel, Endpoint, TokenSlot, Transport};
 use geppetto_proto::v1 as pb;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
 const DEADLINE: Duration = Duration::from_secs(120);
 
@@ -82,49 +80,11 @@ async fn ten_puppets_share_a_capacity_one_resource() {
     server.stop().await;
 }
 
-struct ProcServer {
-    child: Child,
-    port: u16,
-}
-
-impl ProcServer {
-    async fn start(data_dir: &Path, port: u16) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_puppeteer"))
-            .args(["serve", "--poll-timeout", "5s", "--data-dir"])
-            .arg(data_dir)
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("puppeteer binary starts");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let port = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(line) = lines.next_line().await.unwrap() {
-                if let Some(rest) = line.strip_prefix("puppeteer listening on https://localhost:") {
-                    return rest.split(' ').next().unwrap().parse::<u16>().unwrap();
-                }
-            }
-            panic!("the puppeteer exited before listening");
-        })
-        .await
-        .expect("the puppeteer listens in time");
-        ProcServer { child, port }
-    }
-
-    async fn kill9(mut self) -> u16 {
-        self.child.start_kill().unwrap();
-        self.child.wait().await.unwrap();
-        self.port
-    }
-}
-
 #[tokio::test]
 async fn capacity_holds_across_a_kill_9_of_the_puppeteer() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let server = ProcServer::start(&data, 0).await;
+    let server = ProcServer::start(&data, 0, "5s").await;
     let port = server.port;
     let url = format!("https://localhost:{port}");
     let ca = data.join("tls/ca.pem");
@@ -179,7 +139,7 @@ async fn capacity_holds_across_a_kill_9_of_the_puppeteer() {
         assert!(tokio::time::Instant::now() < until, "no run started");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let server = ProcServer::start(&data, server.kill9().await).await;
+    let server = ProcServer::start(&data, server.kill9().await, "5s").await;
     let job = admin().wait_job(&job.id, DEADLINE).await;
     assert_eq!(job.state, pb::JobState::Succeeded as i32, "{job:?}");
     assert_no_overlap(&file, 4);

@@ -14,6 +14,7 @@ use geppetto_proto::v1::puppets_client::PuppetsClient;
 use geppetto_proto::v1::runs_client::RunsClient;
 use geppetto_proto::v1::tasks_client::TasksClient;
 use puppeteer::{Config, Running};
+use tokio::io::AsyncBufReadExt;
 
 pub struct TestServer {
     pub dir: tempfile::TempDir,
@@ -388,5 +389,47 @@ pub fn process_alive(pid: u32) -> bool {
             .next()
             .is_some_and(|rest| rest.trim_start().starts_with('Z')),
         Err(_) => false,
+    }
+}
+
+/// The puppeteer binary running as its own process.
+pub struct ProcServer {
+    child: tokio::process::Child,
+    pub port: u16,
+}
+
+impl ProcServer {
+    /// Starts `puppeteer serve` on `port` (0: any) and waits until it listens.
+    pub async fn start(data_dir: &std::path::Path, port: u16, poll_timeout: &str) -> Self {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_puppeteer"))
+            .args(["serve", "--poll-timeout", poll_timeout, "--data-dir"])
+            .arg(data_dir)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("puppeteer binary starts");
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let port = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if let Some(rest) = line.strip_prefix("puppeteer listening on https://localhost:") {
+                    return rest.split(' ').next().unwrap().parse::<u16>().unwrap();
+                }
+            }
+            panic!("the puppeteer exited before listening");
+        })
+        .await
+        .expect("the puppeteer listens in time");
+        ProcServer { child, port }
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    /// SIGKILL: no shutdown code runs. Returns the port, to restart on it.
+    pub async fn kill9(mut self) -> u16 {
+        self.child.start_kill().unwrap();
+        self.child.wait().await.unwrap();
+        self.port
     }
 }
