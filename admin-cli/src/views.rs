@@ -1343,6 +1343,8 @@ mod tests {
                 nanos: 500_000_000,
             }),
             log_length: 42,
+            log_truncated: false,
+            log_dropped: 0,
             history: vec![pb::RunTransition {
                 state: pb::RunState::Queued as i32,
                 at: ts(1_700_000_000),
@@ -1417,6 +1419,7 @@ mod tests {
             holders: vec![holder("run-a", "web-1", 2)],
             waiters: vec![holder("run-b", "web-2", 1), holder("run-c", "web-3", 2)],
             created_at: ts(1_700_000_000),
+            bandwidth: 0,
         };
         assert_eq!(
             serde_json::to_value(ResourceView::from(&resource)).unwrap(),

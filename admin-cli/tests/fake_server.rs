@@ -84,6 +84,7 @@ impl Runs for FakeRuns {
             offset: start as u64,
             log_length: LOG.len() as u64,
             eof: end == LOG.len(),
+            ..Default::default()
         }))
     }
 
@@ -99,14 +100,17 @@ impl Runs for FakeRuns {
             Ok(pb::LogChunk {
                 offset: 0,
                 data: LOG[..8].to_vec().into(),
+                skipped: 0,
             }),
             Ok(pb::LogChunk {
                 offset: 4,
                 data: LOG[4..12].to_vec().into(),
+                skipped: 0,
             }),
             Ok(pb::LogChunk {
                 offset: 12,
                 data: LOG[12..].to_vec().into(),
+                skipped: 0,
             }),
         ];
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))

@@ -137,6 +137,7 @@ async fn poll_loop(
             facts: send_facts.then(|| current_facts.clone()),
             hold: config.poll_hold.map(rpc::to_proto_duration),
             finishing_runs: snapshot.finishing_runs,
+            polls_cut: 0,
         };
         let mut client = ctx.client.clone();
         let call = rpc::with_deadline(timeout, client.poll(rpc::request(message, timeout)));

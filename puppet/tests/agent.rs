@@ -62,6 +62,15 @@ impl Fake {
 
 #[tonic::async_trait]
 impl PuppetService for Fake {
+    type FetchArtifactStream = tonic::codegen::BoxStream<ArtifactChunk>;
+
+    async fn fetch_artifact(
+        &self,
+        _request: Request<FetchArtifactRequest>,
+    ) -> Result<Response<Self::FetchArtifactStream>, Status> {
+        Err(Status::unimplemented("no artifacts here"))
+    }
+
     async fn enroll(
         &self,
         request: Request<EnrollRequest>,
@@ -212,6 +221,7 @@ fn assignment(body: &str) -> Assignment {
             }),
             env: Default::default(),
             workdir: String::new(),
+            ..Default::default()
         }),
     }
 }

@@ -214,6 +214,26 @@ pub struct RunSpec {
     pub timeout_ms: u64,
     pub env: BTreeMap<String, String>,
     pub workdir: String,
+    /// Artifacts fetched before the run, pinned by content.
+    #[serde(default)]
+    pub artifacts: Vec<ArtifactRef>,
+    /// The task ends by rebooting the machine (see `Outcome::Rebooted`).
+    #[serde(default)]
+    pub expect_reboot: bool,
+    /// How long after the start the puppet may come back from the reboot.
+    #[serde(default)]
+    pub reboot_window_ms: Option<u64>,
+}
+
+/// An artifact as a task version uses it: pinned by content.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactRef {
+    pub name: String,
+    /// Lowercase hex SHA-256.
+    pub sha256: String,
+    pub size: u64,
+    /// The environment variable holding the cached file's path.
+    pub env: String,
 }
 
 impl RunSpec {
@@ -480,6 +500,8 @@ pub enum Outcome {
     Cancelled,
     StartFailed,
     Interrupted,
+    /// The run expected a reboot and the puppet came back after one: a success.
+    Rebooted,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -826,6 +848,9 @@ mod tests {
             timeout_ms: 1000,
             env: Default::default(),
             workdir: String::new(),
+            artifacts: Vec::new(),
+            expect_reboot: false,
+            reboot_window_ms: None,
         };
         assert!(spec.validate().is_ok());
         spec.timeout_ms = MAX_TIMEOUT.as_millis() as u64 + 1;

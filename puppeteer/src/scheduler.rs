@@ -324,6 +324,7 @@ pub fn finished_state(outcome: Outcome, exit_code: i32) -> RunState {
         Outcome::TimedOut => RunState::TimedOut,
         Outcome::Cancelled => RunState::Cancelled,
         Outcome::Interrupted => RunState::Interrupted,
+        Outcome::Rebooted => RunState::Succeeded,
     }
 }
 

@@ -28,16 +28,18 @@ use tonic::transport::Server;
 use tonic::transport::server::Router;
 use tower::layer::util::{Identity, Stack};
 
+use crate::api::{ArtifactsApi, EventsApi, GroupsApi, NotificationsApi, ResourcesApi, ServerApi};
 use crate::api::{
     AuditApi, EnrollTokensApi, JobsApi, MAX_MESSAGE_BYTES, PuppetServiceApi, PuppetsApi, RunsApi,
     Shared, TasksApi, TokensApi, UsersApi,
 };
-use crate::api::{EventsApi, GroupsApi, NotificationsApi, ResourcesApi};
+use geppetto_proto::v1::artifacts_server::ArtifactsServer;
 use geppetto_proto::v1::audit_server::AuditServer;
 use geppetto_proto::v1::events_server::EventsServer;
 use geppetto_proto::v1::groups_server::GroupsServer;
 use geppetto_proto::v1::notifications_server::NotificationsServer;
 use geppetto_proto::v1::resources_server::ResourcesServer;
+use geppetto_proto::v1::server_server::ServerServer as ServerInfoServer;
 use geppetto_proto::v1::tokens_server::TokensServer;
 use geppetto_proto::v1::users_server::UsersServer;
 
@@ -126,7 +128,12 @@ async fn router(state: &Shared) -> Result<WebRouter> {
         .add_service(
             AuditServer::new(AuditApi::new(state.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
-        ))
+        )
+        .add_service(
+            ArtifactsServer::new(ArtifactsApi::new(state.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(ServerInfoServer::new(ServerApi::new(state.clone()))))
 }
 
 /// Serves the API on `listener` until `shutdown` is cancelled. With `tls`

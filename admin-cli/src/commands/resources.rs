@@ -11,7 +11,11 @@ use crate::views::{ResourceHolderView, ResourceView};
 pub async fn run(api: &Api, command: ResourcesCommand, format: Format) -> Result<(), Error> {
     match command {
         ResourcesCommand::Create { name, capacity } => {
-            let req = pb::CreateResourceRequest { name, capacity };
+            let req = pb::CreateResourceRequest {
+                name,
+                capacity,
+                bandwidth: 0,
+            };
             let resource = api
                 .call(api.resources().create_resource(request(req)))
                 .await?;
@@ -31,7 +35,11 @@ pub async fn run(api: &Api, command: ResourcesCommand, format: Format) -> Result
             print_one(&resource, format)
         }
         ResourcesCommand::Update { name, capacity } => {
-            let req = pb::UpdateResourceRequest { name, capacity };
+            let req = pb::UpdateResourceRequest {
+                name,
+                capacity,
+                bandwidth: None,
+            };
             let resource = api
                 .call(api.resources().update_resource(request(req)))
                 .await?;

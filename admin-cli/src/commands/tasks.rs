@@ -118,6 +118,7 @@ pub fn create_request(args: CreateTaskArgs) -> Result<pb::CreateTaskRequest, Err
             .into_iter()
             .collect(),
         workdir: args.spec.workdir.unwrap_or_default(),
+        ..Default::default()
     };
     Ok(pb::CreateTaskRequest {
         name: args.name,

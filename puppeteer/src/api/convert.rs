@@ -117,6 +117,22 @@ pub fn spec_from(s: Option<pb::RunSpec>) -> ApiResult<domain::RunSpec> {
         timeout_ms: timeout_from(s.timeout.as_ref())?,
         env: s.env.into_iter().collect(),
         workdir: s.workdir,
+        artifacts: s
+            .artifacts
+            .into_iter()
+            .map(|a| domain::ArtifactRef {
+                name: a.name,
+                sha256: a.sha256,
+                size: a.size,
+                env: a.env,
+            })
+            .collect(),
+        expect_reboot: s.expect_reboot,
+        reboot_window_ms: s
+            .reboot_window
+            .as_ref()
+            .map(|d| from_dur("reboot window", d).map(|d| d.as_millis() as u64))
+            .transpose()?,
     };
     spec.validate()?;
     Ok(spec)
@@ -128,6 +144,18 @@ pub fn spec_to(s: &domain::RunSpec) -> pb::RunSpec {
         timeout: Some(dur(Duration::from_millis(s.timeout_ms))),
         env: s.env.clone().into_iter().collect(),
         workdir: s.workdir.clone(),
+        artifacts: s
+            .artifacts
+            .iter()
+            .map(|a| pb::ArtifactRef {
+                name: a.name.clone(),
+                sha256: a.sha256.clone(),
+                size: a.size,
+                env: a.env.clone(),
+            })
+            .collect(),
+        expect_reboot: s.expect_reboot,
+        reboot_window: s.reboot_window_ms.map(|ms| dur(Duration::from_millis(ms))),
     }
 }
 
@@ -173,6 +201,8 @@ pub fn puppet_to(p: &domain::Puppet, presence: Presence, active_runs: u32) -> pb
         polling: false,
         rotation_pending: p.rotation.is_some(),
         revoked: p.revoked,
+        poll_hold: None,
+        polls_cut: 0,
     }
 }
 
@@ -216,6 +246,7 @@ pub fn outcome_from(value: i32) -> ApiResult<domain::Outcome> {
         Ok(pb::Outcome::Cancelled) => Ok(D::Cancelled),
         Ok(pb::Outcome::StartFailed) => Ok(D::StartFailed),
         Ok(pb::Outcome::Interrupted) => Ok(D::Interrupted),
+        Ok(pb::Outcome::Rebooted) => Ok(D::Rebooted),
         Ok(pb::Outcome::Unspecified) | Err(_) => {
             Err(invalid(format!("outcome {value} is not a valid Outcome")))
         }
@@ -232,6 +263,7 @@ pub fn outcome_to(o: Option<domain::Outcome>) -> pb::Outcome {
         Some(D::Cancelled) => pb::Outcome::Cancelled,
         Some(D::StartFailed) => pb::Outcome::StartFailed,
         Some(D::Interrupted) => pb::Outcome::Interrupted,
+        Some(D::Rebooted) => pb::Outcome::Rebooted,
     }
 }
 
@@ -253,6 +285,8 @@ pub fn run_to(r: &domain::Run) -> pb::Run {
         finished_at: opt_ts(r.finished_at),
         duration: r.duration_ms.map(|ms| dur(Duration::from_millis(ms))),
         log_length: r.log_length,
+        log_truncated: false,
+        log_dropped: 0,
         history: r
             .history
             .iter()

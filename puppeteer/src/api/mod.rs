@@ -3,6 +3,7 @@
 //! store and the scheduler, flushes before it acknowledges, wakes whoever
 //! waits, and converts back. This is the only layer that knows protobuf.
 
+mod artifacts;
 mod audit;
 mod auth;
 pub mod authz;
@@ -19,6 +20,7 @@ mod puppet_service;
 mod puppets;
 mod resources;
 mod runs;
+mod server_info;
 mod sweep;
 mod tasks;
 mod users;
@@ -91,6 +93,7 @@ pub struct AppState {
 
 pub type Shared = Arc<AppState>;
 
+pub use artifacts::ArtifactsApi;
 pub use enroll::EnrollTokensApi;
 pub use events::EventsApi;
 pub use groups::GroupsApi;
@@ -100,6 +103,7 @@ pub use puppet_service::PuppetServiceApi;
 pub use puppets::PuppetsApi;
 pub use resources::ResourcesApi;
 pub use runs::RunsApi;
+pub use server_info::ServerApi;
 pub use sweep::run_sweeper;
 pub use tasks::TasksApi;
 pub use users::{AuditApi, TokensApi, UsersApi};

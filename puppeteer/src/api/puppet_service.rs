@@ -213,8 +213,21 @@ fn grpc_timeout<T>(request: &Request<T>) -> Option<Duration> {
     })
 }
 
+type ArtifactStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::ArtifactChunk, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl PuppetService for PuppetServiceApi {
+    type FetchArtifactStream = ArtifactStream;
+
+    async fn fetch_artifact(
+        &self,
+        request: Request<pb::FetchArtifactRequest>,
+    ) -> Result<Response<Self::FetchArtifactStream>, Status> {
+        self.state.auth.puppet(&self.state.store, &request)?;
+        Err(Status::unimplemented("artifacts are not implemented yet"))
+    }
+
     async fn enroll(
         &self,
         request: Request<pb::EnrollRequest>,
@@ -505,6 +518,7 @@ fn finish_cause(outcome: domain::Outcome, req: &pb::FinishRunRequest) -> String 
         O::Cancelled => "cancelled; its process group was killed".to_string(),
         O::StartFailed => "could not be started".to_string(),
         O::Interrupted => "interrupted: the puppet restarted while running it".to_string(),
+        O::Rebooted => "the machine rebooted as the task expected".to_string(),
     };
     // The puppeteer's own words say all there is for kills it asked for.
     if req.message.is_empty() || matches!(outcome, O::TimedOut | O::Cancelled) {

@@ -50,6 +50,7 @@ impl ResourcesApi {
             holders,
             waiters,
             created_at: Some(ts(r.resource.created_at)),
+            bandwidth: 0,
         })
     }
 }

@@ -128,6 +128,8 @@ impl Runs for RunsApi {
             data: data.into(),
             offset: req.offset,
             log_length: run.log_length,
+            truncated: false,
+            skipped: 0,
         }))
     }
 
@@ -172,6 +174,7 @@ impl Runs for RunsApi {
                                 let chunk = pb::LogChunk {
                                     offset,
                                     data: data.clone().into(),
+                                    skipped: 0,
                                 };
                                 offset += data.len() as u64;
                                 Some((Ok(chunk), Some(offset)))

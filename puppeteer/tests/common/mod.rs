@@ -190,6 +190,9 @@ pub fn script_spec(body: &str, timeout: Duration) -> pb::RunSpec {
             nanos: 0,
         }),
         env: Default::default(),
+        artifacts: vec![],
+        expect_reboot: false,
+        reboot_window: None,
         workdir: String::new(),
     }
 }
@@ -230,6 +233,7 @@ impl FakePuppet {
                 facts: None,
                 hold: None,
                 finishing_runs: vec![],
+                polls_cut: 0,
             })
             .await
             .unwrap()
@@ -330,6 +334,7 @@ impl Admin {
             .create_resource(pb::CreateResourceRequest {
                 name: name.into(),
                 capacity,
+                bandwidth: 0,
             })
             .await
             .unwrap();
