@@ -406,11 +406,19 @@ pub struct ProcServer {
 impl ProcServer {
     /// Starts `puppeteer serve` on `port` (0: any) and waits until it listens.
     pub async fn start(data_dir: &std::path::Path, port: u16, poll_timeout: &str) -> Self {
+        let listen = format!("127.0.0.1:{port}");
+        Self::start_with(data_dir, &listen, &["--poll-timeout", poll_timeout]).await
+    }
+
+    /// Starts `puppeteer serve --listen LISTEN ARGS...` and waits until it listens.
+    pub async fn start_with(data_dir: &std::path::Path, listen: &str, args: &[&str]) -> Self {
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_puppeteer"))
-            .args(["serve", "--poll-timeout", poll_timeout, "--data-dir"])
+            .arg("serve")
+            .args(args)
+            .arg("--data-dir")
             .arg(data_dir)
             .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
+            .arg(listen)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true)
@@ -419,8 +427,9 @@ impl ProcServer {
         let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
         let port = tokio::time::timeout(Duration::from_secs(30), async {
             while let Some(line) = lines.next_line().await.unwrap() {
-                if let Some(rest) = line.strip_prefix("puppeteer listening on https://localhost:") {
-                    return rest.split(' ').next().unwrap().parse::<u16>().unwrap();
+                if let Some(rest) = line.strip_prefix("puppeteer listening on https://") {
+                    let address = rest.split(' ').next().unwrap();
+                    return address.rsplit(':').next().unwrap().parse::<u16>().unwrap();
                 }
             }
             panic!("the puppeteer exited before listening");
@@ -430,7 +439,6 @@ impl ProcServer {
         ProcServer { child, port }
     }
 
-    /// SIGKILL: no shutdown code runs.
     /// SIGKILL: no shutdown code runs. Returns the port, to restart on it.
     pub async fn kill9(mut self) -> u16 {
         self.child.start_kill().unwrap();
