@@ -732,6 +732,12 @@ pub struct RunView {
     pub finished_at: Option<String>,
     pub duration_seconds: Option<f64>,
     pub log_length: u64,
+    /// The server dropped the middle of the output (its per-run log limit).
+    pub log_truncated: bool,
+    /// How many bytes it dropped.
+    pub log_dropped: u64,
+    /// Puppet reports that changed nothing (resends after a lost answer).
+    pub duplicate_reports: u64,
     pub history: Vec<TransitionView>,
 }
 
@@ -756,6 +762,9 @@ impl From<&pb::Run> for RunView {
             finished_at: rfc3339(r.finished_at.as_ref()),
             duration_seconds: seconds(r.duration.as_ref()),
             log_length: r.log_length,
+            log_truncated: r.log_truncated,
+            log_dropped: r.log_dropped,
+            duplicate_reports: r.duplicate_reports,
             history: r.history.iter().map(TransitionView::from).collect(),
         }
     }
@@ -1345,6 +1354,7 @@ mod tests {
             log_length: 42,
             log_truncated: false,
             log_dropped: 0,
+            duplicate_reports: 0,
             history: vec![pb::RunTransition {
                 state: pb::RunState::Queued as i32,
                 at: ts(1_700_000_000),

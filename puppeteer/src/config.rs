@@ -12,6 +12,8 @@ use crate::pki::TlsFiles;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7443";
 pub const DEFAULT_DATA_DIR: &str = "./geppetto-data";
+/// Output kept per run by default: the first and the last 32 MiB.
+pub const DEFAULT_LOG_LIMIT: u64 = 64 << 20;
 
 /// The config file, every key optional. See `deploy/puppeteer.toml`.
 #[derive(Debug, Default, Deserialize)]
@@ -42,6 +44,55 @@ pub struct FileConfig {
     pub offline_after: Option<Duration>,
     pub insecure_plaintext: Option<bool>,
     pub metrics_listen: Option<SocketAddr>,
+    /// Output kept per run: a size ("64MiB") or "off".
+    pub log_limit: Option<String>,
+    pub retention: Option<RetentionFile>,
+}
+
+/// The `[retention]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionFile {
+    #[serde(default, with = "humantime_serde_opt")]
+    pub max_age: Option<Duration>,
+    pub max_jobs: Option<u64>,
+    pub max_log_bytes: Option<String>,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub interval: Option<Duration>,
+}
+
+/// Parses a size: bytes, or a number with a unit (`512KiB`, `64MiB`,
+/// `10GiB`, `1TiB`; `KB`, `MB`, `GB` are powers of 1000).
+pub fn parse_bytes(text: &str) -> Result<u64> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        _ => bail!("invalid size {text:?}: use bytes or a unit, e.g. 64MiB, 10GiB"),
+    };
+    let n: f64 = number
+        .parse()
+        .map_err(|_| anyhow::anyhow!("invalid size {text:?}: use e.g. 64MiB, 10GiB"))?;
+    Ok((n * factor as f64) as u64)
+}
+
+/// Parses a log limit: a size, or `off` for no limit.
+pub fn parse_log_limit(text: &str) -> Result<Option<u64>> {
+    if matches!(text.trim(), "off" | "none" | "unlimited") {
+        return Ok(None);
+    }
+    parse_bytes(text).map(Some)
 }
 
 mod humantime_serde_opt {
@@ -92,6 +143,10 @@ pub struct Config {
     /// authentication) on this address; off when unset. Bind it to loopback
     /// or a private network.
     pub metrics_listen: Option<SocketAddr>,
+    /// Output kept per run (head and tail, half each); `None`: all of it.
+    pub log_limit: Option<u64>,
+    /// What finished work is kept.
+    pub retention: crate::retention::Retention,
 }
 
 impl Config {
@@ -127,6 +182,8 @@ impl Config {
             offline_after: None,
             insecure_plaintext: false,
             metrics_listen: None,
+            log_limit: Some(DEFAULT_LOG_LIMIT),
+            retention: Default::default(),
         }
     }
 
@@ -153,6 +210,10 @@ impl Config {
         if presence.offline_after < presence.late_after {
             bail!("offline_after must not be shorter than late_after");
         }
+        if self.log_limit.is_some_and(|l| l < 1024) {
+            bail!("the log limit must be at least 1KiB (or \"off\")");
+        }
+        self.retention.validate()?;
         if self.tls.is_none() && self.server_names.is_empty() && !self.insecure_plaintext {
             bail!("give at least one server name for the generated certificate");
         }
@@ -193,5 +254,18 @@ mod tests {
         let parsed: FileConfig = toml::from_str(&uncommented).expect("every option uncommented");
         assert!(parsed.smtp.is_some());
         assert!(parsed.tls_cert.is_some());
+        assert!(parsed.retention.is_some());
+        parse_log_limit(&parsed.log_limit.unwrap()).unwrap();
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_bytes("64MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_bytes("1.5 KiB").unwrap(), 1536);
+        assert_eq!(parse_bytes("4096").unwrap(), 4096);
+        assert_eq!(parse_bytes("10GB").unwrap(), 10_000_000_000);
+        assert!(parse_bytes("ten").is_err());
+        assert!(parse_bytes("3 parsecs").is_err());
+        assert_eq!(parse_log_limit("off").unwrap(), None);
     }
 }

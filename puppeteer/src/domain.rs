@@ -553,6 +553,25 @@ pub struct Run {
     /// How many attempts the run may have in all (1 + the task's retries).
     #[serde(default = "one")]
     pub max_attempts: u32,
+    /// Set once the stored output hit the per-run log limit: the bytes in
+    /// the gap were received and acknowledged but not kept.
+    #[serde(default)]
+    pub log_gap: Option<LogGap>,
+}
+
+/// The dropped middle of a truncated log: output offsets `at..at + dropped`
+/// are gone; the head before and the tail after are kept.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogGap {
+    pub at: u64,
+    pub dropped: u64,
+}
+
+impl LogGap {
+    /// The first offset kept after the gap.
+    pub fn end(&self) -> u64 {
+        self.at + self.dropped
+    }
 }
 
 fn one() -> u32 {

@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod notify;
 pub mod pki;
 pub mod presence;
+pub mod retention;
 pub mod scheduler;
 pub mod selector;
 pub mod server;
@@ -148,6 +149,7 @@ pub async fn start(config: Config) -> Result<Running> {
             presence: config.presence(),
             event_retention: config.event_retention,
             notify: config.notify.clone(),
+            log_limit: config.log_limit.map(store::LogLimit::halves),
         },
         auth: Default::default(),
         presences: Default::default(),

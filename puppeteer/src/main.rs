@@ -91,10 +91,23 @@ struct ServeArgs {
     /// or a private network only your Prometheus reaches.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
+    /// Output kept per run: past this size the first and the last half are
+    /// kept and the middle is dropped (marked as truncated). A size such as
+    /// 64MiB, or `off` [default: 64MiB].
+    #[arg(long, value_name = "SIZE", value_parser = parse_log_limit)]
+    log_limit: Option<LogLimitArg>,
     /// Log format on stderr: `text` (human-readable) or `json` (one object a
     /// line). The level comes from RUST_LOG [default: info].
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+}
+
+/// A parsed `--log-limit`: `None` inside means no limit.
+#[derive(Clone, Copy, Debug)]
+struct LogLimitArg(Option<u64>);
+
+fn parse_log_limit(text: &str) -> Result<LogLimitArg> {
+    puppeteer::config::parse_log_limit(text).map(LogLimitArg)
 }
 
 /// How log lines are written.
@@ -165,6 +178,26 @@ fn config_from(args: ServeArgs) -> Result<Config> {
     config.offline_after = args.offline_after.or(file.offline_after);
     config.insecure_plaintext = args.insecure_plaintext || file.insecure_plaintext.unwrap_or(false);
     config.metrics_listen = args.metrics_listen.or(file.metrics_listen);
+    if let Some(LogLimitArg(limit)) = args.log_limit {
+        config.log_limit = limit;
+    } else if let Some(text) = &file.log_limit {
+        config.log_limit = puppeteer::config::parse_log_limit(text)?;
+    }
+    if let Some(r) = file.retention {
+        let retention = &mut config.retention;
+        if let Some(age) = r.max_age {
+            retention.max_age = age;
+        }
+        if let Some(jobs) = r.max_jobs {
+            retention.max_jobs = jobs;
+        }
+        if let Some(bytes) = &r.max_log_bytes {
+            retention.max_log_bytes = puppeteer::config::parse_bytes(bytes)?;
+        }
+        if let Some(interval) = r.interval {
+            retention.interval = interval;
+        }
+    }
     config.validate()?;
     Ok(config)
 }

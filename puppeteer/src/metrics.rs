@@ -49,6 +49,11 @@ struct StateLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReportLabel {
+    report: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PresenceLabel {
     presence: String,
 }
@@ -81,6 +86,9 @@ pub struct Metrics {
     resource_used: Family<ResourceLabel, Gauge>,
     resource_waiters: Family<ResourceLabel, Gauge>,
     store_size: Gauge,
+    duplicate_reports: Family<ReportLabel, Counter>,
+    log_dropped: Counter,
+    pruned_runs: Counter,
 }
 
 impl Default for Metrics {
@@ -114,6 +122,9 @@ impl Metrics {
             resource_used: Default::default(),
             resource_waiters: Default::default(),
             store_size: Default::default(),
+            duplicate_reports: Default::default(),
+            log_dropped: Default::default(),
+            pruned_runs: Default::default(),
         };
         let mut r = Registry::default();
         r.register(
@@ -183,6 +194,21 @@ impl Metrics {
             "Notifications that could not be delivered",
             m.notification_failures.clone(),
         );
+        r.register(
+            "geppetto_duplicate_reports",
+            "Puppet reports that changed nothing (resends after a lost answer), by report: start_run, append_log (a chunk held in full or in part), finish_run",
+            m.duplicate_reports.clone(),
+        );
+        r.register(
+            "geppetto_log_dropped_bytes",
+            "Bytes of run output received but dropped by the per-run log limit",
+            m.log_dropped.clone(),
+        );
+        r.register(
+            "geppetto_pruned_runs",
+            "Runs removed with their logs by the retention policy",
+            m.pruned_runs.clone(),
+        );
         Metrics {
             registry: Arc::new(r),
             ..m
@@ -232,6 +258,25 @@ impl Metrics {
     /// A notification could not be delivered.
     pub fn notification_failed(&self) {
         self.notification_failures.inc();
+    }
+
+    /// A puppet report changed nothing (`report` names the call).
+    pub fn duplicate_report(&self, report: &str) {
+        self.duplicate_reports
+            .get_or_create(&ReportLabel {
+                report: report.to_string(),
+            })
+            .inc();
+    }
+
+    /// Output bytes fell into the dropped middle of a truncated log.
+    pub fn log_dropped(&self, bytes: u64) {
+        self.log_dropped.inc_by(bytes);
+    }
+
+    /// Retention removed runs.
+    pub fn pruned_runs(&self, count: u64) {
+        self.pruned_runs.inc_by(count);
     }
 
     /// The counter of request body bytes (for the byte-counting layer).

@@ -309,8 +309,8 @@ pub fn compose(state: &crate::api::AppState, event: &Event) -> (String, String) 
         }
         for run in failing.iter().take(3) {
             let from = run.log_length.saturating_sub(2048);
-            if let Ok(tail) = state.store.read_log(&run.id, from, 2048) {
-                let text = String::from_utf8_lossy(&tail);
+            if let Ok((_, tail)) = state.store.read_log(&run.id, from, 2048) {
+                let text = String::from_utf8_lossy(&tail.data);
                 let lines: Vec<&str> = text.lines().collect();
                 let tail = lines[lines.len().saturating_sub(20)..].join("\n");
                 body.push_str(&format!(

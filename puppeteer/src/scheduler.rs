@@ -383,6 +383,7 @@ mod tests {
             holds: vec![],
             log_base: 0,
             max_attempts: 1,
+            log_gap: None,
         }
     }
 

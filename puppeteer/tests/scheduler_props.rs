@@ -59,6 +59,7 @@ fn run(id: &str, puppet: &str, state: RunState) -> Run {
         holds: vec![],
         log_base: 0,
         max_attempts: 1,
+        log_gap: None,
     }
 }
 

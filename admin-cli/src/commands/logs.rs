@@ -1,6 +1,11 @@
 //! `geppetto logs ID [--puppet NAME] [--follow]`: a run's output, byte for
 //! byte, on stdout. Nothing else goes to stdout, so the output can be piped
 //! or saved exactly as the run wrote it.
+//!
+//! One exception, on purpose: when the puppeteer dropped the middle of a long
+//! output (its per-run log limit), a marker line stands where the bytes are
+//! missing, a warning goes to stderr, and the command exits non-zero, so a
+//! truncated log never passes for a complete one.
 
 use std::io::Write;
 
@@ -72,18 +77,19 @@ pub fn pick_run(job_id: &str, runs: &[pb::Run], puppet: Option<&str>) -> Result<
 
 /// Output held so far: `ReadLog` from offset 0 until the end.
 async fn read(api: &Api, run_id: &str) -> Result<(), Error> {
-    let mut offset = 0u64;
+    let mut out = Output::default();
     loop {
         let req = pb::ReadLogRequest {
             run_id: run_id.into(),
-            offset,
+            offset: out.offset,
             max_bytes: 0,
         };
         let chunk = api.call(api.runs().read_log(request(req))).await?;
-        write_at(&mut offset, chunk.offset, &chunk.data)?;
+        out.write(chunk.offset, chunk.skipped, &chunk.data)?;
         // A running run has no eof yet: stop at what the puppeteer holds.
-        if chunk.eof || chunk.data.is_empty() || offset >= chunk.log_length {
-            return Ok(());
+        let nothing = chunk.data.is_empty() && chunk.skipped == 0;
+        if chunk.eof || nothing || out.offset >= chunk.log_length {
+            return out.finish(run_id);
         }
     }
 }
@@ -91,26 +97,26 @@ async fn read(api: &Api, run_id: &str) -> Result<(), Error> {
 /// Output as it comes: `FollowLog`, reopened at the current offset if the
 /// link breaks, until the run is finished.
 async fn follow(api: &Api, run_id: &str) -> Result<(), Error> {
-    let mut offset = 0u64;
+    let mut out = Output::default();
     let mut reconnect = Reconnect::default();
     loop {
         let req = Request::new(pb::ReadLogRequest {
             run_id: run_id.into(),
-            offset,
+            offset: out.offset,
             max_bytes: 0,
         });
         let mut stream = match api.call(api.runs().follow_log(req)).await {
             Ok(stream) => stream,
-            Err(e) if offset > 0 && reconnect.retry(&e).await => continue,
+            Err(e) if out.offset > 0 && reconnect.retry(&e).await => continue,
             Err(e) => return Err(e),
         };
         let error = loop {
             match stream.message().await {
                 Ok(Some(chunk)) => {
                     reconnect.reset();
-                    write_at(&mut offset, chunk.offset, &chunk.data)?;
+                    out.write(chunk.offset, chunk.skipped, &chunk.data)?;
                 }
-                Ok(None) => return Ok(()),
+                Ok(None) => return out.finish(run_id),
                 Err(status) => break api.error(status),
             }
         };
@@ -120,19 +126,61 @@ async fn follow(api: &Api, run_id: &str) -> Result<(), Error> {
     }
 }
 
-/// Writes the part of a chunk past `offset` (a resent chunk may overlap
-/// what was written) and advances `offset`.
-fn write_at(offset: &mut u64, at: u64, data: &[u8]) -> Result<(), Error> {
-    let end = at + data.len() as u64;
-    if end <= *offset {
-        return Ok(());
+/// The line that stands for the dropped middle of a truncated log.
+pub fn gap_marker(dropped: u64) -> String {
+    format!(
+        "[geppetto: {dropped} bytes dropped here: the log exceeded the server's per-run log limit (log_limit)]"
+    )
+}
+
+/// What was written to stdout so far.
+#[derive(Debug, Default)]
+struct Output {
+    /// The next offset to write.
+    offset: u64,
+    /// Bytes of the output the server dropped.
+    dropped: u64,
+    /// The last byte written was not a newline.
+    mid_line: bool,
+}
+
+impl Output {
+    /// Writes the part of a chunk past `offset` (a resent chunk may overlap
+    /// what was written), with a marker line first if the server skipped
+    /// dropped bytes before it, and advances `offset`.
+    fn write(&mut self, at: u64, skipped: u64, data: &[u8]) -> Result<(), Error> {
+        let mut out = std::io::stdout().lock();
+        if skipped > 0 && at > self.offset {
+            let newline = if self.mid_line { "\n" } else { "" };
+            writeln!(out, "{newline}{}", gap_marker(skipped))?;
+            self.dropped += skipped;
+            self.offset = at;
+            self.mid_line = false;
+        }
+        let end = at + data.len() as u64;
+        if end <= self.offset {
+            return Ok(());
+        }
+        let skip = self.offset.saturating_sub(at) as usize;
+        out.write_all(&data[skip..])?;
+        out.flush()?;
+        self.offset = end;
+        if let Some(last) = data.last() {
+            self.mid_line = *last != b'\n';
+        }
+        Ok(())
     }
-    let skip = offset.saturating_sub(at) as usize;
-    let mut out = std::io::stdout().lock();
-    out.write_all(&data[skip..])?;
-    out.flush()?;
-    *offset = end;
-    Ok(())
+
+    /// Fails loudly if bytes were missing.
+    fn finish(&self, run_id: &str) -> Result<(), Error> {
+        if self.dropped == 0 {
+            return Ok(());
+        }
+        Err(Error::Failed(format!(
+            "the output of {run_id} is INCOMPLETE: the puppeteer dropped {} bytes in its middle (its per-run log limit); only the head and the tail were printed",
+            self.dropped
+        )))
+    }
 }
 
 #[cfg(test)]

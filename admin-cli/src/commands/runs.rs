@@ -78,6 +78,19 @@ fn print_list(runs: &[pb::Run], format: Format) -> Result<(), Error> {
     output::print_table(&table)
 }
 
+/// The log's size, and loudly whether it is incomplete.
+fn log_words(run: &pb::Run) -> String {
+    if run.log_truncated {
+        format!(
+            "{}: TRUNCATED, {} bytes dropped (head and tail kept; the server's per-run log limit)",
+            output::bytes(run.log_length),
+            run.log_dropped
+        )
+    } else {
+        output::bytes(run.log_length)
+    }
+}
+
 fn print_one(run: &pb::Run, format: Format) -> Result<(), Error> {
     let view = RunView::from(run);
     if format == Format::Json {
@@ -100,7 +113,8 @@ fn print_one(run: &pb::Run, format: Format) -> Result<(), Error> {
         ("started", output::when(run.started_at.as_ref())),
         ("finished", output::when(run.finished_at.as_ref())),
         ("duration", output::human_duration(run.duration.as_ref())),
-        ("log", output::bytes(run.log_length)),
+        ("log", log_words(run)),
+        ("duplicate reports", run.duplicate_reports.to_string()),
     ];
     output::print_table(&output::fields(rows))?;
     if run.history.is_empty() {

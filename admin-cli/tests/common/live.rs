@@ -40,14 +40,20 @@ pub struct Live {
 impl Live {
     /// Starts a puppeteer with no puppet.
     pub fn start() -> Self {
+        Self::start_with(|_| {})
+    }
+
+    /// Starts a puppeteer with no puppet, its config changed by `tweak`.
+    pub fn start_with(tweak: impl FnOnce(&mut puppeteer::Config)) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .expect("a tokio runtime");
         let dir = tempfile::tempdir().unwrap();
-        let config =
+        let mut config =
             puppeteer::Config::new(dir.path().join("data"), "127.0.0.1:0".parse().unwrap());
+        tweak(&mut config);
         let running = runtime
             .block_on(puppeteer::start(config))
             .expect("the puppeteer starts");

@@ -285,8 +285,9 @@ pub fn run_to(r: &domain::Run) -> pb::Run {
         finished_at: opt_ts(r.finished_at),
         duration: r.duration_ms.map(|ms| dur(Duration::from_millis(ms))),
         log_length: r.log_length,
-        log_truncated: false,
-        log_dropped: 0,
+        log_truncated: r.log_gap.is_some(),
+        log_dropped: r.log_gap.map_or(0, |g| g.dropped),
+        duplicate_reports: r.duplicate_reports,
         history: r
             .history
             .iter()

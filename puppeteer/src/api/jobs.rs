@@ -214,6 +214,7 @@ impl Jobs for JobsApi {
                     holds: vec![],
                     log_base: 0,
                     max_attempts: 1 + task.retries,
+                    log_gap: None,
                 };
                 run.transition(RunState::Queued, now, format!("created by job {job_id}"));
                 runs.push(run);

@@ -58,6 +58,8 @@ pub struct ApiConfig {
     pub event_retention: Duration,
     /// Notifications: the SMTP relay, retries, give-up time.
     pub notify: crate::notify::NotifyConfig,
+    /// How much of each run's output is kept; `None`: everything.
+    pub log_limit: Option<crate::store::LogLimit>,
 }
 
 impl Default for ApiConfig {
@@ -69,6 +71,7 @@ impl Default for ApiConfig {
             presence: crate::presence::Thresholds::for_hold(Duration::from_secs(50)),
             event_retention: Duration::from_secs(7 * 24 * 3600),
             notify: Default::default(),
+            log_limit: Some(crate::store::LogLimit::halves(crate::config::DEFAULT_LOG_LIMIT)),
         }
     }
 }

@@ -373,7 +373,10 @@ impl PuppetService for PuppetServiceApi {
         let now = Millis::now();
         let started_at = req.started_at.as_ref().map(convert::from_ts).unwrap_or(now);
         let attempt = req.attempt;
+        // Set by the closure's last (committed) execution.
+        let duplicate = std::cell::Cell::new(false);
         let run = self.state.store.update_run(&run.id, |run| {
+            duplicate.set(false);
             if run.attempt != attempt {
                 return Ok(false);
             }
@@ -383,8 +386,16 @@ impl PuppetService for PuppetServiceApi {
                     run.transition(RunState::Running, now, "the puppet started it");
                     Ok(true)
                 }
+                // A resend: the attempt was started already (and may have
+                // ended since).
                 RunState::Running => {
                     run.duplicate_reports += 1;
+                    duplicate.set(true);
+                    Ok(true)
+                }
+                state if state.is_terminal() && run.started_at.is_some() => {
+                    run.duplicate_reports += 1;
+                    duplicate.set(true);
                     Ok(true)
                 }
                 RunState::Queued | RunState::Waiting => Err(StoreError::Conflict(format!(
@@ -395,6 +406,9 @@ impl PuppetService for PuppetServiceApi {
             }
         })?;
         self.state.store.flush().await.map_err(ApiError::from)?;
+        if duplicate.get() {
+            self.state.metrics.duplicate_report("start_run");
+        }
         self.wake_run(&run);
         let proceed =
             run.attempt == attempt && run.state == RunState::Running && !run.cancel_requested;
@@ -417,10 +431,11 @@ impl PuppetService for PuppetServiceApi {
         }
         let run = self.own_run(&name, &req.run_id)?;
         let attempt = req.attempt;
+        let limit = self.state.config.log_limit;
         let appended = self
             .state
             .store
-            .append_log(&run.id, req.offset, &req.data, |run| {
+            .append_log(&run.id, req.offset, &req.data, limit, |run| {
                 if run.attempt != attempt {
                     return Err(StoreError::Conflict(format!(
                         "run {} is at attempt {}, not {attempt}",
@@ -436,6 +451,12 @@ impl PuppetService for PuppetServiceApi {
                 Ok(())
             })?;
         self.state.store.flush().await.map_err(ApiError::from)?;
+        if appended.duplicate || appended.overlap {
+            self.state.metrics.duplicate_report("append_log");
+        }
+        if appended.dropped > 0 {
+            self.state.metrics.log_dropped(appended.dropped);
+        }
         if !appended.duplicate {
             self.wake_run(&run);
         }
@@ -459,7 +480,10 @@ impl PuppetService for PuppetServiceApi {
         let now = Millis::now();
         let state = scheduler::finished_state(outcome, req.exit_code);
         let cause = finish_cause(outcome, &req);
+        // Set by the closure's last (committed) execution.
+        let duplicate = std::cell::Cell::new(false);
         let run = self.state.store.update_run(&run.id, |run| {
+            duplicate.set(false);
             if run.attempt != req.attempt {
                 // A late report of an earlier attempt: recorded against that
                 // attempt, never changing the current one.
@@ -473,10 +497,12 @@ impl PuppetService for PuppetServiceApi {
                     });
                 }
                 run.duplicate_reports += 1;
+                duplicate.set(true);
                 return Ok(true);
             }
             if run.state.is_terminal() {
                 run.duplicate_reports += 1;
+                duplicate.set(true);
                 return Ok(true);
             }
             if matches!(run.state, RunState::Queued | RunState::Waiting) {
@@ -500,6 +526,9 @@ impl PuppetService for PuppetServiceApi {
             Ok(true)
         })?;
         self.state.store.flush().await.map_err(ApiError::from)?;
+        if duplicate.get() {
+            self.state.metrics.duplicate_report("finish_run");
+        }
         self.state.ended(std::slice::from_ref(&run));
         // A poll held while this run executed can now offer the next one.
         self.state.hub.wake(&puppet_key(&name));

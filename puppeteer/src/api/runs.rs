@@ -117,19 +117,19 @@ impl Runs for RunsApi {
             ))
             .into());
         }
-        let data = self
+        let (run, read) = self
             .state
             .store
             .read_log(&run.id, req.offset, max)
             .map_err(ApiError::from)?;
-        let end = req.offset + data.len() as u64;
+        let end = read.offset + read.data.len() as u64;
         Ok(Response::new(pb::ReadLogResponse {
             eof: run.state.is_terminal() && end >= run.log_length,
-            data: data.into(),
-            offset: req.offset,
+            data: read.data.into(),
+            offset: read.offset,
             log_length: run.log_length,
-            truncated: false,
-            skipped: 0,
+            truncated: run.log_gap.is_some(),
+            skipped: read.skipped,
         }))
     }
 
@@ -170,13 +170,13 @@ impl Runs for RunsApi {
                     };
                     if offset < run.log_length {
                         return match state.store.read_log(&run_id, offset, FOLLOW_CHUNK) {
-                            Ok(data) => {
+                            Ok((_, read)) => {
+                                offset = read.offset + read.data.len() as u64;
                                 let chunk = pb::LogChunk {
-                                    offset,
-                                    data: data.clone().into(),
-                                    skipped: 0,
+                                    offset: read.offset,
+                                    data: read.data.into(),
+                                    skipped: read.skipped,
                                 };
-                                offset += data.len() as u64;
                                 Some((Ok(chunk), Some(offset)))
                             }
                             Err(e) => Some((Err(ApiError::from(e).into()), None)),

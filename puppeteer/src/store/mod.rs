@@ -53,7 +53,7 @@ use serde::de::DeserializeOwned;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 pub use keys::prefix_of;
-pub use logs::Appended;
+pub use logs::{Appended, LogLimit, LogRead};
 pub use puppets::NewPuppet;
 pub use resources::ResourceUse;
 
@@ -133,6 +133,7 @@ pub struct Store {
     events: sled::Tree,
     rules: sled::Tree,
     deliveries: sled::Tree,
+    log_trim: logs::TrimLock,
 }
 
 impl std::fmt::Debug for Store {
@@ -171,6 +172,7 @@ impl Store {
             events: tree("events")?,
             rules: tree("rules")?,
             deliveries: tree("deliveries")?,
+            log_trim: Default::default(),
             db,
         };
         store.check_schema()?;

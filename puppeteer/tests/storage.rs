@@ -1,0 +1,186 @@
+//! Storage bounds and bookkeeping, through the API of a real puppeteer:
+//! duplicate reports counted, the per-run log limit (head and tail kept,
+//! offsets unchanged, reads that jump the gap), retention, server info.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{FakePuppet, TestServer};
+use geppetto_proto::v1 as pb;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+
+/// The body of `GET /metrics`.
+async fn metrics_text(addr: std::net::SocketAddr) -> String {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let request = hyper::Request::get("/metrics")
+        .header("host", addr.to_string())
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(body.to_vec()).unwrap()
+}
+
+/// The value of one sample line `name value`.
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A run offered to and started by a fake puppet.
+async fn started_run(server: &TestServer, body: &str) -> (FakePuppet, String) {
+    let mut admin = server.admin();
+    let secret = admin.enroll_secret().await;
+    let mut puppet = FakePuppet::enroll(server, &secret, "p1").await;
+    admin.script_task("t", body, Duration::from_secs(60)).await;
+    let job = admin.run_on("t", &["p1"]).await;
+    let run_id = job.runs[0].run_id.clone();
+    let polled = puppet.poll(1, &[]).await;
+    assert_eq!(polled.assignments[0].run_id, run_id);
+    let start = pb::StartRunRequest {
+        run_id: run_id.clone(),
+        attempt: 1,
+        started_at: None,
+    };
+    assert!(puppet.client.start_run(start).await.unwrap().into_inner().proceed);
+    (puppet, run_id)
+}
+
+fn append(run_id: &str, offset: u64, data: &[u8]) -> pb::AppendLogRequest {
+    pb::AppendLogRequest {
+        run_id: run_id.into(),
+        attempt: 1,
+        offset,
+        data: data.to_vec().into(),
+    }
+}
+
+fn finish(run_id: &str, log_length: u64) -> pb::FinishRunRequest {
+    pb::FinishRunRequest {
+        run_id: run_id.into(),
+        attempt: 1,
+        outcome: pb::Outcome::Exited as i32,
+        exit_code: 0,
+        signal: 0,
+        duration: None,
+        log_length,
+        message: String::new(),
+    }
+}
+
+#[tokio::test]
+async fn every_kind_of_duplicate_report_is_counted_and_exposed() {
+    let server = TestServer::start_with(|c| {
+        c.poll_timeout = Duration::from_secs(1);
+        c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let metrics = server.running.as_ref().unwrap().metrics_addr.unwrap();
+    let (mut puppet, run_id) = started_run(&server, "true").await;
+    let c = &mut puppet.client;
+    // StartRun resent.
+    let start = pb::StartRunRequest {
+        run_id: run_id.clone(),
+        attempt: 1,
+        started_at: None,
+    };
+    assert!(c.start_run(start).await.unwrap().into_inner().proceed);
+    // A chunk resent whole, then one overlapping the end.
+    assert_eq!(c.append_log(append(&run_id, 0, b"hello ")).await.unwrap().into_inner().committed, 6);
+    assert_eq!(c.append_log(append(&run_id, 0, b"hello ")).await.unwrap().into_inner().committed, 6);
+    assert_eq!(c.append_log(append(&run_id, 3, b"lo world\n")).await.unwrap().into_inner().committed, 12);
+    // FinishRun resent twice.
+    for _ in 0..3 {
+        c.finish_run(finish(&run_id, 12)).await.unwrap();
+    }
+    let mut admin = server.admin();
+    let run = admin
+        .runs
+        .get_run(pb::GetRunRequest { id: run_id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(run.duplicate_reports, 1 + 2 + 2, "{run:?}");
+    assert_eq!(admin.log(&run_id).await, b"hello world\n");
+    let text = metrics_text(metrics).await;
+    let counted = |report: &str| {
+        sample(
+            &text,
+            &format!("geppetto_duplicate_reports_total{{report=\"{report}\"}}"),
+        )
+    };
+    assert_eq!(counted("start_run"), 1.0, "{text}");
+    assert_eq!(counted("append_log"), 2.0, "{text}");
+    assert_eq!(counted("finish_run"), 2.0, "{text}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_log_past_the_limit_keeps_head_and_tail_at_their_offsets() {
+    let server = TestServer::start_with(|c| {
+        c.poll_timeout = Duration::from_secs(1);
+        c.log_limit = Some(2000);
+        c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let metrics = server.running.as_ref().unwrap().metrics_addr.unwrap();
+    let (mut puppet, run_id) = started_run(&server, "true").await;
+    let output: Vec<u8> = (0..50_000u32).map(|i| b'a' + (i % 23) as u8).collect();
+    let mut offset = 0;
+    for size in [700usize, 400, 3000, 1, 20_000, 25_000, 899] {
+        let chunk = &output[offset..offset + size];
+        let c = &mut puppet.client;
+        let committed = c.append_log(append(&run_id, offset as u64, chunk)).await.unwrap();
+        assert_eq!(committed.into_inner().committed, (offset + size) as u64);
+        offset += size;
+    }
+    assert_eq!(offset, output.len());
+    // The puppet's count of its output is what the server checks, unchanged.
+    let err = puppet.client.finish_run(finish(&run_id, 2000)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    puppet.client.finish_run(finish(&run_id, 50_000)).await.unwrap();
+
+    let mut admin = server.admin();
+    let run = admin
+        .runs
+        .get_run(pb::GetRunRequest { id: run_id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(run.state, pb::RunState::Succeeded as i32);
+    assert!(run.log_truncated);
+    assert_eq!((run.log_length, run.log_dropped), (50_000, 48_000));
+
+    let read = |offset: u64, max_bytes: u32| pb::ReadLogRequest {
+        run_id: run_id.clone(),
+        offset,
+        max_bytes,
+    };
+    let head = admin.runs.read_log(read(0, 0)).await.unwrap().into_inner();
+    assert_eq!((head.offset, head.skipped, head.truncated, head.eof), (0, 0, true, false));
+    assert_eq!(head.data, &output[..1000]);
+    let tail = admin.runs.read_log(read(1000, 0)).await.unwrap().into_inner();
+    assert_eq!((tail.offset, tail.skipped, tail.eof), (49_000, 48_000, true));
+    assert_eq!(tail.data, &output[49_000..]);
+    let inside = admin.runs.read_log(read(30_000, 10)).await.unwrap().into_inner();
+    assert_eq!((inside.offset, inside.skipped), (49_000, 19_000));
+    assert_eq!(inside.data, &output[49_000..49_010]);
+
+    let mut stream = admin.runs.follow_log(read(0, 0)).await.unwrap().into_inner();
+    let mut chunks = Vec::new();
+    while let Some(chunk) = stream.message().await.unwrap() {
+        chunks.push((chunk.offset, chunk.skipped, chunk.data.len()));
+    }
+    assert_eq!(chunks, [(0, 0, 1000), (49_000, 48_000, 1000)]);
+    let text = metrics_text(metrics).await;
+    assert_eq!(sample(&text, "geppetto_log_dropped_bytes_total"), 48_000.0, "{text}");
+    server.stop().await;
+}
