@@ -14,6 +14,7 @@ use geppetto_proto::v1::notifications_client::NotificationsClient;
 use geppetto_proto::v1::puppets_client::PuppetsClient;
 use geppetto_proto::v1::resources_client::ResourcesClient;
 use geppetto_proto::v1::runs_client::RunsClient;
+use geppetto_proto::v1::server_client::ServerClient;
 use geppetto_proto::v1::tasks_client::TasksClient;
 use geppetto_proto::v1::tokens_client::TokensClient;
 use geppetto_proto::v1::users_client::UsersClient;
@@ -109,6 +110,10 @@ impl Api {
 
     pub fn events(&self) -> EventsClient<Channel> {
         EventsClient::new(self.channel.clone())
+    }
+
+    pub fn server(&self) -> ServerClient<Channel> {
+        ServerClient::new(self.channel.clone())
     }
 
     /// Awaits a unary call (or the opening of a stream) within

@@ -1016,6 +1016,36 @@ pub struct StatusView {
     /// Resources held or waited for.
     pub resources: Vec<ResourceUseView>,
     pub attention: AttentionView,
+    /// The puppeteer itself (absent if it could not say).
+    pub server: Option<ServerView>,
+}
+
+/// The puppeteer's own state: version, disk, retention.
+#[derive(Debug, Serialize)]
+pub struct ServerView {
+    pub version: String,
+    pub data_dir_bytes: u64,
+    pub artifact_bytes: u64,
+    pub log_bytes: u64,
+    pub retention: String,
+    pub last_prune_at: Option<String>,
+    pub pruned_jobs: u64,
+    pub pruned_runs: u64,
+}
+
+impl From<&pb::ServerInfo> for ServerView {
+    fn from(i: &pb::ServerInfo) -> Self {
+        ServerView {
+            version: i.version.clone(),
+            data_dir_bytes: i.data_dir_bytes,
+            artifact_bytes: i.artifact_bytes,
+            log_bytes: i.log_bytes,
+            retention: i.retention.clone(),
+            last_prune_at: rfc3339(i.last_prune_at.as_ref()),
+            pruned_jobs: i.pruned_jobs,
+            pruned_runs: i.pruned_runs,
+        }
+    }
 }
 
 /// Puppets counted by presence (every puppet), and by state.
@@ -1126,6 +1156,7 @@ impl StatusView {
                 awaiting_approval: with_state(&[pb::JobState::AwaitingApproval]),
                 failed_jobs: with_state(&[pb::JobState::Failed]),
             },
+            server: None,
         }
     }
 }

@@ -119,6 +119,16 @@ pub async fn start(config: Config) -> Result<Running> {
             created,
         )
     };
+    let size = api::DataSize::measure(&store, &config.data_dir)?;
+    tracing::info!(
+        data_dir = %config.data_dir.display(),
+        data_dir_bytes = size.total(),
+        artifact_bytes = size.artifacts,
+        log_bytes = store.log_bytes(),
+        log_limit = ?config.log_limit,
+        retention = %config.retention.describe(),
+        "data dir opened"
+    );
     let new_admin_token = pki::ensure_admin_token(&config.data_dir, &store)?;
     store.flush().await?;
 
@@ -150,6 +160,8 @@ pub async fn start(config: Config) -> Result<Running> {
             event_retention: config.event_retention,
             notify: config.notify.clone(),
             log_limit: config.log_limit.map(store::LogLimit::halves),
+            retention: config.retention.clone(),
+            data_dir: config.data_dir.clone(),
         },
         auth: Default::default(),
         presences: Default::default(),

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 
+use crate::domain::Millis;
+
 /// The retention limits in force.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Retention {
@@ -50,11 +52,22 @@ impl Retention {
     pub fn describe(&self) -> String {
         format!(
             "finished jobs are pruned with their runs and logs when older than {}, beyond the newest {}, or while stored logs exceed {}; checked every {}",
-            humantime::format_duration(self.max_age),
+            human_duration(self.max_age),
             self.max_jobs,
             human_bytes(self.max_log_bytes),
-            humantime::format_duration(self.interval),
+            human_duration(self.interval),
         )
+    }
+}
+
+/// `90 days`, `36h`, `10m`: days when whole, else humantime's words.
+fn human_duration(d: Duration) -> String {
+    const DAY: u64 = 24 * 3600;
+    let secs = d.as_secs();
+    if secs >= DAY && secs % DAY == 0 {
+        format!("{} days", secs / DAY)
+    } else {
+        humantime::format_duration(d).to_string()
     }
 }
 
@@ -71,5 +84,166 @@ pub fn human_bytes(n: u64) -> String {
         format!("{value:.0} {}", UNITS[unit])
     } else {
         format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// A job as retention sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    pub id: String,
+    /// When its last run ended; `None` while it is not finished.
+    pub ended_at: Option<Millis>,
+    pub created_at: Millis,
+    /// An unfinished job waits on it (`--after`): kept whatever its age.
+    pub protected: bool,
+    /// Stored output of its runs.
+    pub log_bytes: u64,
+}
+
+/// What is stored now, as pruning goes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub finished_jobs: u64,
+    pub log_bytes: u64,
+}
+
+/// The decision for a stretch of jobs, oldest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Jobs to prune, with why.
+    pub prune: Vec<(String, &'static str)>,
+    /// No later job can be pruned now: the pass is over.
+    pub done: bool,
+}
+
+impl Retention {
+    /// Decides, for `candidates` in creation order (oldest first), which go.
+    /// `totals` is updated as if the chosen jobs were gone, so that the next
+    /// stretch continues where this one ended.
+    pub fn plan(&self, candidates: &[Candidate], totals: &mut Totals, now: Millis) -> Plan {
+        let cutoff = Millis(now.0.saturating_sub(self.max_age.as_millis() as i64));
+        let mut plan = Plan::default();
+        for c in candidates {
+            let over_count = totals.finished_jobs > self.max_jobs;
+            let over_bytes = totals.log_bytes > self.max_log_bytes;
+            // Jobs are in creation order and a job ends after it was created:
+            // once one is young and no total is over, none after can go.
+            if !over_count && !over_bytes && c.created_at >= cutoff {
+                plan.done = true;
+                return plan;
+            }
+            let Some(ended_at) = c.ended_at else {
+                continue;
+            };
+            if c.protected {
+                continue;
+            }
+            let why = if ended_at < cutoff {
+                "older than max_age"
+            } else if over_count {
+                "more finished jobs than max_jobs"
+            } else if over_bytes {
+                "stored logs over max_log_bytes"
+            } else {
+                continue;
+            };
+            totals.finished_jobs = totals.finished_jobs.saturating_sub(1);
+            totals.log_bytes = totals.log_bytes.saturating_sub(c.log_bytes);
+            plan.prune.push((c.id.clone(), why));
+        }
+        plan
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: i64 = 24 * 3600 * 1000;
+
+    fn job(id: &str, created_day: i64, ended_day: Option<i64>, log_bytes: u64) -> Candidate {
+        Candidate {
+            id: id.into(),
+            created_at: Millis(created_day * DAY),
+            ended_at: ended_day.map(|d| Millis(d * DAY + 1)),
+            protected: false,
+            log_bytes,
+        }
+    }
+
+    fn policy(max_jobs: u64, max_log_bytes: u64) -> Retention {
+        Retention {
+            max_age: Duration::from_secs(10 * 24 * 3600),
+            max_jobs,
+            max_log_bytes,
+            ..Default::default()
+        }
+    }
+
+    fn ids(plan: &Plan) -> Vec<&str> {
+        plan.prune.iter().map(|(id, _)| id.as_str()).collect()
+    }
+
+    #[test]
+    fn old_finished_jobs_go_unfinished_and_protected_ones_stay() {
+        let now = Millis(100 * DAY);
+        let mut protected = job("c", 2, Some(3), 0);
+        protected.protected = true;
+        let jobs = [
+            job("a", 1, Some(1), 10),
+            job("b", 2, None, 10),
+            protected,
+            job("d", 85, Some(95), 10),
+            job("e", 95, Some(95), 10),
+        ];
+        let mut totals = Totals {
+            finished_jobs: 4,
+            log_bytes: 50,
+        };
+        let plan = policy(100, 1000).plan(&jobs, &mut totals, now);
+        // d was created long ago but ended recently: it stays.
+        assert_eq!(ids(&plan), ["a"]);
+        assert!(plan.done, "e is young and nothing is over");
+        assert_eq!(
+            totals,
+            Totals {
+                finished_jobs: 3,
+                log_bytes: 40
+            }
+        );
+        assert_eq!(plan.prune[0].1, "older than max_age");
+    }
+
+    #[test]
+    fn counts_and_bytes_prune_the_oldest_first() {
+        let now = Millis(100 * DAY);
+        let jobs: Vec<Candidate> = (0..10)
+            .map(|i| job(&format!("j{i}"), 95, Some(95), 100))
+            .collect();
+        let mut totals = Totals {
+            finished_jobs: 10,
+            log_bytes: 1000,
+        };
+        let plan = policy(7, 1000).plan(&jobs, &mut totals, now);
+        assert_eq!(ids(&plan), ["j0", "j1", "j2"]);
+        assert!(plan.done);
+        let mut totals = Totals {
+            finished_jobs: 10,
+            log_bytes: 1000,
+        };
+        let plan = policy(100, 450).plan(&jobs, &mut totals, now);
+        assert_eq!(ids(&plan), ["j0", "j1", "j2", "j3", "j4", "j5"]);
+        assert_eq!(plan.prune[0].1, "stored logs over max_log_bytes");
+        assert_eq!(totals.log_bytes, 400);
+    }
+
+    #[test]
+    fn the_policy_reads_well() {
+        let words = Retention::default().describe();
+        assert!(words.contains("90 days"), "{words}");
+        assert!(
+            words.contains("100000") && words.contains("10 GiB"),
+            "{words}"
+        );
     }
 }

@@ -147,6 +147,7 @@ pub async fn serve(
     let router = router(&state).await?;
     let sweeper = crate::api::run_sweeper(state.clone(), shutdown.clone());
     let notifier = crate::notify::run_notifier(state.clone(), shutdown.clone());
+    let pruner = crate::api::run_pruner(state.clone(), shutdown.clone());
     let stopped = shutdown.clone();
     let graceful = async move { stopped.cancelled().await };
     let serving = async {
@@ -168,7 +169,7 @@ pub async fn serve(
         }
     };
     let serving = async {
-        let (served, (), ()) = tokio::join!(serving, sweeper, notifier);
+        let (served, (), (), ()) = tokio::join!(serving, sweeper, notifier, pruner);
         served
     };
     tokio::pin!(serving);

@@ -50,7 +50,15 @@ async fn started_run(server: &TestServer, body: &str) -> (FakePuppet, String) {
         attempt: 1,
         started_at: None,
     };
-    assert!(puppet.client.start_run(start).await.unwrap().into_inner().proceed);
+    assert!(
+        puppet
+            .client
+            .start_run(start)
+            .await
+            .unwrap()
+            .into_inner()
+            .proceed
+    );
     (puppet, run_id)
 }
 
@@ -94,9 +102,30 @@ async fn every_kind_of_duplicate_report_is_counted_and_exposed() {
     };
     assert!(c.start_run(start).await.unwrap().into_inner().proceed);
     // A chunk resent whole, then one overlapping the end.
-    assert_eq!(c.append_log(append(&run_id, 0, b"hello ")).await.unwrap().into_inner().committed, 6);
-    assert_eq!(c.append_log(append(&run_id, 0, b"hello ")).await.unwrap().into_inner().committed, 6);
-    assert_eq!(c.append_log(append(&run_id, 3, b"lo world\n")).await.unwrap().into_inner().committed, 12);
+    assert_eq!(
+        c.append_log(append(&run_id, 0, b"hello "))
+            .await
+            .unwrap()
+            .into_inner()
+            .committed,
+        6
+    );
+    assert_eq!(
+        c.append_log(append(&run_id, 0, b"hello "))
+            .await
+            .unwrap()
+            .into_inner()
+            .committed,
+        6
+    );
+    assert_eq!(
+        c.append_log(append(&run_id, 3, b"lo world\n"))
+            .await
+            .unwrap()
+            .into_inner()
+            .committed,
+        12
+    );
     // FinishRun resent twice.
     for _ in 0..3 {
         c.finish_run(finish(&run_id, 12)).await.unwrap();
@@ -138,15 +167,26 @@ async fn a_log_past_the_limit_keeps_head_and_tail_at_their_offsets() {
     for size in [700usize, 400, 3000, 1, 20_000, 25_000, 899] {
         let chunk = &output[offset..offset + size];
         let c = &mut puppet.client;
-        let committed = c.append_log(append(&run_id, offset as u64, chunk)).await.unwrap();
+        let committed = c
+            .append_log(append(&run_id, offset as u64, chunk))
+            .await
+            .unwrap();
         assert_eq!(committed.into_inner().committed, (offset + size) as u64);
         offset += size;
     }
     assert_eq!(offset, output.len());
     // The puppet's count of its output is what the server checks, unchanged.
-    let err = puppet.client.finish_run(finish(&run_id, 2000)).await.unwrap_err();
+    let err = puppet
+        .client
+        .finish_run(finish(&run_id, 2000))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
-    puppet.client.finish_run(finish(&run_id, 50_000)).await.unwrap();
+    puppet
+        .client
+        .finish_run(finish(&run_id, 50_000))
+        .await
+        .unwrap();
 
     let mut admin = server.admin();
     let run = admin
@@ -165,22 +205,302 @@ async fn a_log_past_the_limit_keeps_head_and_tail_at_their_offsets() {
         max_bytes,
     };
     let head = admin.runs.read_log(read(0, 0)).await.unwrap().into_inner();
-    assert_eq!((head.offset, head.skipped, head.truncated, head.eof), (0, 0, true, false));
+    assert_eq!(
+        (head.offset, head.skipped, head.truncated, head.eof),
+        (0, 0, true, false)
+    );
     assert_eq!(head.data, &output[..1000]);
-    let tail = admin.runs.read_log(read(1000, 0)).await.unwrap().into_inner();
-    assert_eq!((tail.offset, tail.skipped, tail.eof), (49_000, 48_000, true));
+    let tail = admin
+        .runs
+        .read_log(read(1000, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (tail.offset, tail.skipped, tail.eof),
+        (49_000, 48_000, true)
+    );
     assert_eq!(tail.data, &output[49_000..]);
-    let inside = admin.runs.read_log(read(30_000, 10)).await.unwrap().into_inner();
+    let inside = admin
+        .runs
+        .read_log(read(30_000, 10))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!((inside.offset, inside.skipped), (49_000, 19_000));
     assert_eq!(inside.data, &output[49_000..49_010]);
 
-    let mut stream = admin.runs.follow_log(read(0, 0)).await.unwrap().into_inner();
+    let mut stream = admin
+        .runs
+        .follow_log(read(0, 0))
+        .await
+        .unwrap()
+        .into_inner();
     let mut chunks = Vec::new();
     while let Some(chunk) = stream.message().await.unwrap() {
         chunks.push((chunk.offset, chunk.skipped, chunk.data.len()));
     }
     assert_eq!(chunks, [(0, 0, 1000), (49_000, 48_000, 1000)]);
     let text = metrics_text(metrics).await;
-    assert_eq!(sample(&text, "geppetto_log_dropped_bytes_total"), 48_000.0, "{text}");
+    assert_eq!(
+        sample(&text, "geppetto_log_dropped_bytes_total"),
+        48_000.0,
+        "{text}"
+    );
+    server.stop().await;
+}
+
+/// The cost of durable acknowledgements, with and without group commit:
+/// `C` concurrent writers each append a 100-byte log chunk to a run of their
+/// own and flush before "acknowledging", for two seconds per setting.
+/// Figures go to BENCHMARKS.md ("Durability"). Run with:
+/// `cargo test --release -p puppeteer --test storage -- --ignored --nocapture durability`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark, not a test"]
+async fn durability_cost_of_acknowledgements() {
+    use puppeteer::domain::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let store = puppeteer::store::Store::open(&dir.path().join("db")).unwrap();
+    let run = |i: usize| Run {
+        id: format!("run-b{i}"),
+        job_id: "job-b".into(),
+        puppet: "p1".into(),
+        task_name: "t".into(),
+        task_version: 1,
+        state: RunState::Running,
+        attempt: 1,
+        cause: String::new(),
+        outcome: None,
+        exit_code: None,
+        signal: None,
+        created_at: Millis(0),
+        started_at: None,
+        finished_at: None,
+        duration_ms: None,
+        log_length: 0,
+        history: vec![],
+        cancel_requested: false,
+        queue_seq: i as u64,
+        duplicate_reports: 0,
+        needs: vec![],
+        holds: vec![],
+        log_base: 0,
+        max_attempts: 1,
+        log_gap: None,
+    };
+    let runs: Vec<Run> = (0..64).map(run).collect();
+    let job = Job {
+        id: "job-b".into(),
+        task_name: "t".into(),
+        task_version: 1,
+        spec: RunSpec {
+            program: Program::Argv {
+                args: vec!["true".into()],
+            },
+            timeout_ms: 1000,
+            env: Default::default(),
+            workdir: String::new(),
+            artifacts: Vec::new(),
+            expect_reboot: false,
+            reboot_window_ms: None,
+        },
+        target: Target::Puppets(vec!["p1".into()]),
+        created_at: Millis(0),
+        run_ids: runs.iter().map(|r| r.id.clone()).collect(),
+        cancelled: false,
+        seq: 1,
+        strategy: Default::default(),
+        approval: Default::default(),
+        not_targeted: vec![],
+        reported_end: None,
+    };
+    store.create_job(&job, &runs).unwrap();
+    let offsets: Arc<Vec<AtomicU64>> = Arc::new((0..64).map(|_| AtomicU64::new(0)).collect());
+    println!("| writers | flush | acks/s | flushes/s | acks per flush |");
+    println!("|---|---|---|---|---|");
+    for writers in [1usize, 8, 64] {
+        for grouped in [false, true] {
+            let acks = Arc::new(AtomicU64::new(0));
+            let flushes_before = store.flushes();
+            let stop = tokio::time::Instant::now() + Duration::from_secs(2);
+            let mut tasks = tokio::task::JoinSet::new();
+            for w in 0..writers {
+                let (store, acks, offsets) = (store.clone(), acks.clone(), offsets.clone());
+                tasks.spawn(async move {
+                    let mut own_flushes = 0u64;
+                    while tokio::time::Instant::now() < stop {
+                        let offset = offsets[w].load(Ordering::Relaxed);
+                        store
+                            .append_log(
+                                &format!("run-b{w}"),
+                                offset,
+                                &[b'x'; 100],
+                                None,
+                                |_| Ok(()),
+                            )
+                            .unwrap();
+                        offsets[w].store(offset + 100, Ordering::Relaxed);
+                        if grouped {
+                            store.flush().await.unwrap();
+                        } else {
+                            store.flush_alone().await.unwrap();
+                            own_flushes += 1;
+                        }
+                        acks.fetch_add(1, Ordering::Relaxed);
+                    }
+                    own_flushes
+                });
+            }
+            let mut flushes = 0;
+            while let Some(done) = tasks.join_next().await {
+                flushes += done.unwrap();
+            }
+            if grouped {
+                flushes = store.flushes() - flushes_before;
+            }
+            let acks = acks.load(Ordering::Relaxed);
+            println!(
+                "| {writers} | {} | {:.0} | {:.0} | {:.1} |",
+                if grouped { "group commit" } else { "one each" },
+                acks as f64 / 2.0,
+                flushes as f64 / 2.0,
+                acks as f64 / flushes.max(1) as f64
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn retention_prunes_the_oldest_finished_jobs_with_runs_and_logs() {
+    use geppetto_proto::v1::events_client::EventsClient;
+    use geppetto_proto::v1::server_client::ServerClient;
+
+    let server = TestServer::start_with(|c| {
+        c.poll_timeout = Duration::from_secs(1);
+        c.retention.max_jobs = 1;
+        c.retention.interval = Duration::from_secs(1);
+    })
+    .await;
+    let mut admin = server.admin();
+    let secret = admin.enroll_secret().await;
+    let puppet = common::RealPuppet::start(&server.url, Some(&server.ca), &secret, "p1");
+    admin.wait_polling("p1").await;
+    admin
+        .script_task("t", "echo some output", Duration::from_secs(60))
+        .await;
+    let mut jobs = Vec::new();
+    for _ in 0..3 {
+        let job = admin.run_on("t", &["p1"]).await;
+        admin.wait_job(&job.id, Duration::from_secs(60)).await;
+        jobs.push(job);
+    }
+    let mut info_client = ServerClient::new(server.channel(
+        geppetto_proto::client::Transport::Grpc,
+        Some(&server.admin_token),
+    ));
+    // Passes run every second: wait until the two oldest are gone.
+    let until = tokio::time::Instant::now() + Duration::from_secs(30);
+    let info = loop {
+        let info = info_client
+            .get_server_info(pb::GetServerInfoRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if admin
+            .jobs
+            .get_job(pb::GetJobRequest {
+                id: jobs[1].id.clone(),
+            })
+            .await
+            .is_err()
+        {
+            break info;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "never pruned: {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for old in &jobs[..2] {
+        let gone = admin
+            .jobs
+            .get_job(pb::GetJobRequest { id: old.id.clone() })
+            .await
+            .unwrap_err();
+        assert_eq!(gone.code(), tonic::Code::NotFound);
+        let run = old.runs[0].run_id.clone();
+        let gone = admin
+            .runs
+            .get_run(pb::GetRunRequest { id: run.clone() })
+            .await
+            .unwrap_err();
+        assert_eq!(gone.code(), tonic::Code::NotFound);
+        let gone = admin
+            .runs
+            .read_log(pb::ReadLogRequest {
+                run_id: run,
+                offset: 0,
+                max_bytes: 0,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(gone.code(), tonic::Code::NotFound);
+    }
+    // The newest finished job is kept, logs included.
+    let kept = jobs[2].runs[0].run_id.clone();
+    assert_eq!(admin.log(&kept).await, b"some output\n");
+    let runs = admin
+        .runs
+        .list_runs(pb::ListRunsRequest {
+            of: Some(pb::list_runs_request::Of::Puppet("p1".into())),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .runs;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+
+    // What was pruned is in the event stream and in the server info.
+    let mut events = EventsClient::new(admin.channel.clone());
+    let pruned = events
+        .list_events(pb::WatchEventsRequest {
+            kinds: vec!["job.pruned".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let pruned_jobs: Vec<&str> = pruned.iter().map(|e| e.job_id.as_str()).collect();
+    assert_eq!(
+        pruned_jobs,
+        [jobs[0].id.as_str(), jobs[1].id.as_str()],
+        "{pruned:?}"
+    );
+    assert!(
+        pruned[0]
+            .summary
+            .contains("more finished jobs than max_jobs"),
+        "{pruned:?}"
+    );
+    let info = if info.pruned_jobs == 0 {
+        info_client
+            .get_server_info(pb::GetServerInfoRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+    } else {
+        info
+    };
+    assert!(info.last_prune_at.is_some(), "{info:?}");
+    assert_eq!(info.log_bytes, 12, "{info:?}");
+    assert!(info.data_dir_bytes > 0, "{info:?}");
+    assert!(info.retention.contains("beyond the newest 1"), "{info:?}");
+    assert_eq!(info.version, env!("CARGO_PKG_VERSION"));
+    puppet.stop().await;
     server.stop().await;
 }

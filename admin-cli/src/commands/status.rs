@@ -10,15 +10,23 @@ use crate::api::{Api, request};
 use crate::cli::Format;
 use crate::error::Error;
 use crate::output::{self, Cell};
-use crate::views::{JobBriefView, StatusView};
+use crate::views::{JobBriefView, ServerView, StatusView};
 
 /// How many of the newest jobs are looked at.
 const JOBS_LOOKED_AT: u32 = 100;
 
 pub async fn run(api: &Api, format: Format) -> Result<(), Error> {
-    let (mut puppets_client, mut jobs_client, mut resources_client) =
-        (api.puppets(), api.jobs(), api.resources());
-    let (puppets, jobs, resources) = tokio::try_join!(
+    let (mut puppets_client, mut jobs_client, mut resources_client, mut server_client) =
+        (api.puppets(), api.jobs(), api.resources(), api.server());
+    let server = async {
+        // An older puppeteer cannot say: the rest of the screen still shows.
+        Ok::<_, Error>(
+            api.call(server_client.get_server_info(request(pb::GetServerInfoRequest {})))
+                .await
+                .ok(),
+        )
+    };
+    let (puppets, jobs, resources, server) = tokio::try_join!(
         api.call(puppets_client.list_puppets(request(pb::ListPuppetsRequest {
             selector: String::new(),
         }))),
@@ -26,8 +34,10 @@ pub async fn run(api: &Api, format: Format) -> Result<(), Error> {
             limit: JOBS_LOOKED_AT,
         }))),
         api.call(resources_client.list_resources(request(pb::ListResourcesRequest {}))),
+        server,
     )?;
-    let view = StatusView::new(&puppets.puppets, &jobs.jobs, &resources.resources);
+    let mut view = StatusView::new(&puppets.puppets, &jobs.jobs, &resources.resources);
+    view.server = server.as_ref().map(ServerView::from);
     if format == Format::Json {
         return output::print_json(&view);
     }
@@ -83,6 +93,10 @@ pub fn render(view: &StatusView) -> String {
         let _ = writeln!(text, "{}", table.to_string().trim_end());
     }
 
+    if let Some(server) = &view.server {
+        let _ = writeln!(text, "\n{}", server_lines(server).trim_end());
+    }
+
     let a = &view.attention;
     if a.pending_puppets.is_empty() && a.awaiting_approval.is_empty() && a.failed_jobs.is_empty() {
         let _ = writeln!(text, "\nneeds attention: nothing");
@@ -111,6 +125,32 @@ pub fn render(view: &StatusView) -> String {
             task(job),
             counts(job)
         );
+    }
+    text
+}
+
+/// The puppeteer's disk and retention, in a few lines.
+fn server_lines(s: &ServerView) -> String {
+    let mut text = format!(
+        "puppeteer {}: data dir {} (logs {}, artifacts {})\nretention: {}\n",
+        s.version,
+        output::bytes(s.data_dir_bytes),
+        output::bytes(s.log_bytes),
+        output::bytes(s.artifact_bytes),
+        s.retention
+    );
+    match &s.last_prune_at {
+        Some(at) => {
+            let _ = writeln!(
+                text,
+                "last prune: {at}: {} job{} and {} run{} removed",
+                s.pruned_jobs,
+                plural(s.pruned_jobs as usize),
+                s.pruned_runs,
+                plural(s.pruned_runs as usize)
+            );
+        }
+        None => text.push_str("last prune: not yet\n"),
     }
     text
 }
@@ -228,7 +268,23 @@ mod tests {
             "{text}"
         );
 
-        let quiet = render(&StatusView::new(&puppets[..1], &[], &[]));
+        let mut quiet = StatusView::new(&puppets[..1], &[], &[]);
+        quiet.server = Some(ServerView {
+            version: "0.1.0".into(),
+            data_dir_bytes: 3 << 20,
+            artifact_bytes: 0,
+            log_bytes: 1024,
+            retention: "finished jobs are pruned ...".into(),
+            last_prune_at: None,
+            pruned_jobs: 0,
+            pruned_runs: 0,
+        });
+        let quiet = render(&quiet);
+        assert!(
+            quiet.contains("puppeteer 0.1.0: data dir 3.0 MiB (logs 1.0 KiB, artifacts 0 B)"),
+            "{quiet}"
+        );
+        assert!(quiet.contains("last prune: not yet"), "{quiet}");
         assert!(quiet.contains("jobs: none running"), "{quiet}");
         assert!(quiet.contains("resources: none in use"), "{quiet}");
         assert!(quiet.contains("needs attention: nothing"), "{quiet}");

@@ -16,6 +16,7 @@ mod gates;
 mod groups;
 mod jobs;
 mod notifications;
+mod prune;
 mod puppet_service;
 mod puppets;
 mod resources;
@@ -60,6 +61,10 @@ pub struct ApiConfig {
     pub notify: crate::notify::NotifyConfig,
     /// How much of each run's output is kept; `None`: everything.
     pub log_limit: Option<crate::store::LogLimit>,
+    /// What finished work is kept.
+    pub retention: crate::retention::Retention,
+    /// The data dir (its size is reported by `GetServerInfo`).
+    pub data_dir: std::path::PathBuf,
 }
 
 impl Default for ApiConfig {
@@ -71,7 +76,11 @@ impl Default for ApiConfig {
             presence: crate::presence::Thresholds::for_hold(Duration::from_secs(50)),
             event_retention: Duration::from_secs(7 * 24 * 3600),
             notify: Default::default(),
-            log_limit: Some(crate::store::LogLimit::halves(crate::config::DEFAULT_LOG_LIMIT)),
+            log_limit: Some(crate::store::LogLimit::halves(
+                crate::config::DEFAULT_LOG_LIMIT,
+            )),
+            retention: Default::default(),
+            data_dir: Default::default(),
         }
     }
 }
@@ -102,11 +111,12 @@ pub use events::EventsApi;
 pub use groups::GroupsApi;
 pub use jobs::JobsApi;
 pub use notifications::NotificationsApi;
+pub use prune::run_pruner;
 pub use puppet_service::PuppetServiceApi;
 pub use puppets::PuppetsApi;
 pub use resources::ResourcesApi;
 pub use runs::RunsApi;
-pub use server_info::ServerApi;
+pub use server_info::{DataSize, ServerApi, dir_bytes};
 pub use sweep::run_sweeper;
 pub use tasks::TasksApi;
 pub use users::{AuditApi, TokensApi, UsersApi};

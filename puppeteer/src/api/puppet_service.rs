@@ -432,24 +432,24 @@ impl PuppetService for PuppetServiceApi {
         let run = self.own_run(&name, &req.run_id)?;
         let attempt = req.attempt;
         let limit = self.state.config.log_limit;
-        let appended = self
-            .state
-            .store
-            .append_log(&run.id, req.offset, &req.data, limit, |run| {
-                if run.attempt != attempt {
-                    return Err(StoreError::Conflict(format!(
-                        "run {} is at attempt {}, not {attempt}",
-                        run.id, run.attempt
-                    )));
-                }
-                if matches!(run.state, RunState::Queued | RunState::Waiting) {
-                    return Err(StoreError::Conflict(format!(
-                        "run {} was not offered to you yet",
-                        run.id
-                    )));
-                }
-                Ok(())
-            })?;
+        let appended =
+            self.state
+                .store
+                .append_log(&run.id, req.offset, &req.data, limit, |run| {
+                    if run.attempt != attempt {
+                        return Err(StoreError::Conflict(format!(
+                            "run {} is at attempt {}, not {attempt}",
+                            run.id, run.attempt
+                        )));
+                    }
+                    if matches!(run.state, RunState::Queued | RunState::Waiting) {
+                        return Err(StoreError::Conflict(format!(
+                            "run {} was not offered to you yet",
+                            run.id
+                        )));
+                    }
+                    Ok(())
+                })?;
         self.state.store.flush().await.map_err(ApiError::from)?;
         if appended.duplicate || appended.overlap {
             self.state.metrics.duplicate_report("append_log");

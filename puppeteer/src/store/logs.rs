@@ -108,7 +108,7 @@ impl Store {
         limit: Option<LogLimit>,
         check: impl Fn(&Run) -> Result<()>,
     ) -> Result<Appended> {
-        let (appended, gap) = (&self.runs, &self.logs).transaction(|(runs, logs)| {
+        let (appended, gap, stored) = (&self.runs, &self.logs).transaction(|(runs, logs)| {
             let Some(v) = runs.get(run_id.as_bytes())? else {
                 return abort(StoreError::NotFound {
                     kind: "run",
@@ -140,7 +140,7 @@ impl Store {
                     overlap: false,
                     dropped: 0,
                 };
-                return Ok((appended, None));
+                return Ok((appended, None, 0));
             }
             let base = run.log_base;
             if run.state.is_terminal() {
@@ -182,8 +182,10 @@ impl Store {
                 overlap,
                 dropped,
             };
-            Ok((appended, (gap != old_gap).then_some(gap).flatten()))
+            let stored = (to - from) as i64 - dropped as i64;
+            Ok((appended, (gap != old_gap).then_some(gap).flatten(), stored))
         })?;
+        self.add_log_bytes(stored);
         if let Some(gap) = gap {
             self.remove_gap(run_id, gap)?;
         }
@@ -196,7 +198,12 @@ impl Store {
         let _trimming = self.log_trim.lock().unwrap_or_else(|e| e.into_inner());
         let mut batch = sled::Batch::default();
         let at = seq_key(run_id, gap.at);
-        if let Some((k, chunk)) = self.logs.range(prefix_of(run_id)..at.clone()).next_back().transpose()? {
+        if let Some((k, chunk)) = self
+            .logs
+            .range(prefix_of(run_id)..at.clone())
+            .next_back()
+            .transpose()?
+        {
             let start = seq_of(&k);
             if start + chunk.len() as u64 > gap.at {
                 batch.insert(k, &chunk[..(gap.at - start) as usize]);
@@ -380,7 +387,10 @@ mod tests {
         );
         // A gap is refused.
         assert!(store.append_log("run-a", 20, b"x", None, ok).is_err());
-        assert_eq!(store.read_log("run-a", 0, 100).unwrap().1.data, b"hello world");
+        assert_eq!(
+            store.read_log("run-a", 0, 100).unwrap().1.data,
+            b"hello world"
+        );
         assert_eq!(store.read_log("run-a", 4, 3).unwrap().1.data, b"o w");
         assert_eq!(store.read_log("run-a", 8, 100).unwrap().1.data, b"rld");
         assert_eq!(store.read_log("run-a", 11, 100).unwrap().1.data, b"");
@@ -409,11 +419,18 @@ mod tests {
         let mut dropped = 0;
         for size in [3usize, 15, 1, 200, 7, 400, 2, 372] {
             let chunk = &output[offset..offset + size];
-            let appended = store.append_log("run-a", offset as u64, chunk, limit, ok).unwrap();
+            let appended = store
+                .append_log("run-a", offset as u64, chunk, limit, ok)
+                .unwrap();
             assert_eq!(appended.committed, (offset + size) as u64);
             dropped += appended.dropped;
             // A resend of a chunk now in the gap is acknowledged as a duplicate.
-            assert!(store.append_log("run-a", offset as u64, chunk, limit, ok).unwrap().duplicate);
+            assert!(
+                store
+                    .append_log("run-a", offset as u64, chunk, limit, ok)
+                    .unwrap()
+                    .duplicate
+            );
             offset += size;
         }
         assert_eq!(offset, 1000);

@@ -29,18 +29,36 @@
 //! | `rules`        | id                           | [`NotificationRule`]   |
 //! | `deliveries`   | id                           | [`Delivery`] (owed)    |
 //! | `resource_usage`| name                        | capacity held, u32 BE  |
+//! | `meta`         | `prune_logs` 0 run id        | (log chunks owed for deletion) |
+//! | `meta`         | `last_prune`                 | [`PruneReport`]        |
 //!
-//! Durability: every state change is one sled transaction over all the trees
-//! it touches, so a crash never leaves half of it. Sled writes reach disk on a
-//! background flush; the api layer calls [`Store::flush`] before it
-//! acknowledges anything, so whatever a caller was told survives `kill -9`.
+//! Durability policy:
+//! - Every state change is one sled transaction over all the trees it
+//!   touches, so a crash never leaves half of it.
+//! - Sled writes reach the file on its own background flush (every 500 ms);
+//!   that is not enough for an acknowledgement. The api layer calls
+//!   [`Store::flush`] after its writes and before it answers anything that
+//!   changed state: a puppet's StartRun, AppendLog and FinishRun, a poll
+//!   that offers runs, every admin mutation (and its audit entry). What a
+//!   caller was told therefore survives `kill -9` of the puppeteer (the data
+//!   is in the OS page cache; sled 0.34 does not promise more on power loss).
+//! - Group commit: concurrent callers of [`Store::flush`] share one flush
+//!   (see `flush.rs`): a caller whose writes are covered by a flush that
+//!   started after them returns with it, so N acknowledgements arriving
+//!   together cost one or two flushes, not N. BENCHMARKS.md ("Durability")
+//!   has the figures.
+//! - Reads, held polls that answer nothing, and background bookkeeping
+//!   (presence, retention) do not flush: losing them costs nothing a caller
+//!   relied on, and the next flush takes them along.
 
 mod events;
+mod flush;
 mod groups;
 mod jobs;
 mod keys;
 mod logs;
 mod notifications;
+mod prune;
 mod puppets;
 mod resources;
 mod tasks;
@@ -54,6 +72,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 pub use keys::prefix_of;
 pub use logs::{Appended, LogLimit, LogRead};
+pub use prune::{PruneReport, PrunedJob, stored_log_bytes};
 pub use puppets::NewPuppet;
 pub use resources::ResourceUse;
 
@@ -134,6 +153,8 @@ pub struct Store {
     rules: sled::Tree,
     deliveries: sled::Tree,
     log_trim: logs::TrimLock,
+    group_commit: std::sync::Arc<flush::GroupCommit>,
+    log_bytes: prune::LogBytes,
 }
 
 impl std::fmt::Debug for Store {
@@ -173,9 +194,13 @@ impl Store {
             rules: tree("rules")?,
             deliveries: tree("deliveries")?,
             log_trim: Default::default(),
+            group_commit: Default::default(),
+            log_bytes: Default::default(),
             db,
         };
         store.check_schema()?;
+        let counted = prune::count_log_bytes(&store.runs)?;
+        store.add_log_bytes(counted as i64);
         Ok(store)
     }
 
@@ -203,9 +228,24 @@ impl Store {
     }
 
     /// Makes every write so far durable (up to the OS page cache).
+    /// Concurrent callers share flushes (group commit, see the module doc).
     pub async fn flush(&self) -> Result<()> {
+        self.group_commit
+            .flush(|| async { self.db.flush_async().await.map(|_| ()) })
+            .await?;
+        Ok(())
+    }
+
+    /// One flush of its own, not shared with concurrent callers: only for
+    /// measuring what group commit saves.
+    pub async fn flush_alone(&self) -> Result<()> {
         self.db.flush_async().await?;
         Ok(())
+    }
+
+    /// How many flushes [`Store::flush`] has run so far.
+    pub fn flushes(&self) -> u64 {
+        self.group_commit.flushes()
     }
 
     /// A fresh number, increasing across restarts.
