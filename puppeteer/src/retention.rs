@@ -64,7 +64,7 @@ impl Retention {
 fn human_duration(d: Duration) -> String {
     const DAY: u64 = 24 * 3600;
     let secs = d.as_secs();
-    if secs >= DAY && secs % DAY == 0 {
+    if secs >= DAY && secs.is_multiple_of(DAY) {
         format!("{} days", secs / DAY)
     } else {
         humantime::format_duration(d).to_string()
