@@ -5,6 +5,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use geppetto_proto::client::{Channel, Endpoint, TokenSlot};
+use geppetto_proto::v1::artifacts_client::ArtifactsClient;
 use geppetto_proto::v1::audit_client::AuditClient;
 use geppetto_proto::v1::enroll_tokens_client::EnrollTokensClient;
 use geppetto_proto::v1::events_client::EventsClient;
@@ -106,6 +107,10 @@ impl Api {
 
     pub fn notifications(&self) -> NotificationsClient<Channel> {
         NotificationsClient::new(self.channel.clone())
+    }
+
+    pub fn artifacts(&self) -> ArtifactsClient<Channel> {
+        ArtifactsClient::new(self.channel.clone())
     }
 
     pub fn events(&self) -> EventsClient<Channel> {

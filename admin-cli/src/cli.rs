@@ -12,7 +12,7 @@ use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::Secret;
 use crate::parse::{
-    Limit, parse_duration, parse_event_kind, parse_kv, parse_kv_list, parse_limit,
+    Limit, parse_bandwidth, parse_duration, parse_event_kind, parse_kv, parse_kv_list, parse_limit,
     parse_resource_need, parse_rule_event, parse_token_id,
 };
 
@@ -176,6 +176,10 @@ pub enum Command {
     /// list, show holders and waiters, resize, remove
     #[command(subcommand)]
     Resources(ResourcesCommand),
+    /// Files that tasks bring to puppets (packages, patches), stored by content on
+    /// the puppeteer: upload (resumable), list, show, remove
+    #[command(subcommand, after_long_help = ARTIFACTS_HELP)]
+    Artifacts(ArtifactsCommand),
     /// Named sets of puppets, by selector or by name, that jobs target with
     /// `--target group:NAME`: create, list, show current members, remove
     #[command(subcommand)]
@@ -217,6 +221,24 @@ Examples:
 With --follow a dropped connection is reopened (with growing waits) from the last event
 printed, so no event is missed or printed twice; if the puppeteer no longer keeps the
 events to resume from, the command says so and exits 1.";
+
+const ARTIFACTS_HELP: &str = "\
+Examples:
+  geppetto artifacts upload ./patch-2.3.tar.gz            # named patch-2.3.tar.gz
+  geppetto artifacts upload ./build/out.bin --name tool   # named tool
+  geppetto tasks create patch --artifact patch-2.3.tar.gz \\
+      --command 'tar -xzf \"$GEPPETTO_ARTIFACT_PATCH_2_3_TAR_GZ\" -C /opt'
+  geppetto artifacts list
+  geppetto artifacts remove tool
+
+An upload that is cut off resumes where the puppeteer's durable copy ends when the same
+command is run again. A task version pins the content its artifacts had when it was made;
+uploading a name again changes what new task versions get, not existing ones.
+Each run finds an artifact's path in GEPPETTO_ARTIFACT_<NAME>: the name uppercased, every
+character other than a letter or digit turned into '_'. Puppets fetch artifacts into a
+cache before the run (resumed after a drop, verified by SHA-256, never fetched twice), at
+most at the bandwidth budget of the resources the run holds (geppetto resources create
+uplink-lyon --capacity 2 --bandwidth 48KiB/s).";
 
 const NOTIFICATIONS_HELP: &str = "\
 Event kinds a rule can be on: job.succeeded, job.failed, job.awaiting_approval, run.failed,
@@ -507,6 +529,12 @@ pub struct SpecArgs {
     /// the resource or changes its count; the others are kept
     #[arg(long = "resource", value_parser = parse_resource_need, value_name = "NAME[:COUNT]")]
     pub resources: Vec<(String, u32)>,
+    /// Artifact the puppet fetches before each run (repeatable); the run finds its path
+    /// in GEPPETTO_ARTIFACT_<NAME> (uppercased, non-alphanumerics as '_'). Pinned to
+    /// the artifact's current content. On update, adds it (or re-pins it to its
+    /// current content); the others are kept
+    #[arg(long = "artifact", value_name = "NAME")]
+    pub artifacts: Vec<String>,
     /// New attempts of a run that is lost, interrupted or timed out [default on create: 0]
     #[arg(long, value_name = "N")]
     pub retries: Option<u32>,
@@ -541,6 +569,9 @@ pub struct UpdateTaskArgs {
     /// Remove every resource of the task (with --resource: replace them by those given)
     #[arg(long)]
     pub no_resources: bool,
+    /// Remove every artifact of the task (with --artifact: replace them by those given)
+    #[arg(long)]
+    pub clear_artifacts: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -702,21 +733,57 @@ pub enum ResourcesCommand {
         /// How much of it runs may hold at once, e.g. 1 for one run at a time
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         capacity: u32,
+        /// Bandwidth budget shared by all artifact downloads of the runs holding it,
+        /// e.g. 48KiB/s, 512kbit/s, 2MiB/s (units: B/s, KiB/s, MiB/s, GiB/s, kB/s,
+        /// MB/s, kbit/s, Mbit/s) [default: none]
+        #[arg(long, value_name = "RATE", value_parser = parse_bandwidth)]
+        bandwidth: Option<u64>,
     },
     /// Lists resources with their capacity, use, holders and waiters
     List,
     /// Shows a resource, the runs holding it and those waiting for it, in order
     Show { name: String },
-    /// Changes the capacity; lowering it stops nothing running, new runs wait
-    /// until enough is released
+    /// Changes the capacity or the bandwidth budget; lowering the capacity stops
+    /// nothing running, new runs wait until enough is released
+    #[command(group(ArgGroup::new("change").required(true).multiple(true)))]
     Update {
         name: String,
         /// The new capacity
-        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-        capacity: u32,
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), group = "change")]
+        capacity: Option<u32>,
+        /// The new bandwidth budget, e.g. 48KiB/s; 0 removes it. Downloads in
+        /// progress follow it from their next chunk
+        #[arg(long, value_name = "RATE", value_parser = parse_bandwidth, group = "change")]
+        bandwidth: Option<u64>,
     },
     /// Removes a resource; refused while it is held or a task needs it
     Remove { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ArtifactsCommand {
+    /// Uploads a file as an artifact (SHA-256 computed here and checked by the
+    /// puppeteer); run it again to resume an upload that was cut off
+    Upload {
+        /// The file to upload
+        file: PathBuf,
+        /// The artifact's name [default: the file name]: 1-128 of [A-Za-z0-9._-],
+        /// starting with a letter or digit
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+    },
+    /// Lists artifacts with their size, hash and the tasks using them
+    List,
+    /// Shows an artifact
+    Show { name: String },
+    /// Removes an artifact's name; its content is deleted once no task version
+    /// pins it. Refused while the latest version of a task uses it, unless --force
+    Remove {
+        name: String,
+        /// Remove it even though tasks use it (their versions keep the content they pinned)
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -1108,7 +1175,7 @@ mod tests {
         .unwrap();
         assert!(matches!(
             cli.command,
-            Command::Resources(ResourcesCommand::Create { name, capacity: 1 }) if name == "uplink-lyon"
+            Command::Resources(ResourcesCommand::Create { name, capacity: 1, bandwidth: None }) if name == "uplink-lyon"
         ));
         let cli = Cli::try_parse_from([
             "geppetto",
@@ -1121,7 +1188,10 @@ mod tests {
         .unwrap();
         assert!(matches!(
             cli.command,
-            Command::Resources(ResourcesCommand::Update { capacity: 3, .. })
+            Command::Resources(ResourcesCommand::Update {
+                capacity: Some(3),
+                ..
+            })
         ));
         for word in ["show", "remove"] {
             assert!(Cli::try_parse_from(["geppetto", "resources", word, "r"]).is_ok());

@@ -129,6 +129,65 @@ pub fn parse_resource_need(s: &str) -> Result<(String, u32), String> {
     Ok((name.to_string(), count))
 }
 
+/// A bandwidth budget in bytes per second, written with its unit: `B/s`,
+/// `KiB/s`, `MiB/s`, `GiB/s` (powers of 1024), `kB/s`, `MB/s` (powers of
+/// 1000), or `kbit/s`, `Mbit/s` (bits, powers of 1000): `48KiB/s`,
+/// `512kbit/s`, `1.5 MiB/s`. `0` (no unit needed) removes the budget.
+pub fn parse_bandwidth(s: &str) -> Result<u64, String> {
+    const HOW: &str = "write a number and a unit: B/s, KiB/s, MiB/s, GiB/s, kB/s, MB/s, \
+                       kbit/s or Mbit/s, e.g. 48KiB/s or 512kbit/s (0 for no budget)";
+    let text = s.trim();
+    if text == "0" {
+        return Ok(0);
+    }
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| format!("invalid bandwidth {s:?}: the unit is missing: {HOW}"))?;
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("invalid bandwidth {s:?}: {number:?} is not a number: {HOW}"))?;
+    let per_second = match unit.trim() {
+        "B/s" => 1.0,
+        "KiB/s" => 1024.0,
+        "MiB/s" => 1024.0 * 1024.0,
+        "GiB/s" => 1024.0 * 1024.0 * 1024.0,
+        "kB/s" => 1000.0,
+        "MB/s" => 1e6,
+        "kbit/s" => 1000.0 / 8.0,
+        "Mbit/s" => 1e6 / 8.0,
+        other => {
+            return Err(format!(
+                "invalid bandwidth {s:?}: unknown unit {other:?}: {HOW}"
+            ));
+        }
+    };
+    let bytes = (number * per_second).round();
+    if bytes < 1.0 {
+        return Err(format!(
+            "invalid bandwidth {s:?}: less than 1 byte per second (0 removes the budget)"
+        ));
+    }
+    if bytes > u64::MAX as f64 {
+        return Err(format!("invalid bandwidth {s:?}: too large"));
+    }
+    Ok(bytes as u64)
+}
+
+/// A byte rate for people: `48 KiB/s`, `1.5 MiB/s`, `200 B/s`.
+pub fn format_bandwidth(bytes_per_second: u64) -> String {
+    let b = bytes_per_second as f64;
+    let (value, unit) = if b >= 1024.0 * 1024.0 {
+        (b / (1024.0 * 1024.0), "MiB/s")
+    } else if b >= 1024.0 {
+        (b / 1024.0, "KiB/s")
+    } else {
+        return format!("{bytes_per_second} B/s");
+    };
+    let text = format!("{value:.1}");
+    format!("{} {unit}", text.strip_suffix(".0").unwrap_or(&text))
+}
+
 /// A limit of a job's strategy: a count of runs, or a percentage of the
 /// job's runs (the puppeteer rounds it up, to at least 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,6 +268,32 @@ pub fn id_kind(id: &str) -> Result<IdKind, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bandwidths() {
+        assert_eq!(parse_bandwidth("48KiB/s").unwrap(), 48 * 1024);
+        assert_eq!(parse_bandwidth(" 1.5 MiB/s ").unwrap(), 1_572_864);
+        assert_eq!(parse_bandwidth("512kbit/s").unwrap(), 64_000);
+        assert_eq!(parse_bandwidth("2Mbit/s").unwrap(), 250_000);
+        assert_eq!(parse_bandwidth("100B/s").unwrap(), 100);
+        assert_eq!(parse_bandwidth("10kB/s").unwrap(), 10_000);
+        assert_eq!(parse_bandwidth("0").unwrap(), 0);
+        assert!(
+            parse_bandwidth("48")
+                .unwrap_err()
+                .contains("unit is missing")
+        );
+        assert!(
+            parse_bandwidth("48 KB/s")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
+        assert!(parse_bandwidth("fast").unwrap_err().contains("KiB/s"));
+        assert!(parse_bandwidth("0.001B/s").is_err());
+        assert_eq!(format_bandwidth(48 * 1024), "48 KiB/s");
+        assert_eq!(format_bandwidth(1_572_864), "1.5 MiB/s");
+        assert_eq!(format_bandwidth(200), "200 B/s");
+    }
 
     #[test]
     fn rule_events() {

@@ -383,6 +383,8 @@ pub struct TaskView {
     pub workdir: Option<String>,
     /// What a run holds while it runs, in the task's order.
     pub resources: Vec<ResourceNeedView>,
+    /// Artifacts fetched before each run, pinned by content.
+    pub artifacts: Vec<ArtifactRefView>,
     /// New attempts of a run that is lost, interrupted or timed out.
     pub retries: u32,
     /// Selector of the puppets the task is valid for; `null`: any puppet.
@@ -402,6 +404,67 @@ impl From<&pb::ResourceNeed> for ResourceNeedView {
         ResourceNeedView {
             name: n.name.clone(),
             count: n.count,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct ArtifactRefView {
+    pub name: String,
+    pub sha256: String,
+    pub size: u64,
+    /// The environment variable holding the file's path in a run.
+    pub env: String,
+}
+
+impl From<&pb::ArtifactRef> for ArtifactRefView {
+    fn from(a: &pb::ArtifactRef) -> Self {
+        ArtifactRefView {
+            name: a.name.clone(),
+            sha256: a.sha256.clone(),
+            size: a.size,
+            env: a.env.clone(),
+        }
+    }
+}
+
+/// `patch.tar.gz (sha256 1a2b3c4d…, $GEPPETTO_ARTIFACT_PATCH_TAR_GZ)`, one
+/// per artifact, or `-`.
+pub fn artifacts_line(artifacts: &[pb::ArtifactRef]) -> String {
+    if artifacts.is_empty() {
+        return "-".into();
+    }
+    artifacts
+        .iter()
+        .map(|a| {
+            let short: String = a.sha256.chars().take(12).collect();
+            format!("{} ({short}…, ${})", a.name, a.env)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// An artifact as `artifacts list|show -o json` prints it.
+#[derive(Debug, Serialize)]
+pub struct ArtifactView {
+    pub name: String,
+    pub sha256: String,
+    pub size: u64,
+    pub created_at: Option<String>,
+    pub uploaded_by: String,
+    /// Tasks whose latest version uses it.
+    pub used_by: Vec<String>,
+}
+
+impl From<&pb::Artifact> for ArtifactView {
+    fn from(a: &pb::Artifact) -> Self {
+        ArtifactView {
+            name: a.name.clone(),
+            sha256: a.sha256.clone(),
+            size: a.size,
+            created_at: rfc3339(a.created_at.as_ref()),
+            uploaded_by: a.uploaded_by.clone(),
+            used_by: a.used_by.clone(),
         }
     }
 }
@@ -433,6 +496,7 @@ impl From<&pb::Task> for TaskView {
             env: sorted(&spec.env),
             workdir: non_empty(&spec.workdir),
             resources: t.resources.iter().map(ResourceNeedView::from).collect(),
+            artifacts: spec.artifacts.iter().map(ArtifactRefView::from).collect(),
             retries: t.retries,
             requires: non_empty(&t.requires),
             created_at: rfc3339(t.created_at.as_ref()),
@@ -800,6 +864,9 @@ pub struct ResourceView {
     /// Runs waiting for it, in the order they will be served.
     pub waiters: Vec<ResourceHolderView>,
     pub created_at: Option<String>,
+    /// Bandwidth budget in bytes per second shared by the artifact
+    /// downloads of the runs holding it; 0: none.
+    pub bandwidth: u64,
 }
 
 impl From<&pb::Resource> for ResourceView {
@@ -811,6 +878,7 @@ impl From<&pb::Resource> for ResourceView {
             holders: r.holders.iter().map(ResourceHolderView::from).collect(),
             waiters: r.waiters.iter().map(ResourceHolderView::from).collect(),
             created_at: rfc3339(r.created_at.as_ref()),
+            bandwidth: r.bandwidth,
         }
     }
 }
@@ -1433,6 +1501,29 @@ mod tests {
         assert_eq!(value["retries"], 2);
         assert_eq!(value["requires"], "os=debian");
         assert_eq!(needs_line(&task.resources), "uplink-lyon, db:2");
+        assert_eq!(value["artifacts"], json!([]));
+        let with_artifact = pb::Task {
+            spec: Some(pb::RunSpec {
+                artifacts: vec![pb::ArtifactRef {
+                    name: "patch.tar.gz".into(),
+                    sha256: "ab".repeat(32),
+                    size: 10,
+                    env: "GEPPETTO_ARTIFACT_PATCH_TAR_GZ".into(),
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let value = serde_json::to_value(TaskView::from(&with_artifact)).unwrap();
+        assert_eq!(
+            value["artifacts"],
+            json!([{"name": "patch.tar.gz", "sha256": "ab".repeat(32), "size": 10,
+                    "env": "GEPPETTO_ARTIFACT_PATCH_TAR_GZ"}])
+        );
+        assert_eq!(
+            artifacts_line(&with_artifact.spec.unwrap().artifacts),
+            "patch.tar.gz (abababababab…, $GEPPETTO_ARTIFACT_PATCH_TAR_GZ)"
+        );
 
         let plain = pb::Task {
             name: "t".into(),
@@ -1460,7 +1551,7 @@ mod tests {
             holders: vec![holder("run-a", "web-1", 2)],
             waiters: vec![holder("run-b", "web-2", 1), holder("run-c", "web-3", 2)],
             created_at: ts(1_700_000_000),
-            bandwidth: 0,
+            bandwidth: 48 * 1024,
         };
         assert_eq!(
             serde_json::to_value(ResourceView::from(&resource)).unwrap(),
@@ -1468,6 +1559,7 @@ mod tests {
                 "name": "uplink-lyon",
                 "capacity": 2,
                 "used": 2,
+                "bandwidth": 49152,
                 "holders": [
                     {"run_id": "run-a", "puppet": "web-1", "job_id": "job-1", "count": 2},
                 ],

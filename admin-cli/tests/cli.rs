@@ -24,6 +24,7 @@ fn help_lists_the_command_groups() {
         "runs",
         "logs",
         "resources",
+        "artifacts",
         "groups",
         "notifications",
         "events",
@@ -416,6 +417,33 @@ fn usage_errors_exit_2() {
         .assert()
         .code(2)
         .stderr(predicate::str::starts_with("error:"));
+    for (bad, why) in [
+        ("48", "the unit is missing"),
+        ("48 kibps", "unknown unit"),
+        ("fast", "KiB/s"),
+    ] {
+        geppetto()
+            .args([
+                "resources",
+                "create",
+                "uplink",
+                "--capacity",
+                "1",
+                "--bandwidth",
+                bad,
+            ])
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains(format!(
+                "invalid bandwidth \"{bad}\""
+            )))
+            .stderr(predicate::str::contains(why));
+    }
+    geppetto()
+        .args(["resources", "update", "uplink"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--capacity"));
 }
 
 #[test]

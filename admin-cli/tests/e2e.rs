@@ -1050,3 +1050,184 @@ fn events_tell_a_job_in_order_and_status_sums_up() {
     assert!(status.success(), "{status}");
     reader.join().unwrap();
 }
+
+/// Begins an upload of `data` as `name` through the API and sends only its
+/// first `sent` bytes, as an upload cut off by a dropped link would.
+fn partial_upload(live: &Live, name: &str, data: &[u8], sent: usize) {
+    use geppetto_proto::client::{Channel, Endpoint, TokenSlot, Transport};
+    use geppetto_proto::v1 as pb;
+    use sha2::{Digest, Sha256};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let slot = TokenSlot::default();
+        let token = std::fs::read_to_string(&live.token_file).unwrap();
+        slot.set(Some(token.trim())).unwrap();
+        let endpoint = Endpoint {
+            url: live.url.clone(),
+            ca_file: Some(live.ca.clone()),
+            transport: Transport::Grpc,
+        };
+        let mut client =
+            pb::artifacts_client::ArtifactsClient::new(Channel::new(&endpoint, slot).unwrap());
+        let status = client
+            .begin_upload(pb::BeginUploadRequest {
+                name: name.into(),
+                sha256: hex::encode(Sha256::digest(data)),
+                size: data.len() as u64,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        client
+            .upload_chunk(pb::UploadChunkRequest {
+                upload_id: status.upload_id,
+                offset: 0,
+                data: data[..sent].to_vec(),
+            })
+            .await
+            .unwrap();
+    });
+}
+
+#[test]
+fn artifacts_upload_resume_and_pin_into_tasks() {
+    let live = Live::start();
+    let data: Vec<u8> = (0..(2 * 1024 * 1024 + 512 * 1024) as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let file = live.path("patch-2.3.tar.gz");
+    std::fs::write(&file, &data).unwrap();
+    partial_upload(&live, "patch-2.3.tar.gz", &data, 1024 * 1024);
+
+    // The CLI resumes where the puppeteer's copy ends.
+    let output = live
+        .cli()
+        .args(["-o", "json", "artifacts", "upload"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("resuming the upload of patch-2.3.tar.gz at 1.0 MiB of 2.5 MiB"),
+        "{stderr}"
+    );
+    let uploaded: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(uploaded["size"], data.len() as u64);
+    assert_eq!(uploaded["uploaded_by"], "admin");
+    let sha = uploaded["sha256"].as_str().unwrap().to_string();
+    assert_eq!(sha.len(), 64);
+
+    let small = live.path("conf.txt");
+    std::fs::write(&small, "key=value\n").unwrap();
+    let conf = live.json(&[
+        "artifacts",
+        "upload",
+        small.to_str().unwrap(),
+        "--name",
+        "site-conf",
+    ]);
+    assert_eq!(conf["name"], "site-conf");
+    let list = live.json(&["artifacts", "list"]);
+    assert_eq!(names(&list), ["patch-2.3.tar.gz", "site-conf"]);
+    let table = live.ok(&["artifacts", "list"]);
+    assert!(
+        table.contains("2.5 MiB") && table.contains(&sha[..16]),
+        "{table}"
+    );
+
+    // Resources carry a bandwidth budget.
+    let created = live.json(&[
+        "resources",
+        "create",
+        "uplink-lyon",
+        "--capacity",
+        "2",
+        "--bandwidth",
+        "48KiB/s",
+    ]);
+    assert_eq!(created["bandwidth"], 48 * 1024);
+    let shown = live.ok(&["resources", "show", "uplink-lyon"]);
+    assert!(shown.contains("48 KiB/s"), "{shown}");
+    let updated = live.json(&[
+        "resources",
+        "update",
+        "uplink-lyon",
+        "--bandwidth",
+        "512kbit/s",
+    ]);
+    assert_eq!(
+        (updated["bandwidth"].as_u64(), updated["capacity"].as_u64()),
+        (Some(64_000), Some(2))
+    );
+    live.cli()
+        .args([
+            "resources",
+            "update",
+            "uplink-lyon",
+            "--bandwidth",
+            "48KB/s",
+        ])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("unknown unit \"KB/s\""));
+
+    // Tasks pin the artifacts' content and name their variables.
+    live.ok(&[
+        "tasks",
+        "create",
+        "patch",
+        "--command",
+        "true",
+        "--artifact",
+        "patch-2.3.tar.gz",
+        "--artifact",
+        "site-conf",
+    ]);
+    let task = live.json(&["tasks", "show", "patch"]);
+    assert_eq!(task["artifacts"][0]["sha256"], sha.as_str());
+    assert_eq!(
+        task["artifacts"][0]["env"],
+        "GEPPETTO_ARTIFACT_PATCH_2_3_TAR_GZ"
+    );
+    assert_eq!(task["artifacts"][1]["env"], "GEPPETTO_ARTIFACT_SITE_CONF");
+    live.cli()
+        .args([
+            "tasks",
+            "create",
+            "other",
+            "--command",
+            "true",
+            "--artifact",
+            "nope",
+        ])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("no artifact \"nope\""));
+
+    // Removal is refused while the task's latest version uses it.
+    live.cli()
+        .args(["artifacts", "remove", "site-conf"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "used by the latest version of tasks patch",
+        ));
+    let updated = live.json(&[
+        "tasks",
+        "update",
+        "patch",
+        "--clear-artifacts",
+        "--artifact",
+        "patch-2.3.tar.gz",
+    ]);
+    assert_eq!(updated["artifacts"].as_array().unwrap().len(), 1);
+    live.ok(&["artifacts", "remove", "site-conf"]);
+    live.ok(&["artifacts", "remove", "patch-2.3.tar.gz", "--force"]);
+    assert_eq!(live.json(&["artifacts", "list"]), serde_json::json!([]));
+    // The task version still pins the content.
+    assert!(live.path("data/artifacts").join(&sha).is_file());
+}

@@ -337,6 +337,10 @@ pub struct Resource {
     pub name: String,
     pub capacity: u32,
     pub created_at: Millis,
+    /// Bytes per second shared by the artifact downloads of the runs
+    /// holding it; 0: no budget.
+    #[serde(default)]
+    pub bandwidth: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -14,6 +14,9 @@
 //! until stopped.
 
 pub mod api;
+pub mod artifact;
+pub mod bandwidth;
+pub mod blobs;
 pub mod config;
 pub mod domain;
 pub mod hub;
@@ -129,6 +132,12 @@ pub async fn start(config: Config) -> Result<Running> {
         retention = %config.retention.describe(),
         "data dir opened"
     );
+    let blobs = blobs::Blobs::open(&config.data_dir).with_context(|| {
+        format!(
+            "cannot create the artifact directory in {}",
+            config.data_dir.display()
+        )
+    })?;
     let new_admin_token = pki::ensure_admin_token(&config.data_dir, &store)?;
     store.flush().await?;
 
@@ -168,6 +177,8 @@ pub async fn start(config: Config) -> Result<Running> {
         shutdown: shutdown.child_token(),
         dispatch: Default::default(),
         metrics: Default::default(),
+        blobs,
+        budgets: Default::default(),
     });
     // The metrics listener stops with the server, whether asked to or not.
     let metrics_stop = shutdown.child_token();

@@ -78,6 +78,7 @@ pub struct Metrics {
     request_bytes: Counter,
     response_bytes: Counter,
     notification_failures: Counter,
+    artifact_bytes: Counter,
     puppets: Family<PresenceLabel, Gauge>,
     puppets_pending: Gauge,
     runs: Family<StateLabel, Gauge>,
@@ -114,6 +115,7 @@ impl Metrics {
             request_bytes: Default::default(),
             response_bytes: Default::default(),
             notification_failures: Default::default(),
+            artifact_bytes: Default::default(),
             puppets: Default::default(),
             puppets_pending: Default::default(),
             runs: Default::default(),
@@ -209,6 +211,11 @@ impl Metrics {
             "Runs removed with their logs by the retention policy",
             m.pruned_runs.clone(),
         );
+        r.register(
+            "geppetto_artifact_bytes_sent",
+            "Bytes of artifact content streamed to puppets",
+            m.artifact_bytes.clone(),
+        );
         Metrics {
             registry: Arc::new(r),
             ..m
@@ -277,6 +284,16 @@ impl Metrics {
     /// Retention removed runs.
     pub fn pruned_runs(&self, count: u64) {
         self.pruned_runs.inc_by(count);
+    }
+
+    /// Bytes of artifact content were sent to a puppet.
+    pub fn artifact_sent(&self, bytes: u64) {
+        self.artifact_bytes.inc_by(bytes);
+    }
+
+    /// Artifact content bytes sent since the start.
+    pub fn artifact_bytes_sent(&self) -> u64 {
+        self.artifact_bytes.get()
     }
 
     /// The counter of request body bytes (for the byte-counting layer).

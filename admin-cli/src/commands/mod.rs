@@ -2,6 +2,7 @@
 //! parsed arguments and the output format, prints its result on stdout and
 //! returns an [`Error`](crate::error::Error) for `main` to report.
 
+pub mod artifacts;
 pub mod audit;
 pub mod completions;
 pub mod enroll_tokens;
@@ -37,6 +38,7 @@ pub async fn dispatch(api: &Api, command: Command, format: Format) -> Result<(),
         Command::Runs(c) => runs::run(api, c, format).await,
         Command::Logs(args) => logs::run(api, args).await,
         Command::Resources(c) => resources::run(api, c, format).await,
+        Command::Artifacts(c) => artifacts::run(api, c, format).await,
         Command::Groups(c) => groups::run(api, c, format).await,
         Command::Notifications(c) => notifications::run(api, c, format).await,
         Command::Events(args) => events::run(api, args, format).await,

@@ -10,11 +10,15 @@ use crate::views::{ResourceHolderView, ResourceView};
 
 pub async fn run(api: &Api, command: ResourcesCommand, format: Format) -> Result<(), Error> {
     match command {
-        ResourcesCommand::Create { name, capacity } => {
+        ResourcesCommand::Create {
+            name,
+            capacity,
+            bandwidth,
+        } => {
             let req = pb::CreateResourceRequest {
                 name,
                 capacity,
-                bandwidth: 0,
+                bandwidth: bandwidth.unwrap_or(0),
             };
             let resource = api
                 .call(api.resources().create_resource(request(req)))
@@ -34,11 +38,15 @@ pub async fn run(api: &Api, command: ResourcesCommand, format: Format) -> Result
             let resource = api.call(api.resources().get_resource(request(req))).await?;
             print_one(&resource, format)
         }
-        ResourcesCommand::Update { name, capacity } => {
+        ResourcesCommand::Update {
+            name,
+            capacity,
+            bandwidth,
+        } => {
             let req = pb::UpdateResourceRequest {
                 name,
-                capacity,
-                bandwidth: None,
+                capacity: capacity.unwrap_or(0),
+                bandwidth,
             };
             let resource = api
                 .call(api.resources().update_resource(request(req)))
@@ -67,12 +75,20 @@ fn print_list(resources: &[pb::Resource], format: Format) -> Result<(), Error> {
     if format == Format::Json {
         return output::print_json(&views);
     }
-    let mut table = output::table(["NAME", "CAPACITY", "USED", "HOLDERS", "WAITERS"]);
+    let mut table = output::table([
+        "NAME",
+        "CAPACITY",
+        "USED",
+        "BANDWIDTH",
+        "HOLDERS",
+        "WAITERS",
+    ]);
     for view in &views {
         table.add_row(vec![
             Cell::new(&view.name),
             Cell::new(view.capacity),
             Cell::new(view.used),
+            Cell::new(bandwidth_words(view.bandwidth)),
             Cell::new(view.holders.len()),
             Cell::new(view.waiters.len()),
         ]);
@@ -90,6 +106,7 @@ fn print_one(resource: &pb::Resource, format: Format) -> Result<(), Error> {
         ("capacity", view.capacity.to_string()),
         ("used", view.used.to_string()),
         ("free", view.capacity.saturating_sub(view.used).to_string()),
+        ("bandwidth", bandwidth_words(view.bandwidth)),
         ("holders", view.holders.len().to_string()),
         ("waiters", view.waiters.len().to_string()),
         ("created", output::when(resource.created_at.as_ref())),
@@ -103,6 +120,15 @@ fn print_one(resource: &pb::Resource, format: Format) -> Result<(), Error> {
         output::print_table(&runs_table(&view.waiters, true))?;
     }
     Ok(())
+}
+
+/// A budget for people, `-` for none.
+fn bandwidth_words(bandwidth: u64) -> String {
+    if bandwidth == 0 {
+        "-".into()
+    } else {
+        crate::parse::format_bandwidth(bandwidth)
+    }
 }
 
 /// One row per run; waiters get their place in the queue first.

@@ -110,6 +110,16 @@ fn needs(resources: Vec<(String, u32)>) -> Result<Vec<pb::ResourceNeed>, Error> 
     Ok(needs)
 }
 
+/// The names of `--artifact` options, refusing a name given twice.
+fn artifact_names(names: Vec<String>) -> Result<Vec<String>, Error> {
+    for (i, name) in names.iter().enumerate() {
+        if names[..i].contains(name) {
+            return Err(Error::Usage(format!("artifact {name:?} is given twice")));
+        }
+    }
+    Ok(names)
+}
+
 pub fn create_request(args: CreateTaskArgs) -> Result<pb::CreateTaskRequest, Error> {
     let spec = pb::RunSpec {
         program: program(&args.program)?,
@@ -118,6 +128,13 @@ pub fn create_request(args: CreateTaskArgs) -> Result<pb::CreateTaskRequest, Err
             .into_iter()
             .collect(),
         workdir: args.spec.workdir.unwrap_or_default(),
+        artifacts: artifact_names(args.spec.artifacts)?
+            .into_iter()
+            .map(|name| pb::ArtifactRef {
+                name,
+                ..Default::default()
+            })
+            .collect(),
         ..Default::default()
     };
     Ok(pb::CreateTaskRequest {
@@ -156,6 +173,11 @@ pub fn update_request(
         replace_resources: args.no_resources,
         retries: args.spec.retries,
         requires: args.spec.requires,
+        // The server pins these to their current content and merges them
+        // into the current artifacts by name, unless --clear-artifacts asks
+        // for exactly these (possibly none).
+        artifacts: artifact_names(args.spec.artifacts)?,
+        replace_artifacts: args.clear_artifacts,
         ..Default::default()
     };
     if !args.spec.env.is_empty() || !args.unset_env.is_empty() {
@@ -262,6 +284,7 @@ fn print_one(task: &pb::Task, format: Format) -> Result<(), Error> {
         ("workdir", super::puppets::or_dash(&spec.workdir)),
         ("env", output::labels(&spec.env)),
         ("resources", views::needs_line(&task.resources)),
+        ("artifacts", views::artifacts_line(&spec.artifacts)),
         ("retries", task.retries.to_string()),
         (
             "requires",

@@ -1,27 +1,248 @@
-//! Admin service over artifacts. Not implemented yet: every call is
-//! authorized, then answered `Unimplemented`.
+//! Admin service over artifacts: resumable uploads, names, removal.
+//!
+//! An upload is a session: `BeginUpload` (resumed when the same name, hash
+//! and size are given again), `UploadChunk`s appended at the committed
+//! offset (a chunk already held is acknowledged again, so resends are
+//! harmless), and `CommitUpload`, which checks the hash and publishes the
+//! content under its name. The bytes go to a partial file synced before the
+//! committed offset moves (see [`crate::blobs`]); nothing is published unless
+//! the whole content hashes to what was announced.
 
 use geppetto_proto::v1 as pb;
 use geppetto_proto::v1::artifacts_server::Artifacts;
 use tonic::{Request, Response, Status};
 
 use super::Shared;
+use super::convert::{id_of_kind, ts};
+use super::error::{ApiError, ApiResult, invalid};
+use crate::artifact::{self, Artifact, Upload};
+use crate::domain::Millis;
+use crate::ids::new_id;
 
 #[derive(Debug, Clone)]
 pub struct ArtifactsApi {
     state: Shared,
+    /// Serialises chunk writes, so that two resends of a chunk never write
+    /// at the same time. An async mutex: the section awaits the disk and the
+    /// store flush. It is held for a write, never for a transfer.
+    writing: std::sync::Arc<tokio::sync::Mutex<()>>,
+}
+
+fn status(upload: &Upload) -> pb::UploadStatus {
+    pb::UploadStatus {
+        upload_id: upload.id.clone(),
+        committed: upload.committed,
+        size: upload.size,
+    }
+}
+
+/// Runs blocking file work off the async threads.
+async fn blocking<T: Send + 'static>(
+    what: &str,
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> ApiResult<T> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "artifact storage: {what}");
+            Err(ApiError::Internal(format!("cannot {what}: {e}")))
+        }
+        Err(e) => Err(ApiError::Internal(format!("cannot {what}: {e}"))),
+    }
 }
 
 impl ArtifactsApi {
     pub fn new(state: Shared) -> Self {
-        ArtifactsApi { state }
+        ArtifactsApi {
+            state,
+            writing: Default::default(),
+        }
     }
 
-    fn refuse<T>(&self, request: &Request<T>, rpc: &'static str) -> Status {
-        match self.state.authorize(request, rpc) {
-            Ok(_) => Status::unimplemented("artifacts are not implemented yet"),
-            Err(e) => e.into(),
+    fn view(&self, a: &Artifact) -> ApiResult<pb::Artifact> {
+        let used_by = self
+            .state
+            .store
+            .list_tasks()?
+            .into_iter()
+            .filter(|t| t.spec.artifacts.iter().any(|r| r.name == a.name))
+            .map(|t| t.name)
+            .collect();
+        Ok(pb::Artifact {
+            name: a.name.clone(),
+            sha256: a.sha256.clone(),
+            size: a.size,
+            created_at: Some(ts(a.created_at)),
+            uploaded_by: a.uploaded_by.clone(),
+            used_by,
+        })
+    }
+
+    fn announce(&self, kind: &str, actor: &str, summary: String) {
+        let event = super::events::event(kind, actor, summary);
+        self.state.announce(vec![event]);
+    }
+
+    /// Deletes content once nothing pins it any more.
+    async fn collect(&self, sha256: &str) -> ApiResult<()> {
+        if !self.state.store.content_pinned(sha256)? {
+            let blobs = self.state.blobs.clone();
+            let sha = sha256.to_string();
+            blocking("remove unused artifact content", move || {
+                blobs.remove_content(&sha)
+            })
+            .await?;
         }
+        Ok(())
+    }
+
+    async fn begin(&self, req: pb::BeginUploadRequest, user: &str) -> ApiResult<pb::UploadStatus> {
+        artifact::check_name(&req.name)?;
+        artifact::check_sha256(&req.sha256)?;
+        artifact::check_size(req.size)?;
+        if let Some(upload) = self
+            .state
+            .store
+            .find_upload(&req.name, &req.sha256, req.size)?
+        {
+            return Ok(status(&upload));
+        }
+        // Content already held (under another name, or a previous upload
+        // of this one) need not travel again.
+        let held = self.state.blobs.has_content(&req.sha256, req.size);
+        let upload = Upload {
+            id: new_id("upl"),
+            name: req.name,
+            sha256: req.sha256,
+            size: req.size,
+            committed: if held { req.size } else { 0 },
+            started_at: Millis::now(),
+            started_by: user.to_string(),
+        };
+        self.state.store.put_upload(&upload)?;
+        self.state.store.flush().await?;
+        Ok(status(&upload))
+    }
+
+    async fn append(&self, req: pb::UploadChunkRequest) -> ApiResult<pb::UploadStatus> {
+        id_of_kind("upl", &req.upload_id)?;
+        if req.data.len() > artifact::MAX_CHUNK {
+            return Err(invalid(format!(
+                "a chunk of {} bytes is larger than the {} allowed",
+                req.data.len(),
+                artifact::MAX_CHUNK
+            )));
+        }
+        let _writing = self.writing.lock().await;
+        let upload = self.state.store.get_upload(&req.upload_id)?;
+        let end = req.offset.saturating_add(req.data.len() as u64);
+        if end > upload.size {
+            return Err(invalid(format!(
+                "the chunk ends at byte {end}, past the announced size {}",
+                upload.size
+            )));
+        }
+        if req.offset > upload.committed {
+            return Err(ApiError::FailedPrecondition(format!(
+                "upload {} holds {} bytes: send from byte {}, not {}",
+                upload.id, upload.committed, upload.committed, req.offset
+            )));
+        }
+        if end <= upload.committed {
+            // A resend of bytes already held.
+            return Ok(status(&upload));
+        }
+        let skip = (upload.committed - req.offset) as usize;
+        let data = req.data[skip..].to_vec();
+        let (blobs, id, at) = (
+            self.state.blobs.clone(),
+            upload.id.clone(),
+            upload.committed,
+        );
+        blocking("write the upload", move || {
+            blobs.write_chunk(&id, at, &data)
+        })
+        .await?;
+        let upload = self
+            .state
+            .store
+            .advance_upload(&upload.id, upload.committed, end)?;
+        self.state.store.flush().await?;
+        Ok(status(&upload))
+    }
+
+    async fn commit(&self, req: pb::CommitUploadRequest, user: &str) -> ApiResult<pb::Artifact> {
+        id_of_kind("upl", &req.upload_id)?;
+        let _writing = self.writing.lock().await;
+        let upload = self.state.store.get_upload(&req.upload_id)?;
+        if upload.committed != upload.size {
+            return Err(ApiError::FailedPrecondition(format!(
+                "upload {} holds {} of {} bytes: send the rest before committing",
+                upload.id, upload.committed, upload.size
+            )));
+        }
+        let (blobs, id, sha, size) = (
+            self.state.blobs.clone(),
+            upload.id.clone(),
+            upload.sha256.clone(),
+            upload.size,
+        );
+        let matches = blocking("check the upload", move || blobs.publish(&id, &sha, size)).await?;
+        if !matches {
+            self.state.store.remove_upload(&upload.id)?;
+            self.state.store.flush().await?;
+            return Err(invalid(format!(
+                "the uploaded bytes do not hash to {}: nothing was published and the upload \
+                 was discarded; upload the file again",
+                upload.sha256
+            )));
+        }
+        let artifact = Artifact {
+            name: upload.name.clone(),
+            sha256: upload.sha256.clone(),
+            size: upload.size,
+            created_at: Millis::now(),
+            uploaded_by: user.to_string(),
+        };
+        let previous = self.state.store.publish_artifact(&upload.id, &artifact)?;
+        self.state.store.flush().await?;
+        if let Some(previous) = previous
+            && previous.sha256 != artifact.sha256
+        {
+            self.collect(&previous.sha256).await?;
+        }
+        self.announce(
+            "artifact.uploaded",
+            user,
+            format!(
+                "artifact {}: {} bytes, sha256 {}",
+                artifact.name, artifact.size, artifact.sha256
+            ),
+        );
+        self.view(&artifact)
+    }
+
+    async fn remove(&self, req: pb::RemoveArtifactRequest, user: &str) -> ApiResult<()> {
+        artifact::check_name(&req.name)?;
+        let artifact = self.state.store.get_artifact(&req.name)?;
+        let users = self.view(&artifact)?.used_by;
+        if !users.is_empty() && !req.force {
+            return Err(ApiError::FailedPrecondition(format!(
+                "artifact {} is used by the latest version of tasks {}: update them first, \
+                 or remove it with force (their versions keep the content they pinned)",
+                req.name,
+                users.join(", ")
+            )));
+        }
+        let removed = self.state.store.remove_artifact(&req.name)?;
+        self.state.store.flush().await?;
+        self.collect(&removed.sha256).await?;
+        self.announce(
+            "artifact.removed",
+            user,
+            format!("artifact {}: removed", req.name),
+        );
+        Ok(())
     }
 }
 
@@ -31,36 +252,87 @@ impl Artifacts for ArtifactsApi {
         &self,
         request: Request<pb::BeginUploadRequest>,
     ) -> Result<Response<pb::UploadStatus>, Status> {
-        Err(self.refuse(&request, "Artifacts/BeginUpload"))
+        let req = request.get_ref().clone();
+        let (audit, caller) = self
+            .state
+            .begin(&request, "Artifacts/BeginUpload", &req.name);
+        let result = match caller {
+            Ok(caller) => self.begin(req, &caller.user).await,
+            Err(e) => Err(e),
+        };
+        self.state.conclude(audit, result).await.map(Response::new)
     }
+
     async fn upload_chunk(
         &self,
         request: Request<pb::UploadChunkRequest>,
     ) -> Result<Response<pb::UploadStatus>, Status> {
-        Err(self.refuse(&request, "Artifacts/UploadChunk"))
+        // Chunks are not audited one by one: the upload's begin and commit are.
+        self.state.authorize(&request, "Artifacts/UploadChunk")?;
+        Ok(Response::new(self.append(request.into_inner()).await?))
     }
+
     async fn commit_upload(
         &self,
         request: Request<pb::CommitUploadRequest>,
     ) -> Result<Response<pb::Artifact>, Status> {
-        Err(self.refuse(&request, "Artifacts/CommitUpload"))
+        let req = request.get_ref().clone();
+        let (audit, caller) = self
+            .state
+            .begin(&request, "Artifacts/CommitUpload", &req.upload_id);
+        let result = match caller {
+            Ok(caller) => self.commit(req, &caller.user).await,
+            Err(e) => Err(e),
+        };
+        self.state.conclude(audit, result).await.map(Response::new)
     }
+
     async fn list_artifacts(
         &self,
         request: Request<pb::ListArtifactsRequest>,
     ) -> Result<Response<pb::ListArtifactsResponse>, Status> {
-        Err(self.refuse(&request, "Artifacts/ListArtifacts"))
+        self.state.authorize(&request, "Artifacts/ListArtifacts")?;
+        let artifacts = self
+            .state
+            .store
+            .list_artifacts()
+            .map_err(ApiError::from)?
+            .iter()
+            .map(|a| self.view(a))
+            .collect::<ApiResult<_>>()?;
+        Ok(Response::new(pb::ListArtifactsResponse { artifacts }))
     }
+
     async fn get_artifact(
         &self,
         request: Request<pb::GetArtifactRequest>,
     ) -> Result<Response<pb::Artifact>, Status> {
-        Err(self.refuse(&request, "Artifacts/GetArtifact"))
+        self.state.authorize(&request, "Artifacts/GetArtifact")?;
+        let name = &request.get_ref().name;
+        artifact::check_name(name).map_err(ApiError::from)?;
+        let a = self
+            .state
+            .store
+            .get_artifact(name)
+            .map_err(ApiError::from)?;
+        Ok(Response::new(self.view(&a)?))
     }
+
     async fn remove_artifact(
         &self,
         request: Request<pb::RemoveArtifactRequest>,
     ) -> Result<Response<pb::RemoveArtifactResponse>, Status> {
-        Err(self.refuse(&request, "Artifacts/RemoveArtifact"))
+        let req = request.get_ref().clone();
+        let (audit, caller) = self
+            .state
+            .begin(&request, "Artifacts/RemoveArtifact", &req.name);
+        let result = match caller {
+            Ok(caller) => self.remove(req, &caller.user).await,
+            Err(e) => Err(e),
+        };
+        self.state
+            .conclude(audit, result)
+            .await
+            .map(|()| Response::new(pb::RemoveArtifactResponse {}))
     }
 }

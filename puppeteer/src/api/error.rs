@@ -26,6 +26,9 @@ pub enum ApiError {
     /// A concurrent change won; read again and retry.
     #[error("{0}")]
     Aborted(String),
+    /// The server failed (a disk error); the message says what it was doing.
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl From<Invalid> for ApiError {
@@ -50,6 +53,7 @@ impl ApiError {
             ApiError::NotFound(_) => Code::NotFound,
             ApiError::AlreadyExists(_) => Code::AlreadyExists,
             ApiError::Aborted(_) => Code::Aborted,
+            ApiError::Internal(_) => Code::Internal,
             ApiError::Store(StoreError::NotFound { .. }) => Code::NotFound,
             ApiError::Store(StoreError::AlreadyExists { .. }) => Code::AlreadyExists,
             ApiError::Store(StoreError::Conflict(_)) => Code::FailedPrecondition,

@@ -12,6 +12,7 @@ mod effects;
 mod enroll;
 mod error;
 pub mod events;
+mod fetch;
 mod gates;
 mod groups;
 mod jobs;
@@ -101,6 +102,11 @@ pub struct AppState {
     pub dispatch: std::sync::Mutex<()>,
     /// Prometheus counters and histograms (gauges are computed at scrape).
     pub metrics: crate::metrics::Metrics,
+    /// Artifact content on disk.
+    pub blobs: crate::blobs::Blobs,
+    /// Bandwidth budgets shared by the artifact downloads of runs holding
+    /// budgeted resources.
+    pub budgets: crate::bandwidth::Budgets,
 }
 
 pub type Shared = Arc<AppState>;

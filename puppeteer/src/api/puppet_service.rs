@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status};
 use super::Shared;
 use super::convert::{self, dur, facts_from, spec_to, ts};
 use super::error::{ApiError, ApiResult, invalid};
+use super::fetch::ArtifactStream;
 use crate::domain::{self, Millis, Puppet, PuppetState, Run, RunState};
 use crate::hub::{job_key, puppet_key, run_key};
 use crate::ids::{hash_secret, new_secret};
@@ -213,9 +214,6 @@ fn grpc_timeout<T>(request: &Request<T>) -> Option<Duration> {
     })
 }
 
-type ArtifactStream =
-    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::ArtifactChunk, Status>> + Send>>;
-
 #[tonic::async_trait]
 impl PuppetService for PuppetServiceApi {
     type FetchArtifactStream = ArtifactStream;
@@ -224,8 +222,9 @@ impl PuppetService for PuppetServiceApi {
         &self,
         request: Request<pb::FetchArtifactRequest>,
     ) -> Result<Response<Self::FetchArtifactStream>, Status> {
-        self.state.auth.puppet(&self.state.store, &request)?;
-        Err(Status::unimplemented("artifacts are not implemented yet"))
+        let puppet = self.state.auth.puppet(&self.state.store, &request)?;
+        let stream = super::fetch::open(&self.state, &puppet, request.into_inner()).await?;
+        Ok(Response::new(stream))
     }
 
     async fn enroll(

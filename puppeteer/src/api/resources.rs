@@ -12,6 +12,8 @@ use crate::store::ResourceUse;
 
 /// The largest capacity a resource may have.
 const MAX_CAPACITY: u32 = 1_000_000;
+/// The largest bandwidth budget (10 GiB/s): anything above is a mistake.
+const MAX_BANDWIDTH: u64 = 10 << 30;
 
 #[derive(Debug, Clone)]
 pub struct ResourcesApi {
@@ -50,7 +52,7 @@ impl ResourcesApi {
             holders,
             waiters,
             created_at: Some(ts(r.resource.created_at)),
-            bandwidth: 0,
+            bandwidth: r.resource.bandwidth,
         })
     }
 }
@@ -72,6 +74,25 @@ fn check_capacity(capacity: u32) -> ApiResult<()> {
     Ok(())
 }
 
+fn check_bandwidth(bandwidth: u64) -> ApiResult<()> {
+    if bandwidth > MAX_BANDWIDTH {
+        return Err(invalid(format!(
+            "a bandwidth budget of {bandwidth} bytes/s is above the {MAX_BANDWIDTH} allowed \
+             (0 means no budget)"
+        )));
+    }
+    Ok(())
+}
+
+/// A budget in words, for events.
+fn budget_words(bandwidth: u64) -> String {
+    if bandwidth == 0 {
+        "no bandwidth budget".into()
+    } else {
+        format!("bandwidth {bandwidth} B/s")
+    }
+}
+
 #[tonic::async_trait]
 impl Resources for ResourcesApi {
     async fn create_resource(
@@ -85,16 +106,18 @@ impl Resources for ResourcesApi {
         let result = caller.and_then(|_| {
             domain::check_resource_name(&req.name)?;
             check_capacity(req.capacity)?;
+            check_bandwidth(req.bandwidth)?;
             let resource = Resource {
                 name: req.name.clone(),
                 capacity: req.capacity,
                 created_at: Millis::now(),
+                bandwidth: req.bandwidth,
             };
             self.state.store.create_resource(&resource)?;
             self.resource_event(
                 "resource.created",
                 &req.name,
-                format!("capacity {}", req.capacity),
+                format!("capacity {}, {}", req.capacity, budget_words(req.bandwidth)),
             );
             self.view(&ResourceUse { resource, used: 0 })
         });
@@ -142,11 +165,25 @@ impl Resources for ResourcesApi {
             .begin(&request, "Resources/UpdateResource", &req.name);
         let result = caller.and_then(|_| {
             domain::check_resource_name(&req.name)?;
-            check_capacity(req.capacity)?;
+            let capacity = (req.capacity != 0).then_some(req.capacity);
+            if let Some(capacity) = capacity {
+                check_capacity(capacity)?;
+            }
+            if let Some(bandwidth) = req.bandwidth {
+                check_bandwidth(bandwidth)?;
+            }
+            if capacity.is_none() && req.bandwidth.is_none() {
+                return Err(invalid(
+                    "nothing to change: give a new capacity or bandwidth budget",
+                ));
+            }
             let r = self
                 .state
                 .store
-                .set_resource_capacity(&req.name, req.capacity)?;
+                .update_resource(&req.name, capacity, req.bandwidth)?;
+            if let Some(bandwidth) = req.bandwidth {
+                self.resource_event("resource.updated", &req.name, budget_words(bandwidth));
+            }
             // More room may let waiting runs start.
             self.state.hub.resource_released(&req.name);
             self.view(&r)

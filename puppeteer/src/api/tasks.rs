@@ -8,7 +8,8 @@ use tonic::{Request, Response, Status};
 use super::Shared;
 use super::convert::{self, task_to};
 use super::error::{ApiError, invalid};
-use crate::domain::{self, Millis, Task};
+use crate::artifact::{self, PinError};
+use crate::domain::{self, ArtifactRef, Millis, Task};
 use crate::store::StoreError;
 
 #[derive(Debug, Clone)]
@@ -44,6 +45,19 @@ impl TasksApi {
     }
 }
 
+impl TasksApi {
+    /// Pins artifact names to their current content.
+    fn pin_artifacts(&self, names: &[String]) -> Result<Vec<ArtifactRef>, ApiError> {
+        artifact::pin(names, |name| self.state.store.get_artifact(name)).map_err(|e| match e {
+            PinError::Invalid(e) => e.into(),
+            PinError::Lookup(StoreError::NotFound { id, .. }) => ApiError::NotFound(format!(
+                "no artifact {id:?}: upload it first (geppetto artifacts upload FILE --name {id})"
+            )),
+            PinError::Lookup(e) => e.into(),
+        })
+    }
+}
+
 fn check_description(d: &str) -> Result<(), ApiError> {
     if d.len() > 4096 {
         return Err(invalid("the description is longer than 4096 bytes"));
@@ -65,7 +79,9 @@ impl Tasks for TasksApi {
             let req = request.into_inner();
             domain::check_task_name(&req.name).map_err(ApiError::from)?;
             check_description(&req.description)?;
-            let spec = convert::spec_from(req.spec)?;
+            let mut spec = convert::spec_from(req.spec)?;
+            let names: Vec<String> = spec.artifacts.iter().map(|a| a.name.clone()).collect();
+            spec.artifacts = self.pin_artifacts(&names)?;
             let resources = convert::needs_from(req.resources)?;
             self.check_resources_exist(&resources)?;
             let retries = convert::retries_from(req.retries)?;
@@ -147,6 +163,18 @@ impl Tasks for TasksApi {
                     }
                 }
                 self.check_resources_exist(&task.resources)?;
+            }
+            if req.replace_artifacts || !req.artifacts.is_empty() {
+                let pinned = self.pin_artifacts(&req.artifacts)?;
+                if req.replace_artifacts {
+                    task.spec.artifacts = pinned;
+                } else {
+                    task.spec
+                        .artifacts
+                        .retain(|a| !req.artifacts.contains(&a.name));
+                    task.spec.artifacts.extend(pinned);
+                    artifact::check_refs(&task.spec.artifacts).map_err(ApiError::from)?;
+                }
             }
             if let Some(retries) = req.retries {
                 task.retries = convert::retries_from(retries)?;

@@ -31,6 +31,8 @@
 //! | `resource_usage`| name                        | capacity held, u32 BE  |
 //! | `meta`         | `prune_logs` 0 run id        | (log chunks owed for deletion) |
 //! | `meta`         | `last_prune`                 | [`PruneReport`]        |
+//! | `artifacts`    | name                         | [`Artifact`] (see `artifacts.rs`) |
+//! | `uploads`      | upload id                    | [`Upload`]             |
 //!
 //! Durability policy:
 //! - Every state change is one sled transaction over all the trees it
@@ -51,6 +53,7 @@
 //!   (presence, retention) do not flush: losing them costs nothing a caller
 //!   relied on, and the next flush takes them along.
 
+mod artifacts;
 mod events;
 mod flush;
 mod groups;
@@ -155,6 +158,8 @@ pub struct Store {
     log_trim: logs::TrimLock,
     group_commit: std::sync::Arc<flush::GroupCommit>,
     log_bytes: prune::LogBytes,
+    artifacts: sled::Tree,
+    uploads: sled::Tree,
 }
 
 impl std::fmt::Debug for Store {
@@ -196,6 +201,8 @@ impl Store {
             log_trim: Default::default(),
             group_commit: Default::default(),
             log_bytes: Default::default(),
+            artifacts: tree("artifacts")?,
+            uploads: tree("uploads")?,
             db,
         };
         store.check_schema()?;

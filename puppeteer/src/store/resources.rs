@@ -111,7 +111,13 @@ impl Store {
         Ok(out)
     }
 
-    pub fn set_resource_capacity(&self, name: &str, capacity: u32) -> Result<ResourceUse> {
+    /// Changes what is given: the capacity, the bandwidth budget.
+    pub fn update_resource(
+        &self,
+        name: &str,
+        capacity: Option<u32>,
+        bandwidth: Option<u64>,
+    ) -> Result<ResourceUse> {
         self.resources.transaction(|resources| {
             let Some(v) = resources.get(name.as_bytes())? else {
                 return abort(StoreError::NotFound {
@@ -123,11 +129,33 @@ impl Store {
                 Ok(r) => r,
                 Err(e) => return abort(e),
             };
-            resource.capacity = capacity;
+            if let Some(capacity) = capacity {
+                resource.capacity = capacity;
+            }
+            if let Some(bandwidth) = bandwidth {
+                resource.bandwidth = bandwidth;
+            }
             resources.insert(name.as_bytes(), encode(&resource))?;
             Ok(())
         })?;
         self.get_resource(name)
+    }
+
+    /// The bandwidth budgets (resource name, bytes per second) among `names`.
+    pub fn bandwidth_budgets<'a>(
+        &self,
+        names: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Vec<(String, u64)>> {
+        let mut out = Vec::new();
+        for name in names {
+            if let Some(v) = self.resources.get(name)? {
+                let resource: Resource = decode(name.as_bytes(), &v)?;
+                if resource.bandwidth > 0 {
+                    out.push((resource.name, resource.bandwidth));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Removes a resource that nothing holds.

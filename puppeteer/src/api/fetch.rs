@@ -1,0 +1,168 @@
+//! `FetchArtifact`: streams artifact content to a puppet, from an offset (to
+//! resume after a drop), within the bandwidth budgets of the resources the
+//! run holds.
+//!
+//! Only a run offered to or running on the calling puppet, in the attempt
+//! the puppet names, whose task version pins that content, may fetch it: a
+//! puppet reads nothing it was not sent to use.
+
+use std::pin::Pin;
+
+use futures_util::stream::{self, Stream};
+use geppetto_proto::v1 as pb;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tonic::Status;
+
+use super::Shared;
+use super::convert::id_of_kind;
+use super::error::{ApiError, ApiResult};
+use crate::artifact;
+use crate::bandwidth;
+use crate::domain::{Run, RunState};
+
+pub type ArtifactStream = Pin<Box<dyn Stream<Item = Result<pb::ArtifactChunk, Status>> + Send>>;
+
+/// What a permitted download sends.
+struct Download {
+    state: Shared,
+    file: tokio::fs::File,
+    offset: u64,
+    size: u64,
+    /// The resources the run holds (their budgets are read at each chunk,
+    /// so a budget changed mid-download applies at once).
+    holds: Vec<String>,
+    /// Whether a chunk went out (an empty one tells the size when there is
+    /// nothing left to send).
+    sent: bool,
+    /// An error was sent: the stream ends.
+    failed: bool,
+}
+
+/// Checks that `puppet` may fetch the content for this run and attempt;
+/// returns the run and the content's size.
+fn permit(state: &Shared, puppet: &str, req: &pb::FetchArtifactRequest) -> ApiResult<(Run, u64)> {
+    artifact::check_sha256(&req.sha256)?;
+    id_of_kind("run", &req.run_id)?;
+    let run = state.store.get_run(&req.run_id)?;
+    if run.puppet != puppet {
+        return Err(ApiError::PermissionDenied(format!(
+            "run {} belongs to another puppet",
+            req.run_id
+        )));
+    }
+    if run.attempt != req.attempt || !matches!(run.state, RunState::Offered | RunState::Running) {
+        return Err(ApiError::FailedPrecondition(format!(
+            "run {} attempt {} is not offered to or running on this puppet (it is {} in attempt {})",
+            req.run_id,
+            req.attempt,
+            run.state.name(),
+            run.attempt
+        )));
+    }
+    let task = state
+        .store
+        .get_task(&run.task_name, Some(run.task_version))?;
+    let Some(pinned) = task.spec.artifacts.iter().find(|a| a.sha256 == req.sha256) else {
+        return Err(ApiError::PermissionDenied(format!(
+            "run {} does not use the artifact with sha256 {}",
+            req.run_id, req.sha256
+        )));
+    };
+    Ok((run, pinned.size))
+}
+
+/// Opens the download, or says why not.
+pub async fn open(
+    state: &Shared,
+    puppet: &str,
+    req: pb::FetchArtifactRequest,
+) -> Result<ArtifactStream, Status> {
+    let (run, size) = permit(state, puppet, &req)?;
+    if req.offset > size {
+        return Err(Status::out_of_range(format!(
+            "offset {} is past the end of the artifact ({size} bytes)",
+            req.offset
+        )));
+    }
+    let path = state.blobs.content_path(&req.sha256);
+    let mut file = tokio::fs::File::open(&path).await.map_err(|e| {
+        tracing::error!(path = %path.display(), error = %e, "artifact content missing");
+        Status::not_found(format!(
+            "the puppeteer lacks the content {} ({e}): upload the artifact again",
+            req.sha256
+        ))
+    })?;
+    file.seek(std::io::SeekFrom::Start(req.offset))
+        .await
+        .map_err(|e| Status::internal(format!("cannot read the artifact: {e}")))?;
+    tracing::info!(run_id = %run.id, puppet, sha256 = %req.sha256, offset = req.offset, size, "artifact download");
+    let download = Download {
+        state: state.clone(),
+        file,
+        offset: req.offset,
+        size,
+        holds: run.holds.iter().map(|h| h.name.clone()).collect(),
+        sent: false,
+        failed: false,
+    };
+    Ok(Box::pin(stream::unfold(download, next_chunk)))
+}
+
+async fn next_chunk(mut d: Download) -> Option<(Result<pb::ArtifactChunk, Status>, Download)> {
+    if d.failed {
+        return None;
+    }
+    match read_chunk(&mut d).await {
+        Ok(Some(chunk)) => Some((Ok(chunk), d)),
+        Ok(None) => None,
+        Err(status) => {
+            d.failed = true;
+            Some((Err(status), d))
+        }
+    }
+}
+
+async fn read_chunk(d: &mut Download) -> Result<Option<pb::ArtifactChunk>, Status> {
+    if d.offset >= d.size {
+        if d.sent {
+            return Ok(None);
+        }
+        d.sent = true;
+        return Ok(Some(pb::ArtifactChunk {
+            offset: d.offset,
+            data: Vec::new(),
+            size: d.size,
+        }));
+    }
+    let budgets = d
+        .state
+        .store
+        .bandwidth_budgets(d.holds.iter().map(String::as_str))
+        .map_err(ApiError::from)?;
+    let slowest = budgets.iter().map(|(_, rate)| *rate).min();
+    let n = (bandwidth::chunk_size(slowest) as u64).min(d.size - d.offset);
+    let wait = d.state.budgets.reserve(&budgets, n);
+    if !wait.is_zero() {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = d.state.shutdown.cancelled() => {
+                return Err(Status::unavailable("the puppeteer is shutting down: resume later"));
+            }
+        }
+    }
+    let mut data = vec![0u8; n as usize];
+    d.file.read_exact(&mut data).await.map_err(|e| {
+        Status::data_loss(format!(
+            "the artifact content is shorter than recorded: {e}"
+        ))
+    })?;
+    let chunk = pb::ArtifactChunk {
+        offset: d.offset,
+        data,
+        size: d.size,
+    };
+    d.offset += n;
+    d.sent = true;
+    d.state.metrics.artifact_sent(n);
+    Ok(Some(chunk))
+}

@@ -1,0 +1,150 @@
+//! Artifact content on disk, outside the database: `<data>/artifacts/<sha256>`
+//! for published content, `<data>/artifacts/uploads/<upload id>` for uploads
+//! in progress.
+//!
+//! Invariants: a content file is only ever created by renaming a complete
+//! upload whose SHA-256 was checked, so a file named by a hash holds exactly
+//! that content; an upload's partial file is synced before the store records
+//! its new committed length, so the store never claims bytes the disk lacks.
+//! The metadata (names, uploads, committed lengths) lives in the store.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+/// Where artifact content lives.
+#[derive(Clone, Debug)]
+pub struct Blobs {
+    root: PathBuf,
+}
+
+impl Blobs {
+    /// Opens (creating it if needed) the content directory under `data_dir`.
+    pub fn open(data_dir: &Path) -> std::io::Result<Self> {
+        let root = data_dir.join("artifacts");
+        std::fs::create_dir_all(root.join("uploads"))?;
+        Ok(Blobs { root })
+    }
+
+    /// The file of published content.
+    pub fn content_path(&self, sha256: &str) -> PathBuf {
+        self.root.join(sha256)
+    }
+
+    fn partial_path(&self, upload_id: &str) -> PathBuf {
+        self.root.join("uploads").join(upload_id)
+    }
+
+    /// Whether the content is held, with the right size.
+    pub fn has_content(&self, sha256: &str, size: u64) -> bool {
+        std::fs::metadata(self.content_path(sha256)).is_ok_and(|m| m.is_file() && m.len() == size)
+    }
+
+    /// Writes `data` at `committed` in the upload's partial file (cutting
+    /// off anything past `committed` first, left there by a write the store
+    /// never recorded) and syncs it. Blocking.
+    pub fn write_chunk(&self, upload_id: &str, committed: u64, data: &[u8]) -> std::io::Result<()> {
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.partial_path(upload_id))?;
+        file.set_len(committed)?;
+        file.seek(SeekFrom::Start(committed))?;
+        file.write_all(data)?;
+        file.sync_data()
+    }
+
+    /// Checks the upload's partial file against `sha256` and `size` and, if
+    /// it matches, publishes it as content. Returns `Ok(false)` on a
+    /// mismatch (the partial file is then removed). Blocking.
+    pub fn publish(&self, upload_id: &str, sha256: &str, size: u64) -> std::io::Result<bool> {
+        if self.has_content(sha256, size) {
+            self.discard(upload_id);
+            return Ok(true);
+        }
+        let partial = self.partial_path(upload_id);
+        let (found, len) = match std::fs::File::open(&partial) {
+            Ok(file) => hash_file(file)?,
+            // An empty artifact needs no chunk, hence no file.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && size == 0 => {
+                std::fs::File::create(&partial)?.sync_all()?;
+                hash_file(std::fs::File::open(&partial)?)?
+            }
+            Err(e) => return Err(e),
+        };
+        if found != sha256 || len != size {
+            self.discard(upload_id);
+            return Ok(false);
+        }
+        std::fs::rename(&partial, self.content_path(sha256))?;
+        // The rename is durable once the directory is synced.
+        std::fs::File::open(&self.root)?.sync_all()?;
+        Ok(true)
+    }
+
+    /// Removes an upload's partial file, if any.
+    pub fn discard(&self, upload_id: &str) {
+        let _ = std::fs::remove_file(self.partial_path(upload_id));
+    }
+
+    /// Removes published content no name or task version pins any more.
+    pub fn remove_content(&self, sha256: &str) -> std::io::Result<()> {
+        match std::fs::remove_file(self.content_path(sha256)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The lowercase hex SHA-256 of a file, and its length.
+pub fn hash_file(mut file: std::fs::File) -> std::io::Result<(String, u64)> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut len = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        len += n as u64;
+    }
+    Ok((hex::encode(hasher.finalize()), len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sha(data: &[u8]) -> String {
+        hex::encode(Sha256::digest(data))
+    }
+
+    #[test]
+    fn chunks_resume_at_the_committed_length_and_publish_checks_the_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Blobs::open(dir.path()).unwrap();
+        blobs.write_chunk("upl-1", 0, b"hello ").unwrap();
+        // A write the store never recorded is cut off by the next one.
+        blobs.write_chunk("upl-1", 6, b"garbage").unwrap();
+        blobs.write_chunk("upl-1", 6, b"world").unwrap();
+        let good = sha(b"hello world");
+        assert!(!blobs.publish("upl-1", &sha(b"other"), 11).unwrap());
+        assert!(!blobs.has_content(&good, 11));
+
+        blobs.write_chunk("upl-2", 0, b"hello world").unwrap();
+        assert!(blobs.publish("upl-2", &good, 11).unwrap());
+        assert!(blobs.has_content(&good, 11));
+        assert_eq!(
+            std::fs::read(blobs.content_path(&good)).unwrap(),
+            b"hello world"
+        );
+        // Content already held publishes without a file.
+        assert!(blobs.publish("upl-3", &good, 11).unwrap());
+        blobs.remove_content(&good).unwrap();
+        assert!(!blobs.has_content(&good, 11));
+        blobs.remove_content(&good).unwrap();
+    }
+}

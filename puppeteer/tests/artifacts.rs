@@ -1,0 +1,612 @@
+//! Artifacts against a real puppeteer: resumable uploads checked by hash,
+//! tasks pinning content, downloads permitted only to the runs that use
+//! them, resumed from an offset, and paced by the bandwidth budgets of the
+//! resources their runs hold.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::{Admin, FakePuppet, TestServer, script_spec};
+use geppetto_proto::client::Channel;
+use geppetto_proto::v1 as pb;
+use geppetto_proto::v1::artifacts_client::ArtifactsClient;
+use geppetto_proto::v1::resources_client::ResourcesClient;
+use sha2::{Digest, Sha256};
+use tonic::Code;
+
+const MIB: usize = 1024 * 1024;
+
+fn sha(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// Deterministic bytes that differ from one artifact to the next.
+fn content(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_be_bytes()[0] ^ seed)
+        .collect()
+}
+
+fn artifacts(admin: &Admin) -> ArtifactsClient<Channel> {
+    ArtifactsClient::new(admin.channel.clone())
+}
+
+fn resources(admin: &Admin) -> ResourcesClient<Channel> {
+    ResourcesClient::new(admin.channel.clone())
+}
+
+/// Uploads `data` as `name` in 1 MiB chunks.
+async fn upload(admin: &Admin, name: &str, data: &[u8]) -> pb::Artifact {
+    let mut client = artifacts(admin);
+    let status = client
+        .begin_upload(pb::BeginUploadRequest {
+            name: name.into(),
+            sha256: sha(data),
+            size: data.len() as u64,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut at = status.committed as usize;
+    while at < data.len() {
+        let end = (at + MIB).min(data.len());
+        at = client
+            .upload_chunk(pb::UploadChunkRequest {
+                upload_id: status.upload_id.clone(),
+                offset: at as u64,
+                data: data[at..end].to_vec(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .committed as usize;
+    }
+    client
+        .commit_upload(pb::CommitUploadRequest {
+            upload_id: status.upload_id,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+fn refs(names: &[&str]) -> Vec<pb::ArtifactRef> {
+    names
+        .iter()
+        .map(|n| pb::ArtifactRef {
+            name: n.to_string(),
+            ..Default::default()
+        })
+        .collect()
+}
+
+async fn task_with(admin: &mut Admin, name: &str, artifacts: &[&str], needs: &[&str]) -> pb::Task {
+    admin
+        .tasks
+        .create_task(pb::CreateTaskRequest {
+            name: name.into(),
+            spec: Some(pb::RunSpec {
+                artifacts: refs(artifacts),
+                ..script_spec("true", Duration::from_secs(60))
+            }),
+            resources: needs
+                .iter()
+                .map(|n| pb::ResourceNeed {
+                    name: n.to_string(),
+                    count: 1,
+                })
+                .collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Fetches a whole artifact (from `offset`), returning its bytes.
+async fn fetch(
+    puppet: &mut FakePuppet,
+    assignment: &pb::Assignment,
+    sha256: &str,
+    offset: u64,
+) -> Result<Vec<u8>, tonic::Status> {
+    let mut stream = puppet
+        .client
+        .fetch_artifact(pb::FetchArtifactRequest {
+            run_id: assignment.run_id.clone(),
+            attempt: assignment.attempt,
+            sha256: sha256.into(),
+            offset,
+        })
+        .await?
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(chunk) = stream.message().await? {
+        assert_eq!(chunk.offset, offset + out.len() as u64);
+        out.extend_from_slice(&chunk.data);
+    }
+    Ok(out)
+}
+
+#[tokio::test]
+async fn uploads_resume_are_idempotent_and_publish_only_a_matching_hash() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    let mut client = artifacts(&admin);
+    let data = content(1, 2 * MIB + 300_000);
+    let begin = pb::BeginUploadRequest {
+        name: "tool.bin".into(),
+        sha256: sha(&data),
+        size: data.len() as u64,
+    };
+    let first = client
+        .begin_upload(begin.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((first.committed, first.size), (0, data.len() as u64));
+    let chunk = |offset: usize, len: usize| pb::UploadChunkRequest {
+        upload_id: first.upload_id.clone(),
+        offset: offset as u64,
+        data: data[offset..offset + len].to_vec(),
+    };
+    let after = client
+        .upload_chunk(chunk(0, MIB))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(after.committed, MIB as u64);
+
+    // The client was cut off: beginning again resumes the same upload.
+    let resumed = client
+        .begin_upload(begin.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resumed.upload_id, first.upload_id);
+    assert_eq!(resumed.committed, MIB as u64);
+    // A resent chunk is acknowledged and changes nothing; one overlapping
+    // the end of what is held adds only its new bytes.
+    let again = client
+        .upload_chunk(chunk(0, MIB))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.committed, MIB as u64);
+    let overlap = client
+        .upload_chunk(chunk(MIB / 2, MIB))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(overlap.committed, (MIB + MIB / 2) as u64);
+
+    // Bad chunks: a gap, too large, past the end, an unknown upload.
+    let gap = client.upload_chunk(chunk(2 * MIB, 1000)).await.unwrap_err();
+    assert_eq!(gap.code(), Code::FailedPrecondition, "{gap:?}");
+    assert!(gap.message().contains("send from byte"), "{gap:?}");
+    let big = client
+        .upload_chunk(pb::UploadChunkRequest {
+            upload_id: first.upload_id.clone(),
+            offset: (MIB + MIB / 2) as u64,
+            data: vec![0; MIB + 1],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(big.code(), Code::InvalidArgument, "{big:?}");
+    let past = client
+        .upload_chunk(pb::UploadChunkRequest {
+            upload_id: first.upload_id.clone(),
+            offset: (MIB + MIB / 2) as u64,
+            data: vec![0; MIB],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(past.code(), Code::InvalidArgument, "{past:?}");
+    let unknown = client
+        .upload_chunk(pb::UploadChunkRequest {
+            upload_id: "upl-000000000000".into(),
+            offset: 0,
+            data: vec![1],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
+    // Committing early is refused and publishes nothing.
+    let early = client
+        .commit_upload(pb::CommitUploadRequest {
+            upload_id: first.upload_id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(early.code(), Code::FailedPrecondition, "{early:?}");
+
+    let mut at = (MIB + MIB / 2) as usize;
+    while at < data.len() {
+        let len = MIB.min(data.len() - at);
+        at = client
+            .upload_chunk(chunk(at, len))
+            .await
+            .unwrap()
+            .into_inner()
+            .committed as usize;
+    }
+    let artifact = client
+        .commit_upload(pb::CommitUploadRequest {
+            upload_id: first.upload_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(artifact.sha256, sha(&data));
+    assert_eq!(artifact.size, data.len() as u64);
+    assert_eq!(artifact.uploaded_by, "admin");
+    let stored = std::fs::read(
+        server
+            .dir
+            .path()
+            .join("data/artifacts")
+            .join(&artifact.sha256),
+    )
+    .unwrap();
+    assert!(stored == data, "the stored content differs");
+
+    // The same content under another name does not travel again.
+    let twin = client
+        .begin_upload(pb::BeginUploadRequest {
+            name: "tool-copy".into(),
+            ..begin.clone()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(twin.committed, data.len() as u64);
+
+    // Bytes that do not hash to the announced SHA-256 are never published.
+    let liar = client
+        .begin_upload(pb::BeginUploadRequest {
+            name: "liar".into(),
+            sha256: sha(b"something else"),
+            size: 5,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    client
+        .upload_chunk(pb::UploadChunkRequest {
+            upload_id: liar.upload_id.clone(),
+            offset: 0,
+            data: b"hello".to_vec(),
+        })
+        .await
+        .unwrap();
+    let mismatch = client
+        .commit_upload(pb::CommitUploadRequest {
+            upload_id: liar.upload_id,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(mismatch.code(), Code::InvalidArgument, "{mismatch:?}");
+    assert!(
+        mismatch.message().contains("nothing was published"),
+        "{mismatch:?}"
+    );
+    let missing = client
+        .get_artifact(pb::GetArtifactRequest {
+            name: "liar".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+
+    // Bad input at the start.
+    for (name, sha256) in [
+        ("", sha(b"x")),
+        ("../etc", sha(b"x")),
+        ("ok", "XYZ".to_string()),
+        ("ok", sha(b"x").to_uppercase()),
+    ] {
+        let bad = client
+            .begin_upload(pb::BeginUploadRequest {
+                name: name.into(),
+                sha256,
+                size: 1,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(bad.code(), Code::InvalidArgument, "{name}: {bad:?}");
+    }
+    let list = client
+        .list_artifacts(pb::ListArtifactsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<_> = list.artifacts.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(names, ["tool.bin"]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn tasks_pin_artifacts_and_only_their_runs_may_fetch_them() {
+    let server = TestServer::start().await;
+    let mut admin = server.admin();
+    let one = content(2, 200_000);
+    let two = content(3, 70_000);
+    upload(&admin, "patch.tar.gz", &one).await;
+    upload(&admin, "conf", &two).await;
+
+    let task = task_with(&mut admin, "patch", &["patch.tar.gz", "conf"], &[]).await;
+    let pinned = task.spec.unwrap().artifacts;
+    assert_eq!(pinned.len(), 2);
+    assert_eq!(pinned[0].sha256, sha(&one));
+    assert_eq!(pinned[0].size, one.len() as u64);
+    assert_eq!(pinned[0].env, "GEPPETTO_ARTIFACT_PATCH_TAR_GZ");
+    assert_eq!(pinned[1].env, "GEPPETTO_ARTIFACT_CONF");
+
+    // Unknown names and names clashing on their variable are refused.
+    let unknown = admin
+        .tasks
+        .create_task(pb::CreateTaskRequest {
+            name: "other".into(),
+            spec: Some(pb::RunSpec {
+                artifacts: refs(&["nope"]),
+                ..script_spec("true", Duration::from_secs(60))
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
+    assert!(unknown.message().contains("upload it first"), "{unknown:?}");
+    upload(&admin, "patch-tar.gz", b"clash").await;
+    let clash = admin
+        .tasks
+        .create_task(pb::CreateTaskRequest {
+            name: "other".into(),
+            spec: Some(pb::RunSpec {
+                artifacts: refs(&["patch.tar.gz", "patch-tar.gz"]),
+                ..script_spec("true", Duration::from_secs(60))
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(clash.code(), Code::InvalidArgument, "{clash:?}");
+    let clash = admin
+        .tasks
+        .update_task(pb::UpdateTaskRequest {
+            name: "patch".into(),
+            artifacts: vec!["patch-tar.gz".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(clash.code(), Code::InvalidArgument, "{clash:?}");
+
+    // A removal while the latest version uses it is refused, unless forced.
+    let used = artifacts(&admin)
+        .remove_artifact(pb::RemoveArtifactRequest {
+            name: "conf".into(),
+            force: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(used.code(), Code::FailedPrecondition, "{used:?}");
+    assert!(used.message().contains("patch"), "{used:?}");
+    let shown = artifacts(&admin)
+        .get_artifact(pb::GetArtifactRequest {
+            name: "conf".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(shown.used_by, ["patch"]);
+
+    let secret = admin.enroll_secret().await;
+    let mut p1 = FakePuppet::enroll(&server, &secret, "p1").await;
+    let mut p2 = FakePuppet::enroll(&server, &secret, "p2").await;
+    admin.run_on("patch", &["p1"]).await;
+    let answer = p1.poll(1, &[]).await;
+    let assignment = answer.assignments[0].clone();
+    let spec = assignment.spec.clone().unwrap();
+    assert_eq!(spec.artifacts, pinned);
+
+    // A forced removal keeps the content the task version pinned.
+    artifacts(&admin)
+        .remove_artifact(pb::RemoveArtifactRequest {
+            name: "conf".into(),
+            force: true,
+        })
+        .await
+        .unwrap();
+    let got = fetch(&mut p1, &assignment, &sha(&two), 0).await.unwrap();
+    assert!(got == two, "conf differs");
+    let tail = fetch(&mut p1, &assignment, &sha(&one), 150_000)
+        .await
+        .unwrap();
+    assert!(tail == one[150_000..], "the resumed tail differs");
+    let end = fetch(&mut p1, &assignment, &sha(&one), one.len() as u64)
+        .await
+        .unwrap();
+    assert!(end.is_empty());
+
+    // What may not be fetched.
+    let past = fetch(&mut p1, &assignment, &sha(&one), one.len() as u64 + 1)
+        .await
+        .unwrap_err();
+    assert_eq!(past.code(), Code::OutOfRange, "{past:?}");
+    let foreign = fetch(&mut p1, &assignment, &sha(b"clash"), 0)
+        .await
+        .unwrap_err();
+    assert_eq!(foreign.code(), Code::PermissionDenied, "{foreign:?}");
+    let other = fetch(&mut p2, &assignment, &sha(&one), 0)
+        .await
+        .unwrap_err();
+    assert_eq!(other.code(), Code::PermissionDenied, "{other:?}");
+    let stale = pb::Assignment {
+        attempt: assignment.attempt + 1,
+        ..assignment.clone()
+    };
+    let stale = fetch(&mut p1, &stale, &sha(&one), 0).await.unwrap_err();
+    assert_eq!(stale.code(), Code::FailedPrecondition, "{stale:?}");
+    let bad = fetch(&mut p1, &assignment, "nothex", 0).await.unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");
+
+    // A new upload under a name changes new versions only.
+    let newer = content(4, 1000);
+    upload(&admin, "patch.tar.gz", &newer).await;
+    let updated = admin
+        .tasks
+        .update_task(pb::UpdateTaskRequest {
+            name: "patch".into(),
+            artifacts: vec!["patch.tar.gz".into()],
+            replace_artifacts: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let refs = updated.spec.unwrap().artifacts;
+    assert_eq!(refs.len(), 1);
+    assert_eq!(refs[0].sha256, sha(&newer));
+    let got = fetch(&mut p1, &assignment, &sha(&one), 0).await.unwrap();
+    assert!(got == one, "the pinned content changed");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn resources_take_and_show_a_bandwidth_budget() {
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    let mut client = resources(&admin);
+    let created = client
+        .create_resource(pb::CreateResourceRequest {
+            name: "uplink-lyon".into(),
+            capacity: 2,
+            bandwidth: 48 * 1024,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((created.capacity, created.bandwidth), (2, 48 * 1024));
+    // Only the budget changes; capacity 0 keeps the capacity.
+    let updated = client
+        .update_resource(pb::UpdateResourceRequest {
+            name: "uplink-lyon".into(),
+            capacity: 0,
+            bandwidth: Some(1000),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((updated.capacity, updated.bandwidth), (2, 1000));
+    let resized = client
+        .update_resource(pb::UpdateResourceRequest {
+            name: "uplink-lyon".into(),
+            capacity: 3,
+            bandwidth: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((resized.capacity, resized.bandwidth), (3, 1000));
+    let nothing = client
+        .update_resource(pb::UpdateResourceRequest {
+            name: "uplink-lyon".into(),
+            capacity: 0,
+            bandwidth: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(nothing.code(), Code::InvalidArgument, "{nothing:?}");
+    let huge = client
+        .create_resource(pb::CreateResourceRequest {
+            name: "huge".into(),
+            capacity: 1,
+            bandwidth: u64::MAX,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(huge.code(), Code::InvalidArgument, "{huge:?}");
+    server.stop().await;
+}
+
+/// The byte counters of the metrics endpoint.
+pub async fn scrape(addr: std::net::SocketAddr) -> HashMap<String, f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.unwrap();
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn concurrent_downloads_share_the_budget_of_the_resource_they_hold() {
+    let server = TestServer::start().await;
+    let mut admin = server.admin();
+    const BUDGET: u64 = 64 * 1024;
+    resources(&admin)
+        .create_resource(pb::CreateResourceRequest {
+            name: "uplink".into(),
+            capacity: 2,
+            bandwidth: BUDGET,
+        })
+        .await
+        .unwrap();
+    let data = content(5, 96 * 1024);
+    upload(&admin, "blob", &data).await;
+    task_with(&mut admin, "budgeted", &["blob"], &["uplink"]).await;
+    task_with(&mut admin, "free", &["blob"], &[]).await;
+    let secret = admin.enroll_secret().await;
+    let mut p1 = FakePuppet::enroll(&server, &secret, "p1").await;
+    let mut p2 = FakePuppet::enroll(&server, &secret, "p2").await;
+    admin.run_on("budgeted", &["p1", "p2"]).await;
+    let a1 = p1.poll(1, &[]).await.assignments[0].clone();
+    let a2 = p2.poll(1, &[]).await.assignments[0].clone();
+
+    let started = Instant::now();
+    let digest = sha(&data);
+    let (r1, r2) = tokio::join!(
+        fetch(&mut p1, &a1, &digest, 0),
+        fetch(&mut p2, &a2, &digest, 0)
+    );
+    let elapsed = started.elapsed();
+    assert!(r1.unwrap() == data && r2.unwrap() == data);
+    // Both downloads draw on one budget: together they cannot beat it,
+    // beyond the one chunk a full bucket lets through at once.
+    let burst = BUDGET / 8;
+    let floor = Duration::from_secs_f64((2 * data.len() as u64 - burst) as f64 / BUDGET as f64);
+    eprintln!(
+        "two downloads of {} bytes on a {BUDGET} B/s budget: {elapsed:?} (floor {floor:?})",
+        data.len()
+    );
+    assert!(elapsed >= floor, "{elapsed:?} < {floor:?}");
+
+    // A run holding no budgeted resource is not paced.
+    p1.client
+        .finish_run(pb::FinishRunRequest {
+            run_id: a1.run_id.clone(),
+            attempt: a1.attempt,
+            outcome: pb::Outcome::Exited as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    admin.run_on("free", &["p1"]).await;
+    let a3 = p1.poll(1, &[]).await.assignments[0].clone();
+    let started = Instant::now();
+    fetch(&mut p1, &a3, &digest, 0).await.unwrap();
+    assert!(started.elapsed() < floor / 2, "{:?}", started.elapsed());
+    server.stop().await;
+}
