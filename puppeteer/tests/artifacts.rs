@@ -222,7 +222,7 @@ async fn uploads_resume_are_idempotent_and_publish_only_a_matching_hash() {
         .unwrap_err();
     assert_eq!(early.code(), Code::FailedPrecondition, "{early:?}");
 
-    let mut at = (MIB + MIB / 2) as usize;
+    let mut at = MIB + MIB / 2;
     while at < data.len() {
         let len = MIB.min(data.len() - at);
         at = client

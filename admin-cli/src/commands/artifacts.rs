@@ -178,7 +178,7 @@ struct Progress {
 
 impl Progress {
     fn new(name: &str, size: u64, from: u64) -> Self {
-        let tenth = |b: u64| if size == 0 { 10 } else { b * 10 / size };
+        let tenth = |b: u64| (b * 10).checked_div(size).unwrap_or(10);
         Progress {
             name: name.to_string(),
             size,
