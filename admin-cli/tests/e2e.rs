@@ -648,7 +648,7 @@ fn a_resource_of_capacity_one_serialises_runs() {
         .unwrap_or_else(|| panic!("no uplink-lyon row:\n{table}"))
         .split_whitespace()
         .collect();
-    assert_eq!(row, ["uplink-lyon", "1", "0", "0", "0"], "{table}");
+    assert_eq!(row, ["uplink-lyon", "1", "0", "-", "0", "0"], "{table}");
     let shown = live.ok(&["resources", "show", "uplink-lyon"]);
     assert!(
         shown
