@@ -29,8 +29,8 @@ pub struct NetNs {
     /// The veth end inside the namespace, and its address.
     pub ns_if: String,
     pub ns_ip: Ipv4Addr,
-    /// The nftables table of the loss rule in this namespace, once set.
-    host_table: Option<String>,
+    /// The nftables tables made in this namespace (loss, counters).
+    host_tables: Vec<String>,
 }
 
 /// Runs a command; returns its stdout or an error naming it.
@@ -95,7 +95,7 @@ impl NetNs {
             host_ip: Ipv4Addr::from(base + 1),
             ns_if: format!("gv{pid}x{n}n"),
             ns_ip: Ipv4Addr::from(base + 2),
-            host_table: None,
+            host_tables: Vec::new(),
         };
         if ns.host_if.len() > 15 {
             // Interface names are limited to 15 bytes.
@@ -124,6 +124,11 @@ impl NetNs {
             &self.name,
         ])?;
         run(&["ip", "addr", "add", &host, "dev", &self.host_if])?;
+        // No IPv6 on the pair: its router and multicast chatter would blur
+        // the byte counts of the benchmarks.
+        let host_v6 = format!("net.ipv6.conf.{}.disable_ipv6=1", self.host_if);
+        let _ = run(&["sysctl", "-qw", &host_v6]);
+        let _ = self.exec(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
         run(&["ip", "link", "set", &self.host_if, "up"])?;
         self.exec(&["ip", "addr", "add", &inside, "dev", &self.ns_if])?;
         self.exec(&["ip", "link", "set", &self.ns_if, "up"])?;
@@ -171,9 +176,39 @@ impl NetNs {
             )
         };
         nft_load(&rules(&self.host_if), None)?;
-        self.host_table = Some(table.clone());
+        self.host_tables.push(table.clone());
         nft_load(&rules(&self.ns_if), Some(&self.name))?;
         Ok(())
+    }
+
+    /// Counts the IP packets (TCP/IP headers included) to and from TCP
+    /// `port` of the host end's address; read the total with [`NetNs::counted_bytes`].
+    pub fn count_port(&mut self, port: u16) -> Result<(), String> {
+        if !Self::has_nft() {
+            return Err("nftables (`nft`) is not installed: apt-get install -y nftables".into());
+        }
+        let table = format!("{}_count", self.name.replace('-', "_"));
+        let ip = self.host_ip;
+        let ruleset = format!(
+            "table inet {table} {{\n chain in {{\n  type filter hook input priority 0; policy accept;\n  ip daddr {ip} tcp dport {port} counter\n }}\n chain out {{\n  type filter hook output priority 0; policy accept;\n  ip saddr {ip} tcp sport {port} counter\n }}\n}}\n"
+        );
+        nft_load(&ruleset, None)?;
+        self.host_tables.push(table);
+        Ok(())
+    }
+
+    /// Bytes counted by the [`NetNs::count_port`] rules, both ways.
+    pub fn counted_bytes(&self) -> u64 {
+        let Some(table) = self.host_tables.iter().find(|t| t.ends_with("_count")) else {
+            return 0;
+        };
+        let listing = run(&["nft", "list", "table", "inet", table]).unwrap_or_default();
+        let words: Vec<&str> = listing.split_whitespace().collect();
+        words
+            .windows(2)
+            .filter(|w| w[0] == "bytes")
+            .filter_map(|w| w[1].parse::<u64>().ok())
+            .sum()
     }
 
     /// Takes the link down (both ends) or brings it back up.
@@ -237,7 +272,7 @@ fn nft_load(ruleset: &str, netns: Option<&str>) -> Result<(), String> {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
-        if let Some(table) = &self.host_table {
+        for table in &self.host_tables {
             let _ = run(&["nft", "delete", "table", "inet", table]);
         }
         // Deleting the namespace destroys its veth end, and with it the pair.
@@ -265,7 +300,9 @@ fn remove_stale() {
         if std::path::Path::new(&format!("/proc/{pid}")).exists() {
             continue;
         }
-        let _ = run(&["nft", "delete", "table", "inet", &name.replace('-', "_")]);
+        let table = name.replace('-', "_");
+        let _ = run(&["nft", "delete", "table", "inet", &table]);
+        let _ = run(&["nft", "delete", "table", "inet", &format!("{table}_count")]);
         let _ = run(&["ip", "netns", "del", name]);
     }
 }

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Network benchmarks for BENCHMARKS.md, section "Bad networks": bytes per
+# hour on the wire for one idle puppet, and the time to deliver a 5 MiB log
+# over 512 kbit/s, 300 ms RTT, 2 % loss, against a plain TCP transfer over the
+# same link. A real puppeteer process and a real puppet process in a network
+# namespace behind a veth pair (tbf rate, nftables loss, delay from the
+# test relay since the kernel has no netem): puppeteer/tests/netbench.rs.
+#
+# Needs root, iproute2 and nftables (apt-get install -y nftables). Takes
+# about NETBENCH_IDLE_WINDOW seconds (default 600) plus the build.
+#
+# Knobs (environment): NETBENCH_IDLE_WINDOW (s), NETBENCH_LOG_BYTES,
+# NETBENCH_RAW_BYTES. Extra arguments go to the test harness, e.g.
+# `deploy/netbench.sh netbench_transfers` for the transfers only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" != 0 ]; then
+    echo "netbench: needs root (network namespaces, tc, nftables)" >&2
+    exit 2
+fi
+for tool in ip tc nft; do
+    command -v "$tool" >/dev/null || {
+        echo "netbench: \`$tool\` is missing (iproute2, nftables)" >&2
+        exit 2
+    }
+done
+
+echo "netbench: $(date -u +%Y-%m-%d) commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+# Both benchmarks run at once, each on its own namespace and link. Network
+# bound: the debug build is enough.
+GEPPETTO_REQUIRE_NETNS=1 cargo test -p puppeteer --test netbench -- \
+    --ignored --nocapture --test-threads=2 "$@" 2>&1 | grep -E '^(NETBENCH|test result|thread .* panicked)'

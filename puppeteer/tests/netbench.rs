@@ -1,0 +1,251 @@
+//! Network benchmarks (not tests: every function is `#[ignore]`d and only
+//! prints figures). Run them with `deploy/netbench.sh`, which needs root,
+//! iproute2 and nftables; they use the same rig as the bad-network tests: a
+//! real puppeteer process, the puppet in a network namespace behind a veth
+//! link shaped by tbf and nftables, and the userspace relay (`faultproxy`)
+//! for the delay, since the kernel has no netem.
+//!
+//! - `netbench_idle`: bytes on the wire for one idle puppet, at the default
+//!   hold and at the longest hold the path allows (nothing on this path cuts
+//!   a poll, so the puppet's maximum, 600 s).
+//! - `netbench_transfers`: time to deliver a 5 MiB log over 512 kbit/s,
+//!   300 ms RTT, 2 % loss, against a plain TCP transfer over the same link.
+
+mod common;
+#[path = "common/faultproxy.rs"]
+mod faultproxy;
+#[path = "common/netns.rs"]
+mod netns;
+#[path = "common/puppetproc.rs"]
+mod puppetproc;
+#[path = "common/rig.rs"]
+mod rig;
+
+use std::time::{Duration, Instant};
+
+use faultproxy::FaultProxy;
+use geppetto_proto::v1 as pb;
+use netns::NetNs;
+use rig::Rig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Hosts the puppet processes (see `common/puppetproc.rs`).
+#[test]
+fn puppet_process_entry() {
+    puppetproc::entry();
+}
+
+fn env_secs(name: &str, default: u64) -> Duration {
+    Duration::from_secs(
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default),
+    )
+}
+
+fn env_bytes(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Bytes through the proxy (TCP payload: TLS records) and of the IP
+/// packets to and from its port (TCP/IP headers and acknowledgements included).
+#[derive(Clone, Copy, Debug, Default)]
+struct Wire {
+    payload: u64,
+    ip: u64,
+}
+
+fn wire(rig: &Rig, ns: &NetNs) -> Wire {
+    let stats = rig.proxy.stats();
+    Wire {
+        payload: stats.bytes_up + stats.bytes_down,
+        ip: ns.counted_bytes(),
+    }
+}
+
+/// One idle puppet at `hold` (`None`: the server's default), measured over `window`.
+async fn idle_cost(label: &str, puppet_args: &[&str], window: Duration) {
+    let Some(mut ns) = netns::create_or_skip("netbench_idle") else {
+        return;
+    };
+    let rig = Rig::start_in(Some(&ns), &["--max-poll-hold", "600s"], puppet_args).await;
+    ns.count_port(rig.proxy.port()).unwrap();
+    // Let enrollment, the first facts and the connection set-up pass, and
+    // start counting just after a poll went out.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let before = wire(&rig, &ns);
+    let started = Instant::now();
+    tokio::time::sleep(window).await;
+    let after = wire(&rig, &ns);
+    let hours = started.elapsed().as_secs_f64() / 3600.0;
+    let stats = rig.proxy.stats();
+    println!(
+        "NETBENCH idle {label}: window {:.0} s, {} connections in all; per hour: {:.0} B of TCP payload (TLS included), {:.0} B of IP packets",
+        started.elapsed().as_secs_f64(),
+        stats.connections,
+        (after.payload - before.payload) as f64 / hours,
+        (after.ip - before.ip) as f64 / hours,
+    );
+}
+
+#[tokio::test]
+#[ignore = "benchmark: run deploy/netbench.sh"]
+async fn netbench_idle() {
+    let window = env_secs("NETBENCH_IDLE_WINDOW", 600);
+    tokio::join!(
+        idle_cost("default hold (server's 50 s)", &[], window),
+        idle_cost("hold 600 s", &["--poll-hold", "600s"], window),
+    );
+}
+
+/// The link of the transfer figures: 512 kbit/s each way, 2 % loss each way.
+fn shaped_link() -> Option<NetNs> {
+    let mut ns = netns::create_or_skip("netbench_transfers")?;
+    ns.limit_rate(512).unwrap();
+    ns.drop_percent(2).unwrap();
+    Some(ns)
+}
+
+/// One-way delay added by the relay: 300 ms round trip.
+const ONE_WAY: Duration = Duration::from_millis(150);
+
+/// A plain TCP transfer of `bytes` from inside the namespace to this side,
+/// through the relay: the link's raw capacity. Returns the seconds taken.
+async fn raw_upload(ns: &NetNs, bytes: u64) -> f64 {
+    let sink = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = FaultProxy::start_on((ns.host_ip, 0).into(), sink.local_addr().unwrap()).await;
+    proxy.set_delay(ONE_WAY);
+    let drain = tokio::spawn(async move {
+        let (mut socket, _) = sink.accept().await.unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut total = 0u64;
+        loop {
+            match socket.read(&mut buf).await.unwrap() {
+                0 => return total,
+                n => total += n as u64,
+            }
+        }
+    });
+    let script = format!(
+        "exec 3<>/dev/tcp/{}/{} && head -c {bytes} /dev/urandom >&3",
+        ns.host_ip,
+        proxy.port(),
+    );
+    let started = Instant::now();
+    let status = tokio::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name, "bash", "-c", &script])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+    let received = drain.await.unwrap();
+    // Timed at the receiving end: the sender exits once its kernel buffers hold the tail.
+    let took = started.elapsed().as_secs_f64();
+    assert_eq!(received, bytes);
+    took
+}
+
+/// A plain TCP transfer of `bytes` from this side into the namespace.
+async fn raw_download(ns: &NetNs, bytes: u64) -> f64 {
+    let source = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = FaultProxy::start_on((ns.host_ip, 0).into(), source.local_addr().unwrap()).await;
+    proxy.set_delay(ONE_WAY);
+    tokio::spawn(async move {
+        let (mut socket, _) = source.accept().await.unwrap();
+        let chunk = vec![0x5au8; 64 * 1024];
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            socket.write_all(&chunk[..n]).await.unwrap();
+            left -= n as u64;
+        }
+        socket.shutdown().await.unwrap();
+    });
+    let script = format!("cat < /dev/tcp/{}/{} | wc -c", ns.host_ip, proxy.port());
+    let started = Instant::now();
+    let output = tokio::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name, "bash", "-c", &script])
+        .output()
+        .await
+        .unwrap();
+    let took = started.elapsed().as_secs_f64();
+    let received: u64 = String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(received, bytes);
+    took
+}
+
+/// Job creation → run succeeded with its whole log stored, for a script
+/// printing `file` (or nothing).
+async fn run_seconds(rig: &Rig, name: &str, file: Option<&std::path::Path>) -> (f64, pb::Run) {
+    let body = match file {
+        Some(file) => format!("cat '{}'", file.display()),
+        None => "true".to_string(),
+    };
+    rig.admin()
+        .tasks
+        .create_task(pb::CreateTaskRequest {
+            name: name.into(),
+            spec: Some(common::script_spec(&body, Duration::from_secs(3600))),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let run_id = rig.launch(name).await;
+    let run = rig.wait_succeeded(&run_id).await;
+    (started.elapsed().as_secs_f64(), run)
+}
+
+#[tokio::test]
+#[ignore = "benchmark: run deploy/netbench.sh"]
+async fn netbench_transfers() {
+    let log_bytes = env_bytes("NETBENCH_LOG_BYTES", 5 * 1024 * 1024);
+    let raw_bytes = env_bytes("NETBENCH_RAW_BYTES", 2 * 1024 * 1024);
+    let Some(ns) = shaped_link() else {
+        return;
+    };
+    let link = "512 kbit/s, 300 ms RTT, 2 % loss";
+    let up = raw_upload(&ns, raw_bytes).await;
+    println!(
+        "NETBENCH raw TCP upload over {link}: {raw_bytes} B in {up:.1} s = {:.1} kB/s",
+        raw_bytes as f64 / up / 1000.0
+    );
+    let down = raw_download(&ns, raw_bytes).await;
+    println!(
+        "NETBENCH raw TCP download over {link}: {raw_bytes} B in {down:.1} s = {:.1} kB/s",
+        raw_bytes as f64 / down / 1000.0
+    );
+
+    let rig = Rig::start_in(Some(&ns), &[], &[]).await;
+    rig.proxy.set_delay(ONE_WAY);
+    // Incompressible output, so that compression cannot flatter the figure.
+    let file = rig.dir.path().join("random.bin");
+    let mut random = vec![0u8; log_bytes as usize];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut random);
+    std::fs::write(&file, &random).unwrap();
+    let (empty, _) = run_seconds(&rig, "empty", None).await;
+    let before = rig.proxy.stats();
+    let (full, run) = run_seconds(&rig, "log", Some(&file)).await;
+    let after = rig.proxy.stats();
+    assert_eq!(run.log_length, log_bytes);
+    assert!(
+        rig.admin().log(&run.id).await == random,
+        "the log arrived intact"
+    );
+    let delivery = full - empty;
+    let raw_rate = raw_bytes as f64 / up;
+    println!(
+        "NETBENCH log of {log_bytes} B over {link}: job to stored log {full:.1} s, of which {delivery:.1} s beyond an empty run ({empty:.1} s) = {:.1} kB/s, {:.0} % of the raw upload; {} B went up through the relay",
+        log_bytes as f64 / delivery / 1000.0,
+        100.0 * (log_bytes as f64 / delivery) / raw_rate,
+        after.bytes_up - before.bytes_up
+    );
+}
