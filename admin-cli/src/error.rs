@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use geppetto_proto::client::ClientError;
+use geppetto_proto::proxy::ProxyError;
 use tonic::{Code, Status};
 
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +26,10 @@ pub enum Error {
     /// No connection could be made, or it broke.
     #[error("cannot reach the puppeteer at {url}: {cause}")]
     Unreachable { url: String, cause: String },
+    /// The HTTP proxy on the way (HTTPS_PROXY) could not be reached or
+    /// refused the tunnel; the message names the proxy, not the puppeteer.
+    #[error("{0}")]
+    Proxy(String),
     #[error("no answer from the puppeteer at {url} within {}", humantime::format_duration(*.after))]
     Timeout { url: String, after: Duration },
     /// The puppeteer answered with an error status.
@@ -65,6 +70,9 @@ impl ErrorContext {
         // A status made on this side from a transport failure carries its
         // cause as source; one that came from the puppeteer does not.
         if let Some(source) = std::error::Error::source(&status) {
+            if let Some(proxy) = source.downcast_ref::<ProxyError>() {
+                return Error::Proxy(proxy.to_string());
+            }
             return self.unreachable(&error_chain(source));
         }
         let message = status.message().trim();
@@ -158,6 +166,20 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "cannot reach the puppeteer at https://p:7443: shutting down"
+        );
+    }
+
+    #[test]
+    fn proxy_failures_name_the_proxy() {
+        let proxy = ProxyError::Unreachable {
+            proxy: "http://px:3128 (from HTTPS_PROXY)".into(),
+            cause: "Connection refused".into(),
+        };
+        let mut status = Status::unavailable(proxy.to_string());
+        status.set_source(std::sync::Arc::new(proxy));
+        assert_eq!(
+            ctx().status(status).to_string(),
+            "cannot reach the proxy at http://px:3128 (from HTTPS_PROXY): Connection refused"
         );
     }
 

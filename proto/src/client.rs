@@ -11,6 +11,9 @@
 //! - [`Transport::Grpc`]: native gRPC over HTTP/2 (ALPN `h2`), multiplexed on
 //!   one connection. It is the CLI's default.
 //!
+//! Either way it may go through an HTTP CONNECT proxy ([`crate::proxy`]):
+//! `HTTPS_PROXY`/`NO_PROXY` by default, or as [`Channel::with_proxy`] is told.
+//!
 //! Connections are kept alive and reused. The puppeteer closes an idle
 //! HTTP/1 connection after 30 s, so the pool drops idle connections sooner
 //! ([`POOL_IDLE_TIMEOUT`]) rather than reuse one the server is closing.
@@ -30,6 +33,8 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tonic::body::Body;
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceExt};
+
+use crate::proxy::{ProxyConfig, ProxyConnector, ProxyUrl};
 
 /// Idle connections are dropped after this long, below the server's 30 s.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -87,6 +92,9 @@ pub enum ClientError {
     Tls(#[from] rustls::Error),
     #[error("the token is not a valid HTTP header value")]
     BadToken,
+    /// A malformed proxy URL (in `HTTPS_PROXY` or given explicitly).
+    #[error("{0}")]
+    BadProxy(String),
 }
 
 /// Where and how to connect.
@@ -142,6 +150,7 @@ pub struct Channel {
     scheme: Scheme,
     authority: http::uri::Authority,
     token: TokenSlot,
+    proxy: Option<ProxyUrl>,
 }
 
 impl fmt::Debug for Channel {
@@ -149,13 +158,25 @@ impl fmt::Debug for Channel {
         f.debug_struct("Channel")
             .field("scheme", &self.scheme)
             .field("authority", &self.authority)
+            .field("proxy", &self.proxy)
             .finish_non_exhaustive()
     }
 }
 
 impl Channel {
     /// Builds a channel; no connection is made until the first request.
+    /// The proxy comes from the environment (`HTTPS_PROXY`, `NO_PROXY`),
+    /// read now.
     pub fn new(endpoint: &Endpoint, token: TokenSlot) -> Result<Self, ClientError> {
+        Self::with_proxy(endpoint, token, &ProxyConfig::FromEnv)
+    }
+
+    /// [`Channel::new`] with the proxy chosen by `proxy`.
+    pub fn with_proxy(
+        endpoint: &Endpoint,
+        token: TokenSlot,
+        proxy: &ProxyConfig,
+    ) -> Result<Self, ClientError> {
         let uri: Uri = endpoint.url.parse().map_err(|e| ClientError::BadUrl {
             url: endpoint.url.clone(),
             reason: format!("{e}"),
@@ -178,19 +199,23 @@ impl Channel {
             return Err(bad("a path is not supported: write https://host:port"));
         }
 
+        let proxy = proxy
+            .resolve(&uri, |name| std::env::var(name).ok())
+            .map_err(ClientError::BadProxy)?;
         let tls = client_tls_config(endpoint)?;
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(CONNECT_TIMEOUT));
         http.set_nodelay(true);
         http.set_keepalive(Some(Duration::from_secs(60)));
+        let connector = ProxyConnector::new(http, proxy.clone());
         let builder = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http();
 
         let inner = match endpoint.transport {
             Transport::GrpcWeb => {
-                let connector = builder.enable_http1().wrap_connector(http);
+                let connector = builder.enable_http1().wrap_connector(connector);
                 let client = Client::builder(TokioExecutor::new())
                     .pool_idle_timeout(POOL_IDLE_TIMEOUT)
                     .pool_timer(TokioTimer::new())
@@ -199,11 +224,11 @@ impl Channel {
                     .layer(tonic_web::GrpcWebClientLayer::new())
                     .service(client)
                     .map_response(|response: Response<_>| response.map(Body::new))
-                    .map_err(|e| Box::new(e) as BoxError);
+                    .map_err(transport_error);
                 BoxCloneSyncService::new(service)
             }
             Transport::Grpc => {
-                let connector = builder.enable_http2().wrap_connector(http);
+                let connector = builder.enable_http2().wrap_connector(connector);
                 let client = Client::builder(TokioExecutor::new())
                     .http2_only(true)
                     .timer(TokioTimer::new())
@@ -216,7 +241,7 @@ impl Channel {
                     .map_response(|response: Response<hyper::body::Incoming>| {
                         response.map(Body::new)
                     })
-                    .map_err(|e| Box::new(e) as BoxError);
+                    .map_err(transport_error);
                 BoxCloneSyncService::new(service)
             }
         };
@@ -225,7 +250,14 @@ impl Channel {
             scheme,
             authority,
             token,
+            proxy,
         })
+    }
+
+    /// The proxy this channel connects through, shown without credentials
+    /// (`http://host:port (from HTTPS_PROXY)`); `None`: direct.
+    pub fn proxy(&self) -> Option<String> {
+        self.proxy.as_ref().map(ToString::to_string)
     }
 
     /// The token slot of this channel.
@@ -263,6 +295,20 @@ impl Service<Request<Body>> for Channel {
             request.headers_mut().insert(AUTHORIZATION, token);
         }
         self.inner.call(request)
+    }
+}
+
+/// A failure to reach the puppeteer through the proxy becomes `Unavailable`
+/// with the proxy's story as its message (a puppet logs the message) and as
+/// its source (the CLI reads the source); other errors go through unchanged.
+fn transport_error(error: hyper_util::client::legacy::Error) -> BoxError {
+    match crate::proxy::find_proxy_error(&error) {
+        Some(proxy) => {
+            let mut status = tonic::Status::unavailable(proxy.to_string());
+            status.set_source(Arc::new(proxy.clone()));
+            Box::new(status)
+        }
+        None => Box::new(error),
     }
 }
 

@@ -3,9 +3,11 @@
 //! The `.proto` files under `proto/` are the contract: every client, in any
 //! language, speaks them. This crate also holds [`client`], the one HTTPS
 //! transport (gRPC-web over HTTP/1.1 or native gRPC over HTTP/2, custom CA,
-//! bearer token) shared by the puppet and the CLI.
+//! bearer token, HTTP CONNECT proxies: [`proxy`]) shared by the puppet and
+//! the CLI.
 
 pub mod client;
+pub mod proxy;
 
 /// The generated messages, clients and servers of `geppetto.v1`.
 #[allow(clippy::all, missing_docs)]

@@ -65,9 +65,10 @@ pub async fn run_agent(config: AgentConfig, shutdown: CancellationToken) -> anyh
         ca_file: config.ca_file.clone(),
         transport: config.transport,
     };
-    let channel = Channel::new(&endpoint, token_slot.clone())?;
+    let channel = Channel::with_proxy(&endpoint, token_slot.clone(), &config.proxy)?;
+    let proxy = channel.proxy().unwrap_or_else(|| "none".into());
     let client = PuppetServiceClient::new(channel);
-    tracing::info!(server = %config.server, transport = %config.transport, name = %config.name, slots = config.slots, "puppet starting");
+    tracing::info!(server = %config.server, transport = %config.transport, %proxy, name = %config.name, slots = config.slots, "puppet starting");
 
     let credential = match credential {
         Some(credential) => credential,

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use geppetto_proto::client::Transport;
+use geppetto_proto::proxy::{ProxyConfig, ProxyUrl};
 use serde::Deserialize;
 
 use crate::config::{AgentConfig, ConfigError, DEFAULT_SLOTS, default_name, parse_labels};
@@ -37,7 +38,7 @@ pub enum Command {
 #[derive(Default, clap::Args)]
 pub struct RunArgs {
     /// TOML file with the same keys as the flags (server, ca, enroll_token,
-    /// state_dir, name, labels, transport, slots, poll_hold); flags win.
+    /// state_dir, name, labels, transport, slots, poll_hold, proxy); flags win.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// The puppeteer's URL, https://host:port.
@@ -72,6 +73,14 @@ pub struct RunArgs {
     /// How long the server should hold an idle poll, e.g. 50s [default: the server's].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub poll_hold: Option<Duration>,
+    /// HTTP CONNECT proxy to reach the puppeteer through,
+    /// http://[user:password@]host:port, or `none`. Overrides HTTPS_PROXY,
+    /// https_proxy, ALL_PROXY and NO_PROXY, which are used otherwise.
+    #[arg(long, value_name = "URL", conflicts_with = "no_proxy")]
+    pub proxy: Option<String>,
+    /// Connect directly, whatever HTTPS_PROXY says.
+    #[arg(long)]
+    pub no_proxy: bool,
     /// Log format: `text` (human-readable) or `json` (one JSON object a
     /// line). The level comes from RUST_LOG [default: info].
     #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
@@ -100,6 +109,8 @@ impl fmt::Debug for RunArgs {
             .field("transport", &self.transport)
             .field("slots", &self.slots)
             .field("poll_hold", &self.poll_hold)
+            .field("proxy", &redacted_proxy(&self.proxy))
+            .field("no_proxy", &self.no_proxy)
             .field("log_format", &self.log_format)
             .finish()
     }
@@ -107,6 +118,22 @@ impl fmt::Debug for RunArgs {
 
 fn redacted(secret: &Option<String>) -> Option<&'static str> {
     secret.as_ref().map(|_| "<redacted>")
+}
+
+/// A proxy URL may hold a password.
+fn redacted_proxy(url: &Option<String>) -> Option<&'static str> {
+    url.as_ref().map(|_| "<redacted: may hold a password>")
+}
+
+/// `none` or `direct`: no proxy; anything else: a proxy URL, checked now.
+/// The error never quotes the URL, which may hold a password.
+fn parse_proxy(text: &str, origin: &str) -> Result<ProxyConfig, ConfigError> {
+    match text.trim() {
+        "none" | "direct" => Ok(ProxyConfig::Direct),
+        url => ProxyUrl::parse(url, origin)
+            .map(ProxyConfig::Url)
+            .map_err(ConfigError),
+    }
 }
 
 /// The `--config` file.
@@ -122,6 +149,7 @@ pub struct FileConfig {
     pub transport: Option<String>,
     pub slots: Option<u32>,
     pub poll_hold: Option<String>,
+    pub proxy: Option<String>,
 }
 
 /// Shown without the enrollment token, a secret.
@@ -137,6 +165,7 @@ impl fmt::Debug for FileConfig {
             .field("transport", &self.transport)
             .field("slots", &self.slots)
             .field("poll_hold", &self.poll_hold)
+            .field("proxy", &redacted_proxy(&self.proxy))
             .finish()
     }
 }
@@ -207,6 +236,12 @@ impl RunArgs {
             })?),
             (None, None) => None,
         };
+        let proxy = match (self.no_proxy, self.proxy, file.proxy) {
+            (true, _, _) => ProxyConfig::Direct,
+            (false, Some(text), _) => parse_proxy(&text, "--proxy")?,
+            (false, None, Some(text)) => parse_proxy(&text, "the config file's proxy")?,
+            (false, None, None) => ProxyConfig::FromEnv,
+        };
         let config = AgentConfig {
             server,
             ca_file: self.ca.or(file.ca),
@@ -217,6 +252,7 @@ impl RunArgs {
             transport,
             slots: self.slots.or(file.slots).unwrap_or(DEFAULT_SLOTS),
             poll_hold,
+            proxy,
         };
         config.validate()?;
         Ok(config)
@@ -277,6 +313,49 @@ mod tests {
         assert_eq!(config.slots, 2);
         assert_eq!(config.labels["os"], "debian");
         assert_eq!(config.poll_hold, Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn the_proxy_comes_from_flags_then_the_file_then_the_environment() {
+        let base = ["--server", "http://s:1", "--state-dir", "/tmp/p"];
+        let with = |extra: &[&str], file: &str| {
+            let mut args = base.to_vec();
+            args.extend_from_slice(extra);
+            let file = FileConfig::parse(file).unwrap();
+            parse(&args).merge(file).map(|config| config.proxy)
+        };
+        assert_eq!(with(&[], ""), Ok(ProxyConfig::FromEnv));
+        assert_eq!(
+            with(&["--no-proxy"], "proxy = \"http://f:1\""),
+            Ok(ProxyConfig::Direct)
+        );
+        assert_eq!(with(&[], "proxy = \"none\""), Ok(ProxyConfig::Direct));
+        let Ok(ProxyConfig::Url(url)) = with(
+            &["--proxy", "http://u:pw@flag:3128"],
+            "proxy = \"http://f:1\"",
+        ) else {
+            panic!("--proxy was not used");
+        };
+        assert_eq!(url.to_string(), "http://flag:3128 (from --proxy)");
+        assert!(url.has_credentials());
+        let Ok(ProxyConfig::Url(url)) = with(&[], "proxy = \"f:1\"") else {
+            panic!("the file's proxy was not used");
+        };
+        assert_eq!(url.address(), "f:1");
+        let e = with(&["--proxy", "socks5://u:pw-secret@x:1"], "").unwrap_err();
+        assert!(e.0.contains("--proxy") && !e.0.contains("pw-secret"), "{e}");
+        assert!(Cli::try_parse_from(["puppet", "run", "--proxy", "x:1", "--no-proxy"]).is_err());
+        let args = parse(&["--proxy", "http://u:pw-secret@x:1"]);
+        let file = FileConfig::parse("proxy = \"http://u:pw-secret@x:1\"").unwrap();
+        for shown in [format!("{args:?}"), format!("{file:?}")] {
+            assert!(!shown.contains("pw-secret"), "{shown}");
+        }
+    }
+
+    #[test]
+    fn the_example_config_file_parses() {
+        let file = FileConfig::parse(include_str!("../../deploy/puppet.toml")).unwrap();
+        assert!(file.server.is_some());
     }
 
     #[test]

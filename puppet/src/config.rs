@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use geppetto_proto::client::Transport;
+use geppetto_proto::proxy::ProxyConfig;
 
 /// Runs a puppet executes at the same time unless told otherwise.
 pub const DEFAULT_SLOTS: u32 = 1;
@@ -47,6 +48,9 @@ pub struct AgentConfig {
     pub slots: u32,
     /// How long the server should hold an idle poll; `None`: the server's default.
     pub poll_hold: Option<Duration>,
+    /// The HTTP CONNECT proxy: from `HTTPS_PROXY`/`NO_PROXY` unless given
+    /// (`--proxy`, `--no-proxy`). Its `Debug` hides the credentials.
+    pub proxy: ProxyConfig,
 }
 
 impl fmt::Debug for AgentConfig {
@@ -64,6 +68,7 @@ impl fmt::Debug for AgentConfig {
             .field("transport", &self.transport)
             .field("slots", &self.slots)
             .field("poll_hold", &self.poll_hold)
+            .field("proxy", &self.proxy)
             .finish()
     }
 }
@@ -81,6 +86,7 @@ impl AgentConfig {
             transport: Transport::default(),
             slots: DEFAULT_SLOTS,
             poll_hold: None,
+            proxy: ProxyConfig::default(),
         }
     }
 

@@ -59,3 +59,4 @@ mod upload;
 pub use agent::run_agent;
 pub use config::{AgentConfig, ConfigError, default_name};
 pub use geppetto_proto::client::Transport;
+pub use geppetto_proto::proxy::{ProxyConfig, ProxyUrl};
