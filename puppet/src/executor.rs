@@ -1,33 +1,34 @@
 //! Runs one program as a child process and spools its output.
 //!
-//! The child gets one pipe as both stdout and stderr, so the log holds the
-//! exact interleaving the program produced, and /dev/null as stdin. It leads
+//! The child gets the spool file itself (opened for appending) as both
+//! stdout and stderr, so the log holds the exact interleaving the program
+//! produced, and every byte it printed is on disk as soon as it printed it:
+//! a `kill -9` of the puppet loses nothing (with a pipe, what sat in the
+//! pipe's buffer would be gone). The executor watches the file grow
+//! ([`SPOOL_WATCH`]) to tell the uploader. Stdin is /dev/null. The child leads
 //! its own process group, so that a timeout, a cancellation or the end of the
 //! run can kill everything it started (like systemd kills a unit's control
-//! group): a script that leaves `sleep 100 &` behind would otherwise keep the
-//! pipe open and the run would never end.
+//! group); the group is noted on disk ([`ProcessMark`]) so that a puppet
+//! restarted after a crash can kill an orphan before it reports the run.
 
 use std::collections::BTreeMap;
 use std::io;
-use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::records::{FinishReport, Outcome};
+use crate::records::{FinishReport, Outcome, ProcessMark};
 use crate::spool::SpoolWriter;
 use crate::sys;
 
-/// How long the pipe may stay open after the run's group was killed. Only a
-/// descendant that escaped the group (a daemon calling `setsid`) can hold it
-/// that long; its later output is not part of the run.
-const DRAIN_GRACE: Duration = Duration::from_secs(5);
+/// How often the spool's length is checked while the child runs: the delay
+/// a live `logs --follow` may add.
+const SPOOL_WATCH: Duration = Duration::from_millis(100);
 
 /// What to execute.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,6 +52,8 @@ pub struct ExecRequest {
     pub timeout: Option<Duration>,
     /// Where a script body is written (mode 0700) before it runs.
     pub script_path: PathBuf,
+    /// Where the run's process group is noted once spawned.
+    pub pid_path: Option<PathBuf>,
 }
 
 /// Why a run may have to stop early.
@@ -71,11 +74,16 @@ pub async fn execute(
     stop: &StopSignals,
 ) -> FinishReport {
     let started = Instant::now();
-    let (child, reader) = match spawn(request) {
-        Ok(spawned) => spawned,
+    let child = match spawn(request, spool) {
+        Ok(child) => child,
         Err(e) => return start_failed(spool, started, e).await,
     };
-    let mut report = supervise(child, reader, request.timeout, spool, stop).await;
+    if let (Some(path), Some(mark)) = (&request.pid_path, child.id().and_then(ProcessMark::of))
+        && let Err(e) = mark.save(path)
+    {
+        tracing::warn!(error = %e, "cannot note the run's process group");
+    }
+    let mut report = supervise(child, request.timeout, spool, stop).await;
     report.duration = started.elapsed();
     report.log_length = spool.len();
     report
@@ -84,6 +92,7 @@ pub async fn execute(
 async fn start_failed(spool: &mut SpoolWriter, started: Instant, error: io::Error) -> FinishReport {
     let message = format!("the program could not be started: {error}");
     let line = format!("puppet: {message}\n");
+    let _ = spool.refresh().await;
     if let Err(e) = spool.append(line.as_bytes()).await {
         tracing::warn!(error = %e, "cannot write to the spool");
     }
@@ -97,23 +106,19 @@ async fn start_failed(spool: &mut SpoolWriter, started: Instant, error: io::Erro
     }
 }
 
-fn spawn(request: &ExecRequest) -> io::Result<(tokio::process::Child, std::io::PipeReader)> {
+fn spawn(request: &ExecRequest, spool: &SpoolWriter) -> io::Result<tokio::process::Child> {
     let argv = command_line(request)?;
-    let (reader, writer) = std::io::pipe()?;
+    let output = spool.child_output()?;
     let mut command = tokio::process::Command::new(&argv[0]);
     command
         .args(&argv[1..])
         .envs(&request.env)
         .current_dir(&request.workdir)
         .stdin(Stdio::null())
-        .stdout(writer.try_clone()?)
-        .stderr(writer)
+        .stdout(output.try_clone()?)
+        .stderr(output)
         .process_group(0);
-    let child = command.spawn();
-    // The command owns the parent's copies of the pipe's write end; they
-    // must be closed now, or the pipe would never reach end-of-file.
-    drop(command);
-    Ok((child?, reader))
+    command.spawn()
 }
 
 /// The argv to execute, writing a script's body to its file first.
@@ -159,84 +164,57 @@ enum Kill {
 
 async fn supervise(
     mut child: tokio::process::Child,
-    reader: std::io::PipeReader,
     timeout: Option<Duration>,
     spool: &mut SpoolWriter,
     stop: &StopSignals,
 ) -> FinishReport {
     // The child leads its own group, so its pid is the group id.
     let pgid = child.id().unwrap_or(0);
-    let mut pipe = match tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(reader)) {
-        Ok(pipe) => Some(pipe),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot read the run's output pipe");
-            None
-        }
-    };
     let deadline = timeout.map(|t| Instant::now() + t);
     let mut killed: Option<Kill> = None;
-    let mut status: Option<io::Result<ExitStatus>> = None;
-    let mut drain_deadline = Instant::now();
+    let mut watch = tokio::time::interval(SPOOL_WATCH);
+    watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut spool_error: Option<String> = None;
-    let mut buf = vec![0u8; 64 * 1024];
 
-    loop {
-        if status.is_some() && pipe.is_none() {
-            break;
-        }
-        let running = status.is_none();
+    let status = loop {
         tokio::select! {
-            read = async { pipe.as_mut().expect("guarded").read(&mut buf).await }, if pipe.is_some() => {
-                match read {
-                    Ok(0) => pipe = None,
-                    Ok(n) => {
-                        // After a spool error the output is still read, so
-                        // the child never blocks on a full pipe.
-                        if spool_error.is_none()
-                            && let Err(e) = spool.append(&buf[..n]).await
-                        {
-                            tracing::error!(error = %e, "cannot write to the spool; further output is lost");
-                            spool_error = Some(e.to_string());
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "reading the run's output failed");
-                        pipe = None;
-                    }
-                }
-            }
-            exited = child.wait(), if running => {
+            exited = child.wait() => {
                 // Whatever the child left behind in its group dies with it.
                 kill_group(pgid);
-                status = Some(exited);
-                drain_deadline = Instant::now() + DRAIN_GRACE;
+                break exited;
             }
-            _ = sleep_until_opt(deadline), if running && killed.is_none() && deadline.is_some() => {
+            _ = watch.tick() => {
+                if let Err(e) = spool.refresh().await && spool_error.is_none() {
+                    tracing::error!(error = %e, "cannot read the spool's length");
+                    spool_error = Some(e.to_string());
+                }
+            }
+            _ = sleep_until_opt(deadline), if killed.is_none() && deadline.is_some() => {
                 killed = Some(Kill::Timeout);
                 kill_group(pgid);
             }
-            _ = stop.cancel.cancelled(), if running && killed.is_none() => {
+            _ = stop.cancel.cancelled(), if killed.is_none() => {
                 // The agent makes each run's cancel token a child of the
                 // shutdown token, so a shutdown fires both.
                 killed = Some(if stop.shutdown.is_cancelled() { Kill::Shutdown } else { Kill::Cancel });
                 kill_group(pgid);
             }
-            _ = stop.shutdown.cancelled(), if running && killed.is_none() => {
+            _ = stop.shutdown.cancelled(), if killed.is_none() => {
                 killed = Some(Kill::Shutdown);
                 kill_group(pgid);
             }
-            _ = tokio::time::sleep_until(drain_deadline), if !running => {
-                tracing::warn!("a process outside the run's process group keeps its output open; not waiting for it");
-                pipe = None;
-            }
         }
+    };
+    // The group is dead: the spool holds all the run's output.
+    if let Err(e) = spool.refresh().await {
+        spool_error = Some(e.to_string());
     }
 
-    let mut report = outcome_of(status.expect("loop ends after the child exited"), killed);
+    let mut report = outcome_of(status, killed);
     if let Some(e) = spool_error {
         report.message = join_message(
             &report.message,
-            &format!("output was lost: cannot write the spool: {e}"),
+            &format!("output may be incomplete: cannot read the spool: {e}"),
         );
     }
     report

@@ -23,6 +23,7 @@ impl Fixture {
             workdir: self.dir.path().to_owned(),
             timeout: None,
             script_path: self.dir.path().join("run.script"),
+            pid_path: Some(self.dir.path().join("run.pid")),
         }
     }
 
@@ -225,7 +226,7 @@ async fn a_leftover_background_process_does_not_hang_the_run() {
     let started = Instant::now();
     let (report, output) = f.run(&request, &StopSignals::default()).await;
     assert!(
-        started.elapsed() < Duration::from_secs(DRAIN_GRACE.as_secs()),
+        started.elapsed() < Duration::from_secs(5),
         "the run waited for its leftover"
     );
     assert_eq!((report.outcome, report.exit_code), (Outcome::Exited, 0));
@@ -283,4 +284,36 @@ async fn a_spawn_failure_is_reported_with_its_reason_in_the_log() {
         )
         .await;
     assert_eq!(report.outcome, Outcome::StartFailed);
+}
+
+/// The child writes into the spool itself: what it printed is on disk even
+/// when its supervisor (the puppet) dies without reading anything, and the
+/// noted process group lets a restarted puppet find and kill the orphan.
+#[tokio::test]
+async fn output_is_on_disk_even_when_the_supervisor_dies() {
+    let f = Fixture::new();
+    let printed = f.dir.path().join("printed");
+    let request = f.script(&format!(
+        "seq 1 5000; touch {}; sleep 300",
+        printed.display()
+    ));
+    let (mut spool, _progress) = SpoolWriter::open(&f.spool_path()).await.unwrap();
+    let supervisor =
+        tokio::spawn(async move { execute(&request, &mut spool, &StopSignals::default()).await });
+    eventually(Duration::from_secs(10), "the child printed", || {
+        printed.exists()
+    })
+    .await;
+    supervisor.abort();
+    let _ = supervisor.await;
+
+    let expected: String = (1..=5000).map(|i| format!("{i}\n")).collect();
+    assert_eq!(std::fs::read(f.spool_path()).unwrap(), expected.as_bytes());
+    let mark = ProcessMark::load(&f.dir.path().join("run.pid")).expect("the group is noted");
+    assert!(mark.is_alive(), "the child outlives its supervisor");
+    sys::kill_process_group(mark.pgid, libc::SIGKILL).unwrap();
+    eventually(Duration::from_secs(10), "the orphan is gone", || {
+        !mark.is_alive()
+    })
+    .await;
 }

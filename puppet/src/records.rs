@@ -106,6 +106,62 @@ impl RunRecord {
     }
 }
 
+/// A run's process group as the executor spawned it: its id, and the start
+/// time of its leader (so that a recycled pid is never mistaken for it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcessMark {
+    pub pgid: u32,
+    pub start_time: u64,
+}
+
+impl ProcessMark {
+    /// The mark of a live process, read from `/proc`.
+    pub fn of(pid: u32) -> Option<Self> {
+        Some(ProcessMark {
+            pgid: pid,
+            start_time: process_start_time(pid)?,
+        })
+    }
+
+    pub fn save(&self, path: &Path) -> io::Result<()> {
+        // No fsync: after a reboot the process is gone anyway.
+        fs::write(path, format!("{} {}\n", self.pgid, self.start_time))
+    }
+
+    pub fn load(path: &Path) -> Option<Self> {
+        let text = fs::read_to_string(path).ok()?;
+        let mut parts = text.split_whitespace();
+        Some(ProcessMark {
+            pgid: parts.next()?.parse().ok()?,
+            start_time: parts.next()?.parse().ok()?,
+        })
+    }
+
+    /// Whether the group's leader still runs (and is the same process).
+    pub fn is_alive(&self) -> bool {
+        process_start_time(self.pgid) == Some(self.start_time) && !process_is_zombie(self.pgid)
+    }
+}
+
+/// Field 22 of `/proc/PID/stat`: when the process started, in clock ticks after boot.
+fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: fields
+    // are counted after its closing parenthesis.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn process_is_zombie(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let rest = &stat[stat.rfind(')')? + 1..];
+            rest.split_whitespace().next().map(|state| state == "Z")
+        })
+        .unwrap_or(true)
+}
+
 /// Whether a run id is safe to use as a file name (the server's ids look like `run-...`).
 pub fn is_safe_run_id(run_id: &str) -> bool {
     !run_id.is_empty()
@@ -147,6 +203,38 @@ impl RunStore {
 
     pub fn script_path(&self, run_id: &str) -> PathBuf {
         self.dir.join(format!("{run_id}.script"))
+    }
+
+    /// Where the executor notes the run's process group (see [`ProcessMark`]).
+    pub fn pid_path(&self, run_id: &str) -> PathBuf {
+        self.dir.join(format!("{run_id}.pid"))
+    }
+
+    /// Kills what is left of a run's process group after the puppet died
+    /// under it (the child writes its output to the spool itself, so it may
+    /// outlive the puppet), and waits a little for it to be gone, so that
+    /// the spool no longer grows. Returns whether an orphan was found.
+    pub fn kill_orphan(&self, run_id: &str) -> bool {
+        let Some(mark) = ProcessMark::load(&self.pid_path(run_id)) else {
+            return false;
+        };
+        if !mark.is_alive() {
+            return false;
+        }
+        tracing::warn!(
+            run_id,
+            pgid = mark.pgid,
+            "the run's processes outlived the puppet; killing them"
+        );
+        if let Err(e) = crate::sys::kill_process_group(mark.pgid, libc::SIGKILL) {
+            tracing::warn!(run_id, error = %e, "cannot kill the orphaned process group");
+            return true;
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while mark.is_alive() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
     }
 
     /// Writes a record atomically and durably.
@@ -202,6 +290,7 @@ impl RunStore {
         for path in [
             self.spool_path(run_id),
             self.script_path(run_id),
+            self.pid_path(run_id),
             self.record_path(run_id),
         ] {
             match fs::remove_file(&path) {
@@ -331,6 +420,24 @@ mod tests {
         let all = store.load_all().unwrap();
         assert_eq!(all.len(), 1);
         assert_eq!(store.spool_len("run-2"), 6);
+    }
+
+    #[test]
+    fn process_marks_recognise_the_same_process_only() {
+        let me = ProcessMark::of(std::process::id()).unwrap();
+        assert!(me.is_alive());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.pid");
+        me.save(&path).unwrap();
+        assert_eq!(ProcessMark::load(&path), Some(me));
+        // The same pid with another start time is another process.
+        let recycled = ProcessMark {
+            start_time: me.start_time + 1,
+            ..me
+        };
+        assert!(!recycled.is_alive());
+        fs::write(&path, "garbage").unwrap();
+        assert_eq!(ProcessMark::load(&path), None);
     }
 
     #[test]

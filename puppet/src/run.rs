@@ -146,6 +146,13 @@ pub async fn recover_run(ctx: RunContext, mut record: RunRecord) {
         run_id: run_id.clone(),
         attempt: record.attempt,
     };
+    if record.phase == Phase::Started {
+        // The child writes to the spool itself and may have outlived the
+        // puppet: stop it before the spool's length is taken as final.
+        let store = ctx.store.clone();
+        let id = run_id.clone();
+        let _ = tokio::task::spawn_blocking(move || store.kill_orphan(&id)).await;
+    }
     let spool_len = ctx.store.spool_len(&run_id);
     let report = record.recovery_report(spool_len);
     if record.phase != Phase::Finished {
@@ -250,6 +257,7 @@ fn exec_request(ctx: &RunContext, assignment: &Assignment) -> Result<ExecRequest
         workdir,
         timeout: rpc::from_proto_duration(spec.timeout.as_ref()).filter(|t| !t.is_zero()),
         script_path: ctx.store.script_path(&assignment.run_id),
+        pid_path: Some(ctx.store.pid_path(&assignment.run_id)),
     })
 }
 

@@ -1,9 +1,12 @@
 //! The spool: a run's output on disk until the puppeteer has acknowledged it.
 //!
-//! The executor appends to the spool as output arrives and publishes the new
-//! length on a watch channel; the uploader reads from the file at the offset
-//! the server has committed. Memory stays flat however much a run prints,
-//! and the output survives a restart of the puppet.
+//! The child process writes its output straight into the spool file (it is
+//! its stdout and stderr), so whatever it printed is on disk the moment
+//! `write(2)` returns, even if the puppet is `kill -9`ed right after: there
+//! is no pipe buffer in between to lose. The executor watches the file's
+//! length and publishes it on a watch channel; the uploader reads from the
+//! file at the offset the server has committed. Memory stays flat however
+//! much a run prints, and the output survives a restart of the puppet.
 
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -16,6 +19,7 @@ use tokio::sync::watch;
 #[derive(Debug)]
 pub struct SpoolWriter {
     file: tokio::fs::File,
+    path: std::path::PathBuf,
     len: u64,
     progress: watch::Sender<u64>,
 }
@@ -35,6 +39,7 @@ impl SpoolWriter {
         Ok((
             SpoolWriter {
                 file,
+                path: path.to_path_buf(),
                 len,
                 progress,
             },
@@ -51,6 +56,23 @@ impl SpoolWriter {
         self.len += data.len() as u64;
         self.progress.send_replace(self.len);
         Ok(())
+    }
+
+    /// A handle on the spool file, opened for appending, to give a child
+    /// process as its stdout and stderr.
+    pub fn child_output(&self) -> io::Result<std::fs::File> {
+        std::fs::OpenOptions::new().append(true).open(&self.path)
+    }
+
+    /// Re-reads the length of the file (a child writes to it directly) and
+    /// tells the readers when it grew.
+    pub async fn refresh(&mut self) -> io::Result<u64> {
+        let len = tokio::fs::metadata(&self.path).await?.len();
+        if len > self.len {
+            self.len = len;
+            self.progress.send_replace(len);
+        }
+        Ok(self.len)
     }
 
     /// Bytes in the spool.

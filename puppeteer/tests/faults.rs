@@ -255,14 +255,10 @@ async fn netns_a_run_completes_across_a_slow_lossy_link() {
         .await;
 }
 
-/// Output the child printed but the puppet had not yet read from the pipe
-/// when it was `kill -9`ed: the issue promises it is not lost. KNOWN GAP:
-/// the executor gives the child a pipe, and what sits in the pipe when the
-/// puppet dies (up to a pipe buffer, 64 KiB) is gone; the fix is to give the
-/// child the spool file itself as stdout and stderr (and to record the
-/// run's process group so that a restarted puppet can kill an orphan).
+/// Output the child printed while the puppet was frozen (it read nothing)
+/// and then `kill -9`ed: the issue promises it is not lost. The child writes
+/// into the spool file itself, so there is no pipe buffer to lose.
 #[tokio::test]
-#[ignore = "known gap: output still in the pipe when the puppet is kill -9ed is lost"]
 async fn output_printed_just_before_the_puppet_dies_is_not_lost() {
     let mut rig = Rig::start(&["--poll-timeout", "5s"], &[]).await;
     let go = rig.dir.path().join("go");
