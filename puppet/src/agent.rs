@@ -89,6 +89,10 @@ pub async fn run_agent(config: AgentConfig, shutdown: CancellationToken) -> anyh
         state_dir: config.state_dir.clone(),
         shutdown: shutdown.clone(),
         abandon: CancellationToken::new(),
+        artifacts: crate::artifacts::ArtifactCache::new(
+            &config.state_dir,
+            config.artifact_cache_max,
+        ),
     };
     let mut tasks = JoinSet::new();
     recover(&ctx, &mut tasks)?;

@@ -38,7 +38,8 @@ pub enum Command {
 #[derive(Default, clap::Args)]
 pub struct RunArgs {
     /// TOML file with the same keys as the flags (server, ca, enroll_token,
-    /// state_dir, name, labels, transport, slots, poll_hold, proxy); flags win.
+    /// state_dir, name, labels, transport, slots, poll_hold, proxy,
+    /// artifact_cache_max); flags win.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// The puppeteer's URL, https://host:port.
@@ -81,6 +82,10 @@ pub struct RunArgs {
     /// Connect directly, whatever HTTPS_PROXY says.
     #[arg(long)]
     pub no_proxy: bool,
+    /// Bound of the artifact cache (STATE_DIR/cache), e.g. 500MiB or 10GiB: the least
+    /// recently used artifacts no running run needs are evicted [default: 2GiB].
+    #[arg(long, value_name = "SIZE", value_parser = |s: &str| crate::config::parse_size(s).map_err(|e| e.0))]
+    pub artifact_cache_max: Option<u64>,
     /// Log format: `text` (human-readable) or `json` (one JSON object a
     /// line). The level comes from RUST_LOG [default: info].
     #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
@@ -111,6 +116,7 @@ impl fmt::Debug for RunArgs {
             .field("poll_hold", &self.poll_hold)
             .field("proxy", &redacted_proxy(&self.proxy))
             .field("no_proxy", &self.no_proxy)
+            .field("artifact_cache_max", &self.artifact_cache_max)
             .field("log_format", &self.log_format)
             .finish()
     }
@@ -150,6 +156,7 @@ pub struct FileConfig {
     pub slots: Option<u32>,
     pub poll_hold: Option<String>,
     pub proxy: Option<String>,
+    pub artifact_cache_max: Option<String>,
 }
 
 /// Shown without the enrollment token, a secret.
@@ -166,6 +173,7 @@ impl fmt::Debug for FileConfig {
             .field("slots", &self.slots)
             .field("poll_hold", &self.poll_hold)
             .field("proxy", &redacted_proxy(&self.proxy))
+            .field("artifact_cache_max", &self.artifact_cache_max)
             .finish()
     }
 }
@@ -242,6 +250,12 @@ impl RunArgs {
             (false, None, Some(text)) => parse_proxy(&text, "the config file's proxy")?,
             (false, None, None) => ProxyConfig::FromEnv,
         };
+        let artifact_cache_max = match (self.artifact_cache_max, file.artifact_cache_max) {
+            (Some(max), _) => max,
+            (None, Some(text)) => crate::config::parse_size(&text)
+                .map_err(|e| ConfigError(format!("artifact_cache_max: {}", e.0)))?,
+            (None, None) => crate::artifacts::DEFAULT_CACHE_MAX,
+        };
         let config = AgentConfig {
             server,
             ca_file: self.ca.or(file.ca),
@@ -253,6 +267,7 @@ impl RunArgs {
             slots: self.slots.or(file.slots).unwrap_or(DEFAULT_SLOTS),
             poll_hold,
             proxy,
+            artifact_cache_max,
         };
         config.validate()?;
         Ok(config)
@@ -290,10 +305,13 @@ mod tests {
             "20s",
             "--enroll-token",
             "tok",
+            "--artifact-cache-max",
+            "500MiB",
         ])
         .into_config()
         .unwrap();
         assert_eq!(config.name, "web-1");
+        assert_eq!(config.artifact_cache_max, 500 << 20);
         assert_eq!(config.labels.len(), 2);
         assert_eq!(config.transport, Transport::Grpc);
         assert_eq!(config.slots, 3);
@@ -304,7 +322,7 @@ mod tests {
     #[test]
     fn flags_override_the_file() {
         let file = FileConfig::parse(
-            "server = \"http://file:1\"\nstate_dir = \"/var/lib/puppet\"\nname = \"from-file\"\nslots = 2\npoll_hold = \"30s\"\n[labels]\nos = \"debian\"\n",
+            "server = \"http://file:1\"\nstate_dir = \"/var/lib/puppet\"\nname = \"from-file\"\nslots = 2\npoll_hold = \"30s\"\nartifact_cache_max = \"1GiB\"\n[labels]\nos = \"debian\"\n",
         )
         .unwrap();
         let config = parse(&["--name", "from-flag"]).merge(file).unwrap();
@@ -313,6 +331,7 @@ mod tests {
         assert_eq!(config.slots, 2);
         assert_eq!(config.labels["os"], "debian");
         assert_eq!(config.poll_hold, Some(Duration::from_secs(30)));
+        assert_eq!(config.artifact_cache_max, 1 << 30);
     }
 
     #[test]

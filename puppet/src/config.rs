@@ -51,6 +51,9 @@ pub struct AgentConfig {
     /// The HTTP CONNECT proxy: from `HTTPS_PROXY`/`NO_PROXY` unless given
     /// (`--proxy`, `--no-proxy`). Its `Debug` hides the credentials.
     pub proxy: ProxyConfig,
+    /// The bound of the artifact cache in bytes (least recently used files
+    /// that no run needs are evicted).
+    pub artifact_cache_max: u64,
 }
 
 impl fmt::Debug for AgentConfig {
@@ -69,6 +72,7 @@ impl fmt::Debug for AgentConfig {
             .field("slots", &self.slots)
             .field("poll_hold", &self.poll_hold)
             .field("proxy", &self.proxy)
+            .field("artifact_cache_max", &self.artifact_cache_max)
             .finish()
     }
 }
@@ -87,6 +91,7 @@ impl AgentConfig {
             slots: DEFAULT_SLOTS,
             poll_hold: None,
             proxy: ProxyConfig::default(),
+            artifact_cache_max: crate::artifacts::DEFAULT_CACHE_MAX,
         }
     }
 
@@ -139,6 +144,42 @@ impl AgentConfig {
         }
         Ok(())
     }
+}
+
+/// A size in bytes, written with a unit: `500MiB`, `2GiB`, `1.5 GiB`,
+/// `100MB`, `4096B` (or a plain number of bytes).
+pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
+    let text = s.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().map_err(|_| {
+        ConfigError(format!(
+            "invalid size {s:?}: write a number and a unit, e.g. 2GiB or 500MiB"
+        ))
+    })?;
+    let factor = match unit.trim() {
+        "" | "B" => 1.0,
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        "TiB" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        "kB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "TB" => 1e12,
+        other => {
+            return err(format!(
+                "invalid size {s:?}: unknown unit {other:?}; use B, KiB, MiB, GiB, TiB, kB, MB, GB or TB"
+            ));
+        }
+    };
+    let bytes = (number * factor).round();
+    if bytes > u64::MAX as f64 {
+        return err(format!("invalid size {s:?}: too large"));
+    }
+    Ok(bytes as u64)
 }
 
 fn validate_server(server: &str, has_ca: bool) -> Result<(), ConfigError> {
@@ -233,6 +274,16 @@ pub fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, ConfigError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_take_units() {
+        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
+        assert_eq!(parse_size(" 1.5 MiB ").unwrap(), 1_572_864);
+        assert_eq!(parse_size("100MB").unwrap(), 100_000_000);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("2 gigs").unwrap_err().0.contains("unknown unit"));
+        assert!(parse_size("GiB").unwrap_err().0.contains("invalid size"));
+    }
 
     fn valid() -> AgentConfig {
         let mut config = AgentConfig::new("http://127.0.0.1:1", std::env::temp_dir());

@@ -16,6 +16,9 @@
 //!   the puppeteer has acknowledged it with `AppendLog`; uploads resume from the
 //!   server's `committed` length.
 //! - Both are removed once `FinishRun` is acknowledged.
+//! - `cache/<sha256>` holds artifacts runs need, fetched before the run and
+//!   verified by hash; `cache/<sha256>.part` a download to resume (see
+//!   `artifacts`).
 //!
 //! **A redelivered run is never started twice.** The puppeteer may send an
 //! assignment again when an answer was lost. The poll loop puts each
@@ -42,6 +45,7 @@
 //! connection.
 
 mod agent;
+mod artifacts;
 mod backoff;
 pub mod cli;
 pub mod config;

@@ -11,6 +11,7 @@ use geppetto_proto::v1::{Assignment, StartRunRequest};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::artifacts::{ArtifactCache, FetchError};
 use crate::executor::{self, ExecRequest, StopSignals};
 use crate::held::{HeldRuns, Stage};
 use crate::records::{FinishReport, Outcome, Phase, RunRecord, RunStore};
@@ -29,6 +30,8 @@ pub struct RunContext {
     pub shutdown: CancellationToken,
     /// Fires a grace period after `shutdown`: calls to the server stop.
     pub abandon: CancellationToken,
+    /// Artifacts fetched for runs, by content.
+    pub artifacts: ArtifactCache,
 }
 
 /// Executes a newly admitted assignment and reports it.
@@ -75,6 +78,41 @@ pub async fn run_assignment(ctx: RunContext, assignment: Assignment, cancel: Can
         }
     }
 
+    // Artifacts come before the child: fetching them does not count against
+    // the run's timeout, and a run whose files cannot be had never starts.
+    // `prepared` keeps them out of the cache's eviction until the run ends.
+    let artifacts = assignment
+        .spec
+        .as_ref()
+        .map(|s| s.artifacts.as_slice())
+        .unwrap_or_default();
+    let prepared = match ctx
+        .artifacts
+        .prepare(&ctx.client, &run_id, attempt, artifacts, &cancel)
+        .await
+    {
+        Ok(prepared) => prepared,
+        // The record stays: the next start reports the run interrupted.
+        Err(FetchError::Stopped) if ctx.shutdown.is_cancelled() => return,
+        Err(e) => {
+            let report = match e {
+                FetchError::Stopped => report_without_output(
+                    Outcome::Cancelled,
+                    "cancelled while its artifacts were fetched".into(),
+                ),
+                FetchError::Failed(message) => {
+                    tracing::error!(%run_id, "{message}");
+                    report_without_output(Outcome::StartFailed, message)
+                }
+            };
+            record.phase = Phase::Finished;
+            record.finish = Some(report.clone());
+            save_or_log(&ctx.store, &record);
+            report_and_forget(&ctx, &target, report, 0).await;
+            return;
+        }
+    };
+
     record.phase = Phase::Started;
     if let Err(e) = ctx.store.save(&record) {
         let message = format!(
@@ -110,7 +148,10 @@ pub async fn run_assignment(ctx: RunContext, assignment: Assignment, cancel: Can
             return;
         }
     };
-    let request = exec_request(&ctx, &assignment);
+    let request = exec_request(&ctx, &assignment).map(|mut request| {
+        request.env.extend(prepared.env.iter().cloned());
+        request
+    });
     tracing::info!(%run_id, attempt, task = %assignment.task_name, "run starting");
 
     let execution = async {

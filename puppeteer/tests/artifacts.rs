@@ -4,6 +4,8 @@
 //! resources their runs hold.
 
 mod common;
+#[path = "common/faultproxy.rs"]
+mod faultproxy;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -608,5 +610,281 @@ async fn concurrent_downloads_share_the_budget_of_the_resource_they_hold() {
     let started = Instant::now();
     fetch(&mut p1, &a3, &digest, 0).await.unwrap();
     assert!(started.elapsed() < floor / 2, "{:?}", started.elapsed());
+    server.stop().await;
+}
+
+/// The artifact bytes the puppeteer streamed so far.
+async fn bytes_sent(server: &TestServer) -> u64 {
+    let addr = server.running.as_ref().unwrap().metrics_addr.unwrap();
+    scrape(addr)
+        .await
+        .get("geppetto_artifact_bytes_sent_total")
+        .copied()
+        .unwrap_or(0.0) as u64
+}
+
+async fn metered_server() -> TestServer {
+    TestServer::start_with(|c| {
+        c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await
+}
+
+/// A task whose script prints the SHA-256 of each artifact it gets.
+async fn hashing_task(
+    admin: &mut Admin,
+    name: &str,
+    artifacts: &[&str],
+    retries: u32,
+    needs: &[&str],
+) {
+    let body: String = artifacts
+        .iter()
+        .map(|a| format!("sha256sum \"${}\"\n", artifact_env(a)))
+        .collect();
+    admin
+        .tasks
+        .create_task(pb::CreateTaskRequest {
+            name: name.into(),
+            spec: Some(pb::RunSpec {
+                artifacts: refs(artifacts),
+                ..script_spec(&body, Duration::from_secs(60))
+            }),
+            retries,
+            resources: needs
+                .iter()
+                .map(|n| pb::ResourceNeed {
+                    name: n.to_string(),
+                    count: 1,
+                })
+                .collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
+fn artifact_env(name: &str) -> String {
+    let tail: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("GEPPETTO_ARTIFACT_{tail}")
+}
+
+/// Runs `task` on `puppet` to its end; returns the run and its output.
+async fn run_to_end(admin: &mut Admin, task: &str, puppet: &str) -> (pb::Run, String) {
+    let job = admin.run_on(task, &[puppet]).await;
+    admin.wait_job(&job.id, Duration::from_secs(60)).await;
+    let run_id = job.runs[0].run_id.clone();
+    let run = admin
+        .runs
+        .get_run(pb::GetRunRequest { id: run_id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    let log = String::from_utf8(admin.log(&run_id).await).unwrap();
+    (run, log)
+}
+
+#[tokio::test]
+async fn real_puppets_fetch_artifacts_once_verify_them_and_hand_their_paths_to_the_run() {
+    let server = metered_server().await;
+    let mut admin = server.admin();
+    let big = content(6, 1536 * 1024);
+    let small = content(7, 10_000);
+    upload(&admin, "big.bin", &big).await;
+    upload(&admin, "small.txt", &small).await;
+    hashing_task(&mut admin, "use", &["big.bin", "small.txt"], 0, &[]).await;
+    let secret = admin.enroll_secret().await;
+    let puppet = common::RealPuppet::start(&server.url, Some(&server.ca), &secret, "p1");
+    admin.wait_polling("p1").await;
+
+    let (run, log) = run_to_end(&mut admin, "use", "p1").await;
+    assert_eq!(run.state, pb::RunState::Succeeded as i32, "{run:?}\n{log}");
+    assert!(
+        log.contains(&sha(&big)) && log.contains(&sha(&small)),
+        "{log}"
+    );
+    let cache = puppet.state_dir.path().join("state/cache");
+    assert!(
+        log.contains(&cache.join(sha(&big)).display().to_string()),
+        "{log}"
+    );
+    let sent = bytes_sent(&server).await;
+    assert_eq!(sent, (big.len() + small.len()) as u64);
+
+    // A second run finds both in the cache: nothing crosses the link again.
+    let (run, log) = run_to_end(&mut admin, "use", "p1").await;
+    assert_eq!(run.state, pb::RunState::Succeeded as i32, "{run:?}\n{log}");
+    assert!(log.contains(&sha(&big)), "{log}");
+    assert_eq!(bytes_sent(&server).await, sent, "the cache was not used");
+
+    // A cached file damaged on disk is detected, deleted and fetched again.
+    let cached = cache.join(sha(&big));
+    let mut damaged = std::fs::read(&cached).unwrap();
+    damaged[1000] ^= 0xff;
+    std::fs::write(&cached, &damaged).unwrap();
+    let (run, log) = run_to_end(&mut admin, "use", "p1").await;
+    assert_eq!(run.state, pb::RunState::Succeeded as i32, "{run:?}\n{log}");
+    assert!(log.contains(&sha(&big)), "{log}");
+    assert_eq!(bytes_sent(&server).await, sent + big.len() as u64);
+    assert!(std::fs::read(&cached).unwrap() == big);
+
+    // Content that never hashes right (damaged on the server) fails the run
+    // before it starts, with the reason, after one more try.
+    std::fs::remove_file(cache.join(sha(&small))).unwrap();
+    let stored = server.dir.path().join("data/artifacts").join(sha(&small));
+    let mut bad = small.clone();
+    bad[0] ^= 0xff;
+    std::fs::write(&stored, &bad).unwrap();
+    let (run, log) = run_to_end(&mut admin, "use", "p1").await;
+    assert_eq!(run.state, pb::RunState::Failed as i32, "{run:?}");
+    assert_eq!(run.outcome, pb::Outcome::StartFailed as i32, "{run:?}");
+    assert!(run.cause.contains("does not match its SHA-256"), "{run:?}");
+    assert!(log.is_empty(), "the script ran: {log}");
+    assert!(!cache.join(format!("{}.part", sha(&small))).exists());
+    puppet.stop().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_download_cut_by_a_puppet_kill_resumes_from_the_bytes_it_held() {
+    let server = metered_server().await;
+    let mut admin = server.admin();
+    // A budget slows the download enough to cut it in the middle.
+    const BUDGET: u64 = 256 * 1024;
+    resources(&admin)
+        .create_resource(pb::CreateResourceRequest {
+            name: "uplink".into(),
+            capacity: 1,
+            bandwidth: BUDGET,
+        })
+        .await
+        .unwrap();
+    let data = content(8, 1024 * 1024);
+    upload(&admin, "patch.bin", &data).await;
+    hashing_task(&mut admin, "patch", &["patch.bin"], 1, &["uplink"]).await;
+    let secret = admin.enroll_secret().await;
+    let puppet = common::RealPuppet::start(&server.url, Some(&server.ca), &secret, "p1");
+    admin.wait_polling("p1").await;
+    let job = admin.run_on("patch", &["p1"]).await;
+
+    let part = puppet
+        .state_dir
+        .path()
+        .join(format!("state/cache/{}.part", sha(&data)));
+    common::wait_until("a third of the download", Duration::from_secs(30), || {
+        std::fs::metadata(&part).is_ok_and(|m| m.len() > data.len() as u64 / 3)
+    })
+    .await;
+    let state_dir = puppet.kill().await;
+    let sent_before = bytes_sent(&server).await;
+    let held = std::fs::metadata(&part).unwrap().len();
+    assert!(
+        held < data.len() as u64,
+        "the download finished before the kill"
+    );
+
+    // The restarted puppet reports the run interrupted; its retry fetches
+    // only what the partial file lacks.
+    let puppet =
+        common::RealPuppet::start_in(state_dir, &server.url, Some(&server.ca), &secret, "p1");
+    let ended = admin.wait_job(&job.id, Duration::from_secs(60)).await;
+    let run = admin
+        .runs
+        .get_run(pb::GetRunRequest {
+            id: job.runs[0].run_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        run.state,
+        pb::RunState::Succeeded as i32,
+        "{ended:?}\n{run:?}"
+    );
+    assert_eq!(run.attempt, 2, "{run:?}");
+    let log = String::from_utf8(admin.log(&run.id).await).unwrap();
+    assert!(log.contains(&sha(&data)), "{log}");
+    let resent = bytes_sent(&server).await - sent_before;
+    // A chunk or two may have been in flight when the puppet died.
+    let slack = 2 * 64 * 1024;
+    eprintln!(
+        "held {held} of {} bytes at the kill; {resent} bytes sent after it",
+        data.len()
+    );
+    assert!(
+        resent <= data.len() as u64 - held + slack,
+        "resent {resent}, held {held}"
+    );
+    puppet.stop().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_download_cut_by_the_link_resumes_in_the_same_attempt() {
+    let server = metered_server().await;
+    let mut admin = server.admin();
+    const BUDGET: u64 = 256 * 1024;
+    resources(&admin)
+        .create_resource(pb::CreateResourceRequest {
+            name: "uplink".into(),
+            capacity: 1,
+            bandwidth: BUDGET,
+        })
+        .await
+        .unwrap();
+    let data = content(9, 1024 * 1024);
+    upload(&admin, "patch.bin", &data).await;
+    hashing_task(&mut admin, "patch", &["patch.bin"], 0, &["uplink"]).await;
+    let upstream = server.running.as_ref().unwrap().addr;
+    let proxy = faultproxy::FaultProxy::start(upstream).await;
+    let secret = admin.enroll_secret().await;
+    let puppet = common::RealPuppet::start(&proxy.url(), Some(&server.ca), &secret, "p1");
+    admin.wait_polling("p1").await;
+    let job = admin.run_on("patch", &["p1"]).await;
+    let part = puppet
+        .state_dir
+        .path()
+        .join(format!("state/cache/{}.part", sha(&data)));
+    common::wait_until("a third of the download", Duration::from_secs(30), || {
+        std::fs::metadata(&part).is_ok_and(|m| m.len() > data.len() as u64 / 3)
+    })
+    .await;
+    // Every connection (the stream and the held poll) is cut at once.
+    proxy.cut_all();
+    let sent_before = bytes_sent(&server).await;
+    let held = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+    admin.wait_job(&job.id, Duration::from_secs(60)).await;
+    let run = admin
+        .runs
+        .get_run(pb::GetRunRequest {
+            id: job.runs[0].run_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(run.state, pb::RunState::Succeeded as i32, "{run:?}");
+    assert_eq!(run.attempt, 1, "the cut cost the attempt: {run:?}");
+    let log = String::from_utf8(admin.log(&run.id).await).unwrap();
+    assert!(log.contains(&sha(&data)), "{log}");
+    let resent = bytes_sent(&server).await - sent_before;
+    eprintln!(
+        "held {held} of {} bytes at the cut; {resent} bytes sent after it",
+        data.len()
+    );
+    let slack = 2 * 64 * 1024;
+    assert!(
+        resent <= data.len() as u64 - held + slack,
+        "resent {resent}, held {held}"
+    );
+    puppet.stop().await;
     server.stop().await;
 }
