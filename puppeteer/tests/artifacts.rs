@@ -474,6 +474,19 @@ async fn tasks_pin_artifacts_and_only_their_runs_may_fetch_them() {
     assert_eq!(refs[0].sha256, sha(&newer));
     let got = fetch(&mut p1, &assignment, &sha(&one), 0).await.unwrap();
     assert!(got == one, "the pinned content changed");
+
+    // Removing the task deletes the content only its versions pinned.
+    let stored = |data: &[u8]| server.dir.path().join("data/artifacts").join(sha(data));
+    assert!(stored(&one).is_file() && stored(&two).is_file());
+    admin
+        .tasks
+        .remove_task(pb::RemoveTaskRequest {
+            name: "patch".into(),
+        })
+        .await
+        .unwrap();
+    assert!(!stored(&one).exists() && !stored(&two).exists());
+    assert!(stored(&newer).is_file(), "the name still points at it");
     server.stop().await;
 }
 

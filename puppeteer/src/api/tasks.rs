@@ -233,8 +233,33 @@ impl Tasks for TasksApi {
             caller?;
             let name = &request.get_ref().name;
             domain::check_task_name(name).map_err(ApiError::from)?;
+            let contents = self
+                .state
+                .store
+                .task_contents(name)
+                .map_err(ApiError::from)?;
             self.state.store.remove_task(name).map_err(ApiError::from)?;
             self.state.store.flush().await.map_err(ApiError::from)?;
+            // Content only this task's versions pinned (its name was
+            // removed or re-uploaded since) is not needed any more.
+            for sha256 in contents {
+                if !self
+                    .state
+                    .store
+                    .content_pinned(&sha256)
+                    .map_err(ApiError::from)?
+                {
+                    let blobs = self.state.blobs.clone();
+                    let removed =
+                        tokio::task::spawn_blocking(move || blobs.remove_content(&sha256)).await;
+                    if let Err(e) = removed
+                        .map_err(|e| e.to_string())
+                        .and_then(|r| r.map_err(|e| e.to_string()))
+                    {
+                        tracing::warn!(error = %e, "cannot remove unused artifact content");
+                    }
+                }
+            }
             Ok(Response::new(pb::RemoveTaskResponse {}))
         }
         .await;

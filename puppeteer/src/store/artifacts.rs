@@ -125,6 +125,21 @@ impl Store {
         }
     }
 
+    /// The content every version of a task pins.
+    pub fn task_contents(&self, task: &str) -> Result<Vec<String>> {
+        let mut out: Vec<String> = Vec::new();
+        for kv in self.tasks.scan_prefix(super::keys::prefix_of(task)) {
+            let (k, v) = kv?;
+            let task: Task = decode(&k, &v)?;
+            for a in task.spec.artifacts {
+                if !out.contains(&a.sha256) {
+                    out.push(a.sha256);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Whether a name, or any version of any task, still pins this content.
     pub fn content_pinned(&self, sha256: &str) -> Result<bool> {
         for artifact in self.list_artifacts()? {
