@@ -15,6 +15,7 @@
 
 pub mod api;
 pub mod artifact;
+pub mod backup;
 pub mod bandwidth;
 pub mod blobs;
 pub mod config;

@@ -28,6 +28,53 @@ enum Command {
     /// same local CA (for new names, or before it expires). Puppets and
     /// operators keep their CA file. Restart the puppeteer to use it.
     RenewCert(RenewArgs),
+    /// Write a backup of the data dir to a file: every database tree and every
+    /// other file (TLS keys and certificates, the admin token, artifacts), in a
+    /// versioned format with a checksum. Offline: stop the puppeteer first (a
+    /// running one holds the database, and the command says so).
+    Backup(BackupArgs),
+    /// Restore a backup into a data dir, then start `puppeteer serve` on it.
+    /// The file is checked whole (format, version, checksum) before anything
+    /// is written; a corrupted or truncated backup changes nothing. Refuses a
+    /// data dir that is not empty unless --force.
+    Restore(RestoreArgs),
+    /// Rewrite the database offline to give freed space back to the file
+    /// system (sled reuses the space of pruned data, but its files rarely
+    /// shrink). A backup and a restore in place; prints the sizes.
+    Compact(CompactArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct BackupArgs {
+    /// The backup file to write (replaced if it exists).
+    #[arg(long, value_name = "FILE")]
+    to: PathBuf,
+    /// Data dir of the puppeteer [default: ./geppetto-data].
+    #[arg(long, alias = "data", env = "PUPPETEER_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+struct RestoreArgs {
+    /// The backup file to read.
+    #[arg(long, value_name = "FILE")]
+    from: PathBuf,
+    /// The data dir to restore into: new or empty, unless --force
+    /// [default: ./geppetto-data].
+    #[arg(long, alias = "data", env = "PUPPETEER_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Replace the content of a data dir that is not empty (its database,
+    /// TLS files and token are lost). Still refused while a puppeteer runs
+    /// on it.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct CompactArgs {
+    /// Data dir of the puppeteer [default: ./geppetto-data].
+    #[arg(long, alias = "data", env = "PUPPETEER_DATA_DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -230,12 +277,55 @@ fn renew(args: RenewArgs) -> Result<()> {
     Ok(())
 }
 
+fn data_dir_or_default(dir: Option<PathBuf>) -> PathBuf {
+    dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
+}
+
+fn backup(args: BackupArgs) -> Result<()> {
+    let data_dir = data_dir_or_default(args.data_dir);
+    let summary = puppeteer::backup::backup(&data_dir, &args.to)?;
+    println!(
+        "Wrote {} from {}: {summary}.",
+        args.to.display(),
+        data_dir.display()
+    );
+    Ok(())
+}
+
+fn restore(args: RestoreArgs) -> Result<()> {
+    let data_dir = data_dir_or_default(args.data_dir);
+    let options = puppeteer::backup::RestoreOptions { force: args.force };
+    let (header, summary) = puppeteer::backup::restore(&args.from, &data_dir, &options)?;
+    println!(
+        "Restored {} (made {} by puppeteer {}) into {}: {summary}.",
+        args.from.display(),
+        header.created_at,
+        header.puppeteer_version,
+        data_dir.display()
+    );
+    println!(
+        "Start it with: puppeteer serve --data-dir {}",
+        data_dir.display()
+    );
+    Ok(())
+}
+
+fn compact(args: CompactArgs) -> Result<()> {
+    let data_dir = data_dir_or_default(args.data_dir);
+    let (before, after) = puppeteer::backup::compact(&data_dir)?;
+    println!(
+        "Compacted the database in {}: {before} bytes before, {after} bytes after.",
+        data_dir.display()
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
     init_logging(match &cli.command {
         Command::Serve(args) => args.log_format,
-        Command::RenewCert(_) => LogFormat::Text,
+        _ => LogFormat::Text,
     });
     if let Err(e) = run(cli).await {
         eprintln!("error: {e:#}");
@@ -247,6 +337,9 @@ async fn run(cli: Cli) -> Result<()> {
     let args = match cli.command {
         Command::Serve(args) => *args,
         Command::RenewCert(args) => return renew(args),
+        Command::Backup(args) => return backup(args),
+        Command::Restore(args) => return restore(args),
+        Command::Compact(args) => return compact(args),
     };
     let config = config_from(args)?;
     let insecure = config.insecure_plaintext;

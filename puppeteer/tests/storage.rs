@@ -504,3 +504,188 @@ async fn retention_prunes_the_oldest_finished_jobs_with_runs_and_logs() {
     puppet.stop().await;
     server.stop().await;
 }
+
+/// Runs `puppeteer ARGS...`; returns success, stdout and stderr.
+fn puppeteer_cmd(args: &[&std::ffi::OsStr]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_puppeteer"))
+        .args(args)
+        .output()
+        .expect("the puppeteer binary runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn backup_and_restore_round_trip_everything() {
+    use geppetto_proto::client::Transport;
+    use geppetto_proto::v1::tokens_client::TokensClient;
+    use geppetto_proto::v1::users_client::UsersClient;
+    use std::ffi::OsStr;
+
+    let server = TestServer::start_with(|c| c.poll_timeout = Duration::from_secs(1)).await;
+    let mut admin = server.admin();
+    let secret = admin.enroll_secret().await;
+    let puppet = common::RealPuppet::start(&server.url, Some(&server.ca), &secret, "p1");
+    admin.wait_polling("p1").await;
+    admin
+        .script_task("t", "echo backed up", Duration::from_secs(60))
+        .await;
+    let job = admin.run_on("t", &["p1"]).await;
+    admin.wait_job(&job.id, Duration::from_secs(60)).await;
+    let run_id = job.runs[0].run_id.clone();
+    let mut users = UsersClient::new(admin.channel.clone());
+    users
+        .add_user(pb::AddUserRequest {
+            name: "alice".into(),
+            role: pb::Role::Operator as i32,
+        })
+        .await
+        .unwrap();
+    let alice = TokensClient::new(admin.channel.clone())
+        .create_token(pb::CreateTokenRequest {
+            user: "alice".into(),
+            name: "laptop".into(),
+            ttl: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .secret;
+
+    let data = server.dir.path().join("data");
+    let file = server.dir.path().join("geppetto.backup");
+    // Refused while the puppeteer runs, and nothing is written.
+    let (ok, _, err) = puppeteer_cmd(&[
+        OsStr::new("backup"),
+        OsStr::new("--to"),
+        file.as_os_str(),
+        OsStr::new("--data-dir"),
+        data.as_os_str(),
+    ]);
+    assert!(
+        !ok && err.contains("in use by a running puppeteer"),
+        "{err}"
+    );
+    assert!(!file.exists());
+
+    let state_dir = puppet.kill().await;
+    let TestServer {
+        dir,
+        running,
+        ca,
+        admin_token,
+        ..
+    } = server;
+    running.unwrap().stop().await.unwrap();
+    let (ok, out, err) = puppeteer_cmd(&[
+        OsStr::new("backup"),
+        OsStr::new("--to"),
+        file.as_os_str(),
+        OsStr::new("--data-dir"),
+        data.as_os_str(),
+    ]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("Wrote") && out.contains("files"), "{out}");
+
+    // Damaged copies are refused, and leave nothing behind.
+    let bytes = std::fs::read(&file).unwrap();
+    let nowhere = dir.path().join("nowhere");
+    for (what, damaged) in [
+        ("truncated", bytes[..bytes.len() * 2 / 3].to_vec()),
+        ("checksum", {
+            let mut b = bytes.clone();
+            let i = b.len() / 2;
+            b[i] ^= 0x01;
+            b
+        }),
+    ] {
+        let bad = dir.path().join("bad.backup");
+        std::fs::write(&bad, damaged).unwrap();
+        let (ok, _, err) = puppeteer_cmd(&[
+            OsStr::new("restore"),
+            OsStr::new("--from"),
+            bad.as_os_str(),
+            OsStr::new("--data-dir"),
+            nowhere.as_os_str(),
+        ]);
+        assert!(!ok && err.contains(what), "{what}: {err}");
+        assert!(!nowhere.exists());
+    }
+
+    // Restored into a new dir, the puppeteer serves the same state.
+    let restored = dir.path().join("restored");
+    let (ok, out, err) = puppeteer_cmd(&[
+        OsStr::new("restore"),
+        OsStr::new("--from"),
+        file.as_os_str(),
+        OsStr::new("--data"),
+        restored.as_os_str(),
+    ]);
+    assert!(ok, "{out}{err}");
+    // Not twice into the same dir without --force.
+    let (ok, _, err) = puppeteer_cmd(&[
+        OsStr::new("restore"),
+        OsStr::new("--from"),
+        file.as_os_str(),
+        OsStr::new("--data-dir"),
+        restored.as_os_str(),
+    ]);
+    assert!(!ok && err.contains("not empty"), "{err}");
+
+    let mut config = puppeteer::Config::new(restored.clone(), "127.0.0.1:0".parse().unwrap());
+    config.poll_timeout = Duration::from_secs(1);
+    let running = puppeteer::start(config).await.unwrap();
+    assert!(running.new_admin_token.is_none() && !running.created_tls);
+    assert_eq!(running.admin_token().unwrap(), admin_token);
+    let server = TestServer {
+        url: running.url(false),
+        ca: ca.clone(),
+        admin_token,
+        running: Some(running),
+        dir,
+    };
+    let mut admin = server.admin();
+    let tasks = admin
+        .tasks
+        .list_tasks(pb::ListTasksRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks;
+    assert_eq!(tasks.len(), 1);
+    let got = admin.job(&job.id).await;
+    assert_eq!(got.state, pb::JobState::Succeeded as i32, "{got:?}");
+    let run = admin
+        .runs
+        .get_run(pb::GetRunRequest { id: run_id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(run.state, pb::RunState::Succeeded as i32);
+    assert_eq!(admin.log(&run_id).await, b"backed up\n");
+    let users = UsersClient::new(admin.channel.clone())
+        .list_users(pb::ListUsersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .users;
+    assert!(users.iter().any(|u| u.name == "alice"), "{users:?}");
+    let who = UsersClient::new(server.channel(Transport::Grpc, Some(&alice)))
+        .who_am_i(pb::WhoAmIRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(who.user, "alice", "alice's token still works");
+    // The puppet comes back with its own state and credential.
+    let puppet =
+        common::RealPuppet::start_in(state_dir, &server.url, Some(&server.ca), "unused", "p1");
+    admin.wait_polling("p1").await;
+    let job = admin.run_on("t", &["p1"]).await;
+    let done = admin.wait_job(&job.id, Duration::from_secs(60)).await;
+    assert_eq!(done.state, pb::JobState::Succeeded as i32);
+    puppet.stop().await;
+    server.stop().await;
+}

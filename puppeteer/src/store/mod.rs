@@ -54,6 +54,7 @@
 //!   relied on, and the next flush takes them along.
 
 mod artifacts;
+pub mod backup;
 mod events;
 mod flush;
 mod groups;
