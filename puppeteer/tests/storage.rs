@@ -689,3 +689,151 @@ async fn backup_and_restore_round_trip_everything() {
     puppet.stop().await;
     server.stop().await;
 }
+
+/// Disk use: the data dir after N finished runs with 4 KiB of output each
+/// (one run per job), after retention pruned 90% of them, and after an
+/// offline compaction. Figures go to BENCHMARKS.md ("Storage"). Run with:
+/// `GEPPETTO_BENCH_RUNS=100000 cargo test --release -p puppeteer --test storage -- --ignored --nocapture storage_after`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark, not a test"]
+async fn storage_after_runs_retention_and_compaction() {
+    use geppetto_proto::v1::server_client::ServerClient;
+    use puppeteer::domain::*;
+
+    let count: usize = std::env::var("GEPPETTO_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let data = dir.path().join("data");
+    let started = std::time::Instant::now();
+    {
+        let store = puppeteer::store::Store::open(&data.join("db")).unwrap();
+        let output: Vec<u8> = (0..4096u32).map(|i| b'a' + (i % 26) as u8).collect();
+        for i in 0..count {
+            let job_id = format!("job-s{i}");
+            let run = Run {
+                id: format!("run-s{i}"),
+                job_id: job_id.clone(),
+                puppet: "p1".into(),
+                task_name: "t".into(),
+                task_version: 1,
+                state: RunState::Running,
+                attempt: 1,
+                cause: String::new(),
+                outcome: None,
+                exit_code: None,
+                signal: None,
+                created_at: Millis::now(),
+                started_at: None,
+                finished_at: None,
+                duration_ms: None,
+                log_length: 0,
+                history: vec![],
+                cancel_requested: false,
+                queue_seq: store.next_seq().unwrap(),
+                duplicate_reports: 0,
+                needs: vec![],
+                holds: vec![],
+                log_base: 0,
+                max_attempts: 1,
+                log_gap: None,
+            };
+            let job = Job {
+                id: job_id,
+                task_name: "t".into(),
+                task_version: 1,
+                spec: RunSpec {
+                    program: Program::Argv {
+                        args: vec!["true".into()],
+                    },
+                    timeout_ms: 1000,
+                    env: Default::default(),
+                    workdir: String::new(),
+                    artifacts: Vec::new(),
+                    expect_reboot: false,
+                    reboot_window_ms: None,
+                },
+                target: Target::Puppets(vec!["p1".into()]),
+                created_at: Millis::now(),
+                run_ids: vec![run.id.clone()],
+                cancelled: false,
+                seq: store.next_seq().unwrap(),
+                strategy: Default::default(),
+                approval: Default::default(),
+                not_targeted: vec![],
+                reported_end: None,
+            };
+            store.create_job(&job, std::slice::from_ref(&run)).unwrap();
+            store
+                .append_log(&run.id, 0, &output, None, |_| Ok(()))
+                .unwrap();
+            store
+                .update_run(&run.id, |r| {
+                    r.end_attempt(RunState::Succeeded, Millis::now(), "exited with code 0");
+                    Ok(true)
+                })
+                .unwrap();
+        }
+        store.flush().await.unwrap();
+    }
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    let db_size = || puppeteer::api::dir_bytes(&data.join("db"));
+    println!(
+        "{count} runs of 4 KiB written in {:.1}s; stored output {:.1} MiB",
+        started.elapsed().as_secs_f64(),
+        mib(count as u64 * 4096)
+    );
+    println!("| step | database on disk |");
+    println!("|---|---|");
+    println!("| after {count} runs | {:.1} MiB |", mib(db_size()));
+
+    let keep = (count / 10) as u64;
+    let mut config = puppeteer::Config::new(data.clone(), "127.0.0.1:0".parse().unwrap());
+    config.retention.max_jobs = keep;
+    config.retention.interval = Duration::from_secs(1);
+    let running = puppeteer::start(config).await.unwrap();
+    let channel = {
+        let slot = geppetto_proto::client::TokenSlot::default();
+        slot.set(Some(&running.admin_token().unwrap())).unwrap();
+        geppetto_proto::client::Channel::new(
+            &geppetto_proto::client::Endpoint {
+                url: running.url(false),
+                ca_file: running.ca_file.clone(),
+                transport: geppetto_proto::client::Transport::Grpc,
+            },
+            slot,
+        )
+        .unwrap()
+    };
+    let mut info = ServerClient::new(channel);
+    let pruning = std::time::Instant::now();
+    loop {
+        let i = info
+            .get_server_info(pb::GetServerInfoRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if i.pruned_jobs > 0 {
+            println!(
+                "| after retention pruned {} jobs in {:.1}s (keeping {keep}) | {:.1} MiB (server says {:.1} MiB, logs {:.1} MiB) |",
+                i.pruned_jobs,
+                pruning.elapsed().as_secs_f64(),
+                mib(db_size()),
+                mib(i.data_dir_bytes),
+                mib(i.log_bytes)
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    running.stop().await.unwrap();
+    let compacting = std::time::Instant::now();
+    let (before, after) = puppeteer::backup::compact(&data).unwrap();
+    println!(
+        "| after `puppeteer compact` ({:.1}s) | {:.1} MiB (was {:.1} MiB) |",
+        compacting.elapsed().as_secs_f64(),
+        mib(after),
+        mib(before)
+    );
+}
