@@ -5,6 +5,12 @@
 //! a live `logs --follow` sees lines as they are printed and a busy run is
 //! batched into large chunks. The server's `committed` answer is the truth:
 //! the next chunk starts there, whatever was sent before.
+//!
+//! The chunk size adapts to the link: each failed try of a chunk halves it
+//! (down to [`MIN_CHUNK`]), each acknowledged one doubles it again (up to
+//! [`MAX_CHUNK`]). On a link whose connections die before a full chunk can
+//! cross (a middlebox closing connections after a few seconds, a slow uplink)
+//! the upload would otherwise resend the same large chunk forever.
 
 use std::path::Path;
 
@@ -19,6 +25,8 @@ use crate::spool::read_chunk;
 
 /// The largest chunk sent in one call.
 pub const MAX_CHUNK: usize = 256 * 1024;
+/// The smallest chunk a failing link shrinks the chunks to.
+pub const MIN_CHUNK: usize = 4 * 1024;
 
 /// How many times in a row a refused chunk makes the uploader ask the
 /// server where it stands, before it gives up on the log.
@@ -32,22 +40,29 @@ pub struct LogTarget {
 }
 
 impl LogTarget {
-    /// Appends `data` at `offset` until answered, returning the server's committed length.
+    /// Appends `data` at `offset` until answered, returning the server's
+    /// committed length and the size of the chunk that got through: each
+    /// failed try sends a smaller prefix of `data`.
     async fn append(
         &self,
         client: &Client,
         offset: u64,
         data: Bytes,
         stop: &CancellationToken,
-    ) -> Result<u64, CallError> {
-        rpc::retry("AppendLog", stop, || {
+    ) -> Result<(u64, usize), CallError> {
+        let mut size = data.len();
+        let mut sent = size;
+        let answer = rpc::retry("AppendLog", stop, || {
             let mut client = client.clone();
+            sent = size;
             let message = AppendLogRequest {
                 run_id: self.run_id.clone(),
                 attempt: self.attempt,
                 offset,
-                data: data.clone(),
+                data: data.slice(..size),
             };
+            // Should this try fail, the next one sends half as much.
+            size = (size / 2).max(MIN_CHUNK).min(data.len());
             async move {
                 rpc::with_deadline(
                     CALL_TIMEOUT,
@@ -56,8 +71,8 @@ impl LogTarget {
                 .await
             }
         })
-        .await
-        .map(|answer| answer.committed)
+        .await?;
+        Ok((answer.committed, sent))
     }
 
     /// Asks how many bytes the server holds: an empty append at offset 0
@@ -67,7 +82,7 @@ impl LogTarget {
         client: &Client,
         stop: &CancellationToken,
     ) -> Result<u64, CallError> {
-        self.append(client, 0, Bytes::new(), stop).await
+        Ok(self.append(client, 0, Bytes::new(), stop).await?.0)
     }
 }
 
@@ -83,6 +98,7 @@ pub async fn stream_log(
     stop: &CancellationToken,
 ) -> Result<u64, CallError> {
     let mut resyncs = 0;
+    let mut chunk = MAX_CHUNK;
     loop {
         let available = *progress.borrow_and_update();
         if committed >= available {
@@ -96,8 +112,8 @@ pub async fn stream_log(
             continue;
         }
         let want = usize::try_from(available - committed)
-            .unwrap_or(MAX_CHUNK)
-            .min(MAX_CHUNK);
+            .unwrap_or(chunk)
+            .min(chunk);
         let data = match read_chunk(spool, committed, want).await {
             Ok(data) if !data.is_empty() => Bytes::from(data),
             Ok(_) => {
@@ -109,10 +125,18 @@ pub async fn stream_log(
                 return Ok(committed);
             }
         };
+        let tried = data.len();
         match target.append(client, committed, data, stop).await {
-            Ok(server_committed) => {
+            Ok((server_committed, sent)) => {
                 committed = server_committed;
                 resyncs = 0;
+                // Shrunk by failures: go on at the size that got through;
+                // otherwise grow back towards the largest chunk.
+                chunk = if sent < tried {
+                    sent.max(MIN_CHUNK)
+                } else {
+                    chunk.saturating_mul(2).min(MAX_CHUNK)
+                };
             }
             Err(CallError::Refused(status))
                 if status.code() == Code::FailedPrecondition && resyncs < MAX_RESYNCS =>

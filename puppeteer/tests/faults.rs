@@ -313,3 +313,19 @@ async fn output_printed_just_before_the_puppet_dies_is_not_lost() {
         log.len()
     );
 }
+
+/// A middlebox that closes every connection after 1 s on a link where a
+/// full 256 KiB chunk needs 2 s: the puppet shrinks its chunks until they get
+/// through, instead of resending the same chunk forever (a bug this bench
+/// found).
+#[tokio::test]
+async fn chunks_shrink_until_they_fit_in_short_lived_connections() {
+    let rig = Rig::start(&["--poll-timeout", "5s"], &[]).await;
+    rig.proxy.set_max_age(Some(Duration::from_secs(1)));
+    rig.proxy.set_rate(Some(128_000));
+    rig.task("t", ONE_MIB, "", 0).await;
+    let run_id = rig.launch("t").await;
+    let run = rig.wait_succeeded(&run_id).await;
+    rig.assert_delivered_once(&run, &seq_output(ONE_MIB), 1)
+        .await;
+}
