@@ -104,6 +104,11 @@ pub struct PuppetView {
     pub rotation_pending: bool,
     /// The credential was revoked: the puppet is cut off.
     pub revoked: bool,
+    /// The poll hold the puppet uses (it adapts it to the path); unknown
+    /// until it polls after a restart of the puppeteer.
+    pub poll_hold_seconds: Option<f64>,
+    /// Its polls cut short by something on the path since it started.
+    pub polls_cut: u32,
 }
 
 impl From<&pb::Puppet> for PuppetView {
@@ -123,6 +128,11 @@ impl From<&pb::Puppet> for PuppetView {
             enroll_token_id: non_empty(&p.enroll_token_id),
             rotation_pending: p.rotation_pending,
             revoked: p.revoked,
+            poll_hold_seconds: p
+                .poll_hold
+                .as_ref()
+                .map(|d| d.seconds as f64 + f64::from(d.nanos) / 1e9),
+            polls_cut: p.polls_cut,
         }
     }
 }

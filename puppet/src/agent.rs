@@ -15,14 +15,17 @@ use crate::config::AgentConfig;
 use crate::enroll::{self, Credential};
 use crate::facts::{self, FactsSchedule};
 use crate::held::{Admission, HeldRuns, Stage};
+use crate::hold::{HoldTuner, PollEnd, Reason};
 use crate::records::{RunStore, is_safe_run_id};
 use crate::rpc::{self, Retry};
 use crate::run::{self, RunContext};
 
-/// The hold assumed when the puppet does not ask for one: the server's default is 50 s.
-const ASSUMED_SERVER_HOLD: Duration = Duration::from_secs(60);
-/// Added to the hold for the client-side deadline of a poll.
-const POLL_MARGIN: Duration = Duration::from_secs(15);
+/// Added to the hold for the client-side deadline of a poll: a quarter of
+/// the hold, within these bounds. A poll with no answer by then is dropped
+/// with its connection, since a path that went silent (a NAT mapping that
+/// expired, a dead radio link) may never say so.
+const POLL_MARGIN_MIN: Duration = Duration::from_secs(5);
+const POLL_MARGIN_MAX: Duration = Duration::from_secs(15);
 /// How long run tasks may go on reporting after a shutdown began.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// How long run tasks may take to wind down once reporting was abandoned.
@@ -131,8 +134,10 @@ async fn poll_loop(
 ) {
     let mut backoff = Backoff::standard();
     let mut schedule = FactsSchedule::default();
-    let timeout = config.poll_hold.unwrap_or(ASSUMED_SERVER_HOLD) + POLL_MARGIN;
+    let mut tuner = HoldTuner::new(config.hold_limits());
     while !ctx.shutdown.is_cancelled() {
+        let hold = tuner.hold();
+        let timeout = poll_timeout(hold);
         let snapshot = ctx.held.snapshot(config.slots);
         let current_facts = facts::collect(&config.state_dir);
         let send_facts = schedule.due(&current_facts, Instant::now());
@@ -140,16 +145,38 @@ async fn poll_loop(
             free_slots: snapshot.free_slots,
             known_runs: snapshot.known_runs,
             facts: send_facts.then(|| current_facts.clone()),
-            hold: config.poll_hold.map(rpc::to_proto_duration),
+            hold: Some(rpc::to_proto_duration(hold)),
             finishing_runs: snapshot.finishing_runs,
-            polls_cut: 0,
+            polls_cut: tuner.polls_cut(),
         };
         let mut client = ctx.client.clone();
-        let call = rpc::with_deadline(timeout, client.poll(rpc::request(message, timeout)));
+        let sent = Instant::now();
+        // Dropping the call on its deadline drops its connection too: a
+        // connection with a request in flight is never returned to the pool.
+        let call = tokio::time::timeout(timeout, client.poll(rpc::request(message, timeout)));
         let Some(result) = await_poll(config, ctx, tasks, snapshot.free_slots, call).await else {
             // Shut down, or a slot was freed: the next poll says so at once.
             continue;
         };
+        let (result, end) = match result {
+            Ok(Ok(answer)) => {
+                let answer = answer.into_inner();
+                let end = answered(&answer);
+                (Ok(answer), end)
+            }
+            Ok(Err(status)) if rpc::broke_on_the_way(&status) => (Err(status), PollEnd::Broken),
+            Ok(Err(status)) => (Err(status), PollEnd::Other),
+            Err(_) => (
+                Err(tonic::Status::deadline_exceeded(format!(
+                    "no answer from the puppeteer within {}; dropping the connection",
+                    humantime::format_duration(timeout)
+                ))),
+                PollEnd::Silent,
+            ),
+        };
+        if let Some(change) = tuner.observe(hold, sent.elapsed(), end, Instant::now()) {
+            log_hold_change(change, tuner.polls_cut());
+        }
         match result {
             Ok(answer) => {
                 backoff.reset();
@@ -177,6 +204,39 @@ async fn poll_loop(
                 }
             }
         }
+    }
+}
+
+/// The client-side deadline of a poll asking for `hold`.
+fn poll_timeout(hold: Duration) -> Duration {
+    hold + (hold / 4).clamp(POLL_MARGIN_MIN, POLL_MARGIN_MAX)
+}
+
+/// What an answered poll says about the path.
+fn answered(answer: &PollResponse) -> PollEnd {
+    PollEnd::Answered {
+        granted: rpc::from_proto_duration(answer.hold.as_ref()),
+        empty: answer.assignments.is_empty() && answer.cancel_runs.is_empty(),
+    }
+}
+
+fn log_hold_change(change: crate::hold::Change, polls_cut: u32) {
+    let from = humantime::format_duration(change.from).to_string();
+    let to = humantime::format_duration(change.to).to_string();
+    match change.reason {
+        Reason::Cut { after } => tracing::info!(
+            %from, %to, polls_cut,
+            cut_after = %humantime::format_duration(after),
+            "a poll was cut short by something on the path; lowering the poll hold"
+        ),
+        Reason::Silent => tracing::info!(
+            %from, %to, polls_cut,
+            "a poll brought nothing back by its deadline (a silent path); lowering the poll hold"
+        ),
+        Reason::Probe => {
+            tracing::info!(%from, %to, "polls came back cleanly; raising the poll hold")
+        }
+        Reason::ServerCap => tracing::info!(%from, %to, "the puppeteer caps the poll hold"),
     }
 }
 

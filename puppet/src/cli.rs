@@ -38,8 +38,8 @@ pub enum Command {
 #[derive(Default, clap::Args)]
 pub struct RunArgs {
     /// TOML file with the same keys as the flags (server, ca, enroll_token,
-    /// state_dir, name, labels, transport, slots, poll_hold, proxy,
-    /// artifact_cache_max); flags win.
+    /// state_dir, name, labels, transport, slots, poll_hold, poll_hold_floor,
+    /// poll_hold_ceiling, proxy, artifact_cache_max); flags win.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// The puppeteer's URL, https://host:port.
@@ -71,7 +71,10 @@ pub struct RunArgs {
     /// How many runs may execute at the same time [default: 1].
     #[arg(long, value_name = "N")]
     pub slots: Option<u32>,
-    /// How long the server should hold an idle poll, e.g. 50s [default: the server's].
+    /// How long the server should hold an idle poll at first, e.g. 50s. The
+    /// puppet then adapts it: a poll cut short by a proxy or NAT on the path
+    /// lowers it, polls that come back cleanly raise it step by step, within
+    /// the floor and the ceiling and never above the server's maximum [default: 50s].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub poll_hold: Option<Duration>,
     /// HTTP CONNECT proxy to reach the puppeteer through,
@@ -86,6 +89,13 @@ pub struct RunArgs {
     /// recently used artifacts no running run needs are evicted [default: 2GiB].
     #[arg(long, value_name = "SIZE", value_parser = |s: &str| crate::config::parse_size(s).map_err(|e| e.0))]
     pub artifact_cache_max: Option<u64>,
+    /// The lowest poll hold the puppet adapts down to [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub poll_hold_floor: Option<Duration>,
+    /// The highest poll hold the puppet probes up to; equal to the floor
+    /// and --poll-hold, it fixes the hold [default: 5m].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub poll_hold_ceiling: Option<Duration>,
     /// Log format: `text` (human-readable) or `json` (one JSON object a
     /// line). The level comes from RUST_LOG [default: info].
     #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
@@ -117,6 +127,8 @@ impl fmt::Debug for RunArgs {
             .field("proxy", &redacted_proxy(&self.proxy))
             .field("no_proxy", &self.no_proxy)
             .field("artifact_cache_max", &self.artifact_cache_max)
+            .field("poll_hold_floor", &self.poll_hold_floor)
+            .field("poll_hold_ceiling", &self.poll_hold_ceiling)
             .field("log_format", &self.log_format)
             .finish()
     }
@@ -157,6 +169,8 @@ pub struct FileConfig {
     pub poll_hold: Option<String>,
     pub proxy: Option<String>,
     pub artifact_cache_max: Option<String>,
+    pub poll_hold_floor: Option<String>,
+    pub poll_hold_ceiling: Option<String>,
 }
 
 /// Shown without the enrollment token, a secret.
@@ -174,6 +188,8 @@ impl fmt::Debug for FileConfig {
             .field("poll_hold", &self.poll_hold)
             .field("proxy", &redacted_proxy(&self.proxy))
             .field("artifact_cache_max", &self.artifact_cache_max)
+            .field("poll_hold_floor", &self.poll_hold_floor)
+            .field("poll_hold_ceiling", &self.poll_hold_ceiling)
             .finish()
     }
 }
@@ -237,13 +253,6 @@ impl RunArgs {
             (None, Some(text)) => text.parse().map_err(ConfigError)?,
             (None, None) => Transport::default(),
         };
-        let poll_hold = match (self.poll_hold, file.poll_hold) {
-            (Some(hold), _) => Some(hold),
-            (None, Some(text)) => Some(humantime::parse_duration(&text).map_err(|e| {
-                ConfigError(format!("invalid poll_hold {text:?}: {e} (write e.g. 50s)"))
-            })?),
-            (None, None) => None,
-        };
         let proxy = match (self.no_proxy, self.proxy, file.proxy) {
             (true, _, _) => ProxyConfig::Direct,
             (false, Some(text), _) => parse_proxy(&text, "--proxy")?,
@@ -256,6 +265,17 @@ impl RunArgs {
                 .map_err(|e| ConfigError(format!("artifact_cache_max: {}", e.0)))?,
             (None, None) => crate::artifacts::DEFAULT_CACHE_MAX,
         };
+        let poll_hold = flag_or_file("poll_hold", self.poll_hold, file.poll_hold)?;
+        let poll_hold_floor = flag_or_file(
+            "poll_hold_floor",
+            self.poll_hold_floor,
+            file.poll_hold_floor,
+        )?;
+        let poll_hold_ceiling = flag_or_file(
+            "poll_hold_ceiling",
+            self.poll_hold_ceiling,
+            file.poll_hold_ceiling,
+        )?;
         let config = AgentConfig {
             server,
             ca_file: self.ca.or(file.ca),
@@ -268,9 +288,26 @@ impl RunArgs {
             poll_hold,
             proxy,
             artifact_cache_max,
+            poll_hold_floor,
+            poll_hold_ceiling,
         };
         config.validate()?;
         Ok(config)
+    }
+}
+
+/// A duration from a flag, else from the file (as text such as `50s`).
+fn flag_or_file(
+    key: &str,
+    flag: Option<Duration>,
+    file: Option<String>,
+) -> Result<Option<Duration>, ConfigError> {
+    match (flag, file) {
+        (Some(d), _) => Ok(Some(d)),
+        (None, Some(text)) => humantime::parse_duration(&text)
+            .map(Some)
+            .map_err(|e| ConfigError(format!("invalid {key} {text:?}: {e} (write e.g. 50s)"))),
+        (None, None) => Ok(None),
     }
 }
 
@@ -322,7 +359,7 @@ mod tests {
     #[test]
     fn flags_override_the_file() {
         let file = FileConfig::parse(
-            "server = \"http://file:1\"\nstate_dir = \"/var/lib/puppet\"\nname = \"from-file\"\nslots = 2\npoll_hold = \"30s\"\nartifact_cache_max = \"1GiB\"\n[labels]\nos = \"debian\"\n",
+            "server = \"http://file:1\"\nstate_dir = \"/var/lib/puppet\"\nname = \"from-file\"\nslots = 2\npoll_hold = \"30s\"\npoll_hold_ceiling = \"2m\"\nartifact_cache_max = \"1GiB\"\n[labels]\nos = \"debian\"\n",
         )
         .unwrap();
         let config = parse(&["--name", "from-flag"]).merge(file).unwrap();
@@ -332,6 +369,7 @@ mod tests {
         assert_eq!(config.labels["os"], "debian");
         assert_eq!(config.poll_hold, Some(Duration::from_secs(30)));
         assert_eq!(config.artifact_cache_max, 1 << 30);
+        assert_eq!(config.poll_hold_ceiling, Some(Duration::from_secs(120)));
     }
 
     #[test]

@@ -18,6 +18,12 @@ pub const MAX_SLOTS: u32 = 256;
 /// The range of hold times a puppet may ask for.
 pub const MIN_POLL_HOLD: Duration = Duration::from_secs(1);
 pub const MAX_POLL_HOLD: Duration = Duration::from_secs(600);
+/// The hold asked at start: below the idle timeouts of common proxies (60 s).
+pub const DEFAULT_POLL_HOLD: Duration = Duration::from_secs(50);
+/// The hold is never lowered below this (unless the start hold is lower).
+pub const DEFAULT_POLL_HOLD_FLOOR: Duration = Duration::from_secs(10);
+/// The hold is never raised above this (unless the start hold is higher).
+pub const DEFAULT_POLL_HOLD_CEILING: Duration = Duration::from_secs(300);
 
 /// A configuration error, worded for the operator.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -46,7 +52,8 @@ pub struct AgentConfig {
     pub transport: Transport,
     /// How many runs may execute at the same time.
     pub slots: u32,
-    /// How long the server should hold an idle poll; `None`: the server's default.
+    /// The hold asked for an idle poll at start; `None`: [`DEFAULT_POLL_HOLD`].
+    /// It then adapts to the path (see `hold`).
     pub poll_hold: Option<Duration>,
     /// The HTTP CONNECT proxy: from `HTTPS_PROXY`/`NO_PROXY` unless given
     /// (`--proxy`, `--no-proxy`). Its `Debug` hides the credentials.
@@ -54,6 +61,10 @@ pub struct AgentConfig {
     /// The bound of the artifact cache in bytes (least recently used files
     /// that no run needs are evicted).
     pub artifact_cache_max: u64,
+    /// The lowest hold; `None`: [`DEFAULT_POLL_HOLD_FLOOR`] (or the start hold if lower).
+    pub poll_hold_floor: Option<Duration>,
+    /// The highest hold; `None`: [`DEFAULT_POLL_HOLD_CEILING`] (or the start hold if higher).
+    pub poll_hold_ceiling: Option<Duration>,
 }
 
 impl fmt::Debug for AgentConfig {
@@ -73,6 +84,8 @@ impl fmt::Debug for AgentConfig {
             .field("poll_hold", &self.poll_hold)
             .field("proxy", &self.proxy)
             .field("artifact_cache_max", &self.artifact_cache_max)
+            .field("poll_hold_floor", &self.poll_hold_floor)
+            .field("poll_hold_ceiling", &self.poll_hold_ceiling)
             .finish()
     }
 }
@@ -92,6 +105,22 @@ impl AgentConfig {
             poll_hold: None,
             proxy: ProxyConfig::default(),
             artifact_cache_max: crate::artifacts::DEFAULT_CACHE_MAX,
+            poll_hold_floor: None,
+            poll_hold_ceiling: None,
+        }
+    }
+
+    /// The start, floor and ceiling of the poll hold, defaults applied.
+    pub fn hold_limits(&self) -> crate::hold::HoldLimits {
+        let start = self.poll_hold.unwrap_or(DEFAULT_POLL_HOLD);
+        crate::hold::HoldLimits {
+            start,
+            floor: self
+                .poll_hold_floor
+                .unwrap_or(DEFAULT_POLL_HOLD_FLOOR.min(start)),
+            ceiling: self
+                .poll_hold_ceiling
+                .unwrap_or(DEFAULT_POLL_HOLD_CEILING.max(start)),
         }
     }
 
@@ -132,18 +161,35 @@ impl AgentConfig {
                 self.slots
             ));
         }
-        if let Some(hold) = self.poll_hold
-            && !(MIN_POLL_HOLD..=MAX_POLL_HOLD).contains(&hold)
-        {
+        validate_hold(self.hold_limits())
+    }
+}
+
+fn validate_hold(limits: crate::hold::HoldLimits) -> Result<(), ConfigError> {
+    let show = |d: Duration| humantime::format_duration(d).to_string();
+    for (what, hold) in [
+        ("poll hold", limits.start),
+        ("poll hold floor", limits.floor),
+        ("poll hold ceiling", limits.ceiling),
+    ] {
+        if !(MIN_POLL_HOLD..=MAX_POLL_HOLD).contains(&hold) {
             return err(format!(
-                "the poll hold must be between {} and {}, not {}",
-                humantime::format_duration(MIN_POLL_HOLD),
-                humantime::format_duration(MAX_POLL_HOLD),
-                humantime::format_duration(hold)
+                "the {what} must be between {} and {}, not {}",
+                show(MIN_POLL_HOLD),
+                show(MAX_POLL_HOLD),
+                show(hold)
             ));
         }
-        Ok(())
     }
+    if limits.floor > limits.start || limits.start > limits.ceiling {
+        return err(format!(
+            "the poll hold {} must lie between its floor {} and its ceiling {} (--poll-hold-floor, --poll-hold-ceiling)",
+            show(limits.start),
+            show(limits.floor),
+            show(limits.ceiling)
+        ));
+    }
+    Ok(())
 }
 
 /// A size in bytes, written with a unit: `500MiB`, `2GiB`, `1.5 GiB`,
@@ -336,6 +382,14 @@ mod tests {
                 "poll hold",
             ),
             (|c| c.enroll_token = Some(" ".into()), "token"),
+            (
+                |c| c.poll_hold_floor = Some(Duration::from_secs(60)),
+                "floor",
+            ),
+            (
+                |c| c.poll_hold_ceiling = Some(Duration::from_secs(3600)),
+                "ceiling",
+            ),
             (|c| c.name = "Bad Name".into(), "puppet name"),
         ];
         for (mutate, expected) in cases {
@@ -344,6 +398,20 @@ mod tests {
             let e = config.validate().unwrap_err();
             assert!(e.0.contains(expected), "{e} does not mention {expected}");
         }
+    }
+
+    #[test]
+    fn hold_defaults_bend_around_a_given_start() {
+        let mut config = valid();
+        let limits = config.hold_limits();
+        assert_eq!(limits.start, DEFAULT_POLL_HOLD);
+        assert_eq!(limits.floor, DEFAULT_POLL_HOLD_FLOOR);
+        assert_eq!(limits.ceiling, DEFAULT_POLL_HOLD_CEILING);
+        config.poll_hold = Some(Duration::from_secs(2));
+        assert_eq!(config.hold_limits().floor, Duration::from_secs(2));
+        config.poll_hold = Some(Duration::from_secs(420));
+        assert_eq!(config.hold_limits().ceiling, Duration::from_secs(420));
+        assert_eq!(config.validate(), Ok(()));
     }
 
     #[test]

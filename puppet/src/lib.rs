@@ -53,6 +53,7 @@ mod enroll;
 pub mod executor;
 mod facts;
 mod held;
+pub mod hold;
 pub mod records;
 mod rpc;
 mod run;

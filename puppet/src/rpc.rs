@@ -60,6 +60,47 @@ pub fn classify(status: &Status) -> Retry {
     }
 }
 
+/// Whether a failed call broke on the way (the connection was closed or
+/// reset, the answer cut off) rather than being refused by the puppeteer or
+/// never connected. Statuses the server sends carry no source error; the
+/// ones made by the transport do.
+pub fn broke_on_the_way(status: &Status) -> bool {
+    use std::error::Error;
+    if !matches!(
+        status.code(),
+        Code::Unknown | Code::Unavailable | Code::Internal | Code::Cancelled
+    ) {
+        return false;
+    }
+    let mut source: Option<&(dyn Error + 'static)> = status.source();
+    if source.is_none() {
+        return false;
+    }
+    while let Some(error) = source {
+        if is_connect_failure(error) {
+            return false;
+        }
+        source = error.source();
+    }
+    true
+}
+
+/// A failure to establish the connection (refused, unreachable, TLS):
+/// hyper-util reports it as `client error (Connect)`.
+fn is_connect_failure(error: &(dyn std::error::Error + 'static)) -> bool {
+    if let Some(io) = error.downcast_ref::<std::io::Error>()
+        && matches!(
+            io.kind(),
+            std::io::ErrorKind::ConnectionRefused
+                | std::io::ErrorKind::HostUnreachable
+                | std::io::ErrorKind::NetworkUnreachable
+        )
+    {
+        return true;
+    }
+    error.to_string().contains("(Connect)")
+}
+
 /// Wraps a message with the deadline, sent to the server too.
 pub fn request<T>(message: T, timeout: Duration) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);

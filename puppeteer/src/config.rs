@@ -115,6 +115,10 @@ impl FileConfig {
     }
 }
 
+/// The longest hold a puppet may ask for by default: puppets start at 50 s
+/// and probe up to 5 minutes where nothing on the path cuts their polls.
+pub const DEFAULT_MAX_POLL_HOLD: Duration = Duration::from_secs(300);
+
 /// The validated configuration the server runs with.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -126,8 +130,9 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     pub poll_timeout: Duration,
     pub max_poll_hold: Duration,
-    /// Runs of a puppet silent for this long are lost. `None`: the max poll
-    /// hold plus one minute.
+    /// Runs of a puppet silent for this long are lost. `None`: the poll
+    /// timeout plus one minute. (A held poll counts as a sign of life, so
+    /// the lease needs to cover the gap between two polls, not a hold.)
     pub lease_timeout: Option<Duration>,
     /// How long events are kept for resuming watchers.
     pub event_retention: Duration,
@@ -163,7 +168,7 @@ impl Config {
     /// The lease timeout in force.
     pub fn lease(&self) -> Duration {
         self.lease_timeout
-            .unwrap_or(self.max_poll_hold + Duration::from_secs(60))
+            .unwrap_or(self.poll_timeout + Duration::from_secs(60))
     }
 
     /// Defaults for a data dir, listening on `listen`.
@@ -174,7 +179,7 @@ impl Config {
             server_names: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
             tls: None,
             poll_timeout: Duration::from_secs(50),
-            max_poll_hold: Duration::from_secs(50),
+            max_poll_hold: DEFAULT_MAX_POLL_HOLD,
             lease_timeout: None,
             event_retention: Duration::from_secs(7 * 24 * 3600),
             notify: Default::default(),

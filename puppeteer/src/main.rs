@@ -116,11 +116,13 @@ struct ServeArgs {
     /// How long a puppet's poll is held when there is no work [default: 50s].
     #[arg(long, value_parser = humantime::parse_duration)]
     poll_timeout: Option<Duration>,
-    /// The longest hold a puppet may ask for [default: the poll timeout].
+    /// The longest hold a puppet may ask for; puppets probe up to it where
+    /// nothing on the path cuts their polls [default: 5m, or the poll
+    /// timeout when only that is given].
     #[arg(long, value_parser = humantime::parse_duration)]
     max_poll_hold: Option<Duration>,
     /// A run offered to or running on a puppet that has not polled for this
-    /// long is lost and its resources released [default: max poll hold + 1m].
+    /// long is lost and its resources released [default: poll timeout + 1m].
     #[arg(long, value_parser = humantime::parse_duration)]
     lease_timeout: Option<Duration>,
     /// A puppet silent for longer is shown late [default: poll timeout + 15s].

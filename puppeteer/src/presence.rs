@@ -30,6 +30,20 @@ pub struct Presences {
     /// Per puppet: how many polls are held, and the free slots the last
     /// one reported.
     held: Arc<Mutex<HashMap<String, (u32, u32)>>>,
+    // A std mutex: held only to copy a small value in or out.
+    /// Per puppet: what its last poll said about the path to it. Kept in
+    /// memory only, so that polls write nothing to disk for it; a restarted
+    /// puppeteer knows it again at each puppet's next poll.
+    paths: Mutex<HashMap<String, PollPath>>,
+}
+
+/// The poll hold a puppet uses and why, from its last poll.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PollPath {
+    /// The hold it asked for, after the server's cap.
+    pub hold: Duration,
+    /// Polls cut short by the path, as the puppet counted them since it started.
+    pub polls_cut: u32,
 }
 
 /// Marks a puppet as holding a poll until dropped.
@@ -62,6 +76,23 @@ impl Presences {
             held: self.held.clone(),
             name: name.to_string(),
         }
+    }
+
+    /// Records the hold of a puppet's poll and its count of cut polls.
+    pub fn note_path(&self, name: &str, path: PollPath) {
+        self.paths
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), path);
+    }
+
+    /// The hold of the puppet's last poll since this server started.
+    pub fn path(&self, name: &str) -> Option<PollPath> {
+        self.paths
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .copied()
     }
 
     /// Whether the puppet holds a poll with a free slot: it could take a

@@ -213,6 +213,7 @@ fn print_one(p: &pb::Puppet, format: Format) -> Result<(), Error> {
         ("state", views::puppet_state(p.state)),
         ("presence", views::presence(p.presence)),
         ("last seen", output::when(p.last_seen.as_ref())),
+        ("poll hold", poll_hold(p)),
         ("enrolled", output::when(p.enrolled_at.as_ref())),
         ("enroll token", or_dash(&p.enroll_token_id)),
         ("credential", credential(p).into()),
@@ -260,6 +261,19 @@ fn print_one(p: &pb::Puppet, format: Format) -> Result<(), Error> {
     output::print_table(&output::fields(rows))
 }
 
+/// The hold the puppet uses, and how many of its polls the path cut.
+fn poll_hold(p: &pb::Puppet) -> String {
+    let Some(hold) = p.poll_hold.as_ref() else {
+        return "- (not polled since the puppeteer started)".into();
+    };
+    let hold = output::human_duration(Some(hold));
+    match p.polls_cut {
+        0 => hold,
+        1 => format!("{hold} (1 poll cut by the path)"),
+        n => format!("{hold} ({n} polls cut by the path)"),
+    }
+}
+
 pub fn or_dash(s: &str) -> String {
     if s.is_empty() {
         "-".into()
@@ -286,5 +300,18 @@ mod tests {
         p.revoked = true;
         assert_eq!(state_word(&p), "revoked");
         assert!(credential(&p).starts_with("revoked"));
+    }
+
+    #[test]
+    fn poll_hold_says_why() {
+        let mut p = pb::Puppet::default();
+        assert!(poll_hold(&p).starts_with("- "));
+        p.poll_hold = Some(prost_types::Duration {
+            seconds: 160,
+            nanos: 0,
+        });
+        assert_eq!(poll_hold(&p), "2m 40s");
+        p.polls_cut = 3;
+        assert_eq!(poll_hold(&p), "2m 40s (3 polls cut by the path)");
     }
 }

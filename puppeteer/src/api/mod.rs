@@ -72,7 +72,7 @@ impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
             poll_timeout: Duration::from_secs(50),
-            max_poll_hold: Duration::from_secs(50),
+            max_poll_hold: crate::config::DEFAULT_MAX_POLL_HOLD,
             lease_timeout: Duration::from_secs(110),
             presence: crate::presence::Thresholds::for_hold(Duration::from_secs(50)),
             event_retention: Duration::from_secs(7 * 24 * 3600),

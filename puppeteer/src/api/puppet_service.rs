@@ -292,6 +292,13 @@ impl PuppetService for PuppetServiceApi {
             }
             Ok(())
         })?;
+        self.state.presences.note_path(
+            &name,
+            crate::presence::PollPath {
+                hold,
+                polls_cut: req.polls_cut,
+            },
+        );
         let _held = self.state.presences.hold(&name, req.free_slots);
         let known: HashSet<String> = req.known_runs.into_iter().collect();
         let finishing: HashSet<String> = req.finishing_runs.into_iter().collect();

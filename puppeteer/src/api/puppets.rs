@@ -37,6 +37,10 @@ impl PuppetsApi {
             .of(puppet, Millis::now(), self.state.config.presence);
         let mut view = puppet_to(puppet, presence, active);
         view.polling = self.state.presences.is_held(&puppet.name);
+        if let Some(path) = self.state.presences.path(&puppet.name) {
+            view.poll_hold = Some(convert::dur(path.hold));
+            view.polls_cut = path.polls_cut;
+        }
         Ok(view)
     }
 

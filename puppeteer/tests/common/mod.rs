@@ -2,6 +2,8 @@
 //! ephemeral loopback port) and clients for it.
 #![allow(dead_code)]
 
+pub mod relay;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -262,11 +264,24 @@ impl RealPuppet {
         secret: &str,
         name: &str,
     ) -> Self {
+        Self::start_with(state_dir, url, ca, secret, name, |_| {})
+    }
+
+    /// Starts an agent with a configuration changed by `tweak`.
+    pub fn start_with(
+        state_dir: tempfile::TempDir,
+        url: &str,
+        ca: Option<&std::path::Path>,
+        secret: &str,
+        name: &str,
+        tweak: impl FnOnce(&mut puppet::AgentConfig),
+    ) -> Self {
         let mut config = puppet::AgentConfig::new(url, state_dir.path().join("state"));
         config.ca_file = ca.map(|p| p.to_path_buf());
         config.enroll_token = Some(secret.to_string());
         config.name = name.to_string();
         config.transport = Transport::GrpcWeb;
+        tweak(&mut config);
         let shutdown = tokio_util::sync::CancellationToken::new();
         let task = tokio::spawn(puppet::run_agent(config, shutdown.clone()));
         RealPuppet {
