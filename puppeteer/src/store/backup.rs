@@ -43,6 +43,7 @@ impl RawDb {
 
     /// Opens (or creates) a database without looking at its content.
     pub fn open(path: &Path) -> Result<Self> {
+        let _opening = super::opening();
         let db = sled::Config::new()
             .path(path)
             .mode(sled::Mode::LowSpace)

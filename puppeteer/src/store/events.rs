@@ -7,7 +7,7 @@
 //! every transition exactly once. Old events are pruned by age; the oldest
 //! id kept is `event_oldest` in `meta`.
 
-use sled::Transactional;
+use crate::store::GatedTransaction;
 use sled::transaction::{TransactionalTree, UnabortableTransactionError};
 
 use super::{Result, Store, decode, encode};
@@ -57,7 +57,7 @@ impl Store {
     /// event was appended now.
     pub fn report_job_end(&self, job_id: &str, state: &str, event: Event) -> Result<bool> {
         let reported =
-            (&self.jobs, &self.meta, &self.events).transaction(|(jobs, meta, events)| {
+            (&self.jobs, &self.meta, &self.events).gated_transaction(|(jobs, meta, events)| {
                 let Some(v) = jobs.get(job_id.as_bytes())? else {
                     return Ok(false);
                 };
@@ -82,7 +82,7 @@ impl Store {
             return Ok(vec![]);
         }
         let appended = (&self.meta, &self.events)
-            .transaction(|(meta, events)| Ok(append(meta, events, new.clone())?))?;
+            .gated_transaction(|(meta, events)| Ok(append(meta, events, new.clone())?))?;
         Ok(appended)
     }
 

@@ -1,6 +1,6 @@
 //! Jobs, their runs, and each puppet's queue of unfinished runs.
 
-use sled::Transactional;
+use crate::store::GatedTransaction;
 use sled::transaction::TransactionalTree;
 
 use super::keys::{prefix_of, seq_key};
@@ -19,7 +19,7 @@ impl Store {
             &self.meta,
             &self.events,
         )
-            .transaction(
+            .gated_transaction(
                 |(jobs, order, runs_tree, queue, puppet_runs, meta, events)| {
                     jobs.insert(job.id.as_bytes(), encode(job))?;
                     order.insert(&job.seq.to_be_bytes(), job.id.as_bytes())?;
@@ -132,7 +132,7 @@ impl Store {
             &self.meta,
             &self.events,
         )
-            .transaction(|(runs, queue, usage, meta, events)| {
+            .gated_transaction(|(runs, queue, usage, meta, events)| {
                 let mut changed = Vec::new();
                 let mut new_events = Vec::new();
                 for id in ids {
@@ -179,7 +179,7 @@ impl Store {
             &self.meta,
             &self.events,
         )
-            .transaction(|(runs, resources, usage, meta, events)| {
+            .gated_transaction(|(runs, resources, usage, meta, events)| {
                 let mut offered = Vec::new();
                 let mut new_events = Vec::new();
                 for id in ids {
@@ -214,7 +214,7 @@ impl Store {
         now: Millis,
         pick: impl Fn(&Run) -> bool,
     ) -> Result<Vec<Run>> {
-        let requeued = (&self.runs, &self.queue, &self.meta, &self.events).transaction(
+        let requeued = (&self.runs, &self.queue, &self.meta, &self.events).gated_transaction(
             |(runs, queue, meta, events)| {
                 let mut requeued = Vec::new();
                 let mut new_events = Vec::new();

@@ -16,9 +16,8 @@
 //! transactions cannot scan a range); a crash in between leaves dead chunks
 //! inside the gap, which readers never look at and the next append removes.
 
+use crate::store::GatedTransaction;
 use std::sync::Mutex;
-
-use sled::Transactional;
 
 use super::keys::{prefix_of, seq_key, seq_of};
 use super::{Result, Store, StoreError, abort, decode, encode};
@@ -108,7 +107,7 @@ impl Store {
         limit: Option<LogLimit>,
         check: impl Fn(&Run) -> Result<()>,
     ) -> Result<Appended> {
-        let (appended, gap, stored) = (&self.runs, &self.logs).transaction(|(runs, logs)| {
+        let (appended, gap, stored) = (&self.runs, &self.logs).gated_transaction(|(runs, logs)| {
             let Some(v) = runs.get(run_id.as_bytes())? else {
                 return abort(StoreError::NotFound {
                     kind: "run",

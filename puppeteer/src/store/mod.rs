@@ -169,9 +169,42 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// sled 0.34 guards every database of the process with one global
+/// reader-writer lock: transactions take it for writing, reads for reading,
+/// and opening a database (and its trees) takes it for reading more than
+/// once. A transaction that starts waiting between two of those reads
+/// deadlocks both (seen with several puppeteers in one test process, and
+/// possible with `backup` or `restore` beside a running store). This gate
+/// keeps transactions out while a database is opened: opens take it for
+/// writing, transactions for reading (uncontended, it costs nothing).
+static OPEN_GATE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Holds the gate while a database and its trees are opened.
+pub(crate) fn opening() -> std::sync::RwLockWriteGuard<'static, ()> {
+    OPEN_GATE
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// `transaction`, kept out of the way of a database being opened (see [`OPEN_GATE`]).
+pub(crate) trait GatedTransaction<E>: sled::Transactional<E> {
+    fn gated_transaction<F, A>(&self, f: F) -> sled::transaction::TransactionResult<A, E>
+    where
+        F: Fn(&Self::View) -> sled::transaction::ConflictableTransactionResult<A, E>,
+    {
+        let _gate = OPEN_GATE
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.transaction(f)
+    }
+}
+
+impl<E, T: sled::Transactional<E>> GatedTransaction<E> for T {}
+
 impl Store {
     /// Opens (or creates) the database in `path` and checks its schema version.
     pub fn open(path: &Path) -> Result<Self> {
+        let _opening = opening();
         let db = sled::Config::new()
             .path(path)
             .mode(sled::Mode::LowSpace)

@@ -7,10 +7,10 @@
 //! after (sled's transactions cannot scan a range), then the markers; a crash
 //! in between leaves markers that the next pass finishes.
 
+use crate::store::GatedTransaction;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Deserialize;
-use sled::Transactional;
 
 use super::keys::{prefix_of, seq_key};
 use super::{Result, Store, StoreError, abort, decode};
@@ -138,54 +138,56 @@ impl Store {
             &self.meta,
             &self.events,
         )
-            .transaction(|(jobs, order, runs, queue, puppet_runs, meta, events)| {
-                let mut pruned = Vec::new();
-                let mut owed = Vec::new();
-                let mut new_events = Vec::new();
-                'jobs: for id in ids {
-                    let Some(v) = jobs.get(id.as_bytes())? else {
-                        continue;
-                    };
-                    let job: Job = match decode(id.as_bytes(), &v) {
-                        Ok(job) => job,
-                        Err(e) => return abort(e),
-                    };
-                    let mut job_runs = Vec::new();
-                    for run_id in &job.run_ids {
-                        let Some(v) = runs.get(run_id.as_bytes())? else {
+            .gated_transaction(
+                |(jobs, order, runs, queue, puppet_runs, meta, events)| {
+                    let mut pruned = Vec::new();
+                    let mut owed = Vec::new();
+                    let mut new_events = Vec::new();
+                    'jobs: for id in ids {
+                        let Some(v) = jobs.get(id.as_bytes())? else {
                             continue;
                         };
-                        let run: Run = match decode(run_id.as_bytes(), &v) {
-                            Ok(run) => run,
+                        let job: Job = match decode(id.as_bytes(), &v) {
+                            Ok(job) => job,
                             Err(e) => return abort(e),
                         };
-                        if !run.state.is_terminal() {
-                            continue 'jobs;
+                        let mut job_runs = Vec::new();
+                        for run_id in &job.run_ids {
+                            let Some(v) = runs.get(run_id.as_bytes())? else {
+                                continue;
+                            };
+                            let run: Run = match decode(run_id.as_bytes(), &v) {
+                                Ok(run) => run,
+                                Err(e) => return abort(e),
+                            };
+                            if !run.state.is_terminal() {
+                                continue 'jobs;
+                            }
+                            job_runs.push(run);
                         }
-                        job_runs.push(run);
+                        let mut done = PrunedJob {
+                            id: job.id.clone(),
+                            runs: job_runs.len() as u64,
+                            log_bytes: 0,
+                        };
+                        for run in &job_runs {
+                            let key = seq_key(&run.puppet, run.queue_seq);
+                            queue.remove(key.clone())?;
+                            puppet_runs.remove(key)?;
+                            runs.remove(run.id.as_bytes())?;
+                            meta.insert(owed_key(&run.id), &[])?;
+                            done.log_bytes += stored_log_bytes(run);
+                            owed.push(run.id.clone());
+                        }
+                        jobs.remove(id.as_bytes())?;
+                        order.remove(&job.seq.to_be_bytes())?;
+                        new_events.push(event(&job, &done));
+                        pruned.push(done);
                     }
-                    let mut done = PrunedJob {
-                        id: job.id.clone(),
-                        runs: job_runs.len() as u64,
-                        log_bytes: 0,
-                    };
-                    for run in &job_runs {
-                        let key = seq_key(&run.puppet, run.queue_seq);
-                        queue.remove(key.clone())?;
-                        puppet_runs.remove(key)?;
-                        runs.remove(run.id.as_bytes())?;
-                        meta.insert(owed_key(&run.id), &[])?;
-                        done.log_bytes += stored_log_bytes(run);
-                        owed.push(run.id.clone());
-                    }
-                    jobs.remove(id.as_bytes())?;
-                    order.remove(&job.seq.to_be_bytes())?;
-                    new_events.push(event(&job, &done));
-                    pruned.push(done);
-                }
-                super::events::append(meta, events, new_events)?;
-                Ok((pruned, owed))
-            })?;
+                    super::events::append(meta, events, new_events)?;
+                    Ok((pruned, owed))
+                },
+            )?;
         let freed: u64 = pruned.iter().map(|p| p.log_bytes).sum();
         self.add_log_bytes(-(freed as i64));
         for run_id in owed {

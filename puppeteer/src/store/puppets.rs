@@ -1,6 +1,6 @@
 //! Puppets, their credentials, API credentials and enrollment tokens.
 
-use sled::Transactional;
+use crate::store::GatedTransaction;
 
 use super::{Result, Store, StoreError, abort, decode, encode};
 use crate::domain::{EnrollToken, Millis, Principal, Puppet, PuppetState, Rotation};
@@ -66,7 +66,7 @@ impl Store {
         name: &str,
         change: impl Fn(&mut Puppet) -> Result<()>,
     ) -> Result<Puppet> {
-        let puppet = self.puppets.transaction(|puppets| {
+        let puppet = self.puppets.gated_transaction(|puppets| {
             let Some(v) = puppets.get(name)? else {
                 return abort(StoreError::NotFound {
                     kind: "puppet",
@@ -108,7 +108,7 @@ impl Store {
             &self.puppets,
             &self.credentials,
         )
-            .transaction(|(secrets, tokens, puppets, credentials)| {
+            .gated_transaction(|(secrets, tokens, puppets, credentials)| {
                 let Some(id) = secrets.get(enroll_secret_hash.as_bytes())? else {
                     return abort(StoreError::NotFound {
                         kind: "enrollment token",
@@ -162,59 +162,61 @@ impl Store {
 
     /// Removes a puppet and its credential. Its runs stay for the record.
     pub fn remove_puppet(&self, name: &str) -> Result<Puppet> {
-        let puppet = (&self.puppets, &self.credentials).transaction(|(puppets, credentials)| {
-            let Some(v) = puppets.remove(name.as_bytes())? else {
-                return abort(StoreError::NotFound {
-                    kind: "puppet",
-                    id: name.to_string(),
-                });
-            };
-            let puppet: Puppet = match decode(name.as_bytes(), &v) {
-                Ok(p) => p,
-                Err(e) => return abort(e),
-            };
-            for hash in puppet_hashes(&puppet) {
-                credentials.remove(hash.as_bytes())?;
-            }
-            Ok(puppet)
-        })?;
+        let puppet =
+            (&self.puppets, &self.credentials).gated_transaction(|(puppets, credentials)| {
+                let Some(v) = puppets.remove(name.as_bytes())? else {
+                    return abort(StoreError::NotFound {
+                        kind: "puppet",
+                        id: name.to_string(),
+                    });
+                };
+                let puppet: Puppet = match decode(name.as_bytes(), &v) {
+                    Ok(p) => p,
+                    Err(e) => return abort(e),
+                };
+                for hash in puppet_hashes(&puppet) {
+                    credentials.remove(hash.as_bytes())?;
+                }
+                Ok(puppet)
+            })?;
         Ok(puppet)
     }
 
     /// Starts a rotation: the new credential works from now on, the current
     /// one until `rotation.old_expires_at`.
     pub fn rotate_puppet(&self, name: &str, rotation: &Rotation) -> Result<Puppet> {
-        let puppet = (&self.puppets, &self.credentials).transaction(|(puppets, credentials)| {
-            let Some(v) = puppets.get(name.as_bytes())? else {
-                return abort(StoreError::NotFound {
-                    kind: "puppet",
-                    id: name.to_string(),
-                });
-            };
-            let mut puppet: Puppet = match decode(name.as_bytes(), &v) {
-                Ok(p) => p,
-                Err(e) => return abort(e),
-            };
-            if puppet.revoked {
-                return abort(StoreError::Conflict(format!(
-                    "puppet {name} was revoked: remove it and enroll it again"
-                )));
-            }
-            // A rotation replacing one not yet picked up: the older new
-            // credential was never used, it simply stops existing.
-            if let Some(previous) = &puppet.rotation {
-                credentials.remove(previous.new_hash.as_bytes())?;
-            }
-            puppet.rotation = Some(rotation.clone());
-            credentials.insert(
-                rotation.new_hash.as_bytes(),
-                encode(&Principal::Puppet {
-                    name: name.to_string(),
-                }),
-            )?;
-            puppets.insert(name.as_bytes(), encode(&puppet))?;
-            Ok(puppet)
-        })?;
+        let puppet =
+            (&self.puppets, &self.credentials).gated_transaction(|(puppets, credentials)| {
+                let Some(v) = puppets.get(name.as_bytes())? else {
+                    return abort(StoreError::NotFound {
+                        kind: "puppet",
+                        id: name.to_string(),
+                    });
+                };
+                let mut puppet: Puppet = match decode(name.as_bytes(), &v) {
+                    Ok(p) => p,
+                    Err(e) => return abort(e),
+                };
+                if puppet.revoked {
+                    return abort(StoreError::Conflict(format!(
+                        "puppet {name} was revoked: remove it and enroll it again"
+                    )));
+                }
+                // A rotation replacing one not yet picked up: the older new
+                // credential was never used, it simply stops existing.
+                if let Some(previous) = &puppet.rotation {
+                    credentials.remove(previous.new_hash.as_bytes())?;
+                }
+                puppet.rotation = Some(rotation.clone());
+                credentials.insert(
+                    rotation.new_hash.as_bytes(),
+                    encode(&Principal::Puppet {
+                        name: name.to_string(),
+                    }),
+                )?;
+                puppets.insert(name.as_bytes(), encode(&puppet))?;
+                Ok(puppet)
+            })?;
         Ok(puppet)
     }
 
@@ -232,7 +234,7 @@ impl Store {
 
     /// Forgets an expired old credential.
     pub fn expire_old_credential(&self, name: &str, hash: &str) -> Result<()> {
-        (&self.puppets, &self.credentials).transaction(|(puppets, credentials)| {
+        (&self.puppets, &self.credentials).gated_transaction(|(puppets, credentials)| {
             credentials.remove(hash.as_bytes())?;
             if let Some(v) = puppets.get(name.as_bytes())? {
                 let mut puppet: Puppet = match decode(name.as_bytes(), &v) {
@@ -255,32 +257,33 @@ impl Store {
 
     /// Revokes every credential of a puppet and disables it.
     pub fn revoke_puppet(&self, name: &str) -> Result<Puppet> {
-        let puppet = (&self.puppets, &self.credentials).transaction(|(puppets, credentials)| {
-            let Some(v) = puppets.get(name.as_bytes())? else {
-                return abort(StoreError::NotFound {
-                    kind: "puppet",
-                    id: name.to_string(),
-                });
-            };
-            let mut puppet: Puppet = match decode(name.as_bytes(), &v) {
-                Ok(p) => p,
-                Err(e) => return abort(e),
-            };
-            for hash in puppet_hashes(&puppet) {
-                credentials.remove(hash.as_bytes())?;
-            }
-            puppet.revoked = true;
-            puppet.state = PuppetState::Disabled;
-            puppet.rotation = None;
-            puppet.old_credential = None;
-            puppets.insert(name.as_bytes(), encode(&puppet))?;
-            Ok(puppet)
-        })?;
+        let puppet =
+            (&self.puppets, &self.credentials).gated_transaction(|(puppets, credentials)| {
+                let Some(v) = puppets.get(name.as_bytes())? else {
+                    return abort(StoreError::NotFound {
+                        kind: "puppet",
+                        id: name.to_string(),
+                    });
+                };
+                let mut puppet: Puppet = match decode(name.as_bytes(), &v) {
+                    Ok(p) => p,
+                    Err(e) => return abort(e),
+                };
+                for hash in puppet_hashes(&puppet) {
+                    credentials.remove(hash.as_bytes())?;
+                }
+                puppet.revoked = true;
+                puppet.state = PuppetState::Disabled;
+                puppet.rotation = None;
+                puppet.old_credential = None;
+                puppets.insert(name.as_bytes(), encode(&puppet))?;
+                Ok(puppet)
+            })?;
         Ok(puppet)
     }
 
     pub fn create_enroll_token(&self, token: &EnrollToken) -> Result<()> {
-        (&self.enroll_tokens, &self.enroll_secrets).transaction(|(tokens, secrets)| {
+        (&self.enroll_tokens, &self.enroll_secrets).gated_transaction(|(tokens, secrets)| {
             tokens.insert(token.id.as_bytes(), encode(token))?;
             secrets.insert(token.secret_hash.as_bytes(), token.id.as_bytes())?;
             Ok(())
@@ -302,7 +305,7 @@ impl Store {
     }
 
     pub fn revoke_enroll_token(&self, id: &str) -> Result<EnrollToken> {
-        let token = self.enroll_tokens.transaction(|tokens| {
+        let token = self.enroll_tokens.gated_transaction(|tokens| {
             let Some(v) = tokens.get(id.as_bytes())? else {
                 return abort(StoreError::NotFound {
                     kind: "enrollment token",

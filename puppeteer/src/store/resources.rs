@@ -6,7 +6,7 @@
 //! `offered`/`running` (giving them back), so the sum of what runs hold always
 //! equals the usage, and usage never exceeds capacity when taken.
 
-use sled::Transactional;
+use crate::store::GatedTransaction;
 use sled::transaction::{TransactionalTree, UnabortableTransactionError};
 
 use super::{Result, Store, StoreError, abort, decode, encode};
@@ -66,7 +66,7 @@ pub(crate) fn release(usage: &TransactionalTree, hold: &ResourceNeed) -> TxResul
 
 impl Store {
     pub fn create_resource(&self, resource: &Resource) -> Result<()> {
-        self.resources.transaction(|resources| {
+        self.resources.gated_transaction(|resources| {
             if resources.get(resource.name.as_bytes())?.is_some() {
                 return abort(StoreError::AlreadyExists {
                     kind: "resource",
@@ -118,7 +118,7 @@ impl Store {
         capacity: Option<u32>,
         bandwidth: Option<u64>,
     ) -> Result<ResourceUse> {
-        self.resources.transaction(|resources| {
+        self.resources.gated_transaction(|resources| {
             let Some(v) = resources.get(name.as_bytes())? else {
                 return abort(StoreError::NotFound {
                     kind: "resource",
@@ -160,7 +160,7 @@ impl Store {
 
     /// Removes a resource that nothing holds.
     pub fn remove_resource(&self, name: &str) -> Result<()> {
-        (&self.resources, &self.resource_usage).transaction(|(resources, usage)| {
+        (&self.resources, &self.resource_usage).gated_transaction(|(resources, usage)| {
             if resources.get(name.as_bytes())?.is_none() {
                 return abort(StoreError::NotFound {
                     kind: "resource",

@@ -5,7 +5,7 @@
 //! user removes the `credentials` entry in the same transaction, so a revoked
 //! token is refused from the next call on.
 
-use sled::Transactional;
+use crate::store::GatedTransaction;
 
 use super::{Result, Store, StoreError, abort, decode, encode};
 use crate::domain::{ApiToken, AuditEntry, Millis, Principal, Role, User};
@@ -22,7 +22,7 @@ impl Store {
     }
 
     pub fn add_user(&self, user: &User) -> Result<()> {
-        self.users.transaction(|users| {
+        self.users.gated_transaction(|users| {
             if users.get(user.name.as_bytes())?.is_some() {
                 return abort(StoreError::AlreadyExists {
                     kind: "user",
@@ -80,7 +80,7 @@ impl Store {
             .into_iter()
             .filter(|t| t.user == name && !t.revoked)
             .collect();
-        (&self.users, &self.api_tokens, &self.credentials).transaction(
+        (&self.users, &self.api_tokens, &self.credentials).gated_transaction(
             |(users, api_tokens, credentials)| {
                 users.remove(name.as_bytes())?;
                 for token in &tokens {
@@ -97,7 +97,7 @@ impl Store {
 
     /// Stores a token and makes its secret usable.
     pub fn create_api_token(&self, token: &ApiToken) -> Result<()> {
-        (&self.users, &self.api_tokens, &self.credentials).transaction(
+        (&self.users, &self.api_tokens, &self.credentials).gated_transaction(
             |(users, api_tokens, credentials)| {
                 if users.get(token.user.as_bytes())?.is_none() {
                     return abort(StoreError::NotFound {
@@ -144,8 +144,8 @@ impl Store {
 
     /// Revokes a token: its secret stops working at once.
     pub fn revoke_api_token(&self, id: &str) -> Result<ApiToken> {
-        let token =
-            (&self.api_tokens, &self.credentials).transaction(|(api_tokens, credentials)| {
+        let token = (&self.api_tokens, &self.credentials).gated_transaction(
+            |(api_tokens, credentials)| {
                 let Some(v) = api_tokens.get(id.as_bytes())? else {
                     return abort(StoreError::NotFound {
                         kind: "token",
@@ -160,7 +160,8 @@ impl Store {
                 api_tokens.insert(id.as_bytes(), encode(&token))?;
                 credentials.remove(token.secret_hash.as_bytes())?;
                 Ok(token)
-            })?;
+            },
+        )?;
         Ok(token)
     }
 
