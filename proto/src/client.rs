@@ -163,6 +163,26 @@ impl fmt::Debug for Channel {
     }
 }
 
+/// The TLS settings of a channel (root store from the CA file), built once
+/// and shared by many channels: the swarm simulator gives each simulated
+/// puppet its own channel and connection without reading the CA file and
+/// building a root store ten thousand times.
+#[derive(Clone)]
+pub struct ClientTls(rustls::ClientConfig);
+
+impl fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClientTls")
+    }
+}
+
+impl ClientTls {
+    /// Reads the endpoint's CA file and builds the settings.
+    pub fn new(endpoint: &Endpoint) -> Result<Self, ClientError> {
+        client_tls_config(endpoint).map(ClientTls)
+    }
+}
+
 impl Channel {
     /// Builds a channel; no connection is made until the first request.
     /// The proxy comes from the environment (`HTTPS_PROXY`, `NO_PROXY`),
@@ -176,6 +196,18 @@ impl Channel {
         endpoint: &Endpoint,
         token: TokenSlot,
         proxy: &ProxyConfig,
+    ) -> Result<Self, ClientError> {
+        Self::with_tls(endpoint, token, proxy, &ClientTls::new(endpoint)?)
+    }
+
+    /// [`Channel::with_proxy`] with TLS settings made beforehand (see
+    /// [`ClientTls`]). The channel still has its own connection pool:
+    /// channels never share connections.
+    pub fn with_tls(
+        endpoint: &Endpoint,
+        token: TokenSlot,
+        proxy: &ProxyConfig,
+        tls: &ClientTls,
     ) -> Result<Self, ClientError> {
         let uri: Uri = endpoint.url.parse().map_err(|e| ClientError::BadUrl {
             url: endpoint.url.clone(),
@@ -202,7 +234,7 @@ impl Channel {
         let proxy = proxy
             .resolve(&uri, |name| std::env::var(name).ok())
             .map_err(ClientError::BadProxy)?;
-        let tls = client_tls_config(endpoint)?;
+        let tls = tls.0.clone();
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(CONNECT_TIMEOUT));

@@ -33,6 +33,116 @@ pub enum Command {
     /// a restart is never executed twice. Stop with Ctrl-C or SIGTERM.
     /// Logging follows RUST_LOG (default: info).
     Run(RunArgs),
+    /// Simulate a fleet: COUNT lightweight puppets in this one process, for load tests.
+    ///
+    /// Each simulated puppet enrolls once (credentials are kept under
+    /// STATE_DIR/<name>/, so a second start reuses them), holds its own TLS
+    /// connection and speaks the agent's own protocol code, but executes
+    /// nothing: see --script-mode. Progress lines go to stdout. Stop with
+    /// Ctrl-C or SIGTERM.
+    Simulate(SimArgs),
+}
+
+#[derive(clap::Args)]
+pub struct SimArgs {
+    /// How many puppets to simulate.
+    #[arg(long, value_name = "N")]
+    pub count: u32,
+    /// The puppeteer's URL, https://host:port.
+    #[arg(long, env = "PUPPET_SERVER", value_name = "URL")]
+    pub server: String,
+    /// PEM file of the CA that signed the puppeteer's certificate.
+    #[arg(long, env = "PUPPET_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// Enrollment token (with enough uses for COUNT puppets); needed only for
+    /// puppets without a stored credential.
+    #[arg(
+        long,
+        env = "PUPPET_ENROLL_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub enroll_token: Option<String>,
+    /// Labels every simulated puppet declares at enrollment, e.g. site=lab.
+    #[arg(long, value_name = "K=V,...")]
+    pub labels: Option<String>,
+    /// What a run does: `echo` (print the script text), `sleep:D` (wait D,
+    /// e.g. sleep:2s) or `fail:P` (fail with probability P, else echo).
+    #[arg(long, value_name = "MODE", default_value = "echo", value_parser = parse_script_mode)]
+    pub script_mode: crate::simulate::ScriptMode,
+    /// Directory holding one sub-directory (credential) per simulated puppet.
+    #[arg(long, value_name = "DIR", default_value = "./simulated-puppets")]
+    pub state_dir: PathBuf,
+    /// Simulated puppets are named PREFIX-00000, PREFIX-00001...
+    #[arg(long, value_name = "PREFIX", default_value = "sim")]
+    pub name_prefix: String,
+    /// grpc-web (HTTP/1.1, like an agent) or grpc (HTTP/2) [default: grpc-web].
+    #[arg(long, value_name = "TRANSPORT", default_value_t = Transport::GrpcWeb)]
+    pub transport: Transport,
+    /// How long the server should hold an idle poll, e.g. 300s [default: the server's].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub poll_hold: Option<Duration>,
+    /// How many enrollments may be in flight at once.
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    pub enroll_concurrency: usize,
+    /// How many puppets start polling (connect and handshake) per second.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub connect_rate: u32,
+    /// Log format: `text` or `json`. The level comes from RUST_LOG [default: warn].
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+fn parse_script_mode(text: &str) -> Result<crate::simulate::ScriptMode, String> {
+    text.parse()
+}
+
+impl SimArgs {
+    /// Validates the flags into the simulator's configuration.
+    pub fn into_config(self) -> Result<crate::simulate::SimConfig, ConfigError> {
+        if self.count == 0 {
+            return Err(ConfigError("--count must be at least 1".into()));
+        }
+        if let Some(hold) = self.poll_hold
+            && !(crate::config::MIN_POLL_HOLD..=crate::config::MAX_POLL_HOLD).contains(&hold)
+        {
+            return Err(ConfigError(format!(
+                "--poll-hold must be between {} and {}",
+                humantime::format_duration(crate::config::MIN_POLL_HOLD),
+                humantime::format_duration(crate::config::MAX_POLL_HOLD)
+            )));
+        }
+        let labels = match &self.labels {
+            Some(text) => parse_labels(text)?,
+            None => BTreeMap::new(),
+        };
+        Ok(crate::simulate::SimConfig {
+            count: self.count,
+            server: self.server,
+            ca_file: self.ca,
+            enroll_token: self.enroll_token,
+            labels,
+            script_mode: self.script_mode,
+            state_dir: self.state_dir,
+            name_prefix: self.name_prefix,
+            transport: self.transport,
+            poll_hold: self.poll_hold,
+            enroll_concurrency: self.enroll_concurrency,
+            connect_rate: self.connect_rate,
+        })
+    }
+}
+
+/// Shown without the enrollment token, a secret.
+impl fmt::Debug for SimArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SimArgs")
+            .field("count", &self.count)
+            .field("server", &self.server)
+            .field("enroll_token", &redacted(&self.enroll_token))
+            .field("state_dir", &self.state_dir)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Default, clap::Args)]
@@ -320,7 +430,51 @@ mod tests {
         argv.extend_from_slice(args);
         match Cli::try_parse_from(argv).unwrap().command {
             Command::Run(args) => args,
+            Command::Simulate(_) => unreachable!("parsed `run`"),
         }
+    }
+
+    #[test]
+    fn simulate_flags_build_a_config() {
+        let cli = Cli::try_parse_from([
+            "puppet",
+            "simulate",
+            "--count",
+            "3",
+            "--server",
+            "https://localhost:7443",
+            "--enroll-token",
+            "s3cret",
+            "--script-mode",
+            "sleep:1s",
+            "--labels",
+            "bench=1",
+        ])
+        .unwrap();
+        let Command::Simulate(args) = cli.command else {
+            panic!("parsed another command");
+        };
+        assert!(!format!("{args:?}").contains("s3cret"));
+        let config = args.into_config().unwrap();
+        assert_eq!(config.count, 3);
+        assert_eq!(
+            config.script_mode,
+            crate::simulate::ScriptMode::Sleep(Duration::from_secs(1))
+        );
+        assert_eq!(config.labels["bench"], "1");
+        assert!(
+            Cli::try_parse_from([
+                "puppet",
+                "simulate",
+                "--count",
+                "1",
+                "--server",
+                "x",
+                "--script-mode",
+                "boom"
+            ])
+            .is_err()
+        );
     }
 
     #[test]

@@ -10,21 +10,44 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let Command::Run(args) = cli.command;
+    match cli.command {
+        Command::Run(args) => {
+            init_logging(args.log_format, "info");
+            let config = match args.into_config() {
+                Ok(config) => config,
+                Err(e) => {
+                    eprintln!("puppet: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            block_on(run(config))
+        }
+        Command::Simulate(args) => {
+            // Ten thousand puppets logging at info would drown the progress lines.
+            init_logging(args.log_format, "warn");
+            let config = match args.into_config() {
+                Ok(config) => config,
+                Err(e) => {
+                    eprintln!("puppet: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            block_on(simulate(config))
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, default_level: &str) {
     let logs = tracing_subscriber::fmt().with_env_filter(
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
     );
-    match args.log_format {
+    match format {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
     }
-    let config = match args.into_config() {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("puppet: {e}");
-            return ExitCode::from(2);
-        }
-    };
+}
+
+fn block_on(work: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -32,13 +55,21 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    match runtime.block_on(work) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("puppet: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+async fn simulate(config: puppet::SimConfig) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let signals = tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let result = puppet::run_simulation(config, shutdown.clone()).await;
+    signals.abort();
+    result
 }
 
 async fn run(config: puppet::AgentConfig) -> anyhow::Result<()> {

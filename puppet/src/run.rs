@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use geppetto_proto::v1::{Assignment, StartRunRequest};
+use geppetto_proto::v1::{Assignment, FinishRunResponse, StartRunRequest, StartRunResponse};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -239,25 +239,10 @@ async fn start(ctx: &RunContext, target: &LogTarget, cancel: &CancellationToken)
     if cancel.is_cancelled() {
         return not_started(ctx);
     }
-    let message = StartRunRequest {
-        run_id: target.run_id.clone(),
-        attempt: target.attempt,
-        started_at: Some(rpc::timestamp_now()),
-    };
+    let message = start_request(target);
     // The operator's cancel token is a child of the shutdown token, so both
     // end the retries.
-    let answer = rpc::retry("StartRun", cancel, || {
-        let mut client = ctx.client.clone();
-        let message = message.clone();
-        async move {
-            rpc::with_deadline(
-                CALL_TIMEOUT,
-                client.start_run(rpc::request(message, CALL_TIMEOUT)),
-            )
-            .await
-        }
-    })
-    .await;
+    let answer = send_start(&ctx.client, message, cancel).await;
     match answer {
         Ok(answer) if !answer.proceed => {
             tracing::info!(run_id = %target.run_id, "the puppeteer says not to start the run");
@@ -271,6 +256,57 @@ async fn start(ctx: &RunContext, target: &LogTarget, cancel: &CancellationToken)
             Started::Dropped
         }
     }
+}
+
+/// The `StartRun` of a run attempt, stamped now.
+pub(crate) fn start_request(target: &LogTarget) -> StartRunRequest {
+    StartRunRequest {
+        run_id: target.run_id.clone(),
+        attempt: target.attempt,
+        started_at: Some(rpc::timestamp_now()),
+    }
+}
+
+/// Sends `StartRun` until answered, refused, or `stop` fires.
+pub(crate) async fn send_start(
+    client: &Client,
+    message: StartRunRequest,
+    stop: &CancellationToken,
+) -> Result<StartRunResponse, CallError> {
+    rpc::retry("StartRun", stop, || {
+        let mut client = client.clone();
+        let message = message.clone();
+        async move {
+            rpc::with_deadline(
+                CALL_TIMEOUT,
+                client.start_run(rpc::request(message, CALL_TIMEOUT)),
+            )
+            .await
+        }
+    })
+    .await
+}
+
+/// Sends `FinishRun` until answered, refused, or `stop` fires.
+pub(crate) async fn send_finish(
+    client: &Client,
+    target: &LogTarget,
+    report: &FinishReport,
+    stop: &CancellationToken,
+) -> Result<FinishRunResponse, CallError> {
+    let message = rpc::finish_request(&target.run_id, target.attempt, report);
+    rpc::retry("FinishRun", stop, || {
+        let mut client = client.clone();
+        let message = message.clone();
+        async move {
+            rpc::with_deadline(
+                CALL_TIMEOUT,
+                client.finish_run(rpc::request(message, CALL_TIMEOUT)),
+            )
+            .await
+        }
+    })
+    .await
 }
 
 fn not_started(ctx: &RunContext) -> Started {
@@ -337,19 +373,7 @@ async fn report_and_forget(
 
 /// Returns whether the run is done with (acknowledged or refused).
 async fn finish(ctx: &RunContext, target: &LogTarget, report: &FinishReport) -> bool {
-    let message = rpc::finish_request(&target.run_id, target.attempt, report);
-    let answer = rpc::retry("FinishRun", &ctx.abandon, || {
-        let mut client = ctx.client.clone();
-        let message = message.clone();
-        async move {
-            rpc::with_deadline(
-                CALL_TIMEOUT,
-                client.finish_run(rpc::request(message, CALL_TIMEOUT)),
-            )
-            .await
-        }
-    })
-    .await;
+    let answer = send_finish(&ctx.client, target, report, &ctx.abandon).await;
     match answer {
         Ok(answer) => {
             tracing::info!(run_id = %target.run_id, state = answer.state, "run reported");
@@ -375,7 +399,7 @@ fn save_or_log(store: &RunStore, record: &RunRecord) {
     }
 }
 
-fn report_without_output(outcome: Outcome, message: String) -> FinishReport {
+pub(crate) fn report_without_output(outcome: Outcome, message: String) -> FinishReport {
     FinishReport {
         outcome,
         exit_code: 0,

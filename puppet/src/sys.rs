@@ -82,3 +82,30 @@ pub fn disk_space(path: &Path) -> io::Result<(u64, u64)> {
         available.saturating_mul(fragment),
     ))
 }
+
+/// Raises the soft limit on open files to the hard limit (capped at 2^20,
+/// the kernel's usual `nr_open`), since every simulated puppet holds a
+/// socket. Returns the soft limit in force afterwards.
+pub fn raise_open_files_limit() -> io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit(2) writes one rlimit structure, which `limit` is.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let wanted = limit.rlim_max.min(1 << 20);
+    if limit.rlim_cur >= wanted {
+        return Ok(limit.rlim_cur);
+    }
+    let raised = libc::rlimit {
+        rlim_cur: wanted,
+        rlim_max: limit.rlim_max,
+    };
+    // SAFETY: setrlimit(2) reads one rlimit structure, which `raised` is.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(wanted)
+}

@@ -43,7 +43,7 @@ impl LogTarget {
     /// Appends `data` at `offset` until answered, returning the server's
     /// committed length and the size of the chunk that got through: each
     /// failed try sends a smaller prefix of `data`.
-    async fn append(
+    pub(crate) async fn append(
         &self,
         client: &Client,
         offset: u64,
