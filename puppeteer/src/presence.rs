@@ -35,6 +35,11 @@ pub struct Presences {
     /// memory only, so that polls write nothing to disk for it; a restarted
     /// puppeteer knows it again at each puppet's next poll.
     paths: Mutex<HashMap<String, PollPath>>,
+    /// A mirror of each puppet's stored `reported_presence`, kept by the
+    /// sweeper, so that its pass over ten thousand puppets holding polls
+    /// need not decode their records every second.
+    // A std mutex: held only for a map lookup or insert, never across an await.
+    reported: Mutex<HashMap<String, Presence>>,
 }
 
 /// The poll hold a puppet uses and why, from its last poll.
@@ -111,6 +116,24 @@ impl Presences {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .contains_key(name)
+    }
+
+    /// The presence last stored for a puppet, as far as the mirror knows.
+    pub fn reported(&self, name: &str) -> Option<Presence> {
+        self.reported
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .copied()
+    }
+
+    /// Records the presence stored for a puppet (`None`: forget it).
+    pub fn set_reported(&self, name: &str, presence: Option<Presence>) {
+        let mut reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
+        match presence {
+            Some(p) => reported.insert(name.to_string(), p),
+            None => reported.remove(name),
+        };
     }
 
     pub fn of(&self, puppet: &Puppet, now: Millis, thresholds: Thresholds) -> Presence {

@@ -159,6 +159,14 @@ fn failed(state: RunState) -> bool {
     )
 }
 
+/// Whether [`gate`] reads the states of the job's runs (`JobView::runs`):
+/// only max failures, a rollout and max in flight do. Without them the api
+/// layer need not load every run of a job (ten thousand for a fleet-wide
+/// job) to gate each of its queued runs.
+pub fn gate_reads_job_runs(strategy: &crate::domain::Strategy) -> bool {
+    strategy.max_failures.is_some() || strategy.rolling || strategy.max_in_flight.is_some()
+}
+
 /// Decides whether `run` (queued or waiting) may start now. `silent_for` is
 /// how long its puppet has not polled (`None` while a poll is held).
 ///

@@ -15,7 +15,7 @@ use puppeteer::domain::{
     Strategy as JobStrategy, Target, Transition,
 };
 use puppeteer::scheduler::{Gate, JobState, JobView, PollPlan, PollReport};
-use puppeteer::scheduler::{expired_leases, gate, job_state, plan_poll};
+use puppeteer::scheduler::{expired_leases, gate, gate_reads_job_runs, job_state, plan_poll};
 
 const RESOURCES: [&str; 3] = ["r0", "r1", "r2"];
 
@@ -614,6 +614,21 @@ fn job_up(approval: Approval, cancelled: bool) -> Job {
 proptest! {
     // A Go behind a dependency is the rarest case: see more of them.
     #![proptest_config(ProptestConfig::with_cases(1024))]
+
+    /// The api layer skips loading a job's runs when `gate` does not read
+    /// them: the decision must then be the same without them.
+    #[test]
+    fn gate_without_the_job_runs_when_it_does_not_read_them(mut case in any_gate_case()) {
+        let strategy = &mut case.job.strategy;
+        (strategy.max_failures, strategy.max_in_flight, strategy.rolling) = (None, None, false);
+        prop_assert!(!gate_reads_job_runs(&case.job.strategy));
+        let view = JobView {
+            job: &case.job,
+            runs: &[],
+            upstream: case.upstream.as_ref().map(|(j, r)| (j, r.as_slice())),
+        };
+        prop_assert_eq!(gate(&view, &case.runs[case.me], case.now, case.silent_for), case.gate());
+    }
 
     /// Property 4: each rule of `gate`, checked on its own.
     #[test]

@@ -15,7 +15,11 @@ type Loaded = (Job, Vec<Run>, Option<(Job, Vec<Run>)>);
 impl AppState {
     fn load_job_view(&self, id: &str) -> ApiResult<Loaded> {
         let job = self.store.get_job(id)?;
-        let runs = self.store.get_runs(&job.run_ids)?;
+        let runs = if scheduler::gate_reads_job_runs(&job.strategy) {
+            self.store.get_runs(&job.run_ids)?
+        } else {
+            Vec::new()
+        };
         let upstream = match &job.strategy.after_job {
             Some(up) => match self.store.get_job(up) {
                 Ok(up) => {

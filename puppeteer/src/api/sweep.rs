@@ -31,7 +31,22 @@ impl AppState {
     /// Announces puppets that went offline, and those that came back.
     fn announce_presence(&self, now: Millis) -> ApiResult<()> {
         use crate::presence::Presence;
-        for puppet in self.store.list_puppets()? {
+        for name in self.store.puppet_names()? {
+            // A puppet holding a poll is online: nothing to do if that is
+            // what was last stored, and no record to decode.
+            if self.presences.is_held(&name)
+                && self.presences.reported(&name) == Some(Presence::Online)
+            {
+                continue;
+            }
+            let puppet = match self.store.get_puppet(&name) {
+                Ok(puppet) => puppet,
+                Err(crate::store::StoreError::NotFound { .. }) => {
+                    self.presences.set_reported(&name, None);
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             let presence = self.presences.of(&puppet, now, self.config.presence);
             let word = match presence {
                 Presence::Offline => "offline",
@@ -39,6 +54,14 @@ impl AppState {
                 Presence::Late => continue,
             };
             let before = puppet.reported_presence.as_deref();
+            self.presences.set_reported(
+                &name,
+                match before {
+                    Some("online") => Some(Presence::Online),
+                    Some("offline") => Some(Presence::Offline),
+                    _ => None,
+                },
+            );
             let announce = match (before, word) {
                 (Some("offline"), "online") => Some("puppet.online"),
                 (Some("online") | None, "offline") => Some("puppet.offline"),
@@ -51,6 +74,7 @@ impl AppState {
                 p.reported_presence = Some(word.to_string());
                 Ok(())
             })?;
+            self.presences.set_reported(&name, Some(presence));
             if let Some(kind) = announce {
                 let mut event = super::events::event(
                     kind,

@@ -83,6 +83,12 @@ pub use resources::ResourceUse;
 /// The on-disk layout this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 2;
 
+/// sled's page cache. Its default (1 GiB) would let the cache alone grow the
+/// puppeteer far past its memory budget (300 MiB for 10,000 puppets); the
+/// hot set (puppets, unfinished runs, their queue) fits in much less, and
+/// the kernel's page cache still serves the rest of the file.
+const CACHE_CAPACITY: u64 = 64 * 1024 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("no {kind} {id:?}")]
@@ -208,6 +214,7 @@ impl Store {
         let db = sled::Config::new()
             .path(path)
             .mode(sled::Mode::LowSpace)
+            .cache_capacity(CACHE_CAPACITY)
             .open()?;
         let tree = |name: &str| db.open_tree(name);
         let store = Store {

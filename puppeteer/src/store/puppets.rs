@@ -49,6 +49,15 @@ impl Store {
         }
     }
 
+    /// The names of every puppet, without decoding their records.
+    pub fn puppet_names(&self) -> Result<Vec<String>> {
+        self.puppets
+            .iter()
+            .keys()
+            .map(|k| Ok(String::from_utf8_lossy(&k?).into_owned()))
+            .collect()
+    }
+
     pub fn list_puppets(&self) -> Result<Vec<Puppet>> {
         self.puppets
             .iter()
