@@ -36,7 +36,9 @@ pub fn entry() {
     let cli = puppet::cli::Cli::parse_from(
         std::iter::once("puppet".to_string()).chain(args.lines().map(str::to_string)),
     );
-    let puppet::cli::Command::Run(args) = cli.command;
+    let puppet::cli::Command::Run(args) = cli.command else {
+        panic!("PuppetProc starts `puppet run` only");
+    };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(
             std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
