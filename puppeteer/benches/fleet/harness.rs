@@ -31,6 +31,7 @@ use geppetto_proto::v1::enroll_tokens_client::EnrollTokensClient;
 use geppetto_proto::v1::jobs_client::JobsClient;
 use geppetto_proto::v1::puppets_client::PuppetsClient;
 use geppetto_proto::v1::runs_client::RunsClient;
+use geppetto_proto::v1::server_client::ServerClient;
 use geppetto_proto::v1::tasks_client::TasksClient;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -95,7 +96,7 @@ impl Options {
             settle: Duration::from_millis(500),
             ingest_total: 256 << 10,
             real_agents: vec![1, 2],
-            storage_runs: 20,
+            storage_runs: 10,
             storage_fleet: 2,
             storage_log_bytes: 4096,
             repeats: 1,
@@ -350,6 +351,19 @@ impl Server {
             metrics,
             data_dir,
         })
+    }
+
+    pub fn info_client(&self) -> Result<ServerClient<Channel>> {
+        let slot = TokenSlot::default();
+        slot.set(Some(&self.admin_token))?;
+        Ok(ServerClient::new(Channel::new(
+            &Endpoint {
+                url: self.url.clone(),
+                ca_file: Some(self.ca.clone()),
+                transport: Transport::Grpc,
+            },
+            slot,
+        )?))
     }
 
     pub fn admin(&self) -> Result<Admin> {
@@ -994,6 +1008,7 @@ async fn storage_phase(options: &Options, work: &Path) -> Result<Value> {
     fleet.stop().await?;
     server.stop().await?;
     let after_stop = dir_size(&data_dir);
+    let after_retention = retention_step(options, &dir, jobs).await?;
     Ok(json!({
         "runs": runs,
         "log_bytes_per_run": options.storage_log_bytes,
@@ -1006,7 +1021,54 @@ async fn storage_phase(options: &Options, work: &Path) -> Result<Value> {
         "store_size_metric": store_metric,
         "bytes_per_run": (size.saturating_sub(empty)) as f64 / runs.max(1) as f64,
         "server_rss_peak_kib": server_hwm,
-        "after_retention": Value::Null,
+        "after_retention": after_retention,
+    }))
+}
+
+/// Restarts the puppeteer on the storage phase's data dir with a retention
+/// policy keeping a tenth of the jobs, waits for the pruning task to finish,
+/// and measures the data dir again (running, then stopped).
+async fn retention_step(options: &Options, dir: &Path, jobs: u32) -> Result<Value> {
+    let keep = (jobs / 10).max(1);
+    let config = dir.join("retention.toml");
+    std::fs::write(
+        &config,
+        format!("[retention]\nmax_jobs = {keep}\ninterval = \"1s\"\n"),
+    )?;
+    let began = Instant::now();
+    let server = Server::start(options, dir, &["--config", &config.display().to_string()]).await?;
+    let mut info = server.info_client()?;
+    let mut last = None;
+    let until = Instant::now() + Duration::from_secs(1800);
+    // Pruning works in small batches: done when a pass prunes nothing more.
+    let pruned = loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let now = info
+            .get_server_info(pb::GetServerInfoRequest {})
+            .await?
+            .into_inner();
+        let seen = (now.pruned_jobs, now.pruned_runs);
+        if now.last_prune_at.is_some() && last == Some(seen) && seen.0 > 0 {
+            break now;
+        }
+        if Instant::now() > until {
+            anyhow::bail!("retention still pruning after 30 min: {seen:?}");
+        }
+        last = Some(seen);
+    };
+    let secs = began.elapsed().as_secs_f64();
+    let running = dir_size(&server.data_dir);
+    let data_dir = server.data_dir.clone();
+    server.stop().await?;
+    Ok(json!({
+        "policy_max_jobs": keep,
+        "pruned_jobs": pruned.pruned_jobs,
+        "pruned_runs": pruned.pruned_runs,
+        "seconds": secs,
+        "data_dir_bytes": running,
+        "data_dir_bytes_after_stop": dir_size(&data_dir),
+        "server_info_data_dir_bytes": pruned.data_dir_bytes,
+        "server_info_log_bytes": pruned.log_bytes,
     }))
 }
 
@@ -1079,5 +1141,16 @@ pub fn print_table(results: &Value) {
         f(st, &["bytes_per_run"]),
         f(st, &["runs_per_s"]),
     ));
+    let ret = &st["after_retention"];
+    if ret.is_object() {
+        out.push_str(&format!(
+            "after retention (keep the newest {} jobs; {} runs pruned in {} s): data dir {} bytes running, {} bytes once stopped\n",
+            ret["policy_max_jobs"],
+            ret["pruned_runs"],
+            f(ret, &["seconds"]),
+            ret["data_dir_bytes"],
+            ret["data_dir_bytes_after_stop"],
+        ));
+    }
     println!("{out}");
 }
