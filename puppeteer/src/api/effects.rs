@@ -45,6 +45,9 @@ impl AppState {
     pub fn announce_job_end(&self, job_id: &str) -> ApiResult<()> {
         use crate::scheduler::JobState;
         let job = self.store.get_job(job_id)?;
+        if self.has_unfinished_run(&job)? {
+            return Ok(());
+        }
         let runs = self.store.get_runs(&job.run_ids)?;
         let state = match crate::scheduler::job_state(&job, &runs) {
             JobState::Succeeded => "succeeded",
@@ -71,6 +74,41 @@ impl AppState {
             self.hub.wake(super::events::EVENTS_KEY);
         }
         Ok(())
+    }
+
+    /// Whether some run of the job is unfinished (then the job has not
+    /// ended). The search starts at the run found unfinished last time and
+    /// wraps around, so that over a fan-out to N puppets, where this is asked
+    /// at each of the N runs' ends, the runs are read O(N) times in all
+    /// rather than N times each.
+    fn has_unfinished_run(&self, job: &crate::domain::Job) -> ApiResult<bool> {
+        let n = job.run_ids.len();
+        let start = self
+            .job_cursors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&job.id)
+            .copied()
+            .unwrap_or(0);
+        for k in 0..n {
+            let i = (start + k) % n;
+            match self.store.get_run(&job.run_ids[i]) {
+                Ok(run) if !run.state.is_terminal() => {
+                    self.job_cursors
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(job.id.clone(), i);
+                    return Ok(true);
+                }
+                Ok(_) | Err(crate::store::StoreError::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.job_cursors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&job.id);
+        Ok(false)
     }
 
     /// Free capacity of the resources these runs need.

@@ -27,6 +27,7 @@ mod sweep;
 mod tasks;
 mod users;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -107,6 +108,10 @@ pub struct AppState {
     /// Bandwidth budgets shared by the artifact downloads of runs holding
     /// budgeted resources.
     pub budgets: crate::bandwidth::Budgets,
+    /// Per unfinished job, the index in `run_ids` of a run last seen
+    /// unfinished: where the next look for one starts (see
+    /// `AppState::announce_job_end`). A std mutex: held for one map access.
+    pub job_cursors: std::sync::Mutex<HashMap<String, usize>>,
 }
 
 pub type Shared = Arc<AppState>;
