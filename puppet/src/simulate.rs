@@ -321,6 +321,7 @@ async fn enroll_all(
                 slots: SLOTS,
                 poll_hold: config.poll_hold,
                 proxy: ProxyConfig::FromEnv,
+                artifact_cache_max: crate::artifacts::DEFAULT_CACHE_MAX,
             };
             let client = puppet.client.clone();
             let swarm = swarm.clone();
