@@ -81,8 +81,10 @@ impl Api {
         JobsClient::new(self.channel.clone())
     }
 
+    /// Logs are read gzip-compressed when the puppeteer offers it.
     pub fn runs(&self) -> RunsClient<Channel> {
         RunsClient::new(self.channel.clone())
+            .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
     }
 
     pub fn users(&self) -> UsersClient<Channel> {

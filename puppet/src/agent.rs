@@ -86,6 +86,7 @@ pub async fn run_agent(config: AgentConfig, shutdown: CancellationToken) -> anyh
     let mut credential = Credential::new(&config.state_dir, token_slot, credential)?;
 
     let ctx = RunContext {
+        log_client: crate::upload::log_client(&client, config.compression),
         client,
         store,
         held: HeldRuns::default(),

@@ -13,7 +13,9 @@ use geppetto_proto::client::Transport;
 use geppetto_proto::proxy::{ProxyConfig, ProxyUrl};
 use serde::Deserialize;
 
-use crate::config::{AgentConfig, ConfigError, DEFAULT_SLOTS, default_name, parse_labels};
+use crate::config::{
+    AgentConfig, Compression, ConfigError, DEFAULT_SLOTS, default_name, parse_labels,
+};
 
 /// Geppetto's agent: long-polls the puppeteer over outgoing HTTPS and runs what it is given.
 #[derive(Debug, Parser)]
@@ -149,7 +151,7 @@ impl fmt::Debug for SimArgs {
 pub struct RunArgs {
     /// TOML file with the same keys as the flags (server, ca, enroll_token,
     /// state_dir, name, labels, transport, slots, poll_hold, poll_hold_floor,
-    /// poll_hold_ceiling, proxy, artifact_cache_max); flags win.
+    /// poll_hold_ceiling, proxy, compression, artifact_cache_max); flags win.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// The puppeteer's URL, https://host:port.
@@ -199,6 +201,9 @@ pub struct RunArgs {
     /// recently used artifacts no running run needs are evicted [default: 2GiB].
     #[arg(long, value_name = "SIZE", value_parser = |s: &str| crate::config::parse_size(s).map_err(|e| e.0))]
     pub artifact_cache_max: Option<u64>,
+    /// Compression of log uploads: gzip or none [default: gzip].
+    #[arg(long, value_name = "gzip|none")]
+    pub compression: Option<Compression>,
     /// The lowest poll hold the puppet adapts down to [default: 10s].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub poll_hold_floor: Option<Duration>,
@@ -237,6 +242,7 @@ impl fmt::Debug for RunArgs {
             .field("proxy", &redacted_proxy(&self.proxy))
             .field("no_proxy", &self.no_proxy)
             .field("artifact_cache_max", &self.artifact_cache_max)
+            .field("compression", &self.compression)
             .field("poll_hold_floor", &self.poll_hold_floor)
             .field("poll_hold_ceiling", &self.poll_hold_ceiling)
             .field("log_format", &self.log_format)
@@ -279,6 +285,7 @@ pub struct FileConfig {
     pub poll_hold: Option<String>,
     pub proxy: Option<String>,
     pub artifact_cache_max: Option<String>,
+    pub compression: Option<String>,
     pub poll_hold_floor: Option<String>,
     pub poll_hold_ceiling: Option<String>,
 }
@@ -298,6 +305,7 @@ impl fmt::Debug for FileConfig {
             .field("poll_hold", &self.poll_hold)
             .field("proxy", &redacted_proxy(&self.proxy))
             .field("artifact_cache_max", &self.artifact_cache_max)
+            .field("compression", &self.compression)
             .field("poll_hold_floor", &self.poll_hold_floor)
             .field("poll_hold_ceiling", &self.poll_hold_ceiling)
             .finish()
@@ -375,6 +383,11 @@ impl RunArgs {
                 .map_err(|e| ConfigError(format!("artifact_cache_max: {}", e.0)))?,
             (None, None) => crate::artifacts::DEFAULT_CACHE_MAX,
         };
+        let compression = match (self.compression, file.compression) {
+            (Some(c), _) => c,
+            (None, Some(text)) => text.parse().map_err(ConfigError)?,
+            (None, None) => Compression::default(),
+        };
         let poll_hold = flag_or_file("poll_hold", self.poll_hold, file.poll_hold)?;
         let poll_hold_floor = flag_or_file(
             "poll_hold_floor",
@@ -398,6 +411,7 @@ impl RunArgs {
             poll_hold,
             proxy,
             artifact_cache_max,
+            compression,
             poll_hold_floor,
             poll_hold_ceiling,
         };
@@ -508,6 +522,7 @@ mod tests {
         assert_eq!(config.slots, 3);
         assert_eq!(config.poll_hold, Some(Duration::from_secs(20)));
         assert_eq!(config.enroll_token.as_deref(), Some("tok"));
+        assert_eq!(config.compression, Compression::Gzip);
     }
 
     #[test]
@@ -523,6 +538,27 @@ mod tests {
         assert_eq!(config.labels["os"], "debian");
         assert_eq!(config.poll_hold, Some(Duration::from_secs(30)));
         assert_eq!(config.artifact_cache_max, 1 << 30);
+        let args = ["--server", "http://s:1", "--state-dir", "/tmp/p"];
+        let file = FileConfig::parse("compression = \"none\"").unwrap();
+        assert_eq!(
+            parse(&args).merge(file).unwrap().compression,
+            Compression::None
+        );
+        let file = FileConfig::parse("compression = \"none\"").unwrap();
+        let mut flagged = args.to_vec();
+        flagged.extend(["--compression", "gzip"]);
+        assert_eq!(
+            parse(&flagged).merge(file).unwrap().compression,
+            Compression::Gzip
+        );
+        let file = FileConfig::parse("compression = \"zip\"").unwrap();
+        assert!(
+            parse(&args)
+                .merge(file)
+                .unwrap_err()
+                .0
+                .contains("gzip or none")
+        );
         assert_eq!(config.poll_hold_ceiling, Some(Duration::from_secs(120)));
     }
 

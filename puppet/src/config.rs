@@ -25,6 +25,30 @@ pub const DEFAULT_POLL_HOLD_FLOOR: Duration = Duration::from_secs(10);
 /// The hold is never raised above this (unless the start hold is higher).
 pub const DEFAULT_POLL_HOLD_CEILING: Duration = Duration::from_secs(300);
 
+/// Whether log uploads are compressed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Compression {
+    /// gzip: logs shrink several times, at a little CPU.
+    #[default]
+    Gzip,
+    /// Sent as they are.
+    None,
+}
+
+impl std::str::FromStr for Compression {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "gzip" => Ok(Compression::Gzip),
+            "none" => Ok(Compression::None),
+            other => Err(format!(
+                "unknown compression {other:?}: expected gzip or none"
+            )),
+        }
+    }
+}
+
 /// A configuration error, worded for the operator.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{0}")]
@@ -61,6 +85,8 @@ pub struct AgentConfig {
     /// The bound of the artifact cache in bytes (least recently used files
     /// that no run needs are evicted).
     pub artifact_cache_max: u64,
+    /// Compression of log uploads.
+    pub compression: Compression,
     /// The lowest hold; `None`: [`DEFAULT_POLL_HOLD_FLOOR`] (or the start hold if lower).
     pub poll_hold_floor: Option<Duration>,
     /// The highest hold; `None`: [`DEFAULT_POLL_HOLD_CEILING`] (or the start hold if higher).
@@ -84,6 +110,7 @@ impl fmt::Debug for AgentConfig {
             .field("poll_hold", &self.poll_hold)
             .field("proxy", &self.proxy)
             .field("artifact_cache_max", &self.artifact_cache_max)
+            .field("compression", &self.compression)
             .field("poll_hold_floor", &self.poll_hold_floor)
             .field("poll_hold_ceiling", &self.poll_hold_ceiling)
             .finish()
@@ -105,6 +132,7 @@ impl AgentConfig {
             poll_hold: None,
             proxy: ProxyConfig::default(),
             artifact_cache_max: crate::artifacts::DEFAULT_CACHE_MAX,
+            compression: Compression::default(),
             poll_hold_floor: None,
             poll_hold_ceiling: None,
         }

@@ -63,7 +63,7 @@ mod sys;
 mod upload;
 
 pub use agent::run_agent;
-pub use config::{AgentConfig, ConfigError, default_name};
+pub use config::{AgentConfig, Compression, ConfigError, default_name};
 pub use geppetto_proto::client::Transport;
 pub use geppetto_proto::proxy::{ProxyConfig, ProxyUrl};
 pub use simulate::{ScriptMode, SimConfig, run_simulation};

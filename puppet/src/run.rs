@@ -23,6 +23,8 @@ use crate::upload::{self, LogTarget};
 #[derive(Clone, Debug)]
 pub struct RunContext {
     pub client: Client,
+    /// The client for log uploads: gzip-compressed unless `--compression none`.
+    pub log_client: Client,
     pub store: RunStore,
     pub held: HeldRuns,
     pub state_dir: PathBuf,
@@ -172,8 +174,14 @@ pub async fn run_assignment(ctx: RunContext, assignment: Assignment, cancel: Can
         tracing::info!(%run_id, outcome = ?report.outcome, exit_code = report.exit_code, signal = report.signal, "run ended");
         report
     };
-    let uploading =
-        upload::stream_log(&ctx.client, &target, &spool_path, progress, 0, &ctx.abandon);
+    let uploading = upload::stream_log(
+        &ctx.log_client,
+        &target,
+        &spool_path,
+        progress,
+        0,
+        &ctx.abandon,
+    );
     let (report, uploaded) = tokio::join!(execution, uploading);
     finish_after_upload(&ctx, &target, report, uploaded).await;
 }
@@ -206,12 +214,12 @@ pub async fn recover_run(ctx: RunContext, mut record: RunRecord) {
         report_and_forget(&ctx, &target, report, 0).await;
         return;
     }
-    let uploaded = match target.committed(&ctx.client, &ctx.abandon).await {
+    let uploaded = match target.committed(&ctx.log_client, &ctx.abandon).await {
         Ok(committed) => {
             // The sender is dropped at once: the spool will not grow.
             let (_, progress) = watch::channel(spool_len);
             upload::stream_log(
-                &ctx.client,
+                &ctx.log_client,
                 &target,
                 &ctx.store.spool_path(&run_id),
                 progress,

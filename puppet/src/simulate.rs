@@ -320,7 +320,10 @@ async fn enroll_all(
                 transport: config.transport,
                 slots: SLOTS,
                 poll_hold: config.poll_hold,
+                poll_hold_floor: None,
+                poll_hold_ceiling: None,
                 proxy: ProxyConfig::FromEnv,
+                compression: Default::default(),
                 artifact_cache_max: crate::artifacts::DEFAULT_CACHE_MAX,
             };
             let client = puppet.client.clone();

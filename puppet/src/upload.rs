@@ -11,6 +11,11 @@
 //! [`MAX_CHUNK`]). On a link whose connections die before a full chunk can
 //! cross (a middlebox closing connections after a few seconds, a slow uplink)
 //! the upload would otherwise resend the same large chunk forever.
+//!
+//! Logs are text and compress well (see BENCHMARKS.md, "Compression"), so
+//! their chunks travel gzip-compressed by default. Only this client
+//! compresses: on the idle poll, compression headers would cost more than
+//! they save.
 
 use std::path::Path;
 
@@ -20,6 +25,7 @@ use tokio_util::bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
+use crate::config::Compression;
 use crate::rpc::{self, CALL_TIMEOUT, CallError, Client};
 use crate::spool::read_chunk;
 
@@ -31,6 +37,20 @@ pub const MIN_CHUNK: usize = 4 * 1024;
 /// How many times in a row a refused chunk makes the uploader ask the
 /// server where it stands, before it gives up on the log.
 const MAX_RESYNCS: u32 = 3;
+
+/// The client for log uploads: sends `AppendLog` compressed and accepts
+/// compressed answers, unless compression is off. A puppeteer that does not
+/// accept gzip answers `Unimplemented`, which is not retried: turn
+/// compression off for it (`--compression none`).
+pub fn log_client(client: &Client, compression: Compression) -> Client {
+    match compression {
+        Compression::Gzip => client
+            .clone()
+            .send_compressed(tonic::codec::CompressionEncoding::Gzip)
+            .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
+        Compression::None => client.clone(),
+    }
+}
 
 /// One run attempt's log on the server.
 #[derive(Clone, Debug)]

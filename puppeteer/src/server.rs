@@ -24,6 +24,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_util::sync::CancellationToken;
+use tonic::codec::CompressionEncoding;
 use tonic::transport::Server;
 use tonic::transport::server::Router;
 use tower::layer::util::{Identity, Stack};
@@ -78,7 +79,11 @@ async fn router(state: &Shared) -> Result<WebRouter> {
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(
+            // gzip both ways: puppets compress their log chunks; answers
+            // are compressed only for a client that says it accepts them.
             PuppetServiceServer::new(PuppetServiceApi::new(state.clone()))
+                .accept_compressed(CompressionEncoding::Gzip)
+                .send_compressed(CompressionEncoding::Gzip)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(
@@ -98,7 +103,10 @@ async fn router(state: &Shared) -> Result<WebRouter> {
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(
+            // Logs read by operators, compressed for clients that accept it.
             RunsServer::new(RunsApi::new(state.clone()))
+                .accept_compressed(CompressionEncoding::Gzip)
+                .send_compressed(CompressionEncoding::Gzip)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
         .add_service(

@@ -6,9 +6,10 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
@@ -20,11 +21,21 @@ struct Seen {
     refused: u32,
 }
 
+/// Bytes forwarded through the tunnels, counted as they pass.
+#[derive(Default)]
+struct Bytes {
+    /// From the clients to the servers.
+    up: AtomicU64,
+    /// From the servers to the clients.
+    down: AtomicU64,
+}
+
 /// A running proxy; it stops when dropped.
 pub struct ConnectProxy {
     pub addr: SocketAddr,
     // A std mutex: held only to record or read, never across an await.
     seen: Arc<Mutex<Seen>>,
+    bytes: Arc<Bytes>,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -46,8 +57,14 @@ impl ConnectProxy {
             format!("Basic {}", base64(format!("{user}:{password}").as_bytes()))
         });
         let seen = Arc::new(Mutex::new(Seen::default()));
-        let accept = tokio::spawn(accept_loop(listener, expected, seen.clone()));
-        ConnectProxy { addr, seen, accept }
+        let bytes = Arc::new(Bytes::default());
+        let accept = tokio::spawn(accept_loop(listener, expected, seen.clone(), bytes.clone()));
+        ConnectProxy {
+            addr,
+            seen,
+            bytes,
+            accept,
+        }
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -65,19 +82,35 @@ impl ConnectProxy {
         self.seen.lock().unwrap().tunnels.clone()
     }
 
+    /// Bytes forwarded so far from clients to servers (TLS records,
+    /// headers included: what would cross the site's uplink).
+    pub fn bytes_up(&self) -> u64 {
+        self.bytes.up.load(Ordering::Relaxed)
+    }
+
+    /// Bytes forwarded so far from servers to clients.
+    pub fn bytes_down(&self) -> u64 {
+        self.bytes.down.load(Ordering::Relaxed)
+    }
+
     /// How many CONNECTs were refused for their credentials.
     pub fn refused(&self) -> u32 {
         self.seen.lock().unwrap().refused
     }
 }
 
-async fn accept_loop(listener: TcpListener, expected: Option<String>, seen: Arc<Mutex<Seen>>) {
+async fn accept_loop(
+    listener: TcpListener,
+    expected: Option<String>,
+    seen: Arc<Mutex<Seen>>,
+    bytes: Arc<Bytes>,
+) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
-                connections.spawn(serve(stream, expected.clone(), seen.clone()));
+                connections.spawn(serve(stream, expected.clone(), seen.clone(), bytes.clone()));
             }
             // Reap finished connections so the set does not grow.
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -85,7 +118,12 @@ async fn accept_loop(listener: TcpListener, expected: Option<String>, seen: Arc<
     }
 }
 
-async fn serve(mut client: TcpStream, expected: Option<String>, seen: Arc<Mutex<Seen>>) {
+async fn serve(
+    mut client: TcpStream,
+    expected: Option<String>,
+    seen: Arc<Mutex<Seen>>,
+    bytes: Arc<Bytes>,
+) {
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         match client.read_u8().await {
@@ -120,7 +158,7 @@ async fn serve(mut client: TcpStream, expected: Option<String>, seen: Arc<Mutex<
             .await;
         return;
     }
-    let Ok(mut upstream) = TcpStream::connect(target).await else {
+    let Ok(upstream) = TcpStream::connect(target).await else {
         let _ = client
             .write_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
             .await;
@@ -134,7 +172,33 @@ async fn serve(mut client: TcpStream, expected: Option<String>, seen: Arc<Mutex<
     {
         return;
     }
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    let (client_read, client_write) = client.into_split();
+    let (upstream_read, upstream_write) = upstream.into_split();
+    tokio::join!(
+        pump(client_read, upstream_write, &bytes.up),
+        pump(upstream_read, client_write, &bytes.down),
+    );
+}
+
+/// Copies one direction until its end, counting as it goes, then closes the
+/// other side's writing half.
+async fn pump(
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    count: &AtomicU64,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+        count.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    let _ = to.shutdown().await;
 }
 
 /// Standard base64 with padding, enough for a Basic credential.
