@@ -178,7 +178,11 @@ async fn serve(fake: Fake) -> String {
     let incoming = tonic::transport::server::TcpIncoming::from(listener);
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(PuppetServiceServer::new(fake))
+            // Like the puppeteer, it takes the puppet's gzip-compressed log chunks.
+            .add_service(
+                PuppetServiceServer::new(fake)
+                    .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
+            )
             .serve_with_incoming(incoming),
     );
     format!("http://{addr}")
