@@ -112,6 +112,13 @@ pub fn timeout_from(t: Option<&prost_types::Duration>) -> ApiResult<u64> {
 
 pub fn spec_from(s: Option<pb::RunSpec>) -> ApiResult<domain::RunSpec> {
     let s = s.ok_or_else(|| invalid("the task has no spec: give at least a program"))?;
+    if s.expect_reboot || s.reboot_window.is_some() {
+        // Refused rather than ignored: puppets would report such a run
+        // interrupted after the reboot instead of succeeded.
+        return Err(invalid(
+            "expect_reboot is not supported yet by this puppeteer and its puppets",
+        ));
+    }
     let spec = domain::RunSpec {
         program: program_from(s.program)?,
         timeout_ms: timeout_from(s.timeout.as_ref())?,
@@ -538,4 +545,29 @@ pub fn retries_from(retries: u32) -> ApiResult<u32> {
         )));
     }
     Ok(retries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reboot_expectation_is_refused_until_puppets_support_it() {
+        let spec = || pb::RunSpec {
+            program: Some(pb::Program {
+                kind: Some(pb::program::Kind::Argv(pb::Argv {
+                    args: vec!["true".into()],
+                })),
+            }),
+            ..Default::default()
+        };
+        assert!(spec_from(Some(spec())).is_ok());
+        let err = spec_from(Some(pb::RunSpec {
+            expect_reboot: true,
+            ..spec()
+        }))
+        .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.to_string().contains("expect_reboot"), "{err}");
+    }
 }
