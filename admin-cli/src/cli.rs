@@ -51,6 +51,10 @@ A short tour:
   geppetto tasks create upgrade --script upgrade.sh --resource uplink-lyon --retries 2
   geppetto resources show uplink-lyon
 
+  # A task that ends by rebooting: its run succeeds (outcome \"rebooted\") when the
+  # puppet comes back after the reboot within the window.
+  geppetto tasks create patch --command 'apt-get -y upgrade && systemctl reboot' --expect-reboot --reboot-window 20m
+
   # Name a set of puppets once and target it by name; a selector group is
   # evaluated when each job is created.
   geppetto groups create webs --selector 'role in (web,proxy)'
@@ -542,6 +546,18 @@ pub struct SpecArgs {
     /// makes no run on other puppets. On update, '' accepts any puppet again
     #[arg(long, value_name = "SELECTOR")]
     pub requires: Option<String>,
+    /// The task ends by rebooting (or stopping) the machine: the puppet's
+    /// shutdown leaves the run running, and the run succeeds (outcome
+    /// "rebooted") when the puppet comes back with a new boot id within the
+    /// reboot window, instead of being "interrupted" (same boot id, or too
+    /// late: interrupted). A script that exits before the machine goes down
+    /// is judged by its exit status as usual
+    #[arg(long)]
+    pub expect_reboot: bool,
+    /// How long after the run started the puppet may come back from the
+    /// reboot, at most 1d [default: 30m]
+    #[arg(long, value_parser = parse_duration, value_name = "DUR")]
+    pub reboot_window: Option<Duration>,
 }
 
 #[derive(Debug, Args)]
@@ -572,6 +588,9 @@ pub struct UpdateTaskArgs {
     /// Remove every artifact of the task (with --artifact: replace them by those given)
     #[arg(long)]
     pub clear_artifacts: bool,
+    /// The task no longer expects a reboot (clears the reboot window)
+    #[arg(long, conflicts_with_all = ["expect_reboot", "reboot_window"])]
+    pub no_expect_reboot: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -399,6 +399,11 @@ pub struct TaskView {
     pub retries: u32,
     /// Selector of the puppets the task is valid for; `null`: any puppet.
     pub requires: Option<String>,
+    /// The task ends by rebooting the machine: a run succeeds when its
+    /// puppet comes back after a reboot within the window.
+    pub expect_reboot: bool,
+    /// `null`: the default (30 minutes) when a reboot is expected.
+    pub reboot_window_seconds: Option<f64>,
     pub created_at: Option<String>,
     pub updated_at: Option<String>,
 }
@@ -509,6 +514,8 @@ impl From<&pb::Task> for TaskView {
             artifacts: spec.artifacts.iter().map(ArtifactRefView::from).collect(),
             retries: t.retries,
             requires: non_empty(&t.requires),
+            expect_reboot: spec.expect_reboot,
+            reboot_window_seconds: seconds(spec.reboot_window.as_ref()),
             created_at: rfc3339(t.created_at.as_ref()),
             updated_at: rfc3339(t.updated_at.as_ref()),
         }

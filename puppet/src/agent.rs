@@ -97,6 +97,7 @@ pub async fn run_agent(config: AgentConfig, shutdown: CancellationToken) -> anyh
             &config.state_dir,
             config.artifact_cache_max,
         ),
+        boot_id: facts::boot_id(config.boot_id_file.as_deref()),
     };
     let mut tasks = JoinSet::new();
     recover(&ctx, &mut tasks)?;
@@ -140,7 +141,10 @@ async fn poll_loop(
         let hold = tuner.hold();
         let timeout = poll_timeout(hold);
         let snapshot = ctx.held.snapshot(config.slots);
-        let current_facts = facts::collect(&config.state_dir);
+        let mut current_facts = facts::collect(&config.state_dir);
+        if config.boot_id_file.is_some() {
+            current_facts.boot_id = ctx.boot_id.clone();
+        }
         let send_facts = schedule.due(&current_facts, Instant::now());
         let message = PollRequest {
             free_slots: snapshot.free_slots,

@@ -211,6 +211,10 @@ pub struct RunArgs {
     /// and --poll-hold, it fixes the hold [default: 5m].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub poll_hold_ceiling: Option<Duration>,
+    /// Read the machine's boot id from this file instead of
+    /// /proc/sys/kernel/random/boot_id (for tests that simulate a reboot).
+    #[arg(long, env = "GEPPETTO_BOOT_ID_FILE", value_name = "FILE", hide = true)]
+    pub boot_id_file: Option<PathBuf>,
     /// Log format: `text` (human-readable) or `json` (one JSON object a
     /// line). The level comes from RUST_LOG [default: info].
     #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
@@ -245,6 +249,7 @@ impl fmt::Debug for RunArgs {
             .field("compression", &self.compression)
             .field("poll_hold_floor", &self.poll_hold_floor)
             .field("poll_hold_ceiling", &self.poll_hold_ceiling)
+            .field("boot_id_file", &self.boot_id_file)
             .field("log_format", &self.log_format)
             .finish()
     }
@@ -414,6 +419,7 @@ impl RunArgs {
             compression,
             poll_hold_floor,
             poll_hold_ceiling,
+            boot_id_file: self.boot_id_file,
         };
         config.validate()?;
         Ok(config)

@@ -91,6 +91,9 @@ pub struct AgentConfig {
     pub poll_hold_floor: Option<Duration>,
     /// The highest hold; `None`: [`DEFAULT_POLL_HOLD_CEILING`] (or the start hold if higher).
     pub poll_hold_ceiling: Option<Duration>,
+    /// Where the machine's boot id is read instead of
+    /// `/proc/sys/kernel/random/boot_id`: tests simulate a reboot with it.
+    pub boot_id_file: Option<PathBuf>,
 }
 
 impl fmt::Debug for AgentConfig {
@@ -113,6 +116,7 @@ impl fmt::Debug for AgentConfig {
             .field("compression", &self.compression)
             .field("poll_hold_floor", &self.poll_hold_floor)
             .field("poll_hold_ceiling", &self.poll_hold_ceiling)
+            .field("boot_id_file", &self.boot_id_file)
             .finish()
     }
 }
@@ -135,6 +139,7 @@ impl AgentConfig {
             compression: Compression::default(),
             poll_hold_floor: None,
             poll_hold_ceiling: None,
+            boot_id_file: None,
         }
     }
 

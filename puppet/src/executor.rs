@@ -10,6 +10,12 @@
 //! run can kill everything it started (like systemd kills a unit's control
 //! group); the group is noted on disk ([`ProcessMark`]) so that a puppet
 //! restarted after a crash can kill an orphan before it reports the run.
+//!
+//! A run whose task expects the machine to reboot is the exception to
+//! "a shutdown of the puppet kills the run": the reboot is what stops the
+//! puppet, and killing the script could only get in its way. Such a run is
+//! left running ([`Execution::LeftRunning`]) and judged when the puppet
+//! comes back (see [`crate::records::RebootExpectation`]).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -54,6 +60,19 @@ pub struct ExecRequest {
     pub script_path: PathBuf,
     /// Where the run's process group is noted once spawned.
     pub pid_path: Option<PathBuf>,
+    /// The run expects the machine to reboot: a shutdown of the puppet
+    /// leaves its process group running instead of killing it.
+    pub leave_running_on_shutdown: bool,
+}
+
+/// How an execution ended.
+#[derive(Debug)]
+pub enum Execution {
+    /// The child is gone; this is what `FinishRun` reports.
+    Finished(FinishReport),
+    /// The puppet shut down during a run that expects a reboot, and left
+    /// its process group (`pgid`) running.
+    LeftRunning { pgid: u32 },
 }
 
 /// Why a run may have to stop early.
@@ -72,21 +91,25 @@ pub async fn execute(
     request: &ExecRequest,
     spool: &mut SpoolWriter,
     stop: &StopSignals,
-) -> FinishReport {
+) -> Execution {
     let started = Instant::now();
     let child = match spawn(request, spool) {
         Ok(child) => child,
-        Err(e) => return start_failed(spool, started, e).await,
+        Err(e) => return Execution::Finished(start_failed(spool, started, e).await),
     };
     if let (Some(path), Some(mark)) = (&request.pid_path, child.id().and_then(ProcessMark::of))
         && let Err(e) = mark.save(path)
     {
         tracing::warn!(error = %e, "cannot note the run's process group");
     }
-    let mut report = supervise(child, request.timeout, spool, stop).await;
+    let leave_running = request.leave_running_on_shutdown;
+    let mut report = match supervise(child, request.timeout, spool, stop, leave_running).await {
+        Ok(report) => report,
+        Err(pgid) => return Execution::LeftRunning { pgid },
+    };
     report.duration = started.elapsed();
     report.log_length = spool.len();
-    report
+    Execution::Finished(report)
 }
 
 async fn start_failed(spool: &mut SpoolWriter, started: Instant, error: io::Error) -> FinishReport {
@@ -162,12 +185,15 @@ enum Kill {
     Shutdown,
 }
 
+/// Waits for the child's end; `Err(pgid)` when the puppet shut down and
+/// `leave_running` let the child's group be.
 async fn supervise(
     mut child: tokio::process::Child,
     timeout: Option<Duration>,
     spool: &mut SpoolWriter,
     stop: &StopSignals,
-) -> FinishReport {
+    leave_running: bool,
+) -> Result<FinishReport, u32> {
     // The child leads its own group, so its pid is the group id.
     let pgid = child.id().unwrap_or(0);
     let deadline = timeout.map(|t| Instant::now() + t);
@@ -196,10 +222,18 @@ async fn supervise(
             _ = stop.cancel.cancelled(), if killed.is_none() => {
                 // The agent makes each run's cancel token a child of the
                 // shutdown token, so a shutdown fires both.
+                if stop.shutdown.is_cancelled() && leave_running {
+                    let _ = spool.refresh().await;
+                    return Err(pgid);
+                }
                 killed = Some(if stop.shutdown.is_cancelled() { Kill::Shutdown } else { Kill::Cancel });
                 kill_group(pgid);
             }
             _ = stop.shutdown.cancelled(), if killed.is_none() => {
+                if leave_running {
+                    let _ = spool.refresh().await;
+                    return Err(pgid);
+                }
                 killed = Some(Kill::Shutdown);
                 kill_group(pgid);
             }
@@ -217,7 +251,7 @@ async fn supervise(
             &format!("output may be incomplete: cannot read the spool: {e}"),
         );
     }
-    report
+    Ok(report)
 }
 
 fn outcome_of(status: io::Result<ExitStatus>, killed: Option<Kill>) -> FinishReport {

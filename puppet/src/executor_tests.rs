@@ -24,6 +24,7 @@ impl Fixture {
             timeout: None,
             script_path: self.dir.path().join("run.script"),
             pid_path: Some(self.dir.path().join("run.pid")),
+            leave_running_on_shutdown: false,
         }
     }
 
@@ -40,7 +41,9 @@ impl Fixture {
 
     async fn run(&self, request: &ExecRequest, stop: &StopSignals) -> (FinishReport, Vec<u8>) {
         let (mut spool, _progress) = SpoolWriter::open(&self.spool_path()).await.unwrap();
-        let report = execute(request, &mut spool, stop).await;
+        let Execution::Finished(report) = execute(request, &mut spool, stop).await else {
+            panic!("the child was left running");
+        };
         let output = std::fs::read(self.spool_path()).unwrap();
         assert_eq!(report.log_length, output.len() as u64);
         (report, output)
@@ -213,6 +216,40 @@ async fn shutdown_interrupts_the_run() {
     stop.shutdown.cancel();
     let (report, _) = f.run(&f.script("sleep 300"), &stop).await;
     assert_eq!(report.outcome, Outcome::Interrupted);
+}
+
+/// A run that expects a reboot outlives a shutdown of the puppet: the
+/// reboot stops the puppet, and killing the script could stop the reboot.
+#[tokio::test]
+async fn shutdown_leaves_a_run_that_expects_a_reboot_running() {
+    let f = Fixture::new();
+    let printed = f.dir.path().join("printed");
+    let mut request = f.script(&format!(
+        "echo going down; touch {}; sleep 300",
+        printed.display()
+    ));
+    request.leave_running_on_shutdown = true;
+    let stop = StopSignals::default();
+    let (mut spool, _progress) = SpoolWriter::open(&f.spool_path()).await.unwrap();
+    let shutdown = stop.shutdown.clone();
+    let supervisor = tokio::spawn(async move { execute(&request, &mut spool, &stop).await });
+    eventually(Duration::from_secs(10), "the child printed", || {
+        printed.exists()
+    })
+    .await;
+    shutdown.cancel();
+    let Execution::LeftRunning { pgid } = supervisor.await.unwrap() else {
+        panic!("the run was not left running");
+    };
+    let mark = ProcessMark::load(&f.dir.path().join("run.pid")).expect("the group is noted");
+    assert_eq!(mark.pgid, pgid);
+    assert!(mark.is_alive(), "the run was killed by the shutdown");
+    assert_eq!(std::fs::read(f.spool_path()).unwrap(), b"going down\n");
+    sys::kill_process_group(pgid, libc::SIGKILL).unwrap();
+    eventually(Duration::from_secs(10), "the group is gone", || {
+        !mark.is_alive()
+    })
+    .await;
 }
 
 #[tokio::test]

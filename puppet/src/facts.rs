@@ -36,8 +36,23 @@ pub fn collect(state_dir: &Path) -> Facts {
         load: parse_loadavg(&read_trimmed("/proc/loadavg")),
         memory_available_bytes: meminfo_bytes(&meminfo, "MemAvailable").unwrap_or(0),
         disk_available_bytes: disk_available,
-        boot_id: read_trimmed("/proc/sys/kernel/random/boot_id"),
+        boot_id: boot_id(None),
         collected_at: Some(timestamp_now()),
+    }
+}
+
+/// Where Linux tells the id of the current boot, drawn anew at every boot.
+pub const BOOT_ID_FILE: &str = "/proc/sys/kernel/random/boot_id";
+
+/// The id of the machine's current boot (empty when unknown), read from
+/// `file` instead of [`BOOT_ID_FILE`] when one is given (tests simulate a
+/// reboot by changing that file).
+pub fn boot_id(file: Option<&Path>) -> String {
+    match file {
+        Some(file) => std::fs::read_to_string(file)
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default(),
+        None => read_trimmed(BOOT_ID_FILE),
     }
 }
 

@@ -42,6 +42,9 @@ pub enum Outcome {
     Cancelled,
     StartFailed,
     Interrupted,
+    /// The run expected the machine to reboot, and the puppet came back
+    /// after one (a new boot id) within the run's window.
+    Rebooted,
 }
 
 /// Everything `FinishRun` reports, kept on disk until it is acknowledged.
@@ -83,27 +86,103 @@ pub struct RunRecord {
     pub phase: Phase,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finish: Option<FinishReport>,
+    /// Set, before the child starts, when the run's task ends by rebooting
+    /// the machine (`--expect-reboot`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reboot: Option<RebootExpectation>,
+}
+
+/// What a run that expects a reboot must remember to be judged after one.
+///
+/// A reboot is told by the machine's boot id (`/proc/sys/kernel/random/boot_id`),
+/// which Linux draws anew at every boot; the window is measured on the wall
+/// clock, the only clock that survives a reboot (a clock stepped during the
+/// reboot moves the judgement by as much).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RebootExpectation {
+    /// The boot id when the run started (empty: unknown).
+    pub boot_id: String,
+    /// How long after its start the puppet may come back.
+    pub window_ms: u64,
+    /// When the run started, in milliseconds since the Unix epoch.
+    pub started_at_ms: u64,
 }
 
 impl RunRecord {
-    /// The finish to report for a record left by an earlier puppet process.
+    /// The finish to report for a record left by an earlier puppet process,
+    /// on a machine whose boot id is now `boot_id`, at `now_ms` (wall clock,
+    /// milliseconds since the Unix epoch).
     ///
-    /// A finished run reports its stored outcome again. A run that was accepted or started but never finished was cut short by
-    /// the restart: it is reported as interrupted and never executed again,
-    /// because the puppet cannot know how far its child got.
-    pub fn recovery_report(&self, spool_len: u64) -> FinishReport {
-        match (&self.phase, &self.finish) {
-            (Phase::Finished, Some(report)) => report.clone(),
-            (Phase::Accepted, _) => FinishReport::interrupted(
+    /// A finished run reports its stored outcome again. A run that was
+    /// accepted or started but never finished was cut short by the restart:
+    /// it is reported as interrupted and never executed again, because the
+    /// puppet cannot know how far its child got. The exception is a started
+    /// run that expected a reboot, when the machine did reboot within the
+    /// run's window: that is how such a run succeeds ([`Outcome::Rebooted`]).
+    pub fn recovery_report(&self, spool_len: u64, boot_id: &str, now_ms: u64) -> FinishReport {
+        match (&self.phase, &self.finish, &self.reboot) {
+            (Phase::Finished, Some(report), _) => report.clone(),
+            (Phase::Accepted, _, _) => FinishReport::interrupted(
                 spool_len,
                 "the puppet restarted before the run started; it was not executed",
             ),
-            _ => FinishReport::interrupted(
+            (_, _, Some(expected)) => expected.judge(spool_len, boot_id, now_ms),
+            (_, _, None) => FinishReport::interrupted(
                 spool_len,
                 "the puppet restarted while the run was executing",
             ),
         }
     }
+}
+
+impl RebootExpectation {
+    /// The report of a run that expected a reboot, found unfinished when
+    /// the puppet started on boot `boot_id` at `now_ms`.
+    pub fn judge(&self, spool_len: u64, boot_id: &str, now_ms: u64) -> FinishReport {
+        let back_after = Duration::from_millis(now_ms.saturating_sub(self.started_at_ms));
+        let window = Duration::from_millis(self.window_ms);
+        let show = |d: Duration| humantime::format_duration(Duration::from_secs(d.as_secs()));
+        if self.boot_id.is_empty() || boot_id.is_empty() {
+            return FinishReport::interrupted(
+                spool_len,
+                "the run expected a reboot, but this machine has no boot id to tell one",
+            );
+        }
+        if self.boot_id == boot_id {
+            return FinishReport::interrupted(
+                spool_len,
+                "the run expected a reboot, but the puppet restarted without one (same boot id)",
+            );
+        }
+        if back_after > window {
+            return FinishReport::interrupted(
+                spool_len,
+                format!(
+                    "the machine rebooted, but the puppet came back {} after the run started, past its reboot window of {}",
+                    show(back_after),
+                    show(window)
+                ),
+            );
+        }
+        FinishReport {
+            outcome: Outcome::Rebooted,
+            exit_code: 0,
+            signal: 0,
+            duration: back_after,
+            log_length: spool_len,
+            message: format!(
+                "the machine rebooted as expected; the puppet came back {} after the run started",
+                show(back_after)
+            ),
+        }
+    }
+}
+
+/// The wall clock, in milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// A run's process group as the executor spawned it: its id, and the start
@@ -351,6 +430,7 @@ mod tests {
             attempt: 2,
             phase,
             finish,
+            reboot: None,
         }
     }
 
@@ -388,11 +468,11 @@ mod tests {
     #[test]
     fn started_but_not_finished_is_interrupted_on_restart() {
         let rec = record(Phase::Started, None);
-        let report = rec.recovery_report(17);
+        let report = rec.recovery_report(17, "b1", 0);
         assert_eq!(report.outcome, Outcome::Interrupted);
         assert_eq!(report.log_length, 17);
 
-        let report = record(Phase::Accepted, None).recovery_report(0);
+        let report = record(Phase::Accepted, None).recovery_report(0, "b1", 0);
         assert_eq!(report.outcome, Outcome::Interrupted);
     }
 
@@ -406,8 +486,83 @@ mod tests {
             log_length: 5,
             message: "x".into(),
         };
-        let got = record(Phase::Finished, Some(report.clone())).recovery_report(99);
+        let got = record(Phase::Finished, Some(report.clone())).recovery_report(99, "b1", 0);
         assert_eq!(got, report);
+    }
+
+    #[test]
+    fn a_run_expecting_a_reboot_succeeds_after_one_within_its_window() {
+        let mut rec = record(Phase::Started, None);
+        rec.reboot = Some(RebootExpectation {
+            boot_id: "boot-a".into(),
+            window_ms: 600_000,
+            started_at_ms: 1_000_000,
+        });
+        let back = rec.recovery_report(12, "boot-b", 1_000_000 + 90_000);
+        assert_eq!(back.outcome, Outcome::Rebooted);
+        assert_eq!(back.duration, Duration::from_secs(90));
+        assert_eq!(back.log_length, 12);
+        // At the window's very end it still counts.
+        let edge = rec.recovery_report(0, "boot-b", 1_000_000 + 600_000);
+        assert_eq!(edge.outcome, Outcome::Rebooted);
+
+        // No reboot (same boot id), too late, or no boot id: interrupted.
+        let same = rec.recovery_report(0, "boot-a", 1_000_000 + 90_000);
+        assert_eq!(same.outcome, Outcome::Interrupted);
+        assert!(same.message.contains("same boot id"), "{}", same.message);
+        let late = rec.recovery_report(0, "boot-b", 1_000_000 + 600_001);
+        assert_eq!(late.outcome, Outcome::Interrupted);
+        assert!(
+            late.message.contains("past its reboot window"),
+            "{}",
+            late.message
+        );
+        assert_eq!(
+            rec.recovery_report(0, "", 1_000_000).outcome,
+            Outcome::Interrupted
+        );
+        // A wall clock stepped back across the reboot counts as no time.
+        let stepped = rec.recovery_report(0, "boot-b", 5);
+        assert_eq!(
+            (stepped.outcome, stepped.duration),
+            (Outcome::Rebooted, Duration::ZERO)
+        );
+
+        // Accepted but never started: not executed, whatever the boot id.
+        rec.phase = Phase::Accepted;
+        assert_eq!(
+            rec.recovery_report(0, "boot-b", 1_000_000).outcome,
+            Outcome::Interrupted
+        );
+        // Finished before the machine went down: its own outcome stands.
+        let exited = FinishReport {
+            outcome: Outcome::Exited,
+            exit_code: 0,
+            signal: 0,
+            duration: Duration::from_secs(1),
+            log_length: 3,
+            message: String::new(),
+        };
+        rec.phase = Phase::Finished;
+        rec.finish = Some(exited.clone());
+        assert_eq!(rec.recovery_report(3, "boot-b", 1_000_000), exited);
+    }
+
+    #[test]
+    fn the_reboot_expectation_survives_the_file_and_old_records_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RunStore::open(dir.path()).unwrap();
+        let mut rec = record(Phase::Started, None);
+        rec.reboot = Some(RebootExpectation {
+            boot_id: "boot-a".into(),
+            window_ms: 1_800_000,
+            started_at_ms: 42,
+        });
+        store.save(&rec).unwrap();
+        assert_eq!(store.load("run-1").unwrap(), Some(rec));
+        let old: RunRecord =
+            serde_json::from_str(r#"{"run_id":"run-2","attempt":1,"phase":"started"}"#).unwrap();
+        assert_eq!(old.reboot, None);
     }
 
     #[test]

@@ -210,6 +210,7 @@ pub fn to_proto_outcome(outcome: Outcome) -> v1::Outcome {
         Outcome::Cancelled => v1::Outcome::Cancelled,
         Outcome::StartFailed => v1::Outcome::StartFailed,
         Outcome::Interrupted => v1::Outcome::Interrupted,
+        Outcome::Rebooted => v1::Outcome::Rebooted,
     }
 }
 

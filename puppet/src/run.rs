@@ -12,9 +12,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::artifacts::{ArtifactCache, FetchError};
-use crate::executor::{self, ExecRequest, StopSignals};
+use crate::executor::{self, ExecRequest, Execution, StopSignals};
 use crate::held::{HeldRuns, Stage};
-use crate::records::{FinishReport, Outcome, Phase, RunRecord, RunStore};
+use crate::records::{FinishReport, Outcome, Phase, RebootExpectation, RunRecord, RunStore};
 use crate::rpc::{self, CALL_TIMEOUT, CallError, Client};
 use crate::spool::SpoolWriter;
 use crate::upload::{self, LogTarget};
@@ -34,7 +34,13 @@ pub struct RunContext {
     pub abandon: CancellationToken,
     /// Artifacts fetched for runs, by content.
     pub artifacts: ArtifactCache,
+    /// The machine's boot id when the puppet started (empty: unknown).
+    pub boot_id: String,
 }
+
+/// How long after its start a run that expects a reboot may take to come
+/// back, unless its task says otherwise.
+pub const DEFAULT_REBOOT_WINDOW: Duration = Duration::from_secs(30 * 60);
 
 /// Executes a newly admitted assignment and reports it.
 pub async fn run_assignment(ctx: RunContext, assignment: Assignment, cancel: CancellationToken) {
@@ -50,6 +56,7 @@ pub async fn run_assignment(ctx: RunContext, assignment: Assignment, cancel: Can
         attempt,
         phase: Phase::Accepted,
         finish: None,
+        reboot: None,
     };
     if let Err(e) = ctx.store.save(&record) {
         // Without a record, a restart could not recognise the run: refuse to
@@ -116,6 +123,7 @@ pub async fn run_assignment(ctx: RunContext, assignment: Assignment, cancel: Can
     };
 
     record.phase = Phase::Started;
+    record.reboot = reboot_expectation(&ctx, &assignment);
     if let Err(e) = ctx.store.save(&record) {
         let message = format!(
             "the puppet cannot record the run in {}: {e}",
@@ -161,18 +169,31 @@ pub async fn run_assignment(ctx: RunContext, assignment: Assignment, cancel: Can
             cancel: cancel.clone(),
             shutdown: ctx.shutdown.clone(),
         };
-        let report = match request {
+        let execution = match request {
             Ok(request) => executor::execute(&request, &mut writer, &stop).await,
-            Err(message) => report_without_output(Outcome::StartFailed, message),
+            Err(message) => {
+                Execution::Finished(report_without_output(Outcome::StartFailed, message))
+            }
         };
-        // Dropping the writer tells the uploader the output is complete.
+        // Dropping the writer tells the uploader the output is complete
+        // (or, for a run left running, all that this process will see).
         drop(writer);
+        let report = match execution {
+            Execution::Finished(report) => report,
+            Execution::LeftRunning { pgid } => {
+                // The record stays `started`: the next start of the puppet
+                // reports the run rebooted if the machine did reboot in
+                // time, and interrupted otherwise.
+                tracing::info!(%run_id, pgid, "shutting down during a run that expects a reboot: leaving it running; it is reported when the puppet comes back");
+                return None;
+            }
+        };
         record.phase = Phase::Finished;
         record.finish = Some(report.clone());
         save_or_log(&ctx.store, &record);
         ctx.held.set_stage(&run_id, Stage::Finishing);
         tracing::info!(%run_id, outcome = ?report.outcome, exit_code = report.exit_code, signal = report.signal, "run ended");
-        report
+        Some(report)
     };
     let uploading = upload::stream_log(
         &ctx.log_client,
@@ -183,7 +204,25 @@ pub async fn run_assignment(ctx: RunContext, assignment: Assignment, cancel: Can
         &ctx.abandon,
     );
     let (report, uploaded) = tokio::join!(execution, uploading);
-    finish_after_upload(&ctx, &target, report, uploaded).await;
+    if let Some(report) = report {
+        finish_after_upload(&ctx, &target, report, uploaded).await;
+    }
+}
+
+/// What a run must remember to be judged after a reboot, if its task expects one.
+fn reboot_expectation(ctx: &RunContext, assignment: &Assignment) -> Option<RebootExpectation> {
+    let spec = assignment.spec.as_ref()?;
+    if !spec.expect_reboot {
+        return None;
+    }
+    let window = rpc::from_proto_duration(spec.reboot_window.as_ref())
+        .filter(|w| !w.is_zero())
+        .unwrap_or(DEFAULT_REBOOT_WINDOW);
+    Some(RebootExpectation {
+        boot_id: ctx.boot_id.clone(),
+        window_ms: u64::try_from(window.as_millis()).unwrap_or(u64::MAX),
+        started_at_ms: crate::records::now_ms(),
+    })
 }
 
 /// Reports a run found on disk at start-up: uploads what its spool holds
@@ -197,15 +236,22 @@ pub async fn recover_run(ctx: RunContext, mut record: RunRecord) {
     };
     if record.phase == Phase::Started {
         // The child writes to the spool itself and may have outlived the
-        // puppet: stop it before the spool's length is taken as final.
+        // puppet (after a crash, or a restart without the reboot a run
+        // expected): stop it before the spool's length is taken as final.
+        // After a reboot there is nothing left to kill.
         let store = ctx.store.clone();
         let id = run_id.clone();
         let _ = tokio::task::spawn_blocking(move || store.kill_orphan(&id)).await;
     }
     let spool_len = ctx.store.spool_len(&run_id);
-    let report = record.recovery_report(spool_len);
-    if record.phase != Phase::Finished {
-        tracing::warn!(%run_id, attempt = record.attempt, "run was cut short by a restart of the puppet; reporting it as interrupted");
+    let report = record.recovery_report(spool_len, &ctx.boot_id, crate::records::now_ms());
+    if record.phase != Phase::Finished && report.outcome == Outcome::Rebooted {
+        tracing::info!(%run_id, attempt = record.attempt, "{}", report.message);
+        record.phase = Phase::Finished;
+        record.finish = Some(report.clone());
+        save_or_log(&ctx.store, &record);
+    } else if record.phase != Phase::Finished {
+        tracing::warn!(%run_id, attempt = record.attempt, reason = %report.message, "run was cut short by a restart of the puppet; reporting it as interrupted");
         record.phase = Phase::Finished;
         record.finish = Some(report.clone());
         save_or_log(&ctx.store, &record);
@@ -343,6 +389,7 @@ fn exec_request(ctx: &RunContext, assignment: &Assignment) -> Result<ExecRequest
         timeout: rpc::from_proto_duration(spec.timeout.as_ref()).filter(|t| !t.is_zero()),
         script_path: ctx.store.script_path(&assignment.run_id),
         pid_path: Some(ctx.store.pid_path(&assignment.run_id)),
+        leave_running_on_shutdown: spec.expect_reboot,
     })
 }
 

@@ -325,6 +325,7 @@ async fn enroll_all(
                 proxy: ProxyConfig::FromEnv,
                 compression: Default::default(),
                 artifact_cache_max: crate::artifacts::DEFAULT_CACHE_MAX,
+                boot_id_file: None,
             };
             let client = puppet.client.clone();
             let swarm = swarm.clone();

@@ -207,6 +207,10 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const MIN_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3600);
 pub const MAX_SCRIPT_BYTES: usize = 256 * 1024;
+/// How long after its start a run that expects a reboot may take to come
+/// back, unless its task says otherwise (the puppet applies the same default).
+pub const DEFAULT_REBOOT_WINDOW: Duration = Duration::from_secs(30 * 60);
+pub const MAX_REBOOT_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunSpec {
@@ -282,7 +286,30 @@ impl RunSpec {
         if self.workdir.contains('\0') {
             return Err(Invalid("workdir must not contain NUL".into()));
         }
+        if let Some(window) = self.reboot_window_ms.map(Duration::from_millis) {
+            if !self.expect_reboot {
+                return Err(Invalid(
+                    "a reboot window needs expect_reboot (--expect-reboot): this task does not expect a reboot"
+                        .into(),
+                ));
+            }
+            if !(MIN_TIMEOUT..=MAX_REBOOT_WINDOW).contains(&window) {
+                return Err(Invalid(format!(
+                    "reboot window {} is out of range: it must be between 1s and 1day",
+                    humantime::format_duration(window)
+                )));
+            }
+        }
         Ok(())
+    }
+
+    /// How long a run of this spec may take to come back from the reboot it
+    /// expects; `None` when it expects none.
+    pub fn reboot_window(&self) -> Option<Duration> {
+        self.expect_reboot.then(|| {
+            self.reboot_window_ms
+                .map_or(DEFAULT_REBOOT_WINDOW, Duration::from_millis)
+        })
     }
 }
 
@@ -561,6 +588,11 @@ pub struct Run {
     /// the gap were received and acknowledged but not kept.
     #[serde(default)]
     pub log_gap: Option<LogGap>,
+    /// Set when the run's task expects the machine to reboot: how long
+    /// after the start its puppet may stay silent without the run being
+    /// declared lost (the puppet is rebooting).
+    #[serde(default)]
+    pub reboot_window_ms: Option<u64>,
 }
 
 /// The dropped middle of a truncated log: output offsets `at..at + dropped`

@@ -309,6 +309,11 @@ fn lacking(available: &HashMap<String, u32>, run: &Run) -> Option<String> {
 /// poll held and has not polled for longer than `lease` (the lease of a run
 /// is renewed by every poll of its puppet). Input: each run with its
 /// puppet's last poll and whether a poll of it is held now.
+///
+/// A running run that expects a reboot keeps its lease while its puppet is
+/// silent (rebooting) until its reboot window, counted from the run's
+/// start, is over, plus `lease`: the puppet may come back at the very end
+/// of the window and must then have the time to report.
 pub fn expired_leases(
     runs: &[(Run, Option<Millis>, bool)],
     now: Millis,
@@ -319,9 +324,21 @@ pub fn expired_leases(
             matches!(run.state, RunState::Offered | RunState::Running)
                 && !*polling
                 && last_seen.is_none_or(|seen| now.since(seen) > lease)
+                && reboot_lease_over(run, now, lease)
         })
         .map(|(run, _, _)| run.id.clone())
         .collect()
+}
+
+/// Whether a run is past the silence its expected reboot allows (true for
+/// a run that expects none, or has not started).
+fn reboot_lease_over(run: &Run, now: Millis, lease: std::time::Duration) -> bool {
+    match (run.state, run.reboot_window_ms, run.started_at) {
+        (RunState::Running, Some(window), Some(started)) => {
+            now.since(started) > std::time::Duration::from_millis(window) + lease
+        }
+        _ => true,
+    }
 }
 
 /// The state a run ends in for what its puppet reported.
@@ -392,6 +409,7 @@ mod tests {
             log_base: 0,
             max_attempts: 1,
             log_gap: None,
+            reboot_window_ms: None,
         }
     }
 
@@ -637,6 +655,29 @@ mod tests {
         assert!(expired_leases(&runs, now, lease).is_empty());
         let runs = vec![(running, Some(Millis(1_000_000 - 59_000)), false)];
         assert!(expired_leases(&runs, now, lease).is_empty());
+    }
+
+    #[test]
+    fn a_run_expecting_a_reboot_keeps_its_lease_through_the_window() {
+        let lease = std::time::Duration::from_secs(60);
+        let mut rebooting = run("r", RunState::Running);
+        rebooting.reboot_window_ms = Some(600_000);
+        rebooting.started_at = Some(Millis(1_000_000));
+        let silent_since = Some(Millis(1_000_000));
+        let at = |ms: i64| Millis(1_000_000 + ms);
+        let check = |r: &Run, now| expired_leases(&[(r.clone(), silent_since, false)], now, lease);
+        // Silent for longer than the lease, but within window + lease.
+        assert!(check(&rebooting, at(120_000)).is_empty());
+        assert!(check(&rebooting, at(660_000)).is_empty());
+        assert_eq!(check(&rebooting, at(660_001)), vec!["r"]);
+        // Offered (not started yet): the plain lease applies.
+        let mut offered = rebooting.clone();
+        offered.state = RunState::Offered;
+        offered.started_at = None;
+        assert_eq!(check(&offered, at(120_000)), vec!["r"]);
+        // The same run without the expectation is lost after the lease.
+        rebooting.reboot_window_ms = None;
+        assert_eq!(check(&rebooting, at(120_000)), vec!["r"]);
     }
 
     #[test]

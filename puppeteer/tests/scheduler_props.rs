@@ -60,6 +60,7 @@ fn run(id: &str, puppet: &str, state: RunState) -> Run {
         log_base: 0,
         max_attempts: 1,
         log_gap: None,
+        reboot_window_ms: None,
     }
 }
 

@@ -290,6 +290,7 @@ async fn durability_cost_of_acknowledgements() {
         log_base: 0,
         max_attempts: 1,
         log_gap: None,
+        reboot_window_ms: None,
     };
     let runs: Vec<Run> = (0..64).map(run).collect();
     let job = Job {
@@ -738,6 +739,7 @@ async fn storage_after_runs_retention_and_compaction() {
                 log_base: 0,
                 max_attempts: 1,
                 log_gap: None,
+                reboot_window_ms: None,
             };
             let job = Job {
                 id: job_id,

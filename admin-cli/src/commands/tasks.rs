@@ -83,6 +83,20 @@ pub fn program(args: &ProgramArgs) -> Result<Option<pb::Program>, Error> {
     Ok(None)
 }
 
+/// Whether the task expects a reboot, and its window.
+fn reboot_line(spec: &pb::RunSpec) -> String {
+    if !spec.expect_reboot {
+        return "not expected".into();
+    }
+    match &spec.reboot_window {
+        Some(window) => format!(
+            "expected: succeeds if the puppet comes back within {}",
+            output::human_duration(Some(window))
+        ),
+        None => "expected: succeeds if the puppet comes back within 30m".into(),
+    }
+}
+
 fn interpreter(args: &ProgramArgs) -> Option<Vec<String>> {
     let path = args.interpreter.clone()?;
     Some(
@@ -135,7 +149,8 @@ pub fn create_request(args: CreateTaskArgs) -> Result<pb::CreateTaskRequest, Err
                 ..Default::default()
             })
             .collect(),
-        ..Default::default()
+        expect_reboot: args.spec.expect_reboot,
+        reboot_window: args.spec.reboot_window.map(duration).transpose()?,
     };
     Ok(pb::CreateTaskRequest {
         name: args.name,
@@ -178,6 +193,12 @@ pub fn update_request(
         // for exactly these (possibly none).
         artifacts: artifact_names(args.spec.artifacts)?,
         replace_artifacts: args.clear_artifacts,
+        expect_reboot: match (args.spec.expect_reboot, args.no_expect_reboot) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        },
+        reboot_window: args.spec.reboot_window.map(duration).transpose()?,
         ..Default::default()
     };
     if !args.spec.env.is_empty() || !args.unset_env.is_empty() {
@@ -294,6 +315,7 @@ fn print_one(task: &pb::Task, format: Format) -> Result<(), Error> {
                 task.requires.clone()
             },
         ),
+        ("reboot", reboot_line(&spec)),
     ];
     match spec.program.and_then(|p| p.kind) {
         Some(pb::program::Kind::Argv(a)) => rows.push(("exec", a.args.join(" "))),
@@ -438,6 +460,40 @@ mod tests {
 
         let err = update_request(update_args(&["t"]), &current).unwrap_err();
         assert!(err.to_string().starts_with("nothing to update"));
+    }
+
+    #[test]
+    fn reboot_expectations_travel_on_create_and_update() {
+        let req = create_request(create_args(&[
+            "patch",
+            "--command",
+            "apt-get -y upgrade && reboot",
+            "--expect-reboot",
+            "--reboot-window",
+            "20m",
+        ]))
+        .unwrap();
+        let spec = req.spec.unwrap();
+        assert!(spec.expect_reboot);
+        assert_eq!(spec.reboot_window.unwrap().seconds, 1200);
+        let plain = create_request(create_args(&["t", "--command", "true"])).unwrap();
+        assert!(!plain.spec.unwrap().expect_reboot);
+
+        let current = pb::Task {
+            name: "patch".into(),
+            version: 2,
+            ..Default::default()
+        };
+        let on = update_request(update_args(&["patch", "--expect-reboot"]), &current).unwrap();
+        assert_eq!(on.expect_reboot, Some(true));
+        let off = update_request(update_args(&["patch", "--no-expect-reboot"]), &current).unwrap();
+        assert_eq!(off.expect_reboot, Some(false));
+        let window =
+            update_request(update_args(&["patch", "--reboot-window", "1h"]), &current).unwrap();
+        assert_eq!(
+            (window.expect_reboot, window.reboot_window.unwrap().seconds),
+            (None, 3600)
+        );
     }
 
     #[test]

@@ -112,13 +112,6 @@ pub fn timeout_from(t: Option<&prost_types::Duration>) -> ApiResult<u64> {
 
 pub fn spec_from(s: Option<pb::RunSpec>) -> ApiResult<domain::RunSpec> {
     let s = s.ok_or_else(|| invalid("the task has no spec: give at least a program"))?;
-    if s.expect_reboot || s.reboot_window.is_some() {
-        // Refused rather than ignored: puppets would report such a run
-        // interrupted after the reboot instead of succeeded.
-        return Err(invalid(
-            "expect_reboot is not supported yet by this puppeteer and its puppets",
-        ));
-    }
     let spec = domain::RunSpec {
         program: program_from(s.program)?,
         timeout_ms: timeout_from(s.timeout.as_ref())?,
@@ -552,7 +545,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_reboot_expectation_is_refused_until_puppets_support_it() {
+    fn reboot_windows_are_checked() {
         let spec = || pb::RunSpec {
             program: Some(pb::Program {
                 kind: Some(pb::program::Kind::Argv(pb::Argv {
@@ -561,13 +554,42 @@ mod tests {
             }),
             ..Default::default()
         };
-        assert!(spec_from(Some(spec())).is_ok());
-        let err = spec_from(Some(pb::RunSpec {
+        let window = |secs| {
+            Some(prost_types::Duration {
+                seconds: secs,
+                nanos: 0,
+            })
+        };
+        let ok = spec_from(Some(pb::RunSpec {
+            expect_reboot: true,
+            reboot_window: window(1200),
+            ..spec()
+        }))
+        .unwrap();
+        assert_eq!(
+            (ok.expect_reboot, ok.reboot_window_ms),
+            (true, Some(1_200_000))
+        );
+        let default = spec_from(Some(pb::RunSpec {
             expect_reboot: true,
             ..spec()
         }))
-        .unwrap_err();
-        assert_eq!(err.code(), tonic::Code::InvalidArgument);
-        assert!(err.to_string().contains("expect_reboot"), "{err}");
+        .unwrap();
+        assert_eq!(default.reboot_window_ms, None);
+        for (expect, secs, needle) in [
+            (false, 60, "needs expect_reboot"),
+            (true, 0, "out of range"),
+            (true, 2 * 86_400, "out of range"),
+            (true, -5, "reboot window"),
+        ] {
+            let err = spec_from(Some(pb::RunSpec {
+                expect_reboot: expect,
+                reboot_window: window(secs),
+                ..spec()
+            }))
+            .unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+            assert!(err.to_string().contains(needle), "{needle}: {err}");
+        }
     }
 }

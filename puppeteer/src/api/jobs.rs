@@ -215,6 +215,7 @@ impl Jobs for JobsApi {
                     log_base: 0,
                     max_attempts: 1 + task.retries,
                     log_gap: None,
+                    reboot_window_ms: task.spec.reboot_window().map(|w| w.as_millis() as u64),
                 };
                 run.transition(RunState::Queued, now, format!("created by job {job_id}"));
                 runs.push(run);

@@ -173,15 +173,22 @@ impl AppState {
         if expired.is_empty() {
             return Ok(());
         }
-        let cause = format!(
-            "lost: its puppet has not polled for more than {}",
-            humantime::format_duration(lease)
-        );
         let changed = self.store.update_runs(&expired, |run| {
             if !matches!(run.state, RunState::Offered | RunState::Running) {
                 return Ok(false);
             }
-            run.end_attempt(RunState::Lost, now, cause.clone());
+            let cause = match (run.state, run.reboot_window_ms) {
+                (RunState::Running, Some(window)) => format!(
+                    "lost: its puppet did not come back within the reboot window of {} (and {} more)",
+                    humantime::format_duration(Duration::from_millis(window)),
+                    humantime::format_duration(lease)
+                ),
+                _ => format!(
+                    "lost: its puppet has not polled for more than {}",
+                    humantime::format_duration(lease)
+                ),
+            };
+            run.end_attempt(RunState::Lost, now, cause);
             Ok(true)
         })?;
         self.store.flush().await?;

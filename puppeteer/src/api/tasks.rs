@@ -182,6 +182,16 @@ impl Tasks for TasksApi {
             if let Some(requires) = &req.requires {
                 task.requires = convert::requires_from(requires)?;
             }
+            if let Some(expect) = req.expect_reboot {
+                task.spec.expect_reboot = expect;
+                if !expect {
+                    task.spec.reboot_window_ms = None;
+                }
+            }
+            if let Some(window) = &req.reboot_window {
+                let window = convert::from_dur("reboot window", window)?;
+                task.spec.reboot_window_ms = Some(window.as_millis() as u64);
+            }
             task.spec.validate().map_err(ApiError::from)?;
             match self.state.store.add_task_version(&task) {
                 Ok(()) => {}

@@ -329,6 +329,7 @@ mod tests {
             log_base: 0,
             max_attempts: 1,
             log_gap: None,
+            reboot_window_ms: None,
         }
     }
 
