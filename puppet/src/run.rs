@@ -234,11 +234,16 @@ pub async fn recover_run(ctx: RunContext, mut record: RunRecord) {
         run_id: run_id.clone(),
         attempt: record.attempt,
     };
-    if record.phase == Phase::Started {
+    let rebooted = record
+        .reboot
+        .as_ref()
+        .is_some_and(|r| !r.boot_id.is_empty() && r.boot_id != ctx.boot_id);
+    if record.phase == Phase::Started && !rebooted {
         // The child writes to the spool itself and may have outlived the
         // puppet (after a crash, or a restart without the reboot a run
         // expected): stop it before the spool's length is taken as final.
-        // After a reboot there is nothing left to kill.
+        // After a reboot there is nothing left to kill, and the noted
+        // process group belongs to the previous boot.
         let store = ctx.store.clone();
         let id = run_id.clone();
         let _ = tokio::task::spawn_blocking(move || store.kill_orphan(&id)).await;
