@@ -89,6 +89,17 @@ impl Blobs {
         let _ = std::fs::remove_file(self.partial_path(upload_id));
     }
 
+    /// The ids of the partial files of uploads in progress.
+    pub fn partial_ids(&self) -> std::io::Result<Vec<String>> {
+        let mut ids = Vec::new();
+        for entry in std::fs::read_dir(self.root.join("uploads"))? {
+            if let Some(name) = entry?.file_name().to_str() {
+                ids.push(name.to_string());
+            }
+        }
+        Ok(ids)
+    }
+
     /// Removes published content no name or task version pins any more.
     pub fn remove_content(&self, sha256: &str) -> std::io::Result<()> {
         match std::fs::remove_file(self.content_path(sha256)) {

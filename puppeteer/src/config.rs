@@ -59,6 +59,8 @@ pub struct RetentionFile {
     pub max_log_bytes: Option<String>,
     #[serde(default, with = "humantime_serde_opt")]
     pub interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub upload_max_age: Option<Duration>,
 }
 
 /// Parses a size: bytes, or a number with a unit (`512KiB`, `64MiB`,

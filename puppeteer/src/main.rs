@@ -246,6 +246,9 @@ fn config_from(args: ServeArgs) -> Result<Config> {
         if let Some(interval) = r.interval {
             retention.interval = interval;
         }
+        if let Some(age) = r.upload_max_age {
+            retention.upload_max_age = age;
+        }
     }
     config.validate()?;
     Ok(config)

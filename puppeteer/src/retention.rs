@@ -4,6 +4,8 @@
 //! and their logs, once any limit is passed: older than `max_age`, more than
 //! `max_jobs` finished jobs, or more than `max_log_bytes` of stored output
 //! over all runs. Unfinished jobs are never pruned, whatever their age.
+//! Artifact uploads left unfinished for longer than `upload_max_age` after
+//! they began are discarded with their partial files.
 //! The decisions here are pure; the pruning task lives in the api layer.
 
 use std::time::Duration;
@@ -23,6 +25,9 @@ pub struct Retention {
     pub max_log_bytes: u64,
     /// How often the pruning task looks.
     pub interval: Duration,
+    /// An artifact upload not committed this long after it began is
+    /// abandoned: its partial file is deleted.
+    pub upload_max_age: Duration,
 }
 
 impl Default for Retention {
@@ -32,6 +37,7 @@ impl Default for Retention {
             max_jobs: 100_000,
             max_log_bytes: 10 << 30,
             interval: Duration::from_secs(600),
+            upload_max_age: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -45,16 +51,20 @@ impl Retention {
         {
             bail!("retention interval must be between 1s and 1 day");
         }
+        if self.upload_max_age < Duration::from_secs(1) {
+            bail!("retention upload_max_age must be at least 1s");
+        }
         Ok(())
     }
 
     /// The policy in words, for operators.
     pub fn describe(&self) -> String {
         format!(
-            "finished jobs are pruned with their runs and logs when older than {}, beyond the newest {}, or while stored logs exceed {}; checked every {}",
+            "finished jobs are pruned with their runs and logs when older than {}, beyond the newest {}, or while stored logs exceed {}; unfinished artifact uploads are discarded {} after they began; checked every {}",
             human_duration(self.max_age),
             self.max_jobs,
             human_bytes(self.max_log_bytes),
+            human_duration(self.upload_max_age),
             human_duration(self.interval),
         )
     }

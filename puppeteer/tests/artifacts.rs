@@ -901,3 +901,69 @@ async fn a_download_cut_by_the_link_resumes_in_the_same_attempt() {
     puppet.stop().await;
     server.stop().await;
 }
+
+/// An upload nobody finishes is discarded once it is older than the
+/// retention's `upload_max_age`, with its partial file; so is a partial
+/// file no upload owns (left by a crash between the two deletions).
+#[tokio::test]
+async fn abandoned_uploads_are_discarded_with_their_partial_files() {
+    let server = TestServer::start_with(|c| {
+        c.retention.upload_max_age = Duration::from_secs(1);
+        c.retention.interval = Duration::from_secs(1);
+    })
+    .await;
+    let admin = server.admin();
+    let mut client = artifacts(&admin);
+    let data = content(7, MIB);
+    let begun = client
+        .begin_upload(pb::BeginUploadRequest {
+            name: "abandoned.bin".into(),
+            sha256: sha(&data),
+            size: data.len() as u64,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    client
+        .upload_chunk(pb::UploadChunkRequest {
+            upload_id: begun.upload_id.clone(),
+            offset: 0,
+            data: data[..1000].to_vec(),
+        })
+        .await
+        .unwrap();
+    let uploads = server.dir.path().join("data/artifacts/uploads");
+    let partial = uploads.join(&begun.upload_id);
+    assert!(partial.exists(), "the partial file is where expected");
+    let stray = uploads.join("upload-left-by-a-crash");
+    std::fs::write(&stray, b"half").unwrap();
+
+    common::wait_until(
+        "the abandoned upload is discarded",
+        Duration::from_secs(30),
+        || !partial.exists() && !stray.exists(),
+    )
+    .await;
+    let err = client
+        .upload_chunk(pb::UploadChunkRequest {
+            upload_id: begun.upload_id.clone(),
+            offset: 1000,
+            data: data[1000..2000].to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err}");
+    // Beginning again starts over, from byte 0.
+    let again = client
+        .begin_upload(pb::BeginUploadRequest {
+            name: "abandoned.bin".into(),
+            sha256: sha(&data),
+            size: data.len() as u64,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.committed, 0);
+    assert_ne!(again.upload_id, begun.upload_id);
+    server.stop().await;
+}

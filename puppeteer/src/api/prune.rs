@@ -34,6 +34,12 @@ pub async fn run_pruner(state: Shared, shutdown: CancellationToken) {
             () = tokio::time::sleep_until(next) => {}
         }
         next = tokio::time::Instant::now() + every;
+        let expiring = state.clone();
+        match blocking(move || expiring.expire_uploads(Millis::now())).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(uploads = n, "discarded abandoned artifact uploads"),
+            Err(e) => tracing::error!(error = %e, "cannot discard abandoned artifact uploads"),
+        }
         match state.prune(Millis::now(), &shutdown).await {
             Ok(report) if report.jobs > 0 => tracing::info!(
                 jobs = report.jobs,
@@ -92,6 +98,43 @@ impl AppState {
         }
         self.store.set_last_prune(&report)?;
         Ok(report)
+    }
+
+    /// Discards the artifact uploads that began longer than `upload_max_age`
+    /// before `now`, and partial files no upload owns (left by a crash
+    /// between the two deletions). Returns how many uploads were discarded.
+    pub fn expire_uploads(&self, now: Millis) -> Result<usize, StoreError> {
+        let max_age = self.config.retention.upload_max_age;
+        let mut discarded = 0;
+        let mut live = HashSet::new();
+        for upload in self.store.uploads()? {
+            if now.since(upload.started_at) > max_age {
+                // The record first: a crash in between leaves only a file
+                // no upload owns, which the next pass deletes.
+                self.store.remove_upload(&upload.id)?;
+                self.blobs.discard(&upload.id);
+                tracing::info!(upload = %upload.id, name = %upload.name, committed = upload.committed, size = upload.size, "artifact upload abandoned; discarded");
+                discarded += 1;
+            } else {
+                live.insert(upload.id);
+            }
+        }
+        // A partial file created between the listing above and this one
+        // belongs to an upload that began meanwhile: only files of uploads
+        // unknown to a fresh read are removed.
+        let orphans: Vec<String> = self
+            .blobs
+            .partial_ids()
+            .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?
+            .into_iter()
+            .filter(|id| !live.contains(id))
+            .collect();
+        for id in orphans {
+            if matches!(self.store.get_upload(&id), Err(StoreError::NotFound { .. })) {
+                self.blobs.discard(&id);
+            }
+        }
+        Ok(discarded)
     }
 
     /// Finishes log deletions a crash interrupted, and counts what is stored.

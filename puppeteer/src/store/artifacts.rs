@@ -69,6 +69,16 @@ impl Store {
         Ok(upload)
     }
 
+    /// Every upload in progress.
+    pub fn uploads(&self) -> Result<Vec<Upload>> {
+        let mut uploads = Vec::new();
+        for kv in self.uploads.iter() {
+            let (k, v) = kv?;
+            uploads.push(decode(&k, &v)?);
+        }
+        Ok(uploads)
+    }
+
     pub fn remove_upload(&self, id: &str) -> Result<()> {
         self.uploads.remove(id.as_bytes())?;
         Ok(())
