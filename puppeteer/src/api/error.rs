@@ -59,7 +59,7 @@ impl ApiError {
             ApiError::Store(StoreError::Conflict(_)) => Code::FailedPrecondition,
             ApiError::Store(StoreError::SchemaMismatch { .. }) => Code::FailedPrecondition,
             ApiError::Store(StoreError::Corrupt { .. }) => Code::DataLoss,
-            ApiError::Store(StoreError::Sled(_)) => Code::Internal,
+            ApiError::Store(StoreError::Sled(_) | StoreError::Locked(_)) => Code::Internal,
         }
     }
 }

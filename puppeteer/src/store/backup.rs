@@ -13,9 +13,10 @@ use super::{Result, SCHEMA_VERSION, StoreError};
 
 /// Whether an error says the database is held by another process.
 pub fn is_locked(e: &StoreError) -> bool {
-    matches!(e, StoreError::Sled(sled::Error::Io(io))
-        if io.kind() == std::io::ErrorKind::WouldBlock
-            || io.to_string().contains("could not acquire lock"))
+    matches!(e, StoreError::Locked(_))
+        || matches!(e, StoreError::Sled(sled::Error::Io(io))
+            if io.kind() == std::io::ErrorKind::WouldBlock
+                || io.to_string().contains("could not acquire lock"))
 }
 
 /// A database opened for a dump or a load, held by nobody else.

@@ -106,6 +106,9 @@ pub enum StoreError {
     Corrupt { key: String, reason: String },
     #[error("database error: {0}")]
     Sled(#[from] sled::Error),
+    /// Another process holds the database.
+    #[error("the database {0} is in use by another process (another puppeteer on this data dir?)")]
+    Locked(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -185,6 +188,10 @@ impl std::fmt::Debug for Store {
 /// writing, transactions for reading (uncontended, it costs nothing).
 static OPEN_GATE: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
+/// How long [`Store::open`] waits for a database held by a store still
+/// being dropped.
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Holds the gate while a database and its trees are opened.
 pub(crate) fn opening() -> std::sync::RwLockWriteGuard<'static, ()> {
     OPEN_GATE
@@ -209,7 +216,29 @@ impl<E, T: sled::Transactional<E>> GatedTransaction<E> for T {}
 
 impl Store {
     /// Opens (or creates) the database in `path` and checks its schema version.
+    ///
+    /// A database still held by a store of this process that is being
+    /// dropped (a server stopping while the next one starts, in tests or an
+    /// in-process restart) is waited for a few seconds; held by another
+    /// process (another puppeteer on the same data dir), it is refused.
     pub fn open(path: &Path) -> Result<Self> {
+        let deadline = std::time::Instant::now() + LOCK_PATIENCE;
+        loop {
+            // The gate is let go between attempts: the store being dropped
+            // may need a transaction to finish first.
+            match Self::open_once(path) {
+                Err(e) if backup::is_locked(&e) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) if backup::is_locked(&e) => {
+                    return Err(StoreError::Locked(path.display().to_string()));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn open_once(path: &Path) -> Result<Self> {
         let _opening = opening();
         let db = sled::Config::new()
             .path(path)
