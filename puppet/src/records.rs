@@ -171,7 +171,7 @@ impl RebootExpectation {
             duration: back_after,
             log_length: spool_len,
             message: format!(
-                "the machine rebooted as expected; the puppet came back {} after the run started",
+                "the puppet came back on a new boot {} after the run started",
                 show(back_after)
             ),
         }

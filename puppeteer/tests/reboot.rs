@@ -226,6 +226,12 @@ async fn a_run_that_reboots_the_machine_succeeds_when_the_puppet_comes_back() {
     assert_eq!(run.state, pb::RunState::Succeeded as i32);
     assert_eq!(run.outcome, pb::Outcome::Rebooted as i32, "{run:?}");
     assert_eq!(run.attempt, 1);
+    assert_eq!(run.duplicate_reports, 0, "{run:?}");
+    assert!(
+        run.cause.contains("came back on a new boot"),
+        "{}",
+        run.cause
+    );
     assert_eq!(
         admin.log(&run_id).await,
         b"going down\nstill running after the puppet stopped\n",

@@ -131,11 +131,16 @@ impl Store {
                 )));
             }
             if end <= held {
-                run.duplicate_reports += 1;
-                runs.insert(run_id.as_bytes(), encode(&run))?;
+                // An empty chunk asks how much the server holds (a puppet
+                // resuming an upload after a restart): not a resend.
+                let duplicate = !data.is_empty();
+                if duplicate {
+                    run.duplicate_reports += 1;
+                    runs.insert(run_id.as_bytes(), encode(&run))?;
+                }
                 let appended = Appended {
                     committed: held,
-                    duplicate: true,
+                    duplicate,
                     overlap: false,
                     dropped: 0,
                 };
@@ -377,6 +382,10 @@ mod tests {
         let again = store.append_log("run-a", 0, b"hello ", None, ok).unwrap();
         assert!(again.duplicate);
         assert_eq!(again.committed, 6);
+        // An empty chunk asks what is held: not a resend.
+        let asked = store.append_log("run-a", 0, b"", None, ok).unwrap();
+        assert_eq!((asked.duplicate, asked.committed), (false, 6));
+        assert_eq!(store.get_run("run-a").unwrap().duplicate_reports, 1);
         // An overlapping chunk stores only its new bytes.
         assert_eq!(
             store
