@@ -4,7 +4,8 @@
 # a fresh data dir and one release puppet enrolled to it, on loopback, and
 # prints the puppet's VmRSS (with its anonymous and file-backed parts), PSS
 # and thread count after IDLE seconds of idling, then again after it ran one
-# job (`echo hi`) and idled IDLE seconds more.
+# job (`echo hi`) and idled IDLE seconds more, and after a job printing
+# 20 MiB and IDLE seconds more.
 #
 #   deploy/agent-rss.sh                 # builds the release binaries first
 #   BIN=target/release IDLE=60 deploy/agent-rss.sh
@@ -69,3 +70,10 @@ report "idle ${IDLE} s"
 report "after one job"
 sleep "$IDLE"
 report "idle ${IDLE} s after the job"
+# A run whose output (20 MiB of base64) goes through the spool and the
+# compressed upload: what the agent keeps of its peak once idle again.
+"$G" tasks create big --command 'head -c 15728640 /dev/urandom | base64' --timeout 5m >/dev/null
+"$G" jobs run big --puppet rss --wait >/dev/null 2>&1
+report "after a 20 MiB log"
+sleep "$IDLE"
+report "idle ${IDLE} s after the 20 MiB log"
