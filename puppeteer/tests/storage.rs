@@ -711,7 +711,12 @@ async fn backup_and_restore_round_trip_everything() {
 }
 
 /// Writes `count` finished runs with 4 KiB of output each (one run per
-/// job), numbered from `from`, straight into the store at `db`.
+/// job), numbered from `from`, straight into the store at `db`, with a
+/// flush after each run as the puppeteer's acknowledgements would. (Without
+/// the flushes, sealed log buffers pile up on sled's I/O pool faster than
+/// they are written, and sled 0.34.7 deadlocks when all seven pool threads
+/// wait for the segment accountant while its holder waits for a file
+/// truncation queued on that same pool: seen twice in four runs.)
 async fn write_finished_runs(db: &std::path::Path, from: usize, count: usize) {
     use puppeteer::domain::*;
     let store = puppeteer::store::Store::open(db).unwrap();
@@ -780,8 +785,8 @@ async fn write_finished_runs(db: &std::path::Path, from: usize, count: usize) {
                 Ok(true)
             })
             .unwrap();
+        store.flush().await.unwrap();
     }
-    store.flush().await.unwrap();
 }
 
 /// Starts a puppeteer on `data` keeping `keep` finished jobs, waits until
