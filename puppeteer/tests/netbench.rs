@@ -107,8 +107,8 @@ async fn netbench_idle() {
 }
 
 /// The link of the transfer figures: 512 kbit/s each way, 2 % loss each way.
-fn shaped_link() -> Option<NetNs> {
-    let mut ns = netns::create_or_skip("netbench_transfers")?;
+fn shaped_link(test: &str) -> Option<NetNs> {
+    let mut ns = netns::create_or_skip(test)?;
     ns.limit_rate(512).unwrap();
     ns.drop_percent(2).unwrap();
     Some(ns)
@@ -213,7 +213,7 @@ async fn run_seconds(rig: &Rig, name: &str, file: Option<&std::path::Path>) -> (
 async fn netbench_transfers() {
     let log_bytes = env_bytes("NETBENCH_LOG_BYTES", 5 * 1024 * 1024);
     let raw_bytes = env_bytes("NETBENCH_RAW_BYTES", 2 * 1024 * 1024);
-    let Some(ns) = shaped_link() else {
+    let Some(ns) = shaped_link("netbench_transfers") else {
         return;
     };
     let link = "512 kbit/s, 300 ms RTT, 2 % loss";
@@ -390,7 +390,7 @@ async fn timed_run(rig: &Rig, name: &str, artifacts: &[&str]) -> Timed {
 async fn netbench_artifact() {
     let artifact_bytes = env_bytes("NETBENCH_ARTIFACT_BYTES", 20 * 1024 * 1024);
     let raw_bytes = env_bytes("NETBENCH_RAW_BYTES", 2 * 1024 * 1024);
-    let Some(ns) = shaped_link() else {
+    let Some(ns) = shaped_link("netbench_artifact") else {
         return;
     };
     let link = "512 kbit/s, 300 ms RTT, 2 % loss";
