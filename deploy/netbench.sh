@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # Network benchmarks for BENCHMARKS.md, section "Bad networks": bytes per
-# hour on the wire for one idle puppet, and the time to deliver a 5 MiB log
-# over 512 kbit/s, 300 ms RTT, 2 % loss, against a plain TCP transfer over the
-# same link. A real puppeteer process and a real puppet process in a network
-# namespace behind a veth pair (tbf rate, nftables loss, delay from the
-# test relay since the kernel has no netem): puppeteer/tests/netbench.rs.
+# hour on the wire for one idle puppet, the time to deliver a 5 MiB log and
+# a 20 MiB artifact over 512 kbit/s, 300 ms RTT, 2 % loss, against a plain
+# TCP transfer over the same link. A real puppeteer process and a real
+# puppet process in a network namespace behind a veth pair (tbf rate,
+# nftables loss, delay from the test relay since the kernel has no netem):
+# puppeteer/tests/netbench.rs.
 #
 # Needs root, iproute2 and nftables (apt-get install -y nftables). Takes
-# about NETBENCH_IDLE_WINDOW seconds (default 600) plus the build.
+# about NETBENCH_IDLE_WINDOW seconds (default 600) plus the build; the
+# artifact alone about 7 minutes.
 #
 # Knobs (environment): NETBENCH_IDLE_WINDOW (s), NETBENCH_LOG_BYTES,
-# NETBENCH_RAW_BYTES. Extra arguments go to the test harness, e.g.
-# `deploy/netbench.sh netbench_transfers` for the transfers only.
+# NETBENCH_RAW_BYTES, NETBENCH_ARTIFACT_BYTES. Extra arguments go to the
+# test harness, e.g. `deploy/netbench.sh netbench_transfers` for the log
+# transfer only, `deploy/netbench.sh netbench_artifact` for the artifact.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -10,6 +10,9 @@
 //!   a poll, so the puppet's maximum, 600 s).
 //! - `netbench_transfers`: time to deliver a 5 MiB log over 512 kbit/s,
 //!   300 ms RTT, 2 % loss, against a plain TCP transfer over the same link.
+//! - `netbench_artifact`: time from a job's creation to its run started, for
+//!   a task needing a 20 MiB incompressible artifact the puppet must fetch
+//!   and verify first, over the same link, against a plain TCP download.
 
 mod common;
 #[path = "common/faultproxy.rs"]
@@ -27,6 +30,7 @@ use faultproxy::FaultProxy;
 use geppetto_proto::v1 as pb;
 use netns::NetNs;
 use rig::Rig;
+use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Hosts the puppet processes (see `common/puppetproc.rs`).
@@ -103,8 +107,8 @@ async fn netbench_idle() {
 }
 
 /// The link of the transfer figures: 512 kbit/s each way, 2 % loss each way.
-fn shaped_link() -> Option<NetNs> {
-    let mut ns = netns::create_or_skip("netbench_transfers")?;
+fn shaped_link(test: &str) -> Option<NetNs> {
+    let mut ns = netns::create_or_skip(test)?;
     ns.limit_rate(512).unwrap();
     ns.drop_percent(2).unwrap();
     Some(ns)
@@ -209,7 +213,7 @@ async fn run_seconds(rig: &Rig, name: &str, file: Option<&std::path::Path>) -> (
 async fn netbench_transfers() {
     let log_bytes = env_bytes("NETBENCH_LOG_BYTES", 5 * 1024 * 1024);
     let raw_bytes = env_bytes("NETBENCH_RAW_BYTES", 2 * 1024 * 1024);
-    let Some(ns) = shaped_link() else {
+    let Some(ns) = shaped_link("netbench_transfers") else {
         return;
     };
     let link = "512 kbit/s, 300 ms RTT, 2 % loss";
@@ -247,5 +251,189 @@ async fn netbench_transfers() {
         log_bytes as f64 / delivery / 1000.0,
         100.0 * (log_bytes as f64 / delivery) / raw_rate,
         after.bytes_up - before.bytes_up
+    );
+}
+
+/// Uploads `data` as artifact `name`, in 1 MiB chunks, straight to the
+/// puppeteer (not across the shaped link).
+async fn upload_artifact(rig: &Rig, name: &str, data: &[u8]) -> String {
+    const CHUNK: usize = 1024 * 1024;
+    let sha256 = hex::encode(Sha256::digest(data));
+    let mut client =
+        geppetto_proto::v1::artifacts_client::ArtifactsClient::new(rig.admin().channel.clone());
+    let status = client
+        .begin_upload(pb::BeginUploadRequest {
+            name: name.into(),
+            sha256: sha256.clone(),
+            size: data.len() as u64,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut at = status.committed as usize;
+    while at < data.len() {
+        let end = (at + CHUNK).min(data.len());
+        at = client
+            .upload_chunk(pb::UploadChunkRequest {
+                upload_id: status.upload_id.clone(),
+                offset: at as u64,
+                data: data[at..end].to_vec(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .committed as usize;
+    }
+    client
+        .commit_upload(pb::CommitUploadRequest {
+            upload_id: status.upload_id,
+        })
+        .await
+        .unwrap();
+    sha256
+}
+
+fn seconds(t: &Option<prost_types::Timestamp>) -> f64 {
+    let t = t.as_ref().expect("a timestamp");
+    t.seconds as f64 + t.nanos as f64 / 1e9
+}
+
+/// Seconds since the epoch, as `date +%s.%N` prints them.
+fn now_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// A job's times, from its creation (the puppeteer's timestamp), in seconds.
+struct Timed {
+    /// To the child process's start, written by the script itself: the
+    /// puppet starts the child only once every artifact is fetched and
+    /// verified. (The run turns `running` earlier, when the puppet accepts
+    /// it, before the fetch.)
+    child: f64,
+    /// To the run's end as the puppeteer recorded it.
+    finished: f64,
+    run: pb::Run,
+}
+
+/// Runs a task whose script writes the time it started to a file, with
+/// `artifacts`, to its end.
+async fn timed_run(rig: &Rig, name: &str, artifacts: &[&str]) -> Timed {
+    let stamp = rig.dir.path().join(format!("{name}.started"));
+    rig.admin()
+        .tasks
+        .create_task(pb::CreateTaskRequest {
+            name: name.into(),
+            spec: Some(pb::RunSpec {
+                artifacts: artifacts
+                    .iter()
+                    .map(|a| pb::ArtifactRef {
+                        name: a.to_string(),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..common::script_spec(
+                    &format!("date +%s.%N > '{}'", stamp.display()),
+                    Duration::from_secs(3600),
+                )
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let asked = now_seconds();
+    let run_id = rig.launch(name).await;
+    // Longer than the rig's patience: 20 MiB at 64 kB/s is over 5 minutes.
+    let until = Instant::now() + Duration::from_secs(1800);
+    loop {
+        let run = rig
+            .admin()
+            .runs
+            .get_run(pb::GetRunRequest { id: run_id.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        if rig::is_terminal(run.state) {
+            assert_eq!(
+                run.state,
+                pb::RunState::Succeeded as i32,
+                "{run:?}\npuppet log:\n{}",
+                rig.puppet_log()
+            );
+            let created = seconds(&run.created_at);
+            assert!(created >= asked - 1.0, "one clock for all");
+            let child: f64 = std::fs::read_to_string(&stamp)
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            return Timed {
+                child: child - created,
+                finished: seconds(&run.finished_at) - created,
+                run,
+            };
+        }
+        assert!(
+            Instant::now() < until,
+            "run {run_id} did not end in time: {run:?}\nproxy: {:?}\npuppet log:\n{}",
+            rig.proxy.stats(),
+            rig.puppet_log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+#[ignore = "benchmark: run deploy/netbench.sh"]
+async fn netbench_artifact() {
+    let artifact_bytes = env_bytes("NETBENCH_ARTIFACT_BYTES", 20 * 1024 * 1024);
+    let raw_bytes = env_bytes("NETBENCH_RAW_BYTES", 2 * 1024 * 1024);
+    let Some(ns) = shaped_link("netbench_artifact") else {
+        return;
+    };
+    let link = "512 kbit/s, 300 ms RTT, 2 % loss";
+    let down = raw_download(&ns, raw_bytes).await;
+    let raw_rate = raw_bytes as f64 / down;
+    println!(
+        "NETBENCH raw TCP download over {link}: {raw_bytes} B in {down:.1} s = {:.1} kB/s",
+        raw_rate / 1000.0
+    );
+
+    let rig = Rig::start_in(Some(&ns), &[], &[]).await;
+    rig.proxy.set_delay(ONE_WAY);
+    // Incompressible content, so that no compression on the path can flatter the figure.
+    let mut data = vec![0u8; artifact_bytes as usize];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut data);
+    let sha256 = upload_artifact(&rig, "patch.bin", &data).await;
+    let empty = timed_run(&rig, "empty", &[]).await;
+    let before = rig.proxy.stats();
+    let full = timed_run(&rig, "patch", &["patch.bin"]).await;
+    let after = rig.proxy.stats();
+    assert_eq!(
+        full.run.attempt, 1,
+        "the download cost an attempt: {:?}",
+        full.run
+    );
+    let cached = rig.puppet_options.state_dir.join("cache").join(&sha256);
+    assert_eq!(
+        std::fs::metadata(&cached).map(|m| m.len()).ok(),
+        Some(artifact_bytes),
+        "the artifact is in the puppet's cache at {}",
+        cached.display()
+    );
+    let delivery = full.child - empty.child;
+    let rate = artifact_bytes as f64 / delivery;
+    println!(
+        "NETBENCH artifact of {artifact_bytes} B over {link}: job created to the child started (artifact fetched and verified) {:.1} s, run finished {:.1} s; an artifact-less run's child started at {:.1} s, finished {:.1} s; the download {delivery:.1} s = {:.1} kB/s, {:.0} % of the raw download; {} B went down through the relay, {} B up",
+        full.child,
+        full.finished,
+        empty.child,
+        empty.finished,
+        rate / 1000.0,
+        100.0 * rate / raw_rate,
+        after.bytes_down - before.bytes_down,
+        after.bytes_up - before.bytes_up,
     );
 }

@@ -306,6 +306,9 @@ impl Store {
 
     /// Makes every write so far durable (up to the OS page cache).
     /// Concurrent callers share flushes (group commit, see the module doc).
+    /// The group commit also keeps at most one `flush_async` of this store
+    /// in flight, which keeps clear of sled 0.34's deadlock between
+    /// concurrent `flush_async` calls (see [`Store::flush_alone`]).
     pub async fn flush(&self) -> Result<()> {
         self.group_commit
             .flush(|| async { self.db.flush_async().await.map(|_| ()) })
@@ -314,9 +317,16 @@ impl Store {
     }
 
     /// One flush of its own, not shared with concurrent callers: only for
-    /// measuring what group commit saves.
+    /// measuring what group commit saves. A blocking flush on a blocking
+    /// thread rather than `flush_async`: concurrent `flush_async` calls
+    /// deadlock in sled 0.34.7 (sled issue 1308; each waits, on a thread of
+    /// sled's own pool, for a log write queued behind it on that pool),
+    /// which is what stalled the durability benchmark with eight writers.
     pub async fn flush_alone(&self) -> Result<()> {
-        self.db.flush_async().await?;
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| sled::Error::ReportableBug(format!("the flush thread failed: {e}")))??;
         Ok(())
     }
 
