@@ -110,7 +110,7 @@ impl PuppetServiceApi {
     }
 
     fn assignment(&self, run: &Run) -> ApiResult<pb::Assignment> {
-        let job = self.state.store.get_job(&run.job_id)?;
+        let job = self.state.store.job(&run.job_id)?;
         Ok(pb::Assignment {
             run_id: run.id.clone(),
             attempt: run.attempt,
