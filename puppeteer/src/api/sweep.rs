@@ -19,8 +19,11 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
 impl AppState {
     /// One pass of the sweeper at `now`.
     pub async fn sweep(&self, now: Millis) -> ApiResult<()> {
-        self.expire_leases(now).await?;
-        self.apply_gates(now).await?;
+        // One read of the unfinished runs serves both passes (ten thousand
+        // of them during a fleet-wide fan-out).
+        let active = self.store.all_active_runs()?;
+        let active = self.expire_leases(active, now).await?;
+        self.apply_gates(active, now).await?;
         self.announce_presence(now)?;
         self.store.prune_events(Millis(
             now.0 - self.config.event_retention.as_millis() as i64,
@@ -31,14 +34,9 @@ impl AppState {
     /// Announces puppets that went offline, and those that came back.
     fn announce_presence(&self, now: Millis) -> ApiResult<()> {
         use crate::presence::Presence;
-        for name in self.store.puppet_names()? {
-            // A puppet holding a poll is online: nothing to do if that is
-            // what was last stored, and no record to decode.
-            if self.presences.is_held(&name)
-                && self.presences.reported(&name) == Some(Presence::Online)
-            {
-                continue;
-            }
+        // A puppet holding a poll is online: nothing to do if that is what
+        // was last stored, and no record to decode.
+        for name in self.presences.unsettled(self.store.puppet_names()?) {
             let puppet = match self.store.get_puppet(&name) {
                 Ok(puppet) => puppet,
                 Err(crate::store::StoreError::NotFound { .. }) => {
@@ -96,9 +94,8 @@ impl AppState {
     /// failures, dependency, rejection) are applied; waits are recorded with
     /// their cause; runs whose wait is over are queued again and their
     /// puppet woken.
-    async fn apply_gates(&self, now: Millis) -> ApiResult<()> {
+    async fn apply_gates(&self, active: Vec<crate::domain::Run>, now: Millis) -> ApiResult<()> {
         use crate::scheduler::Gate;
-        let active = self.store.all_active_runs()?;
         let gates = {
             let _dispatch = self.dispatch.lock().unwrap_or_else(|e| e.into_inner());
             self.gates_for(&active, now)?
@@ -107,12 +104,14 @@ impl AppState {
         if ids.is_empty() {
             return Ok(());
         }
-        // A run free to go whose puppet holds a poll should not wait for that
-        // poll's end: wake it (its poll plans again; harmless if busy).
+        // A run free to go whose puppet holds a poll with a free slot should
+        // not wait for that poll's end: wake it (its poll plans again). A
+        // puppet without a free slot could not take it anyway: its next
+        // poll, sent when a slot frees, plans.
         for run in &active {
             if run.state == RunState::Queued
                 && gates.get(&run.id) == Some(&Gate::Go)
-                && self.presences.is_held(&run.puppet)
+                && self.presences.ready(&run.puppet)
             {
                 self.hub.wake(&crate::hub::puppet_key(&run.puppet));
             }
@@ -153,25 +152,37 @@ impl AppState {
         Ok(())
     }
 
-    async fn expire_leases(&self, now: Millis) -> ApiResult<()> {
-        let runs = self.store.all_active_runs()?;
+    /// Ends the runs whose lease expired; returns the other unfinished runs.
+    async fn expire_leases(
+        &self,
+        runs: Vec<crate::domain::Run>,
+        now: Millis,
+    ) -> ApiResult<Vec<crate::domain::Run>> {
         let mut view = Vec::new();
+        let mut rest = Vec::new();
         for run in runs {
             if !matches!(run.state, RunState::Offered | RunState::Running) {
+                rest.push(run);
                 continue;
             }
-            let last_seen = self
-                .store
-                .get_puppet(&run.puppet)
-                .ok()
-                .and_then(|p| p.last_seen);
+            // A puppet holding a poll renews its leases: its record (and
+            // last poll) need not be read.
             let polling = self.presences.is_held(&run.puppet);
+            let last_seen = if polling {
+                None
+            } else {
+                self.store
+                    .get_puppet(&run.puppet)
+                    .ok()
+                    .and_then(|p| p.last_seen)
+            };
             view.push((run, last_seen, polling));
         }
         let lease = self.config.lease_timeout;
         let expired = scheduler::expired_leases(&view, now, lease);
+        rest.extend(view.into_iter().map(|(run, _, _)| run));
         if expired.is_empty() {
-            return Ok(());
+            return Ok(rest);
         }
         let cause = format!(
             "lost: its puppet has not polled for more than {}",
@@ -189,7 +200,11 @@ impl AppState {
             tracing::warn!(run = %run.id, puppet = %run.puppet, state = %run.state, "run lease expired");
         }
         self.ended(&changed);
-        Ok(())
+        // Runs that ended here have nothing left to gate; a new attempt
+        // (a retry) is read again at the next pass.
+        let expired: std::collections::HashSet<&str> = expired.iter().map(String::as_str).collect();
+        rest.retain(|run| !expired.contains(run.id.as_str()));
+        Ok(rest)
     }
 }
 
