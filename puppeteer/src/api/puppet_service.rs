@@ -284,14 +284,19 @@ impl PuppetService for PuppetServiceApi {
         let req = request.into_inner();
         let store = &self.state.store;
         let now = Millis::now();
-        let facts = req.facts.map(facts_from);
-        let mut puppet = store.update_puppet(&name, |p| {
-            p.last_seen = Some(now);
-            if let Some(facts) = &facts {
+        // The record is rewritten only for new facts; the time of the poll
+        // alone goes to the small `seen` record (see `Store::touch_puppet`).
+        let mut puppet = match req.facts.map(facts_from) {
+            Some(facts) => store.update_puppet(&name, |p| {
+                p.last_seen = Some(now);
                 p.facts = facts.clone();
+                Ok(())
+            })?,
+            None => {
+                store.touch_puppet(&name, now)?;
+                store.get_puppet(&name)?
             }
-            Ok(())
-        })?;
+        };
         self.state.presences.note_path(
             &name,
             crate::presence::PollPath {

@@ -11,6 +11,7 @@
 //! | `meta`         | `schema_version`             | u32 big-endian         |
 //! | `credentials`  | sha256(token), hex           | [`Principal`] (JSON)   |
 //! | `puppets`      | name                         | [`Puppet`]             |
+//! | `seen`         | puppet name                  | its last poll, ms since the epoch (i64 BE) |
 //! | `enroll_tokens`| id                           | [`EnrollToken`]        |
 //! | `enroll_secrets`| sha256(secret), hex         | id                     |
 //! | `tasks`        | name 0 version(u32 BE)       | [`Task`]               |
@@ -144,6 +145,7 @@ pub struct Store {
     meta: sled::Tree,
     credentials: sled::Tree,
     puppets: sled::Tree,
+    seen: sled::Tree,
     enroll_tokens: sled::Tree,
     enroll_secrets: sled::Tree,
     tasks: sled::Tree,
@@ -222,6 +224,7 @@ impl Store {
             meta: tree("meta")?,
             credentials: tree("credentials")?,
             puppets: tree("puppets")?,
+            seen: tree("seen")?,
             enroll_tokens: tree("enroll_tokens")?,
             enroll_secrets: tree("enroll_secrets")?,
             tasks: tree("tasks")?,
