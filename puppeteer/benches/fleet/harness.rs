@@ -181,7 +181,13 @@ fn which(program: &str) -> bool {
 
 // ---------------------------------------------------------------- processes
 
-/// A command run with the open-file soft limit raised and pinned to `cpu`.
+/// A command run with the open-file limit raised and pinned to `cpu`.
+///
+/// While a fleet-wide job runs, each simulated puppet holds two
+/// connections (its reports travel beside its held poll), so 10,000
+/// puppets need more than 20,000 descriptors at each end: the limit is
+/// raised to 65,536 where that is allowed (as root, like the puppeteer's
+/// `LimitNOFILE` in `deploy/puppeteer.service`), otherwise to the hard limit.
 fn pinned(program: &Path, cpu: u32) -> Command {
     let mut command = Command::new("sh");
     let pin = if which("taskset") {
@@ -191,7 +197,9 @@ fn pinned(program: &Path, cpu: u32) -> Command {
     };
     command
         .arg("-c")
-        .arg(format!("ulimit -n $(ulimit -Hn) 2>/dev/null; {pin}"))
+        .arg(format!(
+            "ulimit -n 65536 2>/dev/null || ulimit -n $(ulimit -Hn) 2>/dev/null; {pin}"
+        ))
         .arg(program)
         .kill_on_drop(true)
         .stdin(Stdio::null());
