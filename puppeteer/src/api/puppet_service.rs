@@ -286,16 +286,14 @@ impl PuppetService for PuppetServiceApi {
         let now = Millis::now();
         // The record is rewritten only for new facts; the time of the poll
         // alone goes to the small `seen` record (see `Store::touch_puppet`).
+        store.touch_puppet(&name, now)?;
         let mut puppet = match req.facts.map(facts_from) {
             Some(facts) => store.update_puppet(&name, |p| {
                 p.last_seen = Some(now);
                 p.facts = facts.clone();
                 Ok(())
             })?,
-            None => {
-                store.touch_puppet(&name, now)?;
-                store.get_puppet(&name)?
-            }
+            None => store.get_puppet(&name)?,
         };
         self.state.presences.note_path(
             &name,

@@ -1,4 +1,5 @@
-//! The sweeper: time-driven transitions, once a second.
+//! The sweeper: time-driven transitions, once a second (less often when a
+//! pass is long, see [`next_sweep_in`]).
 //!
 //! A run's lease is renewed by every poll of its puppet. When a puppet holds
 //! no poll and has been silent for longer than the lease timeout, its offered
@@ -37,6 +38,21 @@ impl AppState {
         // A puppet holding a poll is online: nothing to do if that is what
         // was last stored, and no record to decode.
         for name in self.presences.unsettled(self.store.puppet_names()?) {
+            // With the stored presence mirrored and the last poll in the
+            // seen tree (every poll writes it), the presence is judged
+            // without decoding the record: only a change needs it.
+            if let Some(stored) = self.presences.reported(&name)
+                && let Some(seen) = self.store.seen_at(&name)?
+            {
+                let presence = if self.presences.is_held(&name) {
+                    Presence::Online
+                } else {
+                    self.config.presence.judge(Some(seen), now)
+                };
+                if presence == Presence::Late || presence == stored {
+                    continue;
+                }
+            }
             let puppet = match self.store.get_puppet(&name) {
                 Ok(puppet) => puppet,
                 Err(crate::store::StoreError::NotFound { .. }) => {
@@ -208,18 +224,48 @@ impl AppState {
     }
 }
 
+/// A pass of the sweeper takes at most about one part in this many of the
+/// time: see [`next_sweep_in`].
+const SWEEP_SHARE: u32 = 20;
+
+/// How long to wait before the next pass, after one that took `took`:
+/// [`SWEEP_EVERY`], or longer when a pass is long, so that the sweeper uses
+/// at most about 1/[`SWEEP_SHARE`] of the time. A pass reads every
+/// unfinished run: during a fleet-wide fan-out (ten thousand of them) a
+/// pass a second took a third of the puppeteer's CPU. Time-driven
+/// transitions (leases, deadlines, presence) then come a little later.
+pub fn next_sweep_in(took: Duration) -> Duration {
+    SWEEP_EVERY.max(took.saturating_mul(SWEEP_SHARE))
+}
+
 /// Runs the sweeper until `shutdown`.
 pub async fn run_sweeper(state: super::Shared, shutdown: tokio_util::sync::CancellationToken) {
-    let mut tick = tokio::time::interval(SWEEP_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut wait = SWEEP_EVERY;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
-            _ = tick.tick() => {
+            () = tokio::time::sleep(wait) => {
+                let began = tokio::time::Instant::now();
                 if let Err(e) = state.sweep(Millis::now()).await {
                     tracing::error!(error = %e, "sweeper pass failed");
                 }
+                wait = next_sweep_in(began.elapsed());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_pass_spaces_the_next() {
+        assert_eq!(next_sweep_in(Duration::ZERO), SWEEP_EVERY);
+        assert_eq!(next_sweep_in(Duration::from_millis(40)), SWEEP_EVERY);
+        assert_eq!(
+            next_sweep_in(Duration::from_millis(150)),
+            Duration::from_secs(3)
+        );
     }
 }

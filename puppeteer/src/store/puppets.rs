@@ -53,16 +53,25 @@ impl Store {
         }
     }
 
+    /// The last poll recorded by [`Store::touch_puppet`], without reading
+    /// the puppet's record; `None` if it never polled since it enrolled
+    /// (or since a data dir without the `seen` tree was opened).
+    pub fn seen_at(&self, name: &str) -> Result<Option<Millis>> {
+        match self.seen.get(name.as_bytes())? {
+            Some(v) => Ok(Some(Millis(i64::from_be_bytes(
+                v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                    key: format!("seen/{name}"),
+                    reason: "not 8 bytes".into(),
+                })?,
+            )))),
+            None => Ok(None),
+        }
+    }
+
     /// The puppet's last poll: the later of its record's and the `seen`
     /// tree's (see [`Store::touch_puppet`]).
     fn overlay_seen(&self, puppet: &mut Puppet) -> Result<()> {
-        if let Some(v) = self.seen.get(puppet.name.as_bytes())? {
-            let seen = Millis(i64::from_be_bytes(v.as_ref().try_into().map_err(|_| {
-                StoreError::Corrupt {
-                    key: format!("seen/{}", puppet.name),
-                    reason: "not 8 bytes".into(),
-                }
-            })?));
+        if let Some(seen) = self.seen_at(&puppet.name)? {
             puppet.last_seen = puppet.last_seen.max(Some(seen));
         }
         Ok(())
