@@ -142,9 +142,8 @@ pub async fn start(config: Config) -> Result<Running> {
     let new_admin_token = pki::ensure_admin_token(&config.data_dir, &store)?;
     store.flush().await?;
 
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let listener =
+        listen(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
     let metrics_listener = match config.metrics_listen {
         Some(at) => Some(
@@ -211,4 +210,23 @@ pub async fn start(config: Config) -> Result<Running> {
         shutdown,
         task,
     })
+}
+
+/// Connections the kernel may hold for the accept loop (capped by
+/// `net.core.somaxconn`). A fleet-wide job makes every puppet open its
+/// second connection (reports travel beside the held poll) at once:
+/// tokio's default of 1,024 dropped thousands of those SYNs, and each
+/// puppet then waited for a SYN retransmit or its connect timeout.
+const LISTEN_BACKLOG: u32 = 16 * 1024;
+
+/// Binds the API's listener with [`LISTEN_BACKLOG`].
+fn listen(at: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if at.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(at)?;
+    socket.listen(LISTEN_BACKLOG)
 }

@@ -118,6 +118,20 @@ impl Presences {
             .contains_key(name)
     }
 
+    /// Of `names`, those the sweeper's presence pass must look at: all but
+    /// the puppets holding a poll whose stored presence is already online.
+    /// One lock of each map for the whole pass, not two per puppet.
+    pub fn unsettled(&self, names: Vec<String>) -> Vec<String> {
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
+        names
+            .into_iter()
+            .filter(|name| {
+                !(held.contains_key(name) && reported.get(name) == Some(&Presence::Online))
+            })
+            .collect()
+    }
+
     /// The presence last stored for a puppet, as far as the mirror knows.
     pub fn reported(&self, name: &str) -> Option<Presence> {
         self.reported
@@ -184,6 +198,21 @@ pub fn judge(last_seen: Option<Millis>, now: Millis, hold: Duration) -> Presence
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_puppets_not_known_online_and_polling_are_unsettled() {
+        let presences = Presences::default();
+        let names = || vec!["a".to_string(), "b".to_string(), "c".to_string()];
+        assert_eq!(presences.unsettled(names()), names());
+        let _a = presences.hold("a", 1);
+        let _b = presences.hold("b", 1);
+        presences.set_reported("a", Some(Presence::Online));
+        presences.set_reported("c", Some(Presence::Online));
+        // a: polling and stored online; b: polling, stored unknown; c: not polling.
+        assert_eq!(presences.unsettled(names()), vec!["b", "c"]);
+        drop(_a);
+        assert_eq!(presences.unsettled(names()), names());
+    }
 
     #[test]
     fn presence_follows_silence() {

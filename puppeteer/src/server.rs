@@ -18,7 +18,7 @@ use geppetto_proto::v1::puppets_server::PuppetsServer;
 use geppetto_proto::v1::runs_server::RunsServer;
 use geppetto_proto::v1::tasks_server::TasksServer;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
@@ -192,14 +192,18 @@ pub async fn serve(
 }
 
 /// An accepted TLS connection, which tells tonic its peer address (so that
-/// `Request::remote_addr` works as on plain TCP).
-pub struct TlsConn(TlsStream<TcpStream>);
+/// `Request::remote_addr` works as on plain TCP). It holds its permit of
+/// the connection cap ([`connection_cap`]) until it is closed.
+pub struct TlsConn {
+    stream: TlsStream<TcpStream>,
+    _permit: OwnedSemaphorePermit,
+}
 
 impl tonic::transport::server::Connected for TlsConn {
     type ConnectInfo = tonic::transport::server::TcpConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.0.get_ref().0.connect_info()
+        self.stream.get_ref().0.connect_info()
     }
 }
 
@@ -209,7 +213,7 @@ impl tokio::io::AsyncRead for TlsConn {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
 
@@ -219,7 +223,7 @@ impl tokio::io::AsyncWrite for TlsConn {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -227,25 +231,25 @@ impl tokio::io::AsyncWrite for TlsConn {
         cx: &mut std::task::Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+        std::pin::Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
+        self.stream.is_write_vectored()
     }
 
     fn poll_flush(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
     }
 
     fn poll_shutdown(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 
@@ -258,7 +262,17 @@ async fn accept_tls(
     shutdown: CancellationToken,
 ) {
     let mut handshakes = JoinSet::new();
+    let cap = connection_cap(open_file_limit());
+    let permits = Arc::new(Semaphore::new(cap));
+    tracing::debug!(cap, "connections accepted at most at once");
     loop {
+        // At the cap, connections wait in the kernel's backlog: descriptors
+        // are kept for the database (sled failed with "Too many open files"
+        // when 10,000 puppets' connections took them all).
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => break,
+            permit = permits.clone().acquire_owned() => permit.expect("never closed"),
+        };
         tokio::select! {
             () = shutdown.cancelled() => break,
             Some(_) = handshakes.join_next(), if !handshakes.is_empty() => {}
@@ -278,7 +292,10 @@ async fn accept_tls(
                 handshakes.spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => {
-                            let _ = established.send(Ok(TlsConn(stream))).await;
+                            let _ = established.send(Ok(TlsConn {
+                                stream,
+                                _permit: permit,
+                            })).await;
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -288,4 +305,62 @@ async fn accept_tls(
         }
     }
     handshakes.shutdown().await;
+}
+
+/// Descriptors kept free of connections, for the database, the data dir
+/// and the metrics listener: at least this many, or a sixteenth of the
+/// limit.
+const RESERVED_DESCRIPTORS: usize = 256;
+
+/// How many connections (TLS handshakes included) may be open at once under
+/// an open-file limit of `limit` (`None`: unknown, no cap).
+pub fn connection_cap(limit: Option<u64>) -> usize {
+    match limit {
+        Some(limit) => {
+            let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+            let reserve = RESERVED_DESCRIPTORS.max(limit / 16);
+            limit.saturating_sub(reserve).max(16)
+        }
+        None => Semaphore::MAX_PERMITS,
+    }
+}
+
+/// The process's soft open-file limit, from `/proc/self/limits` (Linux).
+fn open_file_limit() -> Option<u64> {
+    parse_open_file_limit(&std::fs::read_to_string("/proc/self/limits").ok()?)
+}
+
+fn parse_open_file_limit(limits: &str) -> Option<u64> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cap_keeps_descriptors_for_the_database() {
+        assert_eq!(connection_cap(Some(20_000)), 18_750);
+        assert_eq!(connection_cap(Some(1_024)), 768);
+        assert_eq!(connection_cap(Some(100)), 16);
+        assert_eq!(connection_cap(None), Semaphore::MAX_PERMITS);
+    }
+
+    #[test]
+    fn the_soft_limit_is_read_from_proc() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                      Max processes             95432                95432                processes \n\
+                      Max open files            20000                65536                files     \n";
+        assert_eq!(parse_open_file_limit(limits), Some(20_000));
+        assert_eq!(
+            parse_open_file_limit("Max open files  unlimited unlimited files"),
+            None
+        );
+        assert_eq!(parse_open_file_limit(""), None);
+    }
 }

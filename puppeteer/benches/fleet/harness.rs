@@ -7,9 +7,11 @@
 //! fails when something does not work at all.
 //!
 //! Method, in short:
-//! - The puppeteer (release build, fresh data dir per phase, open-file soft
-//!   limit raised to the hard limit, `RUST_LOG=warn`) is pinned to CPU 0 and
-//!   every fleet process to CPU 1 with `taskset`, when it exists.
+//! - The puppeteer (release build, fresh data dir per phase, open-file
+//!   limit raised, `RUST_LOG=warn`) is pinned to CPU 0 and every fleet
+//!   process to CPU 1 with `taskset`, when it exists. A fleet runs as one
+//!   `puppet simulate` process per 5,000 puppets ([`PUPPETS_PER_PROCESS`]);
+//!   CPU and RSS of a fleet are the sums over its processes.
 //! - Latencies come from the puppeteer's own timestamps: dispatch latency is
 //!   a run's creation to its `RUNNING` transition (the puppet's `StartRun`
 //!   arrived), fan-out is a job's creation to the last run's `finished_at`.
@@ -181,7 +183,13 @@ fn which(program: &str) -> bool {
 
 // ---------------------------------------------------------------- processes
 
-/// A command run with the open-file soft limit raised and pinned to `cpu`.
+/// A command run with the open-file limit raised and pinned to `cpu`.
+///
+/// While a fleet-wide job runs, each simulated puppet holds two
+/// connections (its reports travel beside its held poll), so 10,000
+/// puppets need more than 20,000 descriptors at each end: the limit is
+/// raised to 65,536 where that is allowed (as root, like the puppeteer's
+/// `LimitNOFILE` in `deploy/puppeteer.service`), otherwise to the hard limit.
 fn pinned(program: &Path, cpu: u32) -> Command {
     let mut command = Command::new("sh");
     let pin = if which("taskset") {
@@ -191,7 +199,9 @@ fn pinned(program: &Path, cpu: u32) -> Command {
     };
     command
         .arg("-c")
-        .arg(format!("ulimit -n $(ulimit -Hn) 2>/dev/null; {pin}"))
+        .arg(format!(
+            "ulimit -n 65536 2>/dev/null || ulimit -n $(ulimit -Hn) 2>/dev/null; {pin}"
+        ))
         .arg(program)
         .kill_on_drop(true)
         .stdin(Stdio::null());
@@ -570,10 +580,19 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len() - 1)]
 }
 
-/// A `puppet simulate` process.
+/// Simulated puppets per `puppet simulate` process at most. A puppet holds
+/// two connections while it reports on a run (its reports travel beside its
+/// held poll), so a process of 5,000 needs about 10,000 descriptors: under
+/// an open-file cap of 20,000 (this machine's hard limit, which even root
+/// cannot raise) one process of 10,000 ran out of descriptors in a fan-out.
+pub const PUPPETS_PER_PROCESS: u32 = 5_000;
+
+/// The `puppet simulate` processes of a fleet, all labelled `fleet=PREFIX`:
+/// the first names its puppets `PREFIX-00000`..., the k-th `PREFIXk-00000`...
 pub struct Fleet {
-    child: Child,
-    pub pid: u32,
+    children: Vec<Child>,
+    pub pids: Vec<u32>,
+    prefix: String,
 }
 
 impl Fleet {
@@ -585,6 +604,51 @@ impl Fleet {
         count: u32,
         prefix: &str,
     ) -> Result<Self> {
+        let mut fleet = Fleet {
+            children: Vec::new(),
+            pids: Vec::new(),
+            prefix: prefix.to_string(),
+        };
+        let mut left = count;
+        while left > 0 {
+            let k = fleet.children.len() as u32;
+            let n = left.min(PUPPETS_PER_PROCESS);
+            let child =
+                Self::start_one(options, server, secret, dir, n, &fleet.prefix_of(k), prefix)
+                    .await?;
+            fleet.pids.push(child.id().unwrap_or(0));
+            fleet.children.push(child);
+            left -= n;
+        }
+        Ok(fleet)
+    }
+
+    fn prefix_of(&self, k: u32) -> String {
+        if k == 0 {
+            self.prefix.clone()
+        } else {
+            format!("{}{k}", self.prefix)
+        }
+    }
+
+    /// The name of the `i`-th puppet of the fleet.
+    pub fn name(&self, i: u32) -> String {
+        format!(
+            "{}-{:05}",
+            self.prefix_of(i / PUPPETS_PER_PROCESS),
+            i % PUPPETS_PER_PROCESS
+        )
+    }
+
+    async fn start_one(
+        options: &Options,
+        server: &Server,
+        secret: &str,
+        dir: &Path,
+        count: u32,
+        prefix: &str,
+        label: &str,
+    ) -> Result<Child> {
         let mut command = pinned(&options.bin_dir.join("puppet"), 1);
         command
             .args([
@@ -598,7 +662,7 @@ impl Fleet {
             .arg(&server.ca)
             .args([
                 "--labels",
-                &format!("fleet={prefix}"),
+                &format!("fleet={label}"),
                 "--name-prefix",
                 prefix,
             ])
@@ -611,7 +675,6 @@ impl Fleet {
                 dir.join(format!("fleet-{prefix}.log")),
             )?);
         let mut child = command.spawn()?;
-        let pid = child.id().unwrap_or(0);
         let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
         let deadline = Duration::from_secs(60 + u64::from(count) / 20);
         tokio::time::timeout(deadline, async {
@@ -635,42 +698,57 @@ impl Fleet {
                 eprintln!("bench:   {line}");
             }
         });
-        Ok(Fleet { child, pid })
+        Ok(child)
     }
 
-    pub async fn stop(mut self) -> Result<()> {
-        if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill")
-                .arg(pid.to_string())
-                .status();
-        }
-        if tokio::time::timeout(Duration::from_secs(20), self.child.wait())
-            .await
-            .is_err()
-        {
-            self.child.kill().await?;
+    /// RSS (KiB) of all the fleet's processes, and their peak RSS.
+    pub fn memory_kib(&self) -> (u64, u64) {
+        self.pids.iter().fold((0, 0), |(rss, hwm), &pid| {
+            let (r, h) = memory_kib(pid);
+            (rss + r, hwm + h)
+        })
+    }
+
+    pub async fn stop(self) -> Result<()> {
+        for mut child in self.children {
+            if let Some(pid) = child.id() {
+                let _ = std::process::Command::new("kill")
+                    .arg(pid.to_string())
+                    .status();
+            }
+            if tokio::time::timeout(Duration::from_secs(20), child.wait())
+                .await
+                .is_err()
+            {
+                child.kill().await?;
+            }
         }
         Ok(())
     }
 }
 
-/// CPU of two processes over a window, as a fraction of one core.
+/// CPU of the server and of the fleet's processes over a window, as a
+/// fraction of one core.
 struct CpuWindow {
     began: Instant,
     server: f64,
     fleet: f64,
     server_pid: u32,
-    fleet_pid: u32,
+    fleet_pids: Vec<u32>,
+}
+
+fn cpu_of(pids: &[u32]) -> f64 {
+    pids.iter().map(|&pid| cpu_seconds(pid)).sum()
 }
 
 impl CpuWindow {
-    fn start(server_pid: u32, fleet_pid: u32) -> Self {
+    fn start(server_pid: u32, fleet_pids: &[u32]) -> Self {
         CpuWindow {
             began: Instant::now(),
             server: cpu_seconds(server_pid),
-            fleet: cpu_seconds(fleet_pid),
+            fleet: cpu_of(fleet_pids),
             server_pid,
-            fleet_pid,
+            fleet_pids: fleet_pids.to_vec(),
         }
     }
 
@@ -679,7 +757,7 @@ impl CpuWindow {
         let secs = self.began.elapsed().as_secs_f64();
         (
             (cpu_seconds(self.server_pid) - self.server) / secs,
-            (cpu_seconds(self.fleet_pid) - self.fleet) / secs,
+            (cpu_of(&self.fleet_pids) - self.fleet) / secs,
             secs,
         )
     }
@@ -720,13 +798,13 @@ async fn fleet_phase(options: &Options, work: &Path, n: u32) -> Result<Value> {
     eprintln!("bench:   idle for {idle_window:?}");
     let polls_before = server.metric("geppetto_poll_hold_seconds_count").await;
     let bytes_before = wire_bytes(server.port);
-    let cpu = CpuWindow::start(server.pid, fleet.pid);
+    let cpu = CpuWindow::start(server.pid, &fleet.pids);
     tokio::time::sleep(idle_window).await;
     let (server_cpu, fleet_cpu, window) = cpu.end();
     let bytes = wire_bytes(server.port).saturating_sub(bytes_before);
     let polls_after = server.metric("geppetto_poll_hold_seconds_count").await;
     let (server_rss, _) = memory_kib(server.pid);
-    let (fleet_rss, _) = memory_kib(fleet.pid);
+    let (fleet_rss, _) = fleet.memory_kib();
     let per_puppet_hour = (window >= options.hold.as_secs_f64())
         .then(|| bytes as f64 / f64::from(n) * 3600.0 / window);
     let idle = json!({
@@ -747,7 +825,7 @@ async fn fleet_phase(options: &Options, work: &Path, n: u32) -> Result<Value> {
     admin.script_task("bench-echo", "echo hi").await?;
     let mut latencies = Vec::new();
     for i in 0..options.dispatch_jobs {
-        let target = format!("sim-{:05}", (u64::from(i) * 7919 % u64::from(n)) as u32);
+        let target = fleet.name((u64::from(i) * 7919 % u64::from(n)) as u32);
         let job = admin
             .create_job(
                 "bench-echo",
@@ -773,7 +851,7 @@ async fn fleet_phase(options: &Options, work: &Path, n: u32) -> Result<Value> {
     eprintln!("bench:   dispatch {dispatch}");
 
     // Fan-out: one job on every puppet.
-    let fanout = fan_out(&mut admin, &server, fleet.pid, n, "bench-echo").await?;
+    let fanout = fan_out(&mut admin, &server, &fleet.pids, n, "bench-echo").await?;
     eprintln!("bench:   fan-out {fanout}");
 
     // Log ingest: one job on every puppet, each printing its script text.
@@ -781,13 +859,13 @@ async fn fleet_phase(options: &Options, work: &Path, n: u32) -> Result<Value> {
     admin
         .script_task("bench-ingest", &log_body(body_len))
         .await?;
-    let ingest = fan_out(&mut admin, &server, fleet.pid, n, "bench-ingest").await?;
+    let ingest = fan_out(&mut admin, &server, &fleet.pids, n, "bench-ingest").await?;
     let ingest_mb_s = ingest["log_bytes"].as_f64().unwrap_or(0.0)
         / 1e6
         / ingest["fanout_s"].as_f64().unwrap_or(f64::NAN);
     eprintln!("bench:   ingest {ingest_mb_s:.1} MB/s ({body_len} B a run)");
     let (_, server_hwm) = memory_kib(server.pid);
-    let (_, fleet_hwm) = memory_kib(fleet.pid);
+    let (_, fleet_hwm) = fleet.memory_kib();
 
     fleet.stop().await?;
     server.stop().await?;
@@ -818,11 +896,11 @@ fn log_body(len: usize) -> String {
 async fn fan_out(
     admin: &mut Admin,
     server: &Server,
-    fleet_pid: u32,
+    fleet_pids: &[u32],
     n: u32,
     task: &str,
 ) -> Result<Value> {
-    let cpu = CpuWindow::start(server.pid, fleet_pid);
+    let cpu = CpuWindow::start(server.pid, fleet_pids);
     let wall = Instant::now();
     let job = admin
         .create_job(task, pb::target::Kind::Selector("fleet=sim".into()))

@@ -44,7 +44,7 @@ impl AppState {
     /// Announces a job's end (once per end state) when all its runs ended.
     pub fn announce_job_end(&self, job_id: &str) -> ApiResult<()> {
         use crate::scheduler::JobState;
-        let job = self.store.get_job(job_id)?;
+        let job = self.store.job(job_id)?;
         if self.has_unfinished_run(&job)? {
             return Ok(());
         }

@@ -2,6 +2,7 @@
 //! needs (the job, its runs, its upstream job, the puppet's silence).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::AppState;
@@ -10,18 +11,18 @@ use crate::domain::{Job, Millis, Run, RunState};
 use crate::scheduler::{self, Gate, JobView};
 use crate::store::StoreError;
 
-type Loaded = (Job, Vec<Run>, Option<(Job, Vec<Run>)>);
+type Loaded = (Arc<Job>, Vec<Run>, Option<(Arc<Job>, Vec<Run>)>);
 
 impl AppState {
     fn load_job_view(&self, id: &str) -> ApiResult<Loaded> {
-        let job = self.store.get_job(id)?;
+        let job = self.store.job(id)?;
         let runs = if scheduler::gate_reads_job_runs(&job.strategy) {
             self.store.get_runs(&job.run_ids)?
         } else {
             Vec::new()
         };
         let upstream = match &job.strategy.after_job {
-            Some(up) => match self.store.get_job(up) {
+            Some(up) => match self.store.job(up) {
                 Ok(up) => {
                     let runs = self.store.get_runs(&up.run_ids)?;
                     Some((up, runs))
@@ -99,7 +100,7 @@ impl AppState {
             if run.needs.is_empty() || !seen.insert(run.job_id.clone()) {
                 continue;
             }
-            if self.store.get_job(&run.job_id)?.strategy.ordered {
+            if self.store.job(&run.job_id)?.strategy.ordered {
                 ordered.insert(run.job_id.clone());
             }
         }
@@ -121,7 +122,7 @@ impl AppState {
             let view = JobView {
                 job,
                 runs: job_runs,
-                upstream: upstream.as_ref().map(|(j, r)| (j, r.as_slice())),
+                upstream: upstream.as_ref().map(|(j, r)| (&**j, r.as_slice())),
             };
             let silence = self.silence(&run.puppet, now);
             gates.insert(run.id.clone(), scheduler::gate(&view, run, now, silence));

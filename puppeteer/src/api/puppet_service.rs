@@ -110,7 +110,7 @@ impl PuppetServiceApi {
     }
 
     fn assignment(&self, run: &Run) -> ApiResult<pb::Assignment> {
-        let job = self.state.store.get_job(&run.job_id)?;
+        let job = self.state.store.job(&run.job_id)?;
         Ok(pb::Assignment {
             run_id: run.id.clone(),
             attempt: run.attempt,
@@ -284,14 +284,17 @@ impl PuppetService for PuppetServiceApi {
         let req = request.into_inner();
         let store = &self.state.store;
         let now = Millis::now();
-        let facts = req.facts.map(facts_from);
-        let mut puppet = store.update_puppet(&name, |p| {
-            p.last_seen = Some(now);
-            if let Some(facts) = &facts {
+        // The record is rewritten only for new facts; the time of the poll
+        // alone goes to the small `seen` record (see `Store::touch_puppet`).
+        store.touch_puppet(&name, now)?;
+        let mut puppet = match req.facts.map(facts_from) {
+            Some(facts) => store.update_puppet(&name, |p| {
+                p.last_seen = Some(now);
                 p.facts = facts.clone();
-            }
-            Ok(())
-        })?;
+                Ok(())
+            })?,
+            None => store.get_puppet(&name)?,
+        };
         self.state.presences.note_path(
             &name,
             crate::presence::PollPath {

@@ -1,4 +1,5 @@
-//! The sweeper: time-driven transitions, once a second.
+//! The sweeper: time-driven transitions, once a second (less often when a
+//! pass is long, see [`next_sweep_in`]).
 //!
 //! A run's lease is renewed by every poll of its puppet. When a puppet holds
 //! no poll and has been silent for longer than the lease timeout, its offered
@@ -19,8 +20,11 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
 impl AppState {
     /// One pass of the sweeper at `now`.
     pub async fn sweep(&self, now: Millis) -> ApiResult<()> {
-        self.expire_leases(now).await?;
-        self.apply_gates(now).await?;
+        // One read of the unfinished runs serves both passes (ten thousand
+        // of them during a fleet-wide fan-out).
+        let active = self.store.all_active_runs()?;
+        let active = self.expire_leases(active, now).await?;
+        self.apply_gates(active, now).await?;
         self.announce_presence(now)?;
         self.store.prune_events(Millis(
             now.0 - self.config.event_retention.as_millis() as i64,
@@ -31,13 +35,23 @@ impl AppState {
     /// Announces puppets that went offline, and those that came back.
     fn announce_presence(&self, now: Millis) -> ApiResult<()> {
         use crate::presence::Presence;
-        for name in self.store.puppet_names()? {
-            // A puppet holding a poll is online: nothing to do if that is
-            // what was last stored, and no record to decode.
-            if self.presences.is_held(&name)
-                && self.presences.reported(&name) == Some(Presence::Online)
+        // A puppet holding a poll is online: nothing to do if that is what
+        // was last stored, and no record to decode.
+        for name in self.presences.unsettled(self.store.puppet_names()?) {
+            // With the stored presence mirrored and the last poll in the
+            // seen tree (every poll writes it), the presence is judged
+            // without decoding the record: only a change needs it.
+            if let Some(stored) = self.presences.reported(&name)
+                && let Some(seen) = self.store.seen_at(&name)?
             {
-                continue;
+                let presence = if self.presences.is_held(&name) {
+                    Presence::Online
+                } else {
+                    self.config.presence.judge(Some(seen), now)
+                };
+                if presence == Presence::Late || presence == stored {
+                    continue;
+                }
             }
             let puppet = match self.store.get_puppet(&name) {
                 Ok(puppet) => puppet,
@@ -96,9 +110,8 @@ impl AppState {
     /// failures, dependency, rejection) are applied; waits are recorded with
     /// their cause; runs whose wait is over are queued again and their
     /// puppet woken.
-    async fn apply_gates(&self, now: Millis) -> ApiResult<()> {
+    async fn apply_gates(&self, active: Vec<crate::domain::Run>, now: Millis) -> ApiResult<()> {
         use crate::scheduler::Gate;
-        let active = self.store.all_active_runs()?;
         let gates = {
             let _dispatch = self.dispatch.lock().unwrap_or_else(|e| e.into_inner());
             self.gates_for(&active, now)?
@@ -107,12 +120,14 @@ impl AppState {
         if ids.is_empty() {
             return Ok(());
         }
-        // A run free to go whose puppet holds a poll should not wait for that
-        // poll's end: wake it (its poll plans again; harmless if busy).
+        // A run free to go whose puppet holds a poll with a free slot should
+        // not wait for that poll's end: wake it (its poll plans again). A
+        // puppet without a free slot could not take it anyway: its next
+        // poll, sent when a slot frees, plans.
         for run in &active {
             if run.state == RunState::Queued
                 && gates.get(&run.id) == Some(&Gate::Go)
-                && self.presences.is_held(&run.puppet)
+                && self.presences.ready(&run.puppet)
             {
                 self.hub.wake(&crate::hub::puppet_key(&run.puppet));
             }
@@ -153,25 +168,37 @@ impl AppState {
         Ok(())
     }
 
-    async fn expire_leases(&self, now: Millis) -> ApiResult<()> {
-        let runs = self.store.all_active_runs()?;
+    /// Ends the runs whose lease expired; returns the other unfinished runs.
+    async fn expire_leases(
+        &self,
+        runs: Vec<crate::domain::Run>,
+        now: Millis,
+    ) -> ApiResult<Vec<crate::domain::Run>> {
         let mut view = Vec::new();
+        let mut rest = Vec::new();
         for run in runs {
             if !matches!(run.state, RunState::Offered | RunState::Running) {
+                rest.push(run);
                 continue;
             }
-            let last_seen = self
-                .store
-                .get_puppet(&run.puppet)
-                .ok()
-                .and_then(|p| p.last_seen);
+            // A puppet holding a poll renews its leases: its record (and
+            // last poll) need not be read.
             let polling = self.presences.is_held(&run.puppet);
+            let last_seen = if polling {
+                None
+            } else {
+                self.store
+                    .get_puppet(&run.puppet)
+                    .ok()
+                    .and_then(|p| p.last_seen)
+            };
             view.push((run, last_seen, polling));
         }
         let lease = self.config.lease_timeout;
         let expired = scheduler::expired_leases(&view, now, lease);
+        rest.extend(view.into_iter().map(|(run, _, _)| run));
         if expired.is_empty() {
-            return Ok(());
+            return Ok(rest);
         }
         let changed = self.store.update_runs(&expired, |run| {
             if !matches!(run.state, RunState::Offered | RunState::Running) {
@@ -196,22 +223,56 @@ impl AppState {
             tracing::warn!(run = %run.id, puppet = %run.puppet, state = %run.state, "run lease expired");
         }
         self.ended(&changed);
-        Ok(())
+        // Runs that ended here have nothing left to gate; a new attempt
+        // (a retry) is read again at the next pass.
+        let expired: std::collections::HashSet<&str> = expired.iter().map(String::as_str).collect();
+        rest.retain(|run| !expired.contains(run.id.as_str()));
+        Ok(rest)
     }
+}
+
+/// A pass of the sweeper takes at most about one part in this many of the
+/// time: see [`next_sweep_in`].
+const SWEEP_SHARE: u32 = 20;
+
+/// How long to wait before the next pass, after one that took `took`:
+/// [`SWEEP_EVERY`], or longer when a pass is long, so that the sweeper uses
+/// at most about 1/[`SWEEP_SHARE`] of the time. A pass reads every
+/// unfinished run: during a fleet-wide fan-out (ten thousand of them) a
+/// pass a second took a third of the puppeteer's CPU. Time-driven
+/// transitions (leases, deadlines, presence) then come a little later.
+pub fn next_sweep_in(took: Duration) -> Duration {
+    SWEEP_EVERY.max(took.saturating_mul(SWEEP_SHARE))
 }
 
 /// Runs the sweeper until `shutdown`.
 pub async fn run_sweeper(state: super::Shared, shutdown: tokio_util::sync::CancellationToken) {
-    let mut tick = tokio::time::interval(SWEEP_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut wait = SWEEP_EVERY;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
-            _ = tick.tick() => {
+            () = tokio::time::sleep(wait) => {
+                let began = tokio::time::Instant::now();
                 if let Err(e) = state.sweep(Millis::now()).await {
                     tracing::error!(error = %e, "sweeper pass failed");
                 }
+                wait = next_sweep_in(began.elapsed());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_pass_spaces_the_next() {
+        assert_eq!(next_sweep_in(Duration::ZERO), SWEEP_EVERY);
+        assert_eq!(next_sweep_in(Duration::from_millis(40)), SWEEP_EVERY);
+        assert_eq!(
+            next_sweep_in(Duration::from_millis(150)),
+            Duration::from_secs(3)
+        );
     }
 }

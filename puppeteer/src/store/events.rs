@@ -72,8 +72,9 @@ impl Store {
                 jobs.insert(job_id.as_bytes(), encode(&job))?;
                 append(meta, events, vec![event.clone()])?;
                 Ok(true)
-            })?;
-        Ok(reported)
+            });
+        self.job_cache.changed(job_id);
+        Ok(reported?)
     }
 
     /// Appends events (not about run transitions, which come with them).

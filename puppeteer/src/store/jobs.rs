@@ -1,5 +1,8 @@
 //! Jobs, their runs, and each puppet's queue of unfinished runs.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use crate::store::GatedTransaction;
 use sled::transaction::TransactionalTree;
 
@@ -7,10 +10,81 @@ use super::keys::{prefix_of, seq_key};
 use super::{Result, Store, StoreError, abort, decode, encode};
 use crate::domain::{Job, Millis, Run, RunState};
 
+/// How many decoded jobs [`JobCache`] keeps; when full it starts over.
+const JOB_CACHE_CAPACITY: usize = 64;
+
+/// Decoded jobs, shared by the hot paths that read a job at every poll, run
+/// start and run end. A job of a fleet-wide fan-out lists ten thousand run
+/// ids (hundreds of KB of JSON): decoding it at each of its ten thousand
+/// runs' polls and ends made a fan-out quadratic.
+///
+/// Every write to the `jobs` tree calls [`JobCache::changed`] after its
+/// transaction. A reader caches what it decoded only if no write happened
+/// since it started reading (the version did not move), so the cache never
+/// keeps a value older than the stored one.
+#[derive(Debug, Default)]
+pub(crate) struct JobCache {
+    // A std mutex: held for one map access, never across an await.
+    inner: Mutex<JobCacheInner>,
+}
+
+#[derive(Debug, Default)]
+struct JobCacheInner {
+    /// Bumped by every write to the `jobs` tree.
+    version: u64,
+    jobs: HashMap<String, Arc<Job>>,
+}
+
+impl JobCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, JobCacheInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The cached job, or the version to hand to [`JobCache::keep`].
+    fn get(&self, id: &str) -> std::result::Result<Arc<Job>, u64> {
+        let inner = self.lock();
+        match inner.jobs.get(id) {
+            Some(job) => Ok(job.clone()),
+            None => Err(inner.version),
+        }
+    }
+
+    /// Keeps a job read from the tree, unless the tree changed since `version`.
+    fn keep(&self, version: u64, job: &Arc<Job>) {
+        let mut inner = self.lock();
+        if inner.version != version {
+            return;
+        }
+        if inner.jobs.len() >= JOB_CACHE_CAPACITY {
+            inner.jobs.clear();
+        }
+        inner.jobs.insert(job.id.clone(), job.clone());
+    }
+
+    /// The job was written (or removed): forget it.
+    pub(crate) fn changed(&self, id: &str) {
+        let mut inner = self.lock();
+        inner.version += 1;
+        inner.jobs.remove(id);
+    }
+}
+
 impl Store {
+    /// The job, shared: for paths that read it often and change nothing
+    /// (polls, run starts and ends). Decoded once per change of the job.
+    pub fn job(&self, id: &str) -> Result<Arc<Job>> {
+        let version = match self.job_cache.get(id) {
+            Ok(job) => return Ok(job),
+            Err(version) => version,
+        };
+        let job = Arc::new(self.get_job(id)?);
+        self.job_cache.keep(version, &job);
+        Ok(job)
+    }
+
     /// Stores a job with its runs, and queues each run on its puppet.
     pub fn create_job(&self, job: &Job, runs: &[Run]) -> Result<()> {
-        (
+        let result = (
             &self.jobs,
             &self.job_order,
             &self.runs,
@@ -34,7 +108,9 @@ impl Store {
                     super::events::append(meta, events, new)?;
                     Ok(())
                 },
-            )?;
+            );
+        self.job_cache.changed(&job.id);
+        result?;
         Ok(())
     }
 
@@ -49,7 +125,9 @@ impl Store {
     }
 
     pub fn put_job(&self, job: &Job) -> Result<()> {
-        self.jobs.insert(job.id.as_bytes(), encode(job))?;
+        let result = self.jobs.insert(job.id.as_bytes(), encode(job));
+        self.job_cache.changed(&job.id);
+        result?;
         Ok(())
     }
 
@@ -276,4 +354,51 @@ fn load_run(
             id: id.to_string(),
         }),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::logs::tests::{job, run};
+    use crate::store::testing::temp_store;
+
+    #[test]
+    fn the_shared_job_follows_every_write() {
+        let (_dir, store) = temp_store();
+        store.create_job(&job(), &[run("run-a")]).unwrap();
+        let first = store.job("job-1").unwrap();
+        assert!(!first.cancelled);
+        // Read again without a write: the same decoded job.
+        assert!(Arc::ptr_eq(&first, &store.job("job-1").unwrap()));
+
+        let mut cancelled = job();
+        cancelled.cancelled = true;
+        store.put_job(&cancelled).unwrap();
+        assert!(store.job("job-1").unwrap().cancelled);
+
+        let event = crate::domain::Event {
+            job_id: "job-1".into(),
+            ..Default::default()
+        };
+        assert!(store.report_job_end("job-1", "cancelled", event).unwrap());
+        assert_eq!(
+            store.job("job-1").unwrap().reported_end.as_deref(),
+            Some("cancelled")
+        );
+    }
+
+    #[test]
+    fn a_read_that_raced_a_write_is_not_kept() {
+        let cache = JobCache::default();
+        let old = Arc::new(job());
+        let version = cache.get("job-1").unwrap_err();
+        // A write lands between the read of the tree and keeping what it read.
+        cache.changed("job-1");
+        cache.keep(version, &old);
+        assert!(cache.get("job-1").is_err());
+        // A read after the write is kept.
+        let version = cache.get("job-1").unwrap_err();
+        cache.keep(version, &old);
+        assert!(cache.get("job-1").is_ok());
+    }
 }

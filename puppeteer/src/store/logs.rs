@@ -302,12 +302,12 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::domain::*;
     use crate::store::testing::temp_store;
 
-    fn run(id: &str) -> Run {
+    pub(crate) fn run(id: &str) -> Run {
         Run {
             id: id.into(),
             job_id: "job-1".into(),
@@ -338,7 +338,7 @@ mod tests {
         }
     }
 
-    fn job() -> Job {
+    pub(crate) fn job() -> Job {
         Job {
             id: "job-1".into(),
             task_name: "t".into(),

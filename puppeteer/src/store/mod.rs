@@ -11,6 +11,7 @@
 //! | `meta`         | `schema_version`             | u32 big-endian         |
 //! | `credentials`  | sha256(token), hex           | [`Principal`] (JSON)   |
 //! | `puppets`      | name                         | [`Puppet`]             |
+//! | `seen`         | puppet name                  | its last poll, ms since the epoch (i64 BE) |
 //! | `enroll_tokens`| id                           | [`EnrollToken`]        |
 //! | `enroll_secrets`| sha256(secret), hex         | id                     |
 //! | `tasks`        | name 0 version(u32 BE)       | [`Task`]               |
@@ -147,6 +148,7 @@ pub struct Store {
     meta: sled::Tree,
     credentials: sled::Tree,
     puppets: sled::Tree,
+    seen: sled::Tree,
     enroll_tokens: sled::Tree,
     enroll_secrets: sled::Tree,
     tasks: sled::Tree,
@@ -167,6 +169,7 @@ pub struct Store {
     deliveries: sled::Tree,
     log_trim: logs::TrimLock,
     group_commit: std::sync::Arc<flush::GroupCommit>,
+    job_cache: std::sync::Arc<jobs::JobCache>,
     log_bytes: prune::LogBytes,
     artifacts: sled::Tree,
     uploads: sled::Tree,
@@ -250,6 +253,7 @@ impl Store {
             meta: tree("meta")?,
             credentials: tree("credentials")?,
             puppets: tree("puppets")?,
+            seen: tree("seen")?,
             enroll_tokens: tree("enroll_tokens")?,
             enroll_secrets: tree("enroll_secrets")?,
             tasks: tree("tasks")?,
@@ -270,6 +274,7 @@ impl Store {
             deliveries: tree("deliveries")?,
             log_trim: Default::default(),
             group_commit: Default::default(),
+            job_cache: Default::default(),
             log_bytes: Default::default(),
             artifacts: tree("artifacts")?,
             uploads: tree("uploads")?,

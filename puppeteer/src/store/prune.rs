@@ -129,7 +129,7 @@ impl Store {
         ids: &[String],
         event: impl Fn(&Job, &PrunedJob) -> Event,
     ) -> Result<Vec<PrunedJob>> {
-        let (pruned, owed) = (
+        let result = (
             &self.jobs,
             &self.job_order,
             &self.runs,
@@ -138,56 +138,58 @@ impl Store {
             &self.meta,
             &self.events,
         )
-            .gated_transaction(
-                |(jobs, order, runs, queue, puppet_runs, meta, events)| {
-                    let mut pruned = Vec::new();
-                    let mut owed = Vec::new();
-                    let mut new_events = Vec::new();
-                    'jobs: for id in ids {
-                        let Some(v) = jobs.get(id.as_bytes())? else {
+            .gated_transaction(|(jobs, order, runs, queue, puppet_runs, meta, events)| {
+                let mut pruned = Vec::new();
+                let mut owed = Vec::new();
+                let mut new_events = Vec::new();
+                'jobs: for id in ids {
+                    let Some(v) = jobs.get(id.as_bytes())? else {
+                        continue;
+                    };
+                    let job: Job = match decode(id.as_bytes(), &v) {
+                        Ok(job) => job,
+                        Err(e) => return abort(e),
+                    };
+                    let mut job_runs = Vec::new();
+                    for run_id in &job.run_ids {
+                        let Some(v) = runs.get(run_id.as_bytes())? else {
                             continue;
                         };
-                        let job: Job = match decode(id.as_bytes(), &v) {
-                            Ok(job) => job,
+                        let run: Run = match decode(run_id.as_bytes(), &v) {
+                            Ok(run) => run,
                             Err(e) => return abort(e),
                         };
-                        let mut job_runs = Vec::new();
-                        for run_id in &job.run_ids {
-                            let Some(v) = runs.get(run_id.as_bytes())? else {
-                                continue;
-                            };
-                            let run: Run = match decode(run_id.as_bytes(), &v) {
-                                Ok(run) => run,
-                                Err(e) => return abort(e),
-                            };
-                            if !run.state.is_terminal() {
-                                continue 'jobs;
-                            }
-                            job_runs.push(run);
+                        if !run.state.is_terminal() {
+                            continue 'jobs;
                         }
-                        let mut done = PrunedJob {
-                            id: job.id.clone(),
-                            runs: job_runs.len() as u64,
-                            log_bytes: 0,
-                        };
-                        for run in &job_runs {
-                            let key = seq_key(&run.puppet, run.queue_seq);
-                            queue.remove(key.clone())?;
-                            puppet_runs.remove(key)?;
-                            runs.remove(run.id.as_bytes())?;
-                            meta.insert(owed_key(&run.id), &[])?;
-                            done.log_bytes += stored_log_bytes(run);
-                            owed.push(run.id.clone());
-                        }
-                        jobs.remove(id.as_bytes())?;
-                        order.remove(&job.seq.to_be_bytes())?;
-                        new_events.push(event(&job, &done));
-                        pruned.push(done);
+                        job_runs.push(run);
                     }
-                    super::events::append(meta, events, new_events)?;
-                    Ok((pruned, owed))
-                },
-            )?;
+                    let mut done = PrunedJob {
+                        id: job.id.clone(),
+                        runs: job_runs.len() as u64,
+                        log_bytes: 0,
+                    };
+                    for run in &job_runs {
+                        let key = seq_key(&run.puppet, run.queue_seq);
+                        queue.remove(key.clone())?;
+                        puppet_runs.remove(key)?;
+                        runs.remove(run.id.as_bytes())?;
+                        meta.insert(owed_key(&run.id), &[])?;
+                        done.log_bytes += stored_log_bytes(run);
+                        owed.push(run.id.clone());
+                    }
+                    jobs.remove(id.as_bytes())?;
+                    order.remove(&job.seq.to_be_bytes())?;
+                    new_events.push(event(&job, &done));
+                    pruned.push(done);
+                }
+                super::events::append(meta, events, new_events)?;
+                Ok((pruned, owed))
+            });
+        for id in ids {
+            self.job_cache.changed(id);
+        }
+        let (pruned, owed) = result?;
         let freed: u64 = pruned.iter().map(|p| p.log_bytes).sum();
         self.add_log_bytes(-(freed as i64));
         for run_id in owed {
