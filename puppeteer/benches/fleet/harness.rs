@@ -123,8 +123,15 @@ pub async fn run(options: &Options) -> Result<Value> {
     eprintln!("bench: real agents {:?}", options.real_agents);
     let real = real_agents_phase(options, work.path()).await?;
     write_results(options, &machine, &sizes, &real, &Value::Null)?;
-    eprintln!("bench: storage, {} runs", options.storage_runs);
-    let storage = storage_phase(options, work.path()).await?;
+    // `--storage-runs 0` skips the phase (its retention step would wait
+    // for a prune of jobs that were never made).
+    let storage = if options.storage_runs == 0 {
+        eprintln!("bench: storage skipped (--storage-runs 0)");
+        Value::Null
+    } else {
+        eprintln!("bench: storage, {} runs", options.storage_runs);
+        storage_phase(options, work.path()).await?
+    };
     let results = write_results(options, &machine, &sizes, &real, &storage)?;
     print_table(&results);
     Ok(results)
@@ -1218,6 +1225,10 @@ pub fn print_table(results: &Value) {
         f(real, &["agent_rss_kib_max"])
     ));
     let st = &results["storage"];
+    if !st.is_object() {
+        println!("{out}\nstorage: skipped");
+        return;
+    }
     out.push_str(&format!(
         "\nstorage: {} runs of {} B of log: data dir {} bytes ({} B a run), {} runs/s sustained\n",
         st["runs"],
