@@ -26,6 +26,9 @@ use crate::run::{self, RunContext};
 /// expired, a dead radio link) may never say so.
 const POLL_MARGIN_MIN: Duration = Duration::from_secs(5);
 const POLL_MARGIN_MAX: Duration = Duration::from_secs(15);
+/// After an answer that brought new runs, the next poll waits up to this
+/// long for them to be started, run and reported (see [`settle`]).
+pub const REPORT_FIRST: Duration = Duration::from_secs(2);
 /// How long run tasks may go on reporting after a shutdown began.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// How long run tasks may take to wind down once reporting was abandoned.
@@ -189,7 +192,8 @@ async fn poll_loop(
                     schedule.sent(&current_facts, Instant::now());
                 }
                 take_new_credential(credential, &answer.new_credential);
-                handle_answer(ctx, tasks, answer);
+                let admitted = handle_answer(ctx, tasks, answer);
+                settle(ctx, tasks, &admitted).await;
             }
             Err(status) => {
                 let delay = if rpc::classify(&status) == Retry::Slowly {
@@ -287,9 +291,13 @@ fn take_new_credential(credential: &mut Credential, new: &str) {
     }
 }
 
-fn handle_answer(ctx: &RunContext, tasks: &mut JoinSet<()>, answer: PollResponse) {
+/// Handles a poll's answer; returns the runs it admitted.
+fn handle_answer(ctx: &RunContext, tasks: &mut JoinSet<()>, answer: PollResponse) -> Vec<String> {
+    let mut admitted = Vec::new();
     for assignment in answer.assignments {
-        admit(ctx, tasks, assignment);
+        if let Some(run_id) = admit(ctx, tasks, assignment) {
+            admitted.push(run_id);
+        }
     }
     for run_id in answer.cancel_runs {
         if ctx.held.cancel(&run_id) {
@@ -298,14 +306,44 @@ fn handle_answer(ctx: &RunContext, tasks: &mut JoinSet<()>, answer: PollResponse
             tracing::debug!(%run_id, "cancel for a run this puppet does not hold");
         }
     }
+    admitted
+}
+
+/// Reports first, then polls: after an answer that brought new runs, the
+/// next poll waits until those runs were started, run and reported, or
+/// [`REPORT_FIRST`] passed, whichever comes first.
+///
+/// Over HTTP/1.1 a held poll occupies its connection, so a report sent
+/// beside it needs a second connection: a new TCP and TLS handshake (two
+/// round trips on a slow link, and a second descriptor at each end), and
+/// the held poll is dropped with its connection when the run frees its slot.
+/// A run that is done within the grace (most fleet commands) reports on
+/// the connection the poll came back on, and the next poll follows on the
+/// same one. The price: a cancel of a run in its first two seconds waits
+/// for that poll, and a longer run reports beside its held poll as before.
+async fn settle(ctx: &RunContext, tasks: &mut JoinSet<()>, admitted: &[String]) {
+    if admitted.is_empty() {
+        return;
+    }
+    let until = tokio::time::Instant::now() + REPORT_FIRST;
+    let settled = ctx.held.settle(admitted, until);
+    tokio::pin!(settled);
+    loop {
+        tokio::select! {
+            _ = &mut settled => return,
+            _ = ctx.shutdown.cancelled() => return,
+            Some(joined) = tasks.join_next(), if !tasks.is_empty() => report_task_end(joined),
+        }
+    }
 }
 
 /// Holds a new assignment and starts its task; recognises redeliveries.
-fn admit(ctx: &RunContext, tasks: &mut JoinSet<()>, assignment: Assignment) {
+/// Returns the run's id if its task was started.
+fn admit(ctx: &RunContext, tasks: &mut JoinSet<()>, assignment: Assignment) -> Option<String> {
     let run_id = assignment.run_id.clone();
     if !is_safe_run_id(&run_id) {
         tracing::error!(%run_id, "ignoring an assignment whose run id is not a safe file name");
-        return;
+        return None;
     }
     // This runs synchronously between two polls: the next poll already
     // lists the run in known_runs.
@@ -315,6 +353,7 @@ fn admit(ctx: &RunContext, tasks: &mut JoinSet<()>, assignment: Assignment) {
     {
         Admission::New(cancel) => {
             tasks.spawn(run::run_assignment(ctx.clone(), assignment, cancel));
+            return Some(run_id);
         }
         Admission::Duplicate => {
             tracing::debug!(%run_id, attempt = assignment.attempt, "redelivered assignment ignored: already held");
@@ -323,6 +362,7 @@ fn admit(ctx: &RunContext, tasks: &mut JoinSet<()>, assignment: Assignment) {
             tracing::warn!(%run_id, attempt = assignment.attempt, held_attempt, "assignment of another attempt ignored until the held one is reported");
         }
     }
+    None
 }
 
 fn report_task_end(joined: Result<(), tokio::task::JoinError>) {

@@ -65,6 +65,8 @@ pub struct HeldRuns {
     // A std mutex: it is held only for map operations, never across an await.
     table: Arc<Mutex<Table>>,
     slot_freed: Arc<Notify>,
+    /// Wakes every waiter of [`HeldRuns::settle`] when a run is forgotten.
+    forgotten: Arc<Notify>,
 }
 
 impl HeldRuns {
@@ -152,8 +154,35 @@ impl HeldRuns {
                 .push_back((run_id.to_string(), entry.attempt));
             entry.stage != Stage::Finishing
         };
+        self.forgotten.notify_waiters();
         if freed {
             self.slot_freed.notify_one();
+        }
+    }
+
+    /// Whether any of these runs is still held.
+    pub fn holds_any(&self, run_ids: &[String]) -> bool {
+        let table = self.lock();
+        run_ids.iter().any(|id| table.runs.contains_key(id))
+    }
+
+    /// Waits until none of `run_ids` is held any more (each one's task
+    /// ended: its finish was acknowledged, or it gave up), or until
+    /// `until`. Returns whether they all were forgotten.
+    pub async fn settle(&self, run_ids: &[String], until: tokio::time::Instant) -> bool {
+        loop {
+            let forgotten = self.forgotten.notified();
+            tokio::pin!(forgotten);
+            // Registered before the check: a forget between the check and
+            // the wait still wakes it.
+            forgotten.as_mut().enable();
+            if !self.holds_any(run_ids) {
+                return true;
+            }
+            tokio::select! {
+                () = &mut forgotten => {}
+                () = tokio::time::sleep_until(until) => return !self.holds_any(run_ids),
+            }
         }
     }
 
@@ -248,6 +277,41 @@ mod tests {
         held.set_stage("run-a", Stage::Finishing);
         assert_eq!(held.snapshot(2).free_slots, 2);
         assert_eq!(held.snapshot(0).free_slots, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn settle_waits_for_the_runs_to_be_forgotten_or_the_deadline() {
+        let held = HeldRuns::default();
+        let root = CancellationToken::new();
+        held.admit("run-a", 1, Stage::Starting, &root);
+        held.admit("run-b", 1, Stage::Starting, &root);
+        let ids = vec!["run-a".to_string(), "run-b".to_string()];
+        let start = tokio::time::Instant::now();
+        let until = start + std::time::Duration::from_secs(2);
+
+        // Both forgotten by another task: settled before the deadline.
+        let other = held.clone();
+        let forgetting = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            other.forget("run-a");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            other.forget("run-b");
+        });
+        assert!(held.settle(&ids, until).await);
+        assert_eq!(start.elapsed(), std::time::Duration::from_millis(200));
+        forgetting.await.unwrap();
+
+        // One still held: the deadline ends the wait, and says so.
+        held.admit("run-c", 1, Stage::Executing, &root);
+        let ids = vec!["run-c".to_string()];
+        let start = tokio::time::Instant::now();
+        assert!(
+            !held
+                .settle(&ids, start + std::time::Duration::from_secs(2))
+                .await
+        );
+        assert_eq!(start.elapsed(), std::time::Duration::from_secs(2));
+        assert!(held.settle(&[], start).await, "nothing to wait for");
     }
 
     #[test]

@@ -390,7 +390,21 @@ async fn puppet_loop(puppet: SimPuppet, mut credential: Credential, swarm: Arc<S
                 if let Err(e) = credential.rotate(&answer.new_credential) {
                     tracing::error!(puppet = %puppet.name, error = format!("{e:#}"), "cannot take the rotated credential");
                 }
-                handle_answer(&puppet, &swarm, &mut tasks, answer);
+                let admitted = handle_answer(&puppet, &swarm, &mut tasks, answer);
+                // As in the agent: the new runs report before the next poll
+                // (see `agent::REPORT_FIRST`).
+                if !admitted.is_empty() {
+                    let until = tokio::time::Instant::now() + crate::agent::REPORT_FIRST;
+                    let settled = puppet.held.settle(&admitted, until);
+                    tokio::pin!(settled);
+                    loop {
+                        tokio::select! {
+                            _ = &mut settled => break,
+                            _ = swarm.shutdown.cancelled() => break,
+                            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                        }
+                    }
+                }
             }
             Err(status) => {
                 swarm.stats.poll_errors.fetch_add(1, Ordering::Relaxed);
@@ -415,7 +429,8 @@ fn handle_answer(
     swarm: &Arc<Swarm>,
     tasks: &mut JoinSet<()>,
     answer: PollResponse,
-) {
+) -> Vec<String> {
+    let mut admitted = Vec::new();
     for assignment in answer.assignments {
         if !is_safe_run_id(&assignment.run_id) {
             continue;
@@ -427,6 +442,7 @@ fn handle_answer(
             Stage::Starting,
             &swarm.shutdown,
         ) {
+            admitted.push(assignment.run_id.clone());
             tasks.spawn(simulated_run(
                 puppet.client.clone(),
                 puppet.held.clone(),
@@ -439,6 +455,7 @@ fn handle_answer(
     for run_id in answer.cancel_runs {
         puppet.held.cancel(&run_id);
     }
+    admitted
 }
 
 /// Starts, "executes", uploads the output of and finishes one run.
