@@ -10,7 +10,8 @@
 #
 # Other flags: --dispatch-jobs N, --hold SECS (the poll hold the fleet asks
 # for; default 300), --idle-window SECS, --storage-runs N, --storage-fleet N,
-# --real-agents 1,10,20, --out DIR. Prints a table; writes
+# --real-agents 1,10,20, --out DIR. GEPPETTO_BENCH_KEEP=1 keeps the work dir
+# (data dirs, puppeteer and simulator logs). Prints a table; writes
 # target/bench/results.json (or DIR/results.json).
 set -eu
 cd "$(dirname "$0")/.."

@@ -26,9 +26,14 @@ use crate::run::{self, RunContext};
 /// expired, a dead radio link) may never say so.
 const POLL_MARGIN_MIN: Duration = Duration::from_secs(5);
 const POLL_MARGIN_MAX: Duration = Duration::from_secs(15);
-/// After an answer that brought new runs, the next poll waits up to this
-/// long for them to be started, run and reported (see [`settle`]).
+/// After an answer that brought new runs, the next poll waits for them to
+/// be started and, if they execute for at most this long, finished and
+/// reported (see [`settle`]).
 pub const REPORT_FIRST: Duration = Duration::from_secs(2);
+/// The longest the next poll waits for those reports in all: well inside
+/// the puppeteer's lease (by default its poll timeout plus a minute), so
+/// that a puppet whose reports are slow is not taken for a silent one.
+pub const REPORT_FIRST_CAP: Duration = Duration::from_secs(30);
 /// How long run tasks may go on reporting after a shutdown began.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// How long run tasks may take to wind down once reporting was abandoned.
@@ -310,8 +315,9 @@ fn handle_answer(ctx: &RunContext, tasks: &mut JoinSet<()>, answer: PollResponse
 }
 
 /// Reports first, then polls: after an answer that brought new runs, the
-/// next poll waits until those runs were started, run and reported, or
-/// [`REPORT_FIRST`] passed, whichever comes first.
+/// next poll waits until those runs were started, and until they finished
+/// and were reported if they execute for at most [`REPORT_FIRST`]
+/// (never longer than [`REPORT_FIRST_CAP`] in all).
 ///
 /// Over HTTP/1.1 a held poll occupies its connection, so a report sent
 /// beside it needs a second connection: a new TCP and TLS handshake (two
@@ -319,14 +325,16 @@ fn handle_answer(ctx: &RunContext, tasks: &mut JoinSet<()>, answer: PollResponse
 /// the held poll is dropped with its connection when the run frees its slot.
 /// A run that is done within the grace (most fleet commands) reports on
 /// the connection the poll came back on, and the next poll follows on the
-/// same one. The price: a cancel of a run in its first two seconds waits
-/// for that poll, and a longer run reports beside its held poll as before.
+/// same one. The grace counts execution only: a busy puppeteer answering a
+/// fleet-wide fan-out slowly must not make ten thousand puppets open a
+/// second connection each at the same moment. The price: a cancel of a run
+/// in its first two seconds waits for that poll, and a longer run reports
+/// beside its held poll as before.
 async fn settle(ctx: &RunContext, tasks: &mut JoinSet<()>, admitted: &[String]) {
     if admitted.is_empty() {
         return;
     }
-    let until = tokio::time::Instant::now() + REPORT_FIRST;
-    let settled = ctx.held.settle(admitted, until);
+    let settled = ctx.held.settle(admitted, REPORT_FIRST, REPORT_FIRST_CAP);
     tokio::pin!(settled);
     loop {
         tokio::select! {

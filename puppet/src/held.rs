@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -21,7 +22,7 @@ const TOMBSTONES: usize = 1024;
 pub enum Stage {
     /// Accepted, `StartRun` not yet answered: it takes a slot.
     Starting,
-    /// Its process runs: it takes a slot.
+    /// Started: its artifacts are fetched, then its process runs. It takes a slot.
     Executing,
     /// Its process ended; its log and `FinishRun` are not acknowledged yet.
     Finishing,
@@ -65,8 +66,9 @@ pub struct HeldRuns {
     // A std mutex: it is held only for map operations, never across an await.
     table: Arc<Mutex<Table>>,
     slot_freed: Arc<Notify>,
-    /// Wakes every waiter of [`HeldRuns::settle`] when a run is forgotten.
-    forgotten: Arc<Notify>,
+    /// Wakes every waiter of [`HeldRuns::settle`] when a run changes stage
+    /// or is forgotten.
+    changed: Arc<Notify>,
 }
 
 impl HeldRuns {
@@ -123,6 +125,7 @@ impl HeldRuns {
                 None => false,
             }
         };
+        self.changed.notify_waiters();
         if freed {
             self.slot_freed.notify_one();
         }
@@ -154,7 +157,7 @@ impl HeldRuns {
                 .push_back((run_id.to_string(), entry.attempt));
             entry.stage != Stage::Finishing
         };
-        self.forgotten.notify_waiters();
+        self.changed.notify_waiters();
         if freed {
             self.slot_freed.notify_one();
         }
@@ -167,20 +170,41 @@ impl HeldRuns {
     }
 
     /// Waits until none of `run_ids` is held any more (each one's task
-    /// ended: its finish was acknowledged, or it gave up), or until
-    /// `until`. Returns whether they all were forgotten.
-    pub async fn settle(&self, run_ids: &[String], until: tokio::time::Instant) -> bool {
+    /// ended: its finish was acknowledged, or it gave up). Runs still
+    /// starting or finishing (talking to the puppeteer) are always waited
+    /// for; once every remaining run is executing, for `grace` more at
+    /// most. Never longer than `cap` in all. Returns whether they all were
+    /// forgotten.
+    pub async fn settle(&self, run_ids: &[String], grace: Duration, cap: Duration) -> bool {
+        let cap = tokio::time::Instant::now() + cap;
+        let mut executing_until: Option<tokio::time::Instant> = None;
         loop {
-            let forgotten = self.forgotten.notified();
-            tokio::pin!(forgotten);
-            // Registered before the check: a forget between the check and
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            // Registered before the check: a change between the check and
             // the wait still wakes it.
-            forgotten.as_mut().enable();
-            if !self.holds_any(run_ids) {
+            changed.as_mut().enable();
+            let (held, reporting) = {
+                let table = self.lock();
+                let stages: Vec<Stage> = run_ids
+                    .iter()
+                    .filter_map(|id| table.runs.get(id).map(|e| e.stage))
+                    .collect();
+                let reporting = stages.iter().any(|s| *s != Stage::Executing);
+                (!stages.is_empty(), reporting)
+            };
+            if !held {
                 return true;
             }
+            let until = if reporting {
+                cap
+            } else {
+                let until =
+                    *executing_until.get_or_insert_with(|| tokio::time::Instant::now() + grace);
+                until.min(cap)
+            };
             tokio::select! {
-                () = &mut forgotten => {}
+                () = &mut changed => {}
                 () = tokio::time::sleep_until(until) => return !self.holds_any(run_ids),
             }
         }
@@ -280,38 +304,44 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn settle_waits_for_the_runs_to_be_forgotten_or_the_deadline() {
+    async fn settle_waits_for_reports_and_for_a_short_execution_only() {
+        const GRACE: Duration = Duration::from_secs(2);
+        const CAP: Duration = Duration::from_secs(30);
         let held = HeldRuns::default();
         let root = CancellationToken::new();
+        assert!(held.settle(&[], GRACE, CAP).await, "nothing to wait for");
+
+        // A slow start (longer than the grace), a quick execution, a slow
+        // finish: all waited for, the grace counts only the execution.
         held.admit("run-a", 1, Stage::Starting, &root);
-        held.admit("run-b", 1, Stage::Starting, &root);
-        let ids = vec!["run-a".to_string(), "run-b".to_string()];
+        let ids = vec!["run-a".to_string()];
         let start = tokio::time::Instant::now();
-        let until = start + std::time::Duration::from_secs(2);
-
-        // Both forgotten by another task: settled before the deadline.
         let other = held.clone();
-        let forgetting = tokio::spawn(async move {
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let run = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            other.set_stage("run-a", Stage::Executing);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            other.set_stage("run-a", Stage::Finishing);
+            tokio::time::sleep(Duration::from_secs(5)).await;
             other.forget("run-a");
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            other.forget("run-b");
         });
-        assert!(held.settle(&ids, until).await);
-        assert_eq!(start.elapsed(), std::time::Duration::from_millis(200));
-        forgetting.await.unwrap();
+        assert!(held.settle(&ids, GRACE, CAP).await);
+        assert_eq!(start.elapsed(), Duration::from_secs(11));
+        run.await.unwrap();
 
-        // One still held: the deadline ends the wait, and says so.
-        held.admit("run-c", 1, Stage::Executing, &root);
+        // An execution longer than the grace: the wait ends after the grace.
+        held.admit("run-b", 1, Stage::Executing, &root);
+        let ids = vec!["run-b".to_string()];
+        let start = tokio::time::Instant::now();
+        assert!(!held.settle(&ids, GRACE, CAP).await);
+        assert_eq!(start.elapsed(), GRACE);
+
+        // A report that never ends: the cap ends the wait.
+        held.admit("run-c", 1, Stage::Finishing, &root);
         let ids = vec!["run-c".to_string()];
         let start = tokio::time::Instant::now();
-        assert!(
-            !held
-                .settle(&ids, start + std::time::Duration::from_secs(2))
-                .await
-        );
-        assert_eq!(start.elapsed(), std::time::Duration::from_secs(2));
-        assert!(held.settle(&[], start).await, "nothing to wait for");
+        assert!(!held.settle(&ids, GRACE, CAP).await);
+        assert_eq!(start.elapsed(), CAP);
     }
 
     #[test]

@@ -72,7 +72,9 @@ pub async fn run_assignment(ctx: RunContext, assignment: Assignment, cancel: Can
     }
 
     match start(&ctx, &target, &cancel).await {
-        Started::Proceed => {}
+        // Started: fetching its artifacts counts as executing (the poll
+        // loop's report-first grace, `agent::settle`).
+        Started::Proceed => ctx.held.set_stage(&run_id, Stage::Executing),
         Started::Dropped => {
             forget(&ctx, &run_id);
             return;
@@ -139,7 +141,6 @@ pub async fn run_assignment(ctx: RunContext, assignment: Assignment, cancel: Can
         .await;
         return;
     }
-    ctx.held.set_stage(&run_id, Stage::Executing);
     let spool_path = ctx.store.spool_path(&run_id);
     let (mut writer, progress) = match SpoolWriter::open(&spool_path).await {
         Ok(opened) => opened,

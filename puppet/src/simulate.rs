@@ -394,8 +394,11 @@ async fn puppet_loop(puppet: SimPuppet, mut credential: Credential, swarm: Arc<S
                 // As in the agent: the new runs report before the next poll
                 // (see `agent::REPORT_FIRST`).
                 if !admitted.is_empty() {
-                    let until = tokio::time::Instant::now() + crate::agent::REPORT_FIRST;
-                    let settled = puppet.held.settle(&admitted, until);
+                    let settled = puppet.held.settle(
+                        &admitted,
+                        crate::agent::REPORT_FIRST,
+                        crate::agent::REPORT_FIRST_CAP,
+                    );
                     tokio::pin!(settled);
                     loop {
                         tokio::select! {

@@ -134,6 +134,11 @@ pub async fn run(options: &Options) -> Result<Value> {
     };
     let results = write_results(options, &machine, &sizes, &real, &storage)?;
     print_table(&results);
+    // The data dirs and the puppeteer's and simulators' logs, for a look
+    // after the run.
+    if std::env::var_os("GEPPETTO_BENCH_KEEP").is_some() {
+        eprintln!("bench: work dir kept: {}", work.keep().display());
+    }
     Ok(results)
 }
 
@@ -510,7 +515,9 @@ impl Admin {
         every: Duration,
         deadline: Duration,
     ) -> Result<pb::Job> {
-        let until = Instant::now() + deadline;
+        let began = Instant::now();
+        let until = began + deadline;
+        let mut next_trace = Duration::from_secs(5);
         loop {
             let job = self
                 .jobs
@@ -519,6 +526,15 @@ impl Admin {
                 .into_inner();
             if job.state != pb::JobState::Running as i32 {
                 return Ok(job);
+            }
+            // Progress of a long job: where its runs are.
+            if began.elapsed() >= next_trace {
+                let counts: std::collections::BTreeMap<_, _> = job.counts.iter().collect();
+                eprintln!(
+                    "bench:     {:.0}s {counts:?}",
+                    began.elapsed().as_secs_f64()
+                );
+                next_trace += Duration::from_secs(5);
             }
             if Instant::now() > until {
                 anyhow::bail!("job {id} not finished after {deadline:?}: {:?}", job.counts);
@@ -587,11 +603,12 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len() - 1)]
 }
 
-/// Simulated puppets per `puppet simulate` process at most. A puppet holds
-/// two connections while it reports on a run (its reports travel beside its
-/// held poll), so a process of 5,000 needs about 10,000 descriptors: under
-/// an open-file cap of 20,000 (this machine's hard limit, which even root
-/// cannot raise) one process of 10,000 ran out of descriptors in a fan-out.
+/// Simulated puppets per `puppet simulate` process at most. A puppet may
+/// hold two connections (a run lasting past the agent's 2 s report-first
+/// grace reports beside its held poll), so a process of 5,000 needs up to
+/// 10,000 descriptors: under an open-file cap of 20,000 (this machine's hard
+/// limit, which even root cannot raise) one process of 10,000 ran out of
+/// descriptors in a fan-out before the report-first change.
 pub const PUPPETS_PER_PROCESS: u32 = 5_000;
 
 /// The `puppet simulate` processes of a fleet, all labelled `fleet=PREFIX`:
@@ -927,11 +944,19 @@ async fn fan_out(
         .iter()
         .filter(|r| r.state == pb::RunState::Succeeded as i32)
         .count();
+    let mut states = std::collections::BTreeMap::new();
+    for run in &runs {
+        let state = pb::RunState::try_from(run.state)
+            .map(|s| s.as_str_name().to_string())
+            .unwrap_or_else(|_| run.state.to_string());
+        *states.entry(state).or_insert(0u64) += 1;
+    }
     let log_bytes: u64 = runs.iter().map(|r| r.log_length).sum();
     let fanout_s = (last - created) / 1000.0;
     Ok(json!({
         "runs": runs.len(),
         "succeeded": succeeded,
+        "states": states,
         "fanout_s": fanout_s,
         "observed_s": wall_s,
         "runs_per_s": runs.len() as f64 / fanout_s,
