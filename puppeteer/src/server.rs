@@ -2,10 +2,21 @@
 //! (HTTP/1.1), with TLS negotiating both (ALPN `h2` and `http/1.1`).
 //!
 //! tonic's own TLS offers only `h2`, which turns away clients and proxies
-//! that speak HTTP/1.1 only, so TLS is terminated here with tokio-rustls and
-//! the accepted streams are handed to tonic. Handshakes run concurrently and
-//! are bounded in time, so a slow or silent client cannot stall the accept
-//! loop.
+//! that speak HTTP/1.1 only, so TLS is terminated here with tokio-rustls.
+//! The connections are then served with hyper directly rather than by
+//! tonic's server, which does not expose hyper's HTTP/1 buffer settings:
+//! each idle puppet holds a connection, and its buffers are most of the
+//! puppeteer's memory with thousands of puppets (see [`conn`]). tonic still
+//! routes the requests ([`Routes`]).
+//!
+//! Each TLS handshake and each connection is a task owned by the accept
+//! loop; handshakes are bounded in time, so a slow or silent client holds
+//! nothing but its own task. Connections are capped below the
+//! open-file limit ([`connection_cap`]); at the cap, new ones wait in the
+//! kernel's backlog. At shutdown the listener closes at once and each
+//! connection finishes the requests it is answering.
+
+mod conn;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,22 +29,23 @@ use geppetto_proto::v1::puppets_server::PuppetsServer;
 use geppetto_proto::v1::runs_server::RunsServer;
 use geppetto_proto::v1::tasks_server::TasksServer;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tokio::task::JoinSet;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::{JoinError, JoinSet};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_util::sync::CancellationToken;
 use tonic::codec::CompressionEncoding;
-use tonic::transport::Server;
-use tonic::transport::server::Router;
-use tower::layer::util::{Identity, Stack};
+use tonic::service::Routes;
+use tonic::transport::server::Connected as _;
+use tonic_web::{GrpcWebLayer, GrpcWebService};
 
+use self::conn::{ConnService, Http, Protocol};
 use crate::api::{ArtifactsApi, EventsApi, GroupsApi, NotificationsApi, ResourcesApi, ServerApi};
 use crate::api::{
     AuditApi, EnrollTokensApi, JobsApi, MAX_MESSAGE_BYTES, PuppetServiceApi, PuppetsApi, RunsApi,
     Shared, TasksApi, TokensApi, UsersApi,
 };
+use crate::metrics::{CountBytes, CountBytesLayer};
 use geppetto_proto::v1::artifacts_server::ArtifactsServer;
 use geppetto_proto::v1::audit_server::AuditServer;
 use geppetto_proto::v1::events_server::EventsServer;
@@ -48,10 +60,12 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// After shutdown is asked, connections get this long to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-type WebRouter =
-    Router<Stack<tonic_web::GrpcWebLayer, Stack<crate::metrics::CountBytesLayer, Identity>>>;
+/// Every service of the API behind one tower service: the byte counting
+/// outermost (it counts bodies as they travel, gRPC-web included), then
+/// the gRPC-web translation, then tonic's routes.
+type Api = CountBytes<GrpcWebService<Routes>>;
 
-async fn router(state: &Shared) -> Result<WebRouter> {
+async fn api(state: &Shared) -> Result<Api> {
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(geppetto_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -66,16 +80,7 @@ async fn router(state: &Shared) -> Result<WebRouter> {
         .await;
     health_reporter.set_serving::<JobsServer<JobsApi>>().await;
 
-    Ok(Server::builder()
-        .accept_http1(true)
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .tcp_nodelay(true)
-        // Outermost: counts the bytes of bodies as they travel (gRPC-web
-        // included) for the metrics.
-        .layer(crate::metrics::CountBytesLayer::new(&state.metrics))
-        .layer(tonic_web::GrpcWebLayer::new())
-        .add_service(health)
+    let routes = Routes::new(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(
@@ -141,7 +146,12 @@ async fn router(state: &Shared) -> Result<WebRouter> {
             ArtifactsServer::new(ArtifactsApi::new(state.clone()))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .add_service(ServerInfoServer::new(ServerApi::new(state.clone()))))
+        .add_service(ServerInfoServer::new(ServerApi::new(state.clone())))
+        .prepare();
+    Ok(tower::ServiceBuilder::new()
+        .layer(CountBytesLayer::new(&state.metrics))
+        .layer(GrpcWebLayer::new())
+        .service(routes))
 }
 
 /// Serves the API on `listener` until `shutdown` is cancelled. With `tls`
@@ -152,37 +162,16 @@ pub async fn serve(
     tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let router = router(&state).await?;
+    let api = api(&state).await?;
     let sweeper = crate::api::run_sweeper(state.clone(), shutdown.clone());
     let notifier = crate::notify::run_notifier(state.clone(), shutdown.clone());
     let pruner = crate::api::run_pruner(state.clone(), shutdown.clone());
-    let stopped = shutdown.clone();
-    let graceful = async move { stopped.cancelled().await };
+    let serving = serve_connections(listener, api, tls.map(TlsAcceptor::from), shutdown.clone());
     let serving = async {
-        match tls {
-            None => {
-                router
-                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), graceful)
-                    .await
-            }
-            Some(tls) => {
-                let (tx, rx) = mpsc::channel(256);
-                let accepting = accept_tls(listener, TlsAcceptor::from(tls), tx, shutdown.clone());
-                let (served, ()) = tokio::join!(
-                    router.serve_with_incoming_shutdown(ReceiverStream::new(rx), graceful),
-                    accepting
-                );
-                served
-            }
-        }
+        tokio::join!(serving, sweeper, notifier, pruner);
     };
-    let serving = async {
-        let (served, (), (), ()) = tokio::join!(serving, sweeper, notifier, pruner);
-        served
-    };
-    tokio::pin!(serving);
     tokio::select! {
-        result = &mut serving => result?,
+        () = serving => {}
         () = async {
             shutdown.cancelled().await;
             tokio::time::sleep(SHUTDOWN_GRACE).await;
@@ -191,94 +180,40 @@ pub async fn serve(
     Ok(())
 }
 
-/// An accepted TLS connection, which tells tonic its peer address (so that
-/// `Request::remote_addr` works as on plain TCP). It holds its permit of
-/// the connection cap ([`connection_cap`]) until it is closed.
-pub struct TlsConn {
-    stream: TlsStream<TcpStream>,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl tonic::transport::server::Connected for TlsConn {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.get_ref().0.connect_info()
-    }
-}
-
-impl tokio::io::AsyncRead for TlsConn {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for TlsConn {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-}
-
-/// Accepts TCP connections and performs TLS handshakes concurrently, each
-/// bounded by [`HANDSHAKE_TIMEOUT`], passing established streams on.
-async fn accept_tls(
+/// Accepts connections and serves each in its own task until `shutdown`;
+/// then closes the listener and waits for the connections to end.
+/// Dropping this future ends them all.
+async fn serve_connections(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
-    established: mpsc::Sender<std::io::Result<TlsConn>>,
+    api: Api,
+    tls: Option<TlsAcceptor>,
     shutdown: CancellationToken,
 ) {
-    let mut handshakes = JoinSet::new();
+    let http = Http::new();
     let cap = connection_cap(open_file_limit());
     let permits = Arc::new(Semaphore::new(cap));
     tracing::debug!(cap, "connections accepted at most at once");
+    // Two kinds of tasks: TLS handshakes, which hand their stream back, and
+    // connections, each sized for its protocol (see `Http::spawn`). Both
+    // are reaped as they end: an ended task keeps its memory until joined.
+    let mut handshakes: JoinSet<Option<(TlsStream<TcpStream>, OwnedSemaphorePermit)>> =
+        JoinSet::new();
+    let mut connections = JoinSet::new();
     loop {
-        // At the cap, connections wait in the kernel's backlog: descriptors
-        // are kept for the database (sled failed with "Too many open files"
-        // when 10,000 puppets' connections took them all).
-        let permit = tokio::select! {
-            () = shutdown.cancelled() => break,
-            permit = permits.clone().acquire_owned() => permit.expect("never closed"),
-        };
         tokio::select! {
             () = shutdown.cancelled() => break,
-            Some(_) = handshakes.join_next(), if !handshakes.is_empty() => {}
-            accepted = listener.accept() => {
-                let (tcp, peer) = match accepted {
-                    Ok(pair) => pair,
+            Some(ended) = connections.join_next(), if !connections.is_empty() => report(ended),
+            Some(done) = handshakes.join_next(), if !handshakes.is_empty() => {
+                let Some((tls, permit)) = done.unwrap_or_else(|e| { report(Err(e)); None }) else {
+                    continue;
+                };
+                let protocol = Protocol::from_alpn(tls.get_ref().1.alpn_protocol());
+                let service = ConnService::new(api.clone(), tls.get_ref().0.connect_info());
+                http.spawn(&mut connections, tls, protocol, service, permit, shutdown.clone());
+            }
+            (permit, accepted) = next_connection(&listener, &permits) => {
+                let tcp = match accepted {
+                    Ok(tcp) => tcp,
                     Err(e) => {
                         // Out of file descriptors and the like: back off a little.
                         tracing::warn!(error = %e, "accept failed");
@@ -287,24 +222,74 @@ async fn accept_tls(
                     }
                 };
                 let _ = tcp.set_nodelay(true);
-                let acceptor = acceptor.clone();
-                let established = established.clone();
-                handshakes.spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => {
-                            let _ = established.send(Ok(TlsConn {
-                                stream,
-                                _permit: permit,
-                            })).await;
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                match &tls {
+                    None => {
+                        let service = ConnService::new(api.clone(), tcp.connect_info());
+                        let protocol = Protocol::Detect;
+                        http.spawn(&mut connections, tcp, protocol, service, permit, shutdown.clone());
                     }
-                });
+                    Some(acceptor) => {
+                        let (acceptor, shutdown) = (acceptor.clone(), shutdown.clone());
+                        handshakes.spawn(async move {
+                            let tls = handshake(&acceptor, tcp, &shutdown).await?;
+                            Some((tls, permit))
+                        });
+                    }
+                }
             }
         }
     }
+    drop(listener);
     handshakes.shutdown().await;
+    while let Some(ended) = connections.join_next().await {
+        report(ended);
+    }
+}
+
+/// The next connection and its permit of the connection cap. At the cap,
+/// connections wait in the kernel's backlog: descriptors are kept for the
+/// database (sled failed with "Too many open files" when 10,000 puppets'
+/// connections took them all).
+async fn next_connection(
+    listener: &TcpListener,
+    permits: &Arc<Semaphore>,
+) -> (OwnedSemaphorePermit, std::io::Result<TcpStream>) {
+    let permit = permits.clone().acquire_owned().await.expect("never closed");
+    (permit, listener.accept().await.map(|(tcp, _)| tcp))
+}
+
+/// The TLS handshake, bounded by [`HANDSHAKE_TIMEOUT`] and by `shutdown`.
+async fn handshake(
+    acceptor: &TlsAcceptor,
+    tcp: TcpStream,
+    shutdown: &CancellationToken,
+) -> Option<TlsStream<TcpStream>> {
+    let peer = tcp.peer_addr().ok();
+    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+    tokio::select! {
+        () = shutdown.cancelled() => None,
+        done = handshake => match done {
+            Ok(Ok(stream)) => Some(stream),
+            Ok(Err(e)) => {
+                tracing::debug!(?peer, error = %e, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(?peer, "TLS handshake timed out");
+                None
+            }
+        },
+    }
+}
+
+/// A connection's or a handshake's task ends on its own; a panic in it is
+/// logged, and costs only that connection.
+fn report(ended: Result<(), JoinError>) {
+    if let Err(e) = ended
+        && e.is_panic()
+    {
+        tracing::error!(error = %e, "a connection's task panicked");
+    }
 }
 
 /// Descriptors kept free of connections, for the database, the data dir
