@@ -47,6 +47,12 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// from bursts of concurrent calls, and the puppeteer would close them anyway.
 const MAX_IDLE: usize = 8;
 
+/// How long a request waits for an idle connection to be ready before it
+/// opens another. Readiness normally takes microseconds (the connection task
+/// finishing the previous exchange); only a previous request body still
+/// being written could take longer.
+const READY_GRACE: Duration = Duration::from_secs(5);
+
 /// Why a request got no response.
 #[derive(Debug, thiserror::Error)]
 pub enum Http1Error {
@@ -238,7 +244,7 @@ where
 /// The most recently returned idle connection that becomes ready, if any.
 async fn ready_idle<C, B>(shared: &Shared<C, B>) -> Option<SendRequest<B>> {
     while let Some(mut sender) = shared.pop_idle() {
-        if sender.ready().await.is_ok() {
+        if let Ok(Ok(())) = tokio::time::timeout(READY_GRACE, sender.ready()).await {
             return Some(sender);
         }
     }
