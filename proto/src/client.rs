@@ -17,6 +17,9 @@
 //! Connections are kept alive and reused. The puppeteer closes an idle
 //! HTTP/1 connection after 30 s, so the pool drops idle connections sooner
 //! ([`POOL_IDLE_TIMEOUT`]) rather than reuse one the server is closing.
+//! Over HTTP/1.1 a request waits for the connection its previous call is
+//! giving back rather than open another ([`crate::http1`]): an idle puppet
+//! keeps one connection.
 
 use std::fmt;
 use std::path::Path;
@@ -34,6 +37,7 @@ use tonic::body::Body;
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceExt};
 
+use crate::http1::Http1Client;
 use crate::proxy::{ProxyConfig, ProxyConnector, ProxyUrl};
 
 /// Idle connections are dropped after this long, below the server's 30 s.
@@ -248,10 +252,7 @@ impl Channel {
         let inner = match endpoint.transport {
             Transport::GrpcWeb => {
                 let connector = builder.enable_http1().wrap_connector(connector);
-                let client = Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-                    .pool_timer(TokioTimer::new())
-                    .build(connector);
+                let client = Http1Client::new(connector, POOL_IDLE_TIMEOUT);
                 let service = tower::ServiceBuilder::new()
                     .layer(tonic_web::GrpcWebClientLayer::new())
                     .service(client)
@@ -333,7 +334,7 @@ impl Service<Request<Body>> for Channel {
 /// A failure to reach the puppeteer through the proxy becomes `Unavailable`
 /// with the proxy's story as its message (a puppet logs the message) and as
 /// its source (the CLI reads the source); other errors go through unchanged.
-fn transport_error(error: hyper_util::client::legacy::Error) -> BoxError {
+fn transport_error<E: std::error::Error + Send + Sync + 'static>(error: E) -> BoxError {
     match crate::proxy::find_proxy_error(&error) {
         Some(proxy) => {
             let mut status = tonic::Status::unavailable(proxy.to_string());

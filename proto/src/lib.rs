@@ -7,6 +7,7 @@
 //! the CLI.
 
 pub mod client;
+pub mod http1;
 pub mod proxy;
 
 /// The generated messages, clients and servers of `geppetto.v1`.

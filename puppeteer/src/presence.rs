@@ -121,14 +121,15 @@ impl Presences {
     /// Of `names`, those the sweeper's presence pass must look at: all but
     /// the puppets holding a poll whose stored presence is already online.
     /// One lock of each map for the whole pass, not two per puppet.
-    pub fn unsettled(&self, names: Vec<String>) -> Vec<String> {
+    pub fn unsettled(&self, names: &[String]) -> Vec<String> {
         let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         let reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
         names
-            .into_iter()
+            .iter()
             .filter(|name| {
-                !(held.contains_key(name) && reported.get(name) == Some(&Presence::Online))
+                !(held.contains_key(*name) && reported.get(*name) == Some(&Presence::Online))
             })
+            .cloned()
             .collect()
     }
 
@@ -203,15 +204,15 @@ mod tests {
     fn only_puppets_not_known_online_and_polling_are_unsettled() {
         let presences = Presences::default();
         let names = || vec!["a".to_string(), "b".to_string(), "c".to_string()];
-        assert_eq!(presences.unsettled(names()), names());
+        assert_eq!(presences.unsettled(&names()), names());
         let _a = presences.hold("a", 1);
         let _b = presences.hold("b", 1);
         presences.set_reported("a", Some(Presence::Online));
         presences.set_reported("c", Some(Presence::Online));
         // a: polling and stored online; b: polling, stored unknown; c: not polling.
-        assert_eq!(presences.unsettled(names()), vec!["b", "c"]);
+        assert_eq!(presences.unsettled(&names()), vec!["b", "c"]);
         drop(_a);
-        assert_eq!(presences.unsettled(names()), names());
+        assert_eq!(presences.unsettled(&names()), names());
     }
 
     #[test]

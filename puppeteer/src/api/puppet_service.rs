@@ -279,7 +279,8 @@ impl PuppetService for PuppetServiceApi {
         &self,
         request: Request<pb::PollRequest>,
     ) -> Result<Response<pb::PollResponse>, Status> {
-        let name = self.state.auth.puppet(&self.state.store, &request)?;
+        let authenticated = self.state.auth.puppet_record(&self.state.store, &request)?;
+        let name = authenticated.name.clone();
         let hold = self.hold_for(&request, request.get_ref().hold.as_ref());
         let req = request.into_inner();
         let store = &self.state.store;
@@ -293,7 +294,12 @@ impl PuppetService for PuppetServiceApi {
                 p.facts = facts.clone();
                 Ok(())
             })?,
-            None => store.get_puppet(&name)?,
+            // The record authentication just read, as `get_puppet` would
+            // give it after the touch, without decoding it again.
+            None => Puppet {
+                last_seen: authenticated.last_seen.max(Some(now)),
+                ..authenticated
+            },
         };
         self.state.presences.note_path(
             &name,

@@ -37,7 +37,7 @@ impl AppState {
         use crate::presence::Presence;
         // A puppet holding a poll is online: nothing to do if that is what
         // was last stored, and no record to decode.
-        for name in self.presences.unsettled(self.store.puppet_names()?) {
+        for name in self.presences.unsettled(&self.store.puppet_names()?) {
             // With the stored presence mirrored and the last poll in the
             // seen tree (every poll writes it), the presence is judged
             // without decoding the record: only a change needs it.
