@@ -184,6 +184,10 @@ async fn a_proxy_closing_every_connection_before_the_hold_ends_loses_nothing() {
     // is slowed to span several connection lifetimes.
     rig.proxy.set_max_age(Some(Duration::from_secs(2)));
     rig.proxy.set_rate(Some(400_000));
+    // The age limit holds for connections made from now on: the puppet's
+    // connection (reused for every poll) is cut so that its next one is aged.
+    rig.proxy.cut_all();
+    let cut_before = rig.proxy.stats().cut;
     rig.task("t", TWO_MIB, "", 0).await;
     let run_id = rig.launch("t").await;
     let run = rig.wait_succeeded(&run_id).await;
@@ -192,7 +196,7 @@ async fn a_proxy_closing_every_connection_before_the_hold_ends_loses_nothing() {
     // Held polls are cut too (the run reported before the next poll, so
     // its upload may have fitted in one connection's life).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while rig.proxy.stats().cut < 2 {
+    while rig.proxy.stats().cut < cut_before + 2 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "no held poll was cut: {:?}",
@@ -337,6 +341,8 @@ async fn chunks_shrink_until_they_fit_in_short_lived_connections() {
     let rig = Rig::start(&["--poll-timeout", "5s"], &[]).await;
     rig.proxy.set_max_age(Some(Duration::from_secs(1)));
     rig.proxy.set_rate(Some(128_000));
+    // The puppet reuses its connection: cut it, so every later one is aged.
+    rig.proxy.cut_all();
     rig.task("t", ONE_MIB, "", 0).await;
     let run_id = rig.launch("t").await;
     let run = rig.wait_succeeded(&run_id).await;
