@@ -18,6 +18,8 @@
 
 mod conn;
 
+pub(crate) use conn::parse_grpc_timeout;
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -200,18 +200,7 @@ impl PuppetServiceApi {
 
 /// The caller's deadline from its `grpc-timeout` header.
 fn grpc_timeout<T>(request: &Request<T>) -> Option<Duration> {
-    let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
-    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n * 3600),
-        "M" => Duration::from_secs(n * 60),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
+    crate::server::parse_grpc_timeout(request.metadata().get("grpc-timeout")?.to_str().ok()?)
 }
 
 #[tonic::async_trait]

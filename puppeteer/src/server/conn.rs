@@ -241,7 +241,11 @@ impl<S: ApiService> hyper::service::Service<Request<Incoming>> for ConnService<S
 /// HTTP/2 spec: at most 8 digits and a unit. Ignored when malformed, as
 /// tonic did.
 fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    parse_grpc_timeout(headers.get("grpc-timeout")?.to_str().ok()?)
+}
+
+/// A `grpc-timeout` header's value as a duration (see [`grpc_timeout`]).
+pub(crate) fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     let digits = value.get(..value.len().checked_sub(1)?)?;
     if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
