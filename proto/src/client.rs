@@ -6,7 +6,8 @@
 //! by default), in one of two ways:
 //!
 //! - [`Transport::GrpcWeb`]: gRPC-web over HTTP/1.1. TLS offers only
-//!   `http/1.1` in ALPN. This crosses HTTP proxies and middleboxes that break
+//!   `http/1.1` in ALPN (set here: hyper-rustls offers none for HTTP/1).
+//!   This crosses HTTP proxies and middleboxes that break
 //!   HTTP/2, and trailers travel inside the body. It is the puppet's default.
 //! - [`Transport::Grpc`]: native gRPC over HTTP/2 (ALPN `h2`), multiplexed on
 //!   one connection. It is the CLI's default.
@@ -245,13 +246,15 @@ impl Channel {
         http.set_nodelay(true);
         http.set_keepalive(Some(Duration::from_secs(60)));
         let connector = ProxyConnector::new(http, proxy.clone());
-        let builder = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http();
 
         let inner = match endpoint.transport {
             Transport::GrpcWeb => {
-                let connector = builder.enable_http1().wrap_connector(connector);
+                // hyper-rustls offers no ALPN for an HTTP/1-only connector;
+                // offering `http/1.1` spares the server guessing the
+                // protocol from the first bytes (and its cost per connection).
+                let mut tls = tls;
+                tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+                let connector = hyper_rustls::HttpsConnector::from((connector, tls));
                 let client = Http1Client::new(connector, POOL_IDLE_TIMEOUT);
                 let service = tower::ServiceBuilder::new()
                     .layer(tonic_web::GrpcWebClientLayer::new())
@@ -261,7 +264,11 @@ impl Channel {
                 BoxCloneSyncService::new(service)
             }
             Transport::Grpc => {
-                let connector = builder.enable_http2().wrap_connector(connector);
+                let connector = hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config(tls)
+                    .https_or_http()
+                    .enable_http2()
+                    .wrap_connector(connector);
                 let client = Client::builder(TokioExecutor::new())
                     .http2_only(true)
                     .timer(TokioTimer::new())

@@ -139,3 +139,46 @@ async fn grpc_web_over_http1_from_a_client_offering_only_http1() {
     let _ = driver.await;
     server.stop().await;
 }
+
+/// The protocol each client transport offers in TLS's ALPN, as a server
+/// offering both sees it: gRPC-web says `http/1.1` (so the server need not
+/// guess the protocol from the first bytes), native gRPC says `h2`.
+#[tokio::test]
+async fn each_transport_names_its_protocol_in_alpn() {
+    use geppetto_proto::client::{Channel, Endpoint, TokenSlot};
+    use geppetto_proto::v1::tasks_client::TasksClient;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (files, _) = puppeteer::pki::ensure_local_tls(dir.path(), &["localhost".into()]).unwrap();
+    let acceptor =
+        tokio_rustls::TlsAcceptor::from(puppeteer::pki::server_tls_config(&files).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    for (transport, expected) in [
+        (Transport::GrpcWeb, &b"http/1.1"[..]),
+        (Transport::Grpc, &b"h2"[..]),
+    ] {
+        let endpoint = Endpoint {
+            url: format!("https://localhost:{port}"),
+            ca_file: files.ca.clone(),
+            transport,
+        };
+        let mut client = TasksClient::new(Channel::new(&endpoint, TokenSlot::default()).unwrap());
+        // The call fails when the connection is dropped; only the handshake
+        // matters here.
+        let call = tokio::spawn(async move {
+            let _ = client
+                .list_tasks(geppetto_proto::v1::ListTasksRequest {})
+                .await;
+        });
+        let (tcp, _) = listener.accept().await.unwrap();
+        let tls = acceptor.accept(tcp).await.expect("TLS handshake");
+        assert_eq!(
+            tls.get_ref().1.alpn_protocol(),
+            Some(expected),
+            "{transport:?}"
+        );
+        drop(tls);
+        call.await.unwrap();
+    }
+}
