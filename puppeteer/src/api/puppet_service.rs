@@ -5,6 +5,8 @@
 //! is answered is flushed to disk first.
 
 use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use geppetto_proto::v1 as pb;
@@ -28,6 +30,23 @@ const DEADLINE_MARGIN: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone)]
 pub struct PuppetServiceApi {
     state: Shared,
+}
+
+/// What a held poll keeps while it waits. Every idle puppet holds a poll,
+/// so this is kept small: the puppet's record is not part of it.
+struct Waiting {
+    name: String,
+    hold: Duration,
+    held_since: tokio::time::Instant,
+    deadline: tokio::time::Instant,
+    free_slots: u32,
+    known: HashSet<String>,
+    finishing: HashSet<String>,
+    /// Runs executing when the poll was sent: their end frees a slot.
+    executing_at_start: Vec<String>,
+    notify: std::sync::Arc<tokio::sync::Notify>,
+    /// Marks the puppet as holding a poll until the answer.
+    _held: crate::presence::HeldPoll,
 }
 
 impl PuppetServiceApi {
@@ -119,6 +138,147 @@ impl PuppetServiceApi {
             task_version: run.task_version,
             spec: Some(spec_to(&job.spec)),
         })
+    }
+
+    /// What a poll does before it waits: authenticates the puppet, notes
+    /// that it was seen (and its new facts), and gathers what the hold
+    /// needs. Returns that with the puppet's record.
+    fn begin_poll(&self, request: Request<pb::PollRequest>) -> ApiResult<(Waiting, Box<Puppet>)> {
+        let authenticated = self.state.auth.puppet_record(&self.state.store, &request)?;
+        let name = authenticated.name.clone();
+        let hold = self.hold_for(&request, request.get_ref().hold.as_ref());
+        let req = request.into_inner();
+        let store = &self.state.store;
+        let now = Millis::now();
+        // The record is rewritten only for new facts; the time of the poll
+        // alone goes to the small `seen` record (see `Store::touch_puppet`).
+        store.touch_puppet(&name, now)?;
+        let puppet = match req.facts.map(facts_from) {
+            Some(facts) => store.update_puppet(&name, |p| {
+                p.last_seen = Some(now);
+                p.facts = facts.clone();
+                Ok(())
+            })?,
+            // The record authentication just read, as `get_puppet` would
+            // give it after the touch, without decoding it again.
+            None => Puppet {
+                last_seen: authenticated.last_seen.max(Some(now)),
+                ..authenticated
+            },
+        };
+        self.state.presences.note_path(
+            &name,
+            crate::presence::PollPath {
+                hold,
+                polls_cut: req.polls_cut,
+            },
+        );
+        let held = self.state.presences.hold(&name, req.free_slots);
+        let known: HashSet<String> = req.known_runs.into_iter().collect();
+        let finishing: HashSet<String> = req.finishing_runs.into_iter().collect();
+        // Runs executing when the poll was sent: their end frees a slot.
+        let executing_at_start: Vec<String> = store
+            .active_runs(&name)?
+            .into_iter()
+            .filter(|r| known.contains(&r.id) && !finishing.contains(&r.id))
+            .map(|r| r.id)
+            .collect();
+        let held_since = tokio::time::Instant::now();
+        let waiting = Waiting {
+            notify: self.state.hub.subscribe(&puppet_key(&name)),
+            name,
+            hold,
+            deadline: held_since + hold,
+            held_since,
+            free_slots: req.free_slots,
+            known,
+            finishing,
+            executing_at_start,
+            _held: held,
+        };
+        Ok((waiting, Box::new(puppet)))
+    }
+
+    /// Holds a poll until there is news for the puppet (then answers it) or
+    /// the hold ends (then answers empty). Only `Waiting` and the wake-up's
+    /// futures are kept while it waits; the puppet's record is read again
+    /// after each wake-up.
+    async fn hold_poll(
+        &self,
+        waiting: Waiting,
+        puppet: Box<Puppet>,
+    ) -> Result<Response<pb::PollResponse>, Status> {
+        let store = &self.state.store;
+        let mut first = Some(puppet);
+        loop {
+            let notified = waiting.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(mut answer) = self.answer_now(&waiting, first.take())? {
+                answer.hold = Some(dur(waiting.hold));
+                // Boxed: only an answered poll needs room for the flush,
+                // not every held one.
+                Box::pin(store.flush()).await.map_err(ApiError::from)?;
+                self.state.metrics.poll_held(waiting.held_since.elapsed());
+                return Ok(Response::new(answer));
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(waiting.deadline) => break,
+                _ = self.state.shutdown.cancelled() => break,
+            }
+        }
+        store.touch_puppet(&waiting.name, Millis::now())?;
+        self.state.metrics.poll_held(waiting.held_since.elapsed());
+        Ok(Response::new(pb::PollResponse {
+            assignments: vec![],
+            cancel_runs: vec![],
+            server_time: Some(ts(Millis::now())),
+            hold: Some(dur(waiting.hold)),
+            new_credential: String::new(),
+        }))
+    }
+
+    /// The answer to a held poll if there is news for the puppet now.
+    /// `puppet` is its record when just read; otherwise it is read again,
+    /// as its state may have changed (disabled, enabled, removed, revoked).
+    fn answer_now(
+        &self,
+        waiting: &Waiting,
+        puppet: Option<Box<Puppet>>,
+    ) -> ApiResult<Option<pb::PollResponse>> {
+        let store = &self.state.store;
+        let puppet = match puppet {
+            Some(puppet) => *puppet,
+            None => match store.get_puppet(&waiting.name) {
+                Ok(p) if !p.revoked => p,
+                Ok(_) | Err(StoreError::NotFound { .. }) => {
+                    return Err(ApiError::Unauthenticated(
+                        "this puppet's credential was revoked".into(),
+                    ));
+                }
+                Err(e) => return Err(e.into()),
+            },
+        };
+        let freed = if waiting.executing_at_start.is_empty() {
+            0
+        } else {
+            let runs = store.get_runs(&waiting.executing_at_start)?;
+            runs.iter().filter(|r| r.state.is_terminal()).count() as u32
+        };
+        let no_resources = std::collections::HashMap::new();
+        let no_gates = std::collections::HashMap::new();
+        let no_jobs = HashSet::new();
+        let report = PollReport {
+            available: &no_resources,
+            gates: &no_gates,
+            ordered_jobs: &no_jobs,
+            free_slots: waiting.free_slots,
+            known: &waiting.known,
+            finishing: &waiting.finishing,
+            freed_during_hold: freed,
+        };
+        self.try_answer(&puppet, &report, Millis::now())
     }
 
     /// Plans the poll and stores its decisions. Returns the answer if there
@@ -264,107 +424,24 @@ impl PuppetService for PuppetServiceApi {
         }))
     }
 
-    async fn poll(
-        &self,
+    // Spelled as `#[async_trait]` would expand it, but not `async`: an async
+    // fn's future keeps its arguments (the request) for its whole life, and
+    // every idle puppet holds a poll. The work before the hold runs here;
+    // the future is only the hold (`hold_poll`, about 1 KB; 3.4 KB before).
+    fn poll<'life0, 'async_trait>(
+        &'life0 self,
         request: Request<pb::PollRequest>,
-    ) -> Result<Response<pb::PollResponse>, Status> {
-        let authenticated = self.state.auth.puppet_record(&self.state.store, &request)?;
-        let name = authenticated.name.clone();
-        let hold = self.hold_for(&request, request.get_ref().hold.as_ref());
-        let req = request.into_inner();
-        let store = &self.state.store;
-        let now = Millis::now();
-        // The record is rewritten only for new facts; the time of the poll
-        // alone goes to the small `seen` record (see `Store::touch_puppet`).
-        store.touch_puppet(&name, now)?;
-        let mut puppet = match req.facts.map(facts_from) {
-            Some(facts) => store.update_puppet(&name, |p| {
-                p.last_seen = Some(now);
-                p.facts = facts.clone();
-                Ok(())
-            })?,
-            // The record authentication just read, as `get_puppet` would
-            // give it after the touch, without decoding it again.
-            None => Puppet {
-                last_seen: authenticated.last_seen.max(Some(now)),
-                ..authenticated
-            },
-        };
-        self.state.presences.note_path(
-            &name,
-            crate::presence::PollPath {
-                hold,
-                polls_cut: req.polls_cut,
-            },
-        );
-        let _held = self.state.presences.hold(&name, req.free_slots);
-        let known: HashSet<String> = req.known_runs.into_iter().collect();
-        let finishing: HashSet<String> = req.finishing_runs.into_iter().collect();
-        // Runs executing when the poll was sent: their end frees a slot.
-        let executing_at_start: Vec<String> = store
-            .active_runs(&name)?
-            .into_iter()
-            .filter(|r| known.contains(&r.id) && !finishing.contains(&r.id))
-            .map(|r| r.id)
-            .collect();
-        let held_since = tokio::time::Instant::now();
-        let deadline = held_since + hold;
-        let notify = self.state.hub.subscribe(&puppet_key(&name));
-        loop {
-            let notified = notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let now = Millis::now();
-            let freed = if executing_at_start.is_empty() {
-                0
-            } else {
-                let runs = store.get_runs(&executing_at_start)?;
-                runs.iter().filter(|r| r.state.is_terminal()).count() as u32
-            };
-            let no_resources = std::collections::HashMap::new();
-            let no_gates = std::collections::HashMap::new();
-            let no_jobs = HashSet::new();
-            let report = PollReport {
-                available: &no_resources,
-                gates: &no_gates,
-                ordered_jobs: &no_jobs,
-                free_slots: req.free_slots,
-                known: &known,
-                finishing: &finishing,
-                freed_during_hold: freed,
-            };
-            if let Some(mut answer) = self.try_answer(&puppet, &report, now)? {
-                answer.hold = Some(dur(hold));
-                store.flush().await.map_err(ApiError::from)?;
-                self.state.metrics.poll_held(held_since.elapsed());
-                return Ok(Response::new(answer));
-            }
-            tokio::select! {
-                _ = &mut notified => {}
-                _ = tokio::time::sleep_until(deadline) => break,
-                _ = self.state.shutdown.cancelled() => break,
-            }
-            // Its state may have changed (disabled, enabled, removed, revoked).
-            puppet = match store.get_puppet(&name) {
-                Ok(p) if !p.revoked => p,
-                Ok(_) | Err(StoreError::NotFound { .. }) => {
-                    return Err(ApiError::Unauthenticated(
-                        "this puppet's credential was revoked".into(),
-                    )
-                    .into());
-                }
-                Err(e) => return Err(e.into()),
-            };
+    ) -> Pin<
+        Box<dyn Future<Output = Result<Response<pb::PollResponse>, Status>> + Send + 'async_trait>,
+    >
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        match self.begin_poll(request) {
+            Ok((waiting, puppet)) => Box::pin(self.hold_poll(waiting, puppet)),
+            Err(e) => Box::pin(std::future::ready(Err(e.into()))),
         }
-        store.touch_puppet(&name, Millis::now())?;
-        self.state.metrics.poll_held(held_since.elapsed());
-        Ok(Response::new(pb::PollResponse {
-            assignments: vec![],
-            cancel_runs: vec![],
-            server_time: Some(ts(Millis::now())),
-            hold: Some(dur(hold)),
-            new_credential: String::new(),
-        }))
     }
 
     async fn start_run(
