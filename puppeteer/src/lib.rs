@@ -22,6 +22,7 @@ pub mod config;
 pub mod domain;
 pub mod hub;
 pub mod ids;
+pub mod memory;
 pub mod metrics;
 pub mod notify;
 pub mod pki;

@@ -168,9 +168,10 @@ pub async fn serve(
     let sweeper = crate::api::run_sweeper(state.clone(), shutdown.clone());
     let notifier = crate::notify::run_notifier(state.clone(), shutdown.clone());
     let pruner = crate::api::run_pruner(state.clone(), shutdown.clone());
+    let trimmer = crate::memory::run_trimmer(shutdown.clone());
     let serving = serve_connections(listener, api, tls.map(TlsAcceptor::from), shutdown.clone());
     let serving = async {
-        tokio::join!(serving, sweeper, notifier, pruner);
+        tokio::join!(serving, sweeper, notifier, pruner, trimmer);
     };
     tokio::select! {
         () = serving => {}
