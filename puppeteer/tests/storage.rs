@@ -149,6 +149,25 @@ async fn every_kind_of_duplicate_report_is_counted_and_exposed() {
     assert_eq!(counted("start_run"), 1.0, "{text}");
     assert_eq!(counted("append_log"), 2.0, "{text}");
     assert_eq!(counted("finish_run"), 2.0, "{text}");
+    // The resends changed nothing: the run's end is counted once, and the
+    // job's end (announced at the first report) once.
+    assert_eq!(
+        sample(&text, r#"geppetto_runs_finished_total{state="succeeded"}"#),
+        1.0,
+        "{text}"
+    );
+    let mut events = pb::events_client::EventsClient::new(admin.channel.clone());
+    let job_ends = events
+        .list_events(pb::WatchEventsRequest {
+            kinds: vec!["job.".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert_eq!(job_ends.len(), 1, "{job_ends:?}");
+    assert_eq!(job_ends[0].kind, "job.succeeded", "{job_ends:?}");
     server.stop().await;
 }
 

@@ -41,6 +41,23 @@ impl AppState {
         }
     }
 
+    /// After a report that changed nothing: announces the job's end only if
+    /// no end of it was ever announced (cheap: the job is cached). A
+    /// resend never ends a job, so a job whose end was announced needs no
+    /// second look.
+    pub fn announce_unreported_job_end(&self, job_id: &str) {
+        let unreported = match self.store.job(job_id) {
+            Ok(job) => job.reported_end.is_none(),
+            Err(e) => {
+                tracing::error!(job = job_id, error = %e, "cannot read the job of a run");
+                return;
+            }
+        };
+        if unreported && let Err(e) = self.announce_job_end(job_id) {
+            tracing::error!(job = job_id, error = %e, "cannot announce the end of a job");
+        }
+    }
+
     /// Announces a job's end (once per end state) when all its runs ended.
     pub fn announce_job_end(&self, job_id: &str) -> ApiResult<()> {
         use crate::scheduler::JobState;

@@ -608,9 +608,17 @@ impl PuppetService for PuppetServiceApi {
         })?;
         self.state.store.flush().await.map_err(ApiError::from)?;
         if duplicate.get() {
+            // A resend changed nothing: no one to wake, and the run's end is
+            // not counted twice. Only a job end never announced (the
+            // puppeteer stopped between storing the run's end and announcing
+            // the job's) is announced now. Re-checking a finished job at every
+            // resend read all its runs each time: at the end of a fan-out to
+            // 10,000 puppets, resends of slow answers stalled the puppeteer.
             self.state.metrics.duplicate_report("finish_run");
+            self.state.announce_unreported_job_end(&run.job_id);
+        } else {
+            self.state.ended(std::slice::from_ref(&run));
         }
-        self.state.ended(std::slice::from_ref(&run));
         // A poll held while this run executed can now offer the next one.
         self.state.hub.wake(&puppet_key(&name));
         Ok(Response::new(pb::FinishRunResponse {
