@@ -84,6 +84,19 @@ fn finish(run_id: &str, log_length: u64) -> pb::FinishRunRequest {
     }
 }
 
+/// The kept events of a kind (exact, or a prefix ending in ".").
+async fn events_of_kind(admin: &common::Admin, kind: &str) -> Vec<pb::Event> {
+    pb::events_client::EventsClient::new(admin.channel.clone())
+        .list_events(pb::WatchEventsRequest {
+            kinds: vec![kind.into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events
+}
+
 #[tokio::test]
 async fn every_kind_of_duplicate_report_is_counted_and_exposed() {
     let server = TestServer::start_with(|c| {
@@ -156,16 +169,7 @@ async fn every_kind_of_duplicate_report_is_counted_and_exposed() {
         1.0,
         "{text}"
     );
-    let mut events = pb::events_client::EventsClient::new(admin.channel.clone());
-    let job_ends = events
-        .list_events(pb::WatchEventsRequest {
-            kinds: vec!["job.".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .events;
+    let job_ends = events_of_kind(&admin, "job.").await;
     assert_eq!(job_ends.len(), 1, "{job_ends:?}");
     assert_eq!(job_ends[0].kind, "job.succeeded", "{job_ends:?}");
     server.stop().await;
@@ -415,7 +419,6 @@ async fn durability_cost_of_acknowledgements() {
 
 #[tokio::test]
 async fn retention_prunes_the_oldest_finished_jobs_with_runs_and_logs() {
-    use geppetto_proto::v1::events_client::EventsClient;
     use geppetto_proto::v1::server_client::ServerClient;
 
     let server = TestServer::start_with(|c| {
@@ -505,16 +508,7 @@ async fn retention_prunes_the_oldest_finished_jobs_with_runs_and_logs() {
     assert_eq!(runs.len(), 1, "{runs:?}");
 
     // What was pruned is in the event stream and in the server info.
-    let mut events = EventsClient::new(admin.channel.clone());
-    let pruned = events
-        .list_events(pb::WatchEventsRequest {
-            kinds: vec!["job.pruned".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .events;
+    let pruned = events_of_kind(&admin, "job.pruned").await;
     let pruned_jobs: Vec<&str> = pruned.iter().map(|e| e.job_id.as_str()).collect();
     assert_eq!(
         pruned_jobs,
