@@ -525,18 +525,15 @@ pub struct CountBytes<S> {
     response_bytes: Counter,
 }
 
-type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
-
 impl<S, ResBody> tower::Service<http::Request<tonic::body::Body>> for CountBytes<S>
 where
     S: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<ResBody>>,
-    S::Future: Send + 'static,
     ResBody: hyper::body::Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<tonic::codegen::StdError>,
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
-    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+    type Future = CountBytesFuture<S::Future>;
 
     fn poll_ready(
         &mut self,
@@ -546,28 +543,60 @@ where
     }
 
     fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
-        use http_body_util::BodyExt as _;
         let counted = self.request_bytes.clone();
-        let req = req.map(|body| {
-            tonic::body::Body::new(body.map_frame(move |frame| {
-                if let Some(data) = frame.data_ref() {
-                    counted.inc_by(data.len() as u64);
-                }
-                frame
-            }))
-        });
-        let counted = self.response_bytes.clone();
-        let future = self.inner.call(req);
-        Box::pin(async move {
-            let response = future.await?;
-            Ok(response.map(|body| {
-                tonic::body::Body::new(body.map_frame(move |frame| {
-                    if let Some(data) = frame.data_ref() {
-                        counted.inc_by(data.len() as u64);
-                    }
-                    frame
-                }))
-            }))
-        })
+        let req = req.map(|body| tonic::body::Body::new(count_frames(body, counted)));
+        CountBytesFuture {
+            inner: self.inner.call(req),
+            response_bytes: self.response_bytes.clone(),
+        }
     }
+}
+
+pin_project_lite::pin_project! {
+    /// The answer of [`CountBytes`]: its inner service's, with the
+    /// response body counted. A plain future rather than a boxed async
+    /// block: a held poll keeps it for its whole hold.
+    pub struct CountBytesFuture<F> {
+        #[pin]
+        inner: F,
+        response_bytes: Counter,
+    }
+}
+
+impl<F, ResBody, E> std::future::Future for CountBytesFuture<F>
+where
+    F: std::future::Future<Output = Result<http::Response<ResBody>, E>>,
+    ResBody: hyper::body::Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<tonic::codegen::StdError>,
+{
+    type Output = Result<http::Response<tonic::body::Body>, E>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        let response = std::task::ready!(this.inner.poll(cx))?;
+        let counted = this.response_bytes.clone();
+        std::task::Poll::Ready(Ok(
+            response.map(|body| tonic::body::Body::new(count_frames(body, counted)))
+        ))
+    }
+}
+
+/// `body`, adding the size of each of its data frames to `counted`.
+fn count_frames<B>(
+    body: B,
+    counted: Counter,
+) -> impl hyper::body::Body<Data = Bytes, Error = B::Error>
+where
+    B: hyper::body::Body<Data = Bytes>,
+{
+    use http_body_util::BodyExt as _;
+    body.map_frame(move |frame| {
+        if let Some(data) = frame.data_ref() {
+            counted.inc_by(data.len() as u64);
+        }
+        frame
+    })
 }

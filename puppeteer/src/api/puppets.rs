@@ -165,15 +165,21 @@ impl Puppets for PuppetsApi {
                 .authorize(&self.state.store, &request, "Puppets/ListPuppets");
         caller?;
         let selector = Selector::parse(&request.get_ref().selector).map_err(ApiError::from)?;
-        let puppets = self
-            .state
-            .store
-            .list_puppets()
-            .map_err(ApiError::from)?
-            .iter()
-            .filter(|p| selector.matches(&p.labels()))
-            .map(|p| self.view(p))
-            .collect::<ApiResult<_>>()?;
+        // Off the async threads: a listing reads every puppet and its
+        // active runs, and with 10,000 puppets the polls and reports
+        // waiting behind it would wait that long.
+        let api = self.clone();
+        let puppets = tokio::task::spawn_blocking(move || {
+            api.state
+                .store
+                .list_puppets()?
+                .iter()
+                .filter(|p| selector.matches(&p.labels()))
+                .map(|p| api.view(p))
+                .collect::<ApiResult<_>>()
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
         Ok(Response::new(pb::ListPuppetsResponse { puppets }))
     }
 

@@ -18,8 +18,10 @@ use std::convert::Infallible;
 use std::fmt::Display;
 use std::future::Future;
 use std::pin::Pin;
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
+use futures_util::future::Either;
 use http::{HeaderMap, Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -32,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::body::Body;
 use tonic::transport::server::TcpConnectInfo;
 use tower::ServiceExt as _;
+use tower::util::Oneshot;
 
 /// The most an HTTP/1 connection buffers, reading or writing: hyper's
 /// smallest allowed value (its default is about 400 KiB). A read buffer
@@ -212,28 +215,61 @@ impl<S> ConnService<S> {
     }
 }
 
-type Answer = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+/// What [`ConnService`] calls: the API's answer, or (for an API not ready
+/// at once, which tonic's services always are) the API called once ready.
+type Called<S> =
+    Either<<S as tower::Service<Request<Body>>>::Future, Pin<Box<Oneshot<S, Request<Body>>>>>;
 
 impl<S: ApiService> hyper::service::Service<Request<Incoming>> for ConnService<S> {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = Answer;
+    type Future = Answer<Called<S>>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         let mut request = request.map(Body::new);
         request.extensions_mut().insert(self.peer.clone());
         let deadline = grpc_timeout(request.headers());
-        let answer = self.api.clone().oneshot(request);
-        Box::pin(async move {
-            let Some(deadline) = deadline else {
-                return answer.await;
-            };
-            match tokio::time::timeout(deadline, answer).await {
-                Ok(answered) => answered,
+        let mut api = self.api.clone();
+        let answer = match api.poll_ready(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(())) => Either::Left(api.call(request)),
+            Poll::Ready(Err(never)) => match never {},
+            Poll::Pending => Either::Right(Box::pin(api.oneshot(request))),
+        };
+        match deadline {
+            None => Answer::Plain { answer },
+            Some(deadline) => Answer::Deadline {
+                answer: tokio::time::timeout(deadline, answer),
+            },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The answer to one request, within the client's deadline if it set
+    /// one. Not boxed: hyper keeps it in its own box, for as long as a
+    /// poll is held.
+    #[project = AnswerProjection]
+    pub enum Answer<F> {
+        Plain { #[pin] answer: F },
+        Deadline { #[pin] answer: tokio::time::Timeout<F> },
+    }
+}
+
+impl<F> Future for Answer<F>
+where
+    F: Future<Output = Result<Response<Body>, Infallible>>,
+{
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            AnswerProjection::Plain { answer } => answer.poll(cx),
+            AnswerProjection::Deadline { answer } => match ready!(answer.poll(cx)) {
+                Ok(answered) => Poll::Ready(answered),
                 // What tonic's server answered (its `TimeoutExpired`).
-                Err(_) => Ok(tonic::Status::cancelled("Timeout expired").into_http()),
-            }
-        })
+                Err(_) => Poll::Ready(Ok(tonic::Status::cancelled("Timeout expired").into_http())),
+            },
+        }
     }
 }
 
