@@ -180,7 +180,7 @@ pub async fn start(config: Config) -> Result<Running> {
         metrics: Default::default(),
         blobs,
         budgets: Default::default(),
-        job_cursors: Default::default(),
+        job_ends: Default::default(),
     });
     // The metrics listener stops with the server, whether asked to or not.
     let metrics_stop = shutdown.child_token();

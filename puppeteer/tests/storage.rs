@@ -175,6 +175,69 @@ async fn every_kind_of_duplicate_report_is_counted_and_exposed() {
     server.stop().await;
 }
 
+/// The end of a job is announced once per end, and again after a retry
+/// reopened it: the puppeteer's memory of announced ends is forgotten when
+/// a run of the job is queued again.
+#[tokio::test]
+async fn a_retried_job_announces_its_new_end() {
+    let server = TestServer::start_with(|c| c.poll_timeout = Duration::from_secs(1)).await;
+    let (mut puppet, run_id) = started_run(&server, "false").await;
+    let failed = pb::FinishRunRequest {
+        exit_code: 1,
+        ..finish(&run_id, 0)
+    };
+    for _ in 0..2 {
+        puppet.client.finish_run(failed.clone()).await.unwrap();
+    }
+    let mut admin = server.admin();
+    let kinds = |events: Vec<pb::Event>| events.into_iter().map(|e| e.kind).collect::<Vec<_>>();
+    assert_eq!(kinds(events_of_kind(&admin, "job.").await), ["job.failed"]);
+
+    let run = admin
+        .runs
+        .get_run(pb::GetRunRequest { id: run_id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    admin
+        .jobs
+        .retry_job(pb::RetryJobRequest {
+            id: run.job_id,
+            only: "failed".into(),
+        })
+        .await
+        .unwrap();
+    let polled = puppet.poll(1, &[]).await;
+    assert_eq!(polled.assignments[0].run_id, run_id);
+    assert_eq!(polled.assignments[0].attempt, 2);
+    let start = pb::StartRunRequest {
+        run_id: run_id.clone(),
+        attempt: 2,
+        started_at: None,
+    };
+    assert!(
+        puppet
+            .client
+            .start_run(start)
+            .await
+            .unwrap()
+            .into_inner()
+            .proceed
+    );
+    let succeeded = pb::FinishRunRequest {
+        attempt: 2,
+        ..finish(&run_id, 0)
+    };
+    for _ in 0..2 {
+        puppet.client.finish_run(succeeded.clone()).await.unwrap();
+    }
+    assert_eq!(
+        kinds(events_of_kind(&admin, "job.").await),
+        ["job.failed", "job.succeeded"]
+    );
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn a_log_past_the_limit_keeps_head_and_tail_at_their_offsets() {
     let server = TestServer::start_with(|c| {

@@ -1,5 +1,25 @@
-//! What follows a change of runs: waking whoever waits on it, and the
-//! bookkeeping of runs waiting for resources.
+//! What follows a change of runs: waking whoever waits on it, announcing
+//! the end of their jobs, and the bookkeeping of runs waiting for resources.
+//!
+//! A job has ended when all its runs have; its end is announced once per
+//! end state (a `job.succeeded` event...). Asked afresh at each run's end,
+//! the question reads all the job's runs as soon as they have all ended:
+//! at the end of a fan-out to 10,000 puppets, the reports of the last
+//! group commit (hundreds, answered together after one flush) each read
+//! the 10,000 runs twice, and the puppeteer stalled for tens of seconds.
+//! So the puppeteer remembers, in memory, per job ([`JobEnd`]):
+//! - where the last search found an unfinished run: the next search
+//!   starts there, and a fan-out's runs are read O(N) times in all;
+//! - that the job's end was announced: later ends of its runs (the rest of
+//!   that group, resent reports) read nothing;
+//! - how many times a run of the job was reopened (retried, or any other
+//!   change to an unfinished state). A reopening forgets the end; and an
+//!   end found by a search that a reopening overlapped is not remembered,
+//!   since that search may have read the reopened run before it changed.
+//!
+//! The memory is lost with the process: after a restart the first run end
+//! of a job searches again, and the store's record of the announced end
+//! (`report_job_end`) keeps the announcement from being made twice.
 
 use std::collections::HashMap;
 
@@ -8,11 +28,25 @@ use super::error::ApiResult;
 use crate::domain::{Millis, Run, RunState};
 use crate::hub::{job_key, puppet_key, run_key};
 
+/// What is known in memory of one job's end (see the module's doc).
+#[derive(Debug, Default)]
+pub struct JobEnd {
+    /// Where in `run_ids` the last search found an unfinished run.
+    cursor: usize,
+    /// The job's end was announced, and no run of it reopened since.
+    ended: bool,
+    /// How many times a run of the job was reopened.
+    reopened: u64,
+}
+
 impl AppState {
     /// Wakes the followers of changed runs, and, for runs that no longer hold
     /// resources, the puppets waiting for those resources.
     pub fn ended(&self, runs: &[Run]) {
         self.hub.wake(super::events::EVENTS_KEY);
+        for run in runs.iter().filter(|r| !r.state.is_terminal()) {
+            self.job_reopened(&run.job_id);
+        }
         let mut jobs: Vec<&str> = runs
             .iter()
             .filter(|r| r.state.is_terminal())
@@ -61,6 +95,9 @@ impl AppState {
     /// Announces a job's end (once per end state) when all its runs ended.
     pub fn announce_job_end(&self, job_id: &str) -> ApiResult<()> {
         use crate::scheduler::JobState;
+        let Some(seen) = self.job_end_unknown(job_id) else {
+            return Ok(());
+        };
         let job = self.store.job(job_id)?;
         if self.has_unfinished_run(&job)? {
             return Ok(());
@@ -90,7 +127,53 @@ impl AppState {
         if self.store.report_job_end(job_id, state, event)? {
             self.hub.wake(super::events::EVENTS_KEY);
         }
+        self.remember_job_end(job_id, seen);
         Ok(())
+    }
+
+    /// A run of the job changed to an unfinished state: its end, if it was
+    /// known, is not any more.
+    pub fn job_reopened(&self, job_id: &str) {
+        let mut ends = self.job_ends.lock().unwrap_or_else(|e| e.into_inner());
+        let end = match ends.get_mut(job_id) {
+            Some(end) => end,
+            None => ends.entry(job_id.to_string()).or_default(),
+        };
+        end.ended = false;
+        end.reopened += 1;
+    }
+
+    /// The job is gone (pruned): nothing of it is kept.
+    pub fn forget_job(&self, job_id: &str) {
+        self.job_ends
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(job_id);
+    }
+
+    /// `None` if the job's end is known (announced, no run reopened
+    /// since); otherwise how many times its runs were reopened so far.
+    fn job_end_unknown(&self, job_id: &str) -> Option<u64> {
+        match self
+            .job_ends
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(job_id)
+        {
+            Some(end) if end.ended => None,
+            Some(end) => Some(end.reopened),
+            None => Some(0),
+        }
+    }
+
+    /// Remembers that the job ended, unless a run of it was reopened since
+    /// `seen` was read.
+    fn remember_job_end(&self, job_id: &str, seen: u64) {
+        let mut ends = self.job_ends.lock().unwrap_or_else(|e| e.into_inner());
+        let end = ends.entry(job_id.to_string()).or_default();
+        if end.reopened == seen {
+            end.ended = true;
+        }
     }
 
     /// Whether some run of the job is unfinished (then the job has not
@@ -101,30 +184,34 @@ impl AppState {
     fn has_unfinished_run(&self, job: &crate::domain::Job) -> ApiResult<bool> {
         let n = job.run_ids.len();
         let start = self
-            .job_cursors
+            .job_ends
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&job.id)
-            .copied()
-            .unwrap_or(0);
+            .map_or(0, |end| end.cursor);
         for k in 0..n {
             let i = (start + k) % n;
             match self.store.get_run(&job.run_ids[i]) {
                 Ok(run) if !run.state.is_terminal() => {
-                    self.job_cursors
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(job.id.clone(), i);
+                    let mut ends = self.job_ends.lock().unwrap_or_else(|e| e.into_inner());
+                    match ends.get_mut(&job.id) {
+                        Some(end) => end.cursor = i,
+                        None => {
+                            ends.insert(
+                                job.id.clone(),
+                                JobEnd {
+                                    cursor: i,
+                                    ..JobEnd::default()
+                                },
+                            );
+                        }
+                    }
                     return Ok(true);
                 }
                 Ok(_) | Err(crate::store::StoreError::NotFound { .. }) => {}
                 Err(e) => return Err(e.into()),
             }
         }
-        self.job_cursors
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&job.id);
         Ok(false)
     }
 

@@ -376,6 +376,7 @@ impl Jobs for JobsApi {
                 .state
                 .store
                 .requeue_runs(&job.run_ids, Millis::now(), |r| pick(r.state))?;
+            self.state.job_reopened(&job.id);
             if requeued.is_empty() {
                 return Err(ApiError::FailedPrecondition(format!(
                     "job {} has no run to retry with only={:?}",

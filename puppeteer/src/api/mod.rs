@@ -108,10 +108,9 @@ pub struct AppState {
     /// Bandwidth budgets shared by the artifact downloads of runs holding
     /// budgeted resources.
     pub budgets: crate::bandwidth::Budgets,
-    /// Per unfinished job, the index in `run_ids` of a run last seen
-    /// unfinished: where the next look for one starts (see
+    /// What is known of each job's end between its runs' ends (see
     /// `AppState::announce_job_end`). A std mutex: held for one map access.
-    pub job_cursors: std::sync::Mutex<HashMap<String, usize>>,
+    pub job_ends: std::sync::Mutex<HashMap<String, effects::JobEnd>>,
 }
 
 pub type Shared = Arc<AppState>;

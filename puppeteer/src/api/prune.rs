@@ -85,6 +85,7 @@ impl AppState {
                 self.hub.wake(super::events::EVENTS_KEY);
             }
             for p in &pruned {
+                self.forget_job(&p.id);
                 report.jobs += 1;
                 report.runs += p.runs;
                 report.log_bytes += p.log_bytes;
