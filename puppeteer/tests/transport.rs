@@ -4,9 +4,11 @@
 mod common;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::TestServer;
 use geppetto_proto::client::Transport;
+use geppetto_proto::v1 as pb;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
@@ -181,4 +183,43 @@ async fn each_transport_names_its_protocol_in_alpn() {
         drop(tls);
         call.await.unwrap();
     }
+}
+
+/// Past the routing of calls to services: a call to no service is answered
+/// `Unimplemented` over both transports, and a held poll ends early enough
+/// to be answered within the deadline its client set (`grpc-timeout`).
+#[tokio::test]
+async fn unknown_calls_and_client_deadlines_get_their_answers() {
+    let server = TestServer::start_with(|c| c.poll_timeout = Duration::from_secs(30)).await;
+    for transport in [Transport::Grpc, Transport::GrpcWeb] {
+        let mut grpc = tonic::client::Grpc::new(server.channel(transport, None));
+        grpc.ready().await.unwrap();
+        let path = http::uri::PathAndQuery::from_static("/geppetto.v1.Nothing/Call");
+        let codec = tonic_prost::ProstCodec::<(), ()>::default();
+        let status = grpc
+            .unary(tonic::Request::new(()), path, codec)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            status.code(),
+            tonic::Code::Unimplemented,
+            "{transport:?}: {status:?}"
+        );
+    }
+
+    let mut admin = server.admin();
+    let secret = admin.enroll_secret().await;
+    let mut puppet = common::FakePuppet::enroll(&server, &secret, "p1").await;
+    let mut poll = tonic::Request::new(pb::PollRequest {
+        free_slots: 1,
+        ..Default::default()
+    });
+    poll.set_timeout(Duration::from_millis(2_500));
+    let answer = puppet.client.poll(poll).await.unwrap().into_inner();
+    let hold = answer.hold.expect("a held poll says its hold");
+    assert!(
+        hold.seconds == 0 && hold.nanos <= 500_000_000,
+        "the hold leaves the margin before the deadline: {hold:?}"
+    );
+    server.stop().await;
 }

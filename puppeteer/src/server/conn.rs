@@ -325,6 +325,24 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn an_answer_past_the_clients_deadline_is_cancelled() {
+        let never = std::future::pending::<Result<Response<Body>, Infallible>>();
+        let answer = Answer::Deadline {
+            answer: tokio::time::timeout(Duration::from_millis(20), never),
+        };
+        let response = answer.await.unwrap();
+        let status = tonic::Status::from_header_map(response.headers()).expect("a gRPC status");
+        assert_eq!(status.code(), tonic::Code::Cancelled);
+
+        let ready = std::future::ready(Ok(Response::new(Body::empty())));
+        let answer = Answer::Deadline {
+            answer: tokio::time::timeout(Duration::from_secs(60), ready),
+        };
+        let response = answer.await.unwrap();
+        assert!(tonic::Status::from_header_map(response.headers()).is_none());
+    }
+
     #[test]
     fn the_protocol_comes_from_alpn() {
         assert_eq!(Protocol::from_alpn(Some(b"h2")), Protocol::Http2);
