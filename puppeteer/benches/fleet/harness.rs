@@ -16,7 +16,9 @@
 //!   a run's creation to its `RUNNING` transition (the puppet's `StartRun`
 //!   arrived), fan-out is a job's creation to the last run's `finished_at`.
 //! - CPU is read from `/proc/PID/stat` (utime + stime) over a window, RSS
-//!   from `/proc/PID/status` (`VmRSS`, `VmHWM`).
+//!   from `/proc/PID/status` (`VmRSS`, `VmHWM`); the puppeteer's idle RSS
+//!   is read every second of the idle window, its mean and its maximum
+//!   reported.
 //! - Bytes on the wire are the TCP payload (TLS records included; IP and TCP
 //!   headers excluded) of every connection to the puppeteer's port, summed
 //!   from the kernel's per-socket counters (`ss -ti`: `bytes_sent` and
@@ -262,6 +264,20 @@ fn memory_kib(pid: u32) -> (u64, u64) {
             .unwrap_or(0)
     };
     (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// `VmRSS` of a process (KiB) once a second for `window`.
+async fn rss_each_second(pid: u32, window: Duration) -> Vec<u64> {
+    let end = Instant::now() + window;
+    let mut samples = Vec::new();
+    loop {
+        samples.push(memory_kib(pid).0);
+        let now = Instant::now();
+        if now >= end {
+            return samples;
+        }
+        tokio::time::sleep((end - now).min(Duration::from_secs(1))).await;
+    }
 }
 
 /// TCP payload bytes (both directions) of every connection to `port`.
@@ -823,11 +839,15 @@ async fn fleet_phase(options: &Options, work: &Path, n: u32) -> Result<Value> {
     let polls_before = server.metric("geppetto_poll_hold_seconds_count").await;
     let bytes_before = wire_bytes(server.port);
     let cpu = CpuWindow::start(server.pid, &fleet.pids);
-    tokio::time::sleep(idle_window).await;
+    // The puppeteer's RSS each second of the window: idle puppets re-poll
+    // in waves (one per hold), and the memory a wave takes is only given
+    // back at the next trim, so one reading would depend on its phase.
+    let rss = rss_each_second(server.pid, idle_window).await;
     let (server_cpu, fleet_cpu, window) = cpu.end();
     let bytes = wire_bytes(server.port).saturating_sub(bytes_before);
     let polls_after = server.metric("geppetto_poll_hold_seconds_count").await;
-    let (server_rss, _) = memory_kib(server.pid);
+    let server_rss = rss.iter().copied().max().unwrap_or(0);
+    let server_rss_mean = rss.iter().sum::<u64>() as f64 / rss.len().max(1) as f64;
     let (fleet_rss, _) = fleet.memory_kib();
     let per_puppet_hour = (window >= options.hold.as_secs_f64())
         .then(|| bytes as f64 / f64::from(n) * 3600.0 / window);
@@ -835,6 +855,8 @@ async fn fleet_phase(options: &Options, work: &Path, n: u32) -> Result<Value> {
         "server_cpu_pct": server_cpu * 100.0,
         "fleet_cpu_pct": fleet_cpu * 100.0,
         "server_rss_kib": server_rss,
+        "server_rss_mean_kib": server_rss_mean,
+        "server_rss_samples_kib": rss,
         "fleet_rss_kib": fleet_rss,
         "fleet_rss_per_puppet_kib": fleet_rss as f64 / f64::from(n),
         "window_s": window,
@@ -1206,7 +1228,7 @@ fn f(v: &Value, path: &[&str]) -> String {
 
 pub fn print_table(results: &Value) {
     let mut out = String::new();
-    out.push_str("| puppets | connect s | dispatch p50/p99/max ms | fan-out s | runs/s | ingest MB/s | idle server CPU % | idle fleet CPU % | server RSS idle/peak MiB | fleet KiB/puppet | wire B/puppet-hour |\n");
+    out.push_str("| puppets | connect s | dispatch p50/p99/max ms | fan-out s | runs/s | ingest MB/s | idle server CPU % | idle fleet CPU % | server RSS idle mean/max, peak MiB | fleet KiB/puppet | wire B/puppet-hour |\n");
     out.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
     for s in results["fleet"].as_array().into_iter().flatten() {
         let mib = |path: &[&str]| {
@@ -1218,7 +1240,7 @@ pub fn print_table(results: &Value) {
                 .map_or("-".into(), |k| format!("{:.0}", k / 1024.0))
         };
         out.push_str(&format!(
-            "| {} | {} | {}/{}/{} | {} | {} | {} | {} | {} | {}/{} | {} | {} |\n",
+            "| {} | {} | {}/{}/{} | {} | {} | {} | {} | {} | {}/{}, {} | {} | {} |\n",
             s["puppets"],
             f(s, &["connect_s"]),
             f(s, &["dispatch", "p50_ms"]),
@@ -1229,6 +1251,7 @@ pub fn print_table(results: &Value) {
             f(s, &["ingest", "mb_per_s"]),
             f(s, &["idle", "server_cpu_pct"]),
             f(s, &["idle", "fleet_cpu_pct"]),
+            mib(&["idle", "server_rss_mean_kib"]),
             mib(&["idle", "server_rss_kib"]),
             mib(&["server_rss_peak_kib"]),
             f(s, &["idle", "fleet_rss_per_puppet_kib"]),
