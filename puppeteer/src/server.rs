@@ -18,6 +18,7 @@
 //! connection finishes the requests it is answering.
 
 mod conn;
+mod poll_route;
 mod routes;
 
 pub(crate) use conn::parse_grpc_timeout;
@@ -43,6 +44,7 @@ use tonic::transport::server::Connected as _;
 use tonic_web::{GrpcWebLayer, GrpcWebService};
 
 use self::conn::{ConnService, Http, Protocol};
+use self::poll_route::PollRoute;
 use self::routes::Routes;
 use crate::api::{ArtifactsApi, EventsApi, GroupsApi, NotificationsApi, ResourcesApi, ServerApi};
 use crate::api::{
@@ -95,6 +97,12 @@ async fn api(state: &Shared) -> Result<Api> {
                 .accept_compressed(CompressionEncoding::Gzip)
                 .send_compressed(CompressionEncoding::Gzip)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        // The held poll, with less kept per held call (same compression
+        // and limit).
+        .add_method(
+            poll_route::PATH,
+            PollRoute::new(PuppetServiceApi::new(state.clone()), MAX_MESSAGE_BYTES),
         )
         .add_service(
             PuppetsServer::new(PuppetsApi::new(state.clone()))

@@ -223,3 +223,69 @@ async fn unknown_calls_and_client_deadlines_get_their_answers() {
     );
     server.stop().await;
 }
+
+/// `Poll` is served apart from the rest of `PuppetService`
+/// (`server/poll_route.rs`): over both transports it takes a compressed
+/// request, answers compressed to a client that accepts it, and refuses an
+/// encoding it does not know, naming the one it accepts.
+#[tokio::test]
+async fn polls_are_compressed_both_ways_and_unknown_encodings_refused() {
+    use geppetto_proto::v1::puppet_service_client::PuppetServiceClient;
+    use tonic::codec::CompressionEncoding;
+
+    let server = TestServer::start_with(|c| c.poll_timeout = Duration::from_secs(30)).await;
+    let mut admin = server.admin();
+    let secret = admin.enroll_secret().await;
+    let puppet = common::FakePuppet::enroll(&server, &secret, "p1").await;
+    let poll = || pb::PollRequest {
+        free_slots: 1,
+        hold: Some(prost_types::Duration {
+            seconds: 0,
+            nanos: 100_000_000,
+        }),
+        ..Default::default()
+    };
+    for transport in [Transport::Grpc, Transport::GrpcWeb] {
+        let channel = server.channel(transport, Some(&puppet.credential));
+        let mut client = PuppetServiceClient::new(channel.clone())
+            .send_compressed(CompressionEncoding::Gzip)
+            .accept_compressed(CompressionEncoding::Gzip);
+        let answer = client.poll(poll()).await.unwrap();
+        assert_eq!(
+            answer
+                .metadata()
+                .get("grpc-encoding")
+                .map(|v| v.to_str().unwrap()),
+            Some("gzip"),
+            "{transport:?}"
+        );
+        assert!(answer.get_ref().server_time.is_some(), "{transport:?}");
+
+        let mut plain = PuppetServiceClient::new(channel);
+        let answer = plain.poll(poll()).await.unwrap();
+        assert!(
+            answer.metadata().get("grpc-encoding").is_none(),
+            "{transport:?}"
+        );
+
+        let mut request = tonic::Request::new(poll());
+        request
+            .metadata_mut()
+            .insert("grpc-encoding", "br".parse().unwrap());
+        let status = plain.poll(request).await.unwrap_err();
+        assert_eq!(
+            status.code(),
+            tonic::Code::Unimplemented,
+            "{transport:?}: {status:?}"
+        );
+        assert_eq!(
+            status
+                .metadata()
+                .get("grpc-accept-encoding")
+                .map(|v| v.to_str().unwrap()),
+            Some("gzip"),
+            "{transport:?}"
+        );
+    }
+    server.stop().await;
+}

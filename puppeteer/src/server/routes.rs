@@ -46,13 +46,24 @@ where
     }
 }
 
-/// The API's gRPC services by name.
+/// The API's gRPC services by name, and methods served apart from their
+/// service by path.
 #[derive(Clone, Default)]
 pub struct Routes {
-    services: Arc<HashMap<&'static str, Box<dyn GrpcService>>>,
+    table: Arc<Table>,
+}
+
+#[derive(Default)]
+struct Table {
+    services: HashMap<&'static str, Box<dyn GrpcService>>,
+    methods: HashMap<&'static str, Box<dyn GrpcService>>,
 }
 
 impl Routes {
+    fn table(&mut self) -> &mut Table {
+        Arc::get_mut(&mut self.table).expect("routes are built before use")
+    }
+
     /// Adds `service`, routed by its name. Panics if a service of that
     /// name was added already (a programming error).
     pub fn add_service<S>(mut self, service: S) -> Self
@@ -64,18 +75,36 @@ impl Routes {
             + Sync
             + 'static,
     {
-        let services = Arc::get_mut(&mut self.services).expect("routes are built before use");
-        let added = services.insert(S::NAME, Box::new(service));
+        let added = self.table().services.insert(S::NAME, Box::new(service));
         assert!(added.is_none(), "service {} added twice", S::NAME);
         self
     }
 
+    /// Serves the method at `path` (`/package.Service/Method`) with
+    /// `service` rather than with its service's. Panics if that method was
+    /// added already (a programming error).
+    pub fn add_method<S>(mut self, path: &'static str, service: S) -> Self
+    where
+        S: Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future = Answer>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+    {
+        let added = self.table().methods.insert(path, Box::new(service));
+        assert!(added.is_none(), "method {path} added twice");
+        self
+    }
+
     fn route(&self, path: &str) -> Option<&dyn GrpcService> {
+        if let Some(method) = self.table.methods.get(path) {
+            return Some(method.as_ref());
+        }
         let (service, method) = path.strip_prefix('/')?.split_once('/')?;
         if method.is_empty() {
             return None;
         }
-        self.services.get(service).map(Box::as_ref)
+        self.table.services.get(service).map(Box::as_ref)
     }
 }
 
@@ -151,6 +180,39 @@ mod tests {
         ] {
             let response = answer(&mut routes, unknown).await;
             assert_eq!(grpc_status(&response), Some("12"), "{unknown}");
+        }
+    }
+
+    #[derive(Clone)]
+    struct Apart;
+
+    impl Service<Request<Body>> for Apart {
+        type Response = Response<Body>;
+        type Error = Infallible;
+        type Future = Answer;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: Request<Body>) -> Answer {
+            Box::pin(async move { Ok(Response::new(Body::new("apart".to_string()))) })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_method_added_apart_is_served_apart_from_its_service() {
+        use http_body_util::BodyExt as _;
+        let mut routes = Routes::default()
+            .add_service(Named)
+            .add_method("/test.v1.Named/Apart", Apart);
+        for (path, expected) in [
+            ("/test.v1.Named/Apart", "apart"),
+            ("/test.v1.Named/Other", "/test.v1.Named/Other"),
+        ] {
+            let response = answer(&mut routes, path).await;
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], expected.as_bytes(), "{path}");
         }
     }
 }

@@ -1,0 +1,223 @@
+//! `PuppetService/Poll` served with a smaller future than tonic's generated
+//! one: every idle puppet keeps one poll held, for minutes.
+//!
+//! tonic's generated service keeps a call in one future sized for its
+//! largest step, the decoding of the request (the request's head, the body,
+//! its decoder and buffers): 2,096 bytes, kept for the whole call. 10,000
+//! held polls kept 20 MB of it. Here the request is decoded in a future of
+//! its own, freed once it is done; what waits through the hold is the
+//! service's future (its own box), the service and the answer's encoding.
+//!
+//! Decoding and encoding are tonic's (`Streaming`, `EncodeBody`, the codec
+//! of the generated code, gzip accepted and sent as for the rest of
+//! `PuppetService`, the same size limit); only the two compression headers
+//! are read here, as tonic keeps its readers private: an unsupported
+//! `grpc-encoding` is answered `Unimplemented` with the encodings accepted,
+//! and the answer is compressed with the first encoding of the client's
+//! `grpc-accept-encoding` the puppeteer supports. Every other method of the
+//! service goes through tonic's generated code.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use geppetto_proto::v1::puppet_service_server::PuppetService;
+use geppetto_proto::v1::{PollRequest, PollResponse};
+use http::{HeaderMap, HeaderValue, Request, Response};
+use tonic::Status;
+use tonic::body::Body;
+use tonic::codec::{
+    Codec, CompressionEncoding, EncodeBody, SingleMessageCompressionOverride, Streaming,
+};
+use tonic::codegen::BoxFuture;
+use tonic::metadata::GRPC_CONTENT_TYPE;
+use tonic_prost::ProstCodec;
+
+/// The method served here.
+pub const PATH: &str = "/geppetto.v1.PuppetService/Poll";
+
+const ENCODING: &str = "grpc-encoding";
+const ACCEPT_ENCODING: &str = "grpc-accept-encoding";
+
+/// `Poll` of `service`, requests of at most `max_request_bytes`.
+pub struct PollRoute<S> {
+    service: Arc<S>,
+    max_request_bytes: usize,
+}
+
+impl<S> PollRoute<S> {
+    pub fn new(service: S, max_request_bytes: usize) -> Self {
+        PollRoute {
+            service: Arc::new(service),
+            max_request_bytes,
+        }
+    }
+}
+
+impl<S> Clone for PollRoute<S> {
+    fn clone(&self) -> Self {
+        PollRoute {
+            service: self.service.clone(),
+            max_request_bytes: self.max_request_bytes,
+        }
+    }
+}
+
+impl<S: PuppetService> tower::Service<Request<Body>> for PollRoute<S> {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Response<Body>, Infallible>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let service = self.service.clone();
+        let max = self.max_request_bytes;
+        Box::pin(async move {
+            let answer_encoding = answer_encoding(request.headers());
+            // Boxed, and bound first (a temporary of the `match` would live
+            // through the hold): the decoding's state is freed before it.
+            let decoded = Box::pin(decode(request, max)).await;
+            let answer = match decoded {
+                Ok(request) => service.poll(request).await,
+                Err(status) => Err(status),
+            };
+            Ok(encode(answer, answer_encoding))
+        })
+    }
+}
+
+fn codec() -> ProstCodec<PollResponse, PollRequest> {
+    ProstCodec::default()
+}
+
+/// The request's message, with its metadata (trailers merged, as tonic
+/// does) and extensions.
+async fn decode(request: Request<Body>, max: usize) -> Result<tonic::Request<PollRequest>, Status> {
+    let encoding = request_encoding(request.headers())?;
+    let (mut parts, body) = request.into_parts();
+    let mut stream = Streaming::new_request(codec().decoder(), body, encoding, Some(max));
+    let message = stream
+        .message()
+        .await?
+        .ok_or_else(|| Status::internal("Missing request message."))?;
+    if let Some(trailers) = stream.trailers().await? {
+        parts.headers.extend(trailers.into_headers());
+    }
+    Ok(tonic::Request::from_http(Request::from_parts(
+        parts, message,
+    )))
+}
+
+/// The answer as tonic's server sends it: metadata as headers, the message
+/// framed (and compressed if the client accepts it), the status in trailers.
+fn encode(
+    answer: Result<tonic::Response<PollResponse>, Status>,
+    encoding: Option<CompressionEncoding>,
+) -> Response<Body> {
+    let response = match answer {
+        Ok(response) => response,
+        Err(status) => return status.into_http(),
+    };
+    let (metadata, message, extensions) = response.into_parts();
+    let mut head = Response::new(());
+    *head.headers_mut() = metadata.into_headers();
+    *head.extensions_mut() = extensions;
+    let headers = head.headers_mut();
+    headers.insert(http::header::CONTENT_TYPE, GRPC_CONTENT_TYPE);
+    if let Some(encoding) = encoding {
+        headers.insert(ENCODING, HeaderValue::from_static(name(encoding)));
+    }
+    let body = EncodeBody::new_server(
+        codec().encoder(),
+        futures_util::stream::iter([Ok(message)]),
+        encoding,
+        SingleMessageCompressionOverride::default(),
+        None,
+    );
+    head.map(|()| Body::new(body))
+}
+
+fn name(encoding: CompressionEncoding) -> &'static str {
+    match encoding {
+        CompressionEncoding::Gzip => "gzip",
+        // Only gzip is enabled (the workspace's tonic features).
+        #[allow(unreachable_patterns)]
+        _ => "identity",
+    }
+}
+
+/// The compression of the request's message (`grpc-encoding`): none,
+/// gzip, or an error naming what is accepted.
+fn request_encoding(headers: &HeaderMap) -> Result<Option<CompressionEncoding>, Status> {
+    match headers.get(ENCODING).map(HeaderValue::as_bytes) {
+        None | Some(b"identity") => Ok(None),
+        Some(b"gzip") => Ok(Some(CompressionEncoding::Gzip)),
+        Some(other) => {
+            let mut status = Status::unimplemented(format!(
+                "Content is compressed with `{}` which isn't supported",
+                String::from_utf8_lossy(other)
+            ));
+            status
+                .metadata_mut()
+                .insert(ACCEPT_ENCODING, "gzip".parse().expect("a valid value"));
+            Err(status)
+        }
+    }
+}
+
+/// The compression of the answer: the first of the client's
+/// `grpc-accept-encoding` that is supported (gzip), else none.
+fn answer_encoding(headers: &HeaderMap) -> Option<CompressionEncoding> {
+    let accepted = headers.get(ACCEPT_ENCODING)?.to_str().ok()?;
+    accepted
+        .split(',')
+        .map(str::trim)
+        .find(|e| *e == "gzip")
+        .map(|_| CompressionEncoding::Gzip)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    http::HeaderName::from_static(k),
+                    HeaderValue::from_static(v),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn compression_headers_are_read_as_tonic_reads_them() {
+        assert_eq!(request_encoding(&headers(&[])).unwrap(), None);
+        assert_eq!(
+            request_encoding(&headers(&[(ENCODING, "identity")])).unwrap(),
+            None
+        );
+        assert_eq!(
+            request_encoding(&headers(&[(ENCODING, "gzip")])).unwrap(),
+            Some(CompressionEncoding::Gzip)
+        );
+        let refused = request_encoding(&headers(&[(ENCODING, "br")])).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unimplemented);
+        assert_eq!(refused.metadata().get(ACCEPT_ENCODING).unwrap(), "gzip");
+
+        assert_eq!(answer_encoding(&headers(&[])), None);
+        assert_eq!(
+            answer_encoding(&headers(&[(ACCEPT_ENCODING, "zstd")])),
+            None
+        );
+        assert_eq!(
+            answer_encoding(&headers(&[(ACCEPT_ENCODING, "zstd, gzip")])),
+            Some(CompressionEncoding::Gzip)
+        );
+    }
+}
