@@ -38,6 +38,14 @@ pub const PATH: &str = "/geppetto.v1.PuppetService/Poll";
 
 const ENCODING: &str = "grpc-encoding";
 const ACCEPT_ENCODING: &str = "grpc-accept-encoding";
+/// Headers of the protocol that an answer's metadata cannot set.
+const RESERVED: [&str; 5] = [
+    "te",
+    "content-type",
+    "grpc-message",
+    "grpc-message-type",
+    "grpc-status",
+];
 
 /// `Poll` of `service`, requests of at most `max_request_bytes`.
 pub struct PollRoute<S> {
@@ -123,9 +131,14 @@ fn encode(
     };
     let (metadata, message, extensions) = response.into_parts();
     let mut head = Response::new(());
+    *head.version_mut() = http::Version::HTTP_2;
     *head.headers_mut() = metadata.into_headers();
     *head.extensions_mut() = extensions;
     let headers = head.headers_mut();
+    // What tonic keeps out of an answer's metadata.
+    for reserved in RESERVED {
+        headers.remove(reserved);
+    }
     headers.insert(http::header::CONTENT_TYPE, GRPC_CONTENT_TYPE);
     if let Some(encoding) = encoding {
         headers.insert(ENCODING, HeaderValue::from_static(name(encoding)));
@@ -219,5 +232,24 @@ mod tests {
             answer_encoding(&headers(&[(ACCEPT_ENCODING, "zstd, gzip")])),
             Some(CompressionEncoding::Gzip)
         );
+    }
+
+    #[test]
+    fn an_answer_carries_its_metadata_but_not_the_protocols_headers() {
+        let mut response = tonic::Response::new(PollResponse::default());
+        let metadata = response.metadata_mut();
+        metadata.insert("x-kept", "1".parse().unwrap());
+        metadata.insert("grpc-status", "13".parse().unwrap());
+        let answer = encode(Ok(response), Some(CompressionEncoding::Gzip));
+        let headers = answer.headers();
+        assert_eq!(headers["x-kept"], "1");
+        assert!(headers.get("grpc-status").is_none());
+        assert_eq!(headers["content-type"], "application/grpc");
+        assert_eq!(headers[ENCODING], "gzip");
+
+        let refused = encode(Err(Status::permission_denied("no")), None);
+        let status = Status::from_header_map(refused.headers()).expect("a status");
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+        assert_eq!(status.message(), "no");
     }
 }
