@@ -1174,25 +1174,30 @@ async fn retention_step(options: &Options, dir: &Path, jobs: u32) -> Result<Valu
     let server = Server::start(options, dir, &["--config", &config.display().to_string()]).await?;
     let mut info = server.info_client()?;
     let until = Instant::now() + Duration::from_secs(1800);
-    // ServerInfo tells what the last pass pruned: pruning works in small
-    // batches and is done when a pass after some pruning prunes nothing.
-    let (mut last_pass, mut pruned_jobs, mut pruned_runs) = (None, 0u64, 0u64);
+    // Pruning is done once a pass that began after the pruned-runs counter
+    // last grew pruned nothing. (ServerInfo only tells the last pass: when a
+    // pass lasts longer than the interval the next one follows at once, and
+    // overwrites the report of the pass that pruned within milliseconds.)
+    let started_at = |i: &pb::ServerInfo| i.last_prune_at.as_ref().map(|t| (t.seconds, t.nanos));
+    let (mut pruned_runs, mut grew_after) = (0.0, None);
     let pruned = loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
+        let counted = server
+            .metric("geppetto_pruned_runs_total")
+            .await
+            .unwrap_or(0.0);
         let now = info
             .get_server_info(pb::GetServerInfoRequest {})
             .await?
             .into_inner();
-        if now.last_prune_at.is_some() && now.last_prune_at != last_pass {
-            last_pass = now.last_prune_at;
-            if now.pruned_jobs == 0 && pruned_jobs > 0 {
-                break now;
-            }
-            pruned_jobs += now.pruned_jobs;
-            pruned_runs += now.pruned_runs;
+        if counted != pruned_runs {
+            pruned_runs = counted;
+            grew_after = started_at(&now);
+        } else if pruned_runs > 0.0 && now.pruned_jobs == 0 && started_at(&now) > grew_after {
+            break now;
         }
         if Instant::now() > until {
-            anyhow::bail!("retention still pruning after 30 min ({pruned_jobs} jobs so far)");
+            anyhow::bail!("retention still pruning after 30 min ({pruned_runs} runs so far)");
         }
     };
     let secs = began.elapsed().as_secs_f64();
@@ -1201,8 +1206,7 @@ async fn retention_step(options: &Options, dir: &Path, jobs: u32) -> Result<Valu
     server.stop().await?;
     Ok(json!({
         "policy_max_jobs": keep,
-        "pruned_jobs": pruned_jobs,
-        "pruned_runs": pruned_runs,
+        "pruned_runs": pruned_runs as u64,
         "seconds": secs,
         "data_dir_bytes": running,
         "data_dir_bytes_after_stop": dir_size(&data_dir),
