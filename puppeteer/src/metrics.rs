@@ -322,7 +322,11 @@ impl Metrics {
 
         let mut pending = 0;
         let mut by_presence = [0i64; 3];
-        for puppet in store.list_puppets()? {
+        // One at a time: a scrape every few seconds would otherwise hold
+        // every puppet's record at once, and keep the memory it freed
+        // resident until the next trim.
+        for puppet in store.puppets() {
+            let puppet = puppet?;
             if puppet.revoked {
                 continue;
             }
