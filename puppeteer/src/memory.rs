@@ -18,7 +18,7 @@
 //!
 //! Elsewhere than glibc this does nothing.
 //!
-//! The one `unsafe` call of the puppeteer is here, next to why it is sound.
+//! The puppeteer's only `unsafe` calls are here, each next to why it is sound.
 #![allow(unsafe_code)]
 
 use std::time::Duration;

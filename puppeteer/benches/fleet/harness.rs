@@ -1179,6 +1179,10 @@ async fn retention_step(options: &Options, dir: &Path, jobs: u32) -> Result<Valu
     // pass lasts longer than the interval the next one follows at once, and
     // overwrites the report of the pass that pruned within milliseconds.)
     let started_at = |i: &pb::ServerInfo| i.last_prune_at.as_ref().map(|t| (t.seconds, t.nanos));
+    anyhow::ensure!(
+        server.metrics.is_some(),
+        "the retention step reads the puppeteer's metrics, which are not served"
+    );
     let (mut pruned_runs, mut grew_after) = (0.0, None);
     let pruned = loop {
         tokio::time::sleep(Duration::from_millis(500)).await;

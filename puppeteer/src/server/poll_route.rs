@@ -17,7 +17,9 @@
 //! `grpc-encoding` is answered `Unimplemented` with the encodings accepted,
 //! and the answer is compressed with the first encoding of the client's
 //! `grpc-accept-encoding` the puppeteer supports. Every other method of the
-//! service goes through tonic's generated code.
+//! service goes through tonic's generated code; the compression and the
+//! size limit here must stay those of `PuppetServiceServer` in
+//! `server.rs` (gzip both ways, `MAX_MESSAGE_BYTES`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -133,6 +135,11 @@ fn encode(
         Err(status) => return status.into_http(),
     };
     let (metadata, message, extensions) = response.into_parts();
+    // A service may ask for this one message not to be compressed.
+    let compression_override = extensions
+        .get::<SingleMessageCompressionOverride>()
+        .copied()
+        .unwrap_or_default();
     let mut head = Response::new(());
     *head.version_mut() = http::Version::HTTP_2;
     *head.headers_mut() = metadata.into_headers();
@@ -144,25 +151,19 @@ fn encode(
     }
     headers.insert(http::header::CONTENT_TYPE, GRPC_CONTENT_TYPE);
     if let Some(encoding) = encoding {
-        headers.insert(ENCODING, HeaderValue::from_static(name(encoding)));
+        // An encoding's name is a valid header value (`gzip`).
+        if let Ok(name) = HeaderValue::from_str(&encoding.to_string()) {
+            headers.insert(ENCODING, name);
+        }
     }
     let body = EncodeBody::new_server(
         codec().encoder(),
         futures_util::stream::iter([Ok(message)]),
         encoding,
-        SingleMessageCompressionOverride::default(),
+        compression_override,
         None,
     );
     head.map(|()| Body::new(body))
-}
-
-fn name(encoding: CompressionEncoding) -> &'static str {
-    match encoding {
-        CompressionEncoding::Gzip => "gzip",
-        // Only gzip is enabled (the workspace's tonic features).
-        #[allow(unreachable_patterns)]
-        _ => "identity",
-    }
 }
 
 /// The compression of the request's message (`grpc-encoding`): none,
@@ -172,13 +173,17 @@ fn request_encoding(headers: &HeaderMap) -> Result<Option<CompressionEncoding>, 
         None | Some(b"identity") => Ok(None),
         Some(b"gzip") => Ok(Some(CompressionEncoding::Gzip)),
         Some(other) => {
+            let other = match std::str::from_utf8(other) {
+                Ok(name) => name.to_string(),
+                Err(_) => format!("{other:?}"),
+            };
             let mut status = Status::unimplemented(format!(
-                "Content is compressed with `{}` which isn't supported",
-                String::from_utf8_lossy(other)
+                "Content is compressed with `{other}` which isn't supported"
             ));
-            status
-                .metadata_mut()
-                .insert(ACCEPT_ENCODING, "gzip".parse().expect("a valid value"));
+            status.metadata_mut().insert(
+                ACCEPT_ENCODING,
+                tonic::metadata::MetadataValue::from_static("gzip,identity"),
+            );
             Err(status)
         }
     }
@@ -224,7 +229,10 @@ mod tests {
         );
         let refused = request_encoding(&headers(&[(ENCODING, "br")])).unwrap_err();
         assert_eq!(refused.code(), tonic::Code::Unimplemented);
-        assert_eq!(refused.metadata().get(ACCEPT_ENCODING).unwrap(), "gzip");
+        assert_eq!(
+            refused.metadata().get(ACCEPT_ENCODING).unwrap(),
+            "gzip,identity"
+        );
 
         assert_eq!(answer_encoding(&headers(&[])), None);
         assert_eq!(
