@@ -839,9 +839,9 @@ async fn fleet_phase(options: &Options, work: &Path, n: u32) -> Result<Value> {
     let polls_before = server.metric("geppetto_poll_hold_seconds_count").await;
     let bytes_before = wire_bytes(server.port);
     let cpu = CpuWindow::start(server.pid, &fleet.pids);
-    // The puppeteer's RSS each second of the window: idle puppets re-poll
-    // in waves (one per hold), and the memory a wave takes is only given
-    // back at the next trim, so one reading would depend on its phase.
+    // The puppeteer's RSS each second of the window: memory a burst freed
+    // stays resident until the next trim, so one reading would depend on
+    // the trim's phase.
     let rss = rss_each_second(server.pid, idle_window).await;
     let (server_cpu, fleet_cpu, window) = cpu.end();
     let bytes = wire_bytes(server.port).saturating_sub(bytes_before);

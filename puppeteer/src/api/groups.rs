@@ -28,19 +28,26 @@ fn group_to(g: &Group) -> pb::Group {
 }
 
 impl super::AppState {
+    /// The enabled puppets `selector` matches, by name. The records are
+    /// read one at a time: ten thousand decoded at once are about 12 MB.
+    pub fn enabled_matching(&self, selector: &Selector) -> ApiResult<Vec<String>> {
+        let mut names = Vec::new();
+        for puppet in self.store.puppets() {
+            let puppet = puppet?;
+            if puppet.state == PuppetState::Enabled && selector.matches(&puppet.labels()) {
+                names.push(puppet.name);
+            }
+        }
+        Ok(names)
+    }
+
     /// The puppets a group stands for now: for a selector, the enabled
     /// puppets matching it; for a list, the listed puppets that exist.
     pub fn group_members(&self, group: &Group) -> ApiResult<Vec<String>> {
         match &group.selector {
             Some(s) => {
                 let selector = Selector::parse(s)?;
-                Ok(self
-                    .store
-                    .list_puppets()?
-                    .into_iter()
-                    .filter(|p| p.state == PuppetState::Enabled && selector.matches(&p.labels()))
-                    .map(|p| p.name)
-                    .collect())
+                self.enabled_matching(&selector)
             }
             None => Ok(group
                 .puppets

@@ -47,12 +47,7 @@ impl JobsApi {
             }
             Target::Selector(s) => {
                 let selector = Selector::parse(s)?;
-                let names: Vec<String> = store
-                    .list_puppets()?
-                    .into_iter()
-                    .filter(|p| p.state == PuppetState::Enabled && selector.matches(&p.labels()))
-                    .map(|p| p.name)
-                    .collect();
+                let names = self.state.enabled_matching(&selector)?;
                 if names.is_empty() {
                     return Err(ApiError::FailedPrecondition(format!(
                         "selector {s:?} matches no enabled puppet"
