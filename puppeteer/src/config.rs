@@ -133,14 +133,15 @@ pub struct Config {
     pub poll_timeout: Duration,
     pub max_poll_hold: Duration,
     /// Runs of a puppet silent for this long are lost. `None`: the poll
-    /// timeout plus one minute. (A held poll counts as a sign of life, so
-    /// the lease needs to cover the gap between two polls, not a hold.)
+    /// timeout plus one minute. (Silence is zero while a poll is held, see
+    /// `presence`: the lease covers the gap between two calls, not a hold.)
     pub lease_timeout: Option<Duration>,
     /// How long events are kept for resuming watchers.
     pub event_retention: Duration,
     /// Notifications: the SMTP relay, retries, give-up time.
     pub notify: crate::notify::NotifyConfig,
-    /// A puppet silent for longer is shown late. `None`: hold + 15s.
+    /// A puppet silent for longer is shown late. `None`: poll timeout + 15s,
+    /// at most the lease.
     pub late_after: Option<Duration>,
     /// A puppet silent for longer is shown offline. `None`: 3 × late_after.
     pub offline_after: Option<Duration>,
@@ -160,7 +161,10 @@ impl Config {
     /// The presence thresholds in force.
     pub fn presence(&self) -> crate::presence::Thresholds {
         let defaults = crate::presence::Thresholds::for_hold(self.poll_timeout);
-        let late_after = self.late_after.unwrap_or(defaults.late_after);
+        // Shown late before its runs are lost.
+        let late_after = self
+            .late_after
+            .unwrap_or(defaults.late_after.min(self.lease()));
         crate::presence::Thresholds {
             late_after,
             offline_after: self.offline_after.unwrap_or(late_after * 3),
@@ -214,6 +218,13 @@ impl Config {
             bail!("lease timeout must be between 1s and 7 days");
         }
         let presence = self.presence();
+        if presence.late_after > self.lease() {
+            bail!(
+                "late_after ({}) must not be longer than the lease timeout ({}): a puppet would lose its runs while shown online",
+                humantime::format_duration(presence.late_after),
+                humantime::format_duration(self.lease())
+            );
+        }
         if presence.offline_after < presence.late_after {
             bail!("offline_after must not be shorter than late_after");
         }
@@ -263,6 +274,27 @@ mod tests {
         assert!(parsed.tls_cert.is_some());
         assert!(parsed.retention.is_some());
         parse_log_limit(&parsed.log_limit.unwrap()).unwrap();
+    }
+
+    #[test]
+    fn a_puppet_is_shown_late_before_its_runs_are_lost() {
+        let mut config = Config::new(PathBuf::from("/tmp/x"), "127.0.0.1:0".parse().unwrap());
+        // The defaults: late at 65 s, lost at 110 s, offline at 195 s.
+        config.validate().unwrap();
+        let presence = config.presence();
+        assert_eq!(presence.late_after, Duration::from_secs(65));
+        assert_eq!(config.lease(), Duration::from_secs(110));
+        // A short lease pulls the default late_after down with it.
+        config.lease_timeout = Some(Duration::from_secs(3));
+        config.validate().unwrap();
+        assert_eq!(config.presence().late_after, Duration::from_secs(3));
+        // Set by hand past the lease: refused, saying why.
+        config.late_after = Some(Duration::from_secs(10));
+        let error = config.validate().unwrap_err().to_string();
+        assert!(
+            error.contains("lose its runs while shown online"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -1,13 +1,50 @@
-//! Presence: online, late or offline, from each puppet's own polls.
+//! Liveness: what the puppeteer knows of each puppet being alive, and the one
+//! measure every time-driven decision uses: its **silence**.
 //!
-//! A puppet with a poll held right now is online. Otherwise it is judged by
-//! the time since its last poll against two thresholds: up to `late_after`
-//! it is online (between two polls), up to `offline_after` late, beyond it
-//! offline. By default `late_after` is the poll hold plus a margin and
-//! `offline_after` three times that; both are configurable. A puppet busy with a long silent run stays online, since it keeps
-//! polling.
+//! # The model
+//!
+//! A puppet talks only when it is its turn. While a poll of it is held, the
+//! turn is the puppeteer's: the puppet is waiting for an answer, however long
+//! the hold (from a second to the ceiling, `max_poll_hold`), and nothing about
+//! it can be concluded. When the puppeteer answers (with work or empty, at any
+//! point of the hold) or the poll otherwise ends, the turn passes to the
+//! puppet, which polls again at once, or after starting and reporting what it
+//! was given (at most `REPORT_FIRST_CAP`, 30 s, of which every report is
+//! itself a call), or after a backoff when the path failed.
+//!
+//! So a puppet's silence is zero while a poll of it is held, and otherwise
+//! the time since the later of
+//! - the arrival of its last call (any call authenticated as that puppet:
+//!   poll, run start, log chunk, finish, artifact fetch),
+//! - the end of its last held poll, however it ended,
+//! - the moment this puppeteer started serving (it cannot have heard anyone
+//!   while it was down; a restart gives every puppet its full allowance
+//!   again), or, for a puppet not heard since then, its last poll stored
+//!   before the restart if that is later.
+//!
+//! Silence is measured on a monotonic clock ([`Clock`]): a wall clock moved
+//! by hand or by NTP neither kills nor revives anyone. The poll hold and its
+//! adaptation therefore play no part in any threshold: a puppet whose hold
+//! grew to five minutes is as alive during it as one polling every second.
+//!
+//! What the sweeper may conclude from silence, and nothing else:
+//! - **presence**: online up to `late_after`, late up to `offline_after`,
+//!   then offline. A puppet not heard since this puppeteer started keeps the
+//!   presence stored before the restart if that was offline (it is not
+//!   announced back before it polls), otherwise it is judged like any other;
+//! - **leases**: a run offered to or running on a puppet is `lost` when the
+//!   silence exceeds `lease_timeout` (for a run whose task expects a reboot,
+//!   only once the reboot window plus the lease has also passed since it
+//!   started), see `scheduler::expired_leases`;
+//! - **offline bypass**: a job's `offline_wait` counts the same silence.
+//!
+//! The defaults keep these consistent: `late_after` (poll timeout + 15 s) is
+//! never longer than the lease (poll timeout + 60 s), so a puppet is shown
+//! late before its runs are lost; all of them are far longer than a healthy
+//! puppet's gap between two calls.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,23 +60,112 @@ pub enum Presence {
     Offline,
 }
 
-/// Which puppets have a poll held right now.
-#[derive(Debug, Default)]
+/// A point on the monotonic clock, in milliseconds from its origin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Mono(pub u64);
+
+impl Mono {
+    /// Time from `earlier` to `self`, zero if `earlier` is later.
+    pub fn since(self, earlier: Mono) -> Duration {
+        Duration::from_millis(self.0.saturating_sub(earlier.0))
+    }
+}
+
+/// The monotonic clock silence is measured on: the machine's, or a
+/// simulated one that tests move by hand.
+#[derive(Clone, Debug)]
+pub enum Clock {
+    Real(std::time::Instant),
+    Simulated(Arc<AtomicU64>),
+}
+
+impl Clock {
+    pub fn real() -> Self {
+        Clock::Real(std::time::Instant::now())
+    }
+
+    /// A simulated clock at zero; [`Clock::advance`] moves it.
+    pub fn simulated() -> Self {
+        Clock::Simulated(Arc::new(AtomicU64::new(0)))
+    }
+
+    pub fn now(&self) -> Mono {
+        match self {
+            Clock::Real(origin) => Mono(origin.elapsed().as_millis() as u64),
+            Clock::Simulated(at) => Mono(at.load(Ordering::SeqCst)),
+        }
+    }
+
+    /// Moves a simulated clock forward (a real one is left alone).
+    pub fn advance(&self, by: Duration) {
+        if let Clock::Simulated(at) = self {
+            at.fetch_add(by.as_millis() as u64, Ordering::SeqCst);
+        }
+    }
+}
+
+/// What is known in memory of one puppet since this puppeteer started.
+#[derive(Clone, Copy, Debug, Default)]
+struct Heard {
+    /// Polls held right now.
+    held: u32,
+    /// The free slots the last held poll reported.
+    free_slots: u32,
+    /// The last sign of life: a call's arrival or a held poll's end.
+    last: Option<Mono>,
+    /// What its last poll said about the path to it.
+    path: Option<PollPath>,
+}
+
+#[derive(Debug)]
+struct Signs {
+    clock: Clock,
+    /// When this puppeteer started serving: no silence counts from before.
+    since: Mono,
+    // A std mutex: held only for a map lookup or update, never across an await.
+    /// Kept in memory only, so that polls write nothing to disk for it; a
+    /// restarted puppeteer knows each puppet again at its next call.
+    puppets: Mutex<HashMap<String, Heard>>,
+}
+
+impl Signs {
+    fn update(&self, name: &str, f: impl FnOnce(&mut Heard)) {
+        let mut puppets = self.puppets.lock().unwrap_or_else(|e| e.into_inner());
+        match puppets.get_mut(name) {
+            Some(heard) => f(heard),
+            None => {
+                let mut heard = Heard::default();
+                f(&mut heard);
+                puppets.insert(name.to_string(), heard);
+            }
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<Heard> {
+        self.puppets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .copied()
+    }
+}
+
+/// Each puppet's signs of life, polls held and path, and the presence last
+/// stored for it.
+#[derive(Debug)]
 pub struct Presences {
-    // A std mutex: held only to bump a counter, never across an await.
-    /// Per puppet: how many polls are held, and the free slots the last
-    /// one reported.
-    held: Arc<Mutex<HashMap<String, (u32, u32)>>>,
-    // A std mutex: held only to copy a small value in or out.
-    /// Per puppet: what its last poll said about the path to it. Kept in
-    /// memory only, so that polls write nothing to disk for it; a restarted
-    /// puppeteer knows it again at each puppet's next poll.
-    paths: Mutex<HashMap<String, PollPath>>,
+    signs: Arc<Signs>,
     /// A mirror of each puppet's stored `reported_presence`, kept by the
     /// sweeper, so that its pass over ten thousand puppets holding polls
     /// need not decode their records every second.
     // A std mutex: held only for a map lookup or insert, never across an await.
     reported: Mutex<HashMap<String, Presence>>,
+}
+
+impl Default for Presences {
+    fn default() -> Self {
+        Presences::new(Clock::real())
+    }
 }
 
 /// The poll hold a puppet uses and why, from its last poll.
@@ -51,83 +177,142 @@ pub struct PollPath {
     pub polls_cut: u32,
 }
 
-/// Marks a puppet as holding a poll until dropped.
+/// Marks a puppet as holding a poll until dropped; its drop, however the
+/// poll ended, is a sign of life (the turn passes to the puppet).
 #[derive(Debug)]
 pub struct HeldPoll {
-    held: Arc<Mutex<HashMap<String, (u32, u32)>>>,
+    signs: Arc<Signs>,
     name: String,
 }
 
 impl Drop for HeldPoll {
     fn drop(&mut self) {
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((n, _)) = held.get_mut(&self.name) {
-            *n -= 1;
-            if *n == 0 {
-                held.remove(&self.name);
-            }
+        let now = self.signs.clock.now();
+        let mut puppets = self.signs.puppets.lock().unwrap_or_else(|e| e.into_inner());
+        // A puppet removed (forgotten) while its poll was held stays gone.
+        if let Some(heard) = puppets.get_mut(&self.name) {
+            heard.held = heard.held.saturating_sub(1);
+            heard.last = heard.last.max(Some(now));
         }
     }
 }
 
 impl Presences {
+    /// Starts serving now, on `clock`.
+    pub fn new(clock: Clock) -> Self {
+        Presences {
+            signs: Arc::new(Signs {
+                since: clock.now(),
+                clock,
+                puppets: Default::default(),
+            }),
+            reported: Default::default(),
+        }
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.signs.clock
+    }
+
+    /// A call authenticated as this puppet arrived: a sign of life.
+    pub fn heard(&self, name: &str) {
+        let now = self.signs.clock.now();
+        self.signs.update(name, |heard| {
+            heard.last = heard.last.max(Some(now));
+        });
+    }
+
+    /// A poll of this puppet is held until the guard is dropped.
     pub fn hold(&self, name: &str, free_slots: u32) -> HeldPoll {
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = held.entry(name.to_string()).or_default();
-        entry.0 += 1;
-        entry.1 = free_slots;
-        drop(held);
+        let now = self.signs.clock.now();
+        self.signs.update(name, |heard| {
+            heard.held += 1;
+            heard.free_slots = free_slots;
+            heard.last = heard.last.max(Some(now));
+        });
         HeldPoll {
-            held: self.held.clone(),
+            signs: self.signs.clone(),
             name: name.to_string(),
         }
     }
 
-    /// Records the hold of a puppet's poll and its count of cut polls.
-    pub fn note_path(&self, name: &str, path: PollPath) {
-        self.paths
+    /// Forgets a removed puppet.
+    pub fn forget(&self, name: &str) {
+        self.signs
+            .puppets
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(name.to_string(), path);
+            .remove(name);
+        self.set_reported(name, None);
+    }
+
+    /// Records the hold of a puppet's poll and its count of cut polls.
+    pub fn note_path(&self, name: &str, path: PollPath) {
+        self.signs.update(name, |heard| heard.path = Some(path));
     }
 
     /// The hold of the puppet's last poll since this server started.
     pub fn path(&self, name: &str) -> Option<PollPath> {
-        self.paths
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-            .copied()
+        self.signs.get(name).and_then(|heard| heard.path)
     }
 
     /// Whether the puppet holds a poll with a free slot: it could take a
     /// run this instant.
     pub fn ready(&self, name: &str) -> bool {
-        self.held
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        self.signs
             .get(name)
-            .is_some_and(|(_, free)| *free > 0)
+            .is_some_and(|heard| heard.held > 0 && heard.free_slots > 0)
     }
 
     /// Whether a poll of this puppet is held right now.
     pub fn is_held(&self, name: &str) -> bool {
-        self.held
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(name)
+        self.signs.get(name).is_some_and(|heard| heard.held > 0)
+    }
+
+    /// Whether this puppet made a call since this puppeteer started.
+    pub fn heard_since_start(&self, name: &str) -> bool {
+        self.signs
+            .get(name)
+            .is_some_and(|heard| heard.last.is_some())
+    }
+
+    /// How long the puppet has been silent (see the module's doc): zero
+    /// while a poll of it is held. `stored` is its last poll as stored on
+    /// disk (wall clock), read only for a puppet not heard since this
+    /// puppeteer started; `now` is the wall clock's time.
+    pub fn silence(
+        &self,
+        name: &str,
+        stored: impl FnOnce() -> Option<Millis>,
+        now: Millis,
+    ) -> Duration {
+        let mono = self.signs.clock.now();
+        match self.signs.get(name) {
+            Some(heard) if heard.held > 0 => Duration::ZERO,
+            Some(Heard {
+                last: Some(last), ..
+            }) => mono.since(last.max(self.signs.since)),
+            _ => {
+                let since_start = mono.since(self.signs.since);
+                match stored() {
+                    Some(seen) => since_start.min(now.since(seen)),
+                    None => since_start,
+                }
+            }
+        }
     }
 
     /// Of `names`, those the sweeper's presence pass must look at: all but
     /// the puppets holding a poll whose stored presence is already online.
     /// One lock of each map for the whole pass, not two per puppet.
     pub fn unsettled(&self, names: &[String]) -> Vec<String> {
-        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let puppets = self.signs.puppets.lock().unwrap_or_else(|e| e.into_inner());
         let reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
         names
             .iter()
             .filter(|name| {
-                !(held.contains_key(*name) && reported.get(*name) == Some(&Presence::Online))
+                !(puppets.get(*name).is_some_and(|heard| heard.held > 0)
+                    && reported.get(*name) == Some(&Presence::Online))
             })
             .cloned()
             .collect()
@@ -151,11 +336,31 @@ impl Presences {
         };
     }
 
-    pub fn of(&self, puppet: &Puppet, now: Millis, thresholds: Thresholds) -> Presence {
-        if self.is_held(&puppet.name) {
-            return Presence::Online;
+    /// A puppet's presence now, from its silence. `stored_offline`: its
+    /// stored presence says offline.
+    pub fn judge(
+        &self,
+        name: &str,
+        stored: impl FnOnce() -> Option<Millis>,
+        stored_offline: bool,
+        now: Millis,
+        thresholds: Thresholds,
+    ) -> Presence {
+        if stored_offline && !self.heard_since_start(name) {
+            return Presence::Offline;
         }
-        thresholds.judge(puppet.last_seen, now)
+        thresholds.judge(self.silence(name, stored, now))
+    }
+
+    /// A puppet's presence now, from its record.
+    pub fn of(&self, puppet: &Puppet, now: Millis, thresholds: Thresholds) -> Presence {
+        self.judge(
+            &puppet.name,
+            || puppet.last_seen,
+            puppet.reported_presence.as_deref() == Some("offline"),
+            now,
+            thresholds,
+        )
     }
 }
 
@@ -175,12 +380,8 @@ impl Thresholds {
         }
     }
 
-    /// Presence from the last poll alone.
-    pub fn judge(&self, last_seen: Option<Millis>, now: Millis) -> Presence {
-        let Some(seen) = last_seen else {
-            return Presence::Offline;
-        };
-        let silence = now.since(seen);
+    /// Presence from a silence.
+    pub fn judge(&self, silence: Duration) -> Presence {
         if silence <= self.late_after {
             Presence::Online
         } else if silence <= self.offline_after {
@@ -191,14 +392,11 @@ impl Thresholds {
     }
 }
 
-/// Presence from the last poll alone, with the default thresholds.
-pub fn judge(last_seen: Option<Millis>, now: Millis, hold: Duration) -> Presence {
-    Thresholds::for_hold(hold).judge(last_seen, now)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const NEVER: fn() -> Option<Millis> = || None;
 
     #[test]
     fn only_puppets_not_known_online_and_polling_are_unsettled() {
@@ -217,22 +415,77 @@ mod tests {
 
     #[test]
     fn presence_follows_silence() {
-        let hold = Duration::from_secs(50);
-        let seen = Some(Millis(1_000_000));
+        let t = Thresholds::for_hold(Duration::from_secs(50));
+        assert_eq!(t.judge(Duration::from_secs(60)), Presence::Online);
+        assert_eq!(t.judge(Duration::from_secs(100)), Presence::Late);
+        assert_eq!(t.judge(Duration::from_secs(300)), Presence::Offline);
+    }
+
+    #[test]
+    fn a_held_poll_is_silence_zero_however_long_and_its_end_a_sign_of_life() {
+        let clock = Clock::simulated();
+        let presences = Presences::new(clock.clone());
+        let held = presences.hold("p", 1);
+        clock.advance(Duration::from_secs(600));
+        assert_eq!(presences.silence("p", NEVER, Millis(0)), Duration::ZERO);
+        drop(held);
+        assert_eq!(presences.silence("p", NEVER, Millis(0)), Duration::ZERO);
+        clock.advance(Duration::from_secs(7));
         assert_eq!(
-            judge(seen, Millis(1_000_000 + 60_000), hold),
-            Presence::Online
+            presences.silence("p", NEVER, Millis(0)),
+            Duration::from_secs(7)
         );
+        presences.heard("p");
+        assert_eq!(presences.silence("p", NEVER, Millis(0)), Duration::ZERO);
+    }
+
+    #[test]
+    fn silence_counts_from_the_start_not_from_before_it() {
+        let clock = Clock::simulated();
+        clock.advance(Duration::from_secs(1000));
+        let presences = Presences::new(clock.clone());
+        clock.advance(Duration::from_secs(5));
+        // Stored last poll an hour before the wall clock's now: the restart
+        // counts, not the downtime.
+        let now = Millis(10_000_000);
+        let an_hour_ago = || Some(Millis(10_000_000 - 3_600_000));
         assert_eq!(
-            judge(seen, Millis(1_000_000 + 100_000), hold),
-            Presence::Late
+            presences.silence("p", an_hour_ago, now),
+            Duration::from_secs(5)
         );
+        // A stored poll later than the start (a clock edge aside) counts.
+        let two_s_ago = || Some(Millis(10_000_000 - 2_000));
         assert_eq!(
-            judge(seen, Millis(1_000_000 + 300_000), hold),
-            Presence::Offline
+            presences.silence("p", two_s_ago, now),
+            Duration::from_secs(2)
         );
-        assert_eq!(judge(None, Millis(0), hold), Presence::Offline);
-        // A clock that went backwards counts as no silence.
-        assert_eq!(judge(seen, Millis(0), hold), Presence::Online);
+        assert_eq!(presences.silence("p", NEVER, now), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_puppet_stored_offline_stays_offline_until_heard() {
+        let clock = Clock::simulated();
+        let presences = Presences::new(clock.clone());
+        let t = Thresholds::for_hold(Duration::from_secs(50));
+        let judge = |p: &Presences| p.judge("p", NEVER, true, Millis(0), t);
+        assert_eq!(judge(&presences), Presence::Offline);
+        presences.heard("p");
+        assert_eq!(judge(&presences), Presence::Online);
+        clock.advance(Duration::from_secs(66));
+        assert_eq!(judge(&presences), Presence::Late);
+    }
+
+    #[test]
+    fn the_wall_clock_moving_changes_no_silence_of_a_puppet_heard() {
+        let clock = Clock::simulated();
+        let presences = Presences::new(clock.clone());
+        presences.heard("p");
+        clock.advance(Duration::from_secs(3));
+        for wall in [Millis(0), Millis(i64::MAX / 2), Millis(-5)] {
+            assert_eq!(
+                presences.silence("p", || Some(Millis(0)), wall),
+                Duration::from_secs(3)
+            );
+        }
     }
 }

@@ -305,28 +305,27 @@ fn lacking(available: &HashMap<String, u32>, run: &Run) -> Option<String> {
         .map(|need| need.name.clone())
 }
 
-/// Runs whose lease expired: offered to or running on a puppet that has no
-/// poll held and has not polled for longer than `lease` (the lease of a run
-/// is renewed by every poll of its puppet). Input: each run with its
-/// puppet's last poll and whether a poll of it is held now.
+/// Runs whose lease expired: offered to or running on a puppet silent for
+/// longer than `lease`. Input: each run with its puppet's silence, as
+/// `presence::Presences::silence` measures it (zero while a poll of it is
+/// held; the module doc of `presence` is the whole model).
 ///
 /// A running run that expects a reboot keeps its lease while its puppet is
 /// silent (rebooting) until its reboot window, counted from the run's
 /// start, is over, plus `lease`: the puppet may come back at the very end
 /// of the window and must then have the time to report.
 pub fn expired_leases(
-    runs: &[(Run, Option<Millis>, bool)],
+    runs: &[(Run, std::time::Duration)],
     now: Millis,
     lease: std::time::Duration,
 ) -> Vec<String> {
     runs.iter()
-        .filter(|(run, last_seen, polling)| {
+        .filter(|(run, silence)| {
             matches!(run.state, RunState::Offered | RunState::Running)
-                && !*polling
-                && last_seen.is_none_or(|seen| now.since(seen) > lease)
+                && *silence > lease
                 && reboot_lease_over(run, now, lease)
         })
-        .map(|(run, _, _)| run.id.clone())
+        .map(|(run, _)| run.id.clone())
         .collect()
 }
 
@@ -645,15 +644,12 @@ mod tests {
         let running = run("a", RunState::Running);
         let queued = run("b", RunState::Queued);
         let now = Millis(1_000_000);
-        let runs = vec![
-            (running.clone(), Some(Millis(1_000_000 - 61_000)), false),
-            (queued, Some(Millis(0)), false),
-        ];
+        let secs = std::time::Duration::from_secs;
+        let runs = vec![(running.clone(), secs(61)), (queued, secs(1_000))];
         assert_eq!(expired_leases(&runs, now, lease), vec!["a"]);
-        // A held poll renews the lease, however old the last poll start.
-        let runs = vec![(running.clone(), Some(Millis(0)), true)];
+        let runs = vec![(running.clone(), lease)];
         assert!(expired_leases(&runs, now, lease).is_empty());
-        let runs = vec![(running, Some(Millis(1_000_000 - 59_000)), false)];
+        let runs = vec![(running, std::time::Duration::ZERO)];
         assert!(expired_leases(&runs, now, lease).is_empty());
     }
 
@@ -663,9 +659,11 @@ mod tests {
         let mut rebooting = run("r", RunState::Running);
         rebooting.reboot_window_ms = Some(600_000);
         rebooting.started_at = Some(Millis(1_000_000));
-        let silent_since = Some(Millis(1_000_000));
         let at = |ms: i64| Millis(1_000_000 + ms);
-        let check = |r: &Run, now| expired_leases(&[(r.clone(), silent_since, false)], now, lease);
+        // Silent since the run started.
+        let check = |r: &Run, now: Millis| {
+            expired_leases(&[(r.clone(), now.since(Millis(1_000_000)))], now, lease)
+        };
         // Silent for longer than the lease, but within window + lease.
         assert!(check(&rebooting, at(120_000)).is_empty());
         assert!(check(&rebooting, at(660_000)).is_empty());

@@ -35,15 +35,22 @@ impl AppState {
         Ok((job, runs, upstream))
     }
 
-    /// How long a puppet has been silent; `None` while a poll is held.
+    /// How long a puppet has been silent (the model is in `presence`);
+    /// `None` while a poll of it is held.
     pub fn silence(&self, puppet: &str, now: Millis) -> Option<Duration> {
         if self.presences.is_held(puppet) {
             return None;
         }
-        match self.store.get_puppet(puppet).ok().and_then(|p| p.last_seen) {
-            Some(seen) => Some(now.since(seen)),
-            None => Some(Duration::MAX),
-        }
+        Some(
+            self.presences
+                .silence(puppet, || self.stored_last_poll(puppet), now),
+        )
+    }
+
+    /// A puppet's last poll as stored on disk (read only for puppets not
+    /// heard since this puppeteer started).
+    pub fn stored_last_poll(&self, puppet: &str) -> Option<Millis> {
+        self.store.get_puppet(puppet).ok().and_then(|p| p.last_seen)
     }
 
     /// Capacity to set aside for older waiters of other puppets (FIFO per

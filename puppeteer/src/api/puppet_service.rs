@@ -140,6 +140,14 @@ impl PuppetServiceApi {
         })
     }
 
+    /// The puppet calling (or an error for anyone else). Its call is a sign
+    /// of life (see `presence`): a puppet busy reporting is not silent.
+    fn caller<T>(&self, request: &Request<T>) -> ApiResult<String> {
+        let name = self.state.auth.puppet(&self.state.store, request)?;
+        self.state.presences.heard(&name);
+        Ok(name)
+    }
+
     /// What a poll does before it waits: authenticates the puppet, notes
     /// that it was seen (and its new facts), and gathers what the hold
     /// needs. Returns that with the puppet's record.
@@ -216,6 +224,10 @@ impl PuppetServiceApi {
             notified.as_mut().enable();
             if let Some(mut answer) = self.answer_now(&waiting, first.take())? {
                 answer.hold = Some(dur(waiting.hold));
+                // The answer ends the hold: the puppet's last poll, as shown
+                // to operators, is now (its signs of life are counted by
+                // the `HeldPoll` in `waiting`, whenever it is dropped).
+                store.touch_puppet(&waiting.name, Millis::now())?;
                 // Boxed: only an answered poll needs room for the flush,
                 // not every held one.
                 Box::pin(store.flush()).await.map_err(ApiError::from)?;
@@ -371,7 +383,7 @@ impl PuppetService for PuppetServiceApi {
         &self,
         request: Request<pb::FetchArtifactRequest>,
     ) -> Result<Response<Self::FetchArtifactStream>, Status> {
-        let puppet = self.state.auth.puppet(&self.state.store, &request)?;
+        let puppet = self.caller(&request)?;
         let stream = super::fetch::open(&self.state, &puppet, request.into_inner()).await?;
         Ok(Response::new(stream))
     }
@@ -448,7 +460,7 @@ impl PuppetService for PuppetServiceApi {
         &self,
         request: Request<pb::StartRunRequest>,
     ) -> Result<Response<pb::StartRunResponse>, Status> {
-        let name = self.state.auth.puppet(&self.state.store, &request)?;
+        let name = self.caller(&request)?;
         let req = request.into_inner();
         let run = self.own_run(&name, &req.run_id)?;
         let now = Millis::now();
@@ -500,7 +512,7 @@ impl PuppetService for PuppetServiceApi {
         &self,
         request: Request<pb::AppendLogRequest>,
     ) -> Result<Response<pb::AppendLogResponse>, Status> {
-        let name = self.state.auth.puppet(&self.state.store, &request)?;
+        let name = self.caller(&request)?;
         let req = request.into_inner();
         if req.data.len() > super::MAX_LOG_CHUNK {
             return Err(invalid(format!(
@@ -550,7 +562,7 @@ impl PuppetService for PuppetServiceApi {
         &self,
         request: Request<pb::FinishRunRequest>,
     ) -> Result<Response<pb::FinishRunResponse>, Status> {
-        let name = self.state.auth.puppet(&self.state.store, &request)?;
+        let name = self.caller(&request)?;
         let req = request.into_inner();
         let run = self.own_run(&name, &req.run_id)?;
         let outcome = convert::outcome_from(req.outcome)?;

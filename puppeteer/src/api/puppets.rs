@@ -106,6 +106,7 @@ impl PuppetsApi {
             Ok(_) | Err(StoreError::NotFound { .. }) => {}
             Err(e) => return Err(e.into()),
         }
+        self.state.presences.forget(name);
         for run in &ended {
             self.state.hub.wake(&run_key(&run.id));
             self.state.hub.wake(&job_key(&run.job_id));

@@ -1,9 +1,11 @@
 //! The sweeper: time-driven transitions, once a second (less often when a
 //! pass is long, see [`next_sweep_in`]).
 //!
-//! A run's lease is renewed by every poll of its puppet. When a puppet holds
-//! no poll and has been silent for longer than the lease timeout, its offered
-//! and running runs are `lost`: their resources are released, and the retry
+//! A run's lease runs out when its puppet has been silent for longer than
+//! the lease timeout (silence as `presence` defines it: zero while a poll of
+//! it is held, counted from its last call or the end of its last held
+//! poll, never from before this puppeteer started). Its offered and running
+//! runs are then `lost`: their resources are released, and the retry
 //! rule decides whether a new attempt is queued. Should the puppet come back
 //! and report on the old attempt, the report is recorded against that
 //! attempt and changes nothing current.
@@ -38,17 +40,17 @@ impl AppState {
         // A puppet holding a poll is online: nothing to do if that is what
         // was last stored, and no record to decode.
         for name in self.presences.unsettled(&self.store.puppet_names()?) {
-            // With the stored presence mirrored and the last poll in the
-            // seen tree (every poll writes it), the presence is judged
-            // without decoding the record: only a change needs it.
-            if let Some(stored) = self.presences.reported(&name)
-                && let Some(seen) = self.store.seen_at(&name)?
-            {
-                let presence = if self.presences.is_held(&name) {
-                    Presence::Online
-                } else {
-                    self.config.presence.judge(Some(seen), now)
-                };
+            // With the stored presence mirrored and the signs of life in
+            // memory, the presence is judged without decoding the record:
+            // only a change needs it.
+            if let Some(stored) = self.presences.reported(&name) {
+                let presence = self.presences.judge(
+                    &name,
+                    || self.stored_last_poll(&name),
+                    stored == Presence::Offline,
+                    now,
+                    self.config.presence,
+                );
                 if presence == Presence::Late || presence == stored {
                     continue;
                 }
@@ -181,22 +183,14 @@ impl AppState {
                 rest.push(run);
                 continue;
             }
-            // A puppet holding a poll renews its leases: its record (and
-            // last poll) need not be read.
-            let polling = self.presences.is_held(&run.puppet);
-            let last_seen = if polling {
-                None
-            } else {
-                self.store
-                    .get_puppet(&run.puppet)
-                    .ok()
-                    .and_then(|p| p.last_seen)
-            };
-            view.push((run, last_seen, polling));
+            let silence =
+                self.presences
+                    .silence(&run.puppet, || self.stored_last_poll(&run.puppet), now);
+            view.push((run, silence));
         }
         let lease = self.config.lease_timeout;
         let expired = scheduler::expired_leases(&view, now, lease);
-        rest.extend(view.into_iter().map(|(run, _, _)| run));
+        rest.extend(view.into_iter().map(|(run, _)| run));
         if expired.is_empty() {
             return Ok(rest);
         }
