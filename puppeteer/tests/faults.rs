@@ -258,7 +258,7 @@ async fn netns_a_log_upload_across_a_cut_link_loses_nothing() {
 #[tokio::test]
 async fn netns_a_run_completes_across_a_slow_lossy_link() {
     let test = "netns_a_run_completes_across_a_slow_lossy_link";
-    let Some(mut ns) = netns::create_or_skip(test) else {
+    let Some(mut ns) = netns::create_with_nft_or_skip(test) else {
         return;
     };
     // 512 kbit/s each way, 2 % loss each way, 300 ms round trip.

@@ -73,7 +73,7 @@ fn wire(rig: &Rig, ns: &NetNs) -> Wire {
 
 /// One idle puppet at `hold` (`None`: the server's default), measured over `window`.
 async fn idle_cost(label: &str, puppet_args: &[&str], window: Duration) {
-    let Some(mut ns) = netns::create_or_skip("netbench_idle") else {
+    let Some(mut ns) = netns::create_with_nft_or_skip("netbench_idle") else {
         return;
     };
     let rig = Rig::start_in(Some(&ns), &["--max-poll-hold", "600s"], puppet_args).await;
@@ -108,7 +108,7 @@ async fn netbench_idle() {
 
 /// The link of the transfer figures: 512 kbit/s each way, 2 % loss each way.
 fn shaped_link(test: &str) -> Option<NetNs> {
-    let mut ns = netns::create_or_skip(test)?;
+    let mut ns = netns::create_with_nft_or_skip(test)?;
     ns.limit_rate(512).unwrap();
     ns.drop_percent(2).unwrap();
     Some(ns)

@@ -315,11 +315,27 @@ pub const REQUIRE_VAR: &str = "GEPPETTO_REQUIRE_NETNS";
 /// skipped. The notice is written to the process's stderr directly, past
 /// the test harness's output capture, so that it shows in a normal run.
 pub fn create_or_skip(test: &str) -> Option<NetNs> {
+    match NetNs::create() {
+        Ok(ns) => Some(ns),
+        Err(why) => skip(test, &why),
+    }
+}
+
+/// [`create_or_skip`] for a test that also needs nftables (random loss,
+/// byte counting): skipped the same way when `nft` is missing.
+pub fn create_with_nft_or_skip(test: &str) -> Option<NetNs> {
+    if !NetNs::has_nft() {
+        return skip(
+            test,
+            "nftables (`nft`) is not installed: apt-get install -y nftables",
+        );
+    }
+    create_or_skip(test)
+}
+
+/// Skips `test` loudly, or fails it where namespaces are required.
+fn skip(test: &str, why: &str) -> Option<NetNs> {
     use std::io::Write;
-    let why = match NetNs::create() {
-        Ok(ns) => return Some(ns),
-        Err(why) => why,
-    };
     if std::env::var_os(REQUIRE_VAR).is_some() {
         panic!("{test}: network namespaces unavailable ({why}) but {REQUIRE_VAR} is set");
     }
