@@ -331,8 +331,12 @@ pub enum PuppetsCommand {
         #[arg(long)]
         force: bool,
     },
-    /// Admits a pending puppet: it starts receiving runs
-    Approve { name: String },
+    /// Admits pending puppets: they start receiving runs
+    Approve {
+        /// One or more pending puppets
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
     /// Refuses a pending puppet: it is removed, its credential revoked, its runs skipped
     Reject { name: String },
     /// Gives a puppet a new credential, picked up at its next poll; the old one
@@ -621,6 +625,20 @@ pub enum JobsCommand {
         /// Which runs to try again
         #[arg(long, value_enum, default_value_t = RetryOnly::Skipped, value_name = "RUNS")]
         only: RetryOnly,
+    },
+    /// Skips, now, a job's runs that have not started on the named puppets (e.g.
+    /// waiting for a puppet that is offline); `jobs retry JOB` runs them later
+    Skip {
+        job: String,
+        /// The puppet whose run to skip (repeat it, or give a comma-separated list)
+        #[arg(long, required = true, value_delimiter = ',', value_name = "NAME")]
+        puppet: Vec<String>,
+    },
+    /// Marks finished jobs as seen: they leave "needs attention" in `geppetto status`
+    Ack {
+        /// One or more finished jobs
+        #[arg(required = true)]
+        jobs: Vec<String>,
     },
 }
 

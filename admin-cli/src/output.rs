@@ -130,6 +130,35 @@ pub fn ago(ts: Option<&prost_types::Timestamp>) -> String {
     }
 }
 
+/// A cause for people: a time the puppeteer wrote into it (`last seen
+/// 2026-12-05T16:40:12Z`) is followed by how long ago that was, which the
+/// stored cause cannot say without changing every second.
+pub fn cause(text: &str) -> String {
+    cause_at(text, SystemTime::now())
+}
+
+fn cause_at(text: &str, now: SystemTime) -> String {
+    const MARK: &str = "last seen ";
+    let Some(at) = text.find(MARK).map(|i| i + MARK.len()) else {
+        return text.to_string();
+    };
+    let stamp: String = text[at..]
+        .chars()
+        .take_while(|c| !c.is_whitespace() && *c != ',' && *c != ')')
+        .collect();
+    match humantime::parse_rfc3339(&stamp) {
+        Ok(time) => {
+            let ago = now
+                .duration_since(time)
+                .map(|d| format!("{} ago", short_duration(d)))
+                .unwrap_or_else(|_| "just now".into());
+            let end = at + stamp.len();
+            format!("{} ({ago}){}", &text[..end], &text[end..])
+        }
+        Err(_) => text.to_string(),
+    }
+}
+
 /// A duration rounded to its two largest units: `3m12s`, `2h5m`, `4d3h`.
 pub fn short_duration(d: Duration) -> String {
     let s = d.as_secs();
@@ -190,6 +219,23 @@ pub fn bytes(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cause_says_how_long_ago_it_last_saw_a_puppet() {
+        let now = humantime::parse_rfc3339("2026-12-05T17:00:00Z").unwrap();
+        assert_eq!(
+            cause_at(
+                "waiting for its puppet, which is offline, last seen 2026-12-05T16:48:00Z",
+                now
+            ),
+            "waiting for its puppet, which is offline, last seen 2026-12-05T16:48:00Z (12m0s ago)"
+        );
+        assert_eq!(
+            cause_at("waiting for approval", now),
+            "waiting for approval"
+        );
+        assert_eq!(cause_at("last seen soon", now), "last seen soon");
+    }
 
     #[test]
     fn formats() {

@@ -174,8 +174,23 @@ pub fn parse_bandwidth(s: &str) -> Result<u64, String> {
     Ok(bytes as u64)
 }
 
-/// A byte rate for people: `48 KiB/s`, `1.5 MiB/s`, `200 B/s`.
+/// A budget for people, in the unit it was most likely given in: a link's
+/// rate in bits (`480 kbit/s`) when it is a whole number of kbit/s and not
+/// of KiB/s, else in powers of 1024 (`48 KiB/s`); the other one follows in
+/// brackets when it differs (`480 kbit/s (58.6 KiB/s)`).
 pub fn format_bandwidth(bytes_per_second: u64) -> String {
+    let bytes = format_bytes_rate(bytes_per_second);
+    let bits = format_bits_rate(bytes_per_second);
+    let in_bits = bytes_per_second.is_multiple_of(125) && !bytes_per_second.is_multiple_of(1024);
+    match bits {
+        Some(bits) if in_bits => format!("{bits} ({bytes})"),
+        Some(bits) if bytes_per_second >= 1024 => format!("{bytes} ({bits})"),
+        _ => bytes,
+    }
+}
+
+/// `58.6 KiB/s`, `1.5 MiB/s`, `200 B/s`.
+fn format_bytes_rate(bytes_per_second: u64) -> String {
     let b = bytes_per_second as f64;
     let (value, unit) = if b >= 1024.0 * 1024.0 {
         (b / (1024.0 * 1024.0), "MiB/s")
@@ -186,6 +201,23 @@ pub fn format_bandwidth(bytes_per_second: u64) -> String {
     };
     let text = format!("{value:.1}");
     format!("{} {unit}", text.strip_suffix(".0").unwrap_or(&text))
+}
+
+/// `480 kbit/s`, `2 Mbit/s`, `1.5 Mbit/s`; `None` below 1 kbit/s.
+fn format_bits_rate(bytes_per_second: u64) -> Option<String> {
+    let bits = bytes_per_second as f64 * 8.0;
+    let (value, unit) = if bits >= 1e6 {
+        (bits / 1e6, "Mbit/s")
+    } else if bits >= 1e3 {
+        (bits / 1e3, "kbit/s")
+    } else {
+        return None;
+    };
+    let text = format!("{value:.1}");
+    Some(format!(
+        "{} {unit}",
+        text.strip_suffix(".0").unwrap_or(&text)
+    ))
 }
 
 /// A limit of a job's strategy: a count of runs, or a percentage of the
@@ -290,9 +322,13 @@ mod tests {
         );
         assert!(parse_bandwidth("fast").unwrap_err().contains("KiB/s"));
         assert!(parse_bandwidth("0.001B/s").is_err());
-        assert_eq!(format_bandwidth(48 * 1024), "48 KiB/s");
-        assert_eq!(format_bandwidth(1_572_864), "1.5 MiB/s");
+        assert_eq!(format_bandwidth(48 * 1024), "48 KiB/s (393.2 kbit/s)");
+        assert_eq!(format_bandwidth(1_572_864), "1.5 MiB/s (12.6 Mbit/s)");
         assert_eq!(format_bandwidth(200), "200 B/s");
+        // Given in bits: echoed in bits.
+        assert_eq!(format_bandwidth(60_000), "480 kbit/s (58.6 KiB/s)");
+        assert_eq!(format_bandwidth(250_000), "2 Mbit/s (244.1 KiB/s)");
+        assert_eq!(format_bandwidth(64_000), "512 kbit/s (62.5 KiB/s)");
     }
 
     #[test]

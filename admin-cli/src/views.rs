@@ -576,6 +576,9 @@ pub struct JobView {
     pub rejected: bool,
     /// Puppets the target named that got no run, and why.
     pub not_targeted: Vec<PuppetSkippedView>,
+    /// Who acknowledged the finished job (`jobs ack`); `null` if nobody.
+    pub acknowledged_by: Option<String>,
+    pub acknowledged_at: Option<String>,
 }
 
 /// A limit of a strategy: `{"count": 3}` or `{"percent": 25}`.
@@ -751,6 +754,8 @@ impl From<&pb::Job> for JobView {
             approved_at: rfc3339(j.approved_at.as_ref()),
             rejected: j.rejected,
             not_targeted: j.not_targeted.iter().map(PuppetSkippedView::from).collect(),
+            acknowledged_by: (!j.acknowledged_by.is_empty()).then(|| j.acknowledged_by.clone()),
+            acknowledged_at: rfc3339(j.acknowledged_at.as_ref()),
         }
     }
 }
@@ -1188,9 +1193,24 @@ pub struct AttentionView {
     pub pending_puppets: Vec<String>,
     /// Jobs to approve (or reject).
     pub awaiting_approval: Vec<JobBriefView>,
-    /// Failed jobs among the last 100, newest first.
+    /// Failed jobs among the last 100 that nobody acknowledged, newest first.
     pub failed_jobs: Vec<JobBriefView>,
+    /// Runs of unfinished jobs that wait for a puppet that is offline.
+    pub offline_waits: Vec<OfflineWaitView>,
 }
+
+/// A run that waits for its offline puppet.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct OfflineWaitView {
+    pub job_id: String,
+    pub run_id: String,
+    pub puppet: String,
+    /// When the puppet last called, if ever.
+    pub last_seen: Option<String>,
+}
+
+/// How the puppeteer's cause of a run waiting for its offline puppet begins.
+pub const OFFLINE_WAIT: &str = "waiting for its puppet, which is offline";
 
 impl StatusView {
     /// The status from the puppets, the last jobs (newest first) and the
@@ -1232,6 +1252,30 @@ impl StatusView {
             })
             .collect();
         in_use.sort_by(|a, b| a.name.cmp(&b.name));
+        let last_seen: std::collections::HashMap<&str, Option<String>> = puppets
+            .iter()
+            .map(|p| (p.name.as_str(), rfc3339(p.last_seen.as_ref())))
+            .collect();
+        let offline_waits = jobs
+            .iter()
+            .filter(|j| !job_finished(j.state))
+            .flat_map(|j| {
+                j.runs
+                    .iter()
+                    .filter(|r| r.cause.starts_with(OFFLINE_WAIT))
+                    .map(|r| OfflineWaitView {
+                        job_id: j.id.clone(),
+                        run_id: r.run_id.clone(),
+                        puppet: r.puppet.clone(),
+                        last_seen: last_seen.get(r.puppet.as_str()).cloned().flatten(),
+                    })
+            })
+            .collect();
+        let failed_jobs = jobs
+            .iter()
+            .filter(|j| j.state == pb::JobState::Failed as i32 && j.acknowledged_by.is_empty())
+            .map(JobBriefView::from)
+            .collect();
         StatusView {
             fleet,
             jobs: with_state(&[pb::JobState::Running, pb::JobState::AwaitingApproval]),
@@ -1239,7 +1283,8 @@ impl StatusView {
             attention: AttentionView {
                 pending_puppets,
                 awaiting_approval: with_state(&[pb::JobState::AwaitingApproval]),
-                failed_jobs: with_state(&[pb::JobState::Failed]),
+                failed_jobs,
+                offline_waits,
             },
             server: None,
         }
@@ -1322,6 +1367,8 @@ mod tests {
                 "approved_at": null,
                 "rejected": false,
                 "not_targeted": [],
+                "acknowledged_by": null,
+                "acknowledged_at": null,
             })
         );
     }

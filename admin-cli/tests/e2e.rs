@@ -9,7 +9,7 @@ mod live;
 
 use std::io::{Read, Write};
 use std::sync::mpsc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use predicates::prelude::*;
 use serde_json::Value;
@@ -1230,4 +1230,108 @@ fn artifacts_upload_resume_and_pin_into_tasks() {
     assert_eq!(live.json(&["artifacts", "list"]), serde_json::json!([]));
     // The task version still pins the content.
     assert!(live.path("data/artifacts").join(&sha).is_file());
+}
+
+#[test]
+fn a_run_waiting_for_an_offline_puppet_says_so_and_can_be_skipped_and_acknowledged() {
+    let mut live = Live::start_with(|c| {
+        c.late_after = Some(Duration::from_secs(1));
+        c.offline_after = Some(Duration::from_secs(2));
+    });
+    with_puppets(&mut live, &["up", "down"]);
+    live.ok(&["tasks", "create", "hello", "--command", "echo hi"]);
+    live.stop_puppet("down");
+    wait_for("down is offline", DEADLINE, || {
+        let puppet = live.json(&["puppets", "show", "down"]);
+        (puppet["presence"] == "offline").then_some(())
+    });
+
+    let job = single_id(
+        &live.ok(&["jobs", "run", "hello", "--puppet", "up", "--puppet", "down"]),
+        "job",
+    );
+    // The run on the dead puppet says why it waits, and since when.
+    let cause = wait_for("the run waits for its offline puppet", DEADLINE, || {
+        let runs = live.json(&["runs", "list", "--job", &job]);
+        let run = runs
+            .as_array()?
+            .iter()
+            .find(|r| r["puppet"] == "down")?
+            .clone();
+        let cause = run["cause"].as_str()?.to_string();
+        cause
+            .starts_with("waiting for its puppet, which is offline, last seen ")
+            .then_some(cause)
+    });
+    let shown = live.ok(&["jobs", "show", &job]);
+    assert!(
+        shown.contains(" ago)"),
+        "how long ago is shown: {shown}\n{cause}"
+    );
+    let status = live.ok(&["status"]);
+    assert!(
+        status.contains(&format!(
+            "job {job} waits for puppet down, offline (last seen "
+        )) && status.contains(&format!("geppetto jobs skip {job} --puppet down")),
+        "{status}"
+    );
+
+    // A started or finished run cannot be skipped; the wrong puppet is named.
+    live.wait_run_state(
+        live.json(&["runs", "list", "--job", &job])
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["puppet"] == "up")
+            .unwrap()["id"]
+            .as_str()
+            .unwrap(),
+        "succeeded",
+    );
+    live.cli()
+        .args(["jobs", "skip", &job, "--puppet", "up"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(
+            "only runs that have not started can be skipped",
+        ));
+    live.cli()
+        .args(["jobs", "skip", &job, "--puppet", "nobody"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("has no run on puppet nobody"));
+    // Not finished yet: nothing to acknowledge.
+    live.cli()
+        .args(["jobs", "ack", &job])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("is not finished"));
+
+    // Skipped now: the job ends, and needs attention until acknowledged.
+    live.ok(&["jobs", "skip", &job, "--puppet", "down"]);
+    let done = live.wait_job(&job);
+    let skipped = done["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["puppet"] == "down")
+        .unwrap();
+    assert_eq!(skipped["state"], "skipped");
+    assert!(
+        skipped["cause"]
+            .as_str()
+            .unwrap()
+            .starts_with("skipped: skipped by "),
+        "{skipped}"
+    );
+    let status = live.ok(&["status"]);
+    assert!(
+        status.contains(&format!("job {job} (hello v1) failed")) && !status.contains("waits for"),
+        "{status}"
+    );
+    live.ok(&["jobs", "ack", &job]);
+    let acked = live.json(&["jobs", "show", &job]);
+    assert!(acked["acknowledged_by"].is_string(), "{acked}");
+    let status = live.ok(&["status"]);
+    assert!(status.contains("needs attention: nothing"), "{status}");
 }

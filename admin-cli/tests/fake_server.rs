@@ -45,8 +45,20 @@ struct FakeRuns;
 
 #[tonic::async_trait]
 impl Runs for FakeRuns {
-    async fn get_run(&self, _: Request<pb::GetRunRequest>) -> Answer<pb::Run> {
-        Err(Status::unimplemented("fake"))
+    async fn get_run(&self, request: Request<pb::GetRunRequest>) -> Answer<pb::Run> {
+        check_token(&request)?;
+        let id = request.into_inner().id;
+        if id != "run-web-2" {
+            return Err(Status::not_found(format!("no run {id:?}")));
+        }
+        Ok(Response::new(pb::Run {
+            id,
+            job_id: "job-1".into(),
+            puppet: "web-2".into(),
+            state: pb::RunState::Succeeded as i32,
+            outcome: pb::Outcome::Exited as i32,
+            ..Default::default()
+        }))
     }
 
     async fn list_runs(
@@ -168,6 +180,14 @@ impl Jobs for FakeJobs {
         Err(Status::unimplemented("fake"))
     }
 
+    async fn skip_runs(&self, _: Request<pb::SkipRunsRequest>) -> Answer<pb::Job> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    async fn acknowledge_job(&self, _: Request<pb::GetJobRequest>) -> Answer<pb::Job> {
+        Err(Status::unimplemented("fake"))
+    }
+
     type WatchJobStream = Chunks<pb::Job>;
 
     /// "job-1" ends with a failed run; "job-ok" succeeds.
@@ -243,11 +263,13 @@ fn logs_prints_the_exact_bytes() {
         .assert()
         .success()
         .stdout(LOG);
+    // --follow: the same bytes; how the run ended on stderr.
     connected(&url)
         .args(["logs", "run-web-2", "--follow"])
         .assert()
         .success()
-        .stdout(LOG);
+        .stdout(LOG)
+        .stderr("run run-web-2 succeeded (exit 0)\n");
 }
 
 #[test]

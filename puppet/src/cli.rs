@@ -361,6 +361,15 @@ impl RunArgs {
                 "no state directory given: use --state-dir DIR (or PUPPET_STATE_DIR)".into(),
             )
         })?;
+        // Resolved once, here, against the working directory the puppet was
+        // started in: runs execute in working directories of their own, and
+        // the paths of their scripts and spools must not depend on them.
+        let state_dir = std::path::absolute(&state_dir).map_err(|e| {
+            ConfigError(format!(
+                "cannot resolve the state directory {}: {e}",
+                state_dir.display()
+            ))
+        })?;
         let labels = match (self.labels, file.labels) {
             (Some(text), _) | (None, Some(FileLabels::Text(text))) => parse_labels(&text)?,
             (None, Some(FileLabels::Table(table))) => {
@@ -529,6 +538,19 @@ mod tests {
         assert_eq!(config.poll_hold, Some(Duration::from_secs(20)));
         assert_eq!(config.enroll_token.as_deref(), Some("tok"));
         assert_eq!(config.compression, Compression::Gzip);
+        assert_eq!(config.state_dir, std::path::Path::new("/tmp/p"));
+    }
+
+    #[test]
+    fn a_relative_state_dir_is_resolved_once_at_start() {
+        let config = parse(&["--server", "http://127.0.0.1:7", "--state-dir", "p1"])
+            .into_config()
+            .unwrap();
+        assert!(config.state_dir.is_absolute(), "{:?}", config.state_dir);
+        assert_eq!(
+            config.state_dir,
+            std::env::current_dir().unwrap().join("p1")
+        );
     }
 
     #[test]

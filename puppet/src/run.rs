@@ -437,7 +437,16 @@ async fn finish(ctx: &RunContext, target: &LogTarget, report: &FinishReport) -> 
     let answer = send_finish(&ctx.client, target, report, &ctx.abandon).await;
     match answer {
         Ok(answer) => {
-            tracing::info!(run_id = %target.run_id, state = answer.state, "run reported");
+            // `succeeded`, not the enum's number.
+            let state = geppetto_proto::v1::RunState::try_from(answer.state)
+                .map(|state| {
+                    state
+                        .as_str_name()
+                        .trim_start_matches("RUN_STATE_")
+                        .to_ascii_lowercase()
+                })
+                .unwrap_or_else(|_| format!("unknown ({})", answer.state));
+            tracing::info!(run_id = %target.run_id, %state, "run reported");
             true
         }
         Err(CallError::Stopped) => false,

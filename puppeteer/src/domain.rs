@@ -472,6 +472,16 @@ pub struct Job {
     /// The end state already announced in the event stream, if any.
     #[serde(default)]
     pub reported_end: Option<String>,
+    /// An operator saw the finished job: it no longer needs attention.
+    #[serde(default)]
+    pub acknowledged: Option<Acknowledged>,
+}
+
+/// Who acknowledged a finished job, and when.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Acknowledged {
+    pub by: String,
+    pub at: Millis,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -121,11 +121,14 @@ struct ServeArgs {
     /// timeout when only that is given].
     #[arg(long, value_parser = humantime::parse_duration)]
     max_poll_hold: Option<Duration>,
-    /// A run offered to or running on a puppet that has not polled for this
-    /// long is lost and its resources released [default: poll timeout + 1m].
+    /// A run offered to or running on a puppet silent for this long is lost
+    /// and its resources released [default: poll timeout + 1m]. Silence is
+    /// zero while a poll of the puppet is held, however long its hold; it
+    /// counts from its last call or the end of its last held poll.
     #[arg(long, value_parser = humantime::parse_duration)]
     lease_timeout: Option<Duration>,
-    /// A puppet silent for longer is shown late [default: poll timeout + 15s].
+    /// A puppet silent for longer is shown late [default: poll timeout +
+    /// 15s, at most the lease timeout].
     #[arg(long, value_parser = humantime::parse_duration)]
     late_after: Option<Duration>,
     /// A puppet silent for longer is shown offline [default: 3 × late-after].
@@ -354,6 +357,7 @@ async fn run(cli: Cli) -> Result<()> {
         );
     }
     let data_dir = config.data_dir.clone();
+    let server_name = config.server_names.first().cloned();
     let running = puppeteer::start(config).await?;
     let url = running.url(insecure);
     if running.created_tls {
@@ -368,7 +372,21 @@ async fn run(cli: Cli) -> Result<()> {
             running.admin_token_file.display()
         );
     }
-    say!("puppeteer listening on {url} (gRPC and gRPC-web)");
+    if running.addr.ip().is_unspecified() {
+        // Bound to every interface: say so, and how clients name it.
+        let scheme = if insecure { "http" } else { "https" };
+        let port = running.addr.port();
+        let public = server_name
+            .filter(|name| name != "localhost")
+            .map(|name| format!("{scheme}://{name}:{port}, "))
+            .unwrap_or_default();
+        say!(
+            "puppeteer listening on {} (every interface; gRPC and gRPC-web): reach it as {public}{url} from this machine",
+            running.addr
+        );
+    } else {
+        say!("puppeteer listening on {url} (gRPC and gRPC-web)");
+    }
     if let Some(at) = running.metrics_addr {
         say!("Prometheus metrics on http://{at}/metrics (no authentication)");
     }

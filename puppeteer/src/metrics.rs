@@ -29,7 +29,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{AppState, Shared};
-use crate::domain::{Millis, PuppetState, Run, RunState};
+use crate::domain::{PuppetState, Run, RunState};
 use crate::presence::Presence;
 
 /// The `Content-Type` of the answer to `GET /metrics`.
@@ -318,8 +318,6 @@ impl Metrics {
 
     fn refresh(&self, state: &AppState) -> Result<()> {
         let store = &state.store;
-        let now = Millis::now();
-
         let mut pending = 0;
         let mut by_presence = [0i64; 3];
         // One at a time: a scrape every few seconds would otherwise hold
@@ -334,7 +332,7 @@ impl Metrics {
                 pending += 1;
                 continue;
             }
-            let i = match state.presences.of(&puppet, now, state.config.presence) {
+            let i = match state.presences.of(&puppet, state.config.presence) {
                 Presence::Online => 0,
                 Presence::Late => 1,
                 Presence::Offline => 2,

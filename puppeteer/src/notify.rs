@@ -272,6 +272,36 @@ async fn attempt(
 
 /// Subject and body of the mail for an event.
 pub fn compose(state: &crate::api::AppState, event: &Event) -> (String, String) {
+    let job = (!event.job_id.is_empty())
+        .then(|| state.store.get_job(&event.job_id).ok())
+        .flatten();
+    let runs = job
+        .as_ref()
+        .and_then(|job| state.store.get_runs(&job.run_ids).ok())
+        .unwrap_or_default();
+    let tail = |run: &crate::domain::Run| {
+        let from = run.log_length.saturating_sub(2048);
+        let (_, chunk) = state.store.read_log(&run.id, from, 2048).ok()?;
+        let text = String::from_utf8_lossy(&chunk.data).into_owned();
+        let lines: Vec<&str> = text.lines().collect();
+        Some(lines[lines.len().saturating_sub(20)..].join("\n"))
+    };
+    render(event, job.as_ref().map(|job| (job, runs.as_slice())), &tail)
+}
+
+/// Runs listed one per line at most.
+const MAIL_RUN_LINES: usize = 20;
+/// Runs whose output's end is quoted at most.
+const MAIL_OUTPUTS: usize = 3;
+
+/// The mail for an event, from the job and runs it names (pure: `tail`
+/// gives the end of a run's output). A run's event (`run.lost`...) is about
+/// that run alone: its line and its output, not its job's other runs'.
+pub fn render(
+    event: &Event,
+    job: Option<(&crate::domain::Job, &[crate::domain::Run])>,
+    tail: &dyn Fn(&crate::domain::Run) -> Option<String>,
+) -> (String, String) {
     let subject = format!("[geppetto] {}: {}", event.kind, first_line(&event.summary));
     let mut body = format!(
         "{}\n\nEvent {} ({}) at {}\n",
@@ -285,44 +315,75 @@ pub fn compose(state: &crate::api::AppState, event: &Event) -> (String, String) 
     if !event.puppet.is_empty() {
         body.push_str(&format!("Puppet: {}\n", event.puppet));
     }
-    if !event.job_id.is_empty()
-        && let Ok(job) = state.store.get_job(&event.job_id)
-        && let Ok(runs) = state.store.get_runs(&job.run_ids)
-    {
-        body.push_str(&format!(
-            "Job: {} (task {} v{})\n",
-            job.id, job.task_name, job.task_version
-        ));
-        let failing: Vec<_> = runs
-            .iter()
+    let Some((job, runs)) = job else {
+        return (subject, body);
+    };
+    body.push_str(&format!(
+        "Job: {} (task {} v{})\n",
+        job.id, job.task_name, job.task_version
+    ));
+    let shown: Vec<&crate::domain::Run> = if event.run_id.is_empty() {
+        runs.iter()
             .filter(|r| r.state.is_terminal() && r.state != RunState::Succeeded)
-            .collect();
-        if !failing.is_empty() {
+            .collect()
+    } else {
+        runs.iter().filter(|r| r.id == event.run_id).collect()
+    };
+    if !event.run_id.is_empty() {
+        if let Some(run) = shown.first() {
+            body.push_str(&format!("Run: {}\n", run_line(run)));
+        }
+    } else if !shown.is_empty() {
+        body.push_str(&format!(
+            "Runs that did not succeed ({} of {}):\n",
+            shown.len(),
+            runs.len()
+        ));
+        for run in shown.iter().take(MAIL_RUN_LINES) {
+            body.push_str(&format!("  {}\n", run_line(run)));
+        }
+        if shown.len() > MAIL_RUN_LINES {
             body.push_str(&format!(
-                "Runs that did not succeed: {}\n",
-                failing
-                    .iter()
-                    .map(|r| format!("{} ({})", r.puppet, r.state))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                "  ... and {} more\n",
+                shown.len() - MAIL_RUN_LINES
             ));
         }
-        for run in failing.iter().take(3) {
-            let from = run.log_length.saturating_sub(2048);
-            if let Ok((_, tail)) = state.store.read_log(&run.id, from, 2048) {
-                let text = String::from_utf8_lossy(&tail.data);
-                let lines: Vec<&str> = text.lines().collect();
-                let tail = lines[lines.len().saturating_sub(20)..].join("\n");
-                body.push_str(&format!(
-                    "\n--- end of the output of {} on {} ---\n{tail}\n",
-                    run.id, run.puppet
-                ));
-            }
-            body.push_str(&format!("More: geppetto logs {}\n", run.id));
-        }
-        body.push_str(&format!("\nSee: geppetto jobs show {}\n", job.id));
     }
+    for run in shown.iter().filter(|r| r.log_length > 0).take(MAIL_OUTPUTS) {
+        if let Some(tail) = tail(run) {
+            body.push_str(&format!(
+                "\n--- end of the output of {} on {} ---\n{tail}\n",
+                run.id, run.puppet
+            ));
+        }
+        body.push_str(&format!("More: geppetto logs {}\n", run.id));
+    }
+    body.push_str(&format!("\nSee: geppetto jobs show {}\n", job.id));
     (subject, body)
+}
+
+/// `web-1: failed, exit 3: exited with 3 (run-...)`: the state, how the
+/// process ended, and the cause.
+fn run_line(run: &crate::domain::Run) -> String {
+    use crate::domain::Outcome;
+    let state = run.state.name().replace('_', " ");
+    let mut line = format!("{}: {state}", run.puppet);
+    match (run.outcome, run.exit_code, run.signal) {
+        (Some(Outcome::Exited), Some(code), _) => line.push_str(&format!(", exit {code}")),
+        (Some(Outcome::Signaled), _, Some(signal)) => line.push_str(&format!(", signal {signal}")),
+        _ => {}
+    }
+    // Causes often begin with the state ("skipped: ..."): not twice.
+    let cause = run
+        .cause
+        .strip_prefix(&format!("{state}:"))
+        .unwrap_or(&run.cause)
+        .trim();
+    if !cause.is_empty() {
+        line.push_str(&format!(": {cause}"));
+    }
+    line.push_str(&format!(" ({})", run.id));
+    line
 }
 
 fn first_line(s: &str) -> &str {
@@ -450,4 +511,146 @@ async fn post_webhook(
 
 fn webpki_roots_list() -> Vec<rustls_pki_types::TrustAnchor<'static>> {
     webpki_roots::TLS_SERVER_ROOTS.to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Job, Millis, Outcome, Program, Run, RunSpec, Target};
+
+    fn run(id: &str, puppet: &str, state: RunState, cause: &str) -> Run {
+        Run {
+            id: id.into(),
+            job_id: "job-1".into(),
+            puppet: puppet.into(),
+            task_name: "patch".into(),
+            task_version: 1,
+            state,
+            attempt: 1,
+            cause: cause.into(),
+            outcome: None,
+            exit_code: None,
+            signal: None,
+            created_at: Millis(0),
+            started_at: None,
+            finished_at: None,
+            duration_ms: None,
+            log_length: 0,
+            history: vec![],
+            cancel_requested: false,
+            queue_seq: 0,
+            duplicate_reports: 0,
+            needs: vec![],
+            holds: vec![],
+            log_base: 0,
+            max_attempts: 1,
+            log_gap: None,
+            reboot_window_ms: None,
+        }
+    }
+
+    fn job() -> Job {
+        Job {
+            id: "job-1".into(),
+            task_name: "patch".into(),
+            task_version: 1,
+            spec: RunSpec {
+                program: Program::Argv {
+                    args: vec!["true".into()],
+                },
+                timeout_ms: 1000,
+                env: Default::default(),
+                workdir: String::new(),
+                artifacts: Vec::new(),
+                expect_reboot: false,
+                reboot_window_ms: None,
+            },
+            target: Target::Puppets(vec![]),
+            created_at: Millis(0),
+            run_ids: vec![],
+            cancelled: false,
+            seq: 1,
+            strategy: Default::default(),
+            approval: Default::default(),
+            not_targeted: vec![],
+            reported_end: None,
+            acknowledged: None,
+        }
+    }
+
+    fn event(kind: &str, run_id: &str) -> Event {
+        Event {
+            id: 7,
+            at: Millis(0),
+            kind: kind.into(),
+            job_id: "job-1".into(),
+            run_id: run_id.into(),
+            puppet: String::new(),
+            resource: String::new(),
+            actor: "puppeteer".into(),
+            summary: "something happened".into(),
+        }
+    }
+
+    fn runs() -> Vec<Run> {
+        let mut failed = run("run-a", "web-1", RunState::Failed, "exited with 3");
+        (failed.outcome, failed.exit_code, failed.log_length) = (Some(Outcome::Exited), Some(3), 9);
+        let mut lost = run(
+            "run-b",
+            "web-2",
+            RunState::Lost,
+            "lost: its puppet was silent for more than 1m50s",
+        );
+        lost.log_length = 5;
+        let skipped = run(
+            "run-c",
+            "web-3",
+            RunState::Skipped,
+            "skipped: max failures reached (1)",
+        );
+        let ok = run("run-d", "web-4", RunState::Succeeded, "exited with 0");
+        vec![failed, lost, skipped, ok]
+    }
+
+    fn tail(run: &Run) -> Option<String> {
+        Some(format!("output of {}", run.id))
+    }
+
+    #[test]
+    fn a_job_mail_says_each_run_that_did_not_succeed_with_its_exit_and_cause() {
+        let (job, runs) = (job(), runs());
+        let (subject, body) = render(&event("job.failed", ""), Some((&job, &runs)), &tail);
+        assert_eq!(subject, "[geppetto] job.failed: something happened");
+        assert!(
+            body.contains("Runs that did not succeed (3 of 4):"),
+            "{body}"
+        );
+        assert!(
+            body.contains("  web-1: failed, exit 3: exited with 3 (run-a)"),
+            "{body}"
+        );
+        assert!(
+            body.contains("  web-3: skipped: max failures reached (1) (run-c)"),
+            "{body}"
+        );
+        assert!(!body.contains("web-4"), "{body}");
+        // Outputs of the runs that have some; none for the skipped one.
+        assert!(body.contains("output of run-a") && body.contains("output of run-b"));
+        assert!(!body.contains("output of run-c"), "{body}");
+    }
+
+    #[test]
+    fn a_run_mail_is_about_that_run_alone() {
+        let (job, runs) = (job(), runs());
+        let (_, body) = render(&event("run.lost", "run-b"), Some((&job, &runs)), &tail);
+        assert!(
+            body.contains("Run: web-2: lost: its puppet was silent for more than 1m50s (run-b)"),
+            "{body}"
+        );
+        assert!(body.contains("output of run-b"), "{body}");
+        assert!(
+            !body.contains("run-a") && !body.contains("Runs that did not succeed"),
+            "{body}"
+        );
+    }
 }

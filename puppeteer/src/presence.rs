@@ -15,12 +15,11 @@
 //! So a puppet's silence is zero while a poll of it is held, and otherwise
 //! the time since the later of
 //! - the arrival of its last call (any call authenticated as that puppet:
-//!   poll, run start, log chunk, finish, artifact fetch),
+//!   poll, run start, log chunk, finish, artifact fetch; and its enrollment),
 //! - the end of its last held poll, however it ended,
 //! - the moment this puppeteer started serving (it cannot have heard anyone
 //!   while it was down; a restart gives every puppet its full allowance
-//!   again), or, for a puppet not heard since then, its last poll stored
-//!   before the restart if that is later.
+//!   again).
 //!
 //! Silence is measured on a monotonic clock ([`Clock`]): a wall clock moved
 //! by hand or by NTP neither kills nor revives anyone. The poll hold and its
@@ -48,7 +47,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::domain::{Millis, Puppet};
+use crate::domain::Puppet;
 
 /// Slack for the gap between two polls (answer, reconnect, scheduling).
 pub const MARGIN: Duration = Duration::from_secs(15);
@@ -277,28 +276,15 @@ impl Presences {
     }
 
     /// How long the puppet has been silent (see the module's doc): zero
-    /// while a poll of it is held. `stored` is its last poll as stored on
-    /// disk (wall clock), read only for a puppet not heard since this
-    /// puppeteer started; `now` is the wall clock's time.
-    pub fn silence(
-        &self,
-        name: &str,
-        stored: impl FnOnce() -> Option<Millis>,
-        now: Millis,
-    ) -> Duration {
-        let mono = self.signs.clock.now();
+    /// while a poll of it is held. No wall clock is read.
+    pub fn silence(&self, name: &str) -> Duration {
+        let now = self.signs.clock.now();
         match self.signs.get(name) {
             Some(heard) if heard.held > 0 => Duration::ZERO,
             Some(Heard {
                 last: Some(last), ..
-            }) => mono.since(last.max(self.signs.since)),
-            _ => {
-                let since_start = mono.since(self.signs.since);
-                match stored() {
-                    Some(seen) => since_start.min(now.since(seen)),
-                    None => since_start,
-                }
-            }
+            }) => now.since(last.max(self.signs.since)),
+            _ => now.since(self.signs.since),
         }
     }
 
@@ -337,28 +323,19 @@ impl Presences {
     }
 
     /// A puppet's presence now, from its silence. `stored_offline`: its
-    /// stored presence says offline.
-    pub fn judge(
-        &self,
-        name: &str,
-        stored: impl FnOnce() -> Option<Millis>,
-        stored_offline: bool,
-        now: Millis,
-        thresholds: Thresholds,
-    ) -> Presence {
+    /// stored presence says offline (it stays so until heard).
+    pub fn judge(&self, name: &str, stored_offline: bool, thresholds: Thresholds) -> Presence {
         if stored_offline && !self.heard_since_start(name) {
             return Presence::Offline;
         }
-        thresholds.judge(self.silence(name, stored, now))
+        thresholds.judge(self.silence(name))
     }
 
     /// A puppet's presence now, from its record.
-    pub fn of(&self, puppet: &Puppet, now: Millis, thresholds: Thresholds) -> Presence {
+    pub fn of(&self, puppet: &Puppet, thresholds: Thresholds) -> Presence {
         self.judge(
             &puppet.name,
-            || puppet.last_seen,
             puppet.reported_presence.as_deref() == Some("offline"),
-            now,
             thresholds,
         )
     }
@@ -396,8 +373,6 @@ impl Thresholds {
 mod tests {
     use super::*;
 
-    const NEVER: fn() -> Option<Millis> = || None;
-
     #[test]
     fn only_puppets_not_known_online_and_polling_are_unsettled() {
         let presences = Presences::default();
@@ -427,39 +402,27 @@ mod tests {
         let presences = Presences::new(clock.clone());
         let held = presences.hold("p", 1);
         clock.advance(Duration::from_secs(600));
-        assert_eq!(presences.silence("p", NEVER, Millis(0)), Duration::ZERO);
+        assert_eq!(presences.silence("p"), Duration::ZERO);
         drop(held);
-        assert_eq!(presences.silence("p", NEVER, Millis(0)), Duration::ZERO);
+        assert_eq!(presences.silence("p"), Duration::ZERO);
         clock.advance(Duration::from_secs(7));
-        assert_eq!(
-            presences.silence("p", NEVER, Millis(0)),
-            Duration::from_secs(7)
-        );
+        assert_eq!(presences.silence("p"), Duration::from_secs(7));
         presences.heard("p");
-        assert_eq!(presences.silence("p", NEVER, Millis(0)), Duration::ZERO);
+        assert_eq!(presences.silence("p"), Duration::ZERO);
     }
 
     #[test]
     fn silence_counts_from_the_start_not_from_before_it() {
         let clock = Clock::simulated();
-        clock.advance(Duration::from_secs(1000));
         let presences = Presences::new(clock.clone());
+        presences.heard("p");
+        clock.advance(Duration::from_secs(1000));
+        // Restarted: nobody's silence counts from before.
+        let restarted = Presences::new(clock.clone());
         clock.advance(Duration::from_secs(5));
-        // Stored last poll an hour before the wall clock's now: the restart
-        // counts, not the downtime.
-        let now = Millis(10_000_000);
-        let an_hour_ago = || Some(Millis(10_000_000 - 3_600_000));
-        assert_eq!(
-            presences.silence("p", an_hour_ago, now),
-            Duration::from_secs(5)
-        );
-        // A stored poll later than the start (a clock edge aside) counts.
-        let two_s_ago = || Some(Millis(10_000_000 - 2_000));
-        assert_eq!(
-            presences.silence("p", two_s_ago, now),
-            Duration::from_secs(2)
-        );
-        assert_eq!(presences.silence("p", NEVER, now), Duration::from_secs(5));
+        assert_eq!(restarted.silence("p"), Duration::from_secs(5));
+        assert_eq!(restarted.silence("never-heard"), Duration::from_secs(5));
+        assert_eq!(presences.silence("p"), Duration::from_secs(1005));
     }
 
     #[test]
@@ -467,25 +430,11 @@ mod tests {
         let clock = Clock::simulated();
         let presences = Presences::new(clock.clone());
         let t = Thresholds::for_hold(Duration::from_secs(50));
-        let judge = |p: &Presences| p.judge("p", NEVER, true, Millis(0), t);
+        let judge = |p: &Presences| p.judge("p", true, t);
         assert_eq!(judge(&presences), Presence::Offline);
         presences.heard("p");
         assert_eq!(judge(&presences), Presence::Online);
         clock.advance(Duration::from_secs(66));
         assert_eq!(judge(&presences), Presence::Late);
-    }
-
-    #[test]
-    fn the_wall_clock_moving_changes_no_silence_of_a_puppet_heard() {
-        let clock = Clock::simulated();
-        let presences = Presences::new(clock.clone());
-        presences.heard("p");
-        clock.advance(Duration::from_secs(3));
-        for wall in [Millis(0), Millis(i64::MAX / 2), Millis(-5)] {
-            assert_eq!(
-                presences.silence("p", || Some(Millis(0)), wall),
-                Duration::from_secs(3)
-            );
-        }
     }
 }

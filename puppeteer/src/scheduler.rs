@@ -167,13 +167,26 @@ pub fn gate_reads_job_runs(strategy: &crate::domain::Strategy) -> bool {
     strategy.max_failures.is_some() || strategy.rolling || strategy.max_in_flight.is_some()
 }
 
-/// Decides whether `run` (queued or waiting) may start now. `silent_for` is
-/// how long its puppet has not polled (`None` while a poll is held).
+/// What a gate knows of a run's puppet (see `presence` for the model).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PuppetNews {
+    /// How long it has been silent; `None` while a poll of it is held.
+    pub silent_for: Option<Duration>,
+    /// It is shown offline.
+    pub offline: bool,
+    /// Its last poll as stored (wall clock), `None` if it never polled.
+    pub last_seen: Option<Millis>,
+}
+
+/// Decides whether `run` (queued or waiting) may start now.
 ///
 /// The rules, in order: cancellation, deadline, approval, offline bypass, failures
 /// (max-failures, or a failed rolling step), dependency, rolling turn,
-/// max-in-flight.
-pub fn gate(view: &JobView<'_>, run: &Run, now: Millis, silent_for: Option<Duration>) -> Gate {
+/// max-in-flight, and last the puppet itself: a run that could go but
+/// whose puppet is offline waits for it, saying so (without an offline
+/// bypass it would wait forever under a cause that hides why).
+pub fn gate(view: &JobView<'_>, run: &Run, now: Millis, puppet: PuppetNews) -> Gate {
+    let silent_for = puppet.silent_for;
     use crate::domain::Approval;
     let job = view.job;
     let strategy = &job.strategy;
@@ -258,8 +271,30 @@ pub fn gate(view: &JobView<'_>, run: &Run, now: Millis, silent_for: Option<Durat
             return Gate::Wait(format!("waiting: {in_flight} runs in flight (max {limit})"));
         }
     }
+    if puppet.offline {
+        return Gate::Wait(offline_cause(puppet.last_seen));
+    }
     Gate::Go
 }
+
+/// The cause of a run waiting for its offline puppet. It names the time of
+/// the last poll, not the silence, so that it stays the same (and the run
+/// is not rewritten) for as long as the puppet is away.
+pub fn offline_cause(last_seen: Option<Millis>) -> String {
+    match last_seen {
+        Some(seen) => {
+            let at = std::time::UNIX_EPOCH + Duration::from_millis(seen.0.max(0) as u64);
+            format!(
+                "{OFFLINE_WAIT}, last seen {}",
+                humantime::format_rfc3339_seconds(at)
+            )
+        }
+        None => format!("{OFFLINE_WAIT}, never seen since it enrolled"),
+    }
+}
+
+/// How the cause of a run waiting for its offline puppet begins.
+pub const OFFLINE_WAIT: &str = "waiting for its puppet, which is offline";
 
 /// Capacity to set aside, per resource, for older runs of other puppets
 /// that wait for it and could take it now: waiting runs are served in FIFO

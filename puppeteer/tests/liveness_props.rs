@@ -105,8 +105,6 @@ struct Sim {
     next_sweep: u64,
     /// Wall clock minus simulated time.
     wall_offset: i64,
-    /// The wall time of the last poll as stored on disk.
-    stored_last_poll: Option<Millis>,
     /// When the last sign of life was given (simulated ms).
     last_sign: u64,
     /// The longest silence between two signs of life so far.
@@ -135,7 +133,6 @@ impl Sim {
             t: 0,
             next_sweep: SWEEP_MS,
             wall_offset: 1_700_000_000_000,
-            stored_last_poll: None,
             last_sign: 0,
             longest_gap: 0,
             lost_at: None,
@@ -166,15 +163,11 @@ impl Sim {
     /// What the sweeper concludes now.
     fn sweep(&mut self) {
         let now = self.wall();
-        let stored = self.stored_last_poll;
-        let silence = self.presences.silence("p", || stored, now);
+        let silence = self.presences.silence("p");
         if !expired_leases(&[(self.run.clone(), silence)], now, self.lease).is_empty() {
             self.lost_at.get_or_insert(self.t);
         }
-        match self
-            .presences
-            .judge("p", || stored, false, now, self.thresholds)
-        {
+        match self.presences.judge("p", false, self.thresholds) {
             Presence::Online => {}
             Presence::Late => {
                 self.late_at.get_or_insert(self.t);
@@ -201,7 +194,6 @@ impl Sim {
 
     /// A poll arrives now and is held.
     fn poll(&mut self) -> HeldPoll {
-        self.stored_last_poll = Some(self.wall());
         self.sign(false);
         self.presences.hold("p", 1)
     }
@@ -209,7 +201,6 @@ impl Sim {
     /// The held poll ends now (answered, or its hold ran out).
     fn end_poll(&mut self, held: HeldPoll) {
         drop(held);
-        self.stored_last_poll = Some(self.wall());
         self.sign(true);
     }
 

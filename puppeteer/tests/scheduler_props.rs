@@ -14,7 +14,9 @@ use puppeteer::domain::{
     Approval, Job, Limit, Millis, Program, PuppetState, ResourceNeed, Run, RunSpec, RunState,
     Strategy as JobStrategy, Target, Transition,
 };
-use puppeteer::scheduler::{Gate, JobState, JobView, PollPlan, PollReport};
+use puppeteer::scheduler::{
+    Gate, JobState, JobView, OFFLINE_WAIT, PollPlan, PollReport, PuppetNews,
+};
 use puppeteer::scheduler::{expired_leases, gate, gate_reads_job_runs, job_state, plan_poll};
 
 const RESOURCES: [&str; 3] = ["r0", "r1", "r2"];
@@ -89,6 +91,7 @@ fn job(id: &str, strategy: JobStrategy, approval: Approval, cancelled: bool) -> 
         approval,
         not_targeted: vec![],
         reported_end: None,
+        acknowledged: None,
     }
 }
 
@@ -459,7 +462,7 @@ struct GateCase {
     me: usize,
     upstream: Option<(Job, Vec<Run>)>,
     now: Millis,
-    silent_for: Option<Duration>,
+    puppet: PuppetNews,
 }
 
 impl GateCase {
@@ -469,7 +472,7 @@ impl GateCase {
             runs: &self.runs,
             upstream: self.upstream.as_ref().map(|(j, r)| (j, r.as_slice())),
         };
-        gate(&view, &self.runs[self.me], self.now, self.silent_for)
+        gate(&view, &self.runs[self.me], self.now, self.puppet)
     }
 
     fn approval_open(&self) -> bool {
@@ -575,9 +578,10 @@ fn any_gate_case() -> impl Strategy<Value = GateCase> {
         (any_approval(), any::<bool>(), any_job_runs("job-0")),
         0i64..=3000,
         prop::option::of(0u64..=3000),
+        prop::bool::weighted(0.2),
     )
         .prop_map(
-            |(strategy, approval, mut runs, me, my_state, up, now, silent)| {
+            |(strategy, approval, mut runs, me, my_state, up, now, silent, offline)| {
                 let me = me.index(runs.len());
                 runs[me].state = my_state;
                 let dependent = strategy.after_job.is_some();
@@ -602,7 +606,12 @@ fn any_gate_case() -> impl Strategy<Value = GateCase> {
                     me,
                     upstream,
                     now: Millis(now),
-                    silent_for: silent.map(Duration::from_millis),
+                    puppet: PuppetNews {
+                        silent_for: silent.map(Duration::from_millis),
+                        // Offline only when silent.
+                        offline: offline && silent.is_some(),
+                        last_seen: Some(Millis(0)),
+                    },
                 }
             },
         )
@@ -628,7 +637,7 @@ proptest! {
             runs: &[],
             upstream: case.upstream.as_ref().map(|(j, r)| (j, r.as_slice())),
         };
-        prop_assert_eq!(gate(&view, &case.runs[case.me], case.now, case.silent_for), case.gate());
+        prop_assert_eq!(gate(&view, &case.runs[case.me], case.now, case.puppet), case.gate());
     }
 
     /// Property 4: each rule of `gate`, checked on its own.
@@ -678,7 +687,7 @@ proptest! {
             {
                 prop_assert!(matches!(g, Gate::Skip(_)), "deadline: {g:?}");
             }
-            if let (Some(wait), Some(silent)) = (strategy.offline_wait_ms, case.silent_for)
+            if let (Some(wait), Some(silent)) = (strategy.offline_wait_ms, case.puppet.silent_for)
                 && silent > Duration::from_millis(wait)
             {
                 prop_assert!(matches!(g, Gate::Skip(_)), "offline: {g:?}");
@@ -686,6 +695,8 @@ proptest! {
         }
 
         if g == Gate::Go {
+            // A run never goes to a puppet shown offline: it waits for it.
+            prop_assert!(!case.puppet.offline, "an offline puppet's run goes");
             if strategy.rolling {
                 for r in &case.runs {
                     if r.puppet < me.puppet {
@@ -727,7 +738,19 @@ proptest! {
         case.job.approval = Approval::NotNeeded;
         case.upstream = None;
         case.runs[case.me].state = RunState::Queued;
+        let offline = case.puppet.offline;
+        case.puppet.offline = false;
         prop_assert_eq!(case.gate(), Gate::Go);
+        // Its puppet offline, it waits for it and says so.
+        case.puppet.offline = true;
+        match case.gate() {
+            Gate::Wait(cause) => prop_assert!(cause.starts_with(OFFLINE_WAIT), "{cause}"),
+            other => prop_assert!(false, "offline puppet: {other:?}"),
+        }
+        case.puppet.offline = offline;
+        if offline {
+            return Ok(());
+        }
 
         let in_flight = case
             .runs

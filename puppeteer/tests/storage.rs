@@ -405,6 +405,7 @@ async fn durability_cost_of_acknowledgements() {
         approval: Default::default(),
         not_targeted: vec![],
         reported_end: None,
+        acknowledged: None,
     };
     store.create_job(&job, &runs).unwrap();
     let offsets: Arc<Vec<AtomicU64>> = Arc::new((0..64).map(|_| AtomicU64::new(0)).collect());
@@ -852,6 +853,7 @@ async fn write_finished_runs(db: &std::path::Path, from: usize, count: usize) {
             approval: Default::default(),
             not_targeted: vec![],
             reported_end: None,
+            acknowledged: None,
         };
         store.create_job(&job, std::slice::from_ref(&run)).unwrap();
         store

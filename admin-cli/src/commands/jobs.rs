@@ -4,7 +4,7 @@ use geppetto_proto::v1 as pb;
 
 use super::watch::{counts_line, verdict, watch};
 use crate::api::{Api, request};
-use crate::cli::{Format, JobsCommand, RunJobArgs, StrategyArgs};
+use crate::cli::{Format, JobsCommand, RetryOnly, RunJobArgs, StrategyArgs};
 use crate::error::Error;
 use crate::output::{self, Cell};
 use crate::parse::Limit;
@@ -55,8 +55,47 @@ pub async fn run(api: &Api, command: JobsCommand, format: Format) -> Result<(), 
                 only: only.as_str().into(),
             };
             let job = api.call(api.jobs().retry_job(request(req))).await?;
-            let what = format!("retrying the {} runs of job {}", only.as_str(), job.id);
+            let which = match only {
+                RetryOnly::Skipped => "the skipped runs",
+                RetryOnly::Failed => "the failed runs",
+                RetryOnly::All => "every run that did not succeed",
+            };
+            let what = format!("retrying {which} of job {}", job.id);
             print_changed(&job, &what, format)
+        }
+        JobsCommand::Skip { job, puppet } => {
+            let req = pb::SkipRunsRequest {
+                job_id: job,
+                puppets: puppet.clone(),
+            };
+            let job = api.call(api.jobs().skip_runs(request(req))).await?;
+            let what = format!(
+                "skipped the run{} of job {} on {}",
+                if puppet.len() == 1 { "" } else { "s" },
+                job.id,
+                puppet.join(", ")
+            );
+            print_changed(&job, &what, format)
+        }
+        JobsCommand::Ack { jobs } => {
+            let mut acknowledged = Vec::new();
+            for id in jobs {
+                let req = pb::GetJobRequest { id };
+                let job = api.call(api.jobs().acknowledge_job(request(req))).await?;
+                if format == Format::Table {
+                    eprintln!(
+                        "acknowledged job {} ({}, by {})",
+                        job.id,
+                        views::job_state(job.state).replace('_', " "),
+                        job.acknowledged_by
+                    );
+                }
+                acknowledged.push(JobView::from(&job));
+            }
+            match format {
+                Format::Json => output::print_json(&acknowledged),
+                Format::Table => Ok(()),
+            }
         }
     }
 }
@@ -173,7 +212,7 @@ fn print_runs(runs: &[pb::RunSummary]) -> Result<(), Error> {
             Cell::new(&view.puppet),
             output::state_cell(&view.state),
             Cell::new(view.exit_code.map_or("-".into(), |c| c.to_string())),
-            Cell::new(&view.cause),
+            Cell::new(output::cause(&view.cause)),
         ]);
     }
     output::print_table(&table)

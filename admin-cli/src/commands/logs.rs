@@ -116,7 +116,10 @@ async fn follow(api: &Api, run_id: &str) -> Result<(), Error> {
                     reconnect.reset();
                     out.write(chunk.offset, chunk.skipped, &chunk.data)?;
                 }
-                Ok(None) => return out.finish(run_id),
+                Ok(None) => {
+                    out.finish(run_id)?;
+                    return outcome(api, run_id).await;
+                }
                 Err(status) => break api.error(status),
             }
         };
@@ -124,6 +127,37 @@ async fn follow(api: &Api, run_id: &str) -> Result<(), Error> {
             return Err(error);
         }
     }
+}
+
+/// How a followed run ended, on stderr (stdout holds only its output);
+/// an error, so a non-zero exit, unless it succeeded.
+async fn outcome(api: &Api, run_id: &str) -> Result<(), Error> {
+    let req = pb::GetRunRequest { id: run_id.into() };
+    let run = api.call(api.runs().get_run(request(req))).await?;
+    let text = ending_words(&run);
+    if run.state == pb::RunState::Succeeded as i32 {
+        eprintln!("{text}");
+        Ok(())
+    } else {
+        Err(Error::Failed(text))
+    }
+}
+
+/// `run run-1 succeeded (exit 0)`, `run run-1 failed (exit 3): ...`.
+pub fn ending_words(run: &pb::Run) -> String {
+    let state = crate::views::run_state(run.state).replace('_', " ");
+    let view = crate::views::RunView::from(run);
+    let how = match (view.exit_code, view.signal) {
+        (Some(code), _) => format!(" (exit {code})"),
+        (_, Some(signal)) => format!(" (signal {signal})"),
+        _ => String::new(),
+    };
+    let cause = if run.state == pb::RunState::Succeeded as i32 || run.cause.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", run.cause)
+    };
+    format!("run {} {state}{how}{cause}", run.id)
 }
 
 /// The line that stands for the dropped middle of a truncated log.
@@ -186,6 +220,37 @@ impl Output {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_followed_run_ends_with_its_state_exit_and_cause() {
+        let mut run = pb::Run {
+            id: "run-1".into(),
+            state: pb::RunState::Succeeded as i32,
+            outcome: pb::Outcome::Exited as i32,
+            exit_code: 0,
+            cause: "finished".into(),
+            ..Default::default()
+        };
+        assert_eq!(ending_words(&run), "run run-1 succeeded (exit 0)");
+        run.state = pb::RunState::Failed as i32;
+        run.exit_code = 3;
+        run.cause = "exited with 3".into();
+        assert_eq!(
+            ending_words(&run),
+            "run run-1 failed (exit 3): exited with 3"
+        );
+        run.outcome = pb::Outcome::Signaled as i32;
+        run.signal = 9;
+        run.cause = "killed by signal 9".into();
+        assert_eq!(
+            ending_words(&run),
+            "run run-1 failed (signal 9): killed by signal 9"
+        );
+        // A program that could not start has no exit code at all.
+        run.outcome = pb::Outcome::StartFailed as i32;
+        run.cause = "could not be started".into();
+        assert_eq!(ending_words(&run), "run run-1 failed: could not be started");
+    }
 
     fn run(id: &str, puppet: &str, created: i64) -> pb::Run {
         pb::Run {

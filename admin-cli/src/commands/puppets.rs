@@ -55,11 +55,7 @@ pub async fn run(api: &Api, command: PuppetsCommand, format: Format) -> Result<(
             let removed = api.call(api.puppets().remove_puppet(request(req))).await?;
             print_removed("removed", &name, &removed, format)
         }
-        PuppetsCommand::Approve { name } => {
-            let req = pb::GetPuppetRequest { name };
-            let puppet = api.call(api.puppets().approve_puppet(request(req))).await?;
-            print_one(&puppet, format)
-        }
+        PuppetsCommand::Approve { names } => approve(api, names, format).await,
         PuppetsCommand::Reject { name } => {
             let req = pb::GetPuppetRequest { name: name.clone() };
             let removed = api.call(api.puppets().reject_puppet(request(req))).await?;
@@ -122,7 +118,7 @@ fn print_queue(queue: &pb::PuppetQueue, format: Format) -> Result<(), Error> {
             Cell::new(&entry.job_id),
             Cell::new(&entry.task_name),
             output::state_cell(&views::run_state(entry.state)),
-            Cell::new(or_dash(&entry.cause)),
+            Cell::new(or_dash(&output::cause(&entry.cause))),
         ]);
     }
     output::print_table(&table)
@@ -182,7 +178,7 @@ fn print_list(puppets: &[pb::Puppet], format: Format) -> Result<(), Error> {
         "PRESENCE",
         "LAST SEEN",
         "RUNS",
-        "OS",
+        "OS (FACT)",
         "LABELS",
     ]);
     for p in puppets {
@@ -226,7 +222,7 @@ fn print_one(p: &pb::Puppet, format: Format) -> Result<(), Error> {
         let load: Vec<String> = f.load.iter().map(|l| format!("{l:.2}")).collect();
         rows.extend([
             ("hostname", or_dash(&f.hostname)),
-            ("os", or_dash(&f.os)),
+            ("os (fact)", or_dash(&f.os)),
             ("kernel", or_dash(&f.kernel)),
             ("arch", or_dash(&f.arch)),
             ("agent version", or_dash(&f.agent_version)),
@@ -280,6 +276,43 @@ pub fn or_dash(s: &str) -> String {
     } else {
         s.to_string()
     }
+}
+
+/// Approves each puppet in turn; one refused does not stop the others.
+/// One puppet: shown whole, as `puppets show`; several: a line each (JSON:
+/// the approved puppets). Fails if any was refused.
+async fn approve(api: &Api, names: Vec<String>, format: Format) -> Result<(), Error> {
+    if let [name] = names.as_slice() {
+        let req = pb::GetPuppetRequest { name: name.clone() };
+        let puppet = api.call(api.puppets().approve_puppet(request(req))).await?;
+        return print_one(&puppet, format);
+    }
+    let (mut approved, mut refused) = (Vec::new(), 0);
+    for name in names {
+        let req = pb::GetPuppetRequest { name: name.clone() };
+        match api.call(api.puppets().approve_puppet(request(req))).await {
+            Ok(puppet) => {
+                if format == Format::Table {
+                    println!("approved puppet {}", puppet.name);
+                }
+                approved.push(PuppetView::from(&puppet));
+            }
+            Err(e) => {
+                refused += 1;
+                eprintln!("error: puppet {name}: {e}");
+            }
+        }
+    }
+    if format == Format::Json {
+        output::print_json(&approved)?;
+    }
+    if refused > 0 {
+        return Err(Error::Api(format!(
+            "{refused} of {} puppets not approved",
+            approved.len() + refused
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -72,7 +72,7 @@ fn print_list(runs: &[pb::Run], format: Format) -> Result<(), Error> {
             Cell::new(view.attempt),
             Cell::new(ending(view)),
             Cell::new(output::ago(run.created_at.as_ref())),
-            Cell::new(&view.cause),
+            Cell::new(output::cause(&view.cause)),
         ]);
     }
     output::print_table(&table)
@@ -103,7 +103,10 @@ fn print_one(run: &pb::Run, format: Format) -> Result<(), Error> {
         ("task", format!("{} v{}", view.task_name, view.task_version)),
         ("state", view.state.replace('_', " ")),
         ("attempt", view.attempt.to_string()),
-        ("cause", super::puppets::or_dash(&view.cause)),
+        (
+            "cause",
+            super::puppets::or_dash(&output::cause(&view.cause)),
+        ),
         (
             "outcome",
             view.outcome.clone().unwrap_or("-".into()).replace('_', " "),

@@ -98,7 +98,11 @@ pub fn render(view: &StatusView) -> String {
     }
 
     let a = &view.attention;
-    if a.pending_puppets.is_empty() && a.awaiting_approval.is_empty() && a.failed_jobs.is_empty() {
+    if a.pending_puppets.is_empty()
+        && a.awaiting_approval.is_empty()
+        && a.failed_jobs.is_empty()
+        && a.offline_waits.is_empty()
+    {
         let _ = writeln!(text, "\nneeds attention: nothing");
         return text;
     }
@@ -117,10 +121,21 @@ pub fn render(view: &StatusView) -> String {
             task(job)
         );
     }
+    for wait in &a.offline_waits {
+        let seen = match &wait.last_seen {
+            Some(at) => crate::output::cause(&format!("last seen {at}")),
+            None => "never seen".into(),
+        };
+        let _ = writeln!(
+            text,
+            "  job {} waits for puppet {}, offline ({seen}): geppetto jobs skip {0} --puppet {1} (or bring the puppet back)",
+            wait.job_id, wait.puppet
+        );
+    }
     for job in &a.failed_jobs {
         let _ = writeln!(
             text,
-            "  job {} ({}) failed, {}: geppetto jobs show {0}",
+            "  job {} ({}) failed, {}: geppetto jobs show {0}, then geppetto jobs ack {0}",
             job.id,
             task(job),
             counts(job)

@@ -113,7 +113,8 @@ fn awaiting_line(job: &pb::Job) -> String {
 
 /// `web-2: waiting for resource uplink-lyon (run-...)`
 fn waiting_line(run: &pb::RunSummary) -> String {
-    let cause = run.cause.trim();
+    let cause = crate::output::cause(run.cause.trim());
+    let cause = cause.as_str();
     let what = if cause.is_empty() {
         "waiting".to_string()
     } else if cause.starts_with("waiting") {

@@ -92,6 +92,22 @@ impl Live {
         });
     }
 
+    /// Stops a puppet started by [`Live::start_puppet`], as a shutdown
+    /// would: from then on it says nothing.
+    pub fn stop_puppet(&mut self, name: &str) {
+        let at = self
+            .puppets
+            .iter()
+            .position(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no puppet {name}"));
+        let puppet = self.puppets.remove(at);
+        puppet.shutdown.cancel();
+        self.runtime
+            .block_on(puppet.task)
+            .expect("the puppet task")
+            .expect("the puppet stops cleanly");
+    }
+
     /// The binary, connected with flags.
     pub fn cli(&self) -> Command {
         let mut cmd = geppetto();

@@ -37,6 +37,8 @@ pub const PERMISSIONS: &[(&str, Role)] = &[
     ("Jobs/ApproveJob", Role::Operator),
     ("Jobs/RejectJob", Role::Operator),
     ("Jobs/RetryJob", Role::Operator),
+    ("Jobs/SkipRuns", Role::Operator),
+    ("Jobs/AcknowledgeJob", Role::Operator),
     ("Runs/GetRun", Role::Viewer),
     ("Runs/ListRuns", Role::Viewer),
     ("Runs/CancelRun", Role::Operator),

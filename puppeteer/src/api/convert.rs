@@ -393,6 +393,12 @@ pub fn job_to(job: &domain::Job, runs: &[domain::Run]) -> pb::Job {
                 cause: cause.clone(),
             })
             .collect(),
+        acknowledged_by: job
+            .acknowledged
+            .as_ref()
+            .map(|a| a.by.clone())
+            .unwrap_or_default(),
+        acknowledged_at: job.acknowledged.as_ref().map(|a| ts(a.at)),
     }
 }
 

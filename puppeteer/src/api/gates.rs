@@ -37,20 +37,35 @@ impl AppState {
 
     /// How long a puppet has been silent (the model is in `presence`);
     /// `None` while a poll of it is held.
-    pub fn silence(&self, puppet: &str, now: Millis) -> Option<Duration> {
+    pub fn silence(&self, puppet: &str) -> Option<Duration> {
         if self.presences.is_held(puppet) {
             return None;
         }
-        Some(
-            self.presences
-                .silence(puppet, || self.stored_last_poll(puppet), now),
-        )
+        Some(self.presences.silence(puppet))
     }
 
-    /// A puppet's last poll as stored on disk (read only for puppets not
-    /// heard since this puppeteer started).
-    pub fn stored_last_poll(&self, puppet: &str) -> Option<Millis> {
-        self.store.get_puppet(puppet).ok().and_then(|p| p.last_seen)
+    /// What the job gates know of a puppet now.
+    pub fn puppet_news(&self, puppet: &str) -> scheduler::PuppetNews {
+        let silent_for = self.silence(puppet);
+        if silent_for.is_none() {
+            return scheduler::PuppetNews::default();
+        }
+        // Its record only when its presence may be offline: silent past the
+        // threshold, or not heard since this puppeteer started.
+        let maybe_offline = silent_for.is_some_and(|s| s > self.config.presence.offline_after)
+            || !self.presences.heard_since_start(puppet);
+        match maybe_offline.then(|| self.store.get_puppet(puppet)) {
+            Some(Ok(record)) => scheduler::PuppetNews {
+                silent_for,
+                offline: self.presences.of(&record, self.config.presence)
+                    == crate::presence::Presence::Offline,
+                last_seen: record.last_seen,
+            },
+            _ => scheduler::PuppetNews {
+                silent_for,
+                ..Default::default()
+            },
+        }
     }
 
     /// Capacity to set aside for older waiters of other puppets (FIFO per
@@ -131,8 +146,8 @@ impl AppState {
                 runs: job_runs,
                 upstream: upstream.as_ref().map(|(j, r)| (&**j, r.as_slice())),
             };
-            let silence = self.silence(&run.puppet, now);
-            gates.insert(run.id.clone(), scheduler::gate(&view, run, now, silence));
+            let news = self.puppet_news(&run.puppet);
+            gates.insert(run.id.clone(), scheduler::gate(&view, run, now, news));
         }
         Ok(gates)
     }

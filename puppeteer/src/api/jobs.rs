@@ -79,6 +79,63 @@ type JobStream = Pin<Box<dyn Stream<Item = Result<pb::Job, Status>> + Send>>;
 
 impl JobsApi {
     /// Approves or rejects a job awaiting approval.
+    /// Skips the job's runs that have not started on the named puppets,
+    /// all or none.
+    fn skip(&self, req: &pb::SkipRunsRequest, user: &str) -> ApiResult<pb::Job> {
+        const MAX_PUPPETS: usize = 1000;
+        if req.puppets.is_empty() {
+            return Err(ApiError::Invalid(
+                "name at least one puppet whose run to skip".into(),
+            ));
+        }
+        if req.puppets.len() > MAX_PUPPETS {
+            return Err(ApiError::Invalid(format!(
+                "at most {MAX_PUPPETS} puppets at once, not {}",
+                req.puppets.len()
+            )));
+        }
+        for name in &req.puppets {
+            domain::check_puppet_name(name)?;
+        }
+        let (job, runs) = self.load(&req.job_id)?;
+        let mut ids = Vec::new();
+        for name in &req.puppets {
+            let run = runs.iter().find(|r| &r.puppet == name).ok_or_else(|| {
+                ApiError::NotFound(format!("job {} has no run on puppet {name}", job.id))
+            })?;
+            if !matches!(run.state, RunState::Queued | RunState::Waiting) {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "the run of job {} on {name} ({}) is {}: only runs that have not started can be skipped{}",
+                    job.id,
+                    run.id,
+                    run.state,
+                    if run.state.is_terminal() {
+                        ""
+                    } else {
+                        " (cancel it: geppetto runs cancel RUN)"
+                    }
+                )));
+            }
+            ids.push(run.id.clone());
+        }
+        let now = Millis::now();
+        let cause = format!("skipped: skipped by {user}");
+        let skipped = self.state.store.update_runs(&ids, |run| {
+            if !matches!(run.state, RunState::Queued | RunState::Waiting) {
+                return Ok(false);
+            }
+            run.transition(RunState::Skipped, now, cause.clone());
+            Ok(true)
+        })?;
+        self.state.ended(&skipped);
+        for run in &skipped {
+            self.state.hub.wake(&puppet_key(&run.puppet));
+        }
+        self.state.hub.wake(&job_key(&job.id));
+        let (job, runs) = self.load(&job.id)?;
+        Ok(job_to(&job, &runs))
+    }
+
     fn decide(&self, id: &str, user: &str, approve: bool) -> ApiResult<pb::Job> {
         let (mut job, _) = self.load(id)?;
         if job.approval != domain::Approval::Awaiting {
@@ -233,6 +290,7 @@ impl Jobs for JobsApi {
                 strategy,
                 not_targeted,
                 reported_end: None,
+                acknowledged: None,
             };
             store.create_job(&job, &runs).map_err(ApiError::from)?;
             store.flush().await.map_err(ApiError::from)?;
@@ -388,6 +446,51 @@ impl Jobs for JobsApi {
             }
             let (job, runs) = self.load(&job.id)?;
             self.state.hub.wake(&job_key(&job.id));
+            Ok(job_to(&job, &runs))
+        });
+        self.state.conclude(audit, result).await.map(Response::new)
+    }
+
+    async fn skip_runs(
+        &self,
+        request: Request<pb::SkipRunsRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let req = request.get_ref().clone();
+        let (audit, caller) = self.state.begin(
+            &request,
+            "Jobs/SkipRuns",
+            format!("{} on {}", req.job_id, req.puppets.len()),
+        );
+        let result = caller.and_then(|caller| self.skip(&req, &caller.user));
+        self.state.conclude(audit, result).await.map(Response::new)
+    }
+
+    async fn acknowledge_job(
+        &self,
+        request: Request<pb::GetJobRequest>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let id = request.get_ref().id.clone();
+        let (audit, caller) = self.state.begin(&request, "Jobs/AcknowledgeJob", &id);
+        let result = caller.and_then(|caller| {
+            let (mut job, runs) = self.load(&id)?;
+            let state = crate::scheduler::job_state(&job, &runs);
+            if matches!(
+                state,
+                crate::scheduler::JobState::Running | crate::scheduler::JobState::AwaitingApproval
+            ) {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "job {id} is not finished: only a finished job can be acknowledged"
+                )));
+            }
+            // Acknowledging again keeps the first acknowledgement.
+            if job.acknowledged.is_none() {
+                job.acknowledged = Some(domain::Acknowledged {
+                    by: caller.user.clone(),
+                    at: Millis::now(),
+                });
+                self.state.store.put_job(&job)?;
+            }
+            self.state.hub.wake(&job_key(&id));
             Ok(job_to(&job, &runs))
         });
         self.state.conclude(audit, result).await.map(Response::new)

@@ -403,6 +403,8 @@ impl PuppetService for PuppetServiceApi {
             audit.target(format!("{} via {}", puppet.name, puppet.enroll_token_id));
         }
         let (puppet, credential) = self.state.conclude_status(audit, result).await?;
+        // Enrolled: a sign of life of the new puppet (see `presence`).
+        self.state.presences.heard(&puppet.name);
         let pending = puppet.state == PuppetState::Pending;
         let mut event = super::events::event(
             if pending {

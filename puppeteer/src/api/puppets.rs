@@ -31,10 +31,7 @@ impl PuppetsApi {
 
     fn view(&self, puppet: &Puppet) -> ApiResult<pb::Puppet> {
         let active = self.state.store.active_runs(&puppet.name)?.len() as u32;
-        let presence = self
-            .state
-            .presences
-            .of(puppet, Millis::now(), self.state.config.presence);
+        let presence = self.state.presences.of(puppet, self.state.config.presence);
         let mut view = puppet_to(puppet, presence, active);
         view.polling = self.state.presences.is_held(&puppet.name);
         if let Some(path) = self.state.presences.path(&puppet.name) {

@@ -27,7 +27,7 @@ impl AppState {
         let active = self.store.all_active_runs()?;
         let active = self.expire_leases(active, now).await?;
         self.apply_gates(active, now).await?;
-        self.announce_presence(now)?;
+        self.announce_presence()?;
         self.store.prune_events(Millis(
             now.0 - self.config.event_retention.as_millis() as i64,
         ))?;
@@ -35,7 +35,7 @@ impl AppState {
     }
 
     /// Announces puppets that went offline, and those that came back.
-    fn announce_presence(&self, now: Millis) -> ApiResult<()> {
+    fn announce_presence(&self) -> ApiResult<()> {
         use crate::presence::Presence;
         // A puppet holding a poll is online: nothing to do if that is what
         // was last stored, and no record to decode.
@@ -44,13 +44,9 @@ impl AppState {
             // memory, the presence is judged without decoding the record:
             // only a change needs it.
             if let Some(stored) = self.presences.reported(&name) {
-                let presence = self.presences.judge(
-                    &name,
-                    || self.stored_last_poll(&name),
-                    stored == Presence::Offline,
-                    now,
-                    self.config.presence,
-                );
+                let presence =
+                    self.presences
+                        .judge(&name, stored == Presence::Offline, self.config.presence);
                 if presence == Presence::Late || presence == stored {
                     continue;
                 }
@@ -63,7 +59,7 @@ impl AppState {
                 }
                 Err(e) => return Err(e.into()),
             };
-            let presence = self.presences.of(&puppet, now, self.config.presence);
+            let presence = self.presences.of(&puppet, self.config.presence);
             let word = match presence {
                 Presence::Offline => "offline",
                 Presence::Online => "online",
@@ -96,7 +92,21 @@ impl AppState {
                     kind,
                     "puppeteer",
                     if kind == "puppet.offline" {
-                        format!("{} went offline (no poll for a while)", puppet.name)
+                        format!(
+                            "{} went offline: {} (silent for more than {})",
+                            puppet.name,
+                            match puppet.last_seen {
+                                Some(seen) => format!(
+                                    "last seen {}",
+                                    humantime::format_rfc3339_seconds(
+                                        std::time::UNIX_EPOCH
+                                            + Duration::from_millis(seen.0.max(0) as u64)
+                                    )
+                                ),
+                                None => "never seen".into(),
+                            },
+                            humantime::format_duration(self.config.presence.offline_after)
+                        )
                     } else {
                         format!("{} is back online", puppet.name)
                     },
@@ -183,9 +193,7 @@ impl AppState {
                 rest.push(run);
                 continue;
             }
-            let silence =
-                self.presences
-                    .silence(&run.puppet, || self.stored_last_poll(&run.puppet), now);
+            let silence = self.presences.silence(&run.puppet);
             view.push((run, silence));
         }
         let lease = self.config.lease_timeout;

@@ -363,6 +363,7 @@ pub(crate) mod tests {
             approval: Default::default(),
             not_targeted: vec![],
             reported_end: None,
+            acknowledged: None,
         }
     }
 
