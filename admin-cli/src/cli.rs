@@ -613,7 +613,12 @@ pub enum JobsCommand {
     Cancel { job: String },
     /// Follows a job until it is finished (through any wait for approval); exits 1
     /// if a run did not succeed
-    Watch { job: String },
+    Watch {
+        job: String,
+        /// The summary lists every run, not only those that did not succeed
+        #[arg(long)]
+        all_runs: bool,
+    },
     /// Lets a job launched with --approval start; recorded with your name
     Approve { job: String },
     /// Refuses a job awaiting approval: its runs are skipped
@@ -679,11 +684,15 @@ pub struct RunJobArgs {
     /// Task version to run [default: the latest]
     #[arg(long, value_name = "N")]
     pub version: Option<u32>,
-    /// Wait until the job is finished, show progress on stderr, then a summary;
-    /// exits 1 if a run did not succeed. With --approval, keeps waiting while the
-    /// job awaits approval
+    /// Wait until the job is finished, show progress on stderr (one updating
+    /// display on a terminal, one line per change otherwise), then a summary of
+    /// the runs that did not succeed; exits 1 if a run did not succeed. With
+    /// --approval, keeps waiting while the job awaits approval
     #[arg(long)]
     pub wait: bool,
+    /// With --wait: the summary lists every run, not only those that did not succeed
+    #[arg(long, requires = "wait")]
+    pub all_runs: bool,
     #[command(flatten)]
     pub strategy: StrategyArgs,
 }

@@ -54,7 +54,7 @@ pub fn state_color(word: &str) -> Option<Color> {
         "succeeded" | "online" | "enabled" | "active" => Color::Green,
         "failed" | "timed_out" | "lost" | "interrupted" | "offline" | "revoked" => Color::Red,
         "cancelled" | "skipped" | "late" | "disabled" | "pending" | "expired" | "used_up"
-        | "waiting" | "awaiting_approval" => Color::Yellow,
+        | "waiting" | "awaiting_approval" | "rejected" => Color::Yellow,
         _ => return None,
     })
 }

@@ -72,6 +72,7 @@ pub fn job_finished(state: i32) -> bool {
         pb::JobState::Succeeded,
         pb::JobState::Failed,
         pb::JobState::Cancelled,
+        pb::JobState::Rejected,
     ]
     .iter()
     .any(|s| *s as i32 == state)
@@ -1454,6 +1455,7 @@ mod tests {
             pb::JobState::Succeeded,
             pb::JobState::Failed,
             pb::JobState::Cancelled,
+            pb::JobState::Rejected,
         ] {
             assert!(job_finished(done as i32), "{done:?}");
         }

@@ -184,7 +184,17 @@ fn operator_flow_from_enrollment_to_logs() {
     let waited = live
         .cli()
         .args([
-            "jobs", "run", "hello", "--puppet", "p1", "--puppet", "p2", "--puppet", "p3", "--wait",
+            "jobs",
+            "run",
+            "hello",
+            "--puppet",
+            "p1",
+            "--puppet",
+            "p2",
+            "--puppet",
+            "p3",
+            "--wait",
+            "--all-runs",
         ])
         .assert()
         .success()
@@ -472,10 +482,16 @@ fn cancelling_a_running_job_kills_its_run() {
     assert_eq!(job_json["state"], "cancelled", "{job_json}");
     // The puppet is free again: a new job on it runs to the end.
     live.ok(&["tasks", "create", "quick", "--command", "echo done"]);
-    live.cli()
+    // Without --all-runs, the summary lists only runs that did not
+    // succeed: here none, so stdout is the job's id alone.
+    let quick = live
+        .cli()
         .args(["jobs", "run", "quick", "--puppet", "p1", "--wait"])
         .assert()
         .success();
+    let stdout = String::from_utf8(quick.get_output().stdout.clone()).unwrap();
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(stdout.starts_with("job-"), "{stdout}");
     // Cancelling a finished job is refused or changes nothing.
     let again = live.cli().args(["jobs", "cancel", &job]).output().unwrap();
     if again.status.success() {
@@ -1334,4 +1350,111 @@ fn a_run_waiting_for_an_offline_puppet_says_so_and_can_be_skipped_and_acknowledg
     assert!(acked["acknowledged_by"].is_string(), "{acked}");
     let status = live.ok(&["status"]);
     assert!(status.contains("needs attention: nothing"), "{status}");
+}
+
+/// Kinds of the events of a job.
+fn job_event_kinds(live: &Live, job: &str) -> Vec<String> {
+    live.json(&["events", "--job", job])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn approval_is_asked_once_nothing_else_is_pending_under_four_eyes_and_rejection_is_its_own_end() {
+    let mut live = Live::start_with(|c| c.approval_four_eyes = true);
+    with_puppets(&mut live, &["p1"]);
+    let gate = live.path("gate");
+    live.ok(&[
+        "tasks",
+        "create",
+        "wait-for-gate",
+        "--command",
+        &format!("while [ ! -e {} ]; do sleep 0.1; done", gate.display()),
+    ]);
+    live.ok(&["tasks", "create", "patch", "--command", "echo patched"]);
+    let test = single_id(
+        &live.ok(&["jobs", "run", "wait-for-gate", "--puppet", "p1"]),
+        "job",
+    );
+    let prod = single_id(
+        &live.ok(&[
+            "jobs",
+            "run",
+            "patch",
+            "--puppet",
+            "p1",
+            "--after",
+            &test,
+            "--approval",
+        ]),
+        "job",
+    );
+    // While the test job runs, prod waits for it, not yet for an approval,
+    // and nobody is asked to approve it.
+    wait_for("prod waits for its dependency", DEADLINE, || {
+        let job = live.json(&["jobs", "show", &prod]);
+        (job["runs"][0]["cause"] == format!("waiting for dependency {test}")).then_some(())
+    });
+    assert!(
+        !job_event_kinds(&live, &prod).contains(&"job.awaiting_approval".to_string()),
+        "approval asked before the dependency ended"
+    );
+    std::fs::write(&gate, b"").unwrap();
+    assert_eq!(live.wait_job(&test)["state"], "succeeded");
+    wait_for("the approval is asked for", DEADLINE, || {
+        job_event_kinds(&live, &prod)
+            .contains(&"job.awaiting_approval".to_string())
+            .then_some(())
+    });
+    let job = live.json(&["jobs", "show", &prod]);
+    assert_eq!(job["runs"][0]["cause"], "waiting for approval", "{job}");
+
+    // Four eyes: its creator (admin) cannot approve it; another operator can.
+    live.cli()
+        .args(["jobs", "approve", &prod])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("another operator must approve it"));
+    live.ok(&["users", "add", "bob", "--role", "operator"]);
+    let token = live.ok(&["tokens", "create", "--user", "bob"]);
+    let bob_token = live.path("bob-token");
+    std::fs::write(&bob_token, token.trim()).unwrap();
+    let bob = || {
+        let mut cmd = common::geppetto();
+        cmd.args(["--server", &live.url, "--ca"])
+            .arg(&live.ca)
+            .arg("--token-file")
+            .arg(&bob_token);
+        cmd
+    };
+    bob().args(["jobs", "approve", &prod]).assert().success();
+    let done = live.wait_job(&prod);
+    assert_eq!(
+        (done["state"].as_str(), done["approved_by"].as_str()),
+        (Some("succeeded"), Some("bob")),
+        "{done}"
+    );
+
+    // Rejected (its creator may withdraw it): rejected, not failed, with
+    // its own event and no job.failed.
+    let refused = single_id(
+        &live.ok(&["jobs", "run", "patch", "--puppet", "p1", "--approval"]),
+        "job",
+    );
+    live.ok(&["jobs", "reject", &refused]);
+    let job = live.wait_job(&refused);
+    assert_eq!(job["state"], "rejected", "{job}");
+    live.cli()
+        .args(["jobs", "watch", &refused])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(format!(
+            "job {refused} was rejected by admin"
+        )));
+    let kinds = job_event_kinds(&live, &refused);
+    assert!(kinds.contains(&"job.rejected".to_string()), "{kinds:?}");
+    assert!(!kinds.contains(&"job.failed".to_string()), "{kinds:?}");
 }

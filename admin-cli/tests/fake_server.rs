@@ -323,9 +323,13 @@ fn jobs_run_wait_fails_when_a_run_fails() {
     let out = String::from_utf8_lossy(&assert.get_output().stdout).to_string();
     let err = String::from_utf8_lossy(&assert.get_output().stderr).to_string();
     assert!(out.starts_with("job-1\n"), "{out}");
+    // The summary lists the run that failed, not the one that succeeded.
     assert!(out.contains("run-b") && out.contains("failed"), "{out}");
-    assert!(err.contains("web-1: succeeded (run-a)"), "{err}");
+    assert!(!out.contains("run-a"), "{out}");
+    // Progress (not a terminal): a line for the failure, the counts.
+    assert!(!err.contains("web-1: succeeded (run-a)"), "{err}");
     assert!(err.contains("web-2: failed, exit code 3 (run-b)"), "{err}");
+    assert!(err.contains("job-1: 2 runs: 1 failed, 1 succeeded"), "{err}");
     assert!(
         err.ends_with("error: job job-1 failed: 1 of 2 runs did not succeed\n"),
         "{err}"

@@ -43,6 +43,7 @@ pub struct FileConfig {
     #[serde(default, with = "humantime_serde_opt")]
     pub offline_after: Option<Duration>,
     pub insecure_plaintext: Option<bool>,
+    pub approval_four_eyes: Option<bool>,
     pub metrics_listen: Option<SocketAddr>,
     /// Output kept per run: a size ("64MiB") or "off".
     pub log_limit: Option<String>,
@@ -155,6 +156,8 @@ pub struct Config {
     pub log_limit: Option<u64>,
     /// What finished work is kept.
     pub retention: crate::retention::Retention,
+    /// Four eyes: a job's approver must not be the user who created it.
+    pub approval_four_eyes: bool,
 }
 
 impl Config {
@@ -195,6 +198,7 @@ impl Config {
             metrics_listen: None,
             log_limit: Some(DEFAULT_LOG_LIMIT),
             retention: Default::default(),
+            approval_four_eyes: false,
         }
     }
 

@@ -475,6 +475,13 @@ pub struct Job {
     /// An operator saw the finished job: it no longer needs attention.
     #[serde(default)]
     pub acknowledged: Option<Acknowledged>,
+    /// The user who created it (`None` for jobs older than the field).
+    #[serde(default)]
+    pub created_by: Option<String>,
+    /// Its approval was asked for (`job.awaiting_approval` announced), once
+    /// nothing else it depends on was pending.
+    #[serde(default)]
+    pub approval_requested: bool,
 }
 
 /// Who acknowledged a finished job, and when.

@@ -172,6 +172,7 @@ pub async fn start(config: Config) -> Result<Running> {
             log_limit: config.log_limit.map(store::LogLimit::halves),
             retention: config.retention.clone(),
             data_dir: config.data_dir.clone(),
+            four_eyes: config.approval_four_eyes,
         },
         auth: Default::default(),
         presences: Default::default(),

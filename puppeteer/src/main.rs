@@ -138,6 +138,11 @@ struct ServeArgs {
     /// for tests, or behind a proxy that terminates TLS on the same host.
     #[arg(long)]
     insecure_plaintext: bool,
+    /// Four eyes: a job launched with --approval must be approved by another
+    /// user than the one who created it (its creator may still reject it)
+    /// [default: off]
+    #[arg(long)]
+    approval_four_eyes: bool,
     /// Serve Prometheus metrics on ADDR (e.g. 127.0.0.1:9464) at GET /metrics
     /// [default: off]. Plain HTTP without authentication: bind it to loopback
     /// or a private network only your Prometheus reaches.
@@ -229,6 +234,7 @@ fn config_from(args: ServeArgs) -> Result<Config> {
     }
     config.offline_after = args.offline_after.or(file.offline_after);
     config.insecure_plaintext = args.insecure_plaintext || file.insecure_plaintext.unwrap_or(false);
+    config.approval_four_eyes = args.approval_four_eyes || file.approval_four_eyes.unwrap_or(false);
     config.metrics_listen = args.metrics_listen.or(file.metrics_listen);
     if let Some(LogLimitArg(limit)) = args.log_limit {
         config.log_limit = limit;

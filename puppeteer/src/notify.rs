@@ -575,6 +575,8 @@ mod tests {
             not_targeted: vec![],
             reported_end: None,
             acknowledged: None,
+            created_by: None,
+            approval_requested: false,
         }
     }
 

@@ -180,9 +180,9 @@ pub struct PuppetNews {
 
 /// Decides whether `run` (queued or waiting) may start now.
 ///
-/// The rules, in order: cancellation, deadline, approval, offline bypass, failures
-/// (max-failures, or a failed rolling step), dependency, rolling turn,
-/// max-in-flight, and last the puppet itself: a run that could go but
+/// The rules, in order: cancellation, deadline, rejection, offline bypass,
+/// failures (max-failures, or a failed rolling step), dependency, approval,
+/// rolling turn, max-in-flight, and last the puppet itself: a run that could go but
 /// whose puppet is offline waits for it, saying so (without an offline
 /// bypass it would wait forever under a cause that hides why).
 pub fn gate(view: &JobView<'_>, run: &Run, now: Millis, puppet: PuppetNews) -> Gate {
@@ -201,12 +201,8 @@ pub fn gate(view: &JobView<'_>, run: &Run, now: Millis, puppet: PuppetNews) -> G
             humantime::format_duration(Duration::from_millis(deadline))
         ));
     }
-    match &job.approval {
-        Approval::Awaiting => return Gate::Wait("waiting for approval".into()),
-        Approval::Rejected { by, .. } => {
-            return Gate::Skip(format!("the job was rejected by {by}"));
-        }
-        Approval::NotNeeded | Approval::Approved { .. } => {}
+    if let Approval::Rejected { by, .. } = &job.approval {
+        return Gate::Skip(format!("the job was rejected by {by}"));
     }
     if let (Some(wait), Some(silent)) = (strategy.offline_wait_ms, silent_for)
         && silent > Duration::from_millis(wait)
@@ -243,11 +239,17 @@ pub fn gate(view: &JobView<'_>, run: &Run, now: Millis, puppet: PuppetNews) -> G
                 JobState::Running | JobState::AwaitingApproval => {
                     return Gate::Wait(format!("waiting for dependency {id}"));
                 }
-                JobState::Failed | JobState::Cancelled => {
+                JobState::Failed | JobState::Cancelled | JobState::Rejected => {
                     return Gate::Skip(format!("dependency failed: {id} did not succeed"));
                 }
             }
         }
+    }
+    // After the dependency: a job waits for its approval only once nothing
+    // else it depends on is pending (the approval is asked for then), and a
+    // job whose dependency failed is skipped without asking anyone.
+    if job.approval == Approval::Awaiting {
+        return Gate::Wait(AWAITING_APPROVAL.into());
     }
     if strategy.rolling {
         let mut order: Vec<&Run> = view.runs.iter().collect();
@@ -292,6 +294,10 @@ pub fn offline_cause(last_seen: Option<Millis>) -> String {
         None => format!("{OFFLINE_WAIT}, never seen since it enrolled"),
     }
 }
+
+/// The cause of a run whose job waits for its approval, and for nothing
+/// else it depends on.
+pub const AWAITING_APPROVAL: &str = "waiting for approval";
 
 /// How the cause of a run waiting for its offline puppet begins.
 pub const OFFLINE_WAIT: &str = "waiting for its puppet, which is offline";
@@ -395,6 +401,8 @@ pub enum JobState {
     Succeeded,
     Failed,
     Cancelled,
+    /// Refused by an operator (every run skipped), not a failure.
+    Rejected,
 }
 
 pub fn job_state(job: &Job, runs: &[Run]) -> JobState {
@@ -404,6 +412,8 @@ pub fn job_state(job: &Job, runs: &[Run]) -> JobState {
         JobState::Running
     } else if job.cancelled {
         JobState::Cancelled
+    } else if matches!(job.approval, crate::domain::Approval::Rejected { .. }) {
+        JobState::Rejected
     } else if runs.iter().all(|r| r.state == RunState::Succeeded) {
         JobState::Succeeded
     } else {

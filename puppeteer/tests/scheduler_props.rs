@@ -15,7 +15,7 @@ use puppeteer::domain::{
     Strategy as JobStrategy, Target, Transition,
 };
 use puppeteer::scheduler::{
-    Gate, JobState, JobView, OFFLINE_WAIT, PollPlan, PollReport, PuppetNews,
+    AWAITING_APPROVAL, Gate, JobState, JobView, OFFLINE_WAIT, PollPlan, PollReport, PuppetNews,
 };
 use puppeteer::scheduler::{expired_leases, gate, gate_reads_job_runs, job_state, plan_poll};
 
@@ -92,6 +92,8 @@ fn job(id: &str, strategy: JobStrategy, approval: Approval, cancelled: bool) -> 
         not_targeted: vec![],
         reported_end: None,
         acknowledged: None,
+        created_by: None,
+        approval_requested: false,
     }
 }
 
@@ -656,9 +658,22 @@ proptest! {
             prop_assert!(matches!(g, Gate::Skip(_)), "{g:?}");
         } else {
             match case.job.approval {
-                Approval::Awaiting => prop_assert!(matches!(g, Gate::Wait(_)), "{g:?}"),
+                // Waiting for approval, or skipped without asking anyone
+                // (its dependency failed, the rollout stopped...).
+                Approval::Awaiting => prop_assert_ne!(&g, &Gate::Go),
                 Approval::Rejected { .. } => prop_assert!(matches!(g, Gate::Skip(_)), "{g:?}"),
                 _ => {}
+            }
+            // "waiting for approval" only once the dependency is done.
+            if g == Gate::Wait(AWAITING_APPROVAL.into())
+                && let Some((up, up_runs)) = &case.upstream
+            {
+                if strategy.per_puppet {
+                    let mine = up_runs.iter().find(|r| r.puppet == me.puppet);
+                    prop_assert!(mine.is_some_and(|r| r.state == RunState::Succeeded), "{mine:?}");
+                } else {
+                    prop_assert_eq!(job_state(up, up_runs), JobState::Succeeded);
+                }
             }
         }
 

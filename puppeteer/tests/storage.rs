@@ -406,6 +406,8 @@ async fn durability_cost_of_acknowledgements() {
         not_targeted: vec![],
         reported_end: None,
         acknowledged: None,
+        created_by: None,
+        approval_requested: false,
     };
     store.create_job(&job, &runs).unwrap();
     let offsets: Arc<Vec<AtomicU64>> = Arc::new((0..64).map(|_| AtomicU64::new(0)).collect());
@@ -854,6 +856,8 @@ async fn write_finished_runs(db: &std::path::Path, from: usize, count: usize) {
             not_targeted: vec![],
             reported_end: None,
             acknowledged: None,
+            created_by: None,
+            approval_requested: false,
         };
         store.create_job(&job, std::slice::from_ref(&run)).unwrap();
         store

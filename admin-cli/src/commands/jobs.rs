@@ -34,9 +34,9 @@ pub async fn run(api: &Api, command: JobsCommand, format: Format) -> Result<(), 
                 }
             }
         }
-        JobsCommand::Watch { job } => {
+        JobsCommand::Watch { job, all_runs } => {
             let job = watch(api, &job).await?;
-            print_summary(&job, format)?;
+            print_summary(&job, all_runs, format)?;
             verdict(&job)
         }
         JobsCommand::Approve { job } => {
@@ -183,12 +183,13 @@ async fn launch(api: &Api, args: RunJobArgs, format: Format) -> Result<(), Error
         println!("{}", job.id);
     }
     let job = watch(api, &job.id).await?;
-    print_summary(&job, format)?;
+    print_summary(&job, args.all_runs, format)?;
     verdict(&job)
 }
 
-/// The end of a watch: the runs table, or the job as JSON.
-fn print_summary(job: &pb::Job, format: Format) -> Result<(), Error> {
+/// The end of a watch: the runs that did not succeed (`all`: every run),
+/// or the job as JSON.
+fn print_summary(job: &pb::Job, all: bool, format: Format) -> Result<(), Error> {
     match format {
         Format::Json => output::print_json(&JobView::from(job)),
         Format::Table => {
@@ -198,7 +199,16 @@ fn print_summary(job: &pb::Job, format: Format) -> Result<(), Error> {
                 views::job_state(job.state).replace('_', " "),
                 counts_line(job)
             );
-            print_runs(&job.runs)
+            let shown: Vec<pb::RunSummary> = job
+                .runs
+                .iter()
+                .filter(|r| all || r.state != pb::RunState::Succeeded as i32)
+                .cloned()
+                .collect();
+            if shown.is_empty() {
+                return Ok(());
+            }
+            print_runs(&shown)
         }
     }
 }

@@ -336,6 +336,7 @@ pub fn job_state_to(s: JobState) -> pb::JobState {
         JobState::Succeeded => pb::JobState::Succeeded,
         JobState::Failed => pb::JobState::Failed,
         JobState::Cancelled => pb::JobState::Cancelled,
+        JobState::Rejected => pb::JobState::Rejected,
     }
 }
 

@@ -108,6 +108,11 @@ impl AppState {
             JobState::Failed => "failed",
             JobState::Cancelled => "cancelled",
             JobState::Running | JobState::AwaitingApproval => return Ok(()),
+            // The rejection was its own event (job.rejected) when decided.
+            JobState::Rejected => {
+                self.remember_job_end(job_id, seen);
+                return Ok(());
+            }
         };
         let failed = runs
             .iter()

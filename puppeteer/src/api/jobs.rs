@@ -137,25 +137,34 @@ impl JobsApi {
     }
 
     fn decide(&self, id: &str, user: &str, approve: bool) -> ApiResult<pb::Job> {
-        let (mut job, _) = self.load(id)?;
-        if job.approval != domain::Approval::Awaiting {
-            return Err(ApiError::FailedPrecondition(format!(
-                "job {id} is not awaiting approval"
+        let (job, _) = self.load(id)?;
+        // Four eyes: whoever created a job cannot approve it (they may
+        // still reject it, withdrawing it). The creator never changes.
+        if approve && self.state.config.four_eyes && job.created_by.as_deref() == Some(user) {
+            return Err(ApiError::PermissionDenied(format!(
+                "job {id} was created by you ({user}): another operator must approve it (four-eyes rule: approval_four_eyes in the puppeteer's config)"
             )));
         }
         let now = Millis::now();
-        job.approval = if approve {
-            domain::Approval::Approved {
-                by: user.to_string(),
-                at: now,
+        let job = self.state.store.update_job(id, |job| {
+            if job.approval != domain::Approval::Awaiting {
+                return Err(crate::store::StoreError::Conflict(format!(
+                    "job {id} is not awaiting approval"
+                )));
             }
-        } else {
-            domain::Approval::Rejected {
-                by: user.to_string(),
-                at: now,
-            }
-        };
-        self.state.store.put_job(&job)?;
+            job.approval = if approve {
+                domain::Approval::Approved {
+                    by: user.to_string(),
+                    at: now,
+                }
+            } else {
+                domain::Approval::Rejected {
+                    by: user.to_string(),
+                    at: now,
+                }
+            };
+            Ok(true)
+        })?;
         let mut event = super::events::event(
             if approve {
                 "job.approved"
@@ -201,7 +210,7 @@ impl Jobs for JobsApi {
         #[allow(unused_mut)]
         let (mut audit, caller) = self.state.begin(&request, "Jobs/CreateJob", target);
         let result: Result<Response<pb::Job>, Status> = async {
-            caller?;
+            let caller = caller?;
             let req = request.into_inner();
             domain::check_task_name(&req.task_name).map_err(ApiError::from)?;
             let target = convert::target_from(req.target)?;
@@ -291,6 +300,8 @@ impl Jobs for JobsApi {
                 not_targeted,
                 reported_end: None,
                 acknowledged: None,
+                created_by: Some(caller.user.clone()),
+                approval_requested: false,
             };
             store.create_job(&job, &runs).map_err(ApiError::from)?;
             store.flush().await.map_err(ApiError::from)?;
@@ -298,18 +309,8 @@ impl Jobs for JobsApi {
                 self.state.hub.wake(&puppet_key(puppet));
             }
             tracing::info!(job = %job.id, task = %job.task_name, runs = runs.len(), "job created");
-            if job.approval == domain::Approval::Awaiting {
-                let mut event = super::events::event(
-                    "job.awaiting_approval",
-                    "puppeteer",
-                    format!(
-                        "job {} ({}) awaits approval: geppetto jobs approve {}",
-                        job.id, job.task_name, job.id
-                    ),
-                );
-                event.job_id = job.id.clone();
-                self.state.announce(vec![event]);
-            }
+            // A job awaiting approval asks for it from the sweeper, once
+            // nothing else it depends on is pending (see `AppState::apply_gates`).
             Ok(Response::new(job_to(&job, &runs)))
         }
         .await;
@@ -472,7 +473,7 @@ impl Jobs for JobsApi {
         let id = request.get_ref().id.clone();
         let (audit, caller) = self.state.begin(&request, "Jobs/AcknowledgeJob", &id);
         let result = caller.and_then(|caller| {
-            let (mut job, runs) = self.load(&id)?;
+            let (job, runs) = self.load(&id)?;
             let state = crate::scheduler::job_state(&job, &runs);
             if matches!(
                 state,
@@ -483,13 +484,16 @@ impl Jobs for JobsApi {
                 )));
             }
             // Acknowledging again keeps the first acknowledgement.
-            if job.acknowledged.is_none() {
+            let job = self.state.store.update_job(&id, |job| {
+                if job.acknowledged.is_some() {
+                    return Ok(false);
+                }
                 job.acknowledged = Some(domain::Acknowledged {
                     by: caller.user.clone(),
                     at: Millis::now(),
                 });
-                self.state.store.put_job(&job)?;
-            }
+                Ok(true)
+            })?;
             self.state.hub.wake(&job_key(&id));
             Ok(job_to(&job, &runs))
         });

@@ -67,6 +67,8 @@ pub struct ApiConfig {
     pub retention: crate::retention::Retention,
     /// The data dir (its size is reported by `GetServerInfo`).
     pub data_dir: std::path::PathBuf,
+    /// A job's approver must not be its creator.
+    pub four_eyes: bool,
 }
 
 impl Default for ApiConfig {
@@ -83,6 +85,7 @@ impl Default for ApiConfig {
             )),
             retention: Default::default(),
             data_dir: Default::default(),
+            four_eyes: false,
         }
     }
 }

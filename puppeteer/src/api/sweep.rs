@@ -170,7 +170,9 @@ impl AppState {
         if changed.is_empty() {
             return Ok(());
         }
+        let asked = self.request_approvals(&changed)?;
         self.store.flush().await?;
+        self.announce(asked);
         self.ended(&changed);
         for run in &changed {
             if run.state == RunState::Queued {
@@ -178,6 +180,48 @@ impl AppState {
             }
         }
         Ok(())
+    }
+
+    /// Asks for the approval of the jobs whose runs just began to wait for
+    /// it and for nothing else (`scheduler::AWAITING_APPROVAL`: their
+    /// dependency, if any, succeeded), once per job. Returns the events to
+    /// announce after the flush.
+    fn request_approvals(
+        &self,
+        changed: &[crate::domain::Run],
+    ) -> ApiResult<Vec<crate::domain::Event>> {
+        let mut jobs: Vec<&str> = changed
+            .iter()
+            .filter(|r| r.state == RunState::Waiting && r.cause == scheduler::AWAITING_APPROVAL)
+            .map(|r| r.job_id.as_str())
+            .collect();
+        jobs.sort_unstable();
+        jobs.dedup();
+        let mut events = Vec::new();
+        for id in jobs {
+            let mut asked = false;
+            let job = self.store.update_job(id, |job| {
+                asked = job.approval == crate::domain::Approval::Awaiting
+                    && !job.approval_requested
+                    && !job.cancelled;
+                job.approval_requested |= asked;
+                Ok(asked)
+            })?;
+            if !asked {
+                continue;
+            }
+            let mut event = super::events::event(
+                "job.awaiting_approval",
+                "puppeteer",
+                format!(
+                    "job {} ({}) awaits approval: geppetto jobs approve {}",
+                    job.id, job.task_name, job.id
+                ),
+            );
+            event.job_id = job.id.clone();
+            events.push(event);
+        }
+        Ok(events)
     }
 
     /// Ends the runs whose lease expired; returns the other unfinished runs.

@@ -131,6 +131,37 @@ impl Store {
         Ok(())
     }
 
+    /// Changes a job in place, atomically against any other change made
+    /// this way: a compare-and-swap, so that a concurrent change (an
+    /// approval and the sweeper's request for it) makes `change` run again
+    /// on the new value instead of being overwritten. `change` returns
+    /// whether it changed anything; the job is returned as stored.
+    pub fn update_job(
+        &self,
+        id: &str,
+        mut change: impl FnMut(&mut Job) -> Result<bool>,
+    ) -> Result<Job> {
+        loop {
+            let Some(old) = self.jobs.get(id.as_bytes())? else {
+                return Err(StoreError::NotFound {
+                    kind: "job",
+                    id: id.to_string(),
+                });
+            };
+            let mut job: Job = decode(id.as_bytes(), &old)?;
+            if !change(&mut job)? {
+                return Ok(job);
+            }
+            let swapped =
+                self.jobs
+                    .compare_and_swap(id.as_bytes(), Some(old), Some(encode(&job)))?;
+            self.job_cache.changed(id);
+            if swapped.is_ok() {
+                return Ok(job);
+            }
+        }
+    }
+
     /// The newest jobs first.
     pub fn list_jobs(&self, limit: usize) -> Result<Vec<Job>> {
         let mut jobs = Vec::new();

@@ -364,6 +364,8 @@ pub(crate) mod tests {
             not_targeted: vec![],
             reported_end: None,
             acknowledged: None,
+            created_by: None,
+            approval_requested: false,
         }
     }
 
