@@ -90,8 +90,9 @@ impl Progress {
         let bar = interactive.then(|| {
             let bar = indicatif::ProgressBar::new(0);
             bar.set_style(
+                // The message last, cut to the terminal's width: one line.
                 indicatif::ProgressStyle::with_template(
-                    "{prefix} [{bar:24}] {pos}/{len} · {msg} · {elapsed}, about {eta} left",
+                    "{prefix} [{bar:20}] {pos}/{len} done, {elapsed} (~{eta} left) · {wide_msg}",
                 )
                 .expect("a valid template")
                 .progress_chars("=> "),
@@ -116,11 +117,16 @@ impl Progress {
                 bar.set_prefix(job.id.clone());
                 bar.set_length(job.runs.len() as u64);
                 bar.set_position(finished as u64);
+                let counts = views::run_counts(job)
+                    .iter()
+                    .map(|(state, n)| format!("{n} {}", state.replace('_', " ")))
+                    .collect::<Vec<_>>()
+                    .join(", ");
                 let waits = waits_line(job);
                 bar.set_message(if waits.is_empty() {
-                    counts_line(job)
+                    counts
                 } else {
-                    format!("{} · {waits}", counts_line(job))
+                    format!("{counts} · {waits}")
                 });
             }
             None => {
