@@ -38,9 +38,15 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat, default_level: &str) {
-    let logs = tracing_subscriber::fmt().with_env_filter(
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
-    );
+    // Colours only for a person at a terminal, never in a file or a pipe
+    // (and never with NO_COLOR set).
+    use std::io::IsTerminal;
+    let ansi = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let logs = tracing_subscriber::fmt()
+        .with_ansi(ansi)
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
+        );
     match format {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
