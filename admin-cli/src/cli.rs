@@ -606,9 +606,23 @@ pub enum JobsCommand {
         /// At most this many jobs
         #[arg(long, default_value_t = 20, value_name = "N")]
         limit: u32,
+        /// Only jobs in this state (repeat it, or comma-separate): running,
+        /// awaiting_approval, succeeded, failed, cancelled, rejected
+        #[arg(long, value_delimiter = ',', value_name = "STATE", value_parser = crate::parse::parse_job_state)]
+        state: Vec<i32>,
     },
     /// Shows a job and one row per run
-    Show { job: String },
+    Show {
+        job: String,
+        /// Only runs in this state (repeat it, or comma-separate): queued, waiting,
+        /// offered, running, succeeded, failed, timed_out, cancelled, lost,
+        /// interrupted, skipped
+        #[arg(long, value_delimiter = ',', value_name = "STATE", value_parser = crate::parse::parse_run_state)]
+        state: Vec<i32>,
+        /// Only runs of the puppets this label selector matches, e.g. "site=lyon"
+        #[arg(long, value_name = "SELECTOR")]
+        target: Option<String>,
+    },
     /// Cancels every unfinished run of a job
     Cancel { job: String },
     /// Follows a job until it is finished (through any wait for approval); exits 1
@@ -755,8 +769,9 @@ pub struct StrategyArgs {
 pub enum RunsCommand {
     /// Shows a run and its state history
     Show { run: String },
-    /// Lists the runs of a job or of a puppet
-    #[command(group(ArgGroup::new("of").required(true).multiple(false)))]
+    /// Lists runs: those of a job, of a puppet, or (neither) every run not
+    /// finished yet; filtered by state and by puppet selector
+    #[command(group(ArgGroup::new("of").required(false).multiple(false)))]
     List {
         /// Runs of this job
         #[arg(long, value_name = "JOB", group = "of")]
@@ -764,6 +779,14 @@ pub enum RunsCommand {
         /// Runs on this puppet
         #[arg(long, value_name = "NAME", group = "of")]
         puppet: Option<String>,
+        /// Only runs in this state (repeat it, or comma-separate): queued, waiting,
+        /// offered, running, succeeded, failed, timed_out, cancelled, lost,
+        /// interrupted, skipped
+        #[arg(long, value_delimiter = ',', value_name = "STATE", value_parser = crate::parse::parse_run_state)]
+        state: Vec<i32>,
+        /// Only runs of the puppets this label selector matches, e.g. "site=lyon"
+        #[arg(long, value_name = "SELECTOR")]
+        target: Option<String>,
     },
     /// Cancels a run; a running one is killed on its puppet
     Cancel { run: String },

@@ -7,6 +7,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use geppetto_proto::v1 as pb;
+
 use crate::error::Error;
 
 /// A duration written like `30s`, `10m`, `1h30m` or `2days`.
@@ -297,9 +299,53 @@ pub fn id_kind(id: &str) -> Result<IdKind, Error> {
     }
 }
 
+/// A run state as the API names it (`timed_out`, or `timed out`).
+pub fn parse_run_state(s: &str) -> Result<i32, String> {
+    let name = format!(
+        "RUN_STATE_{}",
+        s.trim().replace([' ', '-'], "_").to_uppercase()
+    );
+    match pb::RunState::from_str_name(&name) {
+        Some(state) if state != pb::RunState::Unspecified => Ok(state as i32),
+        _ => Err(format!(
+            "unknown run state {s:?}: queued, waiting, offered, running, succeeded, failed, timed_out, cancelled, lost, interrupted or skipped"
+        )),
+    }
+}
+
+/// A job state as the API names it (`awaiting_approval`).
+pub fn parse_job_state(s: &str) -> Result<i32, String> {
+    let name = format!(
+        "JOB_STATE_{}",
+        s.trim().replace([' ', '-'], "_").to_uppercase()
+    );
+    match pb::JobState::from_str_name(&name) {
+        Some(state) if state != pb::JobState::Unspecified => Ok(state as i32),
+        _ => Err(format!(
+            "unknown job state {s:?}: running, awaiting_approval, succeeded, failed, cancelled or rejected"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn states_parse() {
+        assert_eq!(
+            parse_run_state("timed out"),
+            Ok(pb::RunState::TimedOut as i32)
+        );
+        assert_eq!(parse_run_state("FAILED"), Ok(pb::RunState::Failed as i32));
+        assert!(parse_run_state("unspecified").is_err());
+        assert!(parse_run_state("nope").unwrap_err().contains("skipped"));
+        assert_eq!(
+            parse_job_state("awaiting-approval"),
+            Ok(pb::JobState::AwaitingApproval as i32)
+        );
+        assert!(parse_job_state("lost").is_err());
+    }
 
     #[test]
     fn bandwidths() {

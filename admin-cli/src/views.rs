@@ -779,22 +779,76 @@ pub struct RunSummaryView {
     pub run_id: String,
     pub puppet: String,
     pub state: String,
-    /// Set once the run succeeded or failed.
+    /// Set once the run's process exited (not for one that could not start,
+    /// was killed by a signal, or never ran).
     pub exit_code: Option<i32>,
     pub cause: String,
+    /// Set while its artifacts are being fetched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fetch: Option<FetchView>,
 }
 
 impl From<&pb::RunSummary> for RunSummaryView {
     fn from(r: &pb::RunSummary) -> Self {
-        let ended =
-            r.state == pb::RunState::Succeeded as i32 || r.state == pb::RunState::Failed as i32;
+        let exited = r.outcome == pb::Outcome::Exited as i32;
         RunSummaryView {
             run_id: r.run_id.clone(),
             puppet: r.puppet.clone(),
             state: run_state(r.state),
-            exit_code: ended.then_some(r.exit_code),
+            exit_code: exited.then_some(r.exit_code),
             cause: r.cause.clone(),
+            fetch: r.fetch.as_ref().map(FetchView::from),
         }
+    }
+}
+
+/// Artifacts being fetched for a run.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FetchView {
+    pub artifacts: Vec<String>,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    pub bytes_per_second: u64,
+    pub started_at: Option<String>,
+    /// Seconds it should still take, when a rate is known.
+    pub eta_seconds: Option<u64>,
+}
+
+impl From<&pb::RunFetch> for FetchView {
+    fn from(f: &pb::RunFetch) -> Self {
+        FetchView {
+            artifacts: f.artifacts.clone(),
+            bytes_done: f.bytes_done,
+            bytes_total: f.bytes_total,
+            bytes_per_second: f.bytes_per_second,
+            started_at: rfc3339(f.started_at.as_ref()),
+            eta_seconds: f.eta.map(|d| d.seconds.max(0) as u64),
+        }
+    }
+}
+
+impl FetchView {
+    /// `fetching patch.tar: 2.1 MiB of 5.0 MiB at 61.6 KiB/s, about 47s left`
+    pub fn words(&self) -> String {
+        let mut text = format!(
+            "fetching {}: {} of {}",
+            self.artifacts.join(", "),
+            crate::output::bytes(self.bytes_done),
+            crate::output::bytes(self.bytes_total)
+        );
+        if self.bytes_per_second > 0 {
+            text.push_str(&format!(
+                " at {}/s",
+                crate::output::bytes(self.bytes_per_second)
+            ));
+        }
+        if let Some(eta) = self.eta_seconds {
+            text.push_str(&format!(
+                ", about {} left",
+                crate::output::short_duration(std::time::Duration::from_secs(eta))
+            ));
+        }
+        text
     }
 }
 
@@ -826,6 +880,9 @@ pub struct RunView {
     /// Puppet reports that changed nothing (resends after a lost answer).
     pub duplicate_reports: u64,
     pub history: Vec<TransitionView>,
+    /// Set while its artifacts are being fetched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fetch: Option<FetchView>,
 }
 
 impl From<&pb::Run> for RunView {
@@ -853,6 +910,7 @@ impl From<&pb::Run> for RunView {
             log_dropped: r.log_dropped,
             duplicate_reports: r.duplicate_reports,
             history: r.history.iter().map(TransitionView::from).collect(),
+            fetch: r.fetch.as_ref().map(FetchView::from),
         }
     }
 }
@@ -1106,6 +1164,8 @@ pub struct StatusView {
     pub jobs: Vec<JobBriefView>,
     /// Resources held or waited for.
     pub resources: Vec<ResourceUseView>,
+    /// Runs fetching their artifacts now.
+    pub fetching: Vec<FetchingRunView>,
     pub attention: AttentionView,
     /// The puppeteer itself (absent if it could not say).
     pub server: Option<ServerView>,
@@ -1185,6 +1245,15 @@ pub struct ResourceUseView {
     pub capacity: u32,
     /// Runs waiting for it.
     pub waiters: u32,
+}
+
+/// A run fetching its artifacts.
+#[derive(Debug, Serialize)]
+pub struct FetchingRunView {
+    pub job_id: String,
+    pub run_id: String,
+    pub puppet: String,
+    pub fetch: FetchView,
 }
 
 /// What an operator should look at.
@@ -1272,6 +1341,19 @@ impl StatusView {
                     })
             })
             .collect();
+        let fetching = jobs
+            .iter()
+            .flat_map(|j| {
+                j.runs.iter().filter_map(|r| {
+                    Some(FetchingRunView {
+                        job_id: j.id.clone(),
+                        run_id: r.run_id.clone(),
+                        puppet: r.puppet.clone(),
+                        fetch: FetchView::from(r.fetch.as_ref()?),
+                    })
+                })
+            })
+            .collect();
         let failed_jobs = jobs
             .iter()
             .filter(|j| j.state == pb::JobState::Failed as i32 && j.acknowledged_by.is_empty())
@@ -1281,6 +1363,7 @@ impl StatusView {
             fleet,
             jobs: with_state(&[pb::JobState::Running, pb::JobState::AwaitingApproval]),
             resources: in_use,
+            fetching,
             attention: AttentionView {
                 pending_puppets,
                 awaiting_approval: with_state(&[pb::JobState::AwaitingApproval]),
@@ -1327,6 +1410,7 @@ mod tests {
                     run_id: "run-b".into(),
                     puppet: "web-2".into(),
                     state: pb::RunState::Succeeded as i32,
+                    outcome: pb::Outcome::Exited as i32,
                     exit_code: 0,
                     cause: String::new(),
                     ..Default::default()
@@ -1520,6 +1604,7 @@ mod tests {
             log_truncated: false,
             log_dropped: 0,
             duplicate_reports: 0,
+            fetch: None,
             history: vec![pb::RunTransition {
                 state: pb::RunState::Queued as i32,
                 at: ts(1_700_000_000),

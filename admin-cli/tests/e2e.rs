@@ -1292,6 +1292,31 @@ fn a_run_waiting_for_an_offline_puppet_says_so_and_can_be_skipped_and_acknowledg
         "{status}"
     );
 
+    // Filters: by state across jobs, by state and selector within a job.
+    let waiting = live.json(&["runs", "list", "--state", "waiting"]);
+    assert_eq!(
+        waiting
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["puppet"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        vec!["down"],
+        "{waiting}"
+    );
+    live.ok(&["puppets", "label", "up", "role=web"]);
+    let web = live.json(&["runs", "list", "--job", &job, "--target", "role=web"]);
+    assert_eq!(web.as_array().unwrap().len(), 1, "{web}");
+    assert_eq!(web[0]["puppet"], "up", "{web}");
+    let shown = live.json(&["jobs", "show", &job, "--state", "waiting,queued"]);
+    assert_eq!(shown["runs"].as_array().unwrap().len(), 1, "{shown}");
+    assert_eq!(shown["runs"][0]["puppet"], "down", "{shown}");
+    live.cli()
+        .args(["runs", "list", "--state", "sleeping"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("unknown run state"));
+
     // A started or finished run cannot be skipped; the wrong puppet is named.
     live.wait_run_state(
         live.json(&["runs", "list", "--job", &job])
@@ -1344,6 +1369,20 @@ fn a_run_waiting_for_an_offline_puppet_says_so_and_can_be_skipped_and_acknowledg
     assert!(
         status.contains(&format!("job {job} (hello v1) failed")) && !status.contains("waits for"),
         "{status}"
+    );
+    let failed = live.json(&["jobs", "list", "--state", "failed"]);
+    assert!(
+        failed
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|j| j["state"] == "failed")
+            && failed
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|j| j["id"] == job.as_str()),
+        "{failed}"
     );
     live.ok(&["jobs", "ack", &job]);
     let acked = live.json(&["jobs", "show", &job]);

@@ -35,6 +35,7 @@ fn run_summary(id: &str, puppet: &str, state: pb::RunState, exit_code: i32) -> p
         run_id: id.into(),
         puppet: puppet.into(),
         state: state as i32,
+        outcome: pb::Outcome::Exited as i32,
         exit_code,
         cause: String::new(),
         ..Default::default()
@@ -329,7 +330,10 @@ fn jobs_run_wait_fails_when_a_run_fails() {
     // Progress (not a terminal): a line for the failure, the counts.
     assert!(!err.contains("web-1: succeeded (run-a)"), "{err}");
     assert!(err.contains("web-2: failed, exit code 3 (run-b)"), "{err}");
-    assert!(err.contains("job-1: 2 runs: 1 failed, 1 succeeded"), "{err}");
+    assert!(
+        err.contains("job-1: 2 runs: 1 failed, 1 succeeded"),
+        "{err}"
+    );
     assert!(
         err.ends_with("error: job job-1 failed: 1 of 2 runs did not succeed\n"),
         "{err}"

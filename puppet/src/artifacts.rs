@@ -349,6 +349,9 @@ enum Interrupted {
 }
 
 /// Opens one stream from `have` and appends what it brings to `file`.
+/// How often a download in progress is logged.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn stream_into(
     client: &Client,
     wanted: &Wanted<'_>,
@@ -371,7 +374,23 @@ async fn stream_into(
     let mut stream = rpc::with_deadline(CALL_TIMEOUT, client.fetch_artifact(request))
         .await
         .map_err(failed)?;
+    // A long download says how it goes, not only how it ended.
+    let began = std::time::Instant::now();
+    let from = *have;
+    let mut said = began;
     loop {
+        if said.elapsed() >= PROGRESS_EVERY {
+            said = std::time::Instant::now();
+            let rate = (*have - from) * 1000 / (began.elapsed().as_millis().max(1) as u64);
+            tracing::info!(
+                run_id = wanted.run_id,
+                artifact = %wanted.artifact.name,
+                received = *have,
+                size = wanted.artifact.size,
+                bytes_per_second = rate,
+                "fetching an artifact"
+            );
+        }
         let message = match tokio::time::timeout(STREAM_IDLE, stream.message()).await {
             Ok(message) => message.map_err(failed)?,
             Err(_) => {

@@ -42,11 +42,9 @@ fn init_logging(format: LogFormat, default_level: &str) {
     // (and never with NO_COLOR set).
     use std::io::IsTerminal;
     let ansi = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    let logs = tracing_subscriber::fmt()
-        .with_ansi(ansi)
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
-        );
+    let logs = tracing_subscriber::fmt().with_ansi(ansi).with_env_filter(
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
+    );
     match format {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),

@@ -90,6 +90,10 @@ pub struct RunRecord {
     /// the machine (`--expect-reboot`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reboot: Option<RebootExpectation>,
+    /// The server's log limit, from the assignment: a run recovered after a
+    /// restart uploads under it too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_limit: Option<crate::upload::LogLimit>,
 }
 
 /// What a run that expects a reboot must remember to be judged after one.
@@ -431,6 +435,7 @@ mod tests {
             phase,
             finish,
             reboot: None,
+            log_limit: None,
         }
     }
 

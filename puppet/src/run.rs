@@ -50,10 +50,12 @@ pub async fn run_assignment(ctx: RunContext, assignment: Assignment, cancel: Can
     let target = LogTarget {
         run_id: run_id.clone(),
         attempt,
+        limit: upload::LogLimit::of(&assignment),
     };
     let mut record = RunRecord {
         run_id: run_id.clone(),
         attempt,
+        log_limit: target.limit,
         phase: Phase::Accepted,
         finish: None,
         reboot: None,
@@ -234,6 +236,7 @@ pub async fn recover_run(ctx: RunContext, mut record: RunRecord) {
     let target = LogTarget {
         run_id: run_id.clone(),
         attempt: record.attempt,
+        limit: record.log_limit,
     };
     let rebooted = record
         .reboot

@@ -473,6 +473,7 @@ async fn simulated_run(
     let target = LogTarget {
         run_id: assignment.run_id.clone(),
         attempt: assignment.attempt,
+        limit: crate::upload::LogLimit::of(&assignment),
     };
     match run::send_start(&client, run::start_request(&target), &cancel).await {
         Ok(answer) if answer.proceed => {}

@@ -57,6 +57,61 @@ pub fn log_client(client: &Client, compression: Compression) -> Client {
 pub struct LogTarget {
     pub run_id: String,
     pub attempt: u32,
+    /// What the server keeps of the output (`None`: all of it).
+    pub limit: Option<LogLimit>,
+}
+
+/// The server's log limit for a run, as its assignment tells it: the
+/// first `head` and the last `tail` bytes are kept, the middle dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LogLimit {
+    pub head: u64,
+    pub tail: u64,
+}
+
+impl LogLimit {
+    /// The limit an assignment names, if any.
+    pub fn of(assignment: &geppetto_proto::v1::Assignment) -> Option<Self> {
+        (assignment.log_head > 0 || assignment.log_tail > 0).then_some(LogLimit {
+            head: assignment.log_head,
+            tail: assignment.log_tail,
+        })
+    }
+}
+
+/// What of the spool to send next, under the server's log limit: the chunk
+/// starts at `from`, after `skipped` bytes left out, and may go up to `end`
+/// (`from >= end`: nothing to send now). Pure.
+///
+/// Only what will be kept crosses the link: the head as it comes (it is
+/// always kept); past the head nothing more until the run ended (the bytes
+/// after it may end up in the dropped middle), then the rest if the whole
+/// output fits in the limit, or else only the last `tail` bytes, skipping
+/// the middle.
+pub fn next_span(
+    limit: Option<LogLimit>,
+    committed: u64,
+    available: u64,
+    finished: bool,
+) -> (u64, u64, u64) {
+    let Some(limit) = limit else {
+        return (committed, 0, available);
+    };
+    if committed < limit.head {
+        return (committed, 0, available.min(limit.head));
+    }
+    if !finished {
+        return (committed, 0, committed);
+    }
+    if available <= limit.head.saturating_add(limit.tail) {
+        return (committed, 0, available);
+    }
+    let tail_from = available - limit.tail;
+    if committed < tail_from {
+        (tail_from, tail_from - committed, available)
+    } else {
+        (committed, 0, available)
+    }
 }
 
 impl LogTarget {
@@ -70,6 +125,19 @@ impl LogTarget {
         data: Bytes,
         stop: &CancellationToken,
     ) -> Result<(u64, usize), CallError> {
+        self.append_after(client, offset, 0, data, stop).await
+    }
+
+    /// [`LogTarget::append`] of a chunk that follows `skipped` bytes left
+    /// out under the log limit.
+    pub(crate) async fn append_after(
+        &self,
+        client: &Client,
+        offset: u64,
+        skipped: u64,
+        data: Bytes,
+        stop: &CancellationToken,
+    ) -> Result<(u64, usize), CallError> {
         let mut size = data.len();
         let mut sent = size;
         let answer = rpc::retry("AppendLog", stop, || {
@@ -80,6 +148,7 @@ impl LogTarget {
                 attempt: self.attempt,
                 offset,
                 data: data.slice(..size),
+                skipped,
             };
             // Should this try fail, the next one sends half as much.
             size = (size / 2).max(MIN_CHUNK).min(data.len());
@@ -119,22 +188,25 @@ pub async fn stream_log(
 ) -> Result<u64, CallError> {
     let mut resyncs = 0;
     let mut chunk = MAX_CHUNK;
+    let mut writer_gone = false;
     loop {
         let available = *progress.borrow_and_update();
-        if committed >= available {
-            let writer_gone = tokio::select! {
+        let (from, skipped, end) = next_span(target.limit, committed, available, writer_gone);
+        if from >= end {
+            if writer_gone {
+                return Ok(committed);
+            }
+            writer_gone = tokio::select! {
                 changed = progress.changed() => changed.is_err(),
                 _ = stop.cancelled() => return Err(CallError::Stopped),
             };
-            if writer_gone && committed >= *progress.borrow() {
-                return Ok(committed);
-            }
             continue;
         }
-        let want = usize::try_from(available - committed)
-            .unwrap_or(chunk)
-            .min(chunk);
-        let data = match read_chunk(spool, committed, want).await {
+        if skipped > 0 {
+            tracing::info!(run_id = %target.run_id, skipped, kept_tail = end - from, "output past the log limit: sending only its tail");
+        }
+        let want = usize::try_from(end - from).unwrap_or(chunk).min(chunk);
+        let data = match read_chunk(spool, from, want).await {
             Ok(data) if !data.is_empty() => Bytes::from(data),
             Ok(_) => {
                 tracing::error!(run_id = %target.run_id, "the spool is shorter than expected; the log ends here");
@@ -146,7 +218,7 @@ pub async fn stream_log(
             }
         };
         let tried = data.len();
-        match target.append(client, committed, data, stop).await {
+        match target.append_after(client, from, skipped, data, stop).await {
             Ok((server_committed, sent)) => {
                 committed = server_committed;
                 resyncs = 0;
@@ -168,6 +240,67 @@ pub async fn stream_log(
                 committed = target.committed(client, stop).await?;
             }
             Err(e) => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMIT: Option<LogLimit> = Some(LogLimit { head: 10, tail: 10 });
+
+    #[test]
+    fn without_a_limit_everything_goes_as_it_comes() {
+        assert_eq!(next_span(None, 5, 1000, false), (5, 0, 1000));
+    }
+
+    #[test]
+    fn the_head_goes_as_it_comes_the_rest_when_the_run_ended() {
+        assert_eq!(next_span(LIMIT, 0, 7, false), (0, 0, 7));
+        assert_eq!(next_span(LIMIT, 4, 50, false), (4, 0, 10));
+        // Past the head, nothing while the run goes on: it may end up in
+        // the dropped middle.
+        assert_eq!(next_span(LIMIT, 10, 15, false), (10, 0, 10));
+        assert_eq!(next_span(LIMIT, 10, 50, false), (10, 0, 10));
+        // Ended within the limit: the rest, all kept.
+        assert_eq!(next_span(LIMIT, 10, 15, true), (10, 0, 15));
+        // Ended past it: the last 10 bytes, skipping the middle.
+        assert_eq!(next_span(LIMIT, 10, 50, true), (40, 30, 50));
+        // Part of the tail acknowledged: the rest, no skip.
+        assert_eq!(next_span(LIMIT, 44, 50, true), (44, 0, 50));
+        assert_eq!(next_span(LIMIT, 50, 50, true), (50, 0, 50));
+    }
+
+    /// Over any output length, exactly what is kept crosses the link, and
+    /// all of it.
+    #[test]
+    fn only_what_will_be_kept_crosses_the_link() {
+        let limit = LogLimit { head: 8, tail: 8 };
+        for total in 0..60u64 {
+            // The run writes one byte at a time; the uploader sends all it
+            // may after each, then once more after the end.
+            let (mut committed, mut sent, mut spans) = (0u64, 0u64, Vec::new());
+            let mut send = |available: u64, finished: bool, committed: &mut u64| loop {
+                let (from, _, end) = next_span(Some(limit), *committed, available, finished);
+                if from >= end {
+                    break;
+                }
+                sent += end - from;
+                spans.push((from, end));
+                *committed = end;
+            };
+            for available in 1..=total {
+                send(available, false, &mut committed);
+            }
+            send(total, true, &mut committed);
+            assert_eq!(committed, total, "everything acknowledged at {total}");
+            let kept = total.min(limit.head + limit.tail);
+            assert_eq!(sent, kept, "total {total}");
+            let covered = |b: u64| spans.iter().any(|(f, e)| *f <= b && b < *e);
+            for b in (0..total.min(limit.head)).chain(total.saturating_sub(limit.tail)..total) {
+                assert!(covered(b), "byte {b} of {total} not sent");
+            }
         }
     }
 }

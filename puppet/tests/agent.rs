@@ -229,6 +229,7 @@ fn assignment(body: &str) -> Assignment {
             workdir: String::new(),
             ..Default::default()
         }),
+        ..Default::default()
     }
 }
 

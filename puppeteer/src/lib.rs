@@ -182,6 +182,7 @@ pub async fn start(config: Config) -> Result<Running> {
         blobs,
         budgets: Default::default(),
         job_ends: Default::default(),
+        fetches: Default::default(),
     });
     // The metrics listener stops with the server, whether asked to or not.
     let metrics_stop = shutdown.child_token();

@@ -161,8 +161,23 @@ impl Parser<'_> {
     }
 }
 
+/// The longest selector accepted: far more than any real one, and a bound
+/// on the work (and the error text) a caller can cause.
+pub const MAX_SELECTOR_BYTES: usize = 4096;
+
 impl Selector {
     pub fn parse(input: &str) -> Result<Self, SelectorError> {
+        if input.len() > MAX_SELECTOR_BYTES {
+            let head: String = input.chars().take(32).collect();
+            return Err(SelectorError {
+                input: format!("{head}..."),
+                position: MAX_SELECTOR_BYTES + 1,
+                reason: format!(
+                    "a selector is at most {MAX_SELECTOR_BYTES} bytes, this one has {}",
+                    input.len()
+                ),
+            });
+        }
         let mut parser = Parser {
             input,
             chars: input.chars().collect(),
@@ -224,6 +239,19 @@ impl fmt::Display for Selector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_selector_too_long_is_refused_without_echoing_it() {
+        let long = "a=b,".repeat(2000);
+        let error = Selector::parse(&long).unwrap_err();
+        let text = error.to_string();
+        assert!(
+            text.contains("at most 4096 bytes, this one has 8000"),
+            "{text}"
+        );
+        assert!(text.len() < 200, "{text}");
+        assert!(Selector::parse(&long[..4095]).is_ok());
+    }
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
         pairs

@@ -41,37 +41,7 @@ fn resources(admin: &Admin) -> ResourcesClient<Channel> {
 
 /// Uploads `data` as `name` in 1 MiB chunks.
 async fn upload(admin: &Admin, name: &str, data: &[u8]) -> pb::Artifact {
-    let mut client = artifacts(admin);
-    let status = client
-        .begin_upload(pb::BeginUploadRequest {
-            name: name.into(),
-            sha256: sha(data),
-            size: data.len() as u64,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut at = status.committed as usize;
-    while at < data.len() {
-        let end = (at + MIB).min(data.len());
-        at = client
-            .upload_chunk(pb::UploadChunkRequest {
-                upload_id: status.upload_id.clone(),
-                offset: at as u64,
-                data: data[at..end].to_vec(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .committed as usize;
-    }
-    client
-        .commit_upload(pb::CommitUploadRequest {
-            upload_id: status.upload_id,
-        })
-        .await
-        .unwrap()
-        .into_inner()
+    admin.upload_artifact(name, data).await
 }
 
 fn refs(names: &[&str]) -> Vec<pb::ArtifactRef> {
@@ -965,5 +935,88 @@ async fn abandoned_uploads_are_discarded_with_their_partial_files() {
         .into_inner();
     assert_eq!(again.committed, 0);
     assert_ne!(again.upload_id, begun.upload_id);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_run_fetching_its_artifacts_says_so_with_bytes_rate_and_estimate() {
+    let server = TestServer::start().await;
+    let mut admin = server.admin();
+    // 1 MiB at 128 KiB/s: about 8 s of fetching.
+    const BUDGET: u64 = 128 * 1024;
+    resources(&admin)
+        .create_resource(pb::CreateResourceRequest {
+            name: "uplink".into(),
+            capacity: 1,
+            bandwidth: BUDGET,
+        })
+        .await
+        .unwrap();
+    let data = content(9, 1024 * 1024);
+    upload(&admin, "patch.bin", &data).await;
+    hashing_task(&mut admin, "patch", &["patch.bin"], 0, &["uplink"]).await;
+    let secret = admin.enroll_secret().await;
+    let puppet = common::RealPuppet::start(&server.url, Some(&server.ca), &secret, "p1");
+    admin.wait_polling("p1").await;
+    let job = admin.run_on("patch", &["p1"]).await;
+    let run_id = job.runs[0].run_id.clone();
+
+    // Mid-download: the run and its job both show the fetch.
+    let until = tokio::time::Instant::now() + Duration::from_secs(60);
+    let fetch = loop {
+        let run = admin
+            .runs
+            .get_run(pb::GetRunRequest { id: run_id.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        if let Some(fetch) = run.fetch.clone()
+            && fetch.bytes_per_second > 0
+            && fetch.bytes_done > 0
+        {
+            break fetch;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "no fetch shown: {run:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(fetch.artifacts, vec!["patch.bin"]);
+    assert_eq!(fetch.bytes_total, data.len() as u64);
+    assert!(fetch.bytes_done < fetch.bytes_total, "{fetch:?}");
+    // Paced by the budget: the rate shown is about it, and so the estimate.
+    assert!(
+        fetch.bytes_per_second <= BUDGET * 2,
+        "rate {} for a budget of {BUDGET}",
+        fetch.bytes_per_second
+    );
+    assert!(
+        fetch.eta.is_some() && fetch.started_at.is_some(),
+        "{fetch:?}"
+    );
+    let shown = admin.job(&job.id).await;
+    assert!(shown.runs[0].fetch.is_some(), "{shown:?}");
+
+    // Done: no fetch any more, and the timeline keeps how long it took.
+    let ended = admin.wait_job(&job.id, Duration::from_secs(60)).await;
+    assert_eq!(ended.runs[0].state, pb::RunState::Succeeded as i32);
+    let run = admin
+        .runs
+        .get_run(pb::GetRunRequest { id: run_id })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(run.fetch.is_none(), "{run:?}");
+    let noted = run
+        .history
+        .iter()
+        .find(|t| {
+            t.cause
+                .starts_with("fetched artifact patch.bin: 1.0 MiB in ")
+        })
+        .unwrap_or_else(|| panic!("no fetch in the history: {:?}", run.history));
+    assert_eq!(noted.state, pb::RunState::Running as i32);
+    puppet.stop().await;
     server.stop().await;
 }

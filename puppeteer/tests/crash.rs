@@ -105,6 +105,7 @@ async fn kill_9_right_after_an_acknowledgement_loses_nothing() {
             attempt: 1,
             offset: 0,
             data: b"hi\n".to_vec().into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -121,6 +122,7 @@ async fn kill_9_right_after_an_acknowledgement_loses_nothing() {
             attempt: 1,
             offset: 0,
             data: b"hi\n".to_vec().into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -254,6 +256,7 @@ async fn kill_9_amid_concurrent_acknowledgements_loses_none() {
                         attempt: 1,
                         offset,
                         data: vec![b'a' + i as u8; 100].into(),
+                        ..Default::default()
                     })
                     .await;
                 match sent {

@@ -349,3 +349,156 @@ async fn chunks_shrink_until_they_fit_in_short_lived_connections() {
     rig.assert_delivered_once(&run, &seq_output(ONE_MIB), 1)
         .await;
 }
+
+/// The seed's story, as an operator lives it, over a slow lossy site link
+/// at the default poll and lease settings: six puppets behind 512 kbit/s
+/// with 2 % loss each way and a 300 ms round trip; a patch under a
+/// capacity-1 resource with a bandwidth budget; a test job, then an
+/// approved rolling prod job stopping at the first failure, then a
+/// dependent verify job. Every run succeeds, none is lost.
+#[tokio::test]
+async fn netns_a_rollout_over_a_slow_site_succeeds_at_the_defaults() {
+    let test = "netns_a_rollout_over_a_slow_site_succeeds_at_the_defaults";
+    let Some(mut ns) = netns::create_with_nft_or_skip(test) else {
+        return;
+    };
+    ns.limit_rate(512).unwrap();
+    ns.drop_percent(2).unwrap();
+    // No shortened timings: the puppeteer's and the puppets' defaults.
+    let rig = Rig::start_in(Some(&ns), &[], &[]).await;
+    rig.proxy.set_delay(Duration::from_millis(150));
+    let mut admin = rig.admin();
+    let secret = admin.enroll_secret().await;
+    let mut puppets = Vec::new();
+    for i in 2..=6 {
+        let mut options = rig.puppet_options.clone();
+        options.name = format!("p{i}");
+        options.state_dir = rig.dir.path().join(format!("puppet-state-{i}"));
+        options.enroll_token = secret.clone();
+        puppets.push(puppetproc::PuppetProc::start(options));
+    }
+    for i in 1..=6 {
+        let name = format!("p{i}");
+        let until = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let found = admin
+                .puppets
+                .get_puppet(pb::GetPuppetRequest { name: name.clone() })
+                .await;
+            if found.is_ok_and(|p| p.into_inner().polling) {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < until, "{name} never polled");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let env = if i <= 2 { "test" } else { "prod" };
+        admin.label(&name, "env", env).await;
+    }
+    // The site's uplink: one download at a time, 40 KiB/s of 64 KB/s.
+    geppetto_proto::v1::resources_client::ResourcesClient::new(admin.channel.clone())
+        .create_resource(pb::CreateResourceRequest {
+            name: "uplink".into(),
+            capacity: 1,
+            bandwidth: 40 * 1024,
+        })
+        .await
+        .unwrap();
+    let patch: Vec<u8> = (0..96 * 1024u32).map(|i| (i * 7 % 251) as u8).collect();
+    admin.upload_artifact("patch.bin", &patch).await;
+    admin
+        .tasks
+        .create_task(pb::CreateTaskRequest {
+            name: "patch".into(),
+            spec: Some(pb::RunSpec {
+                artifacts: vec![pb::ArtifactRef {
+                    name: "patch.bin".into(),
+                    ..Default::default()
+                }],
+                ..common::script_spec(
+                    "test -s \"$GEPPETTO_ARTIFACT_PATCH_BIN\" && echo patched",
+                    Duration::from_secs(300),
+                )
+            }),
+            resources: vec![pb::ResourceNeed {
+                name: "uplink".into(),
+                count: 1,
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    admin
+        .script_task("verify", "echo verified", Duration::from_secs(60))
+        .await;
+
+    let selector = |s: &str| pb::target::Kind::Selector(s.into());
+    let test_job = admin
+        .run_with("patch", selector("env=test"), pb::Strategy::default())
+        .await;
+    let prod = admin
+        .run_with(
+            "patch",
+            selector("env=prod"),
+            pb::Strategy {
+                after_job: test_job.id.clone(),
+                approval: true,
+                rolling: true,
+                max_failures: Some(pb::Limit {
+                    kind: Some(pb::limit::Kind::Count(1)),
+                }),
+                ..Default::default()
+            },
+        )
+        .await;
+    let verify = admin
+        .run_with(
+            "verify",
+            selector("env"),
+            pb::Strategy {
+                after_job: prod.id.clone(),
+                ..Default::default()
+            },
+        )
+        .await;
+
+    // The approval is asked for once the test job succeeded.
+    let until = tokio::time::Instant::now() + PATIENCE * 3;
+    loop {
+        let job = admin.job(&prod.id).await;
+        if job.runs.iter().all(|r| r.cause == "waiting for approval") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < until, "prod: {job:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        admin.job(&test_job.id).await.state,
+        pb::JobState::Succeeded as i32
+    );
+    admin
+        .jobs
+        .approve_job(pb::ApproveJobRequest {
+            id: prod.id.clone(),
+        })
+        .await
+        .unwrap();
+    let done = admin.wait_job(&verify.id, PATIENCE * 5).await;
+    for job in [&test_job.id, &prod.id, &verify.id] {
+        let job = admin.job(job).await;
+        for run in &job.runs {
+            assert_eq!(
+                run.state,
+                pb::RunState::Succeeded as i32,
+                "{} on {}: {}; puppet log:\n{}",
+                job.id,
+                run.puppet,
+                run.cause,
+                rig.puppet_log()
+            );
+        }
+    }
+    assert_eq!(done.state, pb::JobState::Succeeded as i32);
+    for puppet in puppets {
+        puppet.stop().await;
+    }
+}

@@ -30,7 +30,6 @@ use faultproxy::FaultProxy;
 use geppetto_proto::v1 as pb;
 use netns::NetNs;
 use rig::Rig;
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Hosts the puppet processes (see `common/puppetproc.rs`).
@@ -254,43 +253,10 @@ async fn netbench_transfers() {
     );
 }
 
-/// Uploads `data` as artifact `name`, in 1 MiB chunks, straight to the
-/// puppeteer (not across the shaped link).
+/// Uploads `data` as artifact `name` straight to the puppeteer (not across
+/// the shaped link); returns its SHA-256.
 async fn upload_artifact(rig: &Rig, name: &str, data: &[u8]) -> String {
-    const CHUNK: usize = 1024 * 1024;
-    let sha256 = hex::encode(Sha256::digest(data));
-    let mut client =
-        geppetto_proto::v1::artifacts_client::ArtifactsClient::new(rig.admin().channel.clone());
-    let status = client
-        .begin_upload(pb::BeginUploadRequest {
-            name: name.into(),
-            sha256: sha256.clone(),
-            size: data.len() as u64,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut at = status.committed as usize;
-    while at < data.len() {
-        let end = (at + CHUNK).min(data.len());
-        at = client
-            .upload_chunk(pb::UploadChunkRequest {
-                upload_id: status.upload_id.clone(),
-                offset: at as u64,
-                data: data[at..end].to_vec(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .committed as usize;
-    }
-    client
-        .commit_upload(pb::CommitUploadRequest {
-            upload_id: status.upload_id,
-        })
-        .await
-        .unwrap();
-    sha256
+    rig.admin().upload_artifact(name, data).await.sha256
 }
 
 fn seconds(t: &Option<prost_types::Timestamp>) -> f64 {

@@ -100,6 +100,7 @@ async fn reports_are_idempotent_and_lost_offers_redelivered() {
         attempt: 1,
         offset,
         data: data.to_vec().into(),
+        ..Default::default()
     };
     let c = puppet
         .client
@@ -302,6 +303,7 @@ async fn puppets_touch_only_their_own_runs_and_no_admin_service() {
             attempt: 1,
             offset: 0,
             data: b"x".to_vec().into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -479,6 +481,7 @@ async fn bad_input_gets_the_right_status_and_changes_nothing() {
         attempt: 1,
         offset: 0,
         data: vec![b'x'; n].into(),
+        ..Default::default()
     };
     let err = puppet.client.append_log(big(2 << 20)).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");

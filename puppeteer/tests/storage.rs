@@ -68,6 +68,7 @@ fn append(run_id: &str, offset: u64, data: &[u8]) -> pb::AppendLogRequest {
         attempt: 1,
         offset,
         data: data.to_vec().into(),
+        ..Default::default()
     }
 }
 
@@ -566,6 +567,7 @@ async fn retention_prunes_the_oldest_finished_jobs_with_runs_and_logs() {
         .runs
         .list_runs(pb::ListRunsRequest {
             of: Some(pb::list_runs_request::Of::Puppet("p1".into())),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -974,4 +976,134 @@ async fn storage_after_runs_retention_and_compaction() {
         mib(after),
         mib(before)
     );
+}
+
+#[tokio::test]
+async fn a_chunk_after_a_skip_is_the_kept_tail_and_the_skip_is_the_gap() {
+    let server = TestServer::start_with(|c| {
+        c.poll_timeout = Duration::from_secs(1);
+        c.log_limit = Some(2000);
+    })
+    .await;
+    let (mut puppet, run_id) = started_run(&server, "true").await;
+    let output: Vec<u8> = (0..50_000u32).map(|i| b'a' + (i % 23) as u8).collect();
+    let c = &mut puppet.client;
+    // The head, then (the run ended) the last 1000 bytes after a skip.
+    c.append_log(append(&run_id, 0, &output[..1000]))
+        .await
+        .unwrap();
+    // A skip that does not start where the server's bytes end is refused.
+    let wrong = pb::AppendLogRequest {
+        skipped: 10,
+        ..append(&run_id, 49_000, &output[49_000..])
+    };
+    let err = c.append_log(wrong).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    let tail = pb::AppendLogRequest {
+        skipped: 48_000,
+        ..append(&run_id, 49_000, &output[49_000..])
+    };
+    let committed = c.append_log(tail.clone()).await.unwrap().into_inner();
+    assert_eq!(committed.committed, 50_000);
+    // A resend (lost answer) changes nothing.
+    let again = c.append_log(tail).await.unwrap().into_inner();
+    assert_eq!(again.committed, 50_000);
+    c.finish_run(finish(&run_id, 50_000)).await.unwrap();
+
+    let mut admin = server.admin();
+    let run = admin
+        .runs
+        .get_run(pb::GetRunRequest { id: run_id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(run.log_truncated);
+    assert_eq!((run.log_length, run.log_dropped), (50_000, 48_000));
+    let read = |offset: u64| pb::ReadLogRequest {
+        run_id: run_id.clone(),
+        offset,
+        max_bytes: 0,
+    };
+    let head = admin.runs.read_log(read(0)).await.unwrap().into_inner();
+    assert_eq!(head.data, &output[..1000]);
+    let tail = admin.runs.read_log(read(1000)).await.unwrap().into_inner();
+    assert_eq!((tail.offset, tail.skipped), (49_000, 48_000));
+    assert_eq!(tail.data, &output[49_000..]);
+    server.stop().await;
+}
+
+/// Bytes of request bodies the puppeteer received so far.
+async fn request_bytes(addr: std::net::SocketAddr) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.unwrap();
+    body.lines()
+        .filter(|l| l.starts_with("geppetto_request_bytes_total"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn a_real_puppet_sends_only_the_head_and_the_tail_of_a_log_past_the_limit() {
+    let server = TestServer::start_with(|c| {
+        c.log_limit = Some(8192);
+        c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let metrics = server.running.as_ref().unwrap().metrics_addr.unwrap();
+    let mut admin = server.admin();
+    let secret = admin.enroll_secret().await;
+    let puppet = common::RealPuppet::start_with(
+        tempfile::tempdir().unwrap(),
+        &server.url,
+        Some(&server.ca),
+        &secret,
+        "p1",
+        // Uncompressed, so that the bytes counted are the output's.
+        |c| c.compression = puppet::Compression::None,
+    );
+    admin.wait_polling("p1").await;
+    // About 1.9 MB of output: seq 1 300000.
+    admin
+        .script_task("chatty", "seq 1 300000", Duration::from_secs(120))
+        .await;
+    let before = request_bytes(metrics).await;
+    let job = admin.run_on("chatty", &["p1"]).await;
+    let job = admin.wait_job(&job.id, Duration::from_secs(120)).await;
+    let run_id = job.runs[0].run_id.clone();
+    let received = request_bytes(metrics).await - before;
+    let full: String = (1..=300_000).map(|i| format!("{i}\n")).collect();
+    let run = admin
+        .runs
+        .get_run(pb::GetRunRequest { id: run_id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(run.state, pb::RunState::Succeeded as i32, "{run:?}");
+    assert_eq!(run.log_length, full.len() as u64);
+    assert!(run.log_truncated);
+    assert_eq!(run.log_dropped, full.len() as u64 - 8192);
+    // What crossed: the kept 8 KiB and the calls' own bytes; not 1.9 MB.
+    eprintln!(
+        "output {} bytes, kept 8192, request bytes during the run {received}",
+        full.len()
+    );
+    assert!(received < 64.0 * 1024.0, "{received} bytes received");
+    let read = |offset: u64| pb::ReadLogRequest {
+        run_id: run_id.clone(),
+        offset,
+        max_bytes: 0,
+    };
+    let head = admin.runs.read_log(read(0)).await.unwrap().into_inner();
+    assert_eq!(head.data, full.as_bytes()[..4096]);
+    let tail = admin.runs.read_log(read(4096)).await.unwrap().into_inner();
+    assert_eq!(tail.offset, full.len() as u64 - 4096);
+    assert_eq!(tail.data, full.as_bytes()[full.len() - 4096..]);
+    puppet.stop().await;
+    server.stop().await;
 }

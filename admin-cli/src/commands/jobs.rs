@@ -13,15 +13,31 @@ use crate::views::{self, JobView, RunSummaryView, TargetView};
 pub async fn run(api: &Api, command: JobsCommand, format: Format) -> Result<(), Error> {
     match command {
         JobsCommand::Run(args) => launch(api, args, format).await,
-        JobsCommand::List { limit } => {
-            let req = pb::ListJobsRequest { limit };
+        JobsCommand::List { limit, state } => {
+            let req = pb::ListJobsRequest {
+                limit,
+                states: state,
+            };
             let list = api.call(api.jobs().list_jobs(request(req))).await?;
             print_list(&list.jobs, format)
         }
-        JobsCommand::Show { job } => {
-            let req = pb::GetJobRequest { id: job };
-            let job = api.call(api.jobs().get_job(request(req))).await?;
-            print_one(&job, format)
+        JobsCommand::Show { job, state, target } => {
+            let req = pb::GetJobRequest { id: job.clone() };
+            let mut shown = api.call(api.jobs().get_job(request(req))).await?;
+            if !state.is_empty() || target.is_some() {
+                // The runs the puppeteer finds for the filters, in the
+                // job's own order.
+                let req = pb::ListRunsRequest {
+                    of: Some(pb::list_runs_request::Of::JobId(job)),
+                    states: state,
+                    selector: target.unwrap_or_default(),
+                };
+                let runs = api.call(api.runs().list_runs(request(req))).await?.runs;
+                let kept: std::collections::HashSet<&str> =
+                    runs.iter().map(|r| r.id.as_str()).collect();
+                shown.runs.retain(|r| kept.contains(r.run_id.as_str()));
+            }
+            print_one(&shown, format)
         }
         JobsCommand::Cancel { job } => {
             let req = pb::CancelJobRequest { id: job };
@@ -222,7 +238,10 @@ fn print_runs(runs: &[pb::RunSummary]) -> Result<(), Error> {
             Cell::new(&view.puppet),
             output::state_cell(&view.state),
             Cell::new(view.exit_code.map_or("-".into(), |c| c.to_string())),
-            Cell::new(output::cause(&view.cause)),
+            Cell::new(match &view.fetch {
+                Some(fetch) => fetch.words(),
+                None => output::cause(&view.cause),
+            }),
         ]);
     }
     output::print_table(&table)

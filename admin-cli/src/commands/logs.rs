@@ -39,6 +39,7 @@ pub async fn run(api: &Api, args: LogsArgs) -> Result<(), Error> {
 async fn find_run(api: &Api, job_id: &str, puppet: Option<&str>) -> Result<String, Error> {
     let req = pb::ListRunsRequest {
         of: Some(Of::JobId(job_id.into())),
+        ..Default::default()
     };
     let runs = api.call(api.runs().list_runs(request(req))).await?.runs;
     pick_run(job_id, &runs, puppet)
@@ -97,6 +98,65 @@ async fn read(api: &Api, run_id: &str) -> Result<(), Error> {
 /// Output as it comes: `FollowLog`, reopened at the current offset if the
 /// link breaks, until the run is finished.
 async fn follow(api: &Api, run_id: &str) -> Result<(), Error> {
+    // Before any output, a run may spend minutes fetching its artifacts:
+    // say so on stderr (stdout keeps only the output).
+    let quiet = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let fetching = tokio::spawn(show_fetch(api.clone(), run_id.to_string(), quiet.clone()));
+    let result = follow_output(api, run_id, &quiet).await;
+    fetching.abort();
+    result
+}
+
+/// How often the fetch is looked at while nothing is printed.
+const FETCH_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Prints the run's fetch on stderr while `quiet` (no output yet): a line
+/// when it changes, at most every [`FETCH_EVERY`] (every 30 s when stderr
+/// is not a terminal).
+async fn show_fetch(
+    api: Api,
+    run_id: String,
+    quiet: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::io::IsTerminal;
+    use std::sync::atomic::Ordering;
+    let every = if std::io::stderr().is_terminal() {
+        FETCH_EVERY
+    } else {
+        std::time::Duration::from_secs(30)
+    };
+    let mut last = None;
+    while quiet.load(Ordering::Relaxed) {
+        let req = pb::GetRunRequest { id: run_id.clone() };
+        let Ok(run) = api.call(api.runs().get_run(request(req))).await else {
+            return;
+        };
+        if crate::views::run_finished(run.state) {
+            return;
+        }
+        if let Some(fetch) = &run.fetch {
+            let line = crate::views::FetchView::from(fetch).words();
+            if last.as_ref() != Some(&line) && quiet.load(Ordering::Relaxed) {
+                eprintln!("run {run_id}: {line}");
+                last = Some(line);
+            }
+        } else if last.take().is_some() {
+            eprintln!("run {run_id}: artifacts fetched");
+        }
+        tokio::time::sleep(if run.fetch.is_some() {
+            every
+        } else {
+            FETCH_EVERY
+        })
+        .await;
+    }
+}
+
+async fn follow_output(
+    api: &Api,
+    run_id: &str,
+    quiet: &std::sync::atomic::AtomicBool,
+) -> Result<(), Error> {
     let mut out = Output::default();
     let mut reconnect = Reconnect::default();
     loop {
@@ -114,6 +174,9 @@ async fn follow(api: &Api, run_id: &str) -> Result<(), Error> {
             match stream.message().await {
                 Ok(Some(chunk)) => {
                     reconnect.reset();
+                    if !chunk.data.is_empty() {
+                        quiet.store(false, std::sync::atomic::Ordering::Relaxed);
+                    }
                     out.write(chunk.offset, chunk.skipped, &chunk.data)?;
                 }
                 Ok(None) => {

@@ -16,13 +16,22 @@ pub async fn run(api: &Api, command: RunsCommand, format: Format) -> Result<(), 
             let run = api.call(api.runs().get_run(request(req))).await?;
             print_one(&run, format)
         }
-        RunsCommand::List { job, puppet } => {
+        RunsCommand::List {
+            job,
+            puppet,
+            state,
+            target,
+        } => {
             let of = match (job, puppet) {
-                (Some(job), _) => Of::JobId(job),
-                (None, Some(puppet)) => Of::Puppet(puppet),
-                (None, None) => unreachable!("clap requires --job or --puppet"),
+                (Some(job), _) => Some(Of::JobId(job)),
+                (None, Some(puppet)) => Some(Of::Puppet(puppet)),
+                (None, None) => None,
             };
-            let req = pb::ListRunsRequest { of: Some(of) };
+            let req = pb::ListRunsRequest {
+                of,
+                states: state,
+                selector: target.unwrap_or_default(),
+            };
             let list = api.call(api.runs().list_runs(request(req))).await?;
             print_list(&list.runs, format)
         }
@@ -91,12 +100,38 @@ fn log_words(run: &pb::Run) -> String {
     }
 }
 
+/// Both durations: the process's, and the run's from its start to its end
+/// (artifacts fetched, process started, output sent), which can be far
+/// longer over a slow link.
+fn duration_words(run: &pb::Run) -> String {
+    let process = run
+        .duration
+        .as_ref()
+        .map(|_| output::human_duration(run.duration.as_ref()));
+    let whole = match (
+        run.started_at.as_ref().and_then(output::to_system_time),
+        run.finished_at.as_ref().and_then(output::to_system_time),
+    ) {
+        (Some(start), Some(end)) => end.duration_since(start).ok(),
+        _ => None,
+    };
+    match (process, whole) {
+        (Some(process), Some(whole)) => format!(
+            "{process} of its process; {} from start to end (artifacts fetched, output sent)",
+            output::short_duration(whole)
+        ),
+        (Some(process), None) => format!("{process} of its process"),
+        (None, Some(whole)) => format!("{} from start to end", output::short_duration(whole)),
+        (None, None) => "-".into(),
+    }
+}
+
 fn print_one(run: &pb::Run, format: Format) -> Result<(), Error> {
     let view = RunView::from(run);
     if format == Format::Json {
         return output::print_json(&view);
     }
-    let rows = vec![
+    let mut rows = vec![
         ("run", view.id.clone()),
         ("job", view.job_id.clone()),
         ("puppet", view.puppet.clone()),
@@ -115,10 +150,13 @@ fn print_one(run: &pb::Run, format: Format) -> Result<(), Error> {
         ("created", output::when(run.created_at.as_ref())),
         ("started", output::when(run.started_at.as_ref())),
         ("finished", output::when(run.finished_at.as_ref())),
-        ("duration", output::human_duration(run.duration.as_ref())),
+        ("duration", duration_words(run)),
         ("log", log_words(run)),
         ("duplicate reports", run.duplicate_reports.to_string()),
     ];
+    if let Some(fetch) = &view.fetch {
+        rows.insert(6, ("now", fetch.words()));
+    }
     output::print_table(&output::fields(rows))?;
     if run.history.is_empty() {
         return Ok(());

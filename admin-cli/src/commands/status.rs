@@ -32,6 +32,7 @@ pub async fn run(api: &Api, format: Format) -> Result<(), Error> {
         }))),
         api.call(jobs_client.list_jobs(request(pb::ListJobsRequest {
             limit: JOBS_LOOKED_AT,
+            ..Default::default()
         }))),
         api.call(resources_client.list_resources(request(pb::ListResourcesRequest {}))),
         server,
@@ -76,6 +77,20 @@ pub fn render(view: &StatusView) -> String {
             ]);
         }
         let _ = writeln!(text, "{}", table.to_string().trim_end());
+    }
+
+    if !view.fetching.is_empty() {
+        let _ = writeln!(text, "\nfetching artifacts:");
+        for run in &view.fetching {
+            let _ = writeln!(
+                text,
+                "  {} ({}, {}): {}",
+                run.puppet,
+                run.job_id,
+                run.run_id,
+                run.fetch.words()
+            );
+        }
     }
 
     if view.resources.is_empty() {

@@ -187,7 +187,15 @@ impl Progress {
 /// `197 runs waiting for its turn (rolling; now web-3)` for many.
 fn waits_line(job: &pb::Job) -> String {
     let mut groups: BTreeMap<String, Vec<&pb::RunSummary>> = BTreeMap::new();
+    let mut fetching = Vec::new();
     for run in &job.runs {
+        if let Some(fetch) = &run.fetch {
+            fetching.push(format!(
+                "{}: {}",
+                run.puppet,
+                views::FetchView::from(fetch).words()
+            ));
+        }
         if run.state == pb::RunState::Waiting as i32 {
             groups
                 .entry(crate::output::cause(run.cause.trim()))
@@ -197,9 +205,9 @@ fn waits_line(job: &pb::Job) -> String {
     }
     let mut groups: Vec<(String, Vec<&pb::RunSummary>)> = groups.into_iter().collect();
     groups.sort_by_key(|(_, runs)| std::cmp::Reverse(runs.len()));
-    let parts: Vec<String> = groups
-        .iter()
-        .map(|(cause, runs)| {
+    let parts: Vec<String> = fetching
+        .into_iter()
+        .chain(groups.iter().map(|(cause, runs)| {
             let what = if cause.is_empty() {
                 "waiting".to_string()
             } else if cause.starts_with("waiting") {
@@ -211,7 +219,7 @@ fn waits_line(job: &pb::Job) -> String {
                 [run] => format!("{}: {what}", run.puppet),
                 runs => format!("{} runs {what}", runs.len()),
             }
-        })
+        }))
         .collect();
     parts.join("; ")
 }
@@ -322,6 +330,7 @@ mod tests {
             run_id: "run-a".into(),
             puppet: "web-1".into(),
             state: pb::RunState::Failed as i32,
+            outcome: pb::Outcome::Exited as i32,
             exit_code: 3,
             cause: "exited with 3".into(),
             ..Default::default()
@@ -332,6 +341,7 @@ mod tests {
         );
         let lost = pb::RunSummary {
             state: pb::RunState::Lost as i32,
+            outcome: pb::Outcome::Unspecified as i32,
             cause: "no word from the puppet for 2m".into(),
             ..run
         };

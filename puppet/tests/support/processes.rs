@@ -149,6 +149,7 @@ impl Server {
         let runs = RunsClient::new(self.channel.clone())
             .list_runs(pb::ListRunsRequest {
                 of: Some(pb::list_runs_request::Of::JobId(job.id.clone())),
+                ..Default::default()
             })
             .await
             .unwrap()

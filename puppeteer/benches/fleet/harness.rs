@@ -564,6 +564,7 @@ impl Admin {
             .runs
             .list_runs(pb::ListRunsRequest {
                 of: Some(pb::list_runs_request::Of::JobId(job.into())),
+                ..Default::default()
             })
             .await?
             .into_inner()

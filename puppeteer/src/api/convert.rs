@@ -298,6 +298,7 @@ pub fn run_to(r: &domain::Run) -> pb::Run {
                 attempt: t.attempt,
             })
             .collect(),
+        fetch: None,
     }
 }
 
@@ -369,6 +370,7 @@ pub fn job_to(job: &domain::Job, runs: &[domain::Run]) -> pb::Job {
                 cause: r.cause.clone(),
                 outcome: outcome_to(r.outcome) as i32,
                 signal: r.signal.unwrap_or(0),
+                fetch: None,
             })
             .collect(),
         counts,
@@ -545,6 +547,18 @@ pub fn retries_from(retries: u32) -> ApiResult<u32> {
         )));
     }
     Ok(retries)
+}
+
+/// A fetch under way, for the API.
+pub fn fetch_to(f: &super::fetch::FetchView) -> pb::RunFetch {
+    pb::RunFetch {
+        artifacts: f.artifacts.clone(),
+        bytes_done: f.bytes_done,
+        bytes_total: f.bytes_total,
+        bytes_per_second: f.bytes_per_second,
+        started_at: Some(ts(f.started)),
+        eta: f.eta.map(dur),
+    }
 }
 
 #[cfg(test)]

@@ -44,6 +44,12 @@ impl AppState {
     /// resources, the puppets waiting for those resources.
     pub fn ended(&self, runs: &[Run]) {
         self.hub.wake(super::events::EVENTS_KEY);
+        for run in runs {
+            // A run that ended, or went back to its queue, fetches no more.
+            if !matches!(run.state, RunState::Offered | RunState::Running) {
+                self.fetches.forget(&run.id);
+            }
+        }
         for run in runs.iter().filter(|r| !r.state.is_terminal()) {
             self.job_reopened(&run.job_id);
         }

@@ -22,9 +22,192 @@ use crate::domain::{Run, RunState};
 
 pub type ArtifactStream = Pin<Box<dyn Stream<Item = Result<pb::ArtifactChunk, Status>> + Send>>;
 
+/// The artifact downloads under way, by run, in memory: what operators see
+/// of a run that is fetching (bytes, rate, estimate). An entry goes when
+/// its last artifact is complete (leaving a line in the run's history) or
+/// when the run ends.
+#[derive(Debug, Default)]
+pub struct Fetches(
+    // A std mutex: held for a map access, never across an await.
+    std::sync::Mutex<std::collections::HashMap<String, Fetch>>,
+);
+
+/// One run's downloads.
+#[derive(Clone, Debug)]
+struct Fetch {
+    attempt: u32,
+    started: crate::domain::Millis,
+    began: std::time::Instant,
+    /// Per content: its name, the bytes the puppet holds, its size, and
+    /// when its download began.
+    parts: std::collections::BTreeMap<String, Part>,
+    /// Bytes sent since `began`.
+    sent: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Part {
+    name: String,
+    have: u64,
+    size: u64,
+    began: std::time::Instant,
+    sent: u64,
+}
+
+/// A fetch as shown to operators.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FetchView {
+    pub artifacts: Vec<String>,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    pub bytes_per_second: u64,
+    pub started: crate::domain::Millis,
+    pub eta: Option<std::time::Duration>,
+}
+
+/// An artifact whose download just completed: its name, size, how long
+/// it took here and the bytes sent.
+struct Completed {
+    name: String,
+    size: u64,
+    took: std::time::Duration,
+    sent: u64,
+}
+
+impl Fetches {
+    fn map(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Fetch>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A download of `sha256` for the run begins (or resumes) at `offset`.
+    fn begin(&self, run: &Run, sha256: &str, name: &str, offset: u64, size: u64) {
+        let now = std::time::Instant::now();
+        let mut map = self.map();
+        let fetch = map.entry(run.id.clone()).or_insert_with(|| Fetch {
+            attempt: run.attempt,
+            started: crate::domain::Millis::now(),
+            began: now,
+            parts: Default::default(),
+            sent: 0,
+        });
+        if fetch.attempt != run.attempt {
+            *fetch = Fetch {
+                attempt: run.attempt,
+                started: crate::domain::Millis::now(),
+                began: now,
+                parts: Default::default(),
+                sent: 0,
+            };
+        }
+        let part = fetch.parts.entry(sha256.to_string()).or_insert(Part {
+            name: name.to_string(),
+            have: offset,
+            size,
+            began: now,
+            sent: 0,
+        });
+        part.have = offset;
+    }
+
+    /// `n` more bytes of `sha256` went to the run's puppet, up to `have`.
+    /// Returns the artifact if it is now complete.
+    fn sent(&self, run_id: &str, sha256: &str, n: u64, have: u64) -> Option<Completed> {
+        let mut map = self.map();
+        let fetch = map.get_mut(run_id)?;
+        fetch.sent += n;
+        let part = fetch.parts.get_mut(sha256)?;
+        part.sent += n;
+        part.have = have;
+        if part.have < part.size {
+            return None;
+        }
+        let part = fetch.parts.remove(sha256)?;
+        if fetch.parts.is_empty() {
+            map.remove(run_id);
+        }
+        Some(Completed {
+            name: part.name,
+            size: part.size,
+            took: part.began.elapsed(),
+            sent: part.sent,
+        })
+    }
+
+    /// Forgets the downloads of a run that ended.
+    pub fn forget(&self, run_id: &str) {
+        self.map().remove(run_id);
+    }
+
+    /// The run's downloads under way, if any.
+    pub fn of(&self, run_id: &str) -> Option<FetchView> {
+        let map = self.map();
+        let fetch = map.get(run_id)?;
+        let elapsed = fetch.began.elapsed();
+        Some(view(fetch, elapsed))
+    }
+}
+
+impl super::AppState {
+    /// A run for the API, with its fetch under way if any.
+    pub fn run_view(&self, run: &Run) -> pb::Run {
+        let mut view = super::convert::run_to(run);
+        view.fetch = self
+            .fetches
+            .of(&run.id)
+            .map(|f| super::convert::fetch_to(&f));
+        view
+    }
+
+    /// A job for the API, with the fetches under way of its runs.
+    pub fn job_view(&self, job: &crate::domain::Job, runs: &[Run]) -> pb::Job {
+        let mut view = super::convert::job_to(job, runs);
+        for run in &mut view.runs {
+            run.fetch = self
+                .fetches
+                .of(&run.run_id)
+                .map(|f| super::convert::fetch_to(&f));
+        }
+        view
+    }
+}
+
+/// A fetch as shown, `elapsed` after it began (pure).
+fn view(fetch: &Fetch, elapsed: std::time::Duration) -> FetchView {
+    let bytes_done: u64 = fetch.parts.values().map(|p| p.have).sum();
+    let bytes_total: u64 = fetch.parts.values().map(|p| p.size).sum();
+    let rate = if elapsed.as_millis() >= 500 {
+        (fetch.sent as u128 * 1000 / elapsed.as_millis()) as u64
+    } else {
+        0
+    };
+    FetchView {
+        artifacts: fetch.parts.values().map(|p| p.name.clone()).collect(),
+        bytes_done,
+        bytes_total,
+        bytes_per_second: rate,
+        started: fetch.started,
+        eta: (rate > 0)
+            .then(|| std::time::Duration::from_secs(bytes_total.saturating_sub(bytes_done) / rate)),
+    }
+}
+
+/// `5.0 MiB`, `61.6 KiB`, `812 B`.
+pub fn bytes_words(n: u64) -> String {
+    let b = n as f64;
+    if b >= 1024.0 * 1024.0 {
+        format!("{:.1} MiB", b / (1024.0 * 1024.0))
+    } else if b >= 1024.0 {
+        format!("{:.1} KiB", b / 1024.0)
+    } else {
+        format!("{n} B")
+    }
+}
+
 /// What a permitted download sends.
 struct Download {
     state: Shared,
+    run_id: String,
+    sha256: String,
     file: tokio::fs::File,
     offset: u64,
     size: u64,
@@ -39,8 +222,12 @@ struct Download {
 }
 
 /// Checks that `puppet` may fetch the content for this run and attempt;
-/// returns the run and the content's size.
-fn permit(state: &Shared, puppet: &str, req: &pb::FetchArtifactRequest) -> ApiResult<(Run, u64)> {
+/// returns the run, the artifact's name and the content's size.
+fn permit(
+    state: &Shared,
+    puppet: &str,
+    req: &pb::FetchArtifactRequest,
+) -> ApiResult<(Run, String, u64)> {
     artifact::check_sha256(&req.sha256)?;
     id_of_kind("run", &req.run_id)?;
     let run = state.store.get_run(&req.run_id)?;
@@ -68,7 +255,7 @@ fn permit(state: &Shared, puppet: &str, req: &pb::FetchArtifactRequest) -> ApiRe
             req.run_id, req.sha256
         )));
     };
-    Ok((run, pinned.size))
+    Ok((run, pinned.name.clone(), pinned.size))
 }
 
 /// Opens the download, or says why not.
@@ -77,7 +264,7 @@ pub async fn open(
     puppet: &str,
     req: pb::FetchArtifactRequest,
 ) -> Result<ArtifactStream, Status> {
-    let (run, size) = permit(state, puppet, &req)?;
+    let (run, name, size) = permit(state, puppet, &req)?;
     if req.offset > size {
         return Err(Status::out_of_range(format!(
             "offset {} is past the end of the artifact ({size} bytes)",
@@ -96,8 +283,13 @@ pub async fn open(
         .await
         .map_err(|e| Status::internal(format!("cannot read the artifact: {e}")))?;
     tracing::info!(run_id = %run.id, puppet, sha256 = %req.sha256, offset = req.offset, size, "artifact download");
+    state
+        .fetches
+        .begin(&run, &req.sha256, &name, req.offset, size);
     let download = Download {
         state: state.clone(),
+        run_id: run.id.clone(),
+        sha256: req.sha256.clone(),
         file,
         offset: req.offset,
         size,
@@ -164,5 +356,83 @@ async fn read_chunk(d: &mut Download) -> Result<Option<pb::ArtifactChunk>, Statu
     d.offset += n;
     d.sent = true;
     d.state.metrics.artifact_sent(n);
+    if let Some(done) = d.state.fetches.sent(&d.run_id, &d.sha256, n, d.offset) {
+        note_fetched(&d.state, &d.run_id, &done);
+    }
     Ok(Some(chunk))
+}
+
+/// Leaves a line in the run's history for an artifact fetched in full:
+/// the fetch's duration stays in the run's timeline.
+fn note_fetched(state: &Shared, run_id: &str, done: &Completed) {
+    let rate = if done.took.as_millis() > 0 {
+        done.sent as u128 * 1000 / done.took.as_millis()
+    } else {
+        0
+    };
+    let cause = format!(
+        "fetched artifact {}: {} in {} ({}/s)",
+        done.name,
+        bytes_words(done.size),
+        humantime::format_duration(std::time::Duration::from_secs(done.took.as_secs())),
+        bytes_words(rate as u64)
+    );
+    let now = crate::domain::Millis::now();
+    let noted = state.store.update_run(run_id, |run| {
+        if !matches!(run.state, RunState::Offered | RunState::Running) {
+            return Ok(false);
+        }
+        run.history.push(crate::domain::Transition {
+            state: run.state,
+            at: now,
+            cause: cause.clone(),
+            attempt: run.attempt,
+        });
+        Ok(true)
+    });
+    match noted {
+        Ok(_) => state.hub.wake(super::events::EVENTS_KEY),
+        Err(e) => tracing::warn!(run_id, error = %e, "cannot note an artifact fetched"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_fetch_shows_bytes_rate_and_an_estimate() {
+        let began = Instant::now();
+        let mut parts = std::collections::BTreeMap::new();
+        parts.insert(
+            "aa".to_string(),
+            Part {
+                name: "patch.tar".into(),
+                have: 3_000_000,
+                size: 5_000_000,
+                began,
+                sent: 2_000_000,
+            },
+        );
+        let fetch = Fetch {
+            attempt: 1,
+            started: crate::domain::Millis(0),
+            began,
+            parts,
+            // Resumed at 1 MB: 2 MB sent in 40 s.
+            sent: 2_000_000,
+        };
+        let shown = view(&fetch, Duration::from_secs(40));
+        assert_eq!(shown.artifacts, vec!["patch.tar"]);
+        assert_eq!(
+            (shown.bytes_done, shown.bytes_total),
+            (3_000_000, 5_000_000)
+        );
+        assert_eq!(shown.bytes_per_second, 50_000);
+        assert_eq!(shown.eta, Some(Duration::from_secs(40)));
+        // Too early for a rate: no estimate rather than a wild one.
+        assert_eq!(view(&fetch, Duration::from_millis(100)).eta, None);
+        assert_eq!(bytes_words(5_000_000), "4.8 MiB");
+    }
 }

@@ -8,7 +8,7 @@ use geppetto_proto::v1::jobs_server::Jobs;
 use tonic::{Request, Response, Status};
 
 use super::Shared;
-use super::convert::{self, job_to};
+use super::convert;
 use super::error::{ApiError, ApiResult};
 use crate::domain::{self, Job, Millis, PuppetState, Run, RunState, Target};
 use crate::hub::{job_key, puppet_key};
@@ -133,7 +133,7 @@ impl JobsApi {
         }
         self.state.hub.wake(&job_key(&job.id));
         let (job, runs) = self.load(&job.id)?;
-        Ok(job_to(&job, &runs))
+        Ok(self.state.job_view(&job, &runs))
     }
 
     fn decide(&self, id: &str, user: &str, approve: bool) -> ApiResult<pb::Job> {
@@ -196,7 +196,7 @@ impl JobsApi {
             self.state.hub.wake(&puppet_key(&run.puppet));
         }
         self.state.hub.wake(&job_key(id));
-        Ok(job_to(&job, &runs))
+        Ok(self.state.job_view(&job, &runs))
     }
 }
 
@@ -311,7 +311,7 @@ impl Jobs for JobsApi {
             tracing::info!(job = %job.id, task = %job.task_name, runs = runs.len(), "job created");
             // A job awaiting approval asks for it from the sweeper, once
             // nothing else it depends on is pending (see `AppState::apply_gates`).
-            Ok(Response::new(job_to(&job, &runs)))
+            Ok(Response::new(self.state.job_view(&job, &runs)))
         }
         .await;
         if let Ok(job) = &result {
@@ -330,7 +330,7 @@ impl Jobs for JobsApi {
     ) -> Result<Response<pb::Job>, Status> {
         self.state.authorize(&request, "Jobs/GetJob")?;
         let (job, runs) = self.load(&request.get_ref().id)?;
-        Ok(Response::new(job_to(&job, &runs)))
+        Ok(Response::new(self.state.job_view(&job, &runs)))
     }
 
     async fn list_jobs(
@@ -343,11 +343,28 @@ impl Jobs for JobsApi {
             n => n.min(10_000) as usize,
         };
         let store = &self.state.store;
-        let jobs = store.list_jobs(limit).map_err(ApiError::from)?;
-        let jobs = jobs
-            .iter()
-            .map(|job| Ok(job_to(job, &store.get_runs(&job.run_ids)?)))
-            .collect::<ApiResult<_>>()?;
+        let states = &request.get_ref().states;
+        // A filter looks at the newest jobs only, so that a rare state does
+        // not make one call read the whole history.
+        const FILTER_SCAN: usize = 10_000;
+        let scan = if states.is_empty() {
+            limit
+        } else {
+            FILTER_SCAN
+        };
+        let mut jobs = Vec::new();
+        for job in store.jobs_newest_first().take(scan) {
+            let job = job.map_err(ApiError::from)?;
+            let view = self
+                .state
+                .job_view(&job, &store.get_runs(&job.run_ids).map_err(ApiError::from)?);
+            if states.is_empty() || states.contains(&view.state) {
+                jobs.push(view);
+                if jobs.len() == limit {
+                    break;
+                }
+            }
+        }
         Ok(Response::new(pb::ListJobsResponse { jobs }))
     }
 
@@ -370,7 +387,7 @@ impl Jobs for JobsApi {
             store.flush().await.map_err(ApiError::from)?;
             wake_cancelled(&self.state, &changed);
             let (job, runs) = self.load(&job.id)?;
-            Ok(Response::new(job_to(&job, &runs)))
+            Ok(Response::new(self.state.job_view(&job, &runs)))
         }
         .await;
         self.state.conclude_status(audit, result).await
@@ -447,7 +464,7 @@ impl Jobs for JobsApi {
             }
             let (job, runs) = self.load(&job.id)?;
             self.state.hub.wake(&job_key(&job.id));
-            Ok(job_to(&job, &runs))
+            Ok(self.state.job_view(&job, &runs))
         });
         self.state.conclude(audit, result).await.map(Response::new)
     }
@@ -495,7 +512,7 @@ impl Jobs for JobsApi {
                 Ok(true)
             })?;
             self.state.hub.wake(&job_key(&id));
-            Ok(job_to(&job, &runs))
+            Ok(self.state.job_view(&job, &runs))
         });
         self.state.conclude(audit, result).await.map(Response::new)
     }
@@ -513,29 +530,35 @@ impl Jobs for JobsApi {
         let notify = self.state.hub.subscribe(&job_key(&id));
         // Each step sends the job as it is now, then waits for a change; the
         // stream ends after it sent the job finished.
-        let stream = futures_util::stream::unfold(Some(false), move |state| {
+        // The state: `None` once the job was sent finished; otherwise
+        // whether a view was sent, and whether it showed a fetch under way
+        // (its progress is re-read every 2 s rather than every 20 s, since
+        // bytes sent wake nobody).
+        let stream = futures_util::stream::unfold(Some((false, false)), move |state| {
             let api = api.clone();
             let notify = notify.clone();
             let id = id.clone();
             async move {
-                let first = !state?;
+                let (sent, fetching) = state?;
                 let notified = notify.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
-                if !first {
+                if sent {
+                    // A periodic re-read bounds any missed wake-up.
+                    let every = std::time::Duration::from_secs(if fetching { 2 } else { 20 });
                     tokio::select! {
                         _ = &mut notified => {}
-                        // A periodic re-read bounds any missed wake-up.
-                        _ = tokio::time::sleep(std::time::Duration::from_secs(20)) => {}
+                        _ = tokio::time::sleep(every) => {}
                         _ = api.state.shutdown.cancelled() => return None,
                     }
                 }
                 match api.load(&id) {
                     Ok((job, runs)) => {
-                        let view = job_to(&job, &runs);
+                        let view = api.state.job_view(&job, &runs);
                         let done = view.state != pb::JobState::Running as i32
                             && view.state != pb::JobState::AwaitingApproval as i32;
-                        Some((Ok(view), if done { None } else { Some(true) }))
+                        let fetching = view.runs.iter().any(|r| r.fetch.is_some());
+                        Some((Ok(view), (!done).then_some((true, fetching))))
                     }
                     Err(e) => Some((Err(e.into()), None)),
                 }

@@ -114,6 +114,8 @@ pub struct AppState {
     /// What is known of each job's end between its runs' ends (see
     /// `AppState::announce_job_end`). A std mutex: held for one map access.
     pub job_ends: std::sync::Mutex<HashMap<String, effects::JobEnd>>,
+    /// Artifact downloads under way, for operators to see.
+    pub fetches: fetch::Fetches,
 }
 
 pub type Shared = Arc<AppState>;

@@ -130,6 +130,7 @@ impl PuppetServiceApi {
 
     fn assignment(&self, run: &Run) -> ApiResult<pb::Assignment> {
         let job = self.state.store.job(&run.job_id)?;
+        let limit = self.state.config.log_limit;
         Ok(pb::Assignment {
             run_id: run.id.clone(),
             attempt: run.attempt,
@@ -137,7 +138,33 @@ impl PuppetServiceApi {
             task_name: run.task_name.clone(),
             task_version: run.task_version,
             spec: Some(spec_to(&job.spec)),
+            log_head: limit.map_or(0, |l| l.head),
+            log_tail: limit.map_or(0, |l| l.tail),
         })
+    }
+
+    /// Waits as the bandwidth budgets of the resources the run holds say
+    /// `bytes` of its output should (no wait without a budget). The bytes
+    /// are counted in the budget's bucket whatever the wait; the wait is
+    /// capped so that the answer comes well within the puppet's deadline
+    /// for a call (30 s), the debt then slowing the downloads that share it.
+    async fn pace_upload(&self, run: &Run, bytes: u64) -> ApiResult<()> {
+        const MAX_PACE: std::time::Duration = std::time::Duration::from_secs(15);
+        if run.holds.is_empty() || bytes == 0 {
+            return Ok(());
+        }
+        let budgets = self
+            .state
+            .store
+            .bandwidth_budgets(run.holds.iter().map(|h| h.name.as_str()))?;
+        let wait = self.state.budgets.reserve(&budgets, bytes).min(MAX_PACE);
+        if !wait.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.state.shutdown.cancelled() => {}
+            }
+        }
+        Ok(())
     }
 
     /// The puppet calling (or an error for anyone else). Its call is a sign
@@ -527,24 +554,32 @@ impl PuppetService for PuppetServiceApi {
         let run = self.own_run(&name, &req.run_id)?;
         let attempt = req.attempt;
         let limit = self.state.config.log_limit;
-        let appended =
-            self.state
-                .store
-                .append_log(&run.id, req.offset, &req.data, limit, |run| {
-                    if run.attempt != attempt {
-                        return Err(StoreError::Conflict(format!(
-                            "run {} is at attempt {}, not {attempt}",
-                            run.id, run.attempt
-                        )));
-                    }
-                    if matches!(run.state, RunState::Queued | RunState::Waiting) {
-                        return Err(StoreError::Conflict(format!(
-                            "run {} was not offered to you yet",
-                            run.id
-                        )));
-                    }
-                    Ok(())
-                })?;
+        // A run holding resources with a bandwidth budget has its uploads
+        // paced by it too (the answer waits): its output crosses the same
+        // link as its artifacts.
+        self.pace_upload(&run, req.data.len() as u64).await?;
+        let appended = self.state.store.append_log_skipping(
+            &run.id,
+            req.offset,
+            req.skipped,
+            &req.data,
+            limit,
+            |run| {
+                if run.attempt != attempt {
+                    return Err(StoreError::Conflict(format!(
+                        "run {} is at attempt {}, not {attempt}",
+                        run.id, run.attempt
+                    )));
+                }
+                if matches!(run.state, RunState::Queued | RunState::Waiting) {
+                    return Err(StoreError::Conflict(format!(
+                        "run {} was not offered to you yet",
+                        run.id
+                    )));
+                }
+                Ok(())
+            },
+        )?;
         self.state.store.flush().await.map_err(ApiError::from)?;
         if appended.duplicate || appended.overlap {
             self.state.metrics.duplicate_report("append_log");

@@ -8,7 +8,7 @@ use geppetto_proto::v1::runs_server::Runs;
 use tonic::{Request, Response, Status};
 
 use super::Shared;
-use super::convert::{self, run_to};
+use super::convert;
 use super::error::{ApiError, ApiResult, invalid};
 use super::jobs::{cancel_runs, wake_cancelled};
 use crate::domain;
@@ -43,7 +43,9 @@ impl Runs for RunsApi {
         request: Request<pb::GetRunRequest>,
     ) -> Result<Response<pb::Run>, Status> {
         self.state.authorize(&request, "Runs/GetRun")?;
-        Ok(Response::new(run_to(&self.run(&request.get_ref().id)?)))
+        Ok(Response::new(
+            self.state.run_view(&self.run(&request.get_ref().id)?),
+        ))
     }
 
     async fn list_runs(
@@ -52,7 +54,12 @@ impl Runs for RunsApi {
     ) -> Result<Response<pb::ListRunsResponse>, Status> {
         self.state.authorize(&request, "Runs/ListRuns")?;
         let store = &self.state.store;
-        let runs = match &request.get_ref().of {
+        let req = request.get_ref();
+        let selector = match req.selector.trim() {
+            "" => None,
+            text => Some(crate::selector::Selector::parse(text).map_err(ApiError::from)?),
+        };
+        let runs = match &req.of {
             Some(pb::list_runs_request::Of::JobId(id)) => {
                 convert::id_of_kind("job", id)?;
                 let job = store.get_job(id).map_err(ApiError::from)?;
@@ -62,11 +69,34 @@ impl Runs for RunsApi {
                 domain::check_puppet_name(name).map_err(ApiError::from)?;
                 store.runs_of_puppet(name).map_err(ApiError::from)?
             }
-            None => return Err(invalid("give a job id or a puppet name").into()),
+            None => store.all_active_runs().map_err(ApiError::from)?,
         };
-        Ok(Response::new(pb::ListRunsResponse {
-            runs: runs.iter().map(run_to).collect(),
-        }))
+        // Each puppet's labels read once, for the selector.
+        let mut matching: std::collections::HashMap<String, bool> = Default::default();
+        let mut listed = Vec::new();
+        for run in &runs {
+            let view = self.state.run_view(run);
+            if !req.states.is_empty() && !req.states.contains(&view.state) {
+                continue;
+            }
+            if let Some(selector) = &selector {
+                let matches = match matching.get(&run.puppet) {
+                    Some(matches) => *matches,
+                    None => {
+                        let matches = store
+                            .get_puppet(&run.puppet)
+                            .is_ok_and(|p| selector.matches(&p.labels()));
+                        matching.insert(run.puppet.clone(), matches);
+                        matches
+                    }
+                };
+                if !matches {
+                    continue;
+                }
+            }
+            listed.push(view);
+        }
+        Ok(Response::new(pb::ListRunsResponse { runs: listed }))
     }
 
     async fn cancel_run(
@@ -93,7 +123,7 @@ impl Runs for RunsApi {
             )?;
             self.state.store.flush().await.map_err(ApiError::from)?;
             wake_cancelled(&self.state, &changed);
-            Ok(Response::new(run_to(&self.run(&run.id)?)))
+            Ok(Response::new(self.state.run_view(&self.run(&run.id)?)))
         }
         .await;
         self.state.conclude_status(audit, result).await

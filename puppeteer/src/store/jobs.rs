@@ -163,6 +163,14 @@ impl Store {
     }
 
     /// The newest jobs first.
+    /// Every job, newest first, decoded one at a time.
+    pub fn jobs_newest_first(&self) -> impl Iterator<Item = Result<Job>> + '_ {
+        self.job_order.iter().rev().map(move |kv| {
+            let (_, id) = kv?;
+            self.get_job(&String::from_utf8_lossy(&id))
+        })
+    }
+
     pub fn list_jobs(&self, limit: usize) -> Result<Vec<Job>> {
         let mut jobs = Vec::new();
         for kv in self.job_order.iter().rev().take(limit) {

@@ -107,6 +107,25 @@ impl Store {
         limit: Option<LogLimit>,
         check: impl Fn(&Run) -> Result<()>,
     ) -> Result<Appended> {
+        self.append_log_skipping(run_id, offset, 0, data, limit, check)
+    }
+
+    /// [`Store::append_log`] for a chunk whose puppet left out the
+    /// `skipped` bytes before it, under the log limit it was given (it keeps
+    /// head and tail itself and sends only what will be kept): they are
+    /// counted as received and recorded in the gap, never silently missing.
+    /// The skip must start where the server's bytes end (a resend of such a
+    /// chunk is an ordinary overlap), and may only extend a gap that ends
+    /// there: a log has one gap.
+    pub fn append_log_skipping(
+        &self,
+        run_id: &str,
+        offset: u64,
+        skipped: u64,
+        data: &[u8],
+        limit: Option<LogLimit>,
+        check: impl Fn(&Run) -> Result<()>,
+    ) -> Result<Appended> {
         let (appended, gap, stored) = (&self.runs, &self.logs).gated_transaction(|(runs, logs)| {
             let Some(v) = runs.get(run_id.as_bytes())? else {
                 return abort(StoreError::NotFound {
@@ -123,8 +142,45 @@ impl Store {
             }
             // Offsets are the attempt's own; the attempt's output starts at
             // `log_base` in the run's log.
-            let held = run.log_length - run.log_base;
+            let mut held = run.log_length - run.log_base;
             let end = offset + data.len() as u64;
+            let original_gap = run.log_gap;
+            // Bytes the skip drops: skipped ones, and stored ones it puts
+            // in the middle.
+            let (mut skip_dropped, mut unstored) = (0, 0);
+            if skipped > 0 && offset > held && !data.is_empty() && !run.state.is_terminal() {
+                if offset - skipped != held {
+                    return abort(StoreError::Conflict(format!(
+                        "log chunk at offset {offset} skips {skipped} bytes but the server holds {held}; resend from {held}"
+                    )));
+                }
+                let at = run.log_base + held;
+                run.log_gap = match run.log_gap {
+                    // The bytes held past the head were sent while the
+                    // output still fitted; they are in the middle now: the
+                    // log is what it would be had every byte come.
+                    None => {
+                        let from = limit.map_or(at, |l| (run.log_base + l.head).min(at));
+                        unstored = at - from;
+                        Some(LogGap {
+                            at: from,
+                            dropped: unstored + skipped,
+                        })
+                    }
+                    Some(g) if g.end() == at => Some(LogGap {
+                        at: g.at,
+                        dropped: g.dropped + skipped,
+                    }),
+                    Some(_) => {
+                        return abort(StoreError::Conflict(format!(
+                            "log chunk at offset {offset} skips bytes after the kept tail of a truncated log"
+                        )));
+                    }
+                };
+                run.log_length = at + skipped;
+                held = offset;
+                skip_dropped = skipped + unstored;
+            }
             if offset > held {
                 return abort(StoreError::Conflict(format!(
                     "log chunk at offset {offset} would leave a gap: the server holds {held} bytes; resend from {held}"
@@ -184,10 +240,14 @@ impl Store {
                 committed: end,
                 duplicate: false,
                 overlap,
-                dropped,
+                dropped: dropped + skip_dropped,
             };
-            let stored = (to - from) as i64 - dropped as i64;
-            Ok((appended, (gap != old_gap).then_some(gap).flatten(), stored))
+            let stored = (to - from) as i64 - dropped as i64 - unstored as i64;
+            Ok((
+                appended,
+                (gap != original_gap).then_some(gap).flatten(),
+                stored,
+            ))
         })?;
         self.add_log_bytes(stored);
         if let Some(gap) = gap {

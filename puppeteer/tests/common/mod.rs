@@ -95,6 +95,44 @@ impl Admin {
         }
     }
 
+    /// Uploads `data` as artifact `name`, in 1 MiB chunks.
+    pub async fn upload_artifact(&self, name: &str, data: &[u8]) -> pb::Artifact {
+        use sha2::Digest;
+        const MIB: usize = 1024 * 1024;
+        let mut client =
+            geppetto_proto::v1::artifacts_client::ArtifactsClient::new(self.channel.clone());
+        let status = client
+            .begin_upload(pb::BeginUploadRequest {
+                name: name.into(),
+                sha256: hex::encode(sha2::Sha256::digest(data)),
+                size: data.len() as u64,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut at = status.committed as usize;
+        while at < data.len() {
+            let end = (at + MIB).min(data.len());
+            at = client
+                .upload_chunk(pb::UploadChunkRequest {
+                    upload_id: status.upload_id.clone(),
+                    offset: at as u64,
+                    data: data[at..end].to_vec(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .committed as usize;
+        }
+        client
+            .commit_upload(pb::CommitUploadRequest {
+                upload_id: status.upload_id,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
     pub async fn enroll_secret(&mut self) -> String {
         self.tokens
             .create_enroll_token(pb::CreateEnrollTokenRequest {
