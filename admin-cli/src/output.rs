@@ -39,8 +39,31 @@ pub fn table<const N: usize>(header: [&str; N]) -> Table {
 }
 
 /// A cell holding a state word, coloured by how good it is.
+/// Text from the API made safe for a terminal: control characters (an
+/// escape sequence in a puppet's hostname, a newline forging a line) are
+/// shown escaped, `\u{1b}`, never interpreted.
+pub fn clean(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_string();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_debug().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// A table cell of text from the API, [`clean`]ed.
+pub fn cell(value: impl ToString) -> Cell {
+    Cell::new(clean(&value.to_string()))
+}
+
 pub fn state_cell(word: &str) -> Cell {
-    let cell = Cell::new(word.replace('_', " "));
+    let cell = Cell::new(clean(&word.replace('_', " ")));
     match state_color(word) {
         Some(color) if colors() => cell.fg(color),
         _ => cell,
@@ -86,7 +109,7 @@ pub fn fields(rows: Vec<(&str, String)>) -> Table {
         } else {
             key
         };
-        table.add_row(vec![key, Cell::new(value)]);
+        table.add_row(vec![key, cell(value)]);
     }
     table
 }
@@ -97,7 +120,14 @@ pub fn print_section(title: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// A protobuf timestamp as a time, if it is one that can be shown: from
+/// 1970 to the end of year 9999 (a puppet can report any value, and
+/// formatting one before 1970 panics).
 pub fn to_system_time(ts: &prost_types::Timestamp) -> Option<SystemTime> {
+    const LAST: i64 = 253_402_300_799; // 9999-12-31T23:59:59Z
+    if !(0..=LAST).contains(&ts.seconds) || !(0..1_000_000_000).contains(&ts.nanos) {
+        return None;
+    }
     SystemTime::try_from(*ts).ok()
 }
 
@@ -219,6 +249,38 @@ pub fn bytes(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_shown_escaped() {
+        assert_eq!(clean("web-1"), "web-1");
+        assert_eq!(clean("evil\u{1b}[2J"), "evil\\u{1b}[2J");
+        assert_eq!(clean("5.10\nfake line"), "5.10\\nfake line");
+        assert_eq!(clean("été"), "été");
+    }
+
+    #[test]
+    fn any_timestamp_a_puppet_can_send_is_shown_or_dashed_never_a_panic() {
+        use prost_types::Timestamp;
+        for (seconds, nanos) in [
+            (-100_000_000_000, 0),
+            (-1, 999_999_999),
+            (1 << 62, 0),
+            (i64::MAX, i32::MAX),
+            (i64::MIN, i32::MIN),
+            (1_700_000_000, -1),
+            (1_700_000_000, 2_000_000_000),
+        ] {
+            let ts = Timestamp { seconds, nanos };
+            assert_eq!(when(Some(&ts)), "-", "{ts:?}");
+            assert_eq!(rfc3339(Some(&ts)), None, "{ts:?}");
+            assert_eq!(ago(Some(&ts)), "-", "{ts:?}");
+        }
+        let last = Timestamp {
+            seconds: 253_402_300_799,
+            nanos: 0,
+        };
+        assert_eq!(rfc3339(Some(&last)).unwrap(), "9999-12-31T23:59:59Z");
+    }
 
     #[test]
     fn a_cause_says_how_long_ago_it_last_saw_a_puppet() {

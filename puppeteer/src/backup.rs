@@ -23,7 +23,7 @@
 
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -110,7 +110,16 @@ pub fn backup(data_dir: &Path, to: &Path) -> Result<Summary> {
         next_id: db.next_id()?,
     };
     let tmp = to.with_extension("partial");
-    let file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    // Owner only: a backup holds the CA key, the server key and the admin
+    // token. A file left from an earlier try is replaced, not reused with
+    // its mode.
+    let _ = std::fs::remove_file(&tmp);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot create {}", tmp.display()))?;
     let mut out = Hashing::new(BufWriter::new(file));
     let written = write_backup(&db, data_dir, to, &header, &mut out);
     let summary = match written {
@@ -306,7 +315,11 @@ fn write_restore(from: &Path, dir: &Path, header: &Header) -> Result<Summary> {
             } => {
                 let target = dir.join(&path);
                 if let Some(parent) = target.parent() {
-                    std::fs::create_dir_all(parent)?;
+                    // Owner only, as the puppeteer makes them (tls/ holds keys).
+                    std::fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o700)
+                        .create(parent)?;
                 }
                 let mut file = File::create(&target)
                     .with_context(|| format!("cannot write {}", target.display()))?;
@@ -591,6 +604,10 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        // The backup holds keys and tokens: owner only, and so is tls/.
+        assert_eq!(mode(&file), 0o600);
+        assert_eq!(mode(&restored.join("tls")), 0o700);
         let store = crate::store::Store::open(&restored.join(DB_DIR)).unwrap();
         assert!(
             store.next_seq().unwrap() > header.next_id,

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use crate::api::{Api, request};
 use crate::cli::{ArtifactsCommand, Format};
 use crate::error::Error;
-use crate::output::{self, Cell};
+use crate::output;
 use crate::views::ArtifactView;
 
 /// Bytes per `UploadChunk` (the puppeteer's limit).
@@ -213,11 +213,11 @@ fn print_list(artifacts: &[pb::Artifact], format: Format) -> Result<(), Error> {
     let mut table = output::table(["NAME", "SIZE", "SHA256", "UPLOADED", "USED BY"]);
     for (a, view) in artifacts.iter().zip(&views) {
         table.add_row(vec![
-            Cell::new(&view.name),
-            Cell::new(output::bytes(view.size)),
-            Cell::new(view.sha256.chars().take(16).collect::<String>()),
-            Cell::new(output::ago(a.created_at.as_ref())),
-            Cell::new(if view.used_by.is_empty() {
+            output::cell(&view.name),
+            output::cell(output::bytes(view.size)),
+            output::cell(view.sha256.chars().take(16).collect::<String>()),
+            output::cell(output::ago(a.created_at.as_ref())),
+            output::cell(if view.used_by.is_empty() {
                 "-".to_string()
             } else {
                 view.used_by.join(", ")

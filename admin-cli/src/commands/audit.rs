@@ -31,11 +31,11 @@ pub async fn run(api: &Api, args: AuditArgs, format: Format) -> Result<(), Error
     let mut table = output::table(["TIME", "ACTOR", "ACTION", "TARGET", "FROM", "OUTCOME"]);
     for e in &list.entries {
         table.add_row(vec![
-            Cell::new(time(e.at.as_ref())),
-            Cell::new(or_dash(&e.actor)),
-            Cell::new(or_dash(&e.action)),
-            Cell::new(or_dash(&e.target)),
-            Cell::new(or_dash(&e.remote_addr)),
+            output::cell(time(e.at.as_ref())),
+            output::cell(or_dash(&e.actor)),
+            output::cell(or_dash(&e.action)),
+            output::cell(or_dash(&e.target)),
+            output::cell(or_dash(&e.remote_addr)),
             outcome_cell(e),
         ]);
     }
@@ -79,14 +79,14 @@ fn outcome_text(e: &pb::AuditEntry) -> String {
 fn outcome_cell(e: &pb::AuditEntry) -> Cell {
     let text = outcome_text(e);
     if !output::colors() {
-        return Cell::new(text);
+        return output::cell(text);
     }
     let color = if e.outcome == "ok" {
         comfy_table::Color::Green
     } else {
         comfy_table::Color::Red
     };
-    Cell::new(text).fg(color)
+    output::cell(text).fg(color)
 }
 
 fn or_dash(s: &str) -> String {

@@ -5,7 +5,7 @@ use geppetto_proto::v1 as pb;
 use crate::api::{Api, request};
 use crate::cli::{CreateEnrollTokenArgs, EnrollTokensCommand, Format};
 use crate::error::Error;
-use crate::output::{self, Cell};
+use crate::output;
 use crate::parse::pairs_to_map;
 use crate::views::{CreatedTokenView, EnrollTokenView};
 
@@ -118,16 +118,16 @@ fn print_list(tokens: &[pb::EnrollToken], format: Format) -> Result<(), Error> {
     ]);
     for (view, token) in views.iter().zip(tokens) {
         table.add_row(vec![
-            Cell::new(&view.id),
+            output::cell(&view.id),
             output::state_cell(&view.status),
-            Cell::new(uses(view)),
-            Cell::new(match &token.expires_at {
+            output::cell(uses(view)),
+            output::cell(match &token.expires_at {
                 Some(_) => output::when(token.expires_at.as_ref()),
                 None => "never".into(),
             }),
-            Cell::new(approval(view)),
-            Cell::new(output::labels(&view.labels)),
-            Cell::new(&view.description),
+            output::cell(approval(view)),
+            output::cell(output::labels(&view.labels)),
+            output::cell(&view.description),
         ]);
     }
     output::print_table(&table)

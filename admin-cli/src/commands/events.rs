@@ -70,11 +70,11 @@ async fn list(api: &Api, args: &EventsArgs, format: Format) -> Result<(), Error>
     let mut table = output::table(["ID", "TIME", "KIND", "ACTOR", "SUMMARY"]);
     for e in &list.events {
         table.add_row(vec![
-            Cell::new(e.id),
-            Cell::new(time(e.at.as_ref())),
+            output::cell(e.id),
+            output::cell(time(e.at.as_ref())),
             kind_cell(&e.kind),
-            Cell::new(super::puppets::or_dash(&e.actor)),
-            Cell::new(super::puppets::or_dash(&e.summary)),
+            output::cell(super::puppets::or_dash(&e.actor)),
+            output::cell(super::puppets::or_dash(&e.summary)),
         ]);
     }
     output::print_table(&table)
@@ -184,8 +184,8 @@ fn time(ts: Option<&prost_types::Timestamp>) -> String {
 fn kind_cell(kind: &str) -> Cell {
     let change = kind.rsplit('.').next().unwrap_or(kind);
     match output::state_color(change) {
-        Some(color) if output::colors() => Cell::new(kind).fg(color),
-        _ => Cell::new(kind),
+        Some(color) if output::colors() => output::cell(kind).fg(color),
+        _ => output::cell(kind),
     }
 }
 

@@ -5,7 +5,7 @@ use geppetto_proto::v1 as pb;
 use crate::api::{Api, request};
 use crate::cli::{CreateGroupArgs, Format, GroupsCommand};
 use crate::error::Error;
-use crate::output::{self, Cell};
+use crate::output;
 use crate::views::{GroupShowView, GroupView};
 
 pub async fn run(api: &Api, command: GroupsCommand, format: Format) -> Result<(), Error> {
@@ -63,9 +63,9 @@ fn list_table(views: &[GroupView]) -> comfy_table::Table {
     let mut table = output::table(["NAME", "MEMBERS", "DESCRIPTION"]);
     for view in views {
         table.add_row(vec![
-            Cell::new(&view.name),
-            Cell::new(view.members_line()),
-            Cell::new(if view.description.is_empty() {
+            output::cell(&view.name),
+            output::cell(view.members_line()),
+            output::cell(if view.description.is_empty() {
                 "-"
             } else {
                 &view.description
@@ -114,7 +114,7 @@ fn print_one(group: &pb::GroupView, format: Format) -> Result<(), Error> {
         output::print_section("current members:")?;
         let mut table = output::table(["PUPPET"]);
         for name in &view.current_members {
-            table.add_row(vec![Cell::new(name)]);
+            table.add_row(vec![output::cell(name)]);
         }
         output::print_table(&table)?;
     }

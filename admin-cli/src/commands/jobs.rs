@@ -6,7 +6,7 @@ use super::watch::{counts_line, verdict, watch};
 use crate::api::{Api, request};
 use crate::cli::{Format, JobsCommand, RetryOnly, RunJobArgs, StrategyArgs};
 use crate::error::Error;
-use crate::output::{self, Cell};
+use crate::output;
 use crate::parse::Limit;
 use crate::views::{self, JobView, RunSummaryView, TargetView};
 
@@ -234,11 +234,11 @@ fn print_runs(runs: &[pb::RunSummary]) -> Result<(), Error> {
     for run in runs {
         let view = RunSummaryView::from(run);
         table.add_row(vec![
-            Cell::new(&view.run_id),
-            Cell::new(&view.puppet),
+            output::cell(&view.run_id),
+            output::cell(&view.puppet),
             output::state_cell(&view.state),
-            Cell::new(view.exit_code.map_or("-".into(), |c| c.to_string())),
-            Cell::new(match &view.fetch {
+            output::cell(view.exit_code.map_or("-".into(), |c| c.to_string())),
+            output::cell(match &view.fetch {
                 Some(fetch) => fetch.words(),
                 None => output::cause(&view.cause),
             }),
@@ -255,12 +255,12 @@ fn print_list(jobs: &[pb::Job], format: Format) -> Result<(), Error> {
     let mut table = output::table(["JOB", "TASK", "TARGET", "STATE", "RUNS", "CREATED"]);
     for job in jobs {
         table.add_row(vec![
-            Cell::new(&job.id),
-            Cell::new(format!("{} v{}", job.task_name, job.task_version)),
-            Cell::new(TargetView::from(job.target.as_ref())),
+            output::cell(&job.id),
+            output::cell(format!("{} v{}", job.task_name, job.task_version)),
+            output::cell(TargetView::from(job.target.as_ref())),
             output::state_cell(&views::job_state(job.state)),
-            Cell::new(counts_line(job)),
-            Cell::new(output::ago(job.created_at.as_ref())),
+            output::cell(counts_line(job)),
+            output::cell(output::ago(job.created_at.as_ref())),
         ]);
     }
     output::print_table(&table)
@@ -291,7 +291,10 @@ fn print_one(job: &pb::Job, format: Format) -> Result<(), Error> {
         output::print_section("not targeted:")?;
         let mut table = output::table(["PUPPET", "CAUSE"]);
         for skipped in &job.not_targeted {
-            table.add_row(vec![Cell::new(&skipped.puppet), Cell::new(&skipped.cause)]);
+            table.add_row(vec![
+                output::cell(&skipped.puppet),
+                output::cell(&skipped.cause),
+            ]);
         }
         output::print_table(&table)?;
     }

@@ -5,7 +5,7 @@ use geppetto_proto::v1 as pb;
 use crate::api::{Api, request};
 use crate::cli::{AddRuleArgs, Format, NotificationsCommand};
 use crate::error::Error;
-use crate::output::{self, Cell};
+use crate::output;
 use crate::views::NotificationRuleView;
 
 pub async fn run(api: &Api, command: NotificationsCommand, format: Format) -> Result<(), Error> {
@@ -122,14 +122,14 @@ fn list_table(
             None => "-".into(),
         };
         table.add_row(vec![
-            Cell::new(&view.id),
-            Cell::new(view.on_line()),
-            Cell::new(view.to_line()),
-            Cell::new(view.target_line()),
-            Cell::new(view.delivered),
-            Cell::new(view.pending),
-            Cell::new(view.failed),
-            Cell::new(last_error),
+            output::cell(&view.id),
+            output::cell(view.on_line()),
+            output::cell(view.to_line()),
+            output::cell(view.target_line()),
+            output::cell(view.delivered),
+            output::cell(view.pending),
+            output::cell(view.failed),
+            output::cell(last_error),
         ]);
     }
     table

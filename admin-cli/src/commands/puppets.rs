@@ -5,7 +5,7 @@ use geppetto_proto::v1 as pb;
 use crate::api::{Api, request};
 use crate::cli::{Format, PuppetsCommand};
 use crate::error::Error;
-use crate::output::{self, Cell};
+use crate::output;
 use crate::parse::pairs_to_map;
 use crate::views::{self, PuppetView};
 
@@ -113,12 +113,12 @@ fn print_queue(queue: &pb::PuppetQueue, format: Format) -> Result<(), Error> {
     let mut table = output::table(["#", "RUN", "JOB", "TASK", "STATE", "WHY"]);
     for (i, entry) in queue.entries.iter().enumerate() {
         table.add_row(vec![
-            Cell::new(i + 1),
-            Cell::new(&entry.run_id),
-            Cell::new(&entry.job_id),
-            Cell::new(&entry.task_name),
+            output::cell(i + 1),
+            output::cell(&entry.run_id),
+            output::cell(&entry.job_id),
+            output::cell(&entry.task_name),
             output::state_cell(&views::run_state(entry.state)),
-            Cell::new(or_dash(&output::cause(&entry.cause))),
+            output::cell(or_dash(&output::cause(&entry.cause))),
         ]);
     }
     output::print_table(&table)
@@ -188,13 +188,13 @@ fn print_list(puppets: &[pb::Puppet], format: Format) -> Result<(), Error> {
             .map(|f| f.os_id.clone())
             .unwrap_or_default();
         table.add_row(vec![
-            Cell::new(&p.name),
+            output::cell(&p.name),
             output::state_cell(&state_word(p)),
             output::state_cell(&views::presence(p.presence)),
-            Cell::new(output::ago(p.last_seen.as_ref())),
-            Cell::new(p.active_runs),
-            Cell::new(if os.is_empty() { "-".into() } else { os }),
-            Cell::new(output::labels(&p.labels)),
+            output::cell(output::ago(p.last_seen.as_ref())),
+            output::cell(p.active_runs),
+            output::cell(if os.is_empty() { "-".into() } else { os }),
+            output::cell(output::labels(&p.labels)),
         ]);
     }
     output::print_table(&table)

@@ -5,7 +5,7 @@ use geppetto_proto::v1 as pb;
 use crate::api::{Api, request};
 use crate::cli::{Format, ResourcesCommand};
 use crate::error::Error;
-use crate::output::{self, Cell};
+use crate::output;
 use crate::views::{ResourceHolderView, ResourceView};
 
 pub async fn run(api: &Api, command: ResourcesCommand, format: Format) -> Result<(), Error> {
@@ -85,12 +85,12 @@ fn print_list(resources: &[pb::Resource], format: Format) -> Result<(), Error> {
     ]);
     for view in &views {
         table.add_row(vec![
-            Cell::new(&view.name),
-            Cell::new(view.capacity),
-            Cell::new(view.used),
-            Cell::new(bandwidth_words(view.bandwidth)),
-            Cell::new(view.holders.len()),
-            Cell::new(view.waiters.len()),
+            output::cell(&view.name),
+            output::cell(view.capacity),
+            output::cell(view.used),
+            output::cell(bandwidth_words(view.bandwidth)),
+            output::cell(view.holders.len()),
+            output::cell(view.waiters.len()),
         ]);
     }
     output::print_table(&table)
@@ -141,13 +141,13 @@ fn runs_table(runs: &[ResourceHolderView], numbered: bool) -> comfy_table::Table
     for (place, run) in runs.iter().enumerate() {
         let mut row = Vec::with_capacity(5);
         if numbered {
-            row.push(Cell::new(place + 1));
+            row.push(output::cell(place + 1));
         }
         row.extend([
-            Cell::new(&run.run_id),
-            Cell::new(&run.puppet),
-            Cell::new(&run.job_id),
-            Cell::new(run.count),
+            output::cell(&run.run_id),
+            output::cell(&run.puppet),
+            output::cell(&run.job_id),
+            output::cell(run.count),
         ]);
         table.add_row(row);
     }

@@ -6,7 +6,7 @@ use pb::list_runs_request::Of;
 use crate::api::{Api, request};
 use crate::cli::{Format, RunsCommand};
 use crate::error::Error;
-use crate::output::{self, Cell};
+use crate::output;
 use crate::views::{self, RunView};
 
 pub async fn run(api: &Api, command: RunsCommand, format: Format) -> Result<(), Error> {
@@ -73,15 +73,15 @@ fn print_list(runs: &[pb::Run], format: Format) -> Result<(), Error> {
     ]);
     for (view, run) in views.iter().zip(runs) {
         table.add_row(vec![
-            Cell::new(&view.id),
-            Cell::new(&view.job_id),
-            Cell::new(&view.puppet),
-            Cell::new(format!("{} v{}", view.task_name, view.task_version)),
+            output::cell(&view.id),
+            output::cell(&view.job_id),
+            output::cell(&view.puppet),
+            output::cell(format!("{} v{}", view.task_name, view.task_version)),
             output::state_cell(&view.state),
-            Cell::new(view.attempt),
-            Cell::new(ending(view)),
-            Cell::new(output::ago(run.created_at.as_ref())),
-            Cell::new(output::cause(&view.cause)),
+            output::cell(view.attempt),
+            output::cell(ending(view)),
+            output::cell(output::ago(run.created_at.as_ref())),
+            output::cell(output::cause(&view.cause)),
         ]);
     }
     output::print_table(&table)
@@ -166,9 +166,9 @@ fn print_one(run: &pb::Run, format: Format) -> Result<(), Error> {
     for t in &run.history {
         table.add_row(vec![
             output::state_cell(&views::run_state(t.state)),
-            Cell::new(output::rfc3339(t.at.as_ref()).unwrap_or("-".into())),
-            Cell::new(t.attempt),
-            Cell::new(&t.cause),
+            output::cell(output::rfc3339(t.at.as_ref()).unwrap_or("-".into())),
+            output::cell(t.attempt),
+            output::cell(&t.cause),
         ]);
     }
     output::print_table(&table)

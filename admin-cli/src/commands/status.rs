@@ -9,7 +9,7 @@ use geppetto_proto::v1 as pb;
 use crate::api::{Api, request};
 use crate::cli::Format;
 use crate::error::Error;
-use crate::output::{self, Cell};
+use crate::output;
 use crate::views::{JobBriefView, ServerView, StatusView};
 
 /// How many of the newest jobs are looked at.
@@ -70,10 +70,10 @@ pub fn render(view: &StatusView) -> String {
         let mut table = output::table(["ID", "TASK", "STATE", "RUNS"]);
         for job in &view.jobs {
             table.add_row(vec![
-                Cell::new(&job.id),
-                Cell::new(task(job)),
+                output::cell(&job.id),
+                output::cell(task(job)),
                 output::state_cell(&job.state),
-                Cell::new(counts(job)),
+                output::cell(counts(job)),
             ]);
         }
         let _ = writeln!(text, "{}", table.to_string().trim_end());
@@ -100,9 +100,9 @@ pub fn render(view: &StatusView) -> String {
         let mut table = output::table(["NAME", "USED", "WAITERS"]);
         for r in &view.resources {
             table.add_row(vec![
-                Cell::new(&r.name),
-                Cell::new(format!("{}/{}", r.used, r.capacity)),
-                Cell::new(r.waiters),
+                output::cell(&r.name),
+                output::cell(format!("{}/{}", r.used, r.capacity)),
+                output::cell(r.waiters),
             ]);
         }
         let _ = writeln!(text, "{}", table.to_string().trim_end());

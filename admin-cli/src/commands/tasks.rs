@@ -5,7 +5,7 @@ use geppetto_proto::v1 as pb;
 use crate::api::{Api, request};
 use crate::cli::{CreateTaskArgs, Format, ProgramArgs, TasksCommand, UpdateTaskArgs};
 use crate::error::Error;
-use crate::output::{self, Cell};
+use crate::output;
 use crate::parse::pairs_to_map;
 use crate::views::{self, TaskView};
 
@@ -277,14 +277,14 @@ fn print_list(tasks: &[pb::Task], format: Format) -> Result<(), Error> {
     ]);
     for t in tasks {
         table.add_row(vec![
-            Cell::new(&t.name),
-            Cell::new(t.version),
-            Cell::new(program_summary(t)),
-            Cell::new(output::human_duration(
+            output::cell(&t.name),
+            output::cell(t.version),
+            output::cell(program_summary(t)),
+            output::cell(output::human_duration(
                 t.spec.as_ref().and_then(|s| s.timeout.as_ref()),
             )),
-            Cell::new(output::ago(t.updated_at.as_ref())),
-            Cell::new(&t.description),
+            output::cell(output::ago(t.updated_at.as_ref())),
+            output::cell(&t.description),
         ]);
     }
     output::print_table(&table)

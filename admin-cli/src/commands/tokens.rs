@@ -5,7 +5,7 @@ use geppetto_proto::v1 as pb;
 use crate::api::{Api, request};
 use crate::cli::{CreateTokenArgs, Format, TokensCommand};
 use crate::error::Error;
-use crate::output::{self, Cell};
+use crate::output;
 use crate::views::{ApiTokenView, CreatedApiTokenView};
 
 pub async fn run(api: &Api, command: TokensCommand, format: Format) -> Result<(), Error> {
@@ -88,16 +88,16 @@ fn print_list(tokens: &[pb::ApiToken], format: Format) -> Result<(), Error> {
     let mut table = output::table(["ID", "USER", "NAME", "STATUS", "CREATED", "EXPIRES"]);
     for (view, token) in views.iter().zip(tokens) {
         table.add_row(vec![
-            Cell::new(&view.id),
-            Cell::new(&view.user),
-            Cell::new(if view.name.is_empty() {
+            output::cell(&view.id),
+            output::cell(&view.user),
+            output::cell(if view.name.is_empty() {
                 "-"
             } else {
                 &view.name
             }),
             output::state_cell(&view.status),
-            Cell::new(output::when(token.created_at.as_ref())),
-            Cell::new(match &token.expires_at {
+            output::cell(output::when(token.created_at.as_ref())),
+            output::cell(match &token.expires_at {
                 Some(_) => output::when(token.expires_at.as_ref()),
                 None => "never".into(),
             }),

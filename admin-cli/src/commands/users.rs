@@ -5,7 +5,7 @@ use geppetto_proto::v1 as pb;
 use crate::api::{Api, request};
 use crate::cli::{Format, RoleArg, UsersCommand};
 use crate::error::Error;
-use crate::output::{self, Cell};
+use crate::output;
 use crate::views::{UserView, WhoAmIView};
 
 impl From<RoleArg> for pb::Role {
@@ -96,10 +96,10 @@ fn print_list(users: &[pb::User], format: Format) -> Result<(), Error> {
     let mut table = output::table(["NAME", "ROLE", "TOKENS", "CREATED"]);
     for (view, user) in views.iter().zip(users) {
         table.add_row(vec![
-            Cell::new(&view.name),
-            Cell::new(&view.role),
-            Cell::new(view.active_tokens),
-            Cell::new(output::when(user.created_at.as_ref())),
+            output::cell(&view.name),
+            output::cell(&view.role),
+            output::cell(view.active_tokens),
+            output::cell(output::when(user.created_at.as_ref())),
         ]);
     }
     output::print_table(&table)
