@@ -44,6 +44,8 @@ pub struct FileConfig {
     pub offline_after: Option<Duration>,
     pub insecure_plaintext: Option<bool>,
     pub approval_four_eyes: Option<bool>,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub connection_idle_timeout: Option<Duration>,
     pub metrics_listen: Option<SocketAddr>,
     /// Output kept per run: a size ("64MiB") or "off".
     pub log_limit: Option<String>,
@@ -158,6 +160,9 @@ pub struct Config {
     pub retention: crate::retention::Retention,
     /// Four eyes: a job's approver must not be the user who created it.
     pub approval_four_eyes: bool,
+    /// An HTTP/2 connection without a request in progress this long is
+    /// closed (a held poll is a request in progress).
+    pub connection_idle_timeout: Duration,
 }
 
 impl Config {
@@ -199,6 +204,7 @@ impl Config {
             log_limit: Some(DEFAULT_LOG_LIMIT),
             retention: Default::default(),
             approval_four_eyes: false,
+            connection_idle_timeout: crate::server::DEFAULT_IDLE,
         }
     }
 
@@ -231,6 +237,11 @@ impl Config {
         }
         if presence.offline_after < presence.late_after {
             bail!("offline_after must not be shorter than late_after");
+        }
+        if self.connection_idle_timeout < Duration::from_secs(1)
+            || self.connection_idle_timeout > Duration::from_secs(3600)
+        {
+            bail!("connection_idle_timeout must be between 1s and 1h");
         }
         if self.log_limit.is_some_and(|l| l < 1024) {
             bail!("the log limit must be at least 1KiB (or \"off\")");

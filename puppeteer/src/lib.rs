@@ -173,6 +173,7 @@ pub async fn start(config: Config) -> Result<Running> {
             retention: config.retention.clone(),
             data_dir: config.data_dir.clone(),
             four_eyes: config.approval_four_eyes,
+            connection_idle_timeout: config.connection_idle_timeout,
         },
         auth: Default::default(),
         presences: Default::default(),

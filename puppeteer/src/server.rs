@@ -18,6 +18,7 @@
 //! connection finishes the requests it is answering.
 
 mod conn;
+pub use conn::{DEFAULT_IDLE, HTTP2_MAX_HEADER_LIST, HTTP2_MAX_STREAMS};
 mod poll_route;
 mod routes;
 
@@ -180,7 +181,13 @@ pub async fn serve(
     let notifier = crate::notify::run_notifier(state.clone(), shutdown.clone());
     let pruner = crate::api::run_pruner(state.clone(), shutdown.clone());
     let trimmer = crate::memory::run_trimmer(shutdown.clone());
-    let serving = serve_connections(listener, api, tls.map(TlsAcceptor::from), shutdown.clone());
+    let serving = serve_connections(
+        listener,
+        api,
+        tls.map(TlsAcceptor::from),
+        state.config.connection_idle_timeout,
+        shutdown.clone(),
+    );
     let serving = async {
         tokio::join!(serving, sweeper, notifier, pruner, trimmer);
     };
@@ -201,9 +208,10 @@ async fn serve_connections(
     listener: TcpListener,
     api: Api,
     tls: Option<TlsAcceptor>,
+    idle: std::time::Duration,
     shutdown: CancellationToken,
 ) {
-    let http = Http::new();
+    let http = Http::new(idle);
     let cap = connection_cap(open_file_limit());
     let permits = Arc::new(Semaphore::new(cap));
     tracing::debug!(cap, "connections accepted at most at once");

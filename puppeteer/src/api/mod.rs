@@ -69,6 +69,8 @@ pub struct ApiConfig {
     pub data_dir: std::path::PathBuf,
     /// A job's approver must not be its creator.
     pub four_eyes: bool,
+    /// An HTTP/2 connection without a request in progress this long is closed.
+    pub connection_idle_timeout: Duration,
 }
 
 impl Default for ApiConfig {
@@ -86,6 +88,7 @@ impl Default for ApiConfig {
             retention: Default::default(),
             data_dir: Default::default(),
             four_eyes: false,
+            connection_idle_timeout: crate::server::DEFAULT_IDLE,
         }
     }
 }

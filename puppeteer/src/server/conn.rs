@@ -12,12 +12,14 @@
 //! `Request::remote_addr` reads), the `grpc-timeout` deadline answered with
 //! `Cancelled`, hyper's 30 s HTTP/1 header-read timeout (which closes idle
 //! HTTP/1 connections: the puppet's pool counts on it), and HTTP/2 settings
-//! equal to those of tonic's builder.
+//! as tonic's builder had them, but for bounds on streams and headers.
 
 use std::convert::Infallible;
 use std::fmt::Display;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
@@ -46,6 +48,14 @@ const HTTP1_MAX_BUF: usize = 8 * 1024;
 
 const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Streams one HTTP/2 connection may have open at once (nginx's default is
+/// 128). A client asks, a CLI or a puppet, needs a few; without a bound, one
+/// unauthenticated connection opening streams and never finishing them
+/// grew the puppeteer by 7 KB per stream, without end.
+pub const HTTP2_MAX_STREAMS: u32 = 128;
+/// The largest header list a request may carry (h2's default is 16 MiB):
+/// ours, a bearer token included, are well under 1 KiB.
+pub const HTTP2_MAX_HEADER_LIST: u32 = 64 * 1024;
 
 /// The HTTP protocol of a connection, from TLS's ALPN when there was one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,24 +83,33 @@ pub struct Http {
     http1: hyper::server::conn::http1::Builder,
     http2: hyper::server::conn::http2::Builder<TokioExecutor>,
     detect: auto::Builder<TokioExecutor>,
+    /// How long an HTTP/2 (or undetected) connection may stay without a
+    /// request in progress before it is closed.
+    idle: Duration,
 }
 
+/// The default of [`Http`]'s idle time: a connection that has had no
+/// request in progress for this long is closed (an HTTP/1 one after 30 s,
+/// by hyper's header-read timeout). A held poll is a request in progress.
+pub const DEFAULT_IDLE: Duration = Duration::from_secs(60);
+
 impl Http {
-    pub fn new() -> Self {
+    pub fn new(idle: Duration) -> Self {
         let mut http1 = hyper::server::conn::http1::Builder::new();
         // With a timer hyper enforces its default header-read timeout (30 s),
         // which also closes an HTTP/1 connection left idle that long.
         http1.timer(TokioTimer::new()).max_buf_size(HTTP1_MAX_BUF);
 
-        // As tonic's builder configured them (its defaults and ours): no
-        // stream limit, no local reset limit, hyper's windows and frames.
+        // Bounded streams and headers; hyper's own defences against rapid
+        // resets (CVE-2023-44487: pending accept resets, local error resets)
+        // left at their defaults, not turned off as tonic's builder did.
         let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         http2
             .timer(TokioTimer::new())
             .keep_alive_interval(HTTP2_KEEPALIVE_INTERVAL)
             .keep_alive_timeout(HTTP2_KEEPALIVE_TIMEOUT)
-            .max_concurrent_streams(None)
-            .max_local_error_reset_streams(None)
+            .max_concurrent_streams(HTTP2_MAX_STREAMS)
+            .max_header_list_size(HTTP2_MAX_HEADER_LIST)
             .adaptive_window(false);
 
         let mut detect = auto::Builder::new(TokioExecutor::new());
@@ -103,13 +122,14 @@ impl Http {
             .timer(TokioTimer::new())
             .keep_alive_interval(HTTP2_KEEPALIVE_INTERVAL)
             .keep_alive_timeout(HTTP2_KEEPALIVE_TIMEOUT)
-            .max_concurrent_streams(None)
-            .max_local_error_reset_streams(None)
+            .max_concurrent_streams(HTTP2_MAX_STREAMS)
+            .max_header_list_size(HTTP2_MAX_HEADER_LIST)
             .adaptive_window(false);
         Http {
             http1,
             http2,
             detect,
+            idle,
         }
     }
 
@@ -138,39 +158,175 @@ impl Http {
         match protocol {
             Protocol::Http1 => {
                 let connection = Box::pin(self.http1.serve_connection(io, service));
-                connections.spawn(drive(connection, permit, shutdown));
+                connections.spawn(drive(connection, permit, shutdown, None));
             }
             Protocol::Http2 => {
+                let (service, idle) = self.watched(service);
                 let connection = Box::pin(self.http2.serve_connection(io, service));
-                connections.spawn(drive(connection, permit, shutdown));
+                connections.spawn(drive(connection, permit, shutdown, Some(idle)));
             }
             Protocol::Detect => {
+                let (service, idle) = self.watched(service);
                 let connection = self.detect.serve_connection(io, service).into_owned();
-                connections.spawn(drive(Box::pin(connection), permit, shutdown));
+                connections.spawn(drive(Box::pin(connection), permit, shutdown, Some(idle)));
             }
         }
+    }
+
+    /// The service with its requests counted, and the idle timer that
+    /// reads the count.
+    fn watched<S>(&self, mut service: ConnService<S>) -> (ConnService<S>, IdleTimer) {
+        let activity = Arc::new(Activity::new());
+        service.activity = Some(activity.clone());
+        (
+            service,
+            IdleTimer {
+                activity,
+                limit: self.idle,
+            },
+        )
     }
 }
 
 /// Drives a connection; at shutdown, lets it finish what it is answering
-/// and close.
+/// and close. With an idle timer, a connection without a request in
+/// progress for its limit is closed the same way (an HTTP/2 client that
+/// never sends its preface, or keeps a connection open and silent, holds
+/// one of the puppeteer's connection slots for nothing).
 async fn drive<C>(
     mut connection: Pin<Box<C>>,
     _permit: OwnedSemaphorePermit,
     shutdown: CancellationToken,
+    idle: Option<IdleTimer>,
 ) where
     C: GracefulConnection,
     C::Error: Display,
 {
+    let idle_out = async {
+        match &idle {
+            Some(timer) => timer.expired().await,
+            None => std::future::pending().await,
+        }
+    };
     let ended = tokio::select! {
         ended = connection.as_mut() => ended,
         () = shutdown.cancelled() => {
             connection.as_mut().graceful_shutdown();
             connection.await
         }
+        () = idle_out => {
+            tracing::debug!("closing an idle connection");
+            connection.as_mut().graceful_shutdown();
+            // A peer that does not even read its GOAWAY is dropped.
+            match tokio::time::timeout(CLOSE_GRACE, connection.as_mut()).await {
+                Ok(ended) => ended,
+                Err(_) => Ok(()),
+            }
+        }
     };
     if let Err(e) = ended {
         tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// How long a connection closed for idleness may take to say goodbye.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// What a connection is doing, for its idle timer: its requests in
+/// progress, from their call until their answer's body is sent or dropped.
+#[derive(Debug)]
+pub struct Activity {
+    origin: tokio::time::Instant,
+    open: AtomicUsize,
+    /// Milliseconds from `origin` to the last time `open` fell to zero.
+    idle_since: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            origin: tokio::time::Instant::now(),
+            open: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(0),
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.open.fetch_add(1, Ordering::SeqCst);
+        Busy(self.clone())
+    }
+
+    /// How long the connection has had no request in progress (zero while
+    /// it has one).
+    fn idle_for(&self) -> Duration {
+        if self.open.load(Ordering::SeqCst) > 0 {
+            return Duration::ZERO;
+        }
+        let since = Duration::from_millis(self.idle_since.load(Ordering::SeqCst));
+        self.origin.elapsed().saturating_sub(since)
+    }
+}
+
+/// One request in progress on a watched connection, until dropped.
+#[derive(Debug)]
+pub struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let now = self.0.origin.elapsed().as_millis() as u64;
+        self.0.idle_since.store(now, Ordering::SeqCst);
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Fires when its connection has been without a request for `limit`.
+struct IdleTimer {
+    activity: Arc<Activity>,
+    limit: Duration,
+}
+
+impl IdleTimer {
+    async fn expired(&self) {
+        loop {
+            let idle = self.activity.idle_for();
+            if idle >= self.limit {
+                return;
+            }
+            // Sleep at most until the limit could be reached, at least a
+            // little while a request is in progress.
+            let wait = (self.limit - idle).max(Duration::from_secs(1));
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An answer's body that keeps its request counted as in progress
+    /// until it is sent or dropped (a stream of events may last hours).
+    pub struct BusyBody {
+        #[pin]
+        body: Body,
+        busy: Busy,
+    }
+}
+
+impl hyper::body::Body for BusyBody {
+    type Data = <Body as hyper::body::Body>::Data;
+    type Error = <Body as hyper::body::Body>::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -207,11 +363,17 @@ impl<S> ApiService for S where
 pub struct ConnService<S> {
     api: S,
     peer: TcpConnectInfo,
+    /// Requests counted for the connection's idle timer (HTTP/2 only).
+    activity: Option<Arc<Activity>>,
 }
 
 impl<S> ConnService<S> {
     pub fn new(api: S, peer: TcpConnectInfo) -> Self {
-        ConnService { api, peer }
+        ConnService {
+            api,
+            peer,
+            activity: None,
+        }
     }
 }
 
@@ -235,10 +397,12 @@ impl<S: ApiService> hyper::service::Service<Request<Incoming>> for ConnService<S
             Poll::Ready(Err(never)) => match never {},
             Poll::Pending => Either::Right(Box::pin(api.oneshot(request))),
         };
+        let busy = self.activity.as_ref().map(Activity::begin);
         match deadline {
-            None => Answer::Plain { answer },
+            None => Answer::Plain { answer, busy },
             Some(deadline) => Answer::Deadline {
                 answer: tokio::time::timeout(deadline, answer),
+                busy,
             },
         }
     }
@@ -250,8 +414,8 @@ pin_project_lite::pin_project! {
     /// poll is held.
     #[project = AnswerProjection]
     pub enum Answer<F> {
-        Plain { #[pin] answer: F },
-        Deadline { #[pin] answer: tokio::time::Timeout<F> },
+        Plain { #[pin] answer: F, busy: Option<Busy> },
+        Deadline { #[pin] answer: tokio::time::Timeout<F>, busy: Option<Busy> },
     }
 }
 
@@ -262,14 +426,25 @@ where
     type Output = Result<Response<Body>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            AnswerProjection::Plain { answer } => answer.poll(cx),
-            AnswerProjection::Deadline { answer } => match ready!(answer.poll(cx)) {
-                Ok(answered) => Poll::Ready(answered),
+        let (answered, busy) = match self.project() {
+            AnswerProjection::Plain { answer, busy } => (ready!(answer.poll(cx)), busy),
+            AnswerProjection::Deadline { answer, busy } => match ready!(answer.poll(cx)) {
+                Ok(answered) => (answered, busy),
                 // What tonic's server answered (its `TimeoutExpired`).
-                Err(_) => Poll::Ready(Ok(tonic::Status::cancelled("Timeout expired").into_http())),
+                Err(_) => (
+                    Ok(tonic::Status::cancelled("Timeout expired").into_http()),
+                    busy,
+                ),
             },
-        }
+        };
+        // On a watched connection the request stays in progress until its
+        // answer's body is sent.
+        Poll::Ready(match busy.take() {
+            Some(busy) => {
+                answered.map(|response| response.map(|body| Body::new(BusyBody { body, busy })))
+            }
+            None => answered,
+        })
     }
 }
 
@@ -330,6 +505,7 @@ mod tests {
         let never = std::future::pending::<Result<Response<Body>, Infallible>>();
         let answer = Answer::Deadline {
             answer: tokio::time::timeout(Duration::from_millis(20), never),
+            busy: None,
         };
         let response = answer.await.unwrap();
         let status = tonic::Status::from_header_map(response.headers()).expect("a gRPC status");
@@ -338,9 +514,44 @@ mod tests {
         let ready = std::future::ready(Ok(Response::new(Body::empty())));
         let answer = Answer::Deadline {
             answer: tokio::time::timeout(Duration::from_secs(60), ready),
+            busy: None,
         };
         let response = answer.await.unwrap();
         assert!(tonic::Status::from_header_map(response.headers()).is_none());
+    }
+
+    /// At the default: a connection without a request is closed after a
+    /// minute of nothing, counted from its last request's end; a request in
+    /// progress (a held poll) keeps it, however long.
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_expires_after_the_default_and_a_busy_one_never() {
+        let activity = Arc::new(Activity::new());
+        let timer = IdleTimer {
+            activity: activity.clone(),
+            limit: DEFAULT_IDLE,
+        };
+        let mut expired = Box::pin(timer.expired());
+        let mut check = || {
+            matches!(
+                expired
+                    .as_mut()
+                    .poll(&mut Context::from_waker(Waker::noop())),
+                Poll::Ready(())
+            )
+        };
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert!(!check());
+        // A request for ten minutes (a held poll), then it ends.
+        let busy = activity.begin();
+        tokio::time::advance(Duration::from_secs(600)).await;
+        assert!(!check());
+        drop(busy);
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(!check());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        // The timer sleeps in steps: let it wake and look again.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(check());
     }
 
     #[test]

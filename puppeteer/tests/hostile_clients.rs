@@ -1,0 +1,166 @@
+//! Clients that do not play by the rules, against a real puppeteer on a
+//! loopback port: what they may cost is bounded (issue 16, in part).
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::TestServer;
+
+/// A TLS connection to the server offering only `alpn`.
+async fn tls_to(
+    server: &TestServer,
+    alpn: &[u8],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in geppetto_proto::client::load_pem_certs(&server.ca).unwrap() {
+        roots.add(cert).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let port = server.url.rsplit(':').next().unwrap();
+    let tcp = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+/// One HTTP/2 connection may open at most 128 streams at once: the server
+/// says so in its SETTINGS (h2 refuses streams past it), and with that many
+/// left open an operator is still answered. (One unauthenticated
+/// connection opening 200,000 streams used to grow the puppeteer by 1.5 GB.)
+#[tokio::test]
+async fn an_http2_connection_has_its_concurrent_streams_bounded() {
+    let server = TestServer::start().await;
+    let tls = tls_to(&server, b"h2").await;
+    let (mut client, mut connection) = h2::client::handshake(tls).await.unwrap();
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    // Drive the connection until the server's SETTINGS came.
+    while connection.max_concurrent_send_streams() == usize::MAX {
+        let _ = tokio::time::timeout(Duration::from_millis(50), &mut connection).await;
+        assert!(
+            tokio::time::Instant::now() < until,
+            "no SETTINGS from the server"
+        );
+    }
+    assert_eq!(
+        connection.max_concurrent_send_streams(),
+        puppeteer::server::HTTP2_MAX_STREAMS as usize
+    );
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    // Streams left open (headers, no end of body) up to the bound: the
+    // client's own flow holds the rest; the server keeps answering others.
+    let mut open = Vec::new();
+    for _ in 0..puppeteer::server::HTTP2_MAX_STREAMS {
+        client = client.ready().await.unwrap();
+        let request = http::Request::post("https://localhost/geppetto.v1.Tasks/ListTasks")
+            .header("content-type", "application/grpc")
+            .body(())
+            .unwrap();
+        let (response, stream) = client.send_request(request, false).unwrap();
+        open.push((response, stream));
+    }
+    let mut admin = server.admin();
+    let tasks = tokio::time::timeout(
+        Duration::from_secs(10),
+        admin
+            .tasks
+            .list_tasks(geppetto_proto::v1::ListTasksRequest {}),
+    )
+    .await
+    .expect("an operator is still answered");
+    assert!(tasks.is_ok(), "{tasks:?}");
+    drop(open);
+    driver.abort();
+    server.stop().await;
+}
+
+/// A client that negotiates HTTP/2 and then says nothing (not even the
+/// preface) is closed once the idle time is over (it used to stay forever,
+/// holding a connection slot); a puppet on HTTP/2, whose held polls last
+/// longer than that idle time, is not disturbed.
+#[tokio::test]
+async fn a_silent_http2_connection_is_closed_but_a_held_poll_is_not() {
+    use tokio::io::AsyncReadExt;
+    const IDLE: Duration = Duration::from_secs(2);
+    let server = TestServer::start_with(|c| c.connection_idle_timeout = IDLE).await;
+    let mut silent = tls_to(&server, b"h2").await;
+    let began = tokio::time::Instant::now();
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match silent.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                // The server's SETTINGS, a GOAWAY: not yet the end.
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the silent connection is still open");
+    assert!(began.elapsed() >= IDLE, "closed before its idle time");
+
+    // A puppet on native gRPC (HTTP/2), holding 5 s polls.
+    let mut admin = server.admin();
+    let secret = admin.enroll_secret().await;
+    let puppet = common::RealPuppet::start_with(
+        tempfile::tempdir().unwrap(),
+        &server.url,
+        Some(&server.ca),
+        &secret,
+        "p1",
+        |c| {
+            c.transport = geppetto_proto::client::Transport::Grpc;
+            c.poll_hold = Some(Duration::from_secs(5));
+            c.poll_hold_floor = Some(Duration::from_secs(5));
+        },
+    );
+    admin.wait_polling("p1").await;
+    admin
+        .script_task("hello", "echo hi", Duration::from_secs(30))
+        .await;
+    // Well into a hold longer than the idle time: the poll held now began
+    // more than twice that ago.
+    let until = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let p1 = admin
+            .puppets
+            .get_puppet(geppetto_proto::v1::GetPuppetRequest { name: "p1".into() })
+            .await
+            .unwrap()
+            .into_inner();
+        let held_for = p1.last_seen.and_then(|seen| {
+            let seen = std::time::UNIX_EPOCH
+                + Duration::new(seen.seconds.max(0) as u64, seen.nanos.max(0) as u32);
+            std::time::SystemTime::now().duration_since(seen).ok()
+        });
+        if p1.polling && held_for.is_some_and(|held| held > IDLE * 2) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "p1 never held a poll long"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let job = admin.run_on("hello", &["p1"]).await;
+    let job = admin.wait_job(&job.id, Duration::from_secs(60)).await;
+    assert_eq!(
+        job.runs[0].state,
+        geppetto_proto::v1::RunState::Succeeded as i32,
+        "{job:?}"
+    );
+    puppet.stop().await;
+    server.stop().await;
+}
