@@ -137,8 +137,15 @@ pub fn render(view: &StatusView) -> String {
         );
     }
     for wait in &a.offline_waits {
-        let seen = match &wait.last_seen {
-            Some(at) => crate::output::cause(&format!("last seen {at}")),
+        let seen = match wait
+            .last_seen
+            .as_deref()
+            .and_then(|at| humantime::parse_rfc3339(at).ok())
+        {
+            Some(at) => match std::time::SystemTime::now().duration_since(at) {
+                Ok(ago) => format!("last seen {} ago", crate::output::short_duration(ago)),
+                Err(_) => "last seen just now".into(),
+            },
             None => "never seen".into(),
         };
         let _ = writeln!(
