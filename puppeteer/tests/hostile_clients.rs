@@ -164,3 +164,74 @@ async fn a_silent_http2_connection_is_closed_but_a_held_poll_is_not() {
     puppet.stop().await;
     server.stop().await;
 }
+
+/// Refused calls carrying a huge name: the answer does not echo it, and
+/// neither the audit trail nor the event stream stores it (20 such calls
+/// of 4 MB grew the data dir by 1.1 GB, and broke `audit` and `events`).
+#[tokio::test]
+async fn a_refused_call_with_a_huge_name_is_neither_echoed_nor_stored() {
+    use geppetto_proto::v1 as pb;
+    let server = TestServer::start().await;
+    let name = "n".repeat(1 << 20);
+    // No credential at all.
+    let anonymous = server.channel(geppetto_proto::client::Transport::Grpc, None);
+    let tasks = pb::tasks_client::TasksClient::new(anonymous.clone());
+    let mut enroll = pb::puppet_service_client::PuppetServiceClient::new(anonymous)
+        .max_decoding_message_size(8 << 20)
+        .max_encoding_message_size(8 << 20);
+    let mut tasks = tasks
+        .max_decoding_message_size(8 << 20)
+        .max_encoding_message_size(8 << 20);
+    for _ in 0..5 {
+        let refused = tasks
+            .create_task(pb::CreateTaskRequest {
+                name: name.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+        assert!(
+            refused.message().len() <= 1024,
+            "{}",
+            refused.message().len()
+        );
+        let refused = enroll
+            .enroll(pb::EnrollRequest {
+                enroll_token: "bogus".into(),
+                name: name.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            refused.message().len() <= 1024,
+            "{}",
+            refused.message().len()
+        );
+    }
+    let admin = server.admin();
+    let audit = pb::audit_client::AuditClient::new(admin.channel.clone())
+        .list_audit(pb::ListAuditRequest::default())
+        .await
+        .expect("the audit trail still reads")
+        .into_inner();
+    assert!(audit.entries.len() >= 10, "{}", audit.entries.len());
+    for entry in &audit.entries {
+        assert!(
+            entry.target.len() <= 256 && entry.message.len() <= 1024,
+            "target {} bytes, message {} bytes",
+            entry.target.len(),
+            entry.message.len()
+        );
+    }
+    let events = pb::events_client::EventsClient::new(admin.channel.clone())
+        .list_events(pb::WatchEventsRequest::default())
+        .await
+        .expect("the events still read")
+        .into_inner();
+    for event in &events.events {
+        assert!(event.summary.len() <= 2048, "{} bytes", event.summary.len());
+    }
+    server.stop().await;
+}

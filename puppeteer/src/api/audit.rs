@@ -19,15 +19,20 @@ pub struct Audited {
     actor: String,
 }
 
+/// The longest target recorded: targets are names and ids, but a refused
+/// call's target is whatever its caller sent (a 4 MB name grew the audit
+/// trail by 4 MB per call, twice with its event).
+const MAX_TARGET: usize = 256;
+
 impl Audited {
     /// Changes the recorded target (e.g. to the id a creation produced).
     pub fn target(&mut self, target: impl Into<String>) {
-        self.target = target.into();
+        self.target = super::error::bounded(target.into(), MAX_TARGET);
     }
 
     /// Records the actor for calls not made by a user (enrollments).
     pub fn actor(&mut self, actor: impl Into<String>) {
-        self.actor = actor.into();
+        self.actor = super::error::bounded(actor.into(), MAX_TARGET);
     }
 }
 
@@ -54,7 +59,7 @@ impl AppState {
         let (actor, caller) = self.auth.authorize(&self.store, request, action);
         let audited = Audited {
             action,
-            target: target.into(),
+            target: super::error::bounded(target.into(), MAX_TARGET),
             remote_addr: remote_addr(request),
             actor,
         };
@@ -70,7 +75,7 @@ impl AppState {
     ) -> Audited {
         Audited {
             action,
-            target: target.into(),
+            target: super::error::bounded(target.into(), MAX_TARGET),
             remote_addr: remote_addr(request),
             actor: "-".into(),
         }
@@ -114,7 +119,7 @@ impl AppState {
             target: audited.target,
             remote_addr: audited.remote_addr,
             outcome,
-            message,
+            message: super::error::bounded(message, super::error::MAX_MESSAGE),
         };
         let event = crate::domain::Event {
             at: entry.at,

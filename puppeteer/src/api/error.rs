@@ -69,8 +69,26 @@ impl From<ApiError> for Status {
         if let ApiError::Store(StoreError::Sled(err)) = &e {
             tracing::error!(error = %err, "database error");
         }
-        Status::new(e.code(), e.to_string())
+        Status::new(e.code(), bounded(e.to_string(), MAX_MESSAGE))
     }
+}
+
+/// The longest error message answered or recorded: messages quote the
+/// offending value, and a caller must not be able to make the puppeteer
+/// echo (or store) megabytes of it.
+pub const MAX_MESSAGE: usize = 1024;
+
+/// `text` cut to at most `max` bytes (on a character boundary), saying how
+/// long it was.
+pub fn bounded(text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let mut cut = max.saturating_sub(40);
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}... ({} bytes in all)", &text[..cut], text.len())
 }
 
 impl From<StoreError> for Status {
@@ -84,4 +102,30 @@ pub type ApiResult<T> = Result<T, ApiError>;
 /// Shorthand for an InvalidArgument error.
 pub fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::Invalid(message.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_huge_message_is_cut_and_says_so() {
+        let name = "x".repeat(4 << 20);
+        let status = Status::from(invalid(format!("invalid task name {name:?}")));
+        assert!(
+            status.message().len() <= MAX_MESSAGE,
+            "{}",
+            status.message().len()
+        );
+        assert!(
+            status.message().ends_with("bytes in all)"),
+            "{}",
+            &status.message()[..80]
+        );
+        assert_eq!(status.code(), Code::InvalidArgument);
+        // Short ones untouched; cuts land on character boundaries.
+        assert_eq!(bounded("court".into(), 10), "court");
+        let accents = "é".repeat(600);
+        assert!(bounded(accents, 100).len() <= 100);
+    }
 }
