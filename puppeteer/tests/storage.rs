@@ -1107,3 +1107,69 @@ async fn a_real_puppet_sends_only_the_head_and_the_tail_of_a_log_past_the_limit(
     puppet.stop().await;
     server.stop().await;
 }
+
+/// What a puppet reports is checked before it is stored: an attempt that
+/// never existed is refused (300 such reports grew one run record to
+/// 172 KB), an implausible start time is replaced by the puppeteer's, an
+/// absurd duration is refused instead of wrapping around.
+#[tokio::test]
+async fn a_puppets_reports_are_checked_before_they_are_stored() {
+    let server = TestServer::start().await;
+    let mut admin = server.admin();
+    let secret = admin.enroll_secret().await;
+    let mut puppet = FakePuppet::enroll(&server, &secret, "p1").await;
+    admin
+        .script_task("t", "true", Duration::from_secs(60))
+        .await;
+    let job = admin.run_on("t", &["p1"]).await;
+    let run_id = job.runs[0].run_id.clone();
+    puppet.poll(1, &[]).await;
+    let start = pb::StartRunRequest {
+        run_id: run_id.clone(),
+        attempt: 1,
+        started_at: Some(prost_types::Timestamp {
+            seconds: -100_000_000_000,
+            nanos: 0,
+        }),
+    };
+    puppet.client.start_run(start).await.unwrap();
+    for attempt in [0, 2, 99] {
+        let err = puppet
+            .client
+            .finish_run(pb::FinishRunRequest {
+                attempt,
+                ..finish(&run_id, 0)
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+        assert!(err.message().contains("has no attempt"), "{err:?}");
+    }
+    let err = puppet
+        .client
+        .finish_run(pb::FinishRunRequest {
+            duration: Some(prost_types::Duration {
+                seconds: 18_446_744_073_709_553,
+                nanos: 0,
+            }),
+            ..finish(&run_id, 0)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    puppet.client.finish_run(finish(&run_id, 0)).await.unwrap();
+    let run = admin
+        .runs
+        .get_run(pb::GetRunRequest { id: run_id })
+        .await
+        .unwrap()
+        .into_inner();
+    let started = run.started_at.unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!((now - started.seconds).abs() < 600, "{started:?}");
+    assert_eq!(run.state, pb::RunState::Succeeded as i32);
+    server.stop().await;
+}

@@ -32,15 +32,38 @@ pub fn dur(d: Duration) -> prost_types::Duration {
     }
 }
 
-/// A protobuf duration as a std one; negative ones are refused.
+/// The longest duration any field takes: past it, milliseconds would not
+/// even fit the record (a timeout of 18446744073709553 s was read as 1.4 s).
+const MAX_DURATION_SECONDS: i64 = 100 * 365 * 24 * 3600;
+
+/// A protobuf duration as a std one; negative, malformed (nanos of a
+/// second or more) and absurdly long ones are refused.
 pub fn from_dur(field: &str, d: &prost_types::Duration) -> ApiResult<Duration> {
     if d.seconds < 0 || d.nanos < 0 {
         return Err(invalid(format!("{field} must not be negative")));
     }
-    Ok(Duration::new(
-        d.seconds as u64,
-        d.nanos.clamp(0, 999_999_999) as u32,
-    ))
+    if d.nanos >= 1_000_000_000 {
+        return Err(invalid(format!(
+            "{field}: nanos must be below one second (999999999 at most)"
+        )));
+    }
+    if d.seconds > MAX_DURATION_SECONDS {
+        return Err(invalid(format!("{field} must be at most 100 years")));
+    }
+    Ok(Duration::new(d.seconds as u64, d.nanos as u32))
+}
+
+/// A time a puppet reports, if it is plausible: within a week before and a
+/// day after the puppeteer's `now` (a puppet's clock may be off, but not
+/// by years: StartRun.started_at = -1e11 s once made the CLI panic).
+pub fn plausible_ts(t: &prost_types::Timestamp, now: Millis) -> Option<Millis> {
+    const WEEK: i64 = 7 * 24 * 3600 * 1000;
+    const DAY: i64 = 24 * 3600 * 1000;
+    if !(0..1_000_000_000).contains(&t.nanos) {
+        return None;
+    }
+    let at = from_ts(t);
+    (at.0 >= now.0.saturating_sub(WEEK) && at.0 <= now.0.saturating_add(DAY)).then_some(at)
 }
 
 pub fn facts_from(f: pb::Facts) -> domain::Facts {
@@ -58,7 +81,10 @@ pub fn facts_from(f: pb::Facts) -> domain::Facts {
         memory_available_bytes: f.memory_available_bytes,
         disk_available_bytes: f.disk_available_bytes,
         boot_id: f.boot_id,
-        collected_at: f.collected_at.as_ref().map(from_ts),
+        collected_at: f
+            .collected_at
+            .as_ref()
+            .and_then(|t| plausible_ts(t, Millis::now())),
     }
 }
 
@@ -564,6 +590,42 @@ pub fn fetch_to(f: &super::fetch::FetchView) -> pb::RunFetch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_are_refused_negative_malformed_or_absurd() {
+        let d = |seconds, nanos| prost_types::Duration { seconds, nanos };
+        assert_eq!(
+            from_dur("t", &d(5, 500_000_000)).unwrap(),
+            Duration::from_millis(5500)
+        );
+        assert!(from_dur("t", &d(-1, 0)).is_err());
+        assert!(from_dur("t", &d(1, 2_000_000_000)).is_err());
+        let overflow = from_dur("timeout", &d(18_446_744_073_709_553, 0)).unwrap_err();
+        assert!(
+            overflow.to_string().contains("at most 100 years"),
+            "{overflow}"
+        );
+    }
+
+    #[test]
+    fn a_puppets_time_is_taken_only_when_plausible() {
+        let now = Millis(1_800_000_000_000);
+        let ts = |seconds, nanos| prost_types::Timestamp { seconds, nanos };
+        assert_eq!(
+            plausible_ts(&ts(1_800_000_000 - 60, 0), now),
+            Some(Millis(1_800_000_000_000 - 60_000))
+        );
+        for bad in [
+            ts(-100_000_000_000, 0),
+            ts(1 << 62, 0),
+            ts(1_800_000_000 + 3 * 86_400, 0),
+            ts(1_800_000_000 - 30 * 86_400, 0),
+            ts(1_800_000_000, -1),
+            ts(i64::MIN, i32::MIN),
+        ] {
+            assert_eq!(plausible_ts(&bad, now), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn reboot_windows_are_checked() {

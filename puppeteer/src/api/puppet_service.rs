@@ -493,7 +493,12 @@ impl PuppetService for PuppetServiceApi {
         let req = request.into_inner();
         let run = self.own_run(&name, &req.run_id)?;
         let now = Millis::now();
-        let started_at = req.started_at.as_ref().map(convert::from_ts).unwrap_or(now);
+        // The puppet's clock, when it is plausible; the puppeteer's otherwise.
+        let started_at = req
+            .started_at
+            .as_ref()
+            .and_then(|t| convert::plausible_ts(t, now))
+            .unwrap_or(now);
         let attempt = req.attempt;
         // Set by the closure's last (committed) execution.
         let duplicate = std::cell::Cell::new(false);
@@ -614,11 +619,21 @@ impl PuppetService for PuppetServiceApi {
         let duplicate = std::cell::Cell::new(false);
         let run = self.state.store.update_run(&run.id, |run| {
             duplicate.set(false);
+            if req.attempt == 0 || req.attempt > run.attempt {
+                return Err(StoreError::Conflict(format!(
+                    "run {} has no attempt {}: it is at attempt {}",
+                    run.id, req.attempt, run.attempt
+                )));
+            }
             if run.attempt != req.attempt {
                 // A late report of an earlier attempt: recorded against that
-                // attempt, never changing the current one.
+                // attempt, once, never changing the current one.
                 let note = format!("late report of attempt {}: {cause}", req.attempt);
-                if !run.history.iter().any(|t| t.cause == note) {
+                let noted = run
+                    .history
+                    .iter()
+                    .any(|t| t.attempt == req.attempt && t.cause.starts_with("late report of"));
+                if !noted {
                     run.history.push(domain::Transition {
                         state,
                         at: now,
