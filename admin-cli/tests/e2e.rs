@@ -1311,6 +1311,13 @@ fn a_run_waiting_for_an_offline_puppet_says_so_and_can_be_skipped_and_acknowledg
     let shown = live.json(&["jobs", "show", &job, "--state", "waiting,queued"]);
     assert_eq!(shown["runs"].as_array().unwrap().len(), 1, "{shown}");
     assert_eq!(shown["runs"][0]["puppet"], "down", "{shown}");
+    // A filter is bounded: each state at most once.
+    let many = vec!["queued"; 17].join(",");
+    live.cli()
+        .args(["runs", "list", "--state", &many])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("at most 16 states"));
     live.cli()
         .args(["runs", "list", "--state", "sleeping"])
         .assert()

@@ -999,6 +999,15 @@ async fn a_chunk_after_a_skip_is_the_kept_tail_and_the_skip_is_the_gap() {
     };
     let err = c.append_log(wrong).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    // Nor one skipping more than its offset, or absurdly far.
+    for (offset, skipped) in [(2000, 5000), (1000 + (1 << 41), 1 << 41), (u64::MAX, 1)] {
+        let absurd = pb::AppendLogRequest {
+            skipped,
+            ..append(&run_id, offset, b"x")
+        };
+        let err = c.append_log(absurd).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    }
     let tail = pb::AppendLogRequest {
         skipped: 48_000,
         ..append(&run_id, 49_000, &output[49_000..])

@@ -344,6 +344,7 @@ impl Jobs for JobsApi {
         };
         let store = &self.state.store;
         let states = &request.get_ref().states;
+        super::runs::check_states(states.len())?;
         // A filter looks at the newest jobs only, so that a rare state does
         // not make one call read the whole history.
         const FILTER_SCAN: usize = 10_000;

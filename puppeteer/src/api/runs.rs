@@ -55,6 +55,7 @@ impl Runs for RunsApi {
         self.state.authorize(&request, "Runs/ListRuns")?;
         let store = &self.state.store;
         let req = request.get_ref();
+        check_states(req.states.len())?;
         let selector = match req.selector.trim() {
             "" => None,
             text => Some(crate::selector::Selector::parse(text).map_err(ApiError::from)?),
@@ -225,4 +226,16 @@ impl Runs for RunsApi {
         });
         Ok(Response::new(Box::pin(stream)))
     }
+}
+
+/// A filter names each state at most once: a longer list is refused before
+/// it is matched against every run.
+pub fn check_states(n: usize) -> ApiResult<()> {
+    const MAX_STATES: usize = 16;
+    if n > MAX_STATES {
+        return Err(invalid(format!(
+            "at most {MAX_STATES} states in a filter, not {n}"
+        )));
+    }
+    Ok(())
 }

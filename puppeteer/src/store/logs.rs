@@ -66,6 +66,10 @@ pub fn next_gap(gap: Option<LogGap>, len: u64, limit: Option<LogLimit>) -> Optio
     })
 }
 
+/// The most bytes one chunk may declare skipped (a run printing a terabyte
+/// is not one to believe).
+const MAX_SKIP: u64 = 1 << 40;
+
 /// How an append went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
@@ -143,13 +147,18 @@ impl Store {
             // Offsets are the attempt's own; the attempt's output starts at
             // `log_base` in the run's log.
             let mut held = run.log_length - run.log_base;
-            let end = offset + data.len() as u64;
+            let Some(end) = offset.checked_add(data.len() as u64) else {
+                return abort(StoreError::Conflict(format!(
+                    "log chunk at offset {offset} is past any possible output"
+                )));
+            };
             let original_gap = run.log_gap;
             // Bytes the skip drops: skipped ones, and stored ones it puts
             // in the middle.
             let (mut skip_dropped, mut unstored) = (0, 0);
             if skipped > 0 && offset > held && !data.is_empty() && !run.state.is_terminal() {
-                if offset - skipped != held {
+                // A skip is a log limit's middle: far less than a terabyte.
+                if offset.checked_sub(skipped) != Some(held) || skipped > MAX_SKIP {
                     return abort(StoreError::Conflict(format!(
                         "log chunk at offset {offset} skips {skipped} bytes but the server holds {held}; resend from {held}"
                     )));
