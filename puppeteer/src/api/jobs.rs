@@ -378,12 +378,16 @@ impl Jobs for JobsApi {
         let (mut audit, caller) = self.state.begin(&request, "Jobs/CancelJob", target);
         let result: Result<Response<pb::Job>, Status> = async {
             caller?;
-            let (mut job, _) = self.load(&request.get_ref().id)?;
+            let id = &request.get_ref().id;
+            convert::id_of_kind("job", id)?;
             let store = &self.state.store;
-            if !job.cancelled {
-                job.cancelled = true;
-                store.put_job(&job).map_err(ApiError::from)?;
-            }
+            let job = store
+                .update_job(id, |job| {
+                    let change = !job.cancelled;
+                    job.cancelled = true;
+                    Ok(change)
+                })
+                .map_err(ApiError::from)?;
             let changed = cancel_runs(&self.state, &job.run_ids, "cancelled with its job")?;
             store.flush().await.map_err(ApiError::from)?;
             wake_cancelled(&self.state, &changed);
@@ -439,11 +443,12 @@ impl Jobs for JobsApi {
                     )));
                 }
             };
-            let (mut job, _) = self.load(&req.id)?;
-            if job.cancelled {
+            convert::id_of_kind("job", &req.id)?;
+            let job = self.state.store.update_job(&req.id, |job| {
+                let change = job.cancelled;
                 job.cancelled = false;
-                self.state.store.put_job(&job)?;
-            }
+                Ok(change)
+            })?;
             let requeued = self
                 .state
                 .store

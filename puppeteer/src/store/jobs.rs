@@ -124,13 +124,6 @@ impl Store {
         }
     }
 
-    pub fn put_job(&self, job: &Job) -> Result<()> {
-        let result = self.jobs.insert(job.id.as_bytes(), encode(job));
-        self.job_cache.changed(&job.id);
-        result?;
-        Ok(())
-    }
-
     /// Changes a job in place, atomically against any other change made
     /// this way: a compare-and-swap, so that a concurrent change (an
     /// approval and the sweeper's request for it) makes `change` run again
@@ -410,9 +403,12 @@ mod tests {
         // Read again without a write: the same decoded job.
         assert!(Arc::ptr_eq(&first, &store.job("job-1").unwrap()));
 
-        let mut cancelled = job();
-        cancelled.cancelled = true;
-        store.put_job(&cancelled).unwrap();
+        store
+            .update_job("job-1", |job| {
+                job.cancelled = true;
+                Ok(true)
+            })
+            .unwrap();
         assert!(store.job("job-1").unwrap().cancelled);
 
         let event = crate::domain::Event {
