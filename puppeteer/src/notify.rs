@@ -516,67 +516,23 @@ fn webpki_roots_list() -> Vec<rustls_pki_types::TrustAnchor<'static>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Job, Millis, Outcome, Program, Run, RunSpec, Target};
+    use crate::domain::{Job, Millis, Outcome, Run};
 
+    /// The store's test run, on `puppet`, in `state` for `cause`.
     fn run(id: &str, puppet: &str, state: RunState, cause: &str) -> Run {
         Run {
-            id: id.into(),
-            job_id: "job-1".into(),
             puppet: puppet.into(),
             task_name: "patch".into(),
-            task_version: 1,
             state,
-            attempt: 1,
             cause: cause.into(),
-            outcome: None,
-            exit_code: None,
-            signal: None,
-            created_at: Millis(0),
-            started_at: None,
-            finished_at: None,
-            duration_ms: None,
-            log_length: 0,
-            history: vec![],
-            cancel_requested: false,
-            queue_seq: 0,
-            duplicate_reports: 0,
-            needs: vec![],
-            holds: vec![],
-            log_base: 0,
-            max_attempts: 1,
-            log_gap: None,
-            reboot_window_ms: None,
+            ..crate::store::testing::run(id)
         }
     }
 
     fn job() -> Job {
         Job {
-            id: "job-1".into(),
             task_name: "patch".into(),
-            task_version: 1,
-            spec: RunSpec {
-                program: Program::Argv {
-                    args: vec!["true".into()],
-                },
-                timeout_ms: 1000,
-                env: Default::default(),
-                workdir: String::new(),
-                artifacts: Vec::new(),
-                expect_reboot: false,
-                reboot_window_ms: None,
-            },
-            target: Target::Puppets(vec![]),
-            created_at: Millis(0),
-            run_ids: vec![],
-            cancelled: false,
-            seq: 1,
-            strategy: Default::default(),
-            approval: Default::default(),
-            not_targeted: vec![],
-            reported_end: None,
-            acknowledged: None,
-            created_by: None,
-            approval_requested: false,
+            ..crate::store::testing::job()
         }
     }
 

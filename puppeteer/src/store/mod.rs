@@ -356,6 +356,9 @@ impl Store {
 pub(crate) mod testing {
     use super::*;
 
+    /// A job and a run to build test cases from (fields overridden as needed).
+    pub(crate) use super::logs::tests::{job, run};
+
     pub fn temp_store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db")).unwrap();
