@@ -4,7 +4,13 @@
 //! `key=value`, `key!=value`, `key in (a,b)` (one of the values),
 //! `key notin (a,b)`, `key` (the label exists) and `!key` (it does not). Whitespace around terms is ignored. Errors point at the character
 //! (1-based) where the input stops making sense, so a typo in a long
-//! selector is found at once.
+//! selector is found at once; they quote a few characters around it, never
+//! the whole input.
+//!
+//! Parsing is one pass over the characters (each is looked at a bounded
+//! number of times), and the input is at most [`MAX_SELECTOR_BYTES`]: the
+//! work a caller can ask for is linear and small. The property tests below
+//! hold it to both.
 
 use std::fmt;
 
@@ -27,9 +33,10 @@ pub struct Selector {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("malformed selector {input:?} at character {position}: {reason}")]
+#[error("malformed selector at character {position} (near {near:?}): {reason}")]
 pub struct SelectorError {
-    pub input: String,
+    /// At most [`NEAR`] characters each side of the position.
+    pub near: String,
     /// 1-based character position.
     pub position: usize,
     pub reason: String,
@@ -39,22 +46,29 @@ fn is_label_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/')
 }
 
-struct Parser<'a> {
-    input: &'a str,
+/// Characters quoted each side of an error's position.
+const NEAR: usize = 12;
+
+struct Parser {
     chars: Vec<char>,
     pos: usize,
+    /// Characters looked at so far: the tests hold it linear in the input.
+    looks: std::cell::Cell<usize>,
 }
 
-impl Parser<'_> {
+impl Parser {
     fn error(&self, reason: impl Into<String>) -> SelectorError {
+        let from = self.pos.saturating_sub(NEAR);
+        let to = (self.pos + NEAR).min(self.chars.len());
         SelectorError {
-            input: self.input.to_string(),
+            near: self.chars[from..to].iter().collect(),
             position: self.pos + 1,
             reason: reason.into(),
         }
     }
 
     fn peek(&self) -> Option<char> {
+        self.looks.set(self.looks.get() + 1);
         self.chars.get(self.pos).copied()
     }
 
@@ -93,10 +107,17 @@ impl Parser<'_> {
 
     /// Whether the input continues with the word `word` followed by a space
     /// or an opening parenthesis.
+    /// Looks at no more than the word's length and one character.
     fn at_keyword(&self, word: &str) -> bool {
-        let rest: String = self.chars[self.pos..].iter().collect();
-        rest.strip_prefix(word)
-            .is_some_and(|after| after.starts_with(' ') || after.starts_with('('))
+        let mut at = self.pos;
+        for expected in word.chars() {
+            self.looks.set(self.looks.get() + 1);
+            if self.chars.get(at) != Some(&expected) {
+                return false;
+            }
+            at += 1;
+        }
+        matches!(self.chars.get(at), Some(' ' | '('))
     }
 
     /// `(a, b, ...)`, at least one value.
@@ -161,16 +182,12 @@ impl Parser<'_> {
     }
 }
 
-/// The longest selector accepted: far more than any real one, and a bound
-/// on the work (and the error text) a caller can cause.
-pub const MAX_SELECTOR_BYTES: usize = 4096;
-
-impl Selector {
-    pub fn parse(input: &str) -> Result<Self, SelectorError> {
+impl Parser {
+    fn selector(&mut self, input: &str) -> Result<Selector, SelectorError> {
         if input.len() > MAX_SELECTOR_BYTES {
-            let head: String = input.chars().take(32).collect();
+            let head: String = input.chars().take(NEAR).collect();
             return Err(SelectorError {
-                input: format!("{head}..."),
+                near: format!("{head}..."),
                 position: MAX_SELECTOR_BYTES + 1,
                 reason: format!(
                     "a selector is at most {MAX_SELECTOR_BYTES} bytes, this one has {}",
@@ -178,28 +195,45 @@ impl Selector {
                 ),
             });
         }
-        let mut parser = Parser {
-            input,
-            chars: input.chars().collect(),
-            pos: 0,
-        };
+        self.chars = input.chars().collect();
         let mut terms = Vec::new();
-        parser.skip_spaces();
-        if parser.peek().is_none() {
+        self.skip_spaces();
+        if self.peek().is_none() {
             return Ok(Selector { terms });
         }
         loop {
-            terms.push(parser.term()?);
-            parser.skip_spaces();
-            match parser.peek() {
+            terms.push(self.term()?);
+            self.skip_spaces();
+            match self.peek() {
                 None => break,
-                Some(',') => parser.pos += 1,
+                Some(',') => self.pos += 1,
                 Some(c) => {
-                    return Err(parser.error(format!("expected ',' or the end, found {c:?}")));
+                    return Err(self.error(format!("expected ',' or the end, found {c:?}")));
                 }
             }
         }
         Ok(Selector { terms })
+    }
+}
+
+/// The longest selector accepted: far more than any real one, and a bound
+/// on the work (and the error text) a caller can cause.
+pub const MAX_SELECTOR_BYTES: usize = 4096;
+
+impl Selector {
+    pub fn parse(input: &str) -> Result<Self, SelectorError> {
+        Self::parse_counting(input).0
+    }
+
+    /// [`Selector::parse`], and how many characters it looked at.
+    pub(crate) fn parse_counting(input: &str) -> (Result<Self, SelectorError>, usize) {
+        let mut parser = Parser {
+            chars: Vec::new(),
+            pos: 0,
+            looks: std::cell::Cell::new(0),
+        };
+        let parsed = parser.selector(input);
+        (parsed, parser.looks.get())
     }
 
     pub fn matches(&self, labels: &Labels) -> bool {
@@ -238,6 +272,8 @@ impl fmt::Display for Selector {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     #[test]
@@ -291,6 +327,87 @@ mod tests {
         let s = Selector::parse("  ").unwrap();
         assert!(s.is_empty());
         assert!(s.matches(&labels(&[])));
+    }
+
+    /// Valid selectors of every form, built from a list of terms.
+    fn valid_selector() -> impl Strategy<Value = String> {
+        let word = "[a-z0-9][a-z0-9._/-]{0,20}";
+        let term = prop_oneof![
+            (word, word).prop_map(|(k, v)| format!("{k}={v}")),
+            (word, word).prop_map(|(k, v)| format!("{k}!={v}")),
+            word.prop_map(|k| k.to_string()),
+            word.prop_map(|k| format!("!{k}")),
+            (word, prop::collection::vec(word, 1..4))
+                .prop_map(|(k, v)| format!("{k} in ({})", v.join(","))),
+            (word, prop::collection::vec(word, 1..4))
+                .prop_map(|(k, v)| format!("{k} notin ({})", v.join(", "))),
+        ];
+        prop::collection::vec(term, 0..40).prop_map(|terms| terms.join(","))
+    }
+
+    /// Characters the grammar gives meaning to, and some it does not.
+    fn selector_noise() -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            prop_oneof![
+                Just("in ".to_string()),
+                Just("notin (".to_string()),
+                Just("in(".to_string()),
+                "[a-z=!,() \u{0}-\u{7f}é]",
+            ],
+            0..400,
+        )
+        .prop_map(|parts| parts.concat())
+    }
+
+    proptest! {
+        /// Whatever the input: no panic, an error that quotes little of
+        /// it, and work linear in its length.
+        #[test]
+        fn any_input_is_parsed_in_linear_time_without_panic(input in selector_noise()) {
+            let (parsed, looks) = Selector::parse_counting(&input);
+            let chars = input.chars().count();
+            prop_assert!(looks <= 8 * chars + 8, "{looks} looks at {chars} characters");
+            if let Err(e) = parsed {
+                prop_assert!(e.to_string().len() < 300, "{e}");
+                prop_assert!(e.position <= chars + 1);
+            }
+        }
+
+        /// Every valid selector parses, in linear work, and reads back as
+        /// the same selector.
+        #[test]
+        fn valid_selectors_parse_and_read_back(input in valid_selector()) {
+            let (parsed, looks) = Selector::parse_counting(&input);
+            let parsed = parsed.map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert!(looks <= 8 * input.chars().count() + 8);
+            prop_assert_eq!(Selector::parse(&parsed.to_string()).unwrap(), parsed);
+        }
+    }
+
+    /// At the cap, the worst inputs found: work stays within eight looks per
+    /// character (the keyword check once re-read the rest of the input at
+    /// every term, which made 80K characters take seconds).
+    #[test]
+    fn the_largest_selectors_cost_linear_work() {
+        for unit in [
+            "a,",
+            "in,",
+            "a in (b),",
+            "a notin (b,c),",
+            "!a,",
+            "a=b,",
+            "a  ,",
+        ] {
+            let input = unit.repeat(MAX_SELECTOR_BYTES / unit.len());
+            let input = input.trim_end_matches(',');
+            let (parsed, looks) = Selector::parse_counting(input);
+            assert!(parsed.is_ok(), "{unit}: {parsed:?}");
+            assert!(
+                looks <= 8 * input.len() + 8,
+                "{unit}: {looks} looks at {}",
+                input.len()
+            );
+        }
     }
 
     #[test]
