@@ -33,6 +33,8 @@ pub struct FileConfig {
     pub lease_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
     pub event_retention: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub audit_retention: Option<Duration>,
     pub smtp: Option<crate::notify::SmtpConfig>,
     #[serde(default, with = "humantime_serde_opt")]
     pub notify_give_up: Option<Duration>,
@@ -122,6 +124,10 @@ impl FileConfig {
 
 /// The longest hold a puppet may ask for by default: puppets start at 50 s
 /// and probe up to 5 minutes where nothing on the path cuts their polls.
+/// How long the audit trail is kept by default: a year, what audits of a
+/// year's changes need, and a bound on its size.
+pub const DEFAULT_AUDIT_RETENTION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 pub const DEFAULT_MAX_POLL_HOLD: Duration = Duration::from_secs(300);
 
 /// The validated configuration the server runs with.
@@ -141,6 +147,8 @@ pub struct Config {
     pub lease_timeout: Option<Duration>,
     /// How long events are kept for resuming watchers.
     pub event_retention: Duration,
+    /// How long audit entries are kept.
+    pub audit_retention: Duration,
     /// Notifications: the SMTP relay, retries, give-up time.
     pub notify: crate::notify::NotifyConfig,
     /// A puppet silent for longer is shown late. `None`: poll timeout + 15s,
@@ -196,6 +204,7 @@ impl Config {
             max_poll_hold: DEFAULT_MAX_POLL_HOLD,
             lease_timeout: None,
             event_retention: Duration::from_secs(7 * 24 * 3600),
+            audit_retention: DEFAULT_AUDIT_RETENTION,
             notify: Default::default(),
             late_after: None,
             offline_after: None,

@@ -159,6 +159,7 @@ pub async fn start(config: Config) -> Result<Running> {
         .map(|l| l.local_addr())
         .transpose()?;
     let shutdown = CancellationToken::new();
+    let metrics = metrics::Metrics::new();
     let state = Arc::new(AppState {
         store,
         hub: Default::default(),
@@ -168,6 +169,7 @@ pub async fn start(config: Config) -> Result<Running> {
             lease_timeout: config.lease(),
             presence: config.presence(),
             event_retention: config.event_retention,
+            audit_retention: config.audit_retention,
             notify: config.notify.clone(),
             log_limit: config.log_limit.map(store::LogLimit::halves),
             retention: config.retention.clone(),
@@ -175,11 +177,11 @@ pub async fn start(config: Config) -> Result<Running> {
             four_eyes: config.approval_four_eyes,
             connection_idle_timeout: config.connection_idle_timeout,
         },
-        auth: Default::default(),
+        auth: api::Auth::new(metrics.unauthenticated_calls()),
         presences: Default::default(),
         shutdown: shutdown.child_token(),
         dispatch: Default::default(),
-        metrics: Default::default(),
+        metrics,
         blobs,
         budgets: Default::default(),
         job_ends: Default::default(),

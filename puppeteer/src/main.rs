@@ -230,6 +230,9 @@ fn config_from(args: ServeArgs) -> Result<Config> {
     if let Some(r) = file.event_retention {
         config.event_retention = r;
     }
+    if let Some(r) = file.audit_retention {
+        config.audit_retention = r;
+    }
     config.notify.smtp = file.smtp;
     if let Some(d) = file.notify_give_up {
         config.notify.give_up = d;

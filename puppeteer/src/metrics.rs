@@ -90,6 +90,7 @@ pub struct Metrics {
     duplicate_reports: Family<ReportLabel, Counter>,
     log_dropped: Counter,
     pruned_runs: Counter,
+    unauthenticated: Counter,
 }
 
 impl Default for Metrics {
@@ -127,6 +128,7 @@ impl Metrics {
             duplicate_reports: Default::default(),
             log_dropped: Default::default(),
             pruned_runs: Default::default(),
+            unauthenticated: Default::default(),
         };
         let mut r = Registry::default();
         r.register(
@@ -212,6 +214,11 @@ impl Metrics {
             m.pruned_runs.clone(),
         );
         r.register(
+            "geppetto_unauthenticated_calls",
+            "Calls refused because they carried no valid credential (counted, never stored)",
+            m.unauthenticated.clone(),
+        );
+        r.register(
             "geppetto_artifact_bytes_sent",
             "Bytes of artifact content streamed to puppets",
             m.artifact_bytes.clone(),
@@ -294,6 +301,11 @@ impl Metrics {
     /// Artifact content bytes sent since the start.
     pub fn artifact_bytes_sent(&self) -> u64 {
         self.artifact_bytes.get()
+    }
+
+    /// The counter of calls refused for their credential (kept by `Auth`).
+    pub fn unauthenticated_calls(&self) -> Counter {
+        self.unauthenticated.clone()
     }
 
     /// The counter of request body bytes (for the byte-counting layer).

@@ -140,3 +140,40 @@ async fn asking_for_pruned_events_is_a_clear_error() {
     assert!(err.message().contains("pruned"), "{}", err.message());
     server.stop().await;
 }
+
+/// The audit trail is pruned by its retention, as events are.
+#[tokio::test]
+async fn audit_entries_older_than_the_retention_are_pruned() {
+    let server = TestServer::start_with(|c| c.audit_retention = Duration::from_secs(2)).await;
+    let mut admin = server.admin();
+    let mut audit = geppetto_proto::v1::audit_client::AuditClient::new(admin.channel.clone());
+    admin.script_task("a", "true", Duration::from_secs(5)).await;
+    let entries = audit
+        .list_audit(pb::ListAuditRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    assert!(
+        entries.iter().any(|e| e.action == "Tasks/CreateTask"),
+        "{entries:?}"
+    );
+    let until = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let entries = audit
+            .list_audit(pb::ListAuditRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .entries;
+        if entries.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "never pruned: {entries:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.stop().await;
+}

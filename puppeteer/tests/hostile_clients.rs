@@ -165,13 +165,19 @@ async fn a_silent_http2_connection_is_closed_but_a_held_poll_is_not() {
     server.stop().await;
 }
 
-/// Refused calls carrying a huge name: the answer does not echo it, and
-/// neither the audit trail nor the event stream stores it (20 such calls
-/// of 4 MB grew the data dir by 1.1 GB, and broke `audit` and `events`).
+/// Refused calls carrying a huge name, from a client without a valid
+/// credential: the answer does not echo the name, and the refusals are
+/// counted (metrics), never stored (20 such calls of 4 MB grew the data dir
+/// by 1.1 GB, and broke `audit` and `events`).
 #[tokio::test]
 async fn a_refused_call_with_a_huge_name_is_neither_echoed_nor_stored() {
     use geppetto_proto::v1 as pb;
-    let server = TestServer::start().await;
+    let server = TestServer::start_with(|c| {
+        c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let metrics = server.running.as_ref().unwrap().metrics_addr.unwrap();
+    let refused_before = unauthenticated_calls(metrics).await;
     let name = "n".repeat(1 << 20);
     // No credential at all.
     let anonymous = server.channel(geppetto_proto::client::Transport::Grpc, None);
@@ -216,7 +222,9 @@ async fn a_refused_call_with_a_huge_name_is_neither_echoed_nor_stored() {
         .await
         .expect("the audit trail still reads")
         .into_inner();
-    assert!(audit.entries.len() >= 10, "{}", audit.entries.len());
+    let anonymous: Vec<_> = audit.entries.iter().filter(|e| e.actor == "-").collect();
+    assert!(anonymous.is_empty(), "stored: {anonymous:?}");
+    assert_eq!(unauthenticated_calls(metrics).await - refused_before, 10);
     for entry in &audit.entries {
         assert!(
             entry.target.len() <= 256 && entry.message.len() <= 1024,
@@ -234,4 +242,24 @@ async fn a_refused_call_with_a_huge_name_is_neither_echoed_nor_stored() {
         assert!(event.summary.len() <= 2048, "{} bytes", event.summary.len());
     }
     server.stop().await;
+}
+
+/// `geppetto_unauthenticated_calls_total`, scraped.
+async fn unauthenticated_calls(metrics: std::net::SocketAddr) -> u64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(metrics).await.unwrap();
+    tcp.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(30), tcp.read_to_string(&mut text))
+        .await
+        .expect("metrics answer in time")
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("geppetto_unauthenticated_calls_total "))
+        .expect("the counter is exported")
+        .trim()
+        .parse()
+        .unwrap()
 }

@@ -2,6 +2,11 @@
 //! is recorded with who, what, when, from where and the outcome, then flushed
 //! with the change itself before the caller gets an answer. Secrets never go
 //! into it: targets are names and ids.
+//!
+//! Except the refusals of callers with no valid credential (no identity to
+//! hold to account, and each one would cost the puppeteer disk): they are
+//! counted and logged sparingly (see [`super::auth::Refusals`]), never
+//! stored. Entries older than `audit_retention` are pruned by the sweeper.
 
 use tonic::{Request, Status};
 
@@ -17,6 +22,8 @@ pub struct Audited {
     target: String,
     remote_addr: String,
     actor: String,
+    /// Whether authentication refused the call, and counted it.
+    counted: bool,
 }
 
 /// The longest target recorded: targets are names and ids, but a refused
@@ -62,6 +69,7 @@ impl AppState {
             target: super::error::bounded(target.into(), MAX_TARGET),
             remote_addr: remote_addr(request),
             actor,
+            counted: matches!(caller, Err(ApiError::Unauthenticated(_))),
         };
         (audited, caller)
     }
@@ -78,6 +86,7 @@ impl AppState {
             target: super::error::bounded(target.into(), MAX_TARGET),
             remote_addr: remote_addr(request),
             actor: "-".into(),
+            counted: false,
         }
     }
 
@@ -111,6 +120,16 @@ impl AppState {
         outcome: String,
         message: String,
     ) -> Result<(), Status> {
+        if audited.actor == "-" && outcome != "ok" {
+            // Refused before anyone was identified: counted, not stored.
+            if !audited.counted {
+                let why = format!("{outcome}: {message}");
+                self.auth
+                    .refusals()
+                    .refused(audited.action, &audited.remote_addr, &why);
+            }
+            return Ok(());
+        }
         let entry = AuditEntry {
             seq: 0,
             at: Millis::now(),

@@ -59,6 +59,8 @@ pub struct ApiConfig {
     pub presence: crate::presence::Thresholds,
     /// How long events are kept.
     pub event_retention: Duration,
+    /// How long audit entries are kept.
+    pub audit_retention: Duration,
     /// Notifications: the SMTP relay, retries, give-up time.
     pub notify: crate::notify::NotifyConfig,
     /// How much of each run's output is kept; `None`: everything.
@@ -81,6 +83,7 @@ impl Default for ApiConfig {
             lease_timeout: Duration::from_secs(110),
             presence: crate::presence::Thresholds::for_hold(Duration::from_secs(50)),
             event_retention: Duration::from_secs(7 * 24 * 3600),
+            audit_retention: crate::config::DEFAULT_AUDIT_RETENTION,
             notify: Default::default(),
             log_limit: Some(crate::store::LogLimit::halves(
                 crate::config::DEFAULT_LOG_LIMIT,

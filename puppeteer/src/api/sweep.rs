@@ -31,6 +31,9 @@ impl AppState {
         self.store.prune_events(Millis(
             now.0 - self.config.event_retention.as_millis() as i64,
         ))?;
+        self.store.prune_audit(Millis(
+            now.0 - self.config.audit_retention.as_millis() as i64,
+        ))?;
         Ok(())
     }
 

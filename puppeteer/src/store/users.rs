@@ -172,6 +172,22 @@ impl Store {
         Ok(entry)
     }
 
+    /// Removes the audit entries older than `before`; returns how many.
+    /// Entries are kept in time order: this reads only what it removes.
+    pub fn prune_audit(&self, before: Millis) -> Result<usize> {
+        let mut removed = 0;
+        for kv in self.audit.iter() {
+            let (k, v) = kv?;
+            let entry: AuditEntry = decode(&k, &v)?;
+            if entry.at >= before {
+                break;
+            }
+            self.audit.remove(k)?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
     /// Audit entries at or after `since`, oldest first, at most the newest `limit`.
     pub fn list_audit(
         &self,
