@@ -92,9 +92,10 @@ G="$BIN/geppetto"
 echo "==> Starting a puppet named $PUPPET_NAME (state in $QS/puppet)"
 enroll=()
 if [ ! -f "$QS/puppet/credential" ]; then
-    secret=$("$G" enroll-tokens create --uses 1 --expires 10m --labels env=demo \
-        --auto-approve --description "quickstart puppet")
-    enroll=(--enroll-token "$secret")
+    # The token goes through a file, never on the puppet's command line.
+    (umask 077 && "$G" enroll-tokens create --uses 1 --expires 10m --labels env=demo \
+        --auto-approve --description "quickstart puppet" >"$QS/enroll-token")
+    enroll=(--enroll-token-file "$QS/enroll-token")
 fi
 os_id=$(. /etc/os-release 2>/dev/null && echo "${ID:-linux}" || echo linux)
 "$BIN/puppet" run --server "$GEPPETTO_SERVER" --ca "$GEPPETTO_CA" "${enroll[@]}" \

@@ -150,7 +150,7 @@ impl fmt::Debug for SimArgs {
 #[derive(Default, clap::Args)]
 pub struct RunArgs {
     /// TOML file with the same keys as the flags (server, ca, enroll_token,
-    /// state_dir, name, labels, transport, slots, poll_hold, poll_hold_floor,
+    /// enroll_token_file, state_dir, name, labels, transport, slots, poll_hold, poll_hold_floor,
     /// poll_hold_ceiling, proxy, compression, artifact_cache_max); flags win.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -161,13 +161,19 @@ pub struct RunArgs {
     #[arg(long, env = "PUPPET_CA", value_name = "FILE")]
     pub ca: Option<PathBuf>,
     /// Enrollment token from `geppetto enroll-tokens create`; needed only until enrolled.
+    /// On the command line any user of the machine can read it (ps): prefer
+    /// --enroll-token-file or the environment.
     #[arg(
         long,
         env = "PUPPET_ENROLL_TOKEN",
         value_name = "TOKEN",
-        hide_env_values = true
+        hide_env_values = true,
+        conflicts_with = "enroll_token_file"
     )]
     pub enroll_token: Option<String>,
+    /// File holding the enrollment token (its first line); needed only until enrolled.
+    #[arg(long, env = "PUPPET_ENROLL_TOKEN_FILE", value_name = "FILE")]
+    pub enroll_token_file: Option<PathBuf>,
     /// Directory for the credential, run records and output spools (created 0700).
     #[arg(long, env = "PUPPET_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
@@ -282,6 +288,7 @@ pub struct FileConfig {
     pub server: Option<String>,
     pub ca: Option<PathBuf>,
     pub enroll_token: Option<String>,
+    pub enroll_token_file: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
     pub name: Option<String>,
     pub labels: Option<FileLabels>,
@@ -413,10 +420,31 @@ impl RunArgs {
             self.poll_hold_ceiling,
             file.poll_hold_ceiling,
         )?;
+        if self.enroll_token.is_some() && std::env::var_os("PUPPET_ENROLL_TOKEN").is_none() {
+            tracing::warn!(
+                "the enrollment token was given on the command line, where any user of this \
+                 machine can read it (ps, /proc): prefer --enroll-token-file FILE or \
+                 PUPPET_ENROLL_TOKEN"
+            );
+        }
+        let enroll_token = match (self.enroll_token, self.enroll_token_file) {
+            (Some(token), _) => Some(token),
+            (None, Some(path)) => Some(read_token_file(&path)?),
+            (None, None) => match (file.enroll_token, file.enroll_token_file) {
+                (Some(_), Some(_)) => {
+                    return Err(ConfigError(
+                        "enroll_token and enroll_token_file: give one, not both".into(),
+                    ));
+                }
+                (Some(token), None) => Some(token),
+                (None, Some(path)) => Some(read_token_file(&path)?),
+                (None, None) => None,
+            },
+        };
         let config = AgentConfig {
             server,
             ca_file: self.ca.or(file.ca),
-            enroll_token: self.enroll_token.or(file.enroll_token),
+            enroll_token,
             state_dir,
             name: self.name.or(file.name).unwrap_or_else(default_name),
             labels,
@@ -433,6 +461,24 @@ impl RunArgs {
         config.validate()?;
         Ok(config)
     }
+}
+
+/// The enrollment token kept in `path`: its first line, trimmed.
+fn read_token_file(path: &std::path::Path) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError(format!(
+            "cannot read the enrollment token file {}: {e}",
+            path.display()
+        ))
+    })?;
+    let token = text.lines().next().unwrap_or("").trim();
+    if token.is_empty() {
+        return Err(ConfigError(format!(
+            "the enrollment token file {} is empty",
+            path.display()
+        )));
+    }
+    Ok(token.to_string())
 }
 
 /// A duration from a flag, else from the file (as text such as `50s`).
@@ -501,6 +547,77 @@ mod tests {
                 "x",
                 "--script-mode",
                 "boom"
+            ])
+            .is_err()
+        );
+    }
+
+    /// The token can come from a file (first line, trimmed), so that it is
+    /// on no command line; a missing or empty file is a clear error, and
+    /// both forms at once are refused.
+    #[test]
+    fn the_enrollment_token_is_read_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, "gpe_secret \nsecond line\n").unwrap();
+        let token = token_file.to_str().unwrap();
+        let config = parse(&[
+            "--server",
+            "http://127.0.0.1:7",
+            "--state-dir",
+            "/tmp/p",
+            "--enroll-token-file",
+            token,
+        ])
+        .into_config()
+        .unwrap();
+        assert_eq!(config.enroll_token.as_deref(), Some("gpe_secret"));
+
+        let toml = dir.path().join("puppet.toml");
+        std::fs::write(
+            &toml,
+            format!(
+                "server = \"http://127.0.0.1:7\"\nstate_dir = \"/tmp/p\"\nenroll_token_file = {token:?}\n"
+            ),
+        )
+        .unwrap();
+        let config = parse(&["--config", toml.to_str().unwrap()])
+            .into_config()
+            .unwrap();
+        assert_eq!(config.enroll_token.as_deref(), Some("gpe_secret"));
+
+        std::fs::write(&token_file, "\n").unwrap();
+        let e = parse(&[
+            "--server",
+            "http://127.0.0.1:7",
+            "--state-dir",
+            "/tmp/p",
+            "--enroll-token-file",
+            token,
+        ])
+        .into_config()
+        .unwrap_err();
+        assert!(e.0.contains("is empty"), "{e}");
+        let missing = dir.path().join("nope");
+        let e = parse(&[
+            "--server",
+            "http://127.0.0.1:7",
+            "--state-dir",
+            "/tmp/p",
+            "--enroll-token-file",
+            missing.to_str().unwrap(),
+        ])
+        .into_config()
+        .unwrap_err();
+        assert!(e.0.contains("cannot read the enrollment token file"), "{e}");
+        assert!(
+            Cli::try_parse_from([
+                "puppet",
+                "run",
+                "--enroll-token",
+                "a",
+                "--enroll-token-file",
+                "b"
             ])
             .is_err()
         );
