@@ -435,6 +435,25 @@ async fn send_mail(state: &Shared, to: &str, delivery: &Delivery) -> Result<(), 
         .map_err(|e| format!("SMTP relay {}: {e}", smtp.host))
 }
 
+/// A webhook URL as logs and roles below admin see it: scheme, host and
+/// port only. Its credentials (user and password, a token in the path as
+/// chat services put them, or in the query) stay with admins.
+pub fn redacted_url(url: &str) -> String {
+    match url.parse::<http::Uri>() {
+        Ok(uri) => {
+            let scheme = uri.scheme_str().unwrap_or("?");
+            let host = uri.host().unwrap_or("?");
+            let port = uri.port_u16().map(|p| format!(":{p}")).unwrap_or_default();
+            let rest = match uri.path_and_query().map(|p| p.as_str()) {
+                None | Some("") | Some("/") => "",
+                Some(_) => "/…",
+            };
+            format!("{scheme}://{host}{port}{rest}")
+        }
+        Err(_) => "(an invalid URL)".into(),
+    }
+}
+
 async fn post_webhook(
     state: &Shared,
     url: &str,
@@ -491,6 +510,7 @@ async fn post_webhook(
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build(connector);
     let timeout = state.config.notify.webhook_timeout;
+    let url = redacted_url(url);
     let response = tokio::time::timeout(timeout, client.request(request))
         .await
         .map_err(|_| {
@@ -515,6 +535,18 @@ fn webpki_roots_list() -> Vec<rustls_pki_types::TrustAnchor<'static>> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_webhook_url_is_shown_without_its_credentials() {
+        use super::redacted_url;
+        assert_eq!(
+            redacted_url("https://user:PASS@hooks.example.org:8443/services/T0/B0/XyZ?token=t"),
+            "https://hooks.example.org:8443/…"
+        );
+        assert_eq!(redacted_url("http://h.example/"), "http://h.example");
+        assert_eq!(redacted_url("http://h.example"), "http://h.example");
+        assert_eq!(redacted_url("not a url"), "(an invalid URL)");
+    }
+
     use super::*;
     use crate::domain::{Job, Millis, Outcome, Run};
 

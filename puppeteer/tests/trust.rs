@@ -562,3 +562,59 @@ async fn a_renewed_server_certificate_needs_nothing_from_puppets() {
     puppet.stop().await;
     server.stop().await;
 }
+
+/// A webhook URL may hold credentials: only admins read it whole; other
+/// roles, the logs and the errors see its scheme and host. An invalid one
+/// is refused without repeating it (the refusal goes to the audit trail).
+#[tokio::test]
+async fn a_webhook_url_is_shown_whole_to_admins_only() {
+    use geppetto_proto::v1::notifications_client::NotificationsClient;
+    let server = TestServer::start().await;
+    let secret_url = "https://bot:S3CRET-PASS@hooks.example.org/services/T0/XYZ-TOKEN";
+    let admin_channel = server.channel(Transport::Grpc, Some(&server.admin_token));
+    let mut as_admin = NotificationsClient::new(admin_channel);
+    as_admin
+        .add_rule(pb::AddRuleRequest {
+            on: vec!["job.failed".into()],
+            channel: Some(pb::add_rule_request::Channel::Webhook(secret_url.into())),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let refused = as_admin
+        .add_rule(pb::AddRuleRequest {
+            on: vec!["job.failed".into()],
+            channel: Some(pb::add_rule_request::Channel::Webhook(
+                "ftp://bot:S3CRET-PASS@hooks.example.org/".into(),
+            )),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(
+        !refused.message().contains("S3CRET"),
+        "{}",
+        refused.message()
+    );
+
+    let url_seen = |rules: pb::ListRulesResponse| match &rules.rules[0].channel {
+        Some(pb::notification_rule::Channel::Webhook(url)) => url.clone(),
+        other => panic!("{other:?}"),
+    };
+    let full = as_admin.list_rules(pb::ListRulesRequest {}).await.unwrap();
+    assert_eq!(url_seen(full.into_inner()), secret_url);
+    for (name, role) in [("vic", pb::Role::Viewer), ("otto", pb::Role::Operator)] {
+        let token = user_with_role(&server, name, role).await;
+        let mut client = NotificationsClient::new(server.channel(Transport::Grpc, Some(&token)));
+        let seen = url_seen(
+            client
+                .list_rules(pb::ListRulesRequest {})
+                .await
+                .unwrap()
+                .into_inner(),
+        );
+        assert_eq!(seen, "https://hooks.example.org/…", "{name}");
+    }
+    server.stop().await;
+}

@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 use super::Shared;
 use super::convert::{opt_ts, ts};
 use super::error::{ApiError, ApiResult, invalid};
-use crate::domain::{Channel, Delivery, Millis, NotificationRule};
+use crate::domain::{Channel, Delivery, Millis, NotificationRule, Role};
 use crate::ids::new_id;
 use crate::selector::Selector;
 
@@ -16,12 +16,21 @@ pub struct NotificationsApi {
     state: Shared,
 }
 
+/// The longest webhook URL, mail address (RFC 5321's path limit), webhook
+/// secret and list of event kinds a rule may have.
+const MAX_URL: usize = 2048;
+const MAX_ADDRESS: usize = 254;
+const MAX_SECRET: usize = 256;
+const MAX_KINDS: usize = 64;
+
 impl NotificationsApi {
     pub fn new(state: Shared) -> Self {
         NotificationsApi { state }
     }
 
-    fn view(&self, rule: &NotificationRule) -> ApiResult<pb::NotificationRule> {
+    /// The rule as `role` may see it: a webhook's full URL (which may hold
+    /// credentials) for admins only.
+    fn view(&self, rule: &NotificationRule, role: Role) -> ApiResult<pb::NotificationRule> {
         let pending = self
             .state
             .store
@@ -32,7 +41,11 @@ impl NotificationsApi {
         let (channel, has_secret) = match &rule.channel {
             Channel::Email { to } => (pb::notification_rule::Channel::Email(to.clone()), false),
             Channel::Webhook { url, secret } => (
-                pb::notification_rule::Channel::Webhook(url.clone()),
+                pb::notification_rule::Channel::Webhook(if role >= Role::Admin {
+                    url.clone()
+                } else {
+                    crate::notify::redacted_url(url)
+                }),
                 secret.is_some(),
             ),
         };
@@ -55,11 +68,17 @@ impl NotificationsApi {
         })
     }
 
-    fn add(&self, req: pb::AddRuleRequest) -> ApiResult<pb::NotificationRule> {
+    fn add(&self, req: pb::AddRuleRequest, role: Role) -> ApiResult<pb::NotificationRule> {
         if req.on.is_empty() {
             return Err(invalid(
                 "say which events trigger the rule (e.g. job.failed)",
             ));
+        }
+        if req.on.len() > MAX_KINDS {
+            return Err(invalid(format!(
+                "a rule names at most {MAX_KINDS} event kinds, this one {}",
+                req.on.len()
+            )));
         }
         for kind in &req.on {
             let ok = !kind.is_empty()
@@ -69,7 +88,8 @@ impl NotificationsApi {
                     .all(|c| c.is_ascii_alphanumeric() || "._/".contains(c));
             if !ok {
                 return Err(invalid(format!(
-                    "{kind:?} is not an event kind (e.g. job.failed, run.)"
+                    "{:?} is not an event kind (at most 100 of [A-Za-z0-9._/], e.g. job.failed, run.)",
+                    super::error::bounded(kind.clone(), 100)
                 )));
             }
         }
@@ -78,6 +98,11 @@ impl NotificationsApi {
         }
         let channel = match req.channel {
             Some(pb::add_rule_request::Channel::Email(to)) => {
+                if to.len() > MAX_ADDRESS {
+                    return Err(invalid(format!(
+                        "a mail address is at most {MAX_ADDRESS} bytes"
+                    )));
+                }
                 to.parse::<lettre::Address>()
                     .map_err(|e| invalid(format!("invalid mail address {to:?}: {e}")))?;
                 if !req.secret.is_empty() {
@@ -86,12 +111,23 @@ impl NotificationsApi {
                 Channel::Email { to }
             }
             Some(pb::add_rule_request::Channel::Webhook(url)) => {
+                // Never repeated in the answer: it may hold credentials, and
+                // the answer goes to the audit trail.
+                if url.len() > MAX_URL {
+                    return Err(invalid(format!(
+                        "a webhook URL is at most {MAX_URL} bytes, this one has {}",
+                        url.len()
+                    )));
+                }
                 let uri: http::Uri = url
                     .parse()
-                    .map_err(|e| invalid(format!("invalid webhook URL {url:?}: {e}")))?;
+                    .map_err(|e| invalid(format!("invalid webhook URL: {e}")))?;
                 if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+                    return Err(invalid("invalid webhook URL: use http(s)://host/path"));
+                }
+                if req.secret.len() > MAX_SECRET {
                     return Err(invalid(format!(
-                        "invalid webhook URL {url:?}: use http(s)://host/path"
+                        "a webhook secret is at most {MAX_SECRET} bytes"
                     )));
                 }
                 Channel::Webhook {
@@ -112,7 +148,7 @@ impl NotificationsApi {
             last_error: None,
         };
         self.state.store.add_rule(&rule)?;
-        self.view(&rule)
+        self.view(&rule, role)
     }
 }
 
@@ -126,7 +162,7 @@ impl Notifications for NotificationsApi {
         let (mut audit, caller) =
             self.state
                 .begin(&request, "Notifications/AddRule", req.on.join(","));
-        let result = caller.and_then(|_| self.add(req));
+        let result = caller.and_then(|caller| self.add(req, caller.role));
         if let Ok(rule) = &result {
             audit.target(rule.id.clone());
         }
@@ -137,14 +173,14 @@ impl Notifications for NotificationsApi {
         &self,
         request: Request<pb::ListRulesRequest>,
     ) -> Result<Response<pb::ListRulesResponse>, Status> {
-        self.state.authorize(&request, "Notifications/ListRules")?;
+        let caller = self.state.authorize(&request, "Notifications/ListRules")?;
         let rules = self
             .state
             .store
             .list_rules()
             .map_err(ApiError::from)?
             .iter()
-            .map(|r| self.view(r))
+            .map(|r| self.view(r, caller.role))
             .collect::<ApiResult<_>>()?;
         Ok(Response::new(pb::ListRulesResponse { rules }))
     }
@@ -190,7 +226,7 @@ impl Notifications for NotificationsApi {
             let cursor = self.state.store.notify_cursor()?.unwrap_or(0);
             self.state.store.queue_deliveries(cursor, &[delivery])?;
             self.state.hub.wake(super::events::EVENTS_KEY);
-            self.view(&rule)
+            self.view(&rule, caller.role)
         });
         self.state.conclude(audit, result).await.map(Response::new)
     }
