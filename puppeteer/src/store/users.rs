@@ -4,6 +4,12 @@
 //! and on the token record (for revocation). Revoking a token or removing its
 //! user removes the `credentials` entry in the same transaction, so a revoked
 //! token is refused from the next call on.
+//!
+//! The last-admin rule is checked inside the transaction that demotes or
+//! removes a user: sled runs one transaction at a time, so two admins
+//! demoting each other at once cannot both pass the check and leave none.
+//! (A user added meanwhile is missed by the count, which only makes it
+//! stricter.)
 
 use crate::store::GatedTransaction;
 
@@ -45,36 +51,42 @@ impl Store {
             .collect()
     }
 
-    fn admins_besides(&self, name: &str) -> Result<usize> {
-        Ok(self
-            .list_users()?
+    /// The names of all users, read outside a transaction for one to
+    /// re-read their records inside it (sled's transactions cannot iterate).
+    fn user_names(&self) -> Result<Vec<String>> {
+        self.users
             .iter()
-            .filter(|u| u.role == Role::Admin && u.name != name)
-            .count())
+            .keys()
+            .map(|k| Ok(String::from_utf8_lossy(&k?).into_owned()))
+            .collect()
     }
 
     /// Changes a user's role; the last admin cannot be demoted.
     pub fn set_user_role(&self, name: &str, role: Role) -> Result<User> {
-        let mut user = self.get_user(name)?;
-        if user.role == Role::Admin && role != Role::Admin && self.admins_besides(name)? == 0 {
-            return Err(StoreError::Conflict(format!(
-                "{name} is the last admin: make another user admin first"
-            )));
-        }
-        user.role = role;
-        self.users.insert(name.as_bytes(), encode(&user))?;
+        let names = self.user_names()?;
+        let user = self.users.gated_transaction(|users| {
+            let Some(v) = users.get(name.as_bytes())? else {
+                return abort(StoreError::NotFound {
+                    kind: "user",
+                    id: name.to_string(),
+                });
+            };
+            let mut user: User = decode(name.as_bytes(), &v).or_else(abort)?;
+            if user.role == Role::Admin && role != Role::Admin {
+                last_admin_check(users, &names, name)?;
+            }
+            user.role = role;
+            users.insert(name.as_bytes(), encode(&user))?;
+            Ok(user)
+        })?;
         Ok(user)
     }
 
     /// Removes a user and revokes all their tokens; the last admin cannot
     /// be removed. Returns how many tokens were revoked.
     pub fn remove_user(&self, name: &str) -> Result<u32> {
-        let user = self.get_user(name)?;
-        if user.role == Role::Admin && self.admins_besides(name)? == 0 {
-            return Err(StoreError::Conflict(format!(
-                "{name} is the last admin: make another user admin first"
-            )));
-        }
+        self.get_user(name)?;
+        let names = self.user_names()?;
         let tokens: Vec<ApiToken> = self
             .list_api_tokens()?
             .into_iter()
@@ -82,7 +94,16 @@ impl Store {
             .collect();
         (&self.users, &self.api_tokens, &self.credentials).gated_transaction(
             |(users, api_tokens, credentials)| {
-                users.remove(name.as_bytes())?;
+                let Some(v) = users.remove(name.as_bytes())? else {
+                    return abort(StoreError::NotFound {
+                        kind: "user",
+                        id: name.to_string(),
+                    });
+                };
+                let user: User = decode(name.as_bytes(), &v).or_else(abort)?;
+                if user.role == Role::Admin {
+                    last_admin_check(users, &names, name)?;
+                }
                 for token in &tokens {
                     let mut token = token.clone();
                     token.revoked = true;
@@ -212,5 +233,84 @@ impl Store {
         }
         entries.reverse();
         Ok(entries)
+    }
+}
+
+/// Inside a transaction: refuses to leave no admin once `name` is no longer
+/// one, counting among `names`.
+fn last_admin_check(
+    users: &sled::transaction::TransactionalTree,
+    names: &[String],
+    name: &str,
+) -> sled::transaction::ConflictableTransactionResult<(), StoreError> {
+    for other in names.iter().filter(|n| n.as_str() != name) {
+        if let Some(v) = users.get(other.as_bytes())? {
+            let user: User = decode(other.as_bytes(), &v).or_else(abort)?;
+            if user.role == Role::Admin {
+                return Ok(());
+            }
+        }
+    }
+    abort(StoreError::Conflict(format!(
+        "{name} is the last admin: make another user admin first"
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Barrier};
+
+    use super::*;
+    use crate::store::testing::temp_store;
+
+    fn admin(name: &str) -> User {
+        User {
+            name: name.into(),
+            role: Role::Admin,
+            created_at: Millis(0),
+        }
+    }
+
+    /// Two admins demoting (or removing) each other at the same instant:
+    /// one wins, the other is refused, and an admin always remains.
+    #[test]
+    fn two_admins_demoting_each_other_at_once_leave_one() {
+        let (_dir, store) = temp_store();
+        let store = Arc::new(store);
+        for round in 0..200 {
+            let (a, b) = (format!("a{round}"), format!("b{round}"));
+            store.add_user(&admin(&a)).unwrap();
+            store.add_user(&admin(&b)).unwrap();
+            // Only these two are admins this round.
+            for user in store.list_users().unwrap() {
+                if user.name != a && user.name != b && user.role == Role::Admin {
+                    store.set_user_role(&user.name, Role::Viewer).unwrap();
+                }
+            }
+            let barrier = Arc::new(Barrier::new(2));
+            let demote = |me: String, other: String| {
+                let (store, barrier) = (store.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    if round % 2 == 0 {
+                        store.set_user_role(&other, Role::Operator).is_ok()
+                    } else {
+                        store.remove_user(&other).is_ok()
+                    }
+                    .then_some(me)
+                })
+            };
+            let one = demote(a.clone(), b.clone());
+            let two = demote(b.clone(), a.clone());
+            let won = [one.join().unwrap(), two.join().unwrap()];
+            assert_eq!(won.iter().flatten().count(), 1, "round {round}: {won:?}");
+            let admins = store
+                .list_users()
+                .unwrap()
+                .into_iter()
+                .filter(|u| u.role == Role::Admin)
+                .count();
+            assert_eq!(admins, 1, "round {round}");
+        }
     }
 }
