@@ -1020,3 +1020,85 @@ async fn a_run_fetching_its_artifacts_says_so_with_bytes_rate_and_estimate() {
     puppet.stop().await;
     server.stop().await;
 }
+
+/// An upload is its beginner's: another operator can neither add to it nor
+/// commit it, and beginning the same content gets them an upload of their
+/// own; a user's unfinished uploads are bounded.
+#[tokio::test]
+async fn an_upload_belongs_to_the_user_who_began_it() {
+    use geppetto_proto::v1::tokens_client::TokensClient;
+    use geppetto_proto::v1::users_client::UsersClient;
+    let server = TestServer::start().await;
+    let admin = server.admin();
+    UsersClient::new(admin.channel.clone())
+        .add_user(pb::AddUserRequest {
+            name: "otto".into(),
+            role: pb::Role::Operator as i32,
+        })
+        .await
+        .unwrap();
+    let otto_token = TokensClient::new(admin.channel.clone())
+        .create_token(pb::CreateTokenRequest {
+            user: "otto".into(),
+            name: "t".into(),
+            ttl: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .secret;
+    let mut otto = ArtifactsClient::new(
+        server.channel(geppetto_proto::client::Transport::Grpc, Some(&otto_token)),
+    );
+    let mut client = artifacts(&admin);
+    let data = content(7, 1000);
+    let begin = pb::BeginUploadRequest {
+        name: "mine.bin".into(),
+        sha256: sha(&data),
+        size: data.len() as u64,
+    };
+    let upload = client
+        .begin_upload(begin.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let chunk = pb::UploadChunkRequest {
+        upload_id: upload.upload_id.clone(),
+        offset: 0,
+        data: data.clone(),
+    };
+    let refused = otto.upload_chunk(chunk.clone()).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    let theirs = otto.begin_upload(begin.clone()).await.unwrap().into_inner();
+    assert_ne!(theirs.upload_id, upload.upload_id);
+    client.upload_chunk(chunk).await.unwrap();
+    let commit = pb::CommitUploadRequest {
+        upload_id: upload.upload_id.clone(),
+    };
+    let refused = otto.commit_upload(commit.clone()).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    client.commit_upload(commit).await.unwrap();
+
+    // Otto has one unfinished upload; fifteen more are allowed, not sixteen.
+    for i in 1..puppeteer::api::MAX_OPEN_UPLOADS {
+        otto.begin_upload(pb::BeginUploadRequest {
+            name: format!("many-{i}.bin"),
+            ..begin.clone()
+        })
+        .await
+        .unwrap();
+    }
+    let refused = otto
+        .begin_upload(pb::BeginUploadRequest {
+            name: "one-too-many.bin".into(),
+            ..begin.clone()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(
+        refused.message().contains("unfinished uploads"),
+        "{refused:?}"
+    );
+    server.stop().await;
+}

@@ -7,6 +7,11 @@
 //! content under its name. The bytes go to a partial file synced before the
 //! committed offset moves (see [`crate::blobs`]); nothing is published unless
 //! the whole content hashes to what was announced.
+//!
+//! An upload is its beginner's: another user can neither add to it nor
+//! commit it (`PermissionDenied`), and a user has at most
+//! [`MAX_OPEN_UPLOADS`] unfinished uploads (abandoned ones are discarded
+//! after the retention's `upload_max_age`).
 
 use geppetto_proto::v1 as pb;
 use geppetto_proto::v1::artifacts_server::Artifacts;
@@ -18,6 +23,20 @@ use super::error::{ApiError, ApiResult, invalid};
 use crate::artifact::{self, Artifact, Upload};
 use crate::domain::Millis;
 use crate::ids::new_id;
+
+/// Unfinished uploads one user may have at once.
+pub const MAX_OPEN_UPLOADS: usize = 16;
+
+/// Refuses a call on `upload` by anyone but the user who began it.
+fn owned_by(upload: &Upload, user: &str) -> ApiResult<()> {
+    if upload.started_by != user {
+        return Err(ApiError::PermissionDenied(format!(
+            "upload {} was begun by another user: only they can add to it or commit it",
+            upload.id
+        )));
+    }
+    Ok(())
+}
 
 #[derive(Debug, Clone)]
 pub struct ArtifactsApi {
@@ -100,12 +119,18 @@ impl ArtifactsApi {
         artifact::check_name(&req.name)?;
         artifact::check_sha256(&req.sha256)?;
         artifact::check_size(req.size)?;
-        if let Some(upload) = self
+        let (found, open) = self
             .state
             .store
-            .find_upload(&req.name, &req.sha256, req.size)?
-        {
+            .find_upload(&req.name, &req.sha256, req.size, user)?;
+        if let Some(upload) = found {
             return Ok(status(&upload));
+        }
+        if open >= MAX_OPEN_UPLOADS {
+            return Err(ApiError::FailedPrecondition(format!(
+                "{user} has {open} unfinished uploads, the most allowed: finish them, or \
+                 wait until the abandoned ones are discarded"
+            )));
         }
         // Content already held (under another name, or a previous upload
         // of this one) need not travel again.
@@ -124,7 +149,7 @@ impl ArtifactsApi {
         Ok(status(&upload))
     }
 
-    async fn append(&self, req: pb::UploadChunkRequest) -> ApiResult<pb::UploadStatus> {
+    async fn append(&self, req: pb::UploadChunkRequest, user: &str) -> ApiResult<pb::UploadStatus> {
         id_of_kind("upl", &req.upload_id)?;
         if req.data.len() > artifact::MAX_CHUNK {
             return Err(invalid(format!(
@@ -135,6 +160,7 @@ impl ArtifactsApi {
         }
         let _writing = self.writing.lock().await;
         let upload = self.state.store.get_upload(&req.upload_id)?;
+        owned_by(&upload, user)?;
         let end = req.offset.saturating_add(req.data.len() as u64);
         if end > upload.size {
             return Err(invalid(format!(
@@ -175,6 +201,7 @@ impl ArtifactsApi {
         id_of_kind("upl", &req.upload_id)?;
         let _writing = self.writing.lock().await;
         let upload = self.state.store.get_upload(&req.upload_id)?;
+        owned_by(&upload, user)?;
         if upload.committed != upload.size {
             return Err(ApiError::FailedPrecondition(format!(
                 "upload {} holds {} of {} bytes: send the rest before committing",
@@ -268,8 +295,10 @@ impl Artifacts for ArtifactsApi {
         request: Request<pb::UploadChunkRequest>,
     ) -> Result<Response<pb::UploadStatus>, Status> {
         // Chunks are not audited one by one: the upload's begin and commit are.
-        self.state.authorize(&request, "Artifacts/UploadChunk")?;
-        Ok(Response::new(self.append(request.into_inner()).await?))
+        let caller = self.state.authorize(&request, "Artifacts/UploadChunk")?;
+        Ok(Response::new(
+            self.append(request.into_inner(), &caller.user).await?,
+        ))
     }
 
     async fn commit_upload(

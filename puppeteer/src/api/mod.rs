@@ -126,7 +126,7 @@ pub struct AppState {
 
 pub type Shared = Arc<AppState>;
 
-pub use artifacts::ArtifactsApi;
+pub use artifacts::{ArtifactsApi, MAX_OPEN_UPLOADS};
 pub use enroll::EnrollTokensApi;
 pub use events::EventsApi;
 pub use groups::GroupsApi;

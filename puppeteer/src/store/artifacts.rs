@@ -22,15 +22,28 @@ fn no_upload(id: &str) -> StoreError {
 
 impl Store {
     /// The upload a `BeginUpload` of these values resumes, if any.
-    pub fn find_upload(&self, name: &str, sha256: &str, size: u64) -> Result<Option<Upload>> {
+    /// `user`'s unfinished upload of this content under this name, and how
+    /// many unfinished uploads `user` has.
+    pub fn find_upload(
+        &self,
+        name: &str,
+        sha256: &str,
+        size: u64,
+        user: &str,
+    ) -> Result<(Option<Upload>, usize)> {
+        let (mut found, mut open) = (None, 0);
         for kv in self.uploads.iter() {
             let (k, v) = kv?;
             let upload: Upload = decode(&k, &v)?;
-            if upload.resumes(name, sha256, size) {
-                return Ok(Some(upload));
+            if upload.started_by != user {
+                continue;
+            }
+            open += 1;
+            if found.is_none() && upload.resumes(name, sha256, size) {
+                found = Some(upload);
             }
         }
-        Ok(None)
+        Ok((found, open))
     }
 
     pub fn put_upload(&self, upload: &Upload) -> Result<()> {
@@ -191,14 +204,19 @@ mod tests {
     fn uploads_advance_once_and_publish_in_one_step() {
         let (_dir, store) = temp_store();
         store.put_upload(&upload("upl-1")).unwrap();
-        let found = store.find_upload("patch", &"ab".repeat(32), 10).unwrap();
-        assert_eq!(found.unwrap().id, "upl-1");
-        assert!(
-            store
-                .find_upload("patch", &"ab".repeat(32), 11)
-                .unwrap()
-                .is_none()
-        );
+        let (found, open) = store
+            .find_upload("patch", &"ab".repeat(32), 10, "admin")
+            .unwrap();
+        assert_eq!((found.unwrap().id.as_str(), open), ("upl-1", 1));
+        let (found, open) = store
+            .find_upload("patch", &"ab".repeat(32), 11, "admin")
+            .unwrap();
+        assert_eq!((found, open), (None, 1));
+        // Another user's upload is theirs alone.
+        let (found, open) = store
+            .find_upload("patch", &"ab".repeat(32), 10, "bob")
+            .unwrap();
+        assert_eq!((found, open), (None, 0));
         store.advance_upload("upl-1", 0, 4).unwrap();
         assert!(matches!(
             store.advance_upload("upl-1", 0, 4),
