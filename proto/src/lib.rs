@@ -7,6 +7,7 @@
 //! the CLI.
 
 pub mod client;
+pub mod codec;
 pub mod http1;
 pub mod proxy;
 
@@ -14,6 +15,7 @@ pub mod proxy;
 #[allow(clippy::all, missing_docs)]
 pub mod v1 {
     tonic::include_proto!("geppetto.v1");
+    include!(concat!(env!("OUT_DIR"), "/geppetto_directions.rs"));
 }
 
 /// The encoded `FileDescriptorSet` of the API, for server reflection.

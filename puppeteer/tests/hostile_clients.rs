@@ -263,3 +263,131 @@ async fn unauthenticated_calls(metrics: std::net::SocketAddr) -> u64 {
         .parse()
         .unwrap()
 }
+
+/// One gRPC-web call over HTTP/1.1 with `body` as its frames; the answer's
+/// status code and message (from the headers of a trailers-only answer, or
+/// from the trailers frame).
+async fn grpc_web_call(server: &TestServer, path: &str, body: Vec<u8>) -> (String, String) {
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Bytes;
+    let tls = tls_to(server, b"http/1.1").await;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    let driver = tokio::spawn(conn);
+    let request = hyper::Request::post(path)
+        .header("host", "localhost")
+        .header("content-type", "application/grpc-web+proto")
+        .header("x-grpc-web", "1")
+        .header("authorization", format!("Bearer {}", server.admin_token))
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(30), sender.send_request(request))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    let found =
+        header("grpc-status").map(|code| (code, header("grpc-message").unwrap_or_default()));
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    drop(sender);
+    let _ = driver.await;
+    if let Some(found) = found {
+        return found;
+    }
+    // Skip data frames to the trailers frame (flag 0x80).
+    let mut at = 0;
+    while bytes[at] & 0x80 == 0 {
+        let len = u32::from_be_bytes(bytes[at + 1..at + 5].try_into().unwrap()) as usize;
+        at += 5 + len;
+    }
+    let text = String::from_utf8_lossy(&bytes[at + 5..]).into_owned();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    (field("grpc-status:"), field("grpc-message:"))
+}
+
+/// A gRPC frame holding `bytes`.
+fn framed(bytes: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8];
+    out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    out.extend_from_slice(bytes);
+    out
+}
+
+/// A body that is not a valid message is the caller's error
+/// (`InvalidArgument`, not `Internal`), and a unary call carrying a second
+/// message is refused, not half-read (tonic dropped the extra frames
+/// silently), on an ordinary route and on the puppets' poll route alike.
+#[tokio::test]
+async fn malformed_and_extra_request_messages_are_invalid_arguments() {
+    use prost::Message;
+    let server = TestServer::start().await;
+    // Field 1, wire type 2, a length running past the end.
+    let malformed = framed(&[0x0a, 0x7f, 0x01]);
+    let list = geppetto_proto::v1::ListTasksRequest {}.encode_to_vec();
+    let poll = geppetto_proto::v1::PollRequest::default().encode_to_vec();
+    let twice = |message: &[u8]| [framed(message), framed(message)].concat();
+    for (path, body, expected) in [
+        (
+            "/geppetto.v1.Tasks/ListTasks",
+            malformed.clone(),
+            "not a valid message",
+        ),
+        (
+            "/geppetto.v1.Tasks/ListTasks",
+            twice(&list),
+            "one request message",
+        ),
+        (
+            "/geppetto.v1.PuppetService/Poll",
+            malformed.clone(),
+            "not a valid message",
+        ),
+        (
+            "/geppetto.v1.PuppetService/Poll",
+            twice(&poll),
+            "one request message",
+        ),
+    ] {
+        let (code, message) = grpc_web_call(&server, path, body).await;
+        let message = percent_decoded(&message);
+        assert_eq!(code, "3", "{path}: {message}");
+        assert!(message.contains(expected), "{path}: {message}");
+    }
+    // One message is still fine.
+    let (code, message) =
+        grpc_web_call(&server, "/geppetto.v1.Tasks/ListTasks", framed(&list)).await;
+    assert_eq!(code, "0", "{message}");
+    server.stop().await;
+}
+
+/// `grpc-message` is percent-encoded.
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(hex) = text.get(i + 1..i + 3)
+            && let Ok(byte) = u8::from_str_radix(hex, 16)
+        {
+            out.push(byte);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

@@ -25,6 +25,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use geppetto_proto::codec::Codec as ApiCodec;
 use geppetto_proto::v1::puppet_service_server::PuppetService;
 use geppetto_proto::v1::{PollRequest, PollResponse};
 use http::{HeaderMap, HeaderValue, Request, Response};
@@ -35,7 +36,6 @@ use tonic::codec::{
 };
 use tonic::codegen::BoxFuture;
 use tonic::metadata::GRPC_CONTENT_TYPE;
-use tonic_prost::ProstCodec;
 
 /// The method served here.
 pub const PATH: &str = "/geppetto.v1.PuppetService/Poll";
@@ -102,8 +102,10 @@ impl<S: PuppetService> tower::Service<Request<Body>> for PollRoute<S> {
     }
 }
 
-fn codec() -> ProstCodec<PollResponse, PollRequest> {
-    ProstCodec::default()
+/// The API's codec, as tonic's generated server uses it (one request
+/// message, decode errors are the caller's).
+fn codec() -> ApiCodec<PollResponse, PollRequest> {
+    ApiCodec::default()
 }
 
 /// The request's message, with its metadata (trailers merged, as tonic
@@ -115,7 +117,7 @@ async fn decode(request: Request<Body>, max: usize) -> Result<tonic::Request<Pol
     let message = stream
         .message()
         .await?
-        .ok_or_else(|| Status::internal("Missing request message."))?;
+        .ok_or_else(|| Status::invalid_argument("the call carries no request message"))?;
     if let Some(trailers) = stream.trailers().await? {
         parts.headers.extend(trailers.into_headers());
     }
