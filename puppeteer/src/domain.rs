@@ -44,6 +44,17 @@ impl Millis {
 #[error("{0}")]
 pub struct Invalid(pub String);
 
+/// `s` as an error may quote it: whole if short, else its first characters
+/// and its size (a refused value is never echoed whole).
+pub fn shown(s: &str) -> String {
+    const QUOTED: usize = 64;
+    if s.len() <= QUOTED {
+        return format!("{s:?}");
+    }
+    let head: String = s.chars().take(QUOTED / 2).collect();
+    format!("{head:?}... ({} bytes)", s.len())
+}
+
 fn check_name(kind: &str, s: &str, extra: &[char]) -> Result<(), Invalid> {
     let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || extra.contains(&c);
     let extra_list: String = extra.iter().map(|c| format!(" '{c}'")).collect();
@@ -52,7 +63,8 @@ fn check_name(kind: &str, s: &str, extra: &[char]) -> Result<(), Invalid> {
     }
     if s.len() > 63 {
         return Err(Invalid(format!(
-            "{kind} name {s:?} is {} characters long; at most 63 are allowed",
+            "{kind} name {} is {} characters long; at most 63 are allowed",
+            shown(s),
             s.len()
         )));
     }
@@ -89,7 +101,8 @@ fn label_char(c: char) -> bool {
 pub fn check_label_key(k: &str) -> Result<(), Invalid> {
     if k.is_empty() || k.len() > 63 {
         return Err(Invalid(format!(
-            "label key {k:?} must be 1 to 63 characters long"
+            "label key {} must be 1 to 63 characters long",
+            shown(k)
         )));
     }
     if let Some(c) = k.chars().find(|&c| !label_char(c)) {
@@ -104,7 +117,8 @@ pub fn check_label_key(k: &str) -> Result<(), Invalid> {
 pub fn check_label_value(k: &str, v: &str) -> Result<(), Invalid> {
     if v.len() > 63 {
         return Err(Invalid(format!(
-            "label {k}: value is longer than 63 characters"
+            "label {}: value is longer than 63 characters",
+            shown(k)
         )));
     }
     if let Some(c) = v.chars().find(|&c| !label_char(c)) {
@@ -207,6 +221,23 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const MIN_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3600);
 pub const MAX_SCRIPT_BYTES: usize = 256 * 1024;
+
+/// Bounds on a run spec's parts besides its script (which is at most
+/// [`MAX_SCRIPT_BYTES`], as argv is in all): far above what tasks use, and
+/// what a stored task (and each of its versions) may cost.
+pub struct SpecLimits;
+
+impl SpecLimits {
+    pub const ARGS: usize = 4096;
+    pub const INTERPRETER_ARGS: usize = 16;
+    pub const INTERPRETER_BYTES: usize = 4096;
+    pub const ENV_VARS: usize = 256;
+    pub const ENV_NAME_BYTES: usize = 256;
+    pub const ENV_VALUE_BYTES: usize = 32 * 1024;
+    pub const ENV_BYTES: usize = 256 * 1024;
+    pub const WORKDIR_BYTES: usize = 4096;
+    pub const ARTIFACTS: usize = 64;
+}
 /// How long after its start a run that expects a reboot may take to come
 /// back, unless its task says otherwise (the puppet applies the same default).
 pub const DEFAULT_REBOOT_WINDOW: Duration = Duration::from_secs(30 * 60);
@@ -242,6 +273,98 @@ pub struct ArtifactRef {
 
 impl RunSpec {
     /// Checks what the api layer could not check field by field.
+    /// The bounds on a spec's parts (see [`SpecLimits`]), before anything
+    /// is stored: an error names the part and the limit.
+    fn check_sizes(&self) -> Result<(), Invalid> {
+        let over = |what: &str, limit: usize, found: usize| {
+            Err(Invalid(format!(
+                "{what} is at most {limit}, this one has {found}"
+            )))
+        };
+        let total =
+            |items: &mut dyn Iterator<Item = &String>| items.map(String::len).sum::<usize>();
+        match &self.program {
+            Program::Script { interpreter, .. } => {
+                if interpreter.len() > SpecLimits::INTERPRETER_ARGS {
+                    return over(
+                        "the interpreter's argument count",
+                        SpecLimits::INTERPRETER_ARGS,
+                        interpreter.len(),
+                    );
+                }
+                let bytes = total(&mut interpreter.iter());
+                if bytes > SpecLimits::INTERPRETER_BYTES {
+                    return over(
+                        "the interpreter's size in bytes",
+                        SpecLimits::INTERPRETER_BYTES,
+                        bytes,
+                    );
+                }
+            }
+            Program::Argv { args } => {
+                if args.len() > SpecLimits::ARGS {
+                    return over("argv's argument count", SpecLimits::ARGS, args.len());
+                }
+                let bytes = total(&mut args.iter());
+                if bytes > MAX_SCRIPT_BYTES {
+                    return over("argv's size in bytes", MAX_SCRIPT_BYTES, bytes);
+                }
+            }
+        }
+        if self.env.len() > SpecLimits::ENV_VARS {
+            return over(
+                "the environment's variable count",
+                SpecLimits::ENV_VARS,
+                self.env.len(),
+            );
+        }
+        if let Some(k) = self
+            .env
+            .keys()
+            .find(|k| k.len() > SpecLimits::ENV_NAME_BYTES)
+        {
+            return over(
+                "an environment variable's name in bytes",
+                SpecLimits::ENV_NAME_BYTES,
+                k.len(),
+            );
+        }
+        if let Some((k, v)) = self
+            .env
+            .iter()
+            .find(|(_, v)| v.len() > SpecLimits::ENV_VALUE_BYTES)
+        {
+            return over(
+                &format!("environment variable {}'s value in bytes", shown(k)),
+                SpecLimits::ENV_VALUE_BYTES,
+                v.len(),
+            );
+        }
+        let bytes = total(&mut self.env.keys().chain(self.env.values()));
+        if bytes > SpecLimits::ENV_BYTES {
+            return over(
+                "the environment's size in bytes",
+                SpecLimits::ENV_BYTES,
+                bytes,
+            );
+        }
+        if self.workdir.len() > SpecLimits::WORKDIR_BYTES {
+            return over(
+                "workdir's size in bytes",
+                SpecLimits::WORKDIR_BYTES,
+                self.workdir.len(),
+            );
+        }
+        if self.artifacts.len() > SpecLimits::ARTIFACTS {
+            return over(
+                "the count of artifacts",
+                SpecLimits::ARTIFACTS,
+                self.artifacts.len(),
+            );
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<(), Invalid> {
         match &self.program {
             Program::Script { body, interpreter } => {
@@ -276,10 +399,12 @@ impl RunSpec {
                 humantime::format_duration(timeout)
             )));
         }
+        self.check_sizes()?;
         for (k, v) in &self.env {
             if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
                 return Err(Invalid(format!(
-                    "environment variable {k:?}: names must be non-empty without '=' or NUL"
+                    "environment variable {}: names must be non-empty without '=' or NUL",
+                    shown(k)
                 )));
             }
         }

@@ -66,21 +66,41 @@ pub fn plausible_ts(t: &prost_types::Timestamp, now: Millis) -> Option<Millis> {
     (at.0 >= now.0.saturating_sub(WEEK) && at.0 <= now.0.saturating_add(DAY)).then_some(at)
 }
 
+/// The most of each text fact kept: a puppet's report is cut, not refused
+/// (it must keep polling), and stored with every change of its record.
+pub const MAX_FACT_BYTES: usize = 256;
+
+/// `text` cut to at most [`MAX_FACT_BYTES`], at a character boundary.
+fn fact(mut text: String) -> String {
+    if text.len() > MAX_FACT_BYTES {
+        let mut end = MAX_FACT_BYTES;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+/// A puppet's facts, each bounded (see [`MAX_FACT_BYTES`]; the load is the
+/// 1, 5 and 15 minute averages).
 pub fn facts_from(f: pb::Facts) -> domain::Facts {
+    let mut load = f.load;
+    load.truncate(3);
     domain::Facts {
-        hostname: f.hostname,
-        os: f.os,
-        os_id: f.os_id,
-        kernel: f.kernel,
-        arch: f.arch,
+        hostname: fact(f.hostname),
+        os: fact(f.os),
+        os_id: fact(f.os_id),
+        kernel: fact(f.kernel),
+        arch: fact(f.arch),
         memory_total_bytes: f.memory_total_bytes,
         disk_total_bytes: f.disk_total_bytes,
-        agent_version: f.agent_version,
+        agent_version: fact(f.agent_version),
         uptime_secs: f.uptime.map(|d| d.seconds.max(0) as u64).unwrap_or(0),
-        load: f.load,
+        load,
         memory_available_bytes: f.memory_available_bytes,
         disk_available_bytes: f.disk_available_bytes,
-        boot_id: f.boot_id,
+        boot_id: fact(f.boot_id),
         collected_at: f
             .collected_at
             .as_ref()
@@ -605,6 +625,75 @@ mod tests {
             overflow.to_string().contains("at most 100 years"),
             "{overflow}"
         );
+    }
+
+    /// Facts are cut to their bound (at a character boundary), never refused.
+    #[test]
+    fn facts_are_bounded_not_refused() {
+        let facts = facts_from(pb::Facts {
+            hostname: "é".repeat(1000),
+            kernel: "k".repeat(10_000),
+            os: "debian".into(),
+            load: vec![0.5; 1000],
+            ..Default::default()
+        });
+        assert!(
+            facts.hostname.len() <= MAX_FACT_BYTES && facts.hostname.len() >= MAX_FACT_BYTES - 1
+        );
+        assert!(facts.hostname.chars().all(|c| c == 'é'));
+        assert_eq!(facts.kernel.len(), MAX_FACT_BYTES);
+        assert_eq!(facts.os, "debian");
+        assert_eq!(facts.load.len(), 3);
+    }
+
+    /// Each part of a spec has its bound, named in the error, which quotes
+    /// no more than a few characters of what it refuses.
+    #[test]
+    fn a_spec_s_parts_are_bounded() {
+        use crate::domain::SpecLimits;
+        let argv = |args: Vec<String>| pb::RunSpec {
+            program: Some(pb::Program {
+                kind: Some(pb::program::Kind::Argv(pb::Argv { args })),
+            }),
+            timeout: Some(dur(Duration::from_secs(60))),
+            ..Default::default()
+        };
+        let refused = |spec: pb::RunSpec| spec_from(Some(spec)).unwrap_err().to_string();
+        assert!(spec_from(Some(argv(vec!["true".into(); SpecLimits::ARGS]))).is_ok());
+        let e = refused(argv(vec!["x".into(); SpecLimits::ARGS + 1]));
+        assert!(e.contains("argv's argument count is at most 4096"), "{e}");
+        let e = refused(argv(vec!["x".repeat(domain::MAX_SCRIPT_BYTES + 1)]));
+        assert!(e.contains("argv's size in bytes"), "{e}");
+        let with_env = |env: Vec<(String, String)>| pb::RunSpec {
+            env: env.into_iter().collect(),
+            ..argv(vec!["true".into()])
+        };
+        let e = refused(with_env(
+            (0..=SpecLimits::ENV_VARS)
+                .map(|i| (format!("V{i}"), "x".into()))
+                .collect(),
+        ));
+        assert!(e.contains("variable count is at most 256"), "{e}");
+        let long_name = "N".repeat(100_000);
+        let e = refused(with_env(vec![(long_name, "x".into())]));
+        assert!(e.contains("name in bytes is at most 256"), "{e}");
+        assert!(e.len() < 300, "{e}");
+        let e = refused(with_env(vec![("BIG".into(), "v".repeat(40_000))]));
+        assert!(
+            e.contains("\"BIG\"'s value in bytes is at most 32768"),
+            "{e}"
+        );
+        let e = refused(with_env(
+            (0..10)
+                .map(|i| (format!("V{i}"), "v".repeat(30_000)))
+                .collect(),
+        ));
+        assert!(e.contains("the environment's size in bytes"), "{e}");
+        let e = refused(pb::RunSpec {
+            workdir: "/".repeat(5000),
+            ..argv(vec!["true".into()])
+        });
+        assert!(e.contains("workdir's size"), "{e}");
     }
 
     #[test]

@@ -59,6 +59,9 @@ impl super::AppState {
     }
 }
 
+/// Puppets a group may list by name.
+const MAX_GROUP_PUPPETS: usize = 20_000;
+
 impl GroupsApi {
     pub fn new(state: Shared) -> Self {
         GroupsApi { state }
@@ -77,6 +80,13 @@ impl GroupsApi {
             Some(pb::group::Members::Puppets(p)) => {
                 if p.names.is_empty() {
                     return Err(invalid("the group lists no puppet"));
+                }
+                if p.names.len() > MAX_GROUP_PUPPETS {
+                    return Err(invalid(format!(
+                        "a group lists at most {MAX_GROUP_PUPPETS} puppets by name, this one {} \
+                         (a selector names any number)",
+                        p.names.len()
+                    )));
                 }
                 for name in &p.names {
                     domain::check_puppet_name(name)?;

@@ -48,10 +48,18 @@ impl TasksApi {
 impl TasksApi {
     /// Pins artifact names to their current content.
     fn pin_artifacts(&self, names: &[String]) -> Result<Vec<ArtifactRef>, ApiError> {
+        let most = crate::domain::SpecLimits::ARTIFACTS;
+        if names.len() > most {
+            return Err(invalid(format!(
+                "a task names at most {most} artifacts, this one {}",
+                names.len()
+            )));
+        }
         artifact::pin(names, |name| self.state.store.get_artifact(name)).map_err(|e| match e {
             PinError::Invalid(e) => e.into(),
             PinError::Lookup(StoreError::NotFound { id, .. }) => ApiError::NotFound(format!(
-                "no artifact {id:?}: upload it first (geppetto artifacts upload FILE --name {id})"
+                "no artifact {}: upload it first (geppetto artifacts upload FILE --name NAME)",
+                crate::domain::shown(&id)
             )),
             PinError::Lookup(e) => e.into(),
         })
