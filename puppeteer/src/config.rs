@@ -48,6 +48,11 @@ pub struct FileConfig {
     pub approval_four_eyes: Option<bool>,
     #[serde(default, with = "humantime_serde_opt")]
     pub connection_idle_timeout: Option<Duration>,
+    pub max_connections_per_address: Option<usize>,
+    pub max_unauthenticated_per_address: Option<usize>,
+    pub max_connections: Option<usize>,
+    #[serde(default, with = "humantime_serde_opt")]
+    pub request_body_timeout: Option<Duration>,
     pub metrics_listen: Option<SocketAddr>,
     /// Output kept per run: a size ("64MiB") or "off".
     pub log_limit: Option<String>,
@@ -171,6 +176,16 @@ pub struct Config {
     /// An HTTP/2 connection without a request in progress this long is
     /// closed (a held poll is a request in progress).
     pub connection_idle_timeout: Duration,
+    /// Connections one source address may hold (0: no bound; `None`: a
+    /// quarter of the connection cap, at least 64). See `server::limits`.
+    pub max_connections_per_address: Option<usize>,
+    /// Connections one source address may hold before a request on them
+    /// carried a valid credential (0: no bound).
+    pub max_unauthenticated_per_address: usize,
+    /// Connections open at most at once; `None`: from the open-file limit.
+    pub max_connections: Option<usize>,
+    /// A request body sending no byte this long fails.
+    pub request_body_timeout: Duration,
 }
 
 impl Config {
@@ -214,6 +229,10 @@ impl Config {
             retention: Default::default(),
             approval_four_eyes: false,
             connection_idle_timeout: crate::server::DEFAULT_IDLE,
+            max_connections_per_address: None,
+            max_unauthenticated_per_address: crate::server::DEFAULT_UNPROVEN_PER_ADDRESS,
+            max_connections: None,
+            request_body_timeout: crate::server::BODY_IDLE,
         }
     }
 
@@ -251,6 +270,14 @@ impl Config {
             || self.connection_idle_timeout > Duration::from_secs(3600)
         {
             bail!("connection_idle_timeout must be between 1s and 1h");
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600))
+            .contains(&self.request_body_timeout)
+        {
+            bail!("request_body_timeout must be between 1s and 1h");
+        }
+        if self.max_connections.is_some_and(|n| n < 16) {
+            bail!("max_connections must be at least 16");
         }
         if self.log_limit.is_some_and(|l| l < 1024) {
             bail!("the log limit must be at least 1KiB (or \"off\")");

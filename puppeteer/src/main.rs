@@ -148,6 +148,25 @@ struct ServeArgs {
     /// or a private network only your Prometheus reaches.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
+    /// Close an HTTP/2 connection without a request in progress for this
+    /// long (a held poll is one) [default: 60s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    connection_idle_timeout: Option<Duration>,
+    /// Connections one source address (IPv6: /64) may hold at once, 0 for no
+    /// bound [default: a quarter of the connection cap, at least 64].
+    #[arg(long, value_name = "N")]
+    max_connections_per_address: Option<usize>,
+    /// Connections open at most at once [default: the open-file limit less
+    /// what the database needs (a sixteenth, at least 256)].
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// Fail a request whose body sends no byte for this long [default: 30s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    request_body_timeout: Option<Duration>,
+    /// Connections one source address may hold before any request on them
+    /// carried a valid credential, 0 for no bound [default: 256].
+    #[arg(long, value_name = "N")]
+    max_unauthenticated_per_address: Option<usize>,
     /// Output kept per run: past this size the first and the last half are
     /// kept and the middle is dropped (marked as truncated). A size such as
     /// 64MiB, or `off` [default: 64MiB].
@@ -244,6 +263,25 @@ fn config_from(args: ServeArgs) -> Result<Config> {
     config.insecure_plaintext = args.insecure_plaintext || file.insecure_plaintext.unwrap_or(false);
     config.approval_four_eyes = args.approval_four_eyes || file.approval_four_eyes.unwrap_or(false);
     config.metrics_listen = args.metrics_listen.or(file.metrics_listen);
+    if let Some(idle) = args
+        .connection_idle_timeout
+        .or(file.connection_idle_timeout)
+    {
+        config.connection_idle_timeout = idle;
+    }
+    config.max_connections = args.max_connections.or(file.max_connections);
+    if let Some(t) = args.request_body_timeout.or(file.request_body_timeout) {
+        config.request_body_timeout = t;
+    }
+    config.max_connections_per_address = args
+        .max_connections_per_address
+        .or(file.max_connections_per_address);
+    if let Some(n) = args
+        .max_unauthenticated_per_address
+        .or(file.max_unauthenticated_per_address)
+    {
+        config.max_unauthenticated_per_address = n;
+    }
     if let Some(LogLimitArg(limit)) = args.log_limit {
         config.log_limit = limit;
     } else if let Some(text) = &file.log_limit {

@@ -59,6 +59,11 @@ struct PresenceLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResourceLabel {
     resource: String,
 }
@@ -91,6 +96,7 @@ pub struct Metrics {
     log_dropped: Counter,
     pruned_runs: Counter,
     unauthenticated: Counter,
+    refused_connections: Family<ReasonLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -129,6 +135,7 @@ impl Metrics {
             log_dropped: Default::default(),
             pruned_runs: Default::default(),
             unauthenticated: Default::default(),
+            refused_connections: Default::default(),
         };
         let mut r = Registry::default();
         r.register(
@@ -212,6 +219,11 @@ impl Metrics {
             "geppetto_pruned_runs",
             "Runs removed with their logs by the retention policy",
             m.pruned_runs.clone(),
+        );
+        r.register(
+            "geppetto_connections_refused",
+            "Connections closed at once because their source address held as many as allowed, by bound: per_address, unauthenticated_per_address",
+            m.refused_connections.clone(),
         );
         r.register(
             "geppetto_unauthenticated_calls",
@@ -301,6 +313,18 @@ impl Metrics {
     /// Artifact content bytes sent since the start.
     pub fn artifact_bytes_sent(&self) -> u64 {
         self.artifact_bytes.get()
+    }
+
+    /// The counters of refused connections, by bound, in the order of
+    /// `server::limits::Refused`.
+    pub fn refused_connections(&self) -> [Counter; 2] {
+        ["per_address", "unauthenticated_per_address"].map(|reason| {
+            self.refused_connections
+                .get_or_create(&ReasonLabel {
+                    reason: reason.to_string(),
+                })
+                .clone()
+        })
     }
 
     /// The counter of calls refused for their credential (kept by `Auth`).

@@ -18,7 +18,9 @@
 //! connection finishes the requests it is answering.
 
 mod conn;
-pub use conn::{DEFAULT_IDLE, HTTP2_MAX_HEADER_LIST, HTTP2_MAX_STREAMS};
+pub mod limits;
+pub use conn::{BODY_IDLE, DEFAULT_IDLE, HTTP2_MAX_HEADER_LIST, HTTP2_MAX_STREAMS};
+pub use limits::{DEFAULT_UNPROVEN_PER_ADDRESS, default_per_address};
 mod poll_route;
 mod routes;
 
@@ -181,11 +183,34 @@ pub async fn serve(
     let notifier = crate::notify::run_notifier(state.clone(), shutdown.clone());
     let pruner = crate::api::run_pruner(state.clone(), shutdown.clone());
     let trimmer = crate::memory::run_trimmer(shutdown.clone());
+    let cap = state
+        .config
+        .max_connections
+        .unwrap_or_else(|| connection_cap(open_file_limit()));
+    let bounds = limits::Bounds {
+        per_address: state
+            .config
+            .max_connections_per_address
+            .unwrap_or_else(|| default_per_address(cap)),
+        unproven_per_address: state.config.max_unauthenticated_per_address,
+    };
+    tracing::debug!(cap, ?bounds, "connection limits");
+    let admissions = limits::Admissions::new(bounds, state.metrics.refused_connections());
+    let store = state.store.clone();
+    let vouch: conn::Vouch = Arc::new(move |headers| crate::api::vouches(&store, headers));
     let serving = serve_connections(
-        listener,
+        Listening {
+            listener,
+            cap,
+            admissions,
+            vouch,
+        },
         api,
         tls.map(TlsAcceptor::from),
-        state.config.connection_idle_timeout,
+        Http::new(
+            state.config.connection_idle_timeout,
+            state.config.request_body_timeout,
+        ),
         shutdown.clone(),
     );
     let serving = async {
@@ -201,41 +226,54 @@ pub async fn serve(
     Ok(())
 }
 
+/// The listener and what bounds the connections it accepts.
+struct Listening {
+    listener: TcpListener,
+    /// Connections open at most at once.
+    cap: usize,
+    admissions: Arc<limits::Admissions>,
+    vouch: conn::Vouch,
+}
+
 /// Accepts connections and serves each in its own task until `shutdown`;
 /// then closes the listener and waits for the connections to end.
 /// Dropping this future ends them all.
 async fn serve_connections(
-    listener: TcpListener,
+    listening: Listening,
     api: Api,
     tls: Option<TlsAcceptor>,
-    idle: std::time::Duration,
+    http: Http,
     shutdown: CancellationToken,
 ) {
-    let http = Http::new(idle);
-    let cap = connection_cap(open_file_limit());
+    let Listening {
+        listener,
+        cap,
+        admissions,
+        vouch,
+    } = listening;
     let permits = Arc::new(Semaphore::new(cap));
-    tracing::debug!(cap, "connections accepted at most at once");
     // Two kinds of tasks: TLS handshakes, which hand their stream back, and
     // connections, each sized for its protocol (see `Http::spawn`). Both
     // are reaped as they end: an ended task keeps its memory until joined.
-    let mut handshakes: JoinSet<Option<(TlsStream<TcpStream>, OwnedSemaphorePermit)>> =
-        JoinSet::new();
+    type Handshaken = (TlsStream<TcpStream>, OwnedSemaphorePermit, limits::Ticket);
+    let mut handshakes: JoinSet<Option<Handshaken>> = JoinSet::new();
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
             Some(ended) = connections.join_next(), if !connections.is_empty() => report(ended),
             Some(done) = handshakes.join_next(), if !handshakes.is_empty() => {
-                let Some((tls, permit)) = done.unwrap_or_else(|e| { report(Err(e)); None }) else {
+                let Some((tls, permit, ticket)) = done.unwrap_or_else(|e| { report(Err(e)); None }) else {
                     continue;
                 };
                 let protocol = Protocol::from_alpn(tls.get_ref().1.alpn_protocol());
-                let service = ConnService::new(api.clone(), tls.get_ref().0.connect_info());
+                let service = ConnService::new(api.clone(), tls.get_ref().0.connect_info())
+                    .admitted(ticket, vouch.clone());
                 http.spawn(&mut connections, tls, protocol, service, permit, shutdown.clone());
             }
-            (permit, accepted) = next_connection(&listener, &permits) => {
-                let tcp = match accepted {
-                    Ok(tcp) => tcp,
+            (permit, accepted) = next_connection(&listener, &permits, &admissions) => {
+                let (tcp, peer) = match accepted {
+                    Ok(accepted) => accepted,
                     Err(e) => {
                         // Out of file descriptors and the like: back off a little.
                         tracing::warn!(error = %e, "accept failed");
@@ -243,18 +281,24 @@ async fn serve_connections(
                         continue;
                     }
                 };
+                // Over its source's bounds: closed at once (counted and
+                // logged by `admit`).
+                let Ok(ticket) = admissions.admit(peer.ip()) else {
+                    continue;
+                };
                 let _ = tcp.set_nodelay(true);
                 match &tls {
                     None => {
-                        let service = ConnService::new(api.clone(), tcp.connect_info());
+                        let service = ConnService::new(api.clone(), tcp.connect_info())
+                            .admitted(ticket, vouch.clone());
                         let protocol = Protocol::Detect;
                         http.spawn(&mut connections, tcp, protocol, service, permit, shutdown.clone());
                     }
                     Some(acceptor) => {
                         let (acceptor, shutdown) = (acceptor.clone(), shutdown.clone());
                         handshakes.spawn(async move {
-                            let tls = handshake(&acceptor, tcp, &shutdown).await?;
-                            Some((tls, permit))
+                            let tls = handshake(&acceptor, tcp, &shutdown, &ticket.close).await?;
+                            Some((tls, permit, ticket))
                         });
                     }
                 }
@@ -269,27 +313,47 @@ async fn serve_connections(
 }
 
 /// The next connection and its permit of the connection cap. At the cap,
-/// connections wait in the kernel's backlog: descriptors are kept for the
-/// database (sled failed with "Too many open files" when 10,000 puppets'
-/// connections took them all).
+/// the oldest unproven idle connection is evicted to make room, one a
+/// second while none is free, and new connections wait in the kernel's
+/// backlog meanwhile: descriptors are kept for the database (sled failed
+/// with "Too many open files" when 10,000 puppets' connections took them
+/// all).
 async fn next_connection(
     listener: &TcpListener,
     permits: &Arc<Semaphore>,
-) -> (OwnedSemaphorePermit, std::io::Result<TcpStream>) {
-    let permit = permits.clone().acquire_owned().await.expect("never closed");
-    (permit, listener.accept().await.map(|(tcp, _)| tcp))
+    admissions: &limits::Admissions,
+) -> (
+    OwnedSemaphorePermit,
+    std::io::Result<(TcpStream, std::net::SocketAddr)>,
+) {
+    let permit = loop {
+        if let Ok(permit) = permits.clone().try_acquire_owned() {
+            break permit;
+        }
+        if admissions.evict_one() {
+            tracing::debug!("at the connection cap: evicted an unauthenticated idle connection");
+        }
+        tokio::select! {
+            permit = permits.clone().acquire_owned() => break permit.expect("never closed"),
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    };
+    (permit, listener.accept().await)
 }
 
-/// The TLS handshake, bounded by [`HANDSHAKE_TIMEOUT`] and by `shutdown`.
+/// The TLS handshake, bounded by [`HANDSHAKE_TIMEOUT`], by `shutdown` and
+/// by the connection's eviction.
 async fn handshake(
     acceptor: &TlsAcceptor,
     tcp: TcpStream,
     shutdown: &CancellationToken,
+    evicted: &CancellationToken,
 ) -> Option<TlsStream<TcpStream>> {
     let peer = tcp.peer_addr().ok();
     let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
     tokio::select! {
         () = shutdown.cancelled() => None,
+        () = evicted.cancelled() => None,
         done = handshake => match done {
             Ok(Ok(stream)) => Some(stream),
             Ok(Err(e)) => {

@@ -13,6 +13,18 @@ async fn tls_to(
     server: &TestServer,
     alpn: &[u8],
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    tls_from(server, "127.0.0.1", alpn)
+        .await
+        .expect("a TLS connection")
+}
+
+/// A TLS connection to the server from the loopback address `source`
+/// (all of 127/8 is loopback on Linux), offering only `alpn`.
+async fn tls_from(
+    server: &TestServer,
+    source: &str,
+    alpn: &[u8],
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in geppetto_proto::client::load_pem_certs(&server.ca).unwrap() {
         roots.add(cert).unwrap();
@@ -24,14 +36,20 @@ async fn tls_to(
         .with_root_certificates(roots)
         .with_no_client_auth();
     tls.alpn_protocols = vec![alpn.to_vec()];
-    let port = server.url.rsplit(':').next().unwrap();
-    let tcp = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}"))
-        .await
-        .unwrap();
+    let tcp = tcp_from(server, source).await?;
     tokio_rustls::TlsConnector::from(Arc::new(tls))
         .connect("localhost".try_into().unwrap(), tcp)
         .await
-        .unwrap()
+}
+
+/// A TCP connection to the server from the loopback address `source`.
+async fn tcp_from(server: &TestServer, source: &str) -> std::io::Result<tokio::net::TcpStream> {
+    let port: u16 = server.url.rsplit(':').next().unwrap().parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(format!("{source}:0").parse().unwrap())?;
+    socket
+        .connect(format!("127.0.0.1:{port}").parse().unwrap())
+        .await
 }
 
 /// One HTTP/2 connection may open at most 128 streams at once: the server
@@ -390,4 +408,108 @@ fn percent_decoded(text: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A request whose body stops coming (half a body sent, then nothing) is
+/// failed after the body timeout and its connection closed, instead of
+/// holding both for as long as the client likes.
+#[tokio::test]
+async fn a_stalled_request_body_is_cut_after_the_body_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start_with(|c| c.request_body_timeout = Duration::from_secs(2)).await;
+    let mut tls = tls_to(&server, b"http/1.1").await;
+    tls.write_all(
+        b"POST /geppetto.v1.Tasks/ListTasks HTTP/1.1\r\nhost: localhost\r\n\
+          content-type: application/grpc-web+proto\r\ncontent-length: 1000\r\n\r\n\
+          \x00\x00\x00\x03\xe3",
+    )
+    .await
+    .unwrap();
+    let started = tokio::time::Instant::now();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), tls.read_to_end(&mut answer))
+        .await
+        .expect("the connection ends after the body timeout")
+        .ok();
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "ended before the timeout: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    server.stop().await;
+}
+
+/// One source address may hold at most `max_connections_per_address`
+/// connections: past it, a new one is closed at once, while others (here
+/// the operator on another address) are served as usual.
+#[tokio::test]
+async fn one_address_cannot_take_more_than_its_share_of_connections() {
+    use geppetto_proto::v1 as pb;
+    let server = TestServer::start_with(|c| c.max_connections_per_address = Some(8)).await;
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        held.push(
+            tls_from(&server, "127.0.0.2", b"h2")
+                .await
+                .expect("within the bound"),
+        );
+    }
+    let refused = tls_from(&server, "127.0.0.2", b"h2").await;
+    assert!(
+        refused.is_err(),
+        "a ninth connection from the same address was served"
+    );
+    let mut admin = server.admin();
+    admin
+        .tasks
+        .list_tasks(pb::ListTasksRequest {})
+        .await
+        .expect("another address is served");
+    drop(held);
+    // Its connections closed, the address may connect again.
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tls_from(&server, "127.0.0.2", b"h2").await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "the address stays refused"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.stop().await;
+}
+
+/// At the connection cap, silent connections that never carried a
+/// credential are evicted, oldest first, to make room: an operator arriving
+/// during the flood is answered within seconds, not after the flood's
+/// connections time out (a minute for idle HTTP/2 ones).
+#[tokio::test]
+async fn at_the_connection_cap_silent_unauthenticated_connections_make_room() {
+    use geppetto_proto::v1 as pb;
+    let server = TestServer::start_with(|c| {
+        c.max_connections = Some(32);
+        c.max_connections_per_address = Some(0);
+        c.max_unauthenticated_per_address = 0;
+    })
+    .await;
+    let mut flood = Vec::new();
+    for _ in 0..32 {
+        flood.push(
+            tls_from(&server, "127.0.0.2", b"h2")
+                .await
+                .expect("below the cap"),
+        );
+    }
+    // The cap is reached: the next connection waits for a slot.
+    let started = tokio::time::Instant::now();
+    let mut admin = server.admin();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        admin.tasks.list_tasks(pb::ListTasksRequest {}),
+    )
+    .await
+    .expect("the operator is answered during the flood")
+    .expect("and served");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    drop(flood);
+    server.stop().await;
 }

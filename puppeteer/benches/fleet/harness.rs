@@ -70,6 +70,8 @@ pub struct Options {
     pub storage_log_bytes: usize,
     /// Repetitions of each real-agent fan-out.
     pub repeats: u32,
+    /// The open-file limit the puppeteer is started with.
+    pub nofile: u64,
 }
 
 impl Options {
@@ -88,6 +90,7 @@ impl Options {
             storage_fleet: 1000,
             storage_log_bytes: 4096,
             repeats: 3,
+            nofile: 65536,
         }
     }
 
@@ -204,7 +207,7 @@ fn which(program: &str) -> bool {
 /// puppets need more than 20,000 descriptors at each end: the limit is
 /// raised to 65,536 where that is allowed (as root, like the puppeteer's
 /// `LimitNOFILE` in `deploy/puppeteer.service`), otherwise to the hard limit.
-fn pinned(program: &Path, cpu: u32) -> Command {
+fn pinned(program: &Path, cpu: u32, nofile: u64) -> Command {
     let mut command = Command::new("sh");
     let pin = if which("taskset") {
         format!("exec taskset -c {cpu} \"$0\" \"$@\"")
@@ -214,7 +217,7 @@ fn pinned(program: &Path, cpu: u32) -> Command {
     command
         .arg("-c")
         .arg(format!(
-            "ulimit -n 65536 2>/dev/null || ulimit -n $(ulimit -Hn) 2>/dev/null; {pin}"
+            "ulimit -n {nofile} 2>/dev/null || ulimit -n $(ulimit -Hn) 2>/dev/null; {pin}"
         ))
         .arg(program)
         .kill_on_drop(true)
@@ -253,7 +256,7 @@ fn clock_ticks() -> f64 {
 }
 
 /// `VmRSS` and `VmHWM` of a process, in KiB.
-fn memory_kib(pid: u32) -> (u64, u64) {
+pub fn memory_kib(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {
         status
@@ -330,7 +333,7 @@ pub struct Server {
 impl Server {
     pub async fn start(options: &Options, dir: &Path, extra: &[&str]) -> Result<Self> {
         let data_dir = dir.join("data");
-        let mut command = pinned(&options.bin_dir.join("puppeteer"), 0);
+        let mut command = pinned(&options.bin_dir.join("puppeteer"), 0, options.nofile);
         command
             .args([
                 "serve",
@@ -339,7 +342,10 @@ impl Server {
                 "--metrics-listen",
                 "127.0.0.1:0",
             ])
-            .args(["--max-poll-hold", "600s", "--data-dir"])
+            .args(["--max-poll-hold", "600s"])
+            // The whole simulated fleet comes from one address, as a site
+            // behind one NAT would: no per-address bound.
+            .args(["--max-connections-per-address", "0", "--data-dir"])
             .arg(&data_dir)
             .args(extra)
             .env(
@@ -690,7 +696,7 @@ impl Fleet {
         prefix: &str,
         label: &str,
     ) -> Result<Child> {
-        let mut command = pinned(&options.bin_dir.join("puppet"), 1);
+        let mut command = pinned(&options.bin_dir.join("puppet"), 1, options.nofile);
         command
             .args([
                 "simulate",
@@ -1000,7 +1006,7 @@ async fn real_agents_phase(options: &Options, work: &Path) -> Result<Value> {
     let mut agents = Vec::new();
     for i in 0..most {
         let name = format!("real-{i:02}");
-        let mut command = pinned(&options.bin_dir.join("puppet"), 1);
+        let mut command = pinned(&options.bin_dir.join("puppet"), 1, options.nofile);
         command
             .args(["run", "--server", &server.url, "--ca"])
             .arg(&server.ca)

@@ -102,6 +102,25 @@ fn bearer<T>(request: &Request<T>) -> ApiResult<&str> {
         })
 }
 
+/// Whether `headers` carry a credential the store knows, a user's or a
+/// puppet's (whatever it may then be allowed): what makes a connection
+/// proven for the connection limits (`server::limits`).
+pub fn vouches(store: &Store, headers: &http::HeaderMap) -> bool {
+    let Some(secret) = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    else {
+        return false;
+    };
+    matches!(store.principal(&hash_secret(secret)), Ok(Some(_)))
+}
+
 fn unknown() -> ApiError {
     ApiError::Unauthenticated("unknown, expired or revoked credential".into())
 }

@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-pub use auth::{Auth, Caller};
+pub use auth::{Auth, Caller, vouches};
 pub use error::ApiError;
 
 use crate::hub::Hub;
@@ -73,6 +73,14 @@ pub struct ApiConfig {
     pub four_eyes: bool,
     /// An HTTP/2 connection without a request in progress this long is closed.
     pub connection_idle_timeout: Duration,
+    /// Connections per source address: all (`None`: the default for the
+    /// connection cap), and unproven ones; 0 is no bound.
+    pub max_connections_per_address: Option<usize>,
+    pub max_unauthenticated_per_address: usize,
+    /// Connections open at most at once (`None`: from the open-file limit).
+    pub max_connections: Option<usize>,
+    /// A request body sending no byte this long fails.
+    pub request_body_timeout: Duration,
 }
 
 impl Default for ApiConfig {
@@ -92,6 +100,10 @@ impl Default for ApiConfig {
             data_dir: Default::default(),
             four_eyes: false,
             connection_idle_timeout: crate::server::DEFAULT_IDLE,
+            max_connections_per_address: None,
+            max_unauthenticated_per_address: crate::server::DEFAULT_UNPROVEN_PER_ADDRESS,
+            max_connections: None,
+            request_body_timeout: crate::server::BODY_IDLE,
         }
     }
 }

@@ -35,6 +35,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic::body::Body;
 use tonic::transport::server::TcpConnectInfo;
+
+use super::limits::Ticket;
 use tower::ServiceExt as _;
 use tower::util::Oneshot;
 
@@ -86,6 +88,8 @@ pub struct Http {
     /// How long an HTTP/2 (or undetected) connection may stay without a
     /// request in progress before it is closed.
     idle: Duration,
+    /// How long a request's body may send nothing while it is read.
+    body_idle: Duration,
 }
 
 /// The default of [`Http`]'s idle time: a connection that has had no
@@ -94,7 +98,7 @@ pub struct Http {
 pub const DEFAULT_IDLE: Duration = Duration::from_secs(60);
 
 impl Http {
-    pub fn new(idle: Duration) -> Self {
+    pub fn new(idle: Duration, body_idle: Duration) -> Self {
         let mut http1 = hyper::server::conn::http1::Builder::new();
         // With a timer hyper enforces its default header-read timeout (30 s),
         // which also closes an HTTP/1 connection left idle that long.
@@ -130,6 +134,7 @@ impl Http {
             http2,
             detect,
             idle,
+            body_idle,
         }
     }
 
@@ -155,20 +160,37 @@ impl Http {
         S: ApiService,
     {
         let io = TokioIo::new(io);
+        let service = ConnService {
+            body_idle: self.body_idle,
+            ..service
+        };
+        let ends = Ends {
+            shutdown,
+            evicted: service.ticket.as_ref().map(|t| t.close.clone()),
+            idle: None,
+        };
         match protocol {
             Protocol::Http1 => {
                 let connection = Box::pin(self.http1.serve_connection(io, service));
-                connections.spawn(drive(connection, permit, shutdown, None));
+                connections.spawn(drive(connection, permit, ends));
             }
             Protocol::Http2 => {
                 let (service, idle) = self.watched(service);
                 let connection = Box::pin(self.http2.serve_connection(io, service));
-                connections.spawn(drive(connection, permit, shutdown, Some(idle)));
+                let ends = Ends {
+                    idle: Some(idle),
+                    ..ends
+                };
+                connections.spawn(drive(connection, permit, ends));
             }
             Protocol::Detect => {
                 let (service, idle) = self.watched(service);
                 let connection = self.detect.serve_connection(io, service).into_owned();
-                connections.spawn(drive(Box::pin(connection), permit, shutdown, Some(idle)));
+                let ends = Ends {
+                    idle: Some(idle),
+                    ..ends
+                };
+                connections.spawn(drive(Box::pin(connection), permit, ends));
             }
         }
     }
@@ -176,8 +198,10 @@ impl Http {
     /// The service with its requests counted, and the idle timer that
     /// reads the count.
     fn watched<S>(&self, mut service: ConnService<S>) -> (ConnService<S>, IdleTimer) {
-        let activity = Arc::new(Activity::new());
-        service.activity = Some(activity.clone());
+        let activity = service
+            .activity
+            .get_or_insert_with(|| Arc::new(Activity::new()))
+            .clone();
         (
             service,
             IdleTimer {
@@ -188,23 +212,39 @@ impl Http {
     }
 }
 
+/// What ends a connection besides its peer.
+struct Ends {
+    shutdown: CancellationToken,
+    /// Cancelled when the connection is evicted (see [`super::limits`]).
+    evicted: Option<CancellationToken>,
+    idle: Option<IdleTimer>,
+}
+
 /// Drives a connection; at shutdown, lets it finish what it is answering
 /// and close. With an idle timer, a connection without a request in
 /// progress for its limit is closed the same way (an HTTP/2 client that
 /// never sends its preface, or keeps a connection open and silent, holds
-/// one of the puppeteer's connection slots for nothing).
-async fn drive<C>(
-    mut connection: Pin<Box<C>>,
-    _permit: OwnedSemaphorePermit,
-    shutdown: CancellationToken,
-    idle: Option<IdleTimer>,
-) where
+/// one of the puppeteer's connection slots for nothing); so is an evicted
+/// one.
+async fn drive<C>(mut connection: Pin<Box<C>>, _permit: OwnedSemaphorePermit, ends: Ends)
+where
     C: GracefulConnection,
     C::Error: Display,
 {
+    let Ends {
+        shutdown,
+        evicted,
+        idle,
+    } = ends;
     let idle_out = async {
         match &idle {
             Some(timer) => timer.expired().await,
+            None => std::future::pending().await,
+        }
+    };
+    let evicted = async {
+        match &evicted {
+            Some(token) => token.cancelled().await,
             None => std::future::pending().await,
         }
     };
@@ -213,6 +253,14 @@ async fn drive<C>(
         () = shutdown.cancelled() => {
             connection.as_mut().graceful_shutdown();
             connection.await
+        }
+        () = evicted => {
+            tracing::debug!("closing an unauthenticated idle connection to make room");
+            connection.as_mut().graceful_shutdown();
+            match tokio::time::timeout(CLOSE_GRACE, connection.as_mut()).await {
+                Ok(ended) => ended,
+                Err(_) => Ok(()),
+            }
         }
         () = idle_out => {
             tracing::debug!("closing an idle connection");
@@ -243,7 +291,7 @@ pub struct Activity {
 }
 
 impl Activity {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Activity {
             origin: tokio::time::Instant::now(),
             open: AtomicUsize::new(0),
@@ -251,9 +299,14 @@ impl Activity {
         }
     }
 
-    fn begin(self: &Arc<Self>) -> Busy {
+    pub(super) fn begin(self: &Arc<Self>) -> Busy {
         self.open.fetch_add(1, Ordering::SeqCst);
         Busy(self.clone())
+    }
+
+    /// Whether the connection has no request in progress.
+    pub(super) fn is_idle(&self) -> bool {
+        self.open.load(Ordering::SeqCst) == 0
     }
 
     /// How long the connection has had no request in progress (zero while
@@ -330,6 +383,77 @@ impl hyper::body::Body for BusyBody {
     }
 }
 
+/// How long by default a request's body may go without a byte while it is
+/// read (as nginx's `client_body_timeout`): a client trickling a body, or sending
+/// half of one and stopping, does not hold a connection and a task.
+pub const BODY_IDLE: Duration = Duration::from_secs(30);
+
+pin_project_lite::pin_project! {
+    /// A request's body that fails when no frame comes for its limit
+    /// while it is read. The timer exists only while the body is awaited.
+    pub struct TimedBody {
+        #[pin]
+        body: Incoming,
+        limit: Duration,
+        timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    }
+}
+
+impl TimedBody {
+    fn new(body: Incoming, limit: Duration) -> Self {
+        TimedBody {
+            body,
+            limit,
+            timer: None,
+        }
+    }
+}
+
+/// A body that stopped coming.
+#[derive(Debug, thiserror::Error)]
+#[error("no byte of the request's body came for {0:?}")]
+pub struct BodyStalled(Duration);
+
+impl hyper::body::Body for TimedBody {
+    type Data = hyper::body::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        match this.body.poll_frame(cx) {
+            Poll::Ready(frame) => {
+                // A frame (or the end): the next one has its own limit.
+                *this.timer = None;
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let limit = *this.limit;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        *this.timer = None;
+                        Poll::Ready(Some(Err(Box::new(BodyStalled(limit)))))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// What the API's tower service must be to be served here.
 pub trait ApiService:
     tower::Service<
@@ -363,9 +487,18 @@ impl<S> ApiService for S where
 pub struct ConnService<S> {
     api: S,
     peer: TcpConnectInfo,
-    /// Requests counted for the connection's idle timer (HTTP/2 only).
+    /// Requests counted, for the idle timer and for eviction.
     activity: Option<Arc<Activity>>,
+    /// The connection's admission, proven by the first request that
+    /// `vouch` accepts.
+    ticket: Option<Arc<Ticket>>,
+    vouch: Option<Vouch>,
+    /// See [`TimedBody`].
+    body_idle: Duration,
 }
+
+/// Whether a request's headers carry a valid credential.
+pub type Vouch = Arc<dyn Fn(&HeaderMap) -> bool + Send + Sync>;
 
 impl<S> ConnService<S> {
     pub fn new(api: S, peer: TcpConnectInfo) -> Self {
@@ -373,7 +506,19 @@ impl<S> ConnService<S> {
             api,
             peer,
             activity: None,
+            ticket: None,
+            vouch: None,
+            body_idle: BODY_IDLE,
         }
+    }
+
+    /// The service of an admitted connection: its requests counted on the
+    /// ticket, which the first request with a valid credential proves.
+    pub fn admitted(mut self, ticket: Ticket, vouch: Vouch) -> Self {
+        self.activity = Some(ticket.activity.clone());
+        self.ticket = Some(Arc::new(ticket));
+        self.vouch = Some(vouch);
+        self
     }
 }
 
@@ -388,7 +533,14 @@ impl<S: ApiService> hyper::service::Service<Request<Incoming>> for ConnService<S
     type Future = Answer<Called<S>>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
-        let mut request = request.map(Body::new);
+        if let (Some(ticket), Some(vouch)) = (&self.ticket, &self.vouch)
+            && !ticket.is_proven()
+            && vouch(request.headers())
+        {
+            ticket.prove();
+        }
+        let body_idle = self.body_idle;
+        let mut request = request.map(|body| Body::new(TimedBody::new(body, body_idle)));
         request.extensions_mut().insert(self.peer.clone());
         let deadline = grpc_timeout(request.headers());
         let mut api = self.api.clone();

@@ -1,0 +1,315 @@
+//! `cargo bench -p puppeteer --bench hostile` (after
+//! `cargo build --release -p puppeteer --bin puppeteer`)
+//!
+//! What clients that do not play by the rules cost a real puppeteer (the
+//! release binary, started as users start it, with its open-file limit at
+//! 1024 as on a default Linux box), attack by attack, from the loopback
+//! addresses 127.0.0.2 and up, while an operator on 127.0.0.1 times a call.
+//! BENCHMARKS.md, "Hostile clients", holds the figures.
+//!
+//! 1. Disk: 20 refused `CreateTask` without a token and 20 `Enroll` with a
+//!    bogus token, each with a 4 MB name: the data dir's growth.
+//! 2. Streams: from one address, as many HTTP/2 connections as it may
+//!    hold, each with as many requests open as allowed (headers sent, body
+//!    never finished): the puppeteer's peak RSS, and after the body timeout.
+//! 3. Silent connections: 1,000 TLS connections from one address, then
+//!    from four, that never send a byte of HTTP: how many it holds, and
+//!    how long the operator's call takes meanwhile.
+//! 4. Selectors: the slowest 4 KiB selector found, three callers in a
+//!    loop: its parse cost, and the operator's call meanwhile.
+
+#[path = "../fleet/harness.rs"]
+mod harness;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use geppetto_proto::v1 as pb;
+use harness::{Options, Server, memory_kib};
+use serde_json::{Value, json};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let bin_dir = PathBuf::from(std::env::var("BENCH_BIN_DIR").unwrap_or("target/release".into()));
+    let out_dir = PathBuf::from("target/bench");
+    std::fs::create_dir_all(&out_dir)?;
+    let mut options = Options::quick(bin_dir, out_dir.clone());
+    options.nofile = 1024;
+    let results = json!({
+        "disk": disk(&options).await?,
+        "streams": streams(&options).await?,
+        "silent_connections": silent(&options).await?,
+        "selectors": selectors(&options).await?,
+    });
+    println!("{}", serde_json::to_string_pretty(&results)?);
+    std::fs::write(
+        out_dir.join("hostile.json"),
+        serde_json::to_vec_pretty(&results)?,
+    )?;
+    Ok(())
+}
+
+async fn start(options: &Options) -> anyhow::Result<(tempfile::TempDir, Server)> {
+    let dir = tempfile::tempdir()?;
+    let server = Server::start(options, dir.path(), &[]).await?;
+    Ok((dir, server))
+}
+
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    puppeteer::api::dir_bytes(dir)
+}
+
+/// How long the operator's `ListTasks` takes now (`None`: no answer in 60 s).
+async fn operator_call(server: &Server) -> Option<f64> {
+    let mut admin = server.admin().ok()?;
+    let started = Instant::now();
+    match tokio::time::timeout(
+        Duration::from_secs(60),
+        admin.tasks.list_tasks(pb::ListTasksRequest {}),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Some(started.elapsed().as_secs_f64()),
+        _ => None,
+    }
+}
+
+fn anonymous(server: &Server) -> anyhow::Result<geppetto_proto::client::Channel> {
+    Ok(geppetto_proto::client::Channel::new(
+        &geppetto_proto::client::Endpoint {
+            url: server.url.clone(),
+            ca_file: Some(server.ca.clone()),
+            transport: geppetto_proto::client::Transport::Grpc,
+        },
+        Default::default(),
+    )?)
+}
+
+async fn disk(options: &Options) -> anyhow::Result<Value> {
+    let (_dir, server) = start(options).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = dir_bytes(&server.data_dir);
+    let channel = anonymous(&server)?;
+    let name = "n".repeat(4 << 20);
+    let mut tasks =
+        pb::tasks_client::TasksClient::new(channel.clone()).max_encoding_message_size(8 << 20);
+    let mut enroll = pb::puppet_service_client::PuppetServiceClient::new(channel)
+        .max_encoding_message_size(8 << 20);
+    let started = Instant::now();
+    for _ in 0..20 {
+        let _ = tasks
+            .create_task(pb::CreateTaskRequest {
+                name: name.clone(),
+                ..Default::default()
+            })
+            .await;
+        let _ = enroll
+            .enroll(pb::EnrollRequest {
+                enroll_token: "bogus".into(),
+                name: name.clone(),
+                ..Default::default()
+            })
+            .await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = dir_bytes(&server.data_dir);
+    let refused = server.metric("geppetto_unauthenticated_calls_total").await;
+    let operator = operator_call(&server).await;
+    server.stop().await?;
+    Ok(json!({
+        "calls": 40,
+        "request_bytes": 40 * (4 << 20),
+        "seconds": seconds,
+        "data_dir_growth_bytes": after as i64 - before as i64,
+        "counted_refusals": refused,
+        "operator_call_s": operator,
+    }))
+}
+
+/// A TLS connection from the loopback address `source` offering `alpn`.
+async fn tls_from(
+    server: &Server,
+    source: &str,
+    alpn: &[u8],
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in geppetto_proto::client::load_pem_certs(&server.ca).map_err(std::io::Error::other)? {
+        roots.add(cert).map_err(std::io::Error::other)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(std::io::Error::other)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(format!("{source}:0").parse().expect("an address"))?;
+    let tcp = tokio::time::timeout(
+        Duration::from_secs(5),
+        socket.connect(
+            format!("127.0.0.1:{}", server.port)
+                .parse()
+                .expect("an address"),
+        ),
+    )
+    .await
+    .map_err(|_| std::io::Error::other("connect timed out"))??;
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_rustls::TlsConnector::from(Arc::new(tls))
+            .connect("localhost".try_into().expect("a name"), tcp),
+    )
+    .await
+    .map_err(|_| std::io::Error::other("handshake timed out"))?
+}
+
+async fn streams(options: &Options) -> anyhow::Result<Value> {
+    let (_dir, server) = start(options).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (rss_before, _) = memory_kib(server.pid);
+    let mut held = Vec::new();
+    let mut opened = 0usize;
+    let mut connections = 0usize;
+    'connections: for _ in 0..1000 {
+        let Ok(tls) = tls_from(&server, "127.0.0.2", b"h2").await else {
+            break;
+        };
+        let Ok(Ok((client, connection))) =
+            tokio::time::timeout(Duration::from_secs(5), h2::client::handshake(tls)).await
+        else {
+            break;
+        };
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        connections += 1;
+        let mut client = client;
+        for _ in 0..200 {
+            let ready = tokio::time::timeout(Duration::from_millis(500), client.clone().ready());
+            let Ok(Ok(mut ready)) = ready.await else {
+                continue 'connections;
+            };
+            let request = http::Request::post("/geppetto.v1.Tasks/ListTasks")
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(())
+                .expect("a request");
+            match ready.send_request(request, false) {
+                Ok((response, body)) => {
+                    held.push((response, body));
+                    opened += 1;
+                }
+                Err(_) => continue 'connections,
+            }
+            client = ready;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (rss_held, _) = memory_kib(server.pid);
+    let operator = operator_call(&server).await;
+    // The bodies never finish: the body timeout ends them.
+    tokio::time::sleep(Duration::from_secs(35)).await;
+    let (rss_after, peak) = memory_kib(server.pid);
+    drop(held);
+    server.stop().await?;
+    Ok(json!({
+        "connections": connections,
+        "streams_open": opened,
+        "rss_before_kib": rss_before,
+        "rss_with_streams_kib": rss_held,
+        "rss_after_body_timeout_kib": rss_after,
+        "rss_peak_kib": peak,
+        "operator_call_s": operator,
+    }))
+}
+
+async fn silent(options: &Options) -> anyhow::Result<Value> {
+    let (_dir, server) = start(options).await?;
+    let mut results = Vec::new();
+    for sources in [1usize, 4] {
+        let mut held = Vec::new();
+        let mut refused = 0;
+        for i in 0..1000 {
+            let source = format!("127.0.0.{}", 2 + i % sources);
+            match tls_from(&server, &source, b"h2").await {
+                Ok(tls) => held.push(tls),
+                Err(_) => refused += 1,
+            }
+        }
+        let operator = operator_call(&server).await;
+        let refused_metric = server.metric("geppetto_connections_refused_total").await;
+        results.push(json!({
+            "source_addresses": sources,
+            "attempted": 1000,
+            "held": held.len(),
+            "refused_or_closed": refused,
+            "refused_metric": refused_metric,
+            "operator_call_s": operator,
+        }));
+        drop(held);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    server.stop().await?;
+    Ok(Value::Array(results))
+}
+
+async fn selectors(options: &Options) -> anyhow::Result<Value> {
+    let (_dir, server) = start(options).await?;
+    // The costliest shapes found by the parser's tests, at the cap.
+    let worst = "a notin (b,c),".repeat(4096 / 14);
+    let worst = worst.trim_end_matches(',').to_string();
+    let mut admin = server.admin()?;
+    let started = Instant::now();
+    let n = 200;
+    for _ in 0..n {
+        let _ = admin
+            .puppets
+            .list_puppets(pb::ListPuppetsRequest {
+                selector: worst.clone(),
+            })
+            .await;
+    }
+    let per_call = started.elapsed().as_secs_f64() / n as f64;
+    let huge = "a=b,".repeat(80_000);
+    let started = Instant::now();
+    let refused = admin
+        .puppets
+        .list_puppets(pb::ListPuppetsRequest { selector: huge })
+        .await
+        .err()
+        .map(|s| format!("{:?}", s.code()));
+    let huge_s = started.elapsed().as_secs_f64();
+    // Three callers in a loop while the operator calls.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut loops = Vec::new();
+    for _ in 0..3 {
+        let (mut admin, worst, stop) = (server.admin()?, worst.clone(), stop.clone());
+        loops.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = admin
+                    .puppets
+                    .list_puppets(pb::ListPuppetsRequest {
+                        selector: worst.clone(),
+                    })
+                    .await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let operator = operator_call(&server).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for l in loops {
+        let _ = l.await;
+    }
+    server.stop().await?;
+    Ok(json!({
+        "selector_bytes": worst.len(),
+        "list_puppets_with_it_s": per_call,
+        "selector_320k_answer": refused,
+        "selector_320k_s": huge_s,
+        "operator_call_during_3_loops_s": operator,
+    }))
+}
