@@ -18,6 +18,7 @@
 //! connection finishes the requests it is answering.
 
 mod conn;
+mod gate;
 pub mod limits;
 pub use conn::{BODY_IDLE, DEFAULT_IDLE, HTTP2_MAX_HEADER_LIST, HTTP2_MAX_STREAMS};
 pub use limits::{DEFAULT_UNPROVEN_PER_ADDRESS, default_per_address};
@@ -72,7 +73,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Every service of the API behind one tower service: the byte counting
 /// outermost (it counts bodies as they travel, gRPC-web included), then
 /// the gRPC-web translation, then tonic's routes.
-type Api = CountBytes<GrpcWebService<Routes>>;
+type Api = CountBytes<GrpcWebService<gate::Gate<Routes>>>;
 
 async fn api(state: &Shared) -> Result<Api> {
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -166,6 +167,7 @@ async fn api(state: &Shared) -> Result<Api> {
     Ok(tower::ServiceBuilder::new()
         .layer(CountBytesLayer::new(&state.metrics))
         .layer(GrpcWebLayer::new())
+        .layer(gate::GateLayer::new(state.clone()))
         .service(routes))
 }
 
@@ -196,14 +198,11 @@ pub async fn serve(
     };
     tracing::debug!(cap, ?bounds, "connection limits");
     let admissions = limits::Admissions::new(bounds, state.metrics.refused_connections());
-    let store = state.store.clone();
-    let vouch: conn::Vouch = Arc::new(move |headers| crate::api::vouches(&store, headers));
     let serving = serve_connections(
         Listening {
             listener,
             cap,
             admissions,
-            vouch,
         },
         api,
         tls.map(TlsAcceptor::from),
@@ -232,7 +231,6 @@ struct Listening {
     /// Connections open at most at once.
     cap: usize,
     admissions: Arc<limits::Admissions>,
-    vouch: conn::Vouch,
 }
 
 /// Accepts connections and serves each in its own task until `shutdown`;
@@ -249,7 +247,6 @@ async fn serve_connections(
         listener,
         cap,
         admissions,
-        vouch,
     } = listening;
     let permits = Arc::new(Semaphore::new(cap));
     // Two kinds of tasks: TLS handshakes, which hand their stream back, and
@@ -268,7 +265,7 @@ async fn serve_connections(
                 };
                 let protocol = Protocol::from_alpn(tls.get_ref().1.alpn_protocol());
                 let service = ConnService::new(api.clone(), tls.get_ref().0.connect_info())
-                    .admitted(ticket, vouch.clone());
+                    .admitted(ticket);
                 http.spawn(&mut connections, tls, protocol, service, permit, shutdown.clone());
             }
             (permit, accepted) = next_connection(&listener, &permits, &admissions) => {
@@ -290,7 +287,7 @@ async fn serve_connections(
                 match &tls {
                     None => {
                         let service = ConnService::new(api.clone(), tcp.connect_info())
-                            .admitted(ticket, vouch.clone());
+                            .admitted(ticket);
                         let protocol = Protocol::Detect;
                         http.spawn(&mut connections, tcp, protocol, service, permit, shutdown.clone());
                     }

@@ -412,19 +412,23 @@ fn percent_decoded(text: &str) -> String {
 
 /// A request whose body stops coming (half a body sent, then nothing) is
 /// failed after the body timeout and its connection closed, instead of
-/// holding both for as long as the client likes.
+/// holding both for as long as the client likes, even from a client with a
+/// credential.
 #[tokio::test]
 async fn a_stalled_request_body_is_cut_after_the_body_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let server = TestServer::start_with(|c| c.request_body_timeout = Duration::from_secs(2)).await;
+    // With a credential (a call without one is refused before its body is
+    // read: see below).
     let mut tls = tls_to(&server, b"http/1.1").await;
-    tls.write_all(
-        b"POST /geppetto.v1.Tasks/ListTasks HTTP/1.1\r\nhost: localhost\r\n\
-          content-type: application/grpc-web+proto\r\ncontent-length: 1000\r\n\r\n\
-          \x00\x00\x00\x03\xe3",
-    )
-    .await
-    .unwrap();
+    let head = format!(
+        "POST /geppetto.v1.Tasks/ListTasks HTTP/1.1\r\nhost: localhost\r\n\
+         authorization: Bearer {}\r\n\
+         content-type: application/grpc-web+proto\r\ncontent-length: 1000\r\n\r\n",
+        server.admin_token
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    tls.write_all(b"\x00\x00\x00\x03\xe3").await.unwrap();
     let started = tokio::time::Instant::now();
     let mut answer = Vec::new();
     tokio::time::timeout(Duration::from_secs(30), tls.read_to_end(&mut answer))
@@ -511,5 +515,76 @@ async fn at_the_connection_cap_silent_unauthenticated_connections_make_room() {
     .expect("and served");
     assert!(started.elapsed() < Duration::from_secs(20));
     drop(flood);
+    server.stop().await;
+}
+
+/// On a connection no valid credential has proven yet, a call without one
+/// is refused from its headers, before its body is read: a client without
+/// a credential cannot hold streams open by never finishing their bodies
+/// (over HTTP/2 and over gRPC-web alike), while enrollment, which needs no
+/// bearer token, still reads its body.
+#[tokio::test]
+async fn a_call_without_a_credential_is_refused_before_its_body_is_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start().await;
+
+    // HTTP/2: headers and the start of a body, never finished.
+    let tls = tls_to(&server, b"h2").await;
+    let (client, connection) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::post("/geppetto.v1.Tasks/ListTasks")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut body) = client.send_request(request, false).unwrap();
+    body.send_data(vec![0u8, 0, 0, 0, 9].into(), false).unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(5), response)
+        .await
+        .expect("refused at once, not after the body timeout")
+        .unwrap();
+    assert_eq!(response.headers()["grpc-status"], "16", "{response:?}");
+
+    // gRPC-web over HTTP/1.1, the same.
+    let mut tls = tls_to(&server, b"http/1.1").await;
+    tls.write_all(
+        b"POST /geppetto.v1.Tasks/ListTasks HTTP/1.1\r\nhost: localhost\r\n\
+          content-type: application/grpc-web+proto\r\ncontent-length: 1000\r\n\r\n\
+          \x00\x00\x00\x03\xe3",
+    )
+    .await
+    .unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut answer))
+        .await
+        .expect("refused at once over gRPC-web too")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer[..n]).to_lowercase();
+    assert!(text.contains("grpc-status: 16"), "{text}");
+    assert!(
+        text.contains("content-type: application/grpc-web"),
+        "{text}"
+    );
+
+    // Enrollment needs no bearer token: its body is read and judged.
+    let mut enroll = geppetto_proto::v1::puppet_service_client::PuppetServiceClient::new(
+        server.channel(geppetto_proto::client::Transport::GrpcWeb, None),
+    );
+    let refused = enroll
+        .enroll(geppetto_proto::v1::EnrollRequest {
+            enroll_token: "bogus".into(),
+            name: "p1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    assert!(
+        refused.message().contains("enrollment token"),
+        "{refused:?}"
+    );
     server.stop().await;
 }

@@ -186,25 +186,31 @@ async fn each_transport_names_its_protocol_in_alpn() {
 }
 
 /// Past the routing of calls to services: a call to no service is answered
-/// `Unimplemented` over both transports, and a held poll ends early enough
-/// to be answered within the deadline its client set (`grpc-timeout`).
+/// `Unimplemented` over both transports (`Unauthenticated` without a
+/// credential: the gate answers before the routing), and a held poll ends
+/// early enough to be answered within the deadline its client set
+/// (`grpc-timeout`).
 #[tokio::test]
 async fn unknown_calls_and_client_deadlines_get_their_answers() {
     let server = TestServer::start_with(|c| c.poll_timeout = Duration::from_secs(30)).await;
     for transport in [Transport::Grpc, Transport::GrpcWeb] {
-        let mut grpc = tonic::client::Grpc::new(server.channel(transport, None));
-        grpc.ready().await.unwrap();
-        let path = http::uri::PathAndQuery::from_static("/geppetto.v1.Nothing/Call");
-        let codec = tonic_prost::ProstCodec::<(), ()>::default();
-        let status = grpc
-            .unary(tonic::Request::new(()), path, codec)
-            .await
-            .unwrap_err();
-        assert_eq!(
-            status.code(),
-            tonic::Code::Unimplemented,
-            "{transport:?}: {status:?}"
-        );
+        for (token, expected) in [
+            (
+                Some(server.admin_token.as_str()),
+                tonic::Code::Unimplemented,
+            ),
+            (None, tonic::Code::Unauthenticated),
+        ] {
+            let mut grpc = tonic::client::Grpc::new(server.channel(transport, token));
+            grpc.ready().await.unwrap();
+            let path = http::uri::PathAndQuery::from_static("/geppetto.v1.Nothing/Call");
+            let codec = tonic_prost::ProstCodec::<(), ()>::default();
+            let status = grpc
+                .unary(tonic::Request::new(()), path, codec)
+                .await
+                .unwrap_err();
+            assert_eq!(status.code(), expected, "{transport:?}: {status:?}");
+        }
     }
 
     let mut admin = server.admin();

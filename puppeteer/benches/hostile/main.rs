@@ -1,5 +1,5 @@
-//! `cargo bench -p puppeteer --bench hostile` (after
-//! `cargo build --release -p puppeteer --bin puppeteer`)
+//! `cargo bench -p puppeteer --bench hostile` (about 3 minutes; writes
+//! `target/bench/hostile.json`)
 //!
 //! What clients that do not play by the rules cost a real puppeteer (the
 //! release binary, started as users start it, with its open-file limit at
@@ -11,7 +11,8 @@
 //!    bogus token, each with a 4 MB name: the data dir's growth.
 //! 2. Streams: from one address, as many HTTP/2 connections as it may
 //!    hold, each with as many requests open as allowed (headers sent, body
-//!    never finished): the puppeteer's peak RSS, and after the body timeout.
+//!    never finished), without a credential and with one: the puppeteer's
+//!    RSS, and how the requests end.
 //! 3. Silent connections: 1,000 TLS connections from one address, then
 //!    from four, that never send a byte of HTTP: how many it holds, and
 //!    how long the operator's call takes meanwhile.
@@ -31,14 +32,19 @@ use serde_json::{Value, json};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let bin_dir = PathBuf::from(std::env::var("BENCH_BIN_DIR").unwrap_or("target/release".into()));
-    let out_dir = PathBuf::from("target/bench");
+    // The puppeteer built with this bench (same profile), as the fleet bench.
+    let bin_dir = PathBuf::from(env!("CARGO_BIN_EXE_puppeteer"))
+        .parent()
+        .expect("a directory")
+        .to_path_buf();
+    let out_dir = bin_dir.parent().expect("target dir").join("bench");
     std::fs::create_dir_all(&out_dir)?;
     let mut options = Options::quick(bin_dir, out_dir.clone());
     options.nofile = 1024;
     let results = json!({
         "disk": disk(&options).await?,
-        "streams": streams(&options).await?,
+        "streams_without_credential": streams(&options, false).await?,
+        "streams_with_credential": streams(&options, true).await?,
         "silent_connections": silent(&options).await?,
         "selectors": selectors(&options).await?,
     });
@@ -53,7 +59,39 @@ async fn main() -> anyhow::Result<()> {
 async fn start(options: &Options) -> anyhow::Result<(tempfile::TempDir, Server)> {
     let dir = tempfile::tempdir()?;
     let server = Server::start(options, dir.path(), &[]).await?;
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.pid))?;
+    let nofile = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap_or_default()
+        .to_string();
+    anyhow::ensure!(
+        nofile.split_whitespace().nth(3) == Some(&options.nofile.to_string()),
+        "the puppeteer runs with {nofile:?}, not {}",
+        options.nofile
+    );
     Ok((dir, server))
+}
+
+/// How many of `held` the server still keeps open: a connection it closed
+/// reads to its end (after whatever it sent first, its SETTINGS or GOAWAY).
+async fn still_open(held: &mut [tokio_rustls::client::TlsStream<tokio::net::TcpStream>]) -> usize {
+    use tokio::io::AsyncReadExt;
+    let mut open = 0;
+    let mut buf = vec![0u8; 4096];
+    for tls in held.iter_mut() {
+        loop {
+            match tokio::time::timeout(Duration::from_millis(20), tls.read(&mut buf)).await {
+                Err(_) => {
+                    open += 1;
+                    break;
+                }
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(_)) => continue,
+            }
+        }
+    }
+    open
 }
 
 fn dir_bytes(dir: &std::path::Path) -> u64 {
@@ -91,7 +129,9 @@ async fn disk(options: &Options) -> anyhow::Result<Value> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = dir_bytes(&server.data_dir);
     let channel = anonymous(&server)?;
-    let name = "n".repeat(4 << 20);
+    // 1 MiB: a 4 MiB name is refused by the message size limit before any
+    // handler (as the probe found it, a 1 MiB one was stored).
+    let name = "n".repeat(1 << 20);
     let mut tasks =
         pb::tasks_client::TasksClient::new(channel.clone()).max_encoding_message_size(8 << 20);
     let mut enroll = pb::puppet_service_client::PuppetServiceClient::new(channel)
@@ -120,7 +160,7 @@ async fn disk(options: &Options) -> anyhow::Result<Value> {
     server.stop().await?;
     Ok(json!({
         "calls": 40,
-        "request_bytes": 40 * (4 << 20),
+        "request_bytes": 40 * (1 << 20),
         "seconds": seconds,
         "data_dir_growth_bytes": after as i64 - before as i64,
         "counted_refusals": refused,
@@ -166,14 +206,17 @@ async fn tls_from(
     .map_err(|_| std::io::Error::other("handshake timed out"))?
 }
 
-async fn streams(options: &Options) -> anyhow::Result<Value> {
+/// From one address, as many HTTP/2 connections as it may hold, each with
+/// 128 requests whose bodies never finish; with `token`, as a client with a
+/// credential, else without.
+async fn streams(options: &Options, with_token: bool) -> anyhow::Result<Value> {
     let (_dir, server) = start(options).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (rss_before, _) = memory_kib(server.pid);
-    let mut held = Vec::new();
-    let mut opened = 0usize;
+    let mut pending = Vec::new();
+    let mut bodies = Vec::new();
     let mut connections = 0usize;
-    'connections: for _ in 0..1000 {
+    for _ in 0..1000 {
         let Ok(tls) = tls_from(&server, "127.0.0.2", b"h2").await else {
             break;
         };
@@ -187,22 +230,25 @@ async fn streams(options: &Options) -> anyhow::Result<Value> {
         });
         connections += 1;
         let mut client = client;
-        for _ in 0..200 {
-            let ready = tokio::time::timeout(Duration::from_millis(500), client.clone().ready());
+        for _ in 0..puppeteer::server::HTTP2_MAX_STREAMS {
+            let ready = tokio::time::timeout(Duration::from_secs(2), client.clone().ready());
             let Ok(Ok(mut ready)) = ready.await else {
-                continue 'connections;
+                break;
             };
-            let request = http::Request::post("/geppetto.v1.Tasks/ListTasks")
+            let mut request = http::Request::post("/geppetto.v1.Tasks/ListTasks")
                 .header("content-type", "application/grpc")
-                .header("te", "trailers")
-                .body(())
-                .expect("a request");
-            match ready.send_request(request, false) {
-                Ok((response, body)) => {
-                    held.push((response, body));
-                    opened += 1;
+                .header("te", "trailers");
+            if with_token {
+                request = request.header("authorization", format!("Bearer {}", server.admin_token));
+            }
+            match ready.send_request(request.body(()).expect("a request"), false) {
+                Ok((response, mut body)) => {
+                    // The start of a message, never finished.
+                    let _ = body.send_data(vec![0u8, 0, 0, 0, 9].into(), false);
+                    pending.push(response);
+                    bodies.push(body);
                 }
-                Err(_) => continue 'connections,
+                Err(_) => break,
             }
             client = ready;
         }
@@ -210,17 +256,40 @@ async fn streams(options: &Options) -> anyhow::Result<Value> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (rss_held, _) = memory_kib(server.pid);
     let operator = operator_call(&server).await;
-    // The bodies never finish: the body timeout ends them.
-    tokio::time::sleep(Duration::from_secs(35)).await;
+    // Answered already (refused from their headers)?
+    let mut answered = 0;
+    let mut waiting = Vec::new();
+    for mut response in pending {
+        match tokio::time::timeout(Duration::from_millis(1), &mut response).await {
+            Ok(_) => answered += 1,
+            Err(_) => waiting.push(response),
+        }
+    }
+    // The bodies never finish: the body timeout ends the rest.
+    let started = Instant::now();
+    let mut ended_by_timeout = 0;
+    for response in waiting {
+        if tokio::time::timeout(Duration::from_secs(60), response)
+            .await
+            .is_ok()
+        {
+            ended_by_timeout += 1;
+        }
+    }
+    let waited = started.elapsed().as_secs_f64();
     let (rss_after, peak) = memory_kib(server.pid);
-    drop(held);
+    drop(bodies);
     server.stop().await?;
     Ok(json!({
+        "with_a_credential": with_token,
         "connections": connections,
-        "streams_open": opened,
+        "requests": answered + ended_by_timeout,
+        "refused_at_once": answered,
+        "ended_by_the_body_timeout": ended_by_timeout,
+        "waited_for_them_s": waited,
         "rss_before_kib": rss_before,
-        "rss_with_streams_kib": rss_held,
-        "rss_after_body_timeout_kib": rss_after,
+        "rss_while_open_kib": rss_held,
+        "rss_after_kib": rss_after,
         "rss_peak_kib": peak,
         "operator_call_s": operator,
     }))
@@ -241,10 +310,13 @@ async fn silent(options: &Options) -> anyhow::Result<Value> {
         }
         let operator = operator_call(&server).await;
         let refused_metric = server.metric("geppetto_connections_refused_total").await;
+        let accepted = held.len();
+        let open = still_open(&mut held).await;
         results.push(json!({
             "source_addresses": sources,
             "attempted": 1000,
-            "held": held.len(),
+            "handshakes_completed": accepted,
+            "still_open": open,
             "refused_or_closed": refused,
             "refused_metric": refused_metric,
             "operator_call_s": operator,

@@ -84,12 +84,18 @@ pub struct Caller {
 }
 
 fn bearer<T>(request: &Request<T>) -> ApiResult<&str> {
-    let Some(value) = request.metadata().get("authorization") else {
+    bearer_in(request.metadata().get("authorization").map(|v| v.to_str()))
+}
+
+/// The secret in an `authorization` header's value (`None`: no header;
+/// `Err`: not text).
+fn bearer_in<E>(value: Option<Result<&str, E>>) -> ApiResult<&str> {
+    let Some(value) = value else {
         return Err(ApiError::Unauthenticated(
             "no credential: send \"authorization: Bearer TOKEN\"".into(),
         ));
     };
-    let value = value.to_str().map_err(|_| {
+    let value = value.map_err(|_| {
         ApiError::Unauthenticated("the authorization header is not valid text".into())
     })?;
     value
@@ -100,25 +106,6 @@ fn bearer<T>(request: &Request<T>) -> ApiResult<&str> {
         .ok_or_else(|| {
             ApiError::Unauthenticated("the authorization header must be \"Bearer TOKEN\"".into())
         })
-}
-
-/// Whether `headers` carry a credential the store knows, a user's or a
-/// puppet's (whatever it may then be allowed): what makes a connection
-/// proven for the connection limits (`server::limits`).
-pub fn vouches(store: &Store, headers: &http::HeaderMap) -> bool {
-    let Some(secret) = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-    else {
-        return false;
-    };
-    matches!(store.principal(&hash_secret(secret)), Ok(Some(_)))
 }
 
 fn unknown() -> ApiError {
@@ -159,6 +146,15 @@ impl Auth {
                 .refused(action, &super::audit::remote_addr(request), e);
         }
         result
+    }
+
+    /// Whether `headers` carry a credential the store knows, a user's or a
+    /// puppet's (whatever it may then be allowed), with the refusal the API
+    /// would give if not: for the gate before the API (`server::gate`).
+    pub fn check_credential(&self, store: &Store, headers: &http::HeaderMap) -> ApiResult<()> {
+        let secret = bearer_in(headers.get("authorization").map(|v| v.to_str()))?;
+        store.principal(&hash_secret(secret))?.ok_or_else(unknown)?;
+        Ok(())
     }
 
     fn principal<T>(&self, store: &Store, request: &Request<T>) -> ApiResult<(String, Principal)> {

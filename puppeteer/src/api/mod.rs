@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-pub use auth::{Auth, Caller, vouches};
+pub use auth::{Auth, Caller};
 pub use error::ApiError;
 
 use crate::hub::Hub;

@@ -489,16 +489,12 @@ pub struct ConnService<S> {
     peer: TcpConnectInfo,
     /// Requests counted, for the idle timer and for eviction.
     activity: Option<Arc<Activity>>,
-    /// The connection's admission, proven by the first request that
-    /// `vouch` accepts.
+    /// The connection's admission, handed to each request (see
+    /// [`super::gate`], which proves it).
     ticket: Option<Arc<Ticket>>,
-    vouch: Option<Vouch>,
     /// See [`TimedBody`].
     body_idle: Duration,
 }
-
-/// Whether a request's headers carry a valid credential.
-pub type Vouch = Arc<dyn Fn(&HeaderMap) -> bool + Send + Sync>;
 
 impl<S> ConnService<S> {
     pub fn new(api: S, peer: TcpConnectInfo) -> Self {
@@ -507,17 +503,15 @@ impl<S> ConnService<S> {
             peer,
             activity: None,
             ticket: None,
-            vouch: None,
             body_idle: BODY_IDLE,
         }
     }
 
     /// The service of an admitted connection: its requests counted on the
-    /// ticket, which the first request with a valid credential proves.
-    pub fn admitted(mut self, ticket: Ticket, vouch: Vouch) -> Self {
+    /// ticket, which each request carries in its extensions.
+    pub fn admitted(mut self, ticket: Ticket) -> Self {
         self.activity = Some(ticket.activity.clone());
         self.ticket = Some(Arc::new(ticket));
-        self.vouch = Some(vouch);
         self
     }
 }
@@ -533,15 +527,12 @@ impl<S: ApiService> hyper::service::Service<Request<Incoming>> for ConnService<S
     type Future = Answer<Called<S>>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
-        if let (Some(ticket), Some(vouch)) = (&self.ticket, &self.vouch)
-            && !ticket.is_proven()
-            && vouch(request.headers())
-        {
-            ticket.prove();
-        }
         let body_idle = self.body_idle;
         let mut request = request.map(|body| Body::new(TimedBody::new(body, body_idle)));
         request.extensions_mut().insert(self.peer.clone());
+        if let Some(ticket) = &self.ticket {
+            request.extensions_mut().insert(ticket.clone());
+        }
         let deadline = grpc_timeout(request.headers());
         let mut api = self.api.clone();
         let answer = match api.poll_ready(&mut Context::from_waker(Waker::noop())) {
