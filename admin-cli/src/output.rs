@@ -38,7 +38,6 @@ pub fn table<const N: usize>(header: [&str; N]) -> Table {
     table
 }
 
-/// A cell holding a state word, coloured by how good it is.
 /// Text from the API made safe for a terminal: control characters (an
 /// escape sequence in a puppet's hostname, a newline forging a line) are
 /// shown escaped, `\u{1b}`, never interpreted.
@@ -62,6 +61,7 @@ pub fn cell(value: impl ToString) -> Cell {
     Cell::new(clean(&value.to_string()))
 }
 
+/// A cell holding a state word, coloured by how good it is.
 pub fn state_cell(word: &str) -> Cell {
     let cell = Cell::new(clean(&word.replace('_', " ")));
     match state_color(word) {
@@ -248,7 +248,23 @@ pub fn bytes(n: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        /// Whatever a puppet or a user puts in a field: the printed text
+        /// has no control character left, and text without one is printed
+        /// as it is.
+        #[test]
+        fn no_control_character_reaches_the_terminal(text in any::<String>()) {
+            let shown = clean(&text);
+            prop_assert!(!shown.chars().any(char::is_control), "{shown:?}");
+            if !text.chars().any(char::is_control) {
+                prop_assert_eq!(shown, text);
+            }
+        }
+    }
 
     #[test]
     fn control_characters_are_shown_escaped() {

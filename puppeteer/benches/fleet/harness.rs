@@ -72,6 +72,10 @@ pub struct Options {
     pub repeats: u32,
     /// The open-file limit the puppeteer is started with.
     pub nofile: u64,
+    /// Whether the puppeteer bounds connections per source address (the
+    /// simulated fleet comes from one address, as a site behind one NAT
+    /// would: the fleet bench lifts the bound).
+    pub per_address_bound: bool,
 }
 
 impl Options {
@@ -91,6 +95,7 @@ impl Options {
             storage_log_bytes: 4096,
             repeats: 3,
             nofile: 65536,
+            per_address_bound: false,
         }
     }
 
@@ -343,9 +348,12 @@ impl Server {
                 "127.0.0.1:0",
             ])
             .args(["--max-poll-hold", "600s"])
-            // The whole simulated fleet comes from one address, as a site
-            // behind one NAT would: no per-address bound.
-            .args(["--max-connections-per-address", "0", "--data-dir"])
+            .args(if options.per_address_bound {
+                &[][..]
+            } else {
+                &["--max-connections-per-address", "0"][..]
+            })
+            .arg("--data-dir")
             .arg(&data_dir)
             .args(extra)
             .env(

@@ -41,6 +41,7 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&out_dir)?;
     let mut options = Options::quick(bin_dir, out_dir.clone());
     options.nofile = 1024;
+    options.per_address_bound = true;
     let results = json!({
         "disk": disk(&options).await?,
         "streams_without_credential": streams(&options, false).await?,
@@ -260,9 +261,9 @@ async fn streams(options: &Options, with_token: bool) -> anyhow::Result<Value> {
     let mut answered = 0;
     let mut waiting = Vec::new();
     for mut response in pending {
-        match tokio::time::timeout(Duration::from_millis(1), &mut response).await {
-            Ok(_) => answered += 1,
-            Err(_) => waiting.push(response),
+        match futures_util::FutureExt::now_or_never(&mut response) {
+            Some(_) => answered += 1,
+            None => waiting.push(response),
         }
     }
     // The bodies never finish: the body timeout ends the rest.

@@ -21,8 +21,14 @@ pub fn opt_ts(m: Option<Millis>) -> Option<prost_types::Timestamp> {
     m.map(ts)
 }
 
+/// A protobuf timestamp in milliseconds, saturated at the ends of the
+/// range (a client may send any value: 9223372036854776 s overflowed).
 pub fn from_ts(t: &prost_types::Timestamp) -> Millis {
-    Millis(t.seconds.saturating_mul(1000) + i64::from(t.nanos) / 1_000_000)
+    Millis(
+        t.seconds
+            .saturating_mul(1000)
+            .saturating_add(i64::from(t.nanos) / 1_000_000),
+    )
 }
 
 pub fn dur(d: Duration) -> prost_types::Duration {
@@ -625,6 +631,26 @@ mod tests {
             overflow.to_string().contains("at most 100 years"),
             "{overflow}"
         );
+    }
+
+    proptest::proptest! {
+        /// Any duration or timestamp a client can send: no panic; a
+        /// duration is accepted only well-formed and under 100 years, a
+        /// puppet's time only within a week before and a day after now.
+        #[test]
+        fn any_duration_or_time_is_judged_without_panic(
+            seconds in proptest::num::i64::ANY,
+            nanos in proptest::num::i32::ANY,
+        ) {
+            if let Ok(d) = from_dur("t", &prost_types::Duration { seconds, nanos }) {
+                proptest::prop_assert!(d.as_secs() <= MAX_DURATION_SECONDS as u64);
+            }
+            let now = Millis(1_800_000_000_000);
+            if let Some(at) = plausible_ts(&prost_types::Timestamp { seconds, nanos }, now) {
+                proptest::prop_assert!(at.0 >= now.0 - 7 * 24 * 3600 * 1000);
+                proptest::prop_assert!(at.0 <= now.0 + 24 * 3600 * 1000);
+            }
+        }
     }
 
     /// Facts are cut to their bound (at a character boundary), never refused.

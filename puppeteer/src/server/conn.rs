@@ -643,6 +643,18 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Any header value: no panic, and a duration only for the spec's
+        /// form (at most 8 digits and a unit), at most 10^8 hours.
+        #[test]
+        fn any_grpc_timeout_value_is_read_without_panic(value in "[0-9]{0,12}[HMSmun]?|\\PC{0,20}") {
+            if let Some(d) = parse_grpc_timeout(&value) {
+                proptest::prop_assert!(value.len() <= 9);
+                proptest::prop_assert!(d <= Duration::from_secs(99_999_999 * 3600));
+            }
+        }
+    }
+
     #[tokio::test]
     async fn an_answer_past_the_clients_deadline_is_cancelled() {
         let never = std::future::pending::<Result<Response<Body>, Infallible>>();
