@@ -18,6 +18,9 @@ use crate::selector::Selector;
 pub const EVENTS_KEY: &str = "events";
 const BATCH: usize = 500;
 
+/// Event kinds a watcher may name.
+const MAX_KINDS: usize = 64;
+
 /// What a watcher wants.
 #[derive(Clone, Debug)]
 struct Filter {
@@ -35,6 +38,12 @@ impl Filter {
         };
         if !req.job_id.is_empty() {
             super::convert::id_of_kind("job", &req.job_id)?;
+        }
+        // Each event is matched against every kind a watcher names.
+        if req.kinds.len() > MAX_KINDS || req.kinds.iter().any(|k| k.len() > 100) {
+            return Err(super::error::invalid(format!(
+                "a filter names at most {MAX_KINDS} event kinds of at most 100 bytes each"
+            )));
         }
         Ok(Filter {
             kinds: req.kinds.clone(),

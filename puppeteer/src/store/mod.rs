@@ -92,9 +92,10 @@ const CACHE_CAPACITY: u64 = 64 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("no {kind} {id:?}")]
+    // A refused id is quoted by its first characters only (`shown`).
+    #[error("no {kind} {}", crate::domain::shown(.id))]
     NotFound { kind: &'static str, id: String },
-    #[error("{kind} {id:?} already exists")]
+    #[error("{kind} {} already exists", crate::domain::shown(.id))]
     AlreadyExists { kind: &'static str, id: String },
     /// The operation does not fit the current state; the message says why.
     #[error("{0}")]
