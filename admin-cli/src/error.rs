@@ -119,6 +119,16 @@ impl ErrorContext {
 
     fn unreachable(&self, cause: &str) -> Error {
         let mut cause = cause.to_string();
+        // Plain HTTP to the TLS port: the connection breaks at once, with
+        // nothing that says why.
+        if let Some(rest) = self.url.strip_prefix("http://")
+            && !cause.to_lowercase().contains("refused")
+        {
+            cause.push_str(&format!(
+                " (the puppeteer speaks TLS unless started with --insecure-plaintext: \
+                 try https://{rest})"
+            ));
+        }
         if cause.contains("certificate") || cause.contains("UnknownIssuer") {
             cause.push_str(if self.has_ca {
                 " (is --ca the CA that signed the puppeteer's certificate?)"
@@ -181,6 +191,23 @@ mod tests {
             ctx().status(status).to_string(),
             "cannot reach the proxy at http://px:3128 (from HTTPS_PROXY): Connection refused"
         );
+    }
+
+    #[test]
+    fn plain_http_to_the_tls_port_suggests_https() {
+        let plain = ErrorContext {
+            url: "http://p:7443".into(),
+            has_ca: false,
+        };
+        let io = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "broken pipe");
+        let text = plain.status(Status::from_error(Box::new(io))).to_string();
+        assert!(text.contains("try https://p:7443"), "{text}");
+        let refused =
+            std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
+        let text = plain
+            .status(Status::from_error(Box::new(refused)))
+            .to_string();
+        assert!(!text.contains("https"), "{text}");
     }
 
     #[test]

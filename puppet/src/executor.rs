@@ -113,8 +113,8 @@ pub async fn execute(
 }
 
 async fn start_failed(spool: &mut SpoolWriter, started: Instant, error: io::Error) -> FinishReport {
-    let message = format!("the program could not be started: {error}");
-    let line = format!("puppet: {message}\n");
+    let message = error.to_string();
+    let line = format!("puppet: the run could not be started: {message}\n");
     let _ = spool.refresh().await;
     if let Err(e) = spool.append(line.as_bytes()).await {
         tracing::warn!(error = %e, "cannot write to the spool");
@@ -129,9 +129,23 @@ async fn start_failed(spool: &mut SpoolWriter, started: Instant, error: io::Erro
     }
 }
 
+/// Starts the run's process; an error says what could not be started and
+/// why (the program, or its working directory: both fail as "No such file
+/// or directory").
 fn spawn(request: &ExecRequest, spool: &SpoolWriter) -> io::Result<tokio::process::Child> {
     let argv = command_line(request)?;
     let output = spool.child_output()?;
+    let workdir = &request.workdir;
+    if !workdir.as_os_str().is_empty() && !workdir.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "its working directory {} is not a directory",
+                workdir.display()
+            ),
+        ));
+    }
+    let named = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", argv[0]));
     let mut command = tokio::process::Command::new(&argv[0]);
     command
         .args(&argv[1..])
@@ -141,7 +155,7 @@ fn spawn(request: &ExecRequest, spool: &SpoolWriter) -> io::Result<tokio::proces
         .stdout(output.try_clone()?)
         .stderr(output)
         .process_group(0);
-    command.spawn()
+    command.spawn().map_err(named)
 }
 
 /// The argv to execute, writing a script's body to its file first.

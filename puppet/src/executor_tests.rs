@@ -303,9 +303,16 @@ async fn a_spawn_failure_is_reported_with_its_reason_in_the_log() {
         )
         .await;
     assert_eq!(report.outcome, Outcome::StartFailed);
-    assert!(!report.message.is_empty());
+    assert!(
+        report.message.starts_with("/nonexistent/program: "),
+        "{}",
+        report.message
+    );
     let text = String::from_utf8(output).unwrap();
-    assert!(text.contains("could not be started"), "{text}");
+    assert!(
+        text.contains("could not be started: /nonexistent/program"),
+        "{text}"
+    );
 
     let mut request = f.script("echo hi");
     request.workdir = "/nonexistent/dir".into();
@@ -313,6 +320,13 @@ async fn a_spawn_failure_is_reported_with_its_reason_in_the_log() {
     std::fs::remove_file(&spool).unwrap();
     let (report, _) = f.run(&request, &StopSignals::default()).await;
     assert_eq!(report.outcome, Outcome::StartFailed);
+    assert!(
+        report
+            .message
+            .contains("working directory /nonexistent/dir is not a directory"),
+        "{}",
+        report.message
+    );
 
     let (report, _) = f
         .run(
