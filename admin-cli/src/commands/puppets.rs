@@ -108,7 +108,9 @@ fn print_queue(queue: &pb::PuppetQueue, format: Format) -> Result<(), Error> {
         return output::print_json(&views::PuppetQueueView::from(queue));
     }
     if queue.entries.is_empty() {
-        eprintln!("puppet {} has nothing to run", queue.puppet);
+        // A message, not an empty table.
+        eprintln!("puppet {} has nothing to run", output::clean(&queue.puppet));
+        return Ok(());
     }
     let mut table = output::table(["#", "RUN", "JOB", "TASK", "STATE", "WHY"]);
     for (i, entry) in queue.entries.iter().enumerate() {

@@ -124,15 +124,16 @@ impl AppState {
             .iter()
             .filter(|r| r.state != RunState::Succeeded)
             .count();
+        let outcome = match (failed, runs.len()) {
+            (0, 1) => "its run succeeded".to_string(),
+            (0, n) => format!("all {n} runs succeeded"),
+            (_, 1) => "its run did not succeed".to_string(),
+            (failed, n) => format!("{failed} of {n} runs did not succeed"),
+        };
         let mut event = super::events::event(
             format!("job.{state}"),
             "puppeteer",
-            format!(
-                "job {job_id} ({}) {state}: {} of {} runs did not succeed",
-                job.task_name,
-                failed,
-                runs.len()
-            ),
+            format!("job {job_id} ({}) {state}: {outcome}", job.task_name),
         );
         event.job_id = job_id.to_string();
         if self.store.report_job_end(job_id, state, event)? {
