@@ -410,6 +410,9 @@ async fn run(cli: Cli) -> Result<()> {
     }
     let data_dir = config.data_dir.clone();
     let server_name = config.server_names.first().cloned();
+    // Process-wide allocator behaviour: the binary's to set, not the
+    // library's (tests run several puppeteers in one process).
+    puppeteer::memory::configure();
     let running = puppeteer::start(config).await?;
     let url = running.url(insecure);
     if running.created_tls {
@@ -457,9 +460,10 @@ async fn run(cli: Cli) -> Result<()> {
         running.admin_token_file.display()
     );
     say!("Enroll a puppet with: geppetto enroll-tokens create, then");
-    say!("  puppet run --server {url} --ca {ca} --enroll-token TOKEN --state-dir DIR");
+    say!("  puppet run --server {url} --ca {ca} --enroll-token-file TOKEN_FILE --state-dir DIR");
 
     let shutdown = running.shutdown_token();
+    tokio::spawn(puppeteer::memory::run_trimmer(shutdown.clone()));
     let signals = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("SIGTERM handler");

@@ -179,12 +179,14 @@ pub async fn serve(
     tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    crate::memory::configure();
     let api = api(&state).await?;
-    let sweeper = crate::api::run_sweeper(state.clone(), shutdown.clone());
-    let notifier = crate::notify::run_notifier(state.clone(), shutdown.clone());
-    let pruner = crate::api::run_pruner(state.clone(), shutdown.clone());
-    let trimmer = crate::memory::run_trimmer(shutdown.clone());
+    // The background work, each in its own task: a long sweep or prune
+    // never delays accepting connections.
+    let background = [
+        tokio::spawn(crate::api::run_sweeper(state.clone(), shutdown.clone())),
+        tokio::spawn(crate::notify::run_notifier(state.clone(), shutdown.clone())),
+        tokio::spawn(crate::api::run_pruner(state.clone(), shutdown.clone())),
+    ];
     let cap = state
         .config
         .max_connections
@@ -213,7 +215,14 @@ pub async fn serve(
         shutdown.clone(),
     );
     let serving = async {
-        tokio::join!(serving, sweeper, notifier, pruner, trimmer);
+        serving.await;
+        for task in background {
+            if let Err(e) = task.await
+                && e.is_panic()
+            {
+                tracing::error!(error = %e, "a background task panicked");
+            }
+        }
     };
     tokio::select! {
         () = serving => {}
