@@ -57,6 +57,7 @@ impl ApiError {
             ApiError::Store(StoreError::NotFound { .. }) => Code::NotFound,
             ApiError::Store(StoreError::AlreadyExists { .. }) => Code::AlreadyExists,
             ApiError::Store(StoreError::Conflict(_)) => Code::FailedPrecondition,
+            ApiError::Store(StoreError::Stale(_)) => Code::Aborted,
             ApiError::Store(StoreError::SchemaMismatch { .. }) => Code::FailedPrecondition,
             ApiError::Store(StoreError::Corrupt { .. }) => Code::DataLoss,
             ApiError::Store(StoreError::Sled(_) | StoreError::Locked(_)) => Code::Internal,
@@ -107,6 +108,19 @@ pub fn invalid(message: impl Into<String>) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The one mapping of store errors to codes: a state that refuses the
+    /// call is FailedPrecondition; a record changed since it was read (a
+    /// lost race: read again, retry) is Aborted.
+    #[test]
+    fn conflicts_and_lost_races_get_their_codes() {
+        let code = |e: StoreError| ApiError::Store(e).code();
+        assert_eq!(
+            code(StoreError::Conflict("no".into())),
+            Code::FailedPrecondition
+        );
+        assert_eq!(code(StoreError::Stale("again".into())), Code::Aborted);
+    }
 
     #[test]
     fn a_huge_message_is_cut_and_says_so() {

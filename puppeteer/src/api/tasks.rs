@@ -134,10 +134,11 @@ impl Tasks for TasksApi {
                 .get_task(&req.name, None)
                 .map_err(ApiError::from)?;
             if req.expected_version != 0 && req.expected_version != current.version {
-                return Err(Status::aborted(format!(
+                return Err(ApiError::Aborted(format!(
                     "task {} is at version {}, not {}: read it again",
                     req.name, current.version, req.expected_version
-                )));
+                ))
+                .into());
             }
             let mut task = current.clone();
             task.version += 1;
@@ -201,11 +202,10 @@ impl Tasks for TasksApi {
                 task.spec.reboot_window_ms = Some(window.as_millis() as u64);
             }
             task.spec.validate().map_err(ApiError::from)?;
-            match self.state.store.add_task_version(&task) {
-                Ok(()) => {}
-                Err(StoreError::Conflict(m)) => return Err(Status::aborted(m)),
-                Err(e) => return Err(ApiError::from(e).into()),
-            }
+            self.state
+                .store
+                .add_task_version(&task)
+                .map_err(ApiError::from)?;
             self.state.store.flush().await.map_err(ApiError::from)?;
             Ok(Response::new(task_to(&task)))
         }

@@ -100,6 +100,10 @@ pub enum StoreError {
     /// The operation does not fit the current state; the message says why.
     #[error("{0}")]
     Conflict(String),
+    /// The record changed since the caller read it (a concurrent update):
+    /// reading it again and retrying may work.
+    #[error("{0}")]
+    Stale(String),
     #[error(
         "the data dir was written with schema version {found}; this puppeteer reads version {SCHEMA_VERSION}"
     )]
