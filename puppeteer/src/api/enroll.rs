@@ -30,7 +30,6 @@ impl EnrollTokens for EnrollTokensApi {
         request: Request<pb::CreateEnrollTokenRequest>,
     ) -> Result<Response<pb::CreateEnrollTokenResponse>, Status> {
         let target = String::from("new enrollment token");
-        #[allow(unused_mut)]
         let (mut audit, caller) =
             self.state
                 .begin(&request, "EnrollTokens/CreateEnrollToken", target);
@@ -105,8 +104,7 @@ impl EnrollTokens for EnrollTokensApi {
         request: Request<pb::RevokeEnrollTokenRequest>,
     ) -> Result<Response<pb::EnrollToken>, Status> {
         let target = request.get_ref().id.clone();
-        #[allow(unused_mut)]
-        let (mut audit, caller) =
+        let (audit, caller) =
             self.state
                 .begin(&request, "EnrollTokens/RevokeEnrollToken", target);
         let result: Result<Response<pb::EnrollToken>, Status> = async {

@@ -207,7 +207,6 @@ impl Jobs for JobsApi {
         request: Request<pb::CreateJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
         let target = format!("task {}", request.get_ref().task_name);
-        #[allow(unused_mut)]
         let (mut audit, caller) = self.state.begin(&request, "Jobs/CreateJob", target);
         let result: Result<Response<pb::Job>, Status> = async {
             let caller = caller?;
@@ -374,8 +373,7 @@ impl Jobs for JobsApi {
         request: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
         let target = request.get_ref().id.clone();
-        #[allow(unused_mut)]
-        let (mut audit, caller) = self.state.begin(&request, "Jobs/CancelJob", target);
+        let (audit, caller) = self.state.begin(&request, "Jobs/CancelJob", target);
         let result: Result<Response<pb::Job>, Status> = async {
             caller?;
             let id = &request.get_ref().id;

@@ -105,8 +105,7 @@ impl Runs for RunsApi {
         request: Request<pb::GetRunRequest>,
     ) -> Result<Response<pb::Run>, Status> {
         let target = request.get_ref().id.clone();
-        #[allow(unused_mut)]
-        let (mut audit, caller) = self.state.begin(&request, "Runs/CancelRun", target);
+        let (audit, caller) = self.state.begin(&request, "Runs/CancelRun", target);
         let result: Result<Response<pb::Run>, Status> = async {
             caller?;
             let run = self.run(&request.get_ref().id)?;

@@ -80,8 +80,7 @@ impl Tasks for TasksApi {
         request: Request<pb::CreateTaskRequest>,
     ) -> Result<Response<pb::Task>, Status> {
         let target = request.get_ref().name.clone();
-        #[allow(unused_mut)]
-        let (mut audit, caller) = self.state.begin(&request, "Tasks/CreateTask", target);
+        let (audit, caller) = self.state.begin(&request, "Tasks/CreateTask", target);
         let result: Result<Response<pb::Task>, Status> = async {
             caller?;
             let req = request.into_inner();
@@ -122,8 +121,7 @@ impl Tasks for TasksApi {
         request: Request<pb::UpdateTaskRequest>,
     ) -> Result<Response<pb::Task>, Status> {
         let target = request.get_ref().name.clone();
-        #[allow(unused_mut)]
-        let (mut audit, caller) = self.state.begin(&request, "Tasks/UpdateTask", target);
+        let (audit, caller) = self.state.begin(&request, "Tasks/UpdateTask", target);
         let result: Result<Response<pb::Task>, Status> = async {
             caller?;
             let req = request.into_inner();
@@ -245,8 +243,7 @@ impl Tasks for TasksApi {
         request: Request<pb::RemoveTaskRequest>,
     ) -> Result<Response<pb::RemoveTaskResponse>, Status> {
         let target = request.get_ref().name.clone();
-        #[allow(unused_mut)]
-        let (mut audit, caller) = self.state.begin(&request, "Tasks/RemoveTask", target);
+        let (audit, caller) = self.state.begin(&request, "Tasks/RemoveTask", target);
         let result: Result<Response<pb::RemoveTaskResponse>, Status> = async {
             caller?;
             let name = &request.get_ref().name;
