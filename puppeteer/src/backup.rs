@@ -510,7 +510,7 @@ fn eof(e: io::Error) -> anyhow::Error {
 /// system; a rewrite holds only live data. Returns the database sizes
 /// before and after.
 pub fn compact(data_dir: &Path) -> Result<(u64, u64)> {
-    let before = crate::api::dir_bytes(&data_dir.join(DB_DIR));
+    let before = crate::store::dir_bytes(&data_dir.join(DB_DIR));
     let parent = data_dir
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -520,7 +520,7 @@ pub fn compact(data_dir: &Path) -> Result<(u64, u64)> {
         .tempfile_in(parent)?;
     backup(data_dir, file.path())?;
     restore(file.path(), data_dir, &RestoreOptions { force: true })?;
-    let after = crate::api::dir_bytes(&data_dir.join(DB_DIR));
+    let after = crate::store::dir_bytes(&data_dir.join(DB_DIR));
     Ok((before, after))
 }
 

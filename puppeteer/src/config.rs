@@ -12,8 +12,7 @@ use crate::pki::TlsFiles;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7443";
 pub const DEFAULT_DATA_DIR: &str = "./geppetto-data";
-/// Output kept per run by default: the first and the last 32 MiB.
-pub const DEFAULT_LOG_LIMIT: u64 = 64 << 20;
+pub use crate::app::{DEFAULT_AUDIT_RETENTION, DEFAULT_LOG_LIMIT, DEFAULT_MAX_POLL_HOLD};
 
 /// The config file, every key optional. See `deploy/puppeteer.toml`.
 #[derive(Debug, Default, Deserialize)]
@@ -35,7 +34,7 @@ pub struct FileConfig {
     pub event_retention: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
     pub audit_retention: Option<Duration>,
-    pub smtp: Option<crate::notify::SmtpConfig>,
+    pub smtp: Option<crate::app::notify::SmtpConfig>,
     #[serde(default, with = "humantime_serde_opt")]
     pub notify_give_up: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
@@ -127,14 +126,6 @@ impl FileConfig {
     }
 }
 
-/// The longest hold a puppet may ask for by default: puppets start at 50 s
-/// and probe up to 5 minutes where nothing on the path cuts their polls.
-/// How long the audit trail is kept by default: a year, what audits of a
-/// year's changes need, and a bound on its size.
-pub const DEFAULT_AUDIT_RETENTION: Duration = Duration::from_secs(365 * 24 * 3600);
-
-pub const DEFAULT_MAX_POLL_HOLD: Duration = Duration::from_secs(300);
-
 /// The validated configuration the server runs with.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -155,7 +146,7 @@ pub struct Config {
     /// How long audit entries are kept.
     pub audit_retention: Duration,
     /// Notifications: the SMTP relay, retries, give-up time.
-    pub notify: crate::notify::NotifyConfig,
+    pub notify: crate::app::notify::NotifyConfig,
     /// A puppet silent for longer is shown late. `None`: poll timeout + 15s,
     /// at most the lease.
     pub late_after: Option<Duration>,

@@ -14,6 +14,7 @@
 //! until stopped.
 
 pub mod api;
+pub mod app;
 pub mod artifact;
 pub mod backup;
 pub mod bandwidth;
@@ -23,8 +24,6 @@ pub mod domain;
 pub mod hub;
 pub mod ids;
 pub mod memory;
-pub mod metrics;
-pub mod notify;
 pub mod pki;
 pub mod presence;
 pub mod retention;
@@ -46,7 +45,7 @@ use tokio_util::sync::CancellationToken;
 pub use config::Config;
 pub use server::serve;
 
-use crate::api::{ApiConfig, AppState};
+use crate::app::{AppConfig, AppState};
 use crate::store::Store;
 
 /// A puppeteer serving in this process.
@@ -159,11 +158,11 @@ pub async fn start(config: Config) -> Result<Running> {
         .map(|l| l.local_addr())
         .transpose()?;
     let shutdown = CancellationToken::new();
-    let metrics = metrics::Metrics::new();
+    let metrics = app::metrics::Metrics::new();
     let state = Arc::new(AppState {
         store,
         hub: Default::default(),
-        config: ApiConfig {
+        config: AppConfig {
             poll_timeout: config.poll_timeout,
             max_poll_hold: config.max_poll_hold,
             lease_timeout: config.lease(),
@@ -175,13 +174,8 @@ pub async fn start(config: Config) -> Result<Running> {
             retention: config.retention.clone(),
             data_dir: config.data_dir.clone(),
             four_eyes: config.approval_four_eyes,
-            connection_idle_timeout: config.connection_idle_timeout,
-            max_connections_per_address: config.max_connections_per_address,
-            max_unauthenticated_per_address: config.max_unauthenticated_per_address,
-            max_connections: config.max_connections,
-            request_body_timeout: config.request_body_timeout,
         },
-        auth: api::Auth::new(metrics.unauthenticated_calls()),
+        auth: app::Auth::new(metrics.unauthenticated_calls()),
         presences: Default::default(),
         shutdown: shutdown.child_token(),
         dispatch: Default::default(),
@@ -193,9 +187,16 @@ pub async fn start(config: Config) -> Result<Running> {
     });
     // The metrics listener stops with the server, whether asked to or not.
     let metrics_stop = shutdown.child_token();
-    let metrics_task =
-        metrics_listener.map(|l| metrics::serve_metrics(l, state.clone(), metrics_stop.clone()));
-    let serving = serve(listener, state, tls, shutdown.clone());
+    let metrics_task = metrics_listener
+        .map(|l| app::metrics::serve_metrics(l, state.clone(), metrics_stop.clone()));
+    let settings = server::Settings {
+        connection_idle_timeout: config.connection_idle_timeout,
+        max_connections_per_address: config.max_connections_per_address,
+        max_unauthenticated_per_address: config.max_unauthenticated_per_address,
+        max_connections: config.max_connections,
+        request_body_timeout: config.request_body_timeout,
+    };
+    let serving = serve(listener, state, tls, settings, shutdown.clone());
     let task = tokio::spawn(async move {
         match metrics_task {
             None => serving.await,

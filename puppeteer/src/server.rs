@@ -25,8 +25,6 @@ pub use limits::{DEFAULT_UNPROVEN_PER_ADDRESS, default_per_address};
 mod poll_route;
 mod routes;
 
-pub(crate) use conn::parse_grpc_timeout;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,7 +53,7 @@ use crate::api::{
     AuditApi, EnrollTokensApi, JobsApi, MAX_MESSAGE_BYTES, PuppetServiceApi, PuppetsApi, RunsApi,
     Shared, TasksApi, TokensApi, UsersApi,
 };
-use crate::metrics::{CountBytes, CountBytesLayer};
+use crate::app::metrics::{CountBytes, CountBytesLayer};
 use geppetto_proto::v1::artifacts_server::ArtifactsServer;
 use geppetto_proto::v1::audit_server::AuditServer;
 use geppetto_proto::v1::events_server::EventsServer;
@@ -171,32 +169,62 @@ async fn api(state: &Shared) -> Result<Api> {
         .service(routes))
 }
 
+/// How connections are served and bounded (see `server/limits.rs` and
+/// `server/conn.rs`).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// An HTTP/2 connection without a request in progress this long is closed.
+    pub connection_idle_timeout: Duration,
+    /// Connections per source address: all (`None`: the default for the
+    /// connection cap), and unproven ones; 0 is no bound.
+    pub max_connections_per_address: Option<usize>,
+    pub max_unauthenticated_per_address: usize,
+    /// Connections open at most at once (`None`: from the open-file limit).
+    pub max_connections: Option<usize>,
+    /// A request body sending no byte this long fails.
+    pub request_body_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            connection_idle_timeout: DEFAULT_IDLE,
+            max_connections_per_address: None,
+            max_unauthenticated_per_address: DEFAULT_UNPROVEN_PER_ADDRESS,
+            max_connections: None,
+            request_body_timeout: BODY_IDLE,
+        }
+    }
+}
+
 /// Serves the API on `listener` until `shutdown` is cancelled. With `tls`
 /// unset the port speaks plain TCP (the insecure mode).
 pub async fn serve(
     listener: TcpListener,
     state: Shared,
     tls: Option<Arc<rustls::ServerConfig>>,
+    settings: Settings,
     shutdown: CancellationToken,
 ) -> Result<()> {
     let api = api(&state).await?;
     // The background work, each in its own task: a long sweep or prune
     // never delays accepting connections.
     let background = [
-        tokio::spawn(crate::api::run_sweeper(state.clone(), shutdown.clone())),
-        tokio::spawn(crate::notify::run_notifier(state.clone(), shutdown.clone())),
-        tokio::spawn(crate::api::run_pruner(state.clone(), shutdown.clone())),
+        tokio::spawn(crate::app::run_sweeper(state.clone(), shutdown.clone())),
+        tokio::spawn(crate::app::notify::run_notifier(
+            state.clone(),
+            shutdown.clone(),
+        )),
+        tokio::spawn(crate::app::run_pruner(state.clone(), shutdown.clone())),
     ];
-    let cap = state
-        .config
+    let cap = settings
         .max_connections
         .unwrap_or_else(|| connection_cap(open_file_limit()));
     let bounds = limits::Bounds {
-        per_address: state
-            .config
+        per_address: settings
             .max_connections_per_address
             .unwrap_or_else(|| default_per_address(cap)),
-        unproven_per_address: state.config.max_unauthenticated_per_address,
+        unproven_per_address: settings.max_unauthenticated_per_address,
     };
     tracing::debug!(cap, ?bounds, "connection limits");
     let admissions = limits::Admissions::new(bounds, state.metrics.refused_connections());
@@ -209,8 +237,8 @@ pub async fn serve(
         api,
         tls.map(TlsAcceptor::from),
         Http::new(
-            state.config.connection_idle_timeout,
-            state.config.request_body_timeout,
+            settings.connection_idle_timeout,
+            settings.request_body_timeout,
         ),
         shutdown.clone(),
     );

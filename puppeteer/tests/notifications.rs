@@ -133,10 +133,10 @@ async fn a_failing_job_sends_one_mail_and_one_signed_webhook_across_a_restart() 
     let (_smtp, smtp_port) = smtp_server(mail_dir.path(), true).await;
     let (hook_port, hooks) = webhook_receiver().await;
     let notify = |c: &mut puppeteer::Config| {
-        c.notify.smtp = Some(puppeteer::notify::SmtpConfig {
+        c.notify.smtp = Some(puppeteer::app::notify::SmtpConfig {
             host: "127.0.0.1".into(),
             port: Some(smtp_port),
-            tls: puppeteer::notify::SmtpTls::None,
+            tls: puppeteer::app::notify::SmtpTls::None,
             username: None,
             password: None,
             from: "Geppetto <geppetto@example.org>".into(),
@@ -245,7 +245,7 @@ async fn a_failing_job_sends_one_mail_and_one_signed_webhook_across_a_restart() 
     assert_eq!(hooks.len(), 1, "exactly one webhook");
     let (headers, body) = &hooks[0];
     let signature = headers["x-geppetto-signature"].to_str().unwrap();
-    assert_eq!(signature, puppeteer::notify::signature("s3cret", body));
+    assert_eq!(signature, puppeteer::app::notify::signature("s3cret", body));
     let json: serde_json::Value = serde_json::from_slice(body).unwrap();
     assert_eq!(json["schema"], "geppetto.notification/v1");
     assert_eq!(json["event"]["kind"], "job.failed");

@@ -15,7 +15,7 @@ use geppetto_proto::v1::tokens_client::TokensClient;
 use geppetto_proto::v1::users_client::UsersClient;
 use http::uri::PathAndQuery;
 use prost::Message;
-use puppeteer::api::authz::PERMISSIONS;
+use puppeteer::app::authz::PERMISSIONS;
 use puppeteer::domain::Role;
 use tonic::Code;
 

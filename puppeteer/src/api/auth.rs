@@ -17,63 +17,14 @@
 //! stored, so a client without a credential cannot grow the audit trail or
 //! the event stream, nor flood the log.
 
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
-
-use prometheus_client::metrics::counter::Counter;
 use tonic::Request;
 
-use super::authz::required_role;
 use super::error::{ApiError, ApiResult};
+pub use crate::app::auth::Auth;
+use crate::app::authz::required_role;
 use crate::domain::{Millis, Principal, Puppet, Role};
 use crate::ids::hash_secret;
 use crate::store::{Store, StoreError};
-
-#[derive(Debug, Default)]
-pub struct Auth {
-    refusals: Refusals,
-}
-
-/// At most one log line about refused credentials this often.
-pub const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
-
-/// Calls refused for their credential: counted, and logged sparingly.
-#[derive(Debug, Default)]
-pub struct Refusals {
-    count: Counter,
-    /// When the last line was logged, and the refusals since.
-    log: Mutex<(Option<Instant>, u64)>,
-}
-
-impl Refusals {
-    /// Counts a refusal of a call from `peer` to `action`; logs it if no
-    /// line was logged for [`REFUSAL_LOG_EVERY`] (with how many came since).
-    pub fn refused(&self, action: &str, peer: &str, why: &dyn std::fmt::Display) {
-        self.count.inc();
-        let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
-        log.1 += 1;
-        let now = Instant::now();
-        if log.0.is_some_and(|last| now - last < REFUSAL_LOG_EVERY) {
-            return;
-        }
-        let refused = std::mem::take(&mut log.1);
-        log.0 = Some(now);
-        drop(log);
-        // `action` is one of ours; the error text is ours and bounded.
-        tracing::warn!(
-            %peer,
-            action = %super::error::bounded(action.to_string(), 128),
-            error = %why,
-            refused_since_last_line = refused,
-            "refused a call without a valid credential"
-        );
-    }
-
-    /// How many calls were refused.
-    pub fn count(&self) -> u64 {
-        self.count.get()
-    }
-}
 
 /// An authenticated user.
 #[derive(Clone, Debug)]
@@ -113,21 +64,6 @@ fn unknown() -> ApiError {
 }
 
 impl Auth {
-    /// Authentication counting its refusals on `count` (a metric).
-    pub fn new(count: Counter) -> Self {
-        Auth {
-            refusals: Refusals {
-                count,
-                log: Default::default(),
-            },
-        }
-    }
-
-    /// Calls refused for their credential.
-    pub fn refusals(&self) -> &Refusals {
-        &self.refusals
-    }
-
     /// Counts `result`'s refusal if it is one for the credential; `action`
     /// by default is the gRPC method called.
     fn counted<T, R>(
@@ -142,7 +78,7 @@ impl Auth {
                 .get::<tonic::GrpcMethod>()
                 .map(|m| format!("{}/{}", m.service(), m.method()));
             let action = action.or(method.as_deref()).unwrap_or("-");
-            self.refusals
+            self.refusals()
                 .refused(action, &super::audit::remote_addr(request), e);
         }
         result

@@ -602,7 +602,7 @@ pub fn retries_from(retries: u32) -> ApiResult<u32> {
 }
 
 /// A fetch under way, for the API.
-pub fn fetch_to(f: &super::fetch::FetchView) -> pb::RunFetch {
+pub fn fetch_to(f: &crate::app::fetches::FetchView) -> pb::RunFetch {
     pb::RunFetch {
         artifacts: f.artifacts.clone(),
         bytes_done: f.bytes_done,

@@ -104,9 +104,9 @@ impl EnrollTokens for EnrollTokensApi {
         request: Request<pb::RevokeEnrollTokenRequest>,
     ) -> Result<Response<pb::EnrollToken>, Status> {
         let target = request.get_ref().id.clone();
-        let (audit, caller) =
-            self.state
-                .begin(&request, "EnrollTokens/RevokeEnrollToken", target);
+        let (audit, caller) = self
+            .state
+            .begin(&request, "EnrollTokens/RevokeEnrollToken", target);
         let result: Result<Response<pb::EnrollToken>, Status> = async {
             caller?;
             let id = &request.get_ref().id;

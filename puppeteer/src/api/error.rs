@@ -2,46 +2,8 @@
 
 use tonic::{Code, Status};
 
-use crate::domain::Invalid;
-use crate::selector::SelectorError;
+pub use crate::app::error::{ApiError, ApiResult, MAX_MESSAGE, bounded, invalid};
 use crate::store::StoreError;
-
-/// An api error; converts into the right `tonic::Status`.
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    #[error("{0}")]
-    Invalid(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("{0}")]
-    Unauthenticated(String),
-    #[error("{0}")]
-    PermissionDenied(String),
-    #[error("{0}")]
-    FailedPrecondition(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    AlreadyExists(String),
-    /// A concurrent change won; read again and retry.
-    #[error("{0}")]
-    Aborted(String),
-    /// The server failed (a disk error); the message says what it was doing.
-    #[error("{0}")]
-    Internal(String),
-}
-
-impl From<Invalid> for ApiError {
-    fn from(e: Invalid) -> Self {
-        ApiError::Invalid(e.0)
-    }
-}
-
-impl From<SelectorError> for ApiError {
-    fn from(e: SelectorError) -> Self {
-        ApiError::Invalid(e.to_string())
-    }
-}
 
 impl ApiError {
     pub fn code(&self) -> Code {
@@ -74,35 +36,10 @@ impl From<ApiError> for Status {
     }
 }
 
-/// The longest error message answered or recorded: messages quote the
-/// offending value, and a caller must not be able to make the puppeteer
-/// echo (or store) megabytes of it.
-pub const MAX_MESSAGE: usize = 1024;
-
-/// `text` cut to at most `max` bytes (on a character boundary), saying how
-/// long it was.
-pub fn bounded(text: String, max: usize) -> String {
-    if text.len() <= max {
-        return text;
-    }
-    let mut cut = max.saturating_sub(40);
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    format!("{}... ({} bytes in all)", &text[..cut], text.len())
-}
-
 impl From<StoreError> for Status {
     fn from(e: StoreError) -> Self {
         ApiError::from(e).into()
     }
-}
-
-pub type ApiResult<T> = Result<T, ApiError>;
-
-/// Shorthand for an InvalidArgument error.
-pub fn invalid(message: impl Into<String>) -> ApiError {
-    ApiError::Invalid(message.into())
 }
 
 #[cfg(test)]

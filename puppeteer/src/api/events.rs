@@ -11,11 +11,10 @@ use tonic::{Request, Response, Status};
 use super::convert::ts;
 use super::error::{ApiError, ApiResult};
 use super::{AppState, Shared};
-use crate::domain::{Event, Millis};
+use crate::domain::Event;
 use crate::selector::Selector;
 
-/// The hub key woken whenever events are appended.
-pub const EVENTS_KEY: &str = "events";
+pub use crate::app::events::{EVENTS_KEY, event};
 const BATCH: usize = 500;
 
 /// Event kinds a watcher may name.
@@ -90,44 +89,16 @@ fn event_to(e: &Event) -> pb::Event {
     }
 }
 
-impl AppState {
-    /// Appends events announced by the api layer and wakes the watchers.
-    pub fn announce(&self, events: Vec<Event>) {
-        if events.is_empty() {
-            return;
-        }
-        match self.store.append_events(events) {
-            Ok(_) => self.hub.wake(EVENTS_KEY),
-            Err(e) => tracing::error!(error = %e, "cannot append to the event stream"),
-        }
+/// Refuses to resume from an event already pruned.
+fn check_resume(state: &AppState, after: u64) -> ApiResult<()> {
+    let oldest = state.store.oldest_event_id()?;
+    if after != 0 && after + 1 < oldest {
+        return Err(ApiError::FailedPrecondition(format!(
+            "events up to {} were pruned (kept for a bounded time); the oldest kept is {oldest}: resume from there",
+            oldest - 1
+        )));
     }
-
-    /// Refuses to resume from an event already pruned.
-    fn check_resume(&self, after: u64) -> ApiResult<()> {
-        let oldest = self.store.oldest_event_id()?;
-        if after != 0 && after + 1 < oldest {
-            return Err(ApiError::FailedPrecondition(format!(
-                "events up to {} were pruned (kept for a bounded time); the oldest kept is {oldest}: resume from there",
-                oldest - 1
-            )));
-        }
-        Ok(())
-    }
-}
-
-/// A new event with the common fields set.
-pub fn event(
-    kind: impl Into<String>,
-    actor: impl Into<String>,
-    summary: impl Into<String>,
-) -> Event {
-    Event {
-        at: Millis::now(),
-        kind: kind.into(),
-        actor: actor.into(),
-        summary: summary.into(),
-        ..Event::default()
-    }
+    Ok(())
 }
 
 #[derive(Debug, Clone)]
@@ -154,7 +125,7 @@ impl Events for EventsApi {
         self.state.authorize(&request, "Events/WatchEvents")?;
         let req = request.into_inner();
         let filter = Filter::from(&req)?;
-        self.state.check_resume(req.after_id)?;
+        check_resume(&self.state, req.after_id)?;
         let start = if req.after_id == 0 && !req.from_start {
             self.state.store.last_event_id().map_err(ApiError::from)?
         } else {
@@ -208,7 +179,7 @@ impl Events for EventsApi {
         self.state.authorize(&request, "Events/ListEvents")?;
         let req = request.into_inner();
         let filter = Filter::from(&req)?;
-        self.state.check_resume(req.after_id)?;
+        check_resume(&self.state, req.after_id)?;
         let limit = match req.limit {
             0 => 1000,
             n => n.min(100_000) as usize,

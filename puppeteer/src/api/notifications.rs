@@ -44,7 +44,7 @@ impl NotificationsApi {
                 pb::notification_rule::Channel::Webhook(if role >= Role::Admin {
                     url.clone()
                 } else {
-                    crate::notify::redacted_url(url)
+                    crate::app::notify::redacted_url(url)
                 }),
                 secret.is_some(),
             ),

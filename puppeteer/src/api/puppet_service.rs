@@ -399,7 +399,7 @@ impl PuppetServiceApi {
 
 /// The caller's deadline from its `grpc-timeout` header.
 fn grpc_timeout<T>(request: &Request<T>) -> Option<Duration> {
-    crate::server::parse_grpc_timeout(request.metadata().get("grpc-timeout")?.to_str().ok()?)
+    super::parse_grpc_timeout(request.metadata().get("grpc-timeout")?.to_str().ok()?)
 }
 
 #[tonic::async_trait]

@@ -44,20 +44,7 @@ impl DataSize {
     }
 }
 
-/// Bytes of the regular files under `dir` (0 if it does not exist).
-pub fn dir_bytes(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
-            Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
-            _ => 0,
-        })
-        .sum()
-}
+pub use crate::store::dir_bytes;
 
 #[tonic::async_trait]
 impl Server for ServerApi {

@@ -595,30 +595,13 @@ where
 /// HTTP/2 spec: at most 8 digits and a unit. Ignored when malformed, as
 /// tonic did.
 fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
-    parse_grpc_timeout(headers.get("grpc-timeout")?.to_str().ok()?)
-}
-
-/// A `grpc-timeout` header's value as a duration (see [`grpc_timeout`]).
-pub(crate) fn parse_grpc_timeout(value: &str) -> Option<Duration> {
-    let digits = value.get(..value.len().checked_sub(1)?)?;
-    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let n: u64 = digits.parse().ok()?;
-    Some(match &value[digits.len()..] {
-        "H" => Duration::from_secs(n * 3600),
-        "M" => Duration::from_secs(n * 60),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
+    crate::api::parse_grpc_timeout(headers.get("grpc-timeout")?.to_str().ok()?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::parse_grpc_timeout;
 
     fn timeout_of(value: &str) -> Option<Duration> {
         let mut headers = HeaderMap::new();

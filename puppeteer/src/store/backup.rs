@@ -42,8 +42,23 @@ impl RawDb {
         Self::open(path)
     }
 
-    /// Opens (or creates) a database without looking at its content.
+    /// Opens (or creates) a database without looking at its content. As
+    /// [`super::Store::open`], a database still held by a store of this
+    /// process being dropped is waited for a few seconds (its lock goes
+    /// with its last thread): a backup right after a stop found it "in use".
     pub fn open(path: &Path) -> Result<Self> {
+        let deadline = std::time::Instant::now() + super::LOCK_PATIENCE;
+        loop {
+            match Self::open_once(path) {
+                Err(e) if is_locked(&e) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn open_once(path: &Path) -> Result<Self> {
         let _opening = super::opening();
         let db = sled::Config::new()
             .path(path)

@@ -199,7 +199,7 @@ static OPEN_GATE: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
 /// How long [`Store::open`] waits for a database held by a store still
 /// being dropped.
-const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+pub(crate) const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Holds the gate while a database and its trees are opened.
 pub(crate) fn opening() -> std::sync::RwLockWriteGuard<'static, ()> {
@@ -355,6 +355,21 @@ impl Store {
     pub fn size_on_disk(&self) -> Result<u64> {
         Ok(self.db.size_on_disk()?)
     }
+}
+
+/// Bytes of the regular files under `dir` (0 if it does not exist).
+pub fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .sum()
 }
 
 #[cfg(test)]

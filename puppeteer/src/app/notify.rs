@@ -21,7 +21,7 @@ use hyper::body::Bytes;
 use serde::Serialize;
 use sha2::Sha256;
 
-use crate::api::Shared;
+use crate::app::Shared;
 use crate::domain::{Channel, Delivery, Event, Millis, NotificationRule, RunState};
 use crate::ids::new_id;
 use crate::selector::Selector;
@@ -122,7 +122,7 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
 
 /// Runs the notifier until `shutdown`.
 pub async fn run_notifier(state: Shared, shutdown: tokio_util::sync::CancellationToken) {
-    let notify = state.hub.subscribe(crate::api::events::EVENTS_KEY);
+    let notify = state.hub.subscribe(super::events::EVENTS_KEY);
     loop {
         let notified = notify.notified();
         tokio::pin!(notified);
@@ -139,7 +139,7 @@ pub async fn run_notifier(state: Shared, shutdown: tokio_util::sync::Cancellatio
     }
 }
 
-fn rule_matches(state: &crate::api::AppState, rule: &NotificationRule, e: &Event) -> bool {
+fn rule_matches(state: &super::AppState, rule: &NotificationRule, e: &Event) -> bool {
     if !rule.wants(&e.kind) {
         return false;
     }
@@ -156,7 +156,7 @@ fn rule_matches(state: &crate::api::AppState, rule: &NotificationRule, e: &Event
 }
 
 /// Turns new events into stored deliveries.
-fn match_events(state: &crate::api::AppState) -> crate::store::Result<()> {
+fn match_events(state: &super::AppState) -> crate::store::Result<()> {
     let store = &state.store;
     let cursor = match store.notify_cursor()? {
         Some(c) => c,
@@ -226,7 +226,7 @@ async fn deliver_due(state: &Shared) {
                 if now.since(delivery.created_at) >= state.config.notify.give_up {
                     tracing::warn!(delivery = %delivery.id, rule = %rule.id, %error, "notification given up");
                     state.metrics.notification_failed();
-                    let mut event = crate::api::events::event(
+                    let mut event = super::events::event(
                         "notification.failed",
                         "puppeteer",
                         format!(
@@ -271,7 +271,7 @@ async fn attempt(
 }
 
 /// Subject and body of the mail for an event.
-pub fn compose(state: &crate::api::AppState, event: &Event) -> (String, String) {
+pub fn compose(state: &super::AppState, event: &Event) -> (String, String) {
     let job = (!event.job_id.is_empty())
         .then(|| state.store.get_job(&event.job_id).ok())
         .flatten();

@@ -28,7 +28,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{AppState, Shared};
+use crate::app::{AppState, Shared};
 use crate::domain::{PuppetState, Run, RunState};
 use crate::presence::Presence;
 
