@@ -23,9 +23,12 @@ use tonic::body::Body;
 use super::limits::Ticket;
 use crate::api::Shared;
 
-/// Paths served without a credential.
-fn open(path: &str) -> bool {
-    path == "/geppetto.v1.PuppetService/Enroll"
+/// Requests served without a credential: enrollment, health, reflection,
+/// and CORS preflights (`OPTIONS`, which a browser sends without one before
+/// a gRPC-web call from a web console).
+fn open(method: &http::Method, path: &str) -> bool {
+    method == http::Method::OPTIONS
+        || path == "/geppetto.v1.PuppetService/Enroll"
         || path.starts_with("/grpc.health.v1.Health/")
         || path.starts_with("/grpc.reflection.")
 }
@@ -62,7 +65,7 @@ where
             let state = &self.state;
             match state.auth.check_credential(&state.store, request.headers()) {
                 Ok(()) => ticket.prove(),
-                Err(refused) if !open(request.uri().path()) => {
+                Err(refused) if !open(request.method(), request.uri().path()) => {
                     let peer = request
                         .extensions()
                         .get::<tonic::transport::server::TcpConnectInfo>()
@@ -99,5 +102,22 @@ impl<S> tower::Layer<S> for GateLayer {
 
     fn layer(&self, inner: S) -> Gate<S> {
         Gate::new(inner, self.state.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::open;
+
+    #[test]
+    fn only_enrollment_health_reflection_and_preflights_pass_without_a_credential() {
+        let post = http::Method::POST;
+        assert!(open(&post, "/geppetto.v1.PuppetService/Enroll"));
+        assert!(open(&post, "/grpc.health.v1.Health/Check"));
+        assert!(open(&post, "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"));
+        assert!(open(&http::Method::OPTIONS, "/geppetto.v1.Jobs/ListJobs"));
+        assert!(!open(&post, "/geppetto.v1.PuppetService/Poll"));
+        assert!(!open(&post, "/geppetto.v1.Jobs/ListJobs"));
+        assert!(!open(&post, "/geppetto.v1.PuppetService/EnrollX"));
     }
 }
