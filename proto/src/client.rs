@@ -369,6 +369,20 @@ fn client_tls_config(endpoint: &Endpoint) -> Result<rustls::ClientConfig, Client
         .with_no_client_auth())
 }
 
+/// Whether `error` (one link of a call's error chain) is a failure to
+/// establish the connection (refused, unreachable, TLS), from either
+/// transport: the gRPC-web pool's or hyper-util's for native gRPC. Decided
+/// by type, not by the message's text.
+pub fn is_connect_error(error: &(dyn std::error::Error + 'static)) -> bool {
+    if let Some(e) = error.downcast_ref::<crate::http1::Http1Error>() {
+        return matches!(e, crate::http1::Http1Error::Connect(_));
+    }
+    if let Some(e) = error.downcast_ref::<hyper_util::client::legacy::Error>() {
+        return e.is_connect();
+    }
+    false
+}
+
 /// Reads every certificate of a PEM file; an empty result is an error.
 pub fn load_pem_certs(
     path: &Path,

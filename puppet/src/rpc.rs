@@ -85,8 +85,8 @@ pub fn broke_on_the_way(status: &Status) -> bool {
     true
 }
 
-/// A failure to establish the connection (refused, unreachable, TLS):
-/// hyper-util reports it as `client error (Connect)`.
+/// A failure to establish the connection (refused, unreachable, TLS), by
+/// the error's type.
 fn is_connect_failure(error: &(dyn std::error::Error + 'static)) -> bool {
     if let Some(io) = error.downcast_ref::<std::io::Error>()
         && matches!(
@@ -98,7 +98,7 @@ fn is_connect_failure(error: &(dyn std::error::Error + 'static)) -> bool {
     {
         return true;
     }
-    error.to_string().contains("(Connect)")
+    geppetto_proto::client::is_connect_error(error)
 }
 
 /// Wraps a message with the deadline, sent to the server too.
@@ -235,5 +235,47 @@ pub fn program_of(spec: &v1::RunSpec) -> Option<Program> {
             interpreter: script.interpreter.clone(),
         }),
         v1::program::Kind::Argv(argv) => Some(Program::Argv(argv.args.clone())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use geppetto_proto::client::{Channel, Endpoint, TokenSlot, Transport};
+    use geppetto_proto::v1 as pb;
+
+    use super::*;
+
+    /// A call whose connection never came up (the TLS handshake was cut)
+    /// did not break on the way, over either transport; one whose
+    /// connection was reset after it was sent did. Told apart by the
+    /// errors' types, not their text.
+    #[tokio::test]
+    async fn a_connection_that_never_came_up_did_not_break_on_the_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let (files, _) =
+            puppeteer::pki::ensure_local_tls(dir.path(), &["localhost".into()]).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // Accepts and closes at once: every TLS handshake fails.
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                drop(tcp);
+            }
+        });
+        for transport in [Transport::Grpc, Transport::GrpcWeb] {
+            let endpoint = Endpoint {
+                url: format!("https://localhost:{port}"),
+                ca_file: files.ca.clone(),
+                transport,
+            };
+            let channel = Channel::new(&endpoint, TokenSlot::default()).unwrap();
+            let status = pb::puppet_service_client::PuppetServiceClient::new(channel)
+                .poll(pb::PollRequest::default())
+                .await
+                .unwrap_err();
+            assert!(!broke_on_the_way(&status), "{transport:?}: {status:?}");
+        }
+        let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        assert!(broke_on_the_way(&Status::from_error(Box::new(reset))));
     }
 }

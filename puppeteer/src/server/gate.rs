@@ -114,7 +114,10 @@ mod tests {
         let post = http::Method::POST;
         assert!(open(&post, "/geppetto.v1.PuppetService/Enroll"));
         assert!(open(&post, "/grpc.health.v1.Health/Check"));
-        assert!(open(&post, "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"));
+        assert!(open(
+            &post,
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+        ));
         assert!(open(&http::Method::OPTIONS, "/geppetto.v1.Jobs/ListJobs"));
         assert!(!open(&post, "/geppetto.v1.PuppetService/Poll"));
         assert!(!open(&post, "/geppetto.v1.Jobs/ListJobs"));
