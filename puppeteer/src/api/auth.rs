@@ -59,6 +59,27 @@ fn bearer_in<E>(value: Option<Result<&str, E>>) -> ApiResult<&str> {
         })
 }
 
+/// The user a principal is, if their token is valid now.
+fn user_from(store: &Store, principal: Principal) -> ApiResult<Caller> {
+    match principal {
+        Principal::User { user, token_id } => {
+            let token = store.get_api_token(&token_id).map_err(|_| unknown())?;
+            if token.revoked || token.expires_at.is_some_and(|e| Millis::now() >= e) {
+                return Err(unknown());
+            }
+            let user = store.get_user(&user).map_err(|_| unknown())?;
+            Ok(Caller {
+                user: user.name,
+                role: user.role,
+                token_id,
+            })
+        }
+        Principal::Puppet { .. } => Err(ApiError::PermissionDenied(
+            "a puppet credential cannot call admin services".into(),
+        )),
+    }
+}
+
 fn unknown() -> ApiError {
     ApiError::Unauthenticated("unknown, expired or revoked credential".into())
 }
@@ -84,13 +105,19 @@ impl Auth {
         result
     }
 
-    /// Whether `headers` carry a credential the store knows, a user's or a
+    /// Whether `headers` carry a credential valid now, a user's or a
     /// puppet's (whatever it may then be allowed), with the refusal the API
     /// would give if not: for the gate before the API (`server::gate`).
     pub fn check_credential(&self, store: &Store, headers: &http::HeaderMap) -> ApiResult<()> {
         let secret = bearer_in(headers.get("authorization").map(|v| v.to_str()))?;
-        store.principal(&hash_secret(secret))?.ok_or_else(unknown)?;
-        Ok(())
+        let hash = hash_secret(secret);
+        let principal = store.principal(&hash)?.ok_or_else(unknown)?;
+        // As the calls will judge it: expired, revoked and rotated-out
+        // credentials prove nothing.
+        match principal {
+            Principal::User { .. } => user_from(store, principal).map(drop),
+            Principal::Puppet { .. } => puppet_from(store, &hash, principal).map(drop),
+        }
     }
 
     fn principal<T>(&self, store: &Store, request: &Request<T>) -> ApiResult<(String, Principal)> {
@@ -101,23 +128,7 @@ impl Auth {
 
     /// The user calling, with their role, if the token is valid now.
     pub fn user<T>(&self, store: &Store, request: &Request<T>) -> ApiResult<Caller> {
-        match self.principal(store, request)?.1 {
-            Principal::User { user, token_id } => {
-                let token = store.get_api_token(&token_id).map_err(|_| unknown())?;
-                if token.revoked || token.expires_at.is_some_and(|e| Millis::now() >= e) {
-                    return Err(unknown());
-                }
-                let user = store.get_user(&user).map_err(|_| unknown())?;
-                Ok(Caller {
-                    user: user.name,
-                    role: user.role,
-                    token_id,
-                })
-            }
-            Principal::Puppet { .. } => Err(ApiError::PermissionDenied(
-                "a puppet credential cannot call admin services".into(),
-            )),
-        }
+        user_from(store, self.principal(store, request)?.1)
     }
 
     /// Authenticates the caller and checks that their role may call
@@ -160,53 +171,60 @@ impl Auth {
 
     fn puppet_credential<T>(&self, store: &Store, request: &Request<T>) -> ApiResult<Puppet> {
         let (hash, principal) = self.principal(store, request)?;
-        let name = match principal {
-            Principal::Puppet { name } => name,
-            Principal::User { .. } => {
-                return Err(ApiError::PermissionDenied(
-                    "the puppet service takes puppet credentials only".into(),
-                ));
-            }
-        };
-        let puppet = match store.get_puppet(&name) {
-            Ok(p) => p,
-            Err(StoreError::NotFound { .. }) => return Err(unknown()),
-            Err(e) => return Err(e.into()),
-        };
-        if puppet.revoked {
-            return Err(ApiError::Unauthenticated(
-                "this puppet's credential was revoked".into(),
+        puppet_from(store, &hash, principal)
+    }
+}
+
+/// The puppet a principal is, if the credential (of hash `hash`) is valid
+/// now: not revoked, not past its rotation's grace; the first call with a
+/// rotated credential makes it the current one.
+fn puppet_from(store: &Store, hash: &str, principal: Principal) -> ApiResult<Puppet> {
+    let name = match principal {
+        Principal::Puppet { name } => name,
+        Principal::User { .. } => {
+            return Err(ApiError::PermissionDenied(
+                "the puppet service takes puppet credentials only".into(),
             ));
         }
-        let now = Millis::now();
-        if hash == puppet.credential_hash {
-            if puppet
-                .rotation
-                .as_ref()
-                .is_some_and(|r| now >= r.old_expires_at)
-            {
-                return Err(ApiError::Unauthenticated(
-                    "this credential was rotated and its grace period is over".into(),
-                ));
-            }
-            return Ok(puppet);
-        }
-        if puppet.rotation.as_ref().is_some_and(|r| r.new_hash == hash) {
-            let puppet = store.complete_rotation(&name)?;
-            tracing::info!(puppet = %name, "puppet switched to its rotated credential");
-            return Ok(puppet);
-        }
-        if let Some((old, expires)) = &puppet.old_credential
-            && *old == hash
+    };
+    let puppet = match store.get_puppet(&name) {
+        Ok(p) => p,
+        Err(StoreError::NotFound { .. }) => return Err(unknown()),
+        Err(e) => return Err(e.into()),
+    };
+    if puppet.revoked {
+        return Err(ApiError::Unauthenticated(
+            "this puppet's credential was revoked".into(),
+        ));
+    }
+    let now = Millis::now();
+    if hash == puppet.credential_hash {
+        if puppet
+            .rotation
+            .as_ref()
+            .is_some_and(|r| now >= r.old_expires_at)
         {
-            if now < *expires {
-                return Ok(puppet);
-            }
-            store.expire_old_credential(&name, old)?;
             return Err(ApiError::Unauthenticated(
                 "this credential was rotated and its grace period is over".into(),
             ));
         }
-        Err(unknown())
+        return Ok(puppet);
     }
+    if puppet.rotation.as_ref().is_some_and(|r| r.new_hash == hash) {
+        let puppet = store.complete_rotation(&name)?;
+        tracing::info!(puppet = %name, "puppet switched to its rotated credential");
+        return Ok(puppet);
+    }
+    if let Some((old, expires)) = &puppet.old_credential
+        && *old == hash
+    {
+        if now < *expires {
+            return Ok(puppet);
+        }
+        store.expire_old_credential(&name, old)?;
+        return Err(ApiError::Unauthenticated(
+            "this credential was rotated and its grace period is over".into(),
+        ));
+    }
+    Err(unknown())
 }

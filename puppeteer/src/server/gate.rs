@@ -2,7 +2,7 @@
 //! with a valid credential (see [`super::limits`]), a request without one
 //! is refused from its headers alone, before its body is read or decoded,
 //! unless it is one of the calls made without a credential (enrollment,
-//! health, reflection). So a client without a credential costs one lookup
+//! a health check, reflection). So a client without a credential costs one lookup
 //! per request and holds no stream while it trickles a body; one with a
 //! credential proves its connection with its first request and passes
 //! straight through afterwards (the API checks every call anyway).
@@ -23,13 +23,12 @@ use tonic::body::Body;
 use super::limits::Ticket;
 use crate::api::Shared;
 
-/// Requests served without a credential: enrollment, health, reflection,
-/// and CORS preflights (`OPTIONS`, which a browser sends without one before
-/// a gRPC-web call from a web console).
-fn open(method: &http::Method, path: &str) -> bool {
-    method == http::Method::OPTIONS
-        || path == "/geppetto.v1.PuppetService/Enroll"
-        || path.starts_with("/grpc.health.v1.Health/")
+/// Calls served without a credential: enrollment, a health check (not the
+/// health watch: a stream that never ends would hold a connection that is
+/// neither idle nor proven), reflection.
+fn open(path: &str) -> bool {
+    path == "/geppetto.v1.PuppetService/Enroll"
+        || path == "/grpc.health.v1.Health/Check"
         || path.starts_with("/grpc.reflection.")
 }
 
@@ -65,7 +64,7 @@ where
             let state = &self.state;
             match state.auth.check_credential(&state.store, request.headers()) {
                 Ok(()) => ticket.prove(),
-                Err(refused) if !open(request.method(), request.uri().path()) => {
+                Err(refused) if !open(request.uri().path()) => {
                     let peer = request
                         .extensions()
                         .get::<tonic::transport::server::TcpConnectInfo>()
@@ -110,17 +109,15 @@ mod tests {
     use super::open;
 
     #[test]
-    fn only_enrollment_health_reflection_and_preflights_pass_without_a_credential() {
-        let post = http::Method::POST;
-        assert!(open(&post, "/geppetto.v1.PuppetService/Enroll"));
-        assert!(open(&post, "/grpc.health.v1.Health/Check"));
+    fn only_enrollment_health_checks_and_reflection_pass_without_a_credential() {
+        assert!(open("/geppetto.v1.PuppetService/Enroll"));
+        assert!(open("/grpc.health.v1.Health/Check"));
         assert!(open(
-            &post,
             "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
         ));
-        assert!(open(&http::Method::OPTIONS, "/geppetto.v1.Jobs/ListJobs"));
-        assert!(!open(&post, "/geppetto.v1.PuppetService/Poll"));
-        assert!(!open(&post, "/geppetto.v1.Jobs/ListJobs"));
-        assert!(!open(&post, "/geppetto.v1.PuppetService/EnrollX"));
+        assert!(!open("/grpc.health.v1.Health/Watch"));
+        assert!(!open("/geppetto.v1.PuppetService/Poll"));
+        assert!(!open("/geppetto.v1.Jobs/ListJobs"));
+        assert!(!open("/geppetto.v1.PuppetService/EnrollX"));
     }
 }

@@ -16,12 +16,13 @@
 //! (`geppetto_connections_refused_total`) and logged at most once every 10 s.
 //!
 //! When the process is at its connection cap (see
-//! [`super::connection_cap`]), the oldest unproven connection without a
-//! request in progress is closed to make room, instead of leaving the new
-//! one in the kernel's backlog: a flood of silent connections delays the
-//! puppets and operators that arrive during it by one connection close,
-//! not until the flood stops. Proven connections, and any connection with a
-//! request in progress (a held poll), are never evicted.
+//! [`super::connection_cap`]), the oldest unproven connection is closed to
+//! make room, one without a request in progress first, instead of leaving
+//! the new one in the kernel's backlog: a flood of connections without a
+//! credential delays the puppets and operators that arrive during it by one
+//! connection close, not until the flood stops. One eviction at a time: the
+//! next waits until the last evicted connection is gone. Proven connections
+//! (a puppet's held poll among them) are never evicted.
 //!
 //! What one address can cost, then: `max_connections_per_address`
 //! descriptors (each with at most 8 KiB of HTTP/1 buffers or one HTTP/2
@@ -30,7 +31,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -82,6 +83,8 @@ pub struct Admissions {
     refused: [Counter; 2],
     /// When a refusal was last logged, and the refusals since.
     log: Mutex<(Option<Instant>, u64)>,
+    /// Connections evicted and not yet gone.
+    evicting: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -102,6 +105,8 @@ struct Counts {
 struct Evictable {
     activity: Arc<Activity>,
     close: CancellationToken,
+    /// The ticket's: a connection proven meanwhile is not evicted.
+    proven: Arc<AtomicBool>,
 }
 
 /// One admitted connection, until dropped.
@@ -110,7 +115,7 @@ pub struct Ticket {
     admissions: Arc<Admissions>,
     id: u64,
     source: IpAddr,
-    proven: AtomicBool,
+    proven: Arc<AtomicBool>,
     /// Counts the connection's requests in progress.
     pub activity: Arc<Activity>,
     /// Cancelled when the connection is evicted.
@@ -141,6 +146,7 @@ impl Admissions {
             inner: Default::default(),
             refused,
             log: Default::default(),
+            evicting: AtomicUsize::new(0),
         })
     }
 
@@ -170,18 +176,20 @@ impl Admissions {
         counts.unproven += 1;
         let activity = Arc::new(Activity::new());
         let close = CancellationToken::new();
+        let proven = Arc::new(AtomicBool::new(false));
         inner.unproven.insert(
             id,
             Evictable {
                 activity: activity.clone(),
                 close: close.clone(),
+                proven: proven.clone(),
             },
         );
         Ok(Ticket {
             admissions: self.clone(),
             id,
             source,
-            proven: AtomicBool::new(false),
+            proven,
             activity,
             close,
         })
@@ -206,16 +214,26 @@ impl Admissions {
         );
     }
 
-    /// Closes the oldest unproven connection without a request in
-    /// progress, if there is one. Returns whether one was.
+    /// Closes the oldest unproven connection, one without a request in
+    /// progress first, unless an evicted one is still closing. Returns
+    /// whether one was.
     pub fn evict_one(&self) -> bool {
+        if self.evicting.load(Ordering::SeqCst) > 0 {
+            return false;
+        }
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let victim = inner
-            .unproven
-            .values()
-            .find(|c| !c.close.is_cancelled() && c.activity.is_idle());
+        let candidates = || {
+            inner
+                .unproven
+                .values()
+                .filter(|c| !c.close.is_cancelled() && !c.proven.load(Ordering::SeqCst))
+        };
+        let victim = candidates()
+            .find(|c| c.activity.is_idle())
+            .or_else(|| candidates().next());
         match victim {
             Some(victim) => {
+                self.evicting.fetch_add(1, Ordering::SeqCst);
                 victim.close.cancel();
                 true
             }
@@ -261,6 +279,9 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
+        if self.close.is_cancelled() {
+            self.admissions.evicting.fetch_sub(1, Ordering::SeqCst);
+        }
         let mut inner = self
             .admissions
             .inner
@@ -345,25 +366,28 @@ mod tests {
         assert_eq!(a.counts(ip("192.0.2.7")), (1, 1));
     }
 
+    /// Oldest idle unproven first, then the oldest busy unproven one; never
+    /// a proven one; one at a time (the next when the last evicted is gone).
     #[test]
-    fn eviction_takes_the_oldest_idle_unproven_connection_only() {
+    fn eviction_takes_unproven_connections_idle_ones_first_one_at_a_time() {
         let a = admissions(0, 0);
-        let oldest = a.admit(ip("192.0.2.1")).unwrap();
         let busy = a.admit(ip("192.0.2.2")).unwrap();
         let proven = a.admit(ip("192.0.2.3")).unwrap();
-        let newest = a.admit(ip("192.0.2.4")).unwrap();
+        let idle = a.admit(ip("192.0.2.4")).unwrap();
         proven.prove();
-        // `busy` has a request in progress; `oldest` goes first.
         let _request = busy.activity.begin();
-        // The busy one is older than `newest` but not idle.
-        drop(oldest);
-        let _oldest_again = a.admit(ip("192.0.2.1")).unwrap();
         assert!(a.evict_one());
-        assert!(newest.close.is_cancelled());
+        assert!(idle.close.is_cancelled());
         assert!(!busy.close.is_cancelled() && !proven.close.is_cancelled());
-        // Next: the re-admitted one; then nothing evictable is left.
-        assert!(a.evict_one());
-        assert!(_oldest_again.close.is_cancelled());
+        // The evicted one is still closing: no second eviction yet.
         assert!(!a.evict_one());
+        drop(idle);
+        // No idle one left: the busy unproven one goes; never the proven.
+        assert!(a.evict_one());
+        assert!(busy.close.is_cancelled());
+        drop(busy);
+        assert!(!a.evict_one());
+        assert!(!proven.close.is_cancelled());
+        assert_eq!(a.evicting.load(Ordering::SeqCst), 0);
     }
 }

@@ -331,14 +331,30 @@ impl Store {
 
     /// The puppet used its new credential: it becomes the current one, and
     /// the old one lives on until its expiry.
+    ///
+    /// An older credential still kept from a previous rotation is forgotten
+    /// at once (its hash left the lookup table too): only the current and
+    /// the one just replaced can work.
     pub fn complete_rotation(&self, name: &str) -> Result<Puppet> {
-        self.update_puppet(name, |p| {
+        // Set by the last (the committed) run of the change.
+        let forgotten = std::cell::Cell::new(None);
+        let puppet = self.update_puppet(name, |p| {
+            forgotten.set(None);
             if let Some(rotation) = p.rotation.take() {
                 let old = std::mem::replace(&mut p.credential_hash, rotation.new_hash);
-                p.old_credential = Some((old, rotation.old_expires_at));
+                forgotten.set(
+                    p.old_credential
+                        .replace((old, rotation.old_expires_at))
+                        .map(|(hash, _)| hash),
+                );
             }
             Ok(())
-        })
+        })?;
+        if let Some(hash) = forgotten.into_inner() {
+            // No longer the puppet's old credential: only its lookup is left.
+            self.credentials.remove(hash.as_bytes())?;
+        }
+        Ok(puppet)
     }
 
     /// Forgets an expired old credential.
@@ -474,6 +490,30 @@ mod tests {
             enroll_secret_hash: "secret-hash".into(),
         };
         store.enroll(new, now).unwrap()
+    }
+
+    /// Two rotations completed one after the other: the first credential,
+    /// no longer kept as the old one, is gone from the lookup too (it
+    /// stayed there, orphaned, and still proved connections).
+    #[test]
+    fn a_second_rotation_forgets_the_first_credential_entirely() {
+        let (_dir, store) = temp_store();
+        enroll(&store, "p1", Millis(1_000));
+        for (secret, hash) in [("s2", "hash-2"), ("s3", "hash-3")] {
+            let rotation = Rotation {
+                new_secret: secret.into(),
+                new_hash: hash.into(),
+                old_expires_at: Millis(i64::MAX),
+            };
+            store.rotate_puppet("p1", &rotation).unwrap();
+            store.complete_rotation("p1").unwrap();
+        }
+        let puppet = store.get_puppet("p1").unwrap();
+        assert_eq!(puppet.credential_hash, "hash-3");
+        assert_eq!(puppet.old_credential.as_ref().unwrap().0, "hash-2");
+        assert!(store.principal("hash-of-p1").unwrap().is_none());
+        assert!(store.principal("hash-2").unwrap().is_some());
+        assert!(store.principal("hash-3").unwrap().is_some());
     }
 
     #[test]
