@@ -35,7 +35,7 @@ pub struct Selector {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("malformed selector at character {position} (near {near:?}): {reason}")]
 pub struct SelectorError {
-    /// At most [`NEAR`] characters each side of the position.
+    /// At most a dozen characters each side of the position.
     pub near: String,
     /// 1-based character position.
     pub position: usize,

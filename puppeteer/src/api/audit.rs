@@ -5,7 +5,7 @@
 //!
 //! Except the refusals of callers with no valid credential (no identity to
 //! hold to account, and each one would cost the puppeteer disk): they are
-//! counted and logged sparingly (see [`super::auth::Refusals`]), never
+//! counted and logged sparingly (see [`crate::app::auth::Refusals`]), never
 //! stored. Entries older than `audit_retention` are pruned by the sweeper.
 
 use tonic::{Request, Status};

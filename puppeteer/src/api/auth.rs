@@ -13,7 +13,7 @@
 //!
 //! A call refused for its credential is counted
 //! (`geppetto_unauthenticated_calls_total`) and logged at most once every
-//! [`REFUSAL_LOG_EVERY`] with the number since the last line; it is never
+//! [`crate::app::auth::REFUSAL_LOG_EVERY`] with the number since the last line; it is never
 //! stored, so a client without a credential cannot grow the audit trail or
 //! the event stream, nor flood the log.
 
