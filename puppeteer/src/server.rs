@@ -347,8 +347,9 @@ async fn serve_connections(
 }
 
 /// The next connection and its permit of the connection cap. At the cap,
-/// the oldest unproven idle connection is evicted to make room, one a
-/// second while none is free, and new connections wait in the kernel's
+/// the oldest unproven connection is evicted to make room (see
+/// `limits::Admissions::evict_one`: idle ones first, one at a time), and
+/// new connections wait in the kernel's
 /// backlog meanwhile: descriptors are kept for the database (sled failed
 /// with "Too many open files" when 10,000 puppets' connections took them
 /// all).
