@@ -81,9 +81,17 @@ pub struct SimArgs {
     /// grpc-web (HTTP/1.1, like an agent) or grpc (HTTP/2) [default: grpc-web].
     #[arg(long, value_name = "TRANSPORT", default_value_t = Transport::GrpcWeb)]
     pub transport: Transport,
-    /// How long the server should hold an idle poll, e.g. 300s [default: the server's].
+    /// The poll hold each simulated puppet asks for at start, e.g. 300s; it
+    /// then adapts to the path between the floor and the ceiling, exactly as
+    /// an agent's [default: the agent's, 50s].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub poll_hold: Option<Duration>,
+    /// The lowest poll hold [default: the agent's, 10s, or --poll-hold if lower].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub poll_hold_floor: Option<Duration>,
+    /// The highest poll hold [default: the agent's, 300s, or --poll-hold if higher].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub poll_hold_ceiling: Option<Duration>,
     /// How many enrollments may be in flight at once.
     #[arg(long, value_name = "N", default_value_t = 32)]
     pub enroll_concurrency: usize,
@@ -105,20 +113,11 @@ impl SimArgs {
         if self.count == 0 {
             return Err(ConfigError("--count must be at least 1".into()));
         }
-        if let Some(hold) = self.poll_hold
-            && !(crate::config::MIN_POLL_HOLD..=crate::config::MAX_POLL_HOLD).contains(&hold)
-        {
-            return Err(ConfigError(format!(
-                "--poll-hold must be between {} and {}",
-                humantime::format_duration(crate::config::MIN_POLL_HOLD),
-                humantime::format_duration(crate::config::MAX_POLL_HOLD)
-            )));
-        }
         let labels = match &self.labels {
             Some(text) => parse_labels(text)?,
             None => BTreeMap::new(),
         };
-        Ok(crate::simulate::SimConfig {
+        let config = crate::simulate::SimConfig {
             count: self.count,
             server: self.server,
             ca_file: self.ca,
@@ -129,9 +128,13 @@ impl SimArgs {
             name_prefix: self.name_prefix,
             transport: self.transport,
             poll_hold: self.poll_hold,
+            poll_hold_floor: self.poll_hold_floor,
+            poll_hold_ceiling: self.poll_hold_ceiling,
             enroll_concurrency: self.enroll_concurrency,
             connect_rate: self.connect_rate,
-        })
+        };
+        config.validate()?;
+        Ok(config)
     }
 }
 

@@ -198,7 +198,7 @@ impl AgentConfig {
     }
 }
 
-fn validate_hold(limits: crate::hold::HoldLimits) -> Result<(), ConfigError> {
+pub(crate) fn validate_hold(limits: crate::hold::HoldLimits) -> Result<(), ConfigError> {
     let show = |d: Duration| humantime::format_duration(d).to_string();
     for (what, hold) in [
         ("poll hold", limits.start),
@@ -225,8 +225,11 @@ fn validate_hold(limits: crate::hold::HoldLimits) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// A size in bytes, written with a unit: `500MiB`, `2GiB`, `1.5 GiB`,
-/// `100MB`, `4096B` (or a plain number of bytes).
+/// Parses a size as the `bytesize` crate reads it, the rule the puppeteer
+/// follows too: a number of bytes (`4096`), or a number and a unit,
+/// case-insensitive, with or without a space: `KiB`, `MiB`, `GiB`, `TiB`
+/// (also `Ki`, `Mi`, ...) are powers of 1024; `kB`, `MB`, `GB`, `TB` (also
+/// `k`, `M`, ...) are powers of 1000. A fraction needs a unit (`1.5GiB`).
 pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
     let text = s.trim();
     let split = text

@@ -38,10 +38,11 @@
 //!
 //! # Structure
 //!
-//! The transport ([`geppetto_proto::client`]) carries the calls; the agent
-//! loop (`agent`, `held`, `run`) decides what to send; the executor and the
-//! spool (`executor`, `spool`, `records`, `upload`) run programs and keep
-//! their output. `config` and `cli` validate everything before the first
+//! The transport ([`geppetto_proto::client`]) carries the calls; the poll
+//! loop (`poll`, `held`, `hold`; shared by the agent and the simulator)
+//! decides what to send; `agent` and `run` execute runs for real, with the
+//! executor and the spool (`executor`, `spool`, `records`, `upload`) running
+//! programs and keeping their output. `config` and `cli` validate everything before the first
 //! connection.
 
 mod agent;
@@ -54,6 +55,7 @@ pub mod executor;
 mod facts;
 mod held;
 pub mod hold;
+mod poll;
 pub mod records;
 mod rpc;
 mod run;

@@ -165,24 +165,6 @@ where
     }
 }
 
-/// The poll a puppet sends: what it holds and how many runs it can take.
-/// Shared by the agent's poll loop and the swarm simulator.
-pub fn poll_request(
-    snapshot: crate::held::Snapshot,
-    facts: Option<v1::Facts>,
-    hold: Option<Duration>,
-    polls_cut: u32,
-) -> v1::PollRequest {
-    v1::PollRequest {
-        free_slots: snapshot.free_slots,
-        known_runs: snapshot.known_runs,
-        facts,
-        hold: hold.map(to_proto_duration),
-        finishing_runs: snapshot.finishing_runs,
-        polls_cut,
-    }
-}
-
 pub fn timestamp_now() -> prost_types::Timestamp {
     prost_types::Timestamp::from(std::time::SystemTime::now())
 }

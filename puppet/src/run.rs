@@ -75,7 +75,7 @@ pub async fn run_assignment(ctx: RunContext, assignment: Assignment, cancel: Can
 
     match start(&ctx, &target, &cancel).await {
         // Started: fetching its artifacts counts as executing (the poll
-        // loop's report-first grace, `agent::settle`).
+        // loop's report-first grace, `poll::PollLoop::settle`).
         Started::Proceed => ctx.held.set_stage(&run_id, Stage::Executing),
         Started::Dropped => {
             forget(&ctx, &run_id);

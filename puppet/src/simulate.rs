@@ -8,11 +8,12 @@
 //!   an agent's, so a second start of the simulator reuses them;
 //! - its own [`Channel`], hence its own TCP + TLS connection (the TLS settings
 //!   are built once and shared, the connections never are);
-//! - the agent's protocol code: the same [`HeldRuns`] table and
-//!   [`rpc::poll_request`] building each poll, the same facts schedule, the
-//!   same `StartRun` / `AppendLog` / `FinishRun` calls with the same deadlines
-//!   and retry policy ([`run::send_start`], [`LogTarget::append`],
-//!   [`run::send_finish`]).
+//! - the agent's own poll loop ([`PollLoop`]): the same hold tuner, deadlines,
+//!   facts schedule, admission of runs, reporting before polling and backoff;
+//!   only what a run does is swapped ([`Runs`]);
+//! - the agent's calls for a run: the same `StartRun` / `AppendLog` /
+//!   `FinishRun` with the same deadlines and retry policy
+//!   ([`run::send_start`], [`LogTarget::append`], [`run::send_finish`]).
 //!
 //! What it does not do is execute anything: the work is simulated
 //! ([`ScriptMode`]), and no run record or spool is written, so a simulated
@@ -35,25 +36,22 @@ use anyhow::Context;
 use geppetto_proto::client::{Channel, ClientTls, Endpoint, TokenSlot, Transport};
 use geppetto_proto::proxy::ProxyConfig;
 use geppetto_proto::v1::puppet_service_client::PuppetServiceClient;
-use geppetto_proto::v1::{Assignment, Facts, PollResponse};
+use geppetto_proto::v1::{Assignment, Facts};
 use tokio::task::JoinSet;
 use tokio_util::bytes::Bytes;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
-use crate::backoff::Backoff;
 use crate::config::AgentConfig;
 use crate::enroll::{self, Credential};
-use crate::facts::{self, FactsSchedule};
-use crate::held::{Admission, HeldRuns, Stage};
-use crate::records::{FinishReport, Outcome, is_safe_run_id};
-use crate::rpc::{self, CallError, Client, Retry};
+use crate::facts;
+use crate::held::{HeldRuns, Stage};
+use crate::hold::HoldLimits;
+use crate::poll::{PollLoop, Runs};
+use crate::records::{FinishReport, Outcome};
+use crate::rpc::{self, CallError, Client};
 use crate::run;
 use crate::upload::{LogTarget, MAX_CHUNK};
-
-/// The hold assumed when a simulated puppet does not ask for one (the server's default is 50 s).
-const ASSUMED_SERVER_HOLD: std::time::Duration = std::time::Duration::from_secs(60);
-/// Added to the hold for the client-side deadline of a poll.
-const POLL_MARGIN: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// A simulated puppet executes one run at a time, like an agent's default.
 const SLOTS: u32 = 1;
@@ -112,8 +110,12 @@ pub struct SimConfig {
     /// Puppets are named `<prefix>-00000`, `<prefix>-00001`...
     pub name_prefix: String,
     pub transport: Transport,
-    /// How long the server should hold an idle poll; `None`: the server's default.
+    /// The poll hold asked at start, and its bounds, as the agent's
+    /// `--poll-hold`, `--poll-hold-floor` and `--poll-hold-ceiling` (`None`:
+    /// the agent's defaults).
     pub poll_hold: Option<Duration>,
+    pub poll_hold_floor: Option<Duration>,
+    pub poll_hold_ceiling: Option<Duration>,
     /// How many enrollments may be in flight at once.
     pub enroll_concurrency: usize,
     /// How many puppets start polling per second.
@@ -135,6 +137,40 @@ impl std::fmt::Debug for SimConfig {
     }
 }
 
+impl SimConfig {
+    /// Checks what can be checked before anything starts: the poll hold's
+    /// bounds, by the agent's rules.
+    pub fn validate(&self) -> Result<(), crate::ConfigError> {
+        crate::config::validate_hold(self.hold_limits())
+    }
+
+    fn hold_limits(&self) -> HoldLimits {
+        self.agent_config(&self.name_prefix, &self.state_dir)
+            .hold_limits()
+    }
+
+    /// The configuration of an agent in the simulated puppet's place.
+    fn agent_config(&self, name: &str, state_dir: &std::path::Path) -> AgentConfig {
+        AgentConfig {
+            server: self.server.clone(),
+            ca_file: self.ca_file.clone(),
+            enroll_token: self.enroll_token.clone(),
+            state_dir: state_dir.to_path_buf(),
+            name: name.to_string(),
+            labels: self.labels.clone(),
+            transport: self.transport,
+            slots: SLOTS,
+            poll_hold: self.poll_hold,
+            poll_hold_floor: self.poll_hold_floor,
+            poll_hold_ceiling: self.poll_hold_ceiling,
+            proxy: ProxyConfig::FromEnv,
+            compression: Default::default(),
+            artifact_cache_max: crate::artifacts::DEFAULT_CACHE_MAX,
+            boot_id_file: None,
+        }
+    }
+}
+
 /// Counters of the whole swarm, printed when it stops.
 #[derive(Debug, Default)]
 struct Stats {
@@ -149,7 +185,7 @@ struct Stats {
 #[derive(Debug)]
 struct Swarm {
     mode: ScriptMode,
-    poll_hold: Option<Duration>,
+    hold_limits: HoldLimits,
     facts: Facts,
     stats: Stats,
     shutdown: CancellationToken,
@@ -171,6 +207,7 @@ pub async fn run_simulation(config: SimConfig, shutdown: CancellationToken) -> a
     if config.count == 0 {
         anyhow::bail!("--count must be at least 1");
     }
+    config.validate()?;
     crate::config::validate_name(&format!("{}-{:05}", config.name_prefix, 0))
         .map_err(|e| anyhow::anyhow!("invalid --name-prefix: {e}"))?;
     let open_files =
@@ -195,7 +232,7 @@ pub async fn run_simulation(config: SimConfig, shutdown: CancellationToken) -> a
     let tls = ClientTls::new(&endpoint)?;
     let swarm = Arc::new(Swarm {
         mode: config.script_mode,
-        poll_hold: config.poll_hold,
+        hold_limits: config.hold_limits(),
         facts: facts::collect(&config.state_dir),
         stats: Stats::default(),
         shutdown: shutdown.clone(),
@@ -310,23 +347,7 @@ async fn enroll_all(
                 .mode(0o700)
                 .create(&puppet.state_dir)
                 .with_context(|| format!("cannot create {}", puppet.state_dir.display()))?;
-            let agent = AgentConfig {
-                server: config.server.clone(),
-                ca_file: config.ca_file.clone(),
-                enroll_token: config.enroll_token.clone(),
-                state_dir: puppet.state_dir.clone(),
-                name: puppet.name.clone(),
-                labels: config.labels.clone(),
-                transport: config.transport,
-                slots: SLOTS,
-                poll_hold: config.poll_hold,
-                poll_hold_floor: None,
-                poll_hold_ceiling: None,
-                proxy: ProxyConfig::FromEnv,
-                compression: Default::default(),
-                artifact_cache_max: crate::artifacts::DEFAULT_CACHE_MAX,
-                boot_id_file: None,
-            };
+            let agent = config.agent_config(&puppet.name, &puppet.state_dir);
             let client = puppet.client.clone();
             let swarm = swarm.clone();
             in_flight.spawn(async move {
@@ -348,117 +369,65 @@ async fn enroll_all(
     Ok((credentials, enrolled))
 }
 
-/// The poll loop of one simulated puppet: the agent's, without child processes.
-async fn puppet_loop(puppet: SimPuppet, mut credential: Credential, swarm: Arc<Swarm>) {
-    let mut backoff = Backoff::standard();
-    let mut schedule = FactsSchedule::default();
-    let mut tasks = JoinSet::new();
-    let timeout = swarm.poll_hold.unwrap_or(ASSUMED_SERVER_HOLD) + POLL_MARGIN;
-    while !swarm.shutdown.is_cancelled() {
-        let snapshot = puppet.held.snapshot(SLOTS);
-        let sent_free = snapshot.free_slots;
-        let send_facts = schedule.due(&swarm.facts, Instant::now());
-        let message = rpc::poll_request(
-            snapshot,
-            send_facts.then(|| swarm.facts.clone()),
-            swarm.poll_hold,
-            0,
-        );
-        let mut client = puppet.client.clone();
-        let call = rpc::with_deadline(timeout, client.poll(rpc::request(message, timeout)));
-        tokio::pin!(call);
-        let result = loop {
-            tokio::select! {
-                result = &mut call => break Some(result),
-                _ = swarm.shutdown.cancelled() => break None,
-                _ = puppet.held.slot_freed() => {
-                    if puppet.held.snapshot(SLOTS).free_slots > sent_free {
-                        break None;
-                    }
-                }
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-            }
-        };
-        let Some(result) = result else { continue };
-        match result {
-            Ok(answer) => {
-                backoff.reset();
-                swarm.stats.polls_answered.fetch_add(1, Ordering::Relaxed);
-                if send_facts {
-                    schedule.sent(&swarm.facts, Instant::now());
-                }
-                if let Err(e) = credential.rotate(&answer.new_credential) {
-                    tracing::error!(puppet = %puppet.name, error = format!("{e:#}"), "cannot take the rotated credential");
-                }
-                let admitted = handle_answer(&puppet, &swarm, &mut tasks, answer);
-                // As in the agent: the new runs report before the next poll
-                // (see `agent::REPORT_FIRST`).
-                if !admitted.is_empty() {
-                    let settled = puppet.held.settle(
-                        &admitted,
-                        crate::agent::REPORT_FIRST,
-                        crate::agent::REPORT_FIRST_CAP,
-                    );
-                    tokio::pin!(settled);
-                    loop {
-                        tokio::select! {
-                            _ = &mut settled => break,
-                            _ = swarm.shutdown.cancelled() => break,
-                            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-                        }
-                    }
-                }
-            }
-            Err(status) => {
-                swarm.stats.poll_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(puppet = %puppet.name, code = ?status.code(), error = status.message(), "poll failed");
-                let delay = if rpc::classify(&status) == Retry::Slowly {
-                    backoff.slow_delay()
-                } else {
-                    backoff.next_delay()
-                };
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = swarm.shutdown.cancelled() => {}
-                }
-            }
-        }
-    }
-    while tasks.join_next().await.is_some() {}
+/// The runs of one simulated puppet: started, "executed" as the script mode
+/// says, their output uploaded and their result reported, with the agent's
+/// calls; nothing is written to disk.
+struct SimRuns {
+    client: Client,
+    held: HeldRuns,
+    swarm: Arc<Swarm>,
 }
 
-fn handle_answer(
-    puppet: &SimPuppet,
-    swarm: &Arc<Swarm>,
-    tasks: &mut JoinSet<()>,
-    answer: PollResponse,
-) -> Vec<String> {
-    let mut admitted = Vec::new();
-    for assignment in answer.assignments {
-        if !is_safe_run_id(&assignment.run_id) {
-            continue;
-        }
-        // As in the agent: held synchronously, before the next poll.
-        if let Admission::New(cancel) = puppet.held.admit(
-            &assignment.run_id,
-            assignment.attempt,
-            Stage::Starting,
-            &swarm.shutdown,
-        ) {
-            admitted.push(assignment.run_id.clone());
-            tasks.spawn(simulated_run(
-                puppet.client.clone(),
-                puppet.held.clone(),
-                assignment,
-                cancel,
-                swarm.clone(),
-            ));
-        }
+impl Runs for SimRuns {
+    fn facts(&self) -> Facts {
+        self.swarm.facts.clone()
     }
-    for run_id in answer.cancel_runs {
-        puppet.held.cancel(&run_id);
+
+    fn run(
+        &self,
+        assignment: Assignment,
+        cancel: CancellationToken,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        simulated_run(
+            self.client.clone(),
+            self.held.clone(),
+            assignment,
+            cancel,
+            self.swarm.clone(),
+        )
     }
-    admitted
+
+    fn polled(&self, answered: bool) {
+        let counter = if answered {
+            &self.swarm.stats.polls_answered
+        } else {
+            &self.swarm.stats.poll_errors
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One simulated puppet polls with the agent's own loop until shutdown,
+/// then lets its runs report.
+async fn puppet_loop(puppet: SimPuppet, mut credential: Credential, swarm: Arc<Swarm>) {
+    let poll = PollLoop {
+        runs: SimRuns {
+            client: puppet.client.clone(),
+            held: puppet.held.clone(),
+            swarm: swarm.clone(),
+        },
+        client: puppet.client,
+        held: puppet.held,
+        slots: SLOTS,
+        hold_limits: swarm.hold_limits,
+        state_dir: puppet.state_dir,
+        shutdown: swarm.shutdown.clone(),
+    };
+    let mut tasks = JoinSet::new();
+    poll.run(&mut credential, &mut tasks)
+        .instrument(tracing::warn_span!("simulated", puppet = %puppet.name))
+        .await;
+    while tasks.join_next().await.is_some() {}
 }
 
 /// Starts, "executes", uploads the output of and finishes one run.
