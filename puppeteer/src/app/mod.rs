@@ -10,11 +10,13 @@
 //! - `gates`: the scheduler's view of jobs and puppets, for its gates.
 //! - `prune`: the retention policy's pruner and abandoned uploads.
 //! - `authz`: which role each call needs.
+//! - `blocking`: which store calls leave the async workers, and how.
 //! - `events`: announcing events; `fetches`: downloads under way;
 //!   `error`: the layer's error, which the api maps to gRPC statuses.
 
 pub mod auth;
 pub mod authz;
+pub mod blocking;
 pub mod effects;
 pub mod error;
 pub mod events;
@@ -32,6 +34,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub use auth::{Auth, Refusals};
+pub use blocking::blocking;
 pub use error::{ApiError, ApiResult};
 pub use prune::run_pruner;
 pub use sweep::{SWEEP_EVERY, run_sweeper};

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{AppState, Shared};
+use super::{AppState, Shared, blocking};
 use crate::domain::{Event, Millis};
 use crate::retention::{Candidate, Totals};
 use crate::scheduler::{JobState, job_state};
@@ -221,12 +221,4 @@ impl AppState {
         let done = plan.done || jobs.len() < STRETCH;
         Ok((pruned, last, done))
     }
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }

@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use super::AppState;
+use super::{AppState, blocking};
 use super::error::ApiResult;
 use crate::domain::{Millis, RunState};
 use crate::scheduler;
@@ -24,25 +24,32 @@ impl AppState {
     pub async fn sweep(&self, now: Millis) -> ApiResult<()> {
         // One read of the unfinished runs serves both passes (ten thousand
         // of them during a fleet-wide fan-out).
-        let active = self.store.all_active_runs()?;
+        // Both scans grow with the fleet: off the async workers (see
+        // `app::blocking`).
+        let store = self.store.clone();
+        let active = blocking(move || store.all_active_runs()).await?;
         let active = self.expire_leases(active, now).await?;
         self.apply_gates(active, now).await?;
-        self.announce_presence()?;
-        self.store.prune_events(Millis(
-            now.0 - self.config.event_retention.as_millis() as i64,
-        ))?;
-        self.store.prune_audit(Millis(
-            now.0 - self.config.audit_retention.as_millis() as i64,
-        ))?;
+        let store = self.store.clone();
+        let names = blocking(move || store.puppet_names()).await?;
+        self.announce_presence(&names)?;
+        let store = self.store.clone();
+        let events_before = Millis(now.0 - self.config.event_retention.as_millis() as i64);
+        let audit_before = Millis(now.0 - self.config.audit_retention.as_millis() as i64);
+        blocking(move || {
+            store.prune_events(events_before)?;
+            store.prune_audit(audit_before)
+        })
+        .await?;
         Ok(())
     }
 
     /// Announces puppets that went offline, and those that came back.
-    fn announce_presence(&self) -> ApiResult<()> {
+    fn announce_presence(&self, names: &[String]) -> ApiResult<()> {
         use crate::presence::Presence;
         // A puppet holding a poll is online: nothing to do if that is what
         // was last stored, and no record to decode.
-        for name in self.presences.unsettled(&self.store.puppet_names()?) {
+        for name in self.presences.unsettled(names) {
             // With the stored presence mirrored and the signs of life in
             // memory, the presence is judged without decoding the record:
             // only a change needs it.
