@@ -230,20 +230,10 @@ pub fn labels<'a>(map: impl IntoIterator<Item = (&'a String, &'a String)>) -> St
         .join(",")
 }
 
-/// A byte count for humans: `1.5 GiB`.
+/// A byte count for humans, in `bytesize`'s style, as the puppeteer words
+/// it too: `512 B`, `1.5 MiB`, `10.0 GiB`.
 pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
+    bytesize::ByteSize(n).to_string()
 }
 
 #[cfg(test)]
@@ -322,6 +312,8 @@ mod tests {
         assert_eq!(short_duration(Duration::from_secs(5)), "5s");
         assert_eq!(bytes(512), "512 B");
         assert_eq!(bytes(3 * 1024 * 1024 / 2), "1.5 MiB");
+        assert_eq!(bytes(10 << 30), "10.0 GiB");
+        assert_eq!(bytes(5_000_000), "4.8 MiB");
         let ts = prost_types::Timestamp {
             seconds: 1_700_000_000,
             nanos: 0,

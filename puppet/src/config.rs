@@ -231,37 +231,16 @@ pub(crate) fn validate_hold(limits: crate::hold::HoldLimits) -> Result<(), Confi
 /// (also `Ki`, `Mi`, ...) are powers of 1024; `kB`, `MB`, `GB`, `TB` (also
 /// `k`, `M`, ...) are powers of 1000. A fraction needs a unit (`1.5GiB`).
 pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
-    let text = s.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number.parse().map_err(|_| {
-        ConfigError(format!(
-            "invalid size {s:?}: write a number and a unit, e.g. 2GiB or 500MiB"
-        ))
-    })?;
-    let factor = match unit.trim() {
-        "" | "B" => 1.0,
-        "KiB" => 1024.0,
-        "MiB" => 1024.0 * 1024.0,
-        "GiB" => 1024.0 * 1024.0 * 1024.0,
-        "TiB" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
-        "kB" => 1e3,
-        "MB" => 1e6,
-        "GB" => 1e9,
-        "TB" => 1e12,
-        other => {
-            return err(format!(
-                "invalid size {s:?}: unknown unit {other:?}; use B, KiB, MiB, GiB, TiB, kB, MB, GB or TB"
-            ));
-        }
-    };
-    let bytes = (number * factor).round();
-    if bytes > u64::MAX as f64 {
-        return err(format!("invalid size {s:?}: too large"));
-    }
-    Ok(bytes as u64)
+    s.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|size| size.as_u64())
+        .map_err(|_| {
+            ConfigError(format!(
+                "invalid size {s:?}: write a number of bytes, or a number and a unit in any case: \
+                 KiB, MiB, GiB, TiB (powers of 1024) or kB, MB, GB, TB (powers of 1000), \
+                 e.g. 2GiB or 500MiB"
+            ))
+        })
 }
 
 fn validate_server(server: &str, has_ca: bool) -> Result<(), ConfigError> {
@@ -358,13 +337,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sizes_take_units() {
-        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
-        assert_eq!(parse_size(" 1.5 MiB ").unwrap(), 1_572_864);
-        assert_eq!(parse_size("100MB").unwrap(), 100_000_000);
-        assert_eq!(parse_size("4096").unwrap(), 4096);
-        assert!(parse_size("2 gigs").unwrap_err().0.contains("unknown unit"));
-        assert!(parse_size("GiB").unwrap_err().0.contains("invalid size"));
+    fn sizes_follow_bytesize_in_any_case() {
+        for (text, bytes) in [
+            ("4096", 4096),
+            ("4096B", 4096),
+            ("2GiB", 2 << 30),
+            ("2gib", 2 << 30),
+            ("2 GI", 2 << 30),
+            (" 1.5 MiB ", 1_572_864),
+            ("500MiB", 500 << 20),
+            ("100MB", 100_000_000),
+            ("100mb", 100_000_000),
+            ("10kB", 10_000),
+            ("10KB", 10_000),
+            ("1TB", 1_000_000_000_000),
+        ] {
+            assert_eq!(parse_size(text).unwrap(), bytes, "{text:?}");
+        }
+        for bad in ["", "2 gigs", "GiB", "-2GiB", "1.5", "2GiB!"] {
+            let error = parse_size(bad).unwrap_err().0;
+            assert!(
+                error.contains("invalid size") && error.contains("500MiB"),
+                "{bad:?}: {error}"
+            );
+        }
     }
 
     fn valid() -> AgentConfig {

@@ -72,30 +72,22 @@ pub struct RetentionFile {
     pub upload_max_age: Option<Duration>,
 }
 
-/// Parses a size: bytes, or a number with a unit (`512KiB`, `64MiB`,
-/// `10GiB`, `1TiB`; `KB`, `MB`, `GB` are powers of 1000).
-pub fn parse_bytes(text: &str) -> Result<u64> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" => 1 << 10,
-        "m" | "mib" => 1 << 20,
-        "g" | "gib" => 1 << 30,
-        "t" | "tib" => 1 << 40,
-        "kb" => 1_000,
-        "mb" => 1_000_000,
-        "gb" => 1_000_000_000,
-        "tb" => 1_000_000_000_000,
-        _ => bail!("invalid size {text:?}: use bytes or a unit, e.g. 64MiB, 10GiB"),
-    };
-    let n: f64 = number
-        .parse()
-        .map_err(|_| anyhow::anyhow!("invalid size {text:?}: use e.g. 64MiB, 10GiB"))?;
-    Ok((n * factor as f64) as u64)
+/// How sizes are written, for error messages.
+const SIZE_HELP: &str = "write a number of bytes, or a number and a unit in any case: \
+                         KiB, MiB, GiB, TiB (powers of 1024) or kB, MB, GB, TB (powers of 1000), \
+                         e.g. 64MiB or 10GiB";
+
+/// Parses a size as the `bytesize` crate reads it, the one rule for every
+/// size the puppeteer and the puppet take: a number of bytes (`4096`), or a
+/// number and a unit, case-insensitive, with or without a space: `KiB`,
+/// `MiB`, `GiB`, `TiB` (also `Ki`, `Mi`, ...) are powers of 1024; `kB`,
+/// `MB`, `GB`, `TB` (also `k`, `M`, ...) are powers of 1000. A fraction
+/// needs a unit (`1.5GiB`).
+pub fn parse_size(text: &str) -> Result<u64> {
+    text.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|size| size.as_u64())
+        .map_err(|_| anyhow::anyhow!("invalid size {text:?}: {SIZE_HELP}"))
 }
 
 /// Parses a log limit: a size, or `off` for no limit.
@@ -103,7 +95,7 @@ pub fn parse_log_limit(text: &str) -> Result<Option<u64>> {
     if matches!(text.trim(), "off" | "none" | "unlimited") {
         return Ok(None);
     }
-    parse_bytes(text).map(Some)
+    parse_size(text).map(Some)
 }
 
 mod humantime_serde_opt {
@@ -340,13 +332,36 @@ mod tests {
     }
 
     #[test]
-    fn sizes_parse() {
-        assert_eq!(parse_bytes("64MiB").unwrap(), 64 << 20);
-        assert_eq!(parse_bytes("1.5 KiB").unwrap(), 1536);
-        assert_eq!(parse_bytes("4096").unwrap(), 4096);
-        assert_eq!(parse_bytes("10GB").unwrap(), 10_000_000_000);
-        assert!(parse_bytes("ten").is_err());
-        assert!(parse_bytes("3 parsecs").is_err());
+    fn sizes_follow_bytesize_in_any_case() {
+        for (text, bytes) in [
+            ("4096", 4096),
+            ("0", 0),
+            ("512B", 512),
+            ("64MiB", 64 << 20),
+            ("64mib", 64 << 20),
+            ("64 MIB", 64 << 20),
+            (" 64Mi ", 64 << 20),
+            ("1.5 KiB", 1536),
+            ("10GiB", 10 << 30),
+            ("1TiB", 1 << 40),
+            ("10GB", 10_000_000_000),
+            ("10gb", 10_000_000_000),
+            ("100MB", 100_000_000),
+            // A single letter is the SI unit, whatever its case.
+            ("1k", 1000),
+            ("1K", 1000),
+            ("2g", 2_000_000_000),
+        ] {
+            assert_eq!(parse_size(text).unwrap(), bytes, "{text:?}");
+        }
+        for bad in ["", "ten", "3 parsecs", "GiB", "-1MiB", "1.5", "64MiB/s"] {
+            let error = parse_size(bad).unwrap_err().to_string();
+            assert!(
+                error.contains("invalid size") && error.contains("64MiB"),
+                "{bad:?}: {error}"
+            );
+        }
         assert_eq!(parse_log_limit("off").unwrap(), None);
+        assert_eq!(parse_log_limit("16mib").unwrap(), Some(16 << 20));
     }
 }

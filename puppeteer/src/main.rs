@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use puppeteer::config::{Config, DEFAULT_DATA_DIR, DEFAULT_LISTEN, FileConfig};
 use puppeteer::pki::TlsFiles;
@@ -285,7 +285,7 @@ fn config_from(args: ServeArgs) -> Result<Config> {
     if let Some(LogLimitArg(limit)) = args.log_limit {
         config.log_limit = limit;
     } else if let Some(text) = &file.log_limit {
-        config.log_limit = puppeteer::config::parse_log_limit(text)?;
+        config.log_limit = puppeteer::config::parse_log_limit(text).context("log_limit")?;
     }
     if let Some(r) = file.retention {
         let retention = &mut config.retention;
@@ -296,7 +296,8 @@ fn config_from(args: ServeArgs) -> Result<Config> {
             retention.max_jobs = jobs;
         }
         if let Some(bytes) = &r.max_log_bytes {
-            retention.max_log_bytes = puppeteer::config::parse_bytes(bytes)?;
+            retention.max_log_bytes =
+                puppeteer::config::parse_size(bytes).context("[retention] max_log_bytes")?;
         }
         if let Some(interval) = r.interval {
             retention.interval = interval;

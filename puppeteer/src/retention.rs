@@ -63,7 +63,7 @@ impl Retention {
             "finished jobs are pruned with their runs and logs when older than {}, beyond the newest {}, or while stored logs exceed {}; unfinished artifact uploads are discarded {} after they began; checked every {}",
             human_duration(self.max_age),
             self.max_jobs,
-            human_bytes(self.max_log_bytes),
+            bytesize::ByteSize(self.max_log_bytes),
             human_duration(self.upload_max_age),
             human_duration(self.interval),
         )
@@ -78,22 +78,6 @@ fn human_duration(d: Duration) -> String {
         format!("{} days", secs / DAY)
     } else {
         humantime::format_duration(d).to_string()
-    }
-}
-
-/// `10 GiB`, `64 MiB`, `512 B`.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 || value.fract() == 0.0 {
-        format!("{value:.0} {}", UNITS[unit])
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
     }
 }
 
@@ -252,7 +236,7 @@ mod tests {
         let words = Retention::default().describe();
         assert!(words.contains("90 days"), "{words}");
         assert!(
-            words.contains("100000") && words.contains("10 GiB"),
+            words.contains("100000") && words.contains("10.0 GiB"),
             "{words}"
         );
     }

@@ -16,7 +16,7 @@ use tonic::Status;
 use super::Shared;
 use super::convert::id_of_kind;
 use super::error::{ApiError, ApiResult};
-use crate::app::fetches::{Completed, bytes_words};
+use crate::app::fetches::Completed;
 use crate::artifact;
 use crate::bandwidth;
 use crate::domain::{Run, RunState};
@@ -217,9 +217,9 @@ fn note_fetched(state: &Shared, run_id: &str, done: &Completed) {
     let cause = format!(
         "fetched artifact {}: {} in {} ({}/s)",
         done.name,
-        bytes_words(done.size),
+        bytesize::ByteSize(done.size),
         humantime::format_duration(std::time::Duration::from_secs(done.took.as_secs())),
-        bytes_words(rate as u64)
+        bytesize::ByteSize(rate as u64)
     );
     let now = crate::domain::Millis::now();
     let noted = state.store.update_run(run_id, |run| {

@@ -148,18 +148,6 @@ fn view(fetch: &Fetch, elapsed: std::time::Duration) -> FetchView {
     }
 }
 
-/// `5.0 MiB`, `61.6 KiB`, `812 B`.
-pub fn bytes_words(n: u64) -> String {
-    let b = n as f64;
-    if b >= 1024.0 * 1024.0 {
-        format!("{:.1} MiB", b / (1024.0 * 1024.0))
-    } else if b >= 1024.0 {
-        format!("{:.1} KiB", b / 1024.0)
-    } else {
-        format!("{n} B")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,6 +185,5 @@ mod tests {
         assert_eq!(shown.eta, Some(Duration::from_secs(40)));
         // Too early for a rate: no estimate rather than a wild one.
         assert_eq!(view(&fetch, Duration::from_millis(100)).eta, None);
-        assert_eq!(bytes_words(5_000_000), "4.8 MiB");
     }
 }
