@@ -127,7 +127,7 @@ impl ArtifactsApi {
             return Ok(status(&upload));
         }
         if open >= MAX_OPEN_UPLOADS {
-            return Err(ApiError::FailedPrecondition(format!(
+            return Err(ApiError::Conflict(format!(
                 "{user} has {open} unfinished uploads, the most allowed: finish them, or \
                  wait until the abandoned ones are discarded"
             )));
@@ -169,7 +169,7 @@ impl ArtifactsApi {
             )));
         }
         if req.offset > upload.committed {
-            return Err(ApiError::FailedPrecondition(format!(
+            return Err(ApiError::Conflict(format!(
                 "upload {} holds {} bytes: send from byte {}, not {}",
                 upload.id, upload.committed, upload.committed, req.offset
             )));
@@ -203,7 +203,7 @@ impl ArtifactsApi {
         let upload = self.state.store.get_upload(&req.upload_id)?;
         owned_by(&upload, user)?;
         if upload.committed != upload.size {
-            return Err(ApiError::FailedPrecondition(format!(
+            return Err(ApiError::Conflict(format!(
                 "upload {} holds {} of {} bytes: send the rest before committing",
                 upload.id, upload.committed, upload.size
             )));
@@ -254,7 +254,7 @@ impl ArtifactsApi {
         let artifact = self.state.store.get_artifact(&req.name)?;
         let users = self.view(&artifact)?.used_by;
         if !users.is_empty() && !req.force {
-            return Err(ApiError::FailedPrecondition(format!(
+            return Err(ApiError::Conflict(format!(
                 "artifact {} is used by the latest version of tasks {}: update them first, \
                  or remove it with force (their versions keep the content they pinned)",
                 req.name,

@@ -6,24 +6,37 @@ pub use crate::app::error::{ApiError, ApiResult, MAX_MESSAGE, bounded, invalid};
 use crate::store::StoreError;
 
 impl ApiError {
+    /// The gRPC code of each kind of error: nowhere else is a code chosen.
     pub fn code(&self) -> Code {
         match self {
             ApiError::Invalid(_) => Code::InvalidArgument,
             ApiError::Unauthenticated(_) => Code::Unauthenticated,
             ApiError::PermissionDenied(_) => Code::PermissionDenied,
-            ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
+            ApiError::Conflict(_) => Code::FailedPrecondition,
             ApiError::NotFound(_) => Code::NotFound,
             ApiError::AlreadyExists(_) => Code::AlreadyExists,
-            ApiError::Aborted(_) => Code::Aborted,
+            ApiError::Stale(_) => Code::Aborted,
+            ApiError::OutOfRange(_) => Code::OutOfRange,
+            ApiError::ShuttingDown(_) => Code::Unavailable,
+            ApiError::Corrupt(_) => Code::DataLoss,
             ApiError::Internal(_) => Code::Internal,
-            ApiError::Store(StoreError::NotFound { .. }) => Code::NotFound,
-            ApiError::Store(StoreError::AlreadyExists { .. }) => Code::AlreadyExists,
-            ApiError::Store(StoreError::Conflict(_)) => Code::FailedPrecondition,
-            ApiError::Store(StoreError::Stale(_)) => Code::Aborted,
-            ApiError::Store(StoreError::SchemaMismatch { .. }) => Code::FailedPrecondition,
-            ApiError::Store(StoreError::Corrupt { .. }) => Code::DataLoss,
-            ApiError::Store(StoreError::Sled(_) | StoreError::Locked(_)) => Code::Internal,
+            ApiError::Store(e) => store_code(e),
         }
+    }
+}
+
+/// The store's kinds, mapped as the api's own: a conflict with the state is
+/// the same refusal whichever layer found it.
+fn store_code(e: &StoreError) -> Code {
+    match e {
+        StoreError::NotFound { .. } => Code::NotFound,
+        StoreError::AlreadyExists { .. } => Code::AlreadyExists,
+        StoreError::Conflict(_) => Code::FailedPrecondition,
+        StoreError::Stale(_) => Code::Aborted,
+        StoreError::BadCredential(_) => Code::Unauthenticated,
+        StoreError::SchemaMismatch { .. } => Code::FailedPrecondition,
+        StoreError::Corrupt { .. } => Code::DataLoss,
+        StoreError::Sled(_) | StoreError::Locked(_) => Code::Internal,
     }
 }
 
@@ -57,6 +70,40 @@ mod tests {
             Code::FailedPrecondition
         );
         assert_eq!(code(StoreError::Stale("again".into())), Code::Aborted);
+    }
+
+    /// Each kind found by the api and its twin found by the store answer
+    /// the same code.
+    #[test]
+    fn the_same_kind_gets_the_same_code_from_either_layer() {
+        let pairs = [
+            (
+                ApiError::Conflict("x".into()),
+                StoreError::Conflict("x".into()),
+            ),
+            (ApiError::Stale("x".into()), StoreError::Stale("x".into())),
+            (
+                ApiError::NotFound("x".into()),
+                StoreError::NotFound {
+                    kind: "run",
+                    id: "x".into(),
+                },
+            ),
+            (
+                ApiError::AlreadyExists("x".into()),
+                StoreError::AlreadyExists {
+                    kind: "task",
+                    id: "x".into(),
+                },
+            ),
+            (
+                ApiError::Unauthenticated("x".into()),
+                StoreError::BadCredential("x".into()),
+            ),
+        ];
+        for (api, store) in pairs {
+            assert_eq!(api.code(), ApiError::Store(store).code(), "{api:?}");
+        }
     }
 
     #[test]

@@ -93,7 +93,7 @@ fn event_to(e: &Event) -> pb::Event {
 fn check_resume(state: &AppState, after: u64) -> ApiResult<()> {
     let oldest = state.store.oldest_event_id()?;
     if after != 0 && after + 1 < oldest {
-        return Err(ApiError::FailedPrecondition(format!(
+        return Err(ApiError::Conflict(format!(
             "events up to {} were pruned (kept for a bounded time); the oldest kept is {oldest}: resume from there",
             oldest - 1
         )));

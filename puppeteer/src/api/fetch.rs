@@ -82,7 +82,7 @@ fn permit(
         )));
     }
     if run.attempt != req.attempt || !matches!(run.state, RunState::Offered | RunState::Running) {
-        return Err(ApiError::FailedPrecondition(format!(
+        return Err(ApiError::Conflict(format!(
             "run {} attempt {} is not offered to or running on this puppet (it is {} in attempt {})",
             req.run_id,
             req.attempt,
@@ -110,22 +110,23 @@ pub async fn open(
 ) -> Result<ArtifactStream, Status> {
     let (run, name, size) = permit(state, puppet, &req)?;
     if req.offset > size {
-        return Err(Status::out_of_range(format!(
+        return Err(ApiError::OutOfRange(format!(
             "offset {} is past the end of the artifact ({size} bytes)",
             req.offset
-        )));
+        ))
+        .into());
     }
     let path = state.blobs.content_path(&req.sha256);
     let mut file = tokio::fs::File::open(&path).await.map_err(|e| {
         tracing::error!(path = %path.display(), error = %e, "artifact content missing");
-        Status::not_found(format!(
+        ApiError::NotFound(format!(
             "the puppeteer lacks the content {} ({e}): upload the artifact again",
             req.sha256
         ))
     })?;
     file.seek(std::io::SeekFrom::Start(req.offset))
         .await
-        .map_err(|e| Status::internal(format!("cannot read the artifact: {e}")))?;
+        .map_err(|e| ApiError::Internal(format!("cannot read the artifact: {e}")))?;
     tracing::info!(run_id = %run.id, puppet, sha256 = %req.sha256, offset = req.offset, size, "artifact download");
     state
         .fetches
@@ -182,13 +183,16 @@ async fn read_chunk(d: &mut Download) -> Result<Option<pb::ArtifactChunk>, Statu
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = d.state.shutdown.cancelled() => {
-                return Err(Status::unavailable("the puppeteer is shutting down: resume later"));
+                return Err(ApiError::ShuttingDown(
+                    "the puppeteer is shutting down: resume later".into(),
+                )
+                .into());
             }
         }
     }
     let mut data = vec![0u8; n as usize];
     d.file.read_exact(&mut data).await.map_err(|e| {
-        Status::data_loss(format!(
+        ApiError::Corrupt(format!(
             "the artifact content is shorter than recorded: {e}"
         ))
     })?;

@@ -49,7 +49,7 @@ impl JobsApi {
                 let selector = Selector::parse(s)?;
                 let names = self.state.enabled_matching(&selector)?;
                 if names.is_empty() {
-                    return Err(ApiError::FailedPrecondition(format!(
+                    return Err(ApiError::Conflict(format!(
                         "selector {s:?} matches no enabled puppet"
                     )));
                 }
@@ -64,7 +64,7 @@ impl JobsApi {
                     let puppet = store.get_puppet(name)?;
                     // A pending puppet's run waits for its approval.
                     if puppet.state == PuppetState::Disabled {
-                        return Err(ApiError::FailedPrecondition(format!(
+                        return Err(ApiError::Conflict(format!(
                             "puppet {name} is disabled: enable it first (geppetto puppets enable {name})"
                         )));
                     }
@@ -104,7 +104,7 @@ impl JobsApi {
                 ApiError::NotFound(format!("job {} has no run on puppet {name}", job.id))
             })?;
             if !matches!(run.state, RunState::Queued | RunState::Waiting) {
-                return Err(ApiError::FailedPrecondition(format!(
+                return Err(ApiError::Conflict(format!(
                     "the run of job {} on {name} ({}) is {}: only runs that have not started can be skipped{}",
                     job.id,
                     run.id,
@@ -237,7 +237,7 @@ impl Jobs for JobsApi {
                     }
                 }
                 if inside.is_empty() {
-                    return Err(ApiError::FailedPrecondition(format!(
+                    return Err(ApiError::Conflict(format!(
                         "no targeted puppet is in the class of task {} ({})",
                         task.name, task.requires
                     ))
@@ -453,7 +453,7 @@ impl Jobs for JobsApi {
                 .requeue_runs(&job.run_ids, Millis::now(), |r| pick(r.state))?;
             self.state.job_reopened(&job.id);
             if requeued.is_empty() {
-                return Err(ApiError::FailedPrecondition(format!(
+                return Err(ApiError::Conflict(format!(
                     "job {} has no run to retry with only={:?}",
                     job.id,
                     if req.only.is_empty() {
@@ -500,7 +500,7 @@ impl Jobs for JobsApi {
                 state,
                 crate::scheduler::JobState::Running | crate::scheduler::JobState::AwaitingApproval
             ) {
-                return Err(ApiError::FailedPrecondition(format!(
+                return Err(ApiError::Conflict(format!(
                     "job {id} is not finished: only a finished job can be acknowledged"
                 )));
             }

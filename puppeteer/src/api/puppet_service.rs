@@ -96,14 +96,11 @@ impl PuppetServiceApi {
         };
         match self.state.store.enroll(new, now) {
             Ok(puppet) => Ok((puppet, credential)),
-            Err(StoreError::NotFound { .. }) => {
-                Err(ApiError::Unauthenticated("unknown enrollment token".into()).into())
-            }
-            Err(StoreError::Conflict(why)) => Err(ApiError::Unauthenticated(why).into()),
-            Err(StoreError::AlreadyExists { .. }) => Err(Status::already_exists(format!(
+            Err(StoreError::AlreadyExists { .. }) => Err(ApiError::AlreadyExists(format!(
                 "a puppet named {:?} is already enrolled; choose another name, or remove it first (geppetto puppets remove {})",
                 req.name, req.name
-            ))),
+            ))
+            .into()),
             Err(e) => Err(ApiError::from(e).into()),
         }
     }

@@ -61,8 +61,14 @@ impl PuppetsApi {
                 )));
             }
             if !allowed.contains(&p.state) {
+                // Enabling is not how a pending puppet gets in: say what is.
+                let hint = if p.state == PuppetState::Pending && state == PuppetState::Enabled {
+                    format!(": approve it instead (geppetto puppets approve {name})")
+                } else {
+                    String::new()
+                };
                 return Err(StoreError::Conflict(format!(
-                    "puppet {name} is {}",
+                    "puppet {name} is {}{hint}",
                     state_name(p.state)
                 )));
             }
@@ -86,7 +92,7 @@ impl PuppetsApi {
         store.get_puppet(name)?;
         let active: Vec<String> = store.active_runs(name)?.into_iter().map(|r| r.id).collect();
         if !active.is_empty() && !force {
-            return Err(ApiError::FailedPrecondition(format!(
+            return Err(ApiError::Conflict(format!(
                 "puppet {name} has {} unfinished runs; cancel them first or pass force",
                 active.len()
             )));
@@ -289,14 +295,6 @@ impl Puppets for PuppetsApi {
                 PuppetState::Enabled,
                 &[PuppetState::Enabled, PuppetState::Disabled],
             )
-            .map_err(|e| match e {
-                ApiError::Store(StoreError::Conflict(m)) if m.ends_with("pending approval") => {
-                    ApiError::FailedPrecondition(format!(
-                        "{m}: approve it instead (geppetto puppets approve {name})"
-                    ))
-                }
-                e => e,
-            })
         });
         self.state.conclude(audit, result).await.map(Response::new)
     }
@@ -336,7 +334,7 @@ impl Puppets for PuppetsApi {
             let name = Self::name_of(&name)?;
             let puppet = self.state.store.get_puppet(name)?;
             if puppet.state != PuppetState::Pending {
-                return Err(ApiError::FailedPrecondition(format!(
+                return Err(ApiError::Conflict(format!(
                     "puppet {name} is {}, not pending: remove it instead",
                     state_name(puppet.state)
                 )));

@@ -210,7 +210,7 @@ impl Resources for ResourcesApi {
                 .map(|t| t.name)
                 .collect();
             if !users.is_empty() {
-                return Err(ApiError::FailedPrecondition(format!(
+                return Err(ApiError::Conflict(format!(
                     "resource {name} is needed by tasks {}: update them first",
                     users.join(", ")
                 )));

@@ -110,11 +110,9 @@ impl Runs for RunsApi {
             caller?;
             let run = self.run(&request.get_ref().id)?;
             if run.state.is_terminal() {
-                return Err(ApiError::FailedPrecondition(format!(
-                    "run {} is already {}",
-                    run.id, run.state
-                ))
-                .into());
+                return Err(
+                    ApiError::Conflict(format!("run {} is already {}", run.id, run.state)).into(),
+                );
             }
             let changed = cancel_runs(
                 &self.state,

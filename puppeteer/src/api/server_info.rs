@@ -59,7 +59,7 @@ impl Server for ServerApi {
             Ok::<_, crate::store::StoreError>((size, state.store.last_prune()?))
         })
         .await
-        .map_err(|e| Status::internal(format!("server info failed: {e}")))?
+        .map_err(|e| ApiError::Internal(format!("server info failed: {e}")))?
         .map_err(ApiError::from)?;
         let last = last.unwrap_or_default();
         Ok(Response::new(pb::ServerInfo {

@@ -132,7 +132,7 @@ impl Tasks for TasksApi {
                 .get_task(&req.name, None)
                 .map_err(ApiError::from)?;
             if req.expected_version != 0 && req.expected_version != current.version {
-                return Err(ApiError::Aborted(format!(
+                return Err(ApiError::Stale(format!(
                     "task {} is at version {}, not {}: read it again",
                     req.name, current.version, req.expected_version
                 ))

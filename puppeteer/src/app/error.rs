@@ -6,26 +6,45 @@ use crate::selector::SelectorError;
 use crate::store::StoreError;
 
 /// An error of the application layer (and of the api above it), by kind:
-/// the api maps each kind to its gRPC status (`api::error`).
+/// what went wrong, never which gRPC code to answer. `api::error` is the one
+/// place that maps each kind to its status; a service that needs another
+/// meaning adds a kind here rather than building a status by hand.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
+    /// A value from the caller is not acceptable; the message says which
+    /// and what is.
     #[error("{0}")]
     Invalid(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// No valid credential came with the call.
     #[error("{0}")]
     Unauthenticated(String),
+    /// The caller is known but may not do this.
     #[error("{0}")]
     PermissionDenied(String),
+    /// The call does not fit the current state (a run that is not running,
+    /// a puppet pending approval); the message says why and what to do.
     #[error("{0}")]
-    FailedPrecondition(String),
+    Conflict(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
     AlreadyExists(String),
-    /// A concurrent change won; read again and retry.
+    /// A concurrent change won: the record changed since the caller read
+    /// it; read again and retry.
     #[error("{0}")]
-    Aborted(String),
+    Stale(String),
+    /// A position past the end of what exists (an offset in an artifact).
+    #[error("{0}")]
+    OutOfRange(String),
+    /// The puppeteer is shutting down: the caller may resume later.
+    #[error("{0}")]
+    ShuttingDown(String),
+    /// Stored content is not what was recorded of it (a file shorter than
+    /// its size).
+    #[error("{0}")]
+    Corrupt(String),
     /// The server failed (a disk error); the message says what it was doing.
     #[error("{0}")]
     Internal(String),

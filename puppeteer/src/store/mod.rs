@@ -104,6 +104,11 @@ pub enum StoreError {
     /// reading it again and retrying may work.
     #[error("{0}")]
     Stale(String),
+    /// A secret presented to the store (an enrollment token's) is unknown
+    /// or cannot be used now (revoked, expired, used up): the caller's
+    /// credential is refused, whatever the state of the rest.
+    #[error("{0}")]
+    BadCredential(String),
     #[error(
         "the data dir was written with schema version {found}; this puppeteer reads version {SCHEMA_VERSION}"
     )]

@@ -214,24 +214,22 @@ impl Store {
             &self.credentials,
         )
             .gated_transaction(|(secrets, tokens, puppets, credentials)| {
+                // A secret of no token and a token gone are the same to the
+                // caller: its credential is unknown.
+                let unknown =
+                    || abort(StoreError::BadCredential("unknown enrollment token".into()));
                 let Some(id) = secrets.get(enroll_secret_hash.as_bytes())? else {
-                    return abort(StoreError::NotFound {
-                        kind: "enrollment token",
-                        id: "(secret)".into(),
-                    });
+                    return unknown();
                 };
                 let Some(v) = tokens.get(&id)? else {
-                    return abort(StoreError::NotFound {
-                        kind: "enrollment token",
-                        id: String::from_utf8_lossy(&id).into_owned(),
-                    });
+                    return unknown();
                 };
                 let mut token: EnrollToken = match decode(&id, &v) {
                     Ok(t) => t,
                     Err(e) => return abort(e),
                 };
                 if let Some(why) = token.unusable(now) {
-                    return abort(StoreError::Conflict(why.to_string()));
+                    return abort(StoreError::BadCredential(why.to_string()));
                 }
                 if puppets.get(puppet.name.as_bytes())?.is_some() {
                     return abort(StoreError::AlreadyExists {
