@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use predicates::prelude::*;
 use serde_json::Value;
 
-use live::{DEADLINE, Live, mkfifo, single_id, wait_for};
+use geppetto_test_support::block_until;
+use live::{DEADLINE, Live, mkfifo, single_id};
 
 /// Names in a JSON array of objects with a `name` field.
 fn names(list: &Value) -> Vec<String> {
@@ -420,7 +421,7 @@ fn logs_follow_prints_output_as_it_comes() {
         String::from_utf8_lossy(&seen),
         "first-line\nreleased\nafter\n"
     );
-    let status = wait_for("logs --follow exits", DEADLINE, || {
+    let status = block_until("logs --follow exits", DEADLINE, || {
         follow.try_wait().unwrap()
     });
     assert!(status.success(), "logs --follow: {status}");
@@ -909,7 +910,7 @@ fn a_production_job_waits_for_the_test_job_and_an_approval() {
         .assert()
         .success()
         .stderr(predicate::str::contains(format!("approved job {prod}")));
-    let status = wait_for("jobs watch exits", DEADLINE, || watch.try_wait().unwrap());
+    let status = block_until("jobs watch exits", DEADLINE, || watch.try_wait().unwrap());
     reader.join().unwrap();
     seen.extend(rx.try_iter().flatten());
     assert!(
@@ -1052,17 +1053,9 @@ fn events_tell_a_job_in_order_and_status_sums_up() {
         .status()
         .unwrap();
     assert!(interrupted.success());
-    let until = Instant::now() + DEADLINE;
-    let status = loop {
-        if let Some(status) = follow.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < until,
-            "events --follow did not stop on SIGINT"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let status = block_until("events --follow exits on SIGINT", DEADLINE, || {
+        follow.try_wait().unwrap()
+    });
     assert!(status.success(), "{status}");
     reader.join().unwrap();
 }
@@ -1257,9 +1250,9 @@ fn a_run_waiting_for_an_offline_puppet_says_so_and_can_be_skipped_and_acknowledg
     with_puppets(&mut live, &["up", "down"]);
     live.ok(&["tasks", "create", "hello", "--command", "echo hi"]);
     live.stop_puppet("down");
-    wait_for("down is offline", DEADLINE, || {
+    block_until("down is offline", DEADLINE, || {
         let puppet = live.json(&["puppets", "show", "down"]);
-        (puppet["presence"] == "offline").then_some(())
+        puppet["presence"] == "offline"
     });
 
     let job = single_id(
@@ -1267,7 +1260,7 @@ fn a_run_waiting_for_an_offline_puppet_says_so_and_can_be_skipped_and_acknowledg
         "job",
     );
     // The run on the dead puppet says why it waits, and since when.
-    let cause = wait_for("the run waits for its offline puppet", DEADLINE, || {
+    let cause = block_until("the run waits for its offline puppet", DEADLINE, || {
         let runs = live.json(&["runs", "list", "--job", &job]);
         let run = runs
             .as_array()?
@@ -1440,9 +1433,9 @@ fn approval_is_asked_once_nothing_else_is_pending_under_four_eyes_and_rejection_
     );
     // While the test job runs, prod waits for it, not yet for an approval,
     // and nobody is asked to approve it.
-    wait_for("prod waits for its dependency", DEADLINE, || {
+    block_until("prod waits for its dependency", DEADLINE, || {
         let job = live.json(&["jobs", "show", &prod]);
-        (job["runs"][0]["cause"] == format!("waiting for dependency {test}")).then_some(())
+        job["runs"][0]["cause"] == format!("waiting for dependency {test}")
     });
     assert!(
         !job_event_kinds(&live, &prod).contains(&"job.awaiting_approval".to_string()),
@@ -1450,10 +1443,8 @@ fn approval_is_asked_once_nothing_else_is_pending_under_four_eyes_and_rejection_
     );
     std::fs::write(&gate, b"").unwrap();
     assert_eq!(live.wait_job(&test)["state"], "succeeded");
-    wait_for("the approval is asked for", DEADLINE, || {
-        job_event_kinds(&live, &prod)
-            .contains(&"job.awaiting_approval".to_string())
-            .then_some(())
+    block_until("the approval is asked for", DEADLINE, || {
+        job_event_kinds(&live, &prod).contains(&"job.awaiting_approval".to_string())
     });
     let job = live.json(&["jobs", "show", &prod]);
     assert_eq!(job["runs"][0]["cause"], "waiting for approval", "{job}");

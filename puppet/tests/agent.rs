@@ -3,10 +3,11 @@
 //! the puppet's credential.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use geppetto_proto::v1::puppet_service_server::{PuppetService, PuppetServiceServer};
 use geppetto_proto::v1::*;
+use geppetto_test_support::wait_until;
 use puppet::{AgentConfig, Transport, run_agent};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
@@ -199,13 +200,8 @@ fn config(server: String, state_dir: &std::path::Path) -> AgentConfig {
     config
 }
 
-async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+/// How long the agent may take to do what a test waits for.
+const DEADLINE: Duration = Duration::from_secs(20);
 
 fn assignment(body: &str) -> Assignment {
     Assignment {
@@ -244,9 +240,13 @@ async fn enrolls_runs_a_redelivered_assignment_once_and_reports_it() {
     let shutdown = CancellationToken::new();
     let agent = tokio::spawn(run_agent(config(server, dir.path()), shutdown.clone()));
 
-    eventually("the run is finished", || !fake.seen().finishes.is_empty()).await;
-    eventually(
+    wait_until("the run is finished", DEADLINE, || {
+        !fake.seen().finishes.is_empty()
+    })
+    .await;
+    wait_until(
         "the run was redelivered and a poll after it forgets it",
+        DEADLINE,
         || {
             let seen = fake.seen();
             seen.deliveries >= 3
@@ -308,7 +308,7 @@ async fn a_run_cut_short_by_a_restart_is_reported_interrupted_not_executed() {
     let shutdown = CancellationToken::new();
     let agent = tokio::spawn(run_agent(config, shutdown.clone()));
 
-    eventually("the interrupted run is reported", || {
+    wait_until("the interrupted run is reported", DEADLINE, || {
         !fake.seen().finishes.is_empty()
     })
     .await;
@@ -326,7 +326,7 @@ async fn a_run_cut_short_by_a_restart_is_reported_interrupted_not_executed() {
                 .is_some_and(|p| p.known_runs == ["run-9"] && p.finishing_runs == ["run-9"])
         );
     }
-    eventually("the record is removed", || {
+    wait_until("the record is removed", DEADLINE, || {
         !runs.join("run-9.json").exists()
     })
     .await;
@@ -354,10 +354,15 @@ async fn a_rotated_credential_is_stored_and_used_for_every_later_call() {
         shutdown.clone(),
     ));
 
-    eventually("the run is finished", || !fake.seen().finishes.is_empty()).await;
-    eventually("a few polls with the resent credential", || {
-        fake.seen().polls.len() >= 6
+    wait_until("the run is finished", DEADLINE, || {
+        !fake.seen().finishes.is_empty()
     })
+    .await;
+    wait_until(
+        "the puppet polled a few times with the resent credential",
+        DEADLINE,
+        || fake.seen().polls.len() >= 6,
+    )
     .await;
     {
         let seen = fake.seen();
@@ -390,7 +395,7 @@ async fn a_rotated_credential_is_stored_and_used_for_every_later_call() {
     restarted.enroll_token = None;
     let shutdown = CancellationToken::new();
     let agent = tokio::spawn(run_agent(restarted, shutdown.clone()));
-    eventually("the restarted puppet polls", || {
+    wait_until("the restarted puppet polls", DEADLINE, || {
         fake.seen().polls.len() > polls_before
     })
     .await;

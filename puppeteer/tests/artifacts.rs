@@ -15,6 +15,7 @@ use geppetto_proto::client::Channel;
 use geppetto_proto::v1 as pb;
 use geppetto_proto::v1::artifacts_client::ArtifactsClient;
 use geppetto_proto::v1::resources_client::ResourcesClient;
+use geppetto_test_support::{wait_until, wait_until_async};
 use sha2::{Digest, Sha256};
 use tonic::Code;
 
@@ -763,9 +764,11 @@ async fn a_download_cut_by_a_puppet_kill_resumes_from_the_bytes_it_held() {
         .state_dir
         .path()
         .join(format!("state/cache/{}.part", sha(&data)));
-    common::wait_until("a third of the download", Duration::from_secs(30), || {
-        std::fs::metadata(&part).is_ok_and(|m| m.len() > data.len() as u64 / 3)
-    })
+    wait_until(
+        "a third of the artifact is downloaded",
+        Duration::from_secs(30),
+        || std::fs::metadata(&part).is_ok_and(|m| m.len() > data.len() as u64 / 3),
+    )
     .await;
     let state_dir = puppet.kill().await;
     let sent_before = bytes_sent(&server).await;
@@ -837,9 +840,11 @@ async fn a_download_cut_by_the_link_resumes_in_the_same_attempt() {
         .state_dir
         .path()
         .join(format!("state/cache/{}.part", sha(&data)));
-    common::wait_until("a third of the download", Duration::from_secs(30), || {
-        std::fs::metadata(&part).is_ok_and(|m| m.len() > data.len() as u64 / 3)
-    })
+    wait_until(
+        "a third of the artifact is downloaded",
+        Duration::from_secs(30),
+        || std::fs::metadata(&part).is_ok_and(|m| m.len() > data.len() as u64 / 3),
+    )
     .await;
     // Every connection (the stream and the held poll) is cut at once.
     proxy.cut_all();
@@ -908,7 +913,7 @@ async fn abandoned_uploads_are_discarded_with_their_partial_files() {
     let stray = uploads.join("upload-left-by-a-crash");
     std::fs::write(&stray, b"half").unwrap();
 
-    common::wait_until(
+    wait_until(
         "the abandoned upload is discarded",
         Duration::from_secs(30),
         || !partial.exists() && !stray.exists(),
@@ -962,26 +967,23 @@ async fn a_run_fetching_its_artifacts_says_so_with_bytes_rate_and_estimate() {
     let run_id = job.runs[0].run_id.clone();
 
     // Mid-download: the run and its job both show the fetch.
-    let until = tokio::time::Instant::now() + Duration::from_secs(60);
-    let fetch = loop {
-        let run = admin
-            .runs
-            .get_run(pb::GetRunRequest { id: run_id.clone() })
-            .await
-            .unwrap()
-            .into_inner();
-        if let Some(fetch) = run.fetch.clone()
-            && fetch.bytes_per_second > 0
-            && fetch.bytes_done > 0
-        {
-            break fetch;
-        }
-        assert!(
-            tokio::time::Instant::now() < until,
-            "no fetch shown: {run:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let fetch = wait_until_async(
+        "the run shows its fetch under way",
+        Duration::from_secs(60),
+        async || {
+            let run = admin
+                .runs
+                .get_run(pb::GetRunRequest { id: run_id.clone() })
+                .await
+                .unwrap()
+                .into_inner();
+            match run.fetch.clone() {
+                Some(fetch) if fetch.bytes_per_second > 0 && fetch.bytes_done > 0 => Ok(fetch),
+                _ => Err(format!("{run:?}")),
+            }
+        },
+    )
+    .await;
     assert_eq!(fetch.artifacts, vec!["patch.bin"]);
     assert_eq!(fetch.bytes_total, data.len() as u64);
     assert!(fetch.bytes_done < fetch.bytes_total, "{fetch:?}");

@@ -11,6 +11,7 @@ use common::{Admin, FakePuppet, ProcServer, TestServer, script_spec};
 use geppetto_proto::client::{Channel, Endpoint, TokenSlot, Transport};
 use geppetto_proto::v1 as pb;
 use geppetto_proto::v1::puppet_service_client::PuppetServiceClient;
+use geppetto_test_support::wait_until;
 
 fn channel(port: u16, ca: &Path, transport: Transport, token: &str) -> Channel {
     let slot = TokenSlot::default();
@@ -270,9 +271,11 @@ async fn kill_9_amid_concurrent_acknowledgements_loses_none() {
         });
     }
     let total = || acked.iter().map(|a| a.load(Ordering::SeqCst)).sum::<u64>();
-    common::wait_until("acknowledged chunks", Duration::from_secs(60), || {
-        total() >= (RUNS * 30 * 100) as u64
-    })
+    wait_until(
+        "30 chunks a run are acknowledged",
+        Duration::from_secs(60),
+        || total() >= (RUNS * 30 * 100) as u64,
+    )
     .await;
     let port = server.kill9().await;
     while senders.join_next().await.is_some() {}

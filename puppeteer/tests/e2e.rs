@@ -6,8 +6,9 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{RealPuppet, TestServer, process_alive, wait_until};
+use common::{RealPuppet, TestServer, process_alive};
 use geppetto_proto::v1 as pb;
+use geppetto_test_support::{wait_until, wait_until_async};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -135,11 +136,10 @@ async fn cancelling_a_running_job_kills_its_process() {
         .await;
     let job = admin.run_on("long", &["p1"]).await;
     let run_id = job.runs[0].run_id.clone();
-    let until = tokio::time::Instant::now() + DEADLINE;
-    while admin.log(&run_id).await != b"started\n" {
-        assert!(tokio::time::Instant::now() < until, "the run never started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until_async("the run printed that it started", DEADLINE, async || {
+        admin.log(&run_id).await == b"started\n"
+    })
+    .await;
     let pid: u32 = std::fs::read_to_string(&pidfile)
         .unwrap()
         .trim()

@@ -8,6 +8,7 @@ use std::time::Duration;
 use common::{RealPuppet, TestServer};
 use geppetto_proto::v1 as pb;
 use geppetto_proto::v1::events_client::EventsClient;
+use geppetto_test_support::wait_until_async;
 use tonic::Code;
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -115,20 +116,16 @@ async fn asking_for_pruned_events_is_a_clear_error() {
     admin.script_task("a", "true", Duration::from_secs(5)).await;
     admin.script_task("b", "true", Duration::from_secs(5)).await;
     admin.script_task("c", "true", Duration::from_secs(5)).await;
-    let until = tokio::time::Instant::now() + DEADLINE;
-    loop {
+    wait_until_async("the first three events are pruned", DEADLINE, async || {
         let oldest = events
             .list_events(pb::WatchEventsRequest::default())
             .await
             .unwrap()
             .into_inner()
             .oldest_id;
-        if oldest > 3 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < until, "nothing was pruned");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        oldest > 3
+    })
+    .await;
     let err = events
         .watch_events(pb::WatchEventsRequest {
             after_id: 1,
@@ -158,8 +155,7 @@ async fn audit_entries_older_than_the_retention_are_pruned() {
         entries.iter().any(|e| e.action == "Tasks/CreateTask"),
         "{entries:?}"
     );
-    let until = tokio::time::Instant::now() + DEADLINE;
-    loop {
+    wait_until_async("every audit entry is pruned", DEADLINE, async || {
         let entries = audit
             .list_audit(pb::ListAuditRequest::default())
             .await
@@ -167,13 +163,11 @@ async fn audit_entries_older_than_the_retention_are_pruned() {
             .into_inner()
             .entries;
         if entries.is_empty() {
-            break;
+            Ok(())
+        } else {
+            Err(format!("{entries:?}"))
         }
-        assert!(
-            tokio::time::Instant::now() < until,
-            "never pruned: {entries:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     server.stop().await;
 }

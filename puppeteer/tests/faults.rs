@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use faultproxy::{Then, When};
 use geppetto_proto::v1 as pb;
+use geppetto_test_support::{wait_until, wait_until_async};
 use rig::{PATIENCE, Rig, seq_output};
 
 /// Hosts the puppet processes of these tests (see `common/puppetproc.rs`).
@@ -47,7 +48,7 @@ async fn a_cut_during_a_held_poll_loses_nothing() {
     // A plain cut of the held poll: the puppet polls again.
     let before = rig.proxy.stats().connections;
     rig.proxy.cut_all();
-    common::wait_until("a new connection", PATIENCE, || {
+    wait_until("the puppet opened a new connection", PATIENCE, || {
         rig.proxy.stats().connections > before
     })
     .await;
@@ -77,7 +78,7 @@ async fn a_cut_during_a_log_upload_loses_nothing() {
     rig.proxy.cut_all();
     let fired = rig.proxy.arm(When::UpBytes(500_000), Then::CutBefore);
     let refused = rig.proxy.stats().refused;
-    common::wait_until("two refused reconnections", PATIENCE, || {
+    wait_until("two reconnections were refused", PATIENCE, || {
         rig.proxy.stats().refused >= refused + 2
     })
     .await;
@@ -153,7 +154,7 @@ async fn a_puppet_killed_mid_run_reports_interrupted_and_the_retry_runs_once() {
     rig.task("t", ONE_MIB, &tail, 1).await;
     let run_id = rig.launch("t").await;
     let partial = seq_output(ONE_MIB);
-    rig.wait_run(&run_id, "the whole output uploaded", |run| {
+    rig.wait_run(&run_id, "uploaded its whole output", |run| {
         run.log_length == partial.len() as u64 && pids.exists()
     })
     .await;
@@ -195,15 +196,15 @@ async fn a_proxy_closing_every_connection_before_the_hold_ends_loses_nothing() {
         .await;
     // Held polls are cut too (the run reported before the next poll, so
     // its upload may have fitted in one connection's life).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while rig.proxy.stats().cut < cut_before + 2 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no held poll was cut: {:?}",
-            rig.proxy.stats()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until("held polls were cut", Duration::from_secs(30), || {
+        let stats = rig.proxy.stats();
+        if stats.cut >= cut_before + 2 {
+            Ok(())
+        } else {
+            Err(format!("{stats:?}"))
+        }
+    })
+    .await;
     // An idle puppet stays reachable: the next run is dispatched and done.
     rig.task("u", 10, "", 0).await;
     let run_id = rig.launch("u").await;
@@ -242,7 +243,7 @@ async fn netns_a_log_upload_across_a_cut_link_loses_nothing() {
     ns.set_link(false).unwrap();
     let expected = seq_output(TWO_MIB);
     let during = rig
-        .wait_run(&run_id, "a state read", |_| true)
+        .wait_run(&run_id, "can be read", |_| true)
         .await
         .log_length;
     assert!(
@@ -299,7 +300,7 @@ async fn output_printed_just_before_the_puppet_dies_is_not_lost() {
         .await
         .unwrap();
     let run_id = rig.launch("t").await;
-    rig.wait_run(&run_id, "running", |run| {
+    rig.wait_run(&run_id, "is running", |run| {
         run.state == pb::RunState::Running as i32 && pids.exists()
     })
     .await;
@@ -310,14 +311,14 @@ async fn output_printed_just_before_the_puppet_dies_is_not_lost() {
         .status()
         .unwrap();
     std::fs::write(&go, b"").unwrap();
-    common::wait_until("the child printed", PATIENCE, || printed.exists()).await;
+    wait_until("the child printed", PATIENCE, || printed.exists()).await;
     rig.crash_puppet().await;
     let pgid = std::fs::read_to_string(&pids).unwrap();
     let _ = std::process::Command::new("kill")
         .args(["-KILL", "--", &format!("-{}", pgid.trim())])
         .status();
     let run = rig
-        .wait_run(&run_id, "interrupted", |run| {
+        .wait_run(&run_id, "is interrupted", |run| {
             run.state == pb::RunState::Interrupted as i32
         })
         .await;
@@ -379,18 +380,14 @@ async fn netns_a_rollout_over_a_slow_site_succeeds_at_the_defaults() {
     }
     for i in 1..=6 {
         let name = format!("p{i}");
-        let until = tokio::time::Instant::now() + PATIENCE;
-        loop {
+        wait_until_async(&format!("{name} holds a poll"), PATIENCE, async || {
             let found = admin
                 .puppets
                 .get_puppet(pb::GetPuppetRequest { name: name.clone() })
                 .await;
-            if found.is_ok_and(|p| p.into_inner().polling) {
-                break;
-            }
-            assert!(tokio::time::Instant::now() < until, "{name} never polled");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            found.is_ok_and(|p| p.into_inner().polling)
+        })
+        .await;
         let env = if i <= 2 { "test" } else { "prod" };
         admin.label(&name, "env", env).await;
     }
@@ -462,15 +459,19 @@ async fn netns_a_rollout_over_a_slow_site_succeeds_at_the_defaults() {
         .await;
 
     // The approval is asked for once the test job succeeded.
-    let until = tokio::time::Instant::now() + PATIENCE * 3;
-    loop {
-        let job = admin.job(&prod.id).await;
-        if job.runs.iter().all(|r| r.cause == "waiting for approval") {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < until, "prod: {job:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_until_async(
+        "every run of prod waits for approval",
+        PATIENCE * 3,
+        async || {
+            let job = admin.job(&prod.id).await;
+            if job.runs.iter().all(|r| r.cause == "waiting for approval") {
+                Ok(())
+            } else {
+                Err(format!("{job:?}"))
+            }
+        },
+    )
+    .await;
     assert_eq!(
         admin.job(&test_job.id).await.state,
         pb::JobState::Succeeded as i32

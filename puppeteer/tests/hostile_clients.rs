@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::TestServer;
+use geppetto_test_support::wait_until_async;
 
 /// A TLS connection to the server offering only `alpn`.
 async fn tls_to(
@@ -61,15 +62,16 @@ async fn an_http2_connection_has_its_concurrent_streams_bounded() {
     let server = TestServer::start().await;
     let tls = tls_to(&server, b"h2").await;
     let (mut client, mut connection) = h2::client::handshake(tls).await.unwrap();
-    let until = tokio::time::Instant::now() + Duration::from_secs(10);
     // Drive the connection until the server's SETTINGS came.
-    while connection.max_concurrent_send_streams() == usize::MAX {
-        let _ = tokio::time::timeout(Duration::from_millis(50), &mut connection).await;
-        assert!(
-            tokio::time::Instant::now() < until,
-            "no SETTINGS from the server"
-        );
-    }
+    wait_until_async(
+        "the server's SETTINGS came",
+        Duration::from_secs(10),
+        async || {
+            let _ = tokio::time::timeout(Duration::from_millis(50), &mut connection).await;
+            connection.max_concurrent_send_streams() != usize::MAX
+        },
+    )
+    .await;
     assert_eq!(
         connection.max_concurrent_send_streams(),
         puppeteer::server::HTTP2_MAX_STREAMS as usize
@@ -150,28 +152,25 @@ async fn a_silent_http2_connection_is_closed_but_a_held_poll_is_not() {
         .await;
     // Well into a hold longer than the idle time: the poll held now began
     // more than twice that ago.
-    let until = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let p1 = admin
-            .puppets
-            .get_puppet(geppetto_proto::v1::GetPuppetRequest { name: "p1".into() })
-            .await
-            .unwrap()
-            .into_inner();
-        let held_for = p1.last_seen.and_then(|seen| {
-            let seen = std::time::UNIX_EPOCH
-                + Duration::new(seen.seconds.max(0) as u64, seen.nanos.max(0) as u32);
-            std::time::SystemTime::now().duration_since(seen).ok()
-        });
-        if p1.polling && held_for.is_some_and(|held| held > IDLE * 2) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < until,
-            "p1 never held a poll long"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_async(
+        "p1 has held a poll for twice the idle time",
+        Duration::from_secs(60),
+        async || {
+            let p1 = admin
+                .puppets
+                .get_puppet(geppetto_proto::v1::GetPuppetRequest { name: "p1".into() })
+                .await
+                .unwrap()
+                .into_inner();
+            let held_for = p1.last_seen.and_then(|seen| {
+                let seen = std::time::UNIX_EPOCH
+                    + Duration::new(seen.seconds.max(0) as u64, seen.nanos.max(0) as u32);
+                std::time::SystemTime::now().duration_since(seen).ok()
+            });
+            p1.polling && held_for.is_some_and(|held| held > IDLE * 2)
+        },
+    )
+    .await;
     let job = admin.run_on("hello", &["p1"]).await;
     let job = admin.wait_job(&job.id, Duration::from_secs(60)).await;
     assert_eq!(
@@ -471,14 +470,12 @@ async fn one_address_cannot_take_more_than_its_share_of_connections() {
         .expect("another address is served");
     drop(held);
     // Its connections closed, the address may connect again.
-    let until = tokio::time::Instant::now() + Duration::from_secs(10);
-    while tls_from(&server, "127.0.0.2", b"h2").await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < until,
-            "the address stays refused"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_async(
+        "127.0.0.2 may connect again",
+        Duration::from_secs(10),
+        async || tls_from(&server, "127.0.0.2", b"h2").await.is_ok(),
+    )
+    .await;
     server.stop().await;
 }
 

@@ -15,6 +15,7 @@ use std::time::Duration;
 use common::{RealPuppet, TestServer};
 use geppetto_proto::client::Transport;
 use geppetto_proto::v1 as pb;
+use geppetto_test_support::wait_until_async;
 
 const HOLD: Duration = Duration::from_secs(20);
 const LEASE: Duration = Duration::from_secs(3);
@@ -83,17 +84,16 @@ async fn work_assigned_late_in_a_hold_longer_than_the_lease_succeeds() {
         // the lease into its poll.
         let mut jobs = Vec::new();
         for name in &names {
-            let until = tokio::time::Instant::now() + DEADLINE;
-            while held_for(&mut admin, name)
-                .await
-                .is_none_or(|held| held <= LEASE * 2)
-            {
-                assert!(
-                    tokio::time::Instant::now() < until,
-                    "{name} never held a poll long"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            wait_until_async(
+                &format!("{name} has held a poll for twice the lease"),
+                DEADLINE,
+                async || {
+                    held_for(&mut admin, name)
+                        .await
+                        .is_some_and(|held| held > LEASE * 2)
+                },
+            )
+            .await;
             jobs.push(admin.run_on(task, &[name]).await);
         }
         for job in jobs {

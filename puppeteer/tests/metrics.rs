@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::{RealPuppet, TestServer};
 use geppetto_proto::v1 as pb;
+use geppetto_test_support::wait_until_async;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
@@ -183,20 +184,21 @@ async fn metrics_follow_a_job() {
 
     // The puppet polls again after reporting; wait until it is seen online
     // and the run is counted.
-    let until = tokio::time::Instant::now() + DEADLINE;
-    let after = loop {
-        let after = scrape(addr).await;
-        if after.get(succeeded) == Some(&1.0)
-            && after.get(r#"geppetto_puppets{presence="online"}"#) == Some(&1.0)
-        {
-            break after;
-        }
-        assert!(
-            tokio::time::Instant::now() < until,
-            "metrics never showed the finished run: {after:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let after = wait_until_async(
+        "the metrics show the finished run and the puppet online",
+        DEADLINE,
+        async || {
+            let after = scrape(addr).await;
+            if after.get(succeeded) == Some(&1.0)
+                && after.get(r#"geppetto_puppets{presence="online"}"#) == Some(&1.0)
+            {
+                Ok(after)
+            } else {
+                Err(format!("{after:?}"))
+            }
+        },
+    )
+    .await;
     assert_eq!(value(&after, "geppetto_puppets_pending"), 0.0);
     assert_eq!(value(&after, r#"geppetto_runs{state="running"}"#), 0.0);
     assert_eq!(value(&after, "geppetto_queue_depth"), 0.0);

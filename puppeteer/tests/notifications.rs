@@ -10,9 +10,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{RealPuppet, TestServer, wait_until};
+use common::{RealPuppet, TestServer};
 use geppetto_proto::v1 as pb;
 use geppetto_proto::v1::notifications_client::NotificationsClient;
+use geppetto_test_support::{wait_until, wait_until_async};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
@@ -203,8 +204,7 @@ async fn a_failing_job_sends_one_mail_and_one_signed_webhook_across_a_restart() 
         dir,
     };
     let mut rules = NotificationsClient::new(server.admin().channel.clone());
-    let until = tokio::time::Instant::now() + DEADLINE;
-    loop {
+    let rule = wait_until_async("both notifications are delivered", DEADLINE, async || {
         let listed = rules
             .list_rules(pb::ListRulesRequest {})
             .await
@@ -214,19 +214,17 @@ async fn a_failing_job_sends_one_mail_and_one_signed_webhook_across_a_restart() 
         let mail = listed.iter().find(|r| r.id == mail_rule.id).unwrap();
         let webhook = listed.iter().find(|r| r.id != mail_rule.id).unwrap();
         if mail.delivered == 1 && webhook.delivered == 1 {
-            assert_eq!(mail.pending, 0);
-            assert!(
-                mail.last_error.contains("451") || mail.last_error.is_empty(),
-                "{mail:?}"
-            );
-            break;
+            Ok(mail.clone())
+        } else {
+            Err(format!("{listed:?}"))
         }
-        assert!(
-            tokio::time::Instant::now() < until,
-            "not delivered: {listed:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
+    assert_eq!(rule.pending, 0);
+    assert!(
+        rule.last_error.contains("451") || rule.last_error.is_empty(),
+        "{rule:?}"
+    );
 
     let mails = mails(mail_dir.path());
     assert_eq!(mails.len(), 1, "exactly one mail: {mails:?}");

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use common::{RealPuppet, TestServer, script_spec};
 use geppetto_proto::v1 as pb;
+use geppetto_test_support::wait_until_async;
 use pb::target::Kind;
 
 const DEADLINE: Duration = Duration::from_secs(120);
@@ -65,25 +66,20 @@ async fn a_rolling_job_bypasses_a_puppet_that_died_and_retries_it_later() {
         )
         .await;
     // p3 dies while p1 runs.
-    let until = tokio::time::Instant::now() + DEADLINE;
-    loop {
+    let j = wait_until_async("p1 runs", DEADLINE, async || {
         let j = admin.job(&job.id).await;
-        if state_of(&j, "p1").0 == pb::RunState::Running as i32 {
-            // One at a time.
-            let busy = j
-                .runs
-                .iter()
-                .filter(|r| {
-                    r.state == pb::RunState::Running as i32
-                        || r.state == pb::RunState::Offered as i32
-                })
-                .count();
-            assert_eq!(busy, 1, "{j:?}");
-            break;
-        }
-        assert!(tokio::time::Instant::now() < until, "p1 never ran");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        (state_of(&j, "p1").0 == pb::RunState::Running as i32).then_some(j)
+    })
+    .await;
+    // One at a time.
+    let busy = j
+        .runs
+        .iter()
+        .filter(|r| {
+            r.state == pb::RunState::Running as i32 || r.state == pb::RunState::Offered as i32
+        })
+        .count();
+    assert_eq!(busy, 1, "{j:?}");
     let p3_state = puppets[2].take().unwrap().kill().await;
 
     let job = admin.wait_job(&job.id, DEADLINE).await;

@@ -11,6 +11,7 @@ use std::time::Duration;
 use common::relay::Relay;
 use common::{RealPuppet, TestServer};
 use geppetto_proto::v1 as pb;
+use geppetto_test_support::wait_until_async;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -54,18 +55,15 @@ async fn a_proxy_idle_timeout_shorter_than_the_hold_lowers_it() {
     );
     admin.wait_polling("p1").await;
 
-    let until = tokio::time::Instant::now() + DEADLINE;
-    let view = loop {
+    let view = wait_until_async("the hold adapted to the cut polls", DEADLINE, async || {
         let view = puppet_view(&mut admin, "p1").await;
         if view.polls_cut >= 1 && hold_of(&view).is_some_and(|h| h < Duration::from_secs(3)) {
-            break view;
+            Ok(view)
+        } else {
+            Err(format!("{view:?}"))
         }
-        assert!(
-            tokio::time::Instant::now() < until,
-            "the hold never adapted: {view:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    })
+    .await;
     assert!(relay.idle_closed() >= 1);
     let settled = hold_of(&view).unwrap();
     assert!(settled >= Duration::from_secs(1), "{settled:?}");

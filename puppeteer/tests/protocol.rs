@@ -12,23 +12,6 @@ use geppetto_proto::v1 as pb;
 use geppetto_proto::v1::jobs_client::JobsClient;
 use tonic::Code;
 
-async fn wait_polling(admin: &mut common::Admin, name: &str) {
-    let until = Instant::now() + Duration::from_secs(10);
-    loop {
-        let puppet = admin
-            .puppets
-            .get_puppet(pb::GetPuppetRequest { name: name.into() })
-            .await
-            .unwrap()
-            .into_inner();
-        if puppet.polling {
-            return;
-        }
-        assert!(Instant::now() < until, "{name} never held a poll");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_held_poll_receives_a_new_run_at_once() {
     // With a 10 minute hold, only an immediate dispatch can answer in time.
@@ -45,7 +28,7 @@ async fn a_held_poll_receives_a_new_run_at_once() {
         .await;
 
     let poll = tokio::spawn(async move { puppet.poll(1, &[]).await });
-    wait_polling(&mut admin, "p1").await;
+    admin.wait_polling("p1").await;
     let created = Instant::now();
     let job = admin.run_on("hello", &["p1"]).await;
     let answer = tokio::time::timeout(Duration::from_secs(60), poll)
@@ -241,7 +224,7 @@ async fn cancelling_a_running_run_reaches_its_held_poll() {
         credential: puppet.credential.clone(),
     };
     let held = tokio::spawn(async move { p.poll(0, &[&known]).await });
-    wait_polling(&mut admin, "p1").await;
+    admin.wait_polling("p1").await;
     admin
         .jobs
         .cancel_job(pb::CancelJobRequest { id: job.id.clone() })

@@ -12,8 +12,9 @@ mod puppetproc;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{Admin, TestServer, process_alive, script_spec, wait_until};
+use common::{Admin, TestServer, process_alive, script_spec};
 use geppetto_proto::v1 as pb;
+use geppetto_test_support::{wait_until, wait_until_async};
 use puppetproc::{PuppetOptions, PuppetProc};
 
 /// Hosts the puppet processes of these tests (see `common/puppetproc.rs`).
@@ -106,15 +107,12 @@ fn going_down_script(machine: &Machine) -> String {
 }
 
 async fn wait_pid(file: &Path) -> u32 {
-    let mut pid = None;
     wait_until("the script wrote its pid", DEADLINE, || {
-        pid = std::fs::read_to_string(file)
+        std::fs::read_to_string(file)
             .ok()
-            .and_then(|t| t.trim().parse().ok());
-        pid.is_some()
+            .and_then(|t| t.trim().parse().ok())
     })
-    .await;
-    pid.unwrap()
+    .await
 }
 
 /// Kills a process group, as the end of a shutdown does.
@@ -195,13 +193,10 @@ async fn a_run_that_reboots_the_machine_succeeds_when_the_puppet_comes_back() {
     let _ = bystander.kill9().await;
     kill_group(control_pid);
     let control_run = control.runs[0].run_id.clone();
-    let mut lost = false;
-    let until = Instant::now() + DEADLINE;
-    while !lost {
-        assert!(Instant::now() < until, "the ordinary run was never lost");
-        lost = get_run(&mut admin, &control_run).await.state == pb::RunState::Lost as i32;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_async("the ordinary run is lost", DEADLINE, async || {
+        get_run(&mut admin, &control_run).await.state == pb::RunState::Lost as i32
+    })
+    .await;
     let during = get_run(&mut admin, &run_id).await;
     assert_eq!(
         during.state,

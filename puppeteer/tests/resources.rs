@@ -7,9 +7,10 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Admin, ProcServer, RealPuppet, TestServer, process_alive, wait_until};
+use common::{Admin, ProcServer, RealPuppet, TestServer, process_alive};
 use geppetto_proto::client::{Channel, Endpoint, TokenSlot, Transport};
 use geppetto_proto::v1 as pb;
+use geppetto_test_support::{wait_until, wait_until_async};
 
 const DEADLINE: Duration = Duration::from_secs(120);
 
@@ -120,25 +121,16 @@ async fn capacity_holds_across_a_kill_9_of_the_puppeteer() {
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let job = admin().run_on("patch", &refs).await;
     // Kill it while one run holds the resource and the others wait.
-    let until = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let job = admin()
-            .jobs
-            .get_job(pb::GetJobRequest { id: job.id.clone() })
-            .await
-            .unwrap()
-            .into_inner();
+    wait_until_async("one run holds the resource", DEADLINE, async || {
+        let job = admin().job(&job.id).await;
         let running = job
             .runs
             .iter()
             .filter(|r| r.state == pb::RunState::Running as i32)
             .count();
-        if running == 1 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < until, "no run started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        running == 1
+    })
+    .await;
     let server = ProcServer::start(&data, server.kill9().await, "5s").await;
     let job = admin().wait_job(&job.id, DEADLINE).await;
     assert_eq!(job.state, pb::JobState::Succeeded as i32, "{job:?}");

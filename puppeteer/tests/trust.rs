@@ -7,12 +7,13 @@ use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use common::{Admin, RealPuppet, TestServer, wait_until};
+use common::{Admin, RealPuppet, TestServer};
 use geppetto_proto::client::Transport;
 use geppetto_proto::v1 as pb;
 use geppetto_proto::v1::puppet_service_client::PuppetServiceClient;
 use geppetto_proto::v1::tokens_client::TokensClient;
 use geppetto_proto::v1::users_client::UsersClient;
+use geppetto_test_support::{wait_until, wait_until_async};
 use http::uri::PathAndQuery;
 use prost::Message;
 use puppeteer::app::authz::PERMISSIONS;
@@ -237,14 +238,10 @@ async fn roles_and_token_lifecycle() {
         .unwrap()
         .into_inner()
         .secret;
-    let until = tokio::time::Instant::now() + DEADLINE;
-    while list_as(short.clone()).await == Ok(()) {
-        assert!(
-            tokio::time::Instant::now() < until,
-            "the token never expired"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until_async("the short-lived token expired", DEADLINE, async || {
+        list_as(short.clone()).await != Ok(())
+    })
+    .await;
     assert_eq!(list_as(short).await, Err(Code::Unauthenticated));
 
     // A removed user's tokens die with them.
@@ -368,8 +365,7 @@ async fn a_rotated_credential_is_picked_up_and_the_old_one_expires() {
     .await;
     // Past the grace period the old credential is refused.
     let mut with_old = PuppetServiceClient::new(server.channel(Transport::GrpcWeb, Some(&old)));
-    let until = tokio::time::Instant::now() + DEADLINE;
-    loop {
+    wait_until_async("the old credential is refused", DEADLINE, async || {
         let answer = with_old
             .poll(pb::PollRequest {
                 free_slots: 0,
@@ -380,15 +376,9 @@ async fn a_rotated_credential_is_picked_up_and_the_old_one_expires() {
                 ..Default::default()
             })
             .await;
-        match answer {
-            Err(status) if status.code() == Code::Unauthenticated => break,
-            _ => assert!(
-                tokio::time::Instant::now() < until,
-                "the old credential still works"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        answer.is_err_and(|status| status.code() == Code::Unauthenticated)
+    })
+    .await;
     // The puppet keeps working with the new one.
     admin
         .script_task("t", "echo rotated", Duration::from_secs(30))

@@ -7,9 +7,10 @@
 //! the binary as an operator would and waits on conditions with deadlines.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use assert_cmd::Command;
+use geppetto_test_support::block_until;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -165,7 +166,7 @@ impl Live {
 
     /// Waits until `puppet show NAME` says a poll is held.
     pub fn wait_polling(&self, name: &str) {
-        wait_for(&format!("{name} polls"), DEADLINE, || {
+        block_until(&format!("{name} holds a poll"), DEADLINE, || {
             let out = self
                 .cli()
                 .args(["-o", "json", "puppets", "show", name])
@@ -178,7 +179,7 @@ impl Live {
 
     /// Waits until a run is in `state` (the run's JSON view is returned).
     pub fn wait_run_state(&self, run: &str, state: &str) -> Value {
-        wait_for(&format!("{run} {state}"), DEADLINE, || {
+        block_until(&format!("{run} is {state}"), DEADLINE, || {
             let value = self.json(&["runs", "show", run]);
             (value["state"] == state).then_some(value)
         })
@@ -186,7 +187,7 @@ impl Live {
 
     /// Waits until a job is finished (its JSON view is returned).
     pub fn wait_job(&self, job: &str) -> Value {
-        wait_for(&format!("{job} finished"), DEADLINE, || {
+        block_until(&format!("{job} is finished"), DEADLINE, || {
             let value = self.json(&["jobs", "show", job]);
             let state = value["state"].as_str().unwrap_or_default();
             (!["running", "awaiting_approval"].contains(&state)).then_some(value)
@@ -223,18 +224,6 @@ impl Drop for Live {
         if stopped.is_err() {
             eprintln!("the puppets and the puppeteer did not stop within 20s");
         }
-    }
-}
-
-/// Calls `check` until it gives a value, failing the test after `deadline`.
-pub fn wait_for<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let until = Instant::now() + deadline;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < until, "timed out waiting: {what}");
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

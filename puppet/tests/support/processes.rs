@@ -14,6 +14,7 @@ use geppetto_proto::v1::jobs_client::JobsClient;
 use geppetto_proto::v1::puppets_client::PuppetsClient;
 use geppetto_proto::v1::runs_client::RunsClient;
 use geppetto_proto::v1::tasks_client::TasksClient;
+use geppetto_test_support::{wait_until, wait_until_async};
 
 pub const DEADLINE: Duration = Duration::from_secs(60);
 /// Proxy variables of the test's own environment, which the puppet must not inherit.
@@ -129,22 +130,23 @@ impl Server {
             .await
             .unwrap()
             .into_inner();
-        let until = tokio::time::Instant::now() + DEADLINE;
-        let job = loop {
-            let job = jobs
-                .get_job(pb::GetJobRequest { id: job.id.clone() })
-                .await
-                .unwrap()
-                .into_inner();
-            if job.state != pb::JobState::Running as i32 {
-                break job;
-            }
-            assert!(
-                tokio::time::Instant::now() < until,
-                "job not finished: {job:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let job = wait_until_async(
+            &format!("job {} is finished", job.id),
+            DEADLINE,
+            async || {
+                let job = jobs
+                    .get_job(pb::GetJobRequest { id: job.id.clone() })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                if job.state == pb::JobState::Running as i32 {
+                    Err(format!("{job:?}"))
+                } else {
+                    Ok(job)
+                }
+            },
+        )
+        .await;
         assert_eq!(job.state, pb::JobState::Succeeded as i32, "{job:?}");
         let runs = RunsClient::new(self.channel.clone())
             .list_runs(pb::ListRunsRequest {
@@ -235,18 +237,15 @@ impl PuppetProcess {
 
     /// Waits until the output holds `text`; returns the output.
     pub async fn wait_output(&self, text: &str) -> String {
-        let until = tokio::time::Instant::now() + DEADLINE;
-        loop {
+        wait_until(&format!("the puppet says {text:?}"), DEADLINE, || {
             let output = self.output();
             if output.contains(text) {
-                return output;
+                Ok(output)
+            } else {
+                Err(format!("it said:\n{output}"))
             }
-            assert!(
-                tokio::time::Instant::now() < until,
-                "the puppet never said {text:?}; it said:\n{output}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await
     }
 
     pub async fn stop(mut self) {
@@ -256,11 +255,10 @@ impl PuppetProcess {
 }
 
 pub async fn wait_enrolled(server: &Server, name: &str) {
-    let until = tokio::time::Instant::now() + DEADLINE;
-    while !server.puppet_names().await.iter().any(|n| n == name) {
-        assert!(tokio::time::Instant::now() < until, "{name} never enrolled");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_async(&format!("{name} is enrolled"), DEADLINE, async || {
+        server.puppet_names().await.iter().any(|n| n == name)
+    })
+    .await
 }
 
 pub fn credential_file(dir: &Path) -> PathBuf {

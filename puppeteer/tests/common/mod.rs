@@ -15,6 +15,7 @@ use geppetto_proto::v1::puppet_service_client::PuppetServiceClient;
 use geppetto_proto::v1::puppets_client::PuppetsClient;
 use geppetto_proto::v1::runs_client::RunsClient;
 use geppetto_proto::v1::tasks_client::TasksClient;
+use geppetto_test_support::wait_until_async;
 use puppeteer::{Config, Running};
 use tokio::io::AsyncBufReadExt;
 
@@ -177,23 +178,15 @@ impl Admin {
 
     /// Waits until the job is finished, with a deadline.
     pub async fn wait_job(&mut self, id: &str, deadline: Duration) -> pb::Job {
-        let until = tokio::time::Instant::now() + deadline;
-        loop {
-            let job = self
-                .jobs
-                .get_job(pb::GetJobRequest { id: id.into() })
-                .await
-                .unwrap()
-                .into_inner();
-            if job.state != pb::JobState::Running as i32 {
-                return job;
+        wait_until_async(&format!("job {id} is finished"), deadline, async || {
+            let job = self.job(id).await;
+            if job.state == pb::JobState::Running as i32 {
+                Err(format!("{job:?}"))
+            } else {
+                Ok(job)
             }
-            assert!(
-                tokio::time::Instant::now() < until,
-                "job {id} not finished in time: {job:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await
     }
 
     pub async fn log(&mut self, run_id: &str) -> Vec<u8> {
@@ -412,30 +405,18 @@ impl Admin {
 impl Admin {
     /// Waits until a puppet is enrolled and holds a poll.
     pub async fn wait_polling(&mut self, name: &str) {
-        let until = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let found = self
-                .puppets
-                .get_puppet(pb::GetPuppetRequest { name: name.into() })
-                .await;
-            if found.is_ok_and(|p| p.into_inner().polling) {
-                return;
-            }
-            assert!(tokio::time::Instant::now() < until, "{name} never polled");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-/// Waits for a condition, polling it, with a deadline.
-pub async fn wait_until(what: &str, deadline: Duration, mut check: impl FnMut() -> bool) {
-    let until = tokio::time::Instant::now() + deadline;
-    while !check() {
-        assert!(
-            tokio::time::Instant::now() < until,
-            "timed out waiting: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        wait_until_async(
+            &format!("{name} holds a poll"),
+            Duration::from_secs(30),
+            async || {
+                let found = self
+                    .puppets
+                    .get_puppet(pb::GetPuppetRequest { name: name.into() })
+                    .await;
+                found.is_ok_and(|p| p.into_inner().polling)
+            },
+        )
+        .await
     }
 }
 

@@ -14,6 +14,7 @@ use crate::netns::NetNs;
 use crate::puppetproc::{self, PuppetOptions, PuppetProc};
 use geppetto_proto::client::{Channel, Endpoint, TokenSlot, Transport};
 use geppetto_proto::v1 as pb;
+use geppetto_test_support::wait_until_async;
 
 /// How long a scenario may take to reach each condition; generous, since
 /// the build machine's two cores are shared.
@@ -93,23 +94,19 @@ impl Rig {
 
     /// Waits until the puppet holds a poll.
     pub async fn wait_polling(&self) {
-        let until = tokio::time::Instant::now() + PATIENCE;
-        loop {
+        wait_until_async("p1 holds a poll", PATIENCE, async || {
             let found = self
                 .admin()
                 .puppets
                 .get_puppet(pb::GetPuppetRequest { name: "p1".into() })
                 .await;
             if found.is_ok_and(|p| p.into_inner().polling) {
-                return;
+                Ok(())
+            } else {
+                Err(format!("not yet; the puppet's log:\n{}", self.puppet_log()))
             }
-            assert!(
-                tokio::time::Instant::now() < until,
-                "the puppet never polled; its log:\n{}",
-                self.puppet_log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await
     }
 
     pub fn port(&self) -> u16 {
@@ -161,40 +158,37 @@ impl Rig {
         job.runs[0].run_id.clone()
     }
 
-    /// Waits until the run satisfies `done`, then returns it.
+    /// Waits until the run satisfies `done`, then returns it. `what` says
+    /// what `done` checks, after the run's id: "is running".
     pub async fn wait_run(
         &self,
         run_id: &str,
         what: &str,
         done: impl Fn(&pb::Run) -> bool,
     ) -> pb::Run {
-        let until = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            // The puppeteer may be restarting: errors are retried.
-            if let Ok(run) = self
+        wait_until_async(&format!("run {run_id} {what}"), PATIENCE, async || {
+            let asked = self
                 .admin()
                 .runs
                 .get_run(pb::GetRunRequest { id: run_id.into() })
-                .await
-            {
-                let run = run.into_inner();
-                if done(&run) {
-                    return run;
-                }
-                if tokio::time::Instant::now() >= until {
-                    panic!(
-                        "run {run_id}: {what} did not happen in time; run: {run:?}\nproxy: {:?}\npuppet log:\n{}",
-                        self.proxy.stats(),
-                        self.puppet_log()
-                    );
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+                .await;
+            // The puppeteer may be restarting: errors are retried.
+            let seen = match asked {
+                Ok(run) if done(run.get_ref()) => return Ok(run.into_inner()),
+                Ok(run) => format!("{:?}", run.into_inner()),
+                Err(status) => format!("no answer ({status})"),
+            };
+            Err(format!(
+                "{seen}\nproxy: {:?}\npuppet log:\n{}",
+                self.proxy.stats(),
+                self.puppet_log()
+            ))
+        })
+        .await
     }
 
     pub async fn wait_succeeded(&self, run_id: &str) -> pb::Run {
-        self.wait_run(run_id, "success", |run| {
+        self.wait_run(run_id, "succeeded", |run| {
             run.state == pb::RunState::Succeeded as i32
         })
         .await
