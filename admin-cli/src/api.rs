@@ -44,7 +44,7 @@ impl Api {
             )
         })?;
         let slot = TokenSlot::default();
-        slot.set(Some(token.expose()))?;
+        slot.set(Some(secrecy::ExposeSecret::expose_secret(token)))?;
         let endpoint = Endpoint {
             url: settings.server.clone(),
             ca_file: settings.ca.clone(),

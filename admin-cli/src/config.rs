@@ -4,11 +4,10 @@
 //! The environment is passed in as a lookup function rather than read here,
 //! so precedence is tested without touching the process environment.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use geppetto_proto::client::Transport;
+use secrecy::SecretString;
 use serde::Deserialize;
 
 use crate::cli::{GlobalArgs, TransportArg};
@@ -16,47 +15,15 @@ use crate::error::Error;
 
 pub const DEFAULT_SERVER: &str = "https://localhost:7443";
 
-/// A token: printed as `<redacted>` by `Debug`, so it never reaches a log.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl FromStr for Secret {
-    type Err = std::convert::Infallible;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Secret(s.to_string()))
-    }
-}
-
-impl<'de> Deserialize<'de> for Secret {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(Secret)
-    }
-}
-
-/// The config file. Relative paths in it are relative to its folder.
+/// The config file. Relative paths in it are relative to its folder. The
+/// token, like every token here, is a `SecretString`: `Debug` redacts it.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub server: Option<String>,
     pub ca: Option<PathBuf>,
-    pub token: Option<Secret>,
+    #[serde(default, deserialize_with = "optional_secret")]
+    pub token: Option<SecretString>,
     pub token_file: Option<PathBuf>,
     pub transport: Option<String>,
 }
@@ -80,12 +47,20 @@ impl FileConfig {
     }
 }
 
+/// Reads a secret from the file as a string: secrecy's own `serde` support
+/// is a feature the workspace leaves off.
+fn optional_secret<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<SecretString>, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.map(SecretString::from))
+}
+
 /// Everything needed to talk to the puppeteer.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub server: String,
     pub ca: Option<PathBuf>,
-    pub token: Option<Secret>,
+    pub token: Option<SecretString>,
     pub transport: Transport,
 }
 
@@ -140,7 +115,7 @@ pub fn resolve(
         (Some(token), _) => Some(token.clone()),
         (None, Some(path)) => Some(read_token_file(path)?),
         (None, None) => match (env("GEPPETTO_TOKEN"), env("GEPPETTO_TOKEN_FILE")) {
-            (Some(token), _) => Some(Secret(token)),
+            (Some(token), _) => Some(SecretString::from(token)),
             (None, Some(path)) => Some(read_token_file(Path::new(&path))?),
             (None, None) => match (file.token, file.token_file) {
                 (Some(token), _) => Some(token),
@@ -166,7 +141,7 @@ pub fn resolve(
     })
 }
 
-fn read_token_file(path: &Path) -> Result<Secret, Error> {
+fn read_token_file(path: &Path) -> Result<SecretString, Error> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::Config(format!("cannot read token file {}: {e}", path.display())))?;
     let token = text.trim();
@@ -176,7 +151,7 @@ fn read_token_file(path: &Path) -> Result<Secret, Error> {
             path.display()
         )));
     }
-    Ok(Secret(token.to_string()))
+    Ok(token.into())
 }
 
 /// The process environment, with empty variables counted as unset.
@@ -187,7 +162,12 @@ pub fn process_env(name: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use secrecy::ExposeSecret;
     use std::collections::HashMap;
+
+    fn token(s: &Settings) -> Option<&str> {
+        s.token.as_ref().map(ExposeSecret::expose_secret)
+    }
 
     fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
         let map: HashMap<String, String> = pairs
@@ -209,7 +189,7 @@ mod tests {
         let s = resolve(&GlobalArgs::default(), &env_of(&[]), None).unwrap();
         assert_eq!(s.server, DEFAULT_SERVER);
         assert_eq!(s.ca, None);
-        assert_eq!(s.token, None);
+        assert_eq!(token(&s), None);
         assert_eq!(s.transport, Transport::Grpc);
     }
 
@@ -227,28 +207,28 @@ mod tests {
         // File only where neither flag nor env says anything.
         let s = resolve(&GlobalArgs::default(), &env, file()).unwrap();
         assert_eq!(s.server, "https://env:2");
-        assert_eq!(s.token, Some(Secret::new("env-token")));
+        assert_eq!(token(&s), Some("env-token"));
         assert_eq!(s.ca, Some(dir.path().join("ca.pem")));
         assert_eq!(s.transport, Transport::GrpcWeb);
 
         // Flags over both.
         let flags = GlobalArgs {
             server: Some("https://flag:3".into()),
-            token: Some(Secret::new("flag-token")),
+            token: Some("flag-token".into()),
             ca: Some("/flag/ca.pem".into()),
             transport: Some(TransportArg::Grpc),
             ..GlobalArgs::default()
         };
         let s = resolve(&flags, &env, file()).unwrap();
         assert_eq!(s.server, "https://flag:3");
-        assert_eq!(s.token, Some(Secret::new("flag-token")));
+        assert_eq!(token(&s), Some("flag-token"));
         assert_eq!(s.ca, Some(PathBuf::from("/flag/ca.pem")));
         assert_eq!(s.transport, Transport::Grpc);
 
         // File over defaults.
         let s = resolve(&GlobalArgs::default(), &env_of(&[]), file()).unwrap();
         assert_eq!(s.server, "https://file:1");
-        assert_eq!(s.token, Some(Secret::new("file-token")));
+        assert_eq!(token(&s), Some("file-token"));
     }
 
     #[test]
@@ -262,11 +242,11 @@ mod tests {
         };
         let env = env_of(&[("GEPPETTO_TOKEN", "env-token")]);
         let s = resolve(&flags, &env, None).unwrap();
-        assert_eq!(s.token, Some(Secret::new("s3cret")));
+        assert_eq!(token(&s), Some("s3cret"));
 
         let env = env_of(&[("GEPPETTO_TOKEN_FILE", path.to_str().unwrap())]);
         let s = resolve(&GlobalArgs::default(), &env, None).unwrap();
-        assert_eq!(s.token, Some(Secret::new("s3cret")));
+        assert_eq!(token(&s), Some("s3cret"));
 
         let missing = GlobalArgs {
             token_file: Some(dir.path().join("nope")),
@@ -309,10 +289,21 @@ mod tests {
     #[test]
     fn debug_never_shows_the_token() {
         let flags = GlobalArgs {
-            token: Some(Secret::new("s3cret")),
+            token: Some("s3cret".into()),
             ..GlobalArgs::default()
         };
         let s = resolve(&flags, &env_of(&[]), None).unwrap();
-        assert!(!format!("{flags:?}{s:?}").contains("s3cret"));
+        let shown = format!("{flags:?}{s:?}");
+        assert!(
+            !shown.contains("s3cret") && shown.contains("REDACTED"),
+            "{shown}"
+        );
+        let (_dir, path) = file_with("token = \"s3cret-file\"\n");
+        let file = FileConfig::load(&path).unwrap();
+        assert_eq!(
+            file.token.as_ref().map(ExposeSecret::expose_secret),
+            Some("s3cret-file")
+        );
+        assert!(!format!("{file:?}").contains("s3cret"));
     }
 }

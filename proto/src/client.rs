@@ -115,15 +115,10 @@ pub struct Endpoint {
 }
 
 /// A bearer token sent with every request, replaceable at run time (a puppet
-/// gets its credential after enrolling).
-#[derive(Clone, Default)]
+/// gets its credential after enrolling). The header value is marked
+/// sensitive, so `Debug` shows it as `Sensitive`, never the token.
+#[derive(Clone, Debug, Default)]
 pub struct TokenSlot(Arc<RwLock<Option<HeaderValue>>>);
-
-impl fmt::Debug for TokenSlot {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("TokenSlot(<redacted>)")
-    }
-}
 
 impl TokenSlot {
     /// Sets the token; `None` sends no authorization header.
@@ -405,4 +400,20 @@ pub fn load_pem_certs(
         });
     }
     Ok(certs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TokenSlot;
+
+    #[test]
+    fn debug_never_shows_the_token() {
+        let slot = TokenSlot::default();
+        slot.set(Some("gpc_s3cret")).unwrap();
+        let shown = format!("{slot:?}");
+        assert!(
+            !shown.contains("s3cret") && shown.contains("Sensitive"),
+            "{shown}"
+        );
+    }
 }

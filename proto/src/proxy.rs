@@ -53,8 +53,10 @@ pub enum ProxyConfig {
     Direct,
 }
 
-/// A validated `http://[user:password@]host[:port]` proxy URL.
-#[derive(Clone, PartialEq, Eq)]
+/// A validated `http://[user:password@]host[:port]` proxy URL. `Debug`
+/// never shows the credentials: they are only in `auth`, shown as
+/// `Sensitive`.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProxyUrl {
     /// `http://host:port`, without credentials.
     uri: Uri,
@@ -62,17 +64,6 @@ pub struct ProxyUrl {
     auth: Option<HeaderValue>,
     /// Where the URL came from (`HTTPS_PROXY`, `--proxy`), for messages.
     origin: String,
-}
-
-/// Never shows the credentials.
-impl fmt::Debug for ProxyUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ProxyUrl")
-            .field("uri", &self.uri)
-            .field("auth", &self.auth.as_ref().map(|_| "<redacted>"))
-            .field("origin", &self.origin)
-            .finish()
-    }
 }
 
 /// `http://host:port (from ORIGIN)`: what messages call the proxy.
@@ -139,7 +130,13 @@ impl ProxyUrl {
             .all(full)
             .build()
             .intercept(&Uri::from_static("https://puppeteer.invalid/"))
-            .and_then(|intercept| intercept.basic_auth().cloned());
+            .and_then(|intercept| intercept.basic_auth().cloned())
+            .map(|mut header| {
+                // Already so from the matcher; made sure of here, since
+                // `Debug` relies on it.
+                header.set_sensitive(true);
+                header
+            });
         Ok(ProxyUrl {
             uri: clean,
             auth,

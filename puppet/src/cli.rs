@@ -4,13 +4,13 @@
 //! with `--config`, built-in defaults.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use geppetto_proto::client::Transport;
 use geppetto_proto::proxy::{ProxyConfig, ProxyUrl};
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use crate::config::{
@@ -45,7 +45,8 @@ pub enum Command {
     Simulate(SimArgs),
 }
 
-#[derive(clap::Args)]
+/// `Debug` shows the enrollment token redacted, by its type.
+#[derive(Debug, clap::Args)]
 pub struct SimArgs {
     /// How many puppets to simulate.
     #[arg(long, value_name = "N")]
@@ -64,7 +65,7 @@ pub struct SimArgs {
         value_name = "TOKEN",
         hide_env_values = true
     )]
-    pub enroll_token: Option<String>,
+    pub enroll_token: Option<SecretString>,
     /// Labels every simulated puppet declares at enrollment, e.g. site=lab.
     #[arg(long, value_name = "K=V,...")]
     pub labels: Option<String>,
@@ -121,7 +122,8 @@ impl SimArgs {
             count: self.count,
             server: self.server,
             ca_file: self.ca,
-            enroll_token: self.enroll_token,
+            // The simulator's configuration holds the token as a String.
+            enroll_token: self.enroll_token.map(|t| t.expose_secret().to_owned()),
             labels,
             script_mode: self.script_mode,
             state_dir: self.state_dir,
@@ -138,19 +140,9 @@ impl SimArgs {
     }
 }
 
-/// Shown without the enrollment token, a secret.
-impl fmt::Debug for SimArgs {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SimArgs")
-            .field("count", &self.count)
-            .field("server", &self.server)
-            .field("enroll_token", &redacted(&self.enroll_token))
-            .field("state_dir", &self.state_dir)
-            .finish_non_exhaustive()
-    }
-}
-
-#[derive(Default, clap::Args)]
+/// `Debug` shows the enrollment token and the proxy URL (which may hold a
+/// password) redacted, by their type.
+#[derive(Debug, Default, clap::Args)]
 pub struct RunArgs {
     /// TOML file with the same keys as the flags (server, ca, enroll_token,
     /// enroll_token_file, state_dir, name, labels, transport, slots, poll_hold, poll_hold_floor,
@@ -173,7 +165,7 @@ pub struct RunArgs {
         hide_env_values = true,
         conflicts_with = "enroll_token_file"
     )]
-    pub enroll_token: Option<String>,
+    pub enroll_token: Option<SecretString>,
     /// File holding the enrollment token (its first line); needed only until enrolled.
     #[arg(long, env = "PUPPET_ENROLL_TOKEN_FILE", value_name = "FILE")]
     pub enroll_token_file: Option<PathBuf>,
@@ -202,7 +194,7 @@ pub struct RunArgs {
     /// http://[user:password@]host:port, or `none`. Overrides HTTPS_PROXY,
     /// https_proxy, ALL_PROXY and NO_PROXY, which are used otherwise.
     #[arg(long, value_name = "URL", conflicts_with = "no_proxy")]
-    pub proxy: Option<String>,
+    pub proxy: Option<SecretString>,
     /// Connect directly, whatever HTTPS_PROXY says.
     #[arg(long)]
     pub no_proxy: bool,
@@ -238,41 +230,6 @@ pub enum LogFormat {
     Json,
 }
 
-/// Shown without the enrollment token, a secret.
-impl fmt::Debug for RunArgs {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RunArgs")
-            .field("config", &self.config)
-            .field("server", &self.server)
-            .field("ca", &self.ca)
-            .field("enroll_token", &redacted(&self.enroll_token))
-            .field("state_dir", &self.state_dir)
-            .field("name", &self.name)
-            .field("labels", &self.labels)
-            .field("transport", &self.transport)
-            .field("slots", &self.slots)
-            .field("poll_hold", &self.poll_hold)
-            .field("proxy", &redacted_proxy(&self.proxy))
-            .field("no_proxy", &self.no_proxy)
-            .field("artifact_cache_max", &self.artifact_cache_max)
-            .field("compression", &self.compression)
-            .field("poll_hold_floor", &self.poll_hold_floor)
-            .field("poll_hold_ceiling", &self.poll_hold_ceiling)
-            .field("boot_id_file", &self.boot_id_file)
-            .field("log_format", &self.log_format)
-            .finish()
-    }
-}
-
-fn redacted(secret: &Option<String>) -> Option<&'static str> {
-    secret.as_ref().map(|_| "<redacted>")
-}
-
-/// A proxy URL may hold a password.
-fn redacted_proxy(url: &Option<String>) -> Option<&'static str> {
-    url.as_ref().map(|_| "<redacted: may hold a password>")
-}
-
 /// `none` or `direct`: no proxy; anything else: a proxy URL, checked now.
 /// The error never quotes the URL, which may hold a password.
 fn parse_proxy(text: &str, origin: &str) -> Result<ProxyConfig, ConfigError> {
@@ -284,13 +241,15 @@ fn parse_proxy(text: &str, origin: &str) -> Result<ProxyConfig, ConfigError> {
     }
 }
 
-/// The `--config` file.
-#[derive(Default, Deserialize)]
+/// The `--config` file. `Debug` shows the enrollment token and the proxy
+/// URL redacted, by their type.
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub server: Option<String>,
     pub ca: Option<PathBuf>,
-    pub enroll_token: Option<String>,
+    #[serde(default, deserialize_with = "optional_secret")]
+    pub enroll_token: Option<SecretString>,
     pub enroll_token_file: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
     pub name: Option<String>,
@@ -298,33 +257,20 @@ pub struct FileConfig {
     pub transport: Option<String>,
     pub slots: Option<u32>,
     pub poll_hold: Option<String>,
-    pub proxy: Option<String>,
+    #[serde(default, deserialize_with = "optional_secret")]
+    pub proxy: Option<SecretString>,
     pub artifact_cache_max: Option<String>,
     pub compression: Option<String>,
     pub poll_hold_floor: Option<String>,
     pub poll_hold_ceiling: Option<String>,
 }
 
-/// Shown without the enrollment token, a secret.
-impl fmt::Debug for FileConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FileConfig")
-            .field("server", &self.server)
-            .field("ca", &self.ca)
-            .field("enroll_token", &redacted(&self.enroll_token))
-            .field("state_dir", &self.state_dir)
-            .field("name", &self.name)
-            .field("labels", &self.labels)
-            .field("transport", &self.transport)
-            .field("slots", &self.slots)
-            .field("poll_hold", &self.poll_hold)
-            .field("proxy", &redacted_proxy(&self.proxy))
-            .field("artifact_cache_max", &self.artifact_cache_max)
-            .field("compression", &self.compression)
-            .field("poll_hold_floor", &self.poll_hold_floor)
-            .field("poll_hold_ceiling", &self.poll_hold_ceiling)
-            .finish()
-    }
+/// Reads a secret from the file as a string: secrecy's own `serde` support
+/// is a feature the workspace leaves off.
+fn optional_secret<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<SecretString>, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.map(SecretString::from))
 }
 
 /// Labels in the file: a table (`[labels]`) or a `k=v,...` string.
@@ -397,8 +343,10 @@ impl RunArgs {
         };
         let proxy = match (self.no_proxy, self.proxy, file.proxy) {
             (true, _, _) => ProxyConfig::Direct,
-            (false, Some(text), _) => parse_proxy(&text, "--proxy")?,
-            (false, None, Some(text)) => parse_proxy(&text, "the config file's proxy")?,
+            (false, Some(text), _) => parse_proxy(text.expose_secret(), "--proxy")?,
+            (false, None, Some(text)) => {
+                parse_proxy(text.expose_secret(), "the config file's proxy")?
+            }
             (false, None, None) => ProxyConfig::FromEnv,
         };
         let artifact_cache_max = match (self.artifact_cache_max, file.artifact_cache_max) {
@@ -447,7 +395,8 @@ impl RunArgs {
         let config = AgentConfig {
             server,
             ca_file: self.ca.or(file.ca),
-            enroll_token,
+            // The agent's configuration holds the token as a String.
+            enroll_token: enroll_token.map(|t| t.expose_secret().to_owned()),
             state_dir,
             name: self.name.or(file.name).unwrap_or_else(default_name),
             labels,
@@ -467,7 +416,7 @@ impl RunArgs {
 }
 
 /// The enrollment token kept in `path`: its first line, trimmed.
-fn read_token_file(path: &std::path::Path) -> Result<String, ConfigError> {
+fn read_token_file(path: &std::path::Path) -> Result<SecretString, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigError(format!(
             "cannot read the enrollment token file {}: {e}",
@@ -481,7 +430,7 @@ fn read_token_file(path: &std::path::Path) -> Result<String, ConfigError> {
             path.display()
         )));
     }
-    Ok(token.to_string())
+    Ok(token.into())
 }
 
 /// A duration from a flag, else from the file (as text such as `50s`).
@@ -759,8 +708,24 @@ mod tests {
         let file = FileConfig::parse("enroll_token = \"s3cret-file\"").unwrap();
         for shown in [format!("{args:?}"), format!("{file:?}")] {
             assert!(!shown.contains("s3cret"), "{shown}");
-            assert!(shown.contains("<redacted>"), "{shown}");
+            assert!(shown.contains("REDACTED"), "{shown}");
         }
+        let sim = Cli::try_parse_from([
+            "puppet",
+            "simulate",
+            "--server",
+            "http://127.0.0.1:1",
+            "--count",
+            "1",
+            "--enroll-token",
+            "s3cret-sim",
+        ])
+        .unwrap();
+        let shown = format!("{sim:?}");
+        assert!(
+            !shown.contains("s3cret") && shown.contains("REDACTED"),
+            "{shown}"
+        );
     }
 
     #[test]

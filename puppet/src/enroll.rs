@@ -5,13 +5,13 @@
 //! The credential is a secret: it is never logged, at any level, and the
 //! types that hold it redact it from their `Debug` output.
 
-use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use geppetto_proto::client::TokenSlot;
 use geppetto_proto::v1::{EnrollRequest, Facts};
+use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
@@ -43,26 +43,23 @@ pub fn load_credential(state_dir: &Path) -> anyhow::Result<Option<String>> {
 
 /// The credential in use: stored in `state_dir/credential` and set in the
 /// channel's token slot, which every call (and every retry) reads when it is
-/// sent.
+/// sent. `Debug` redacts it, by its type.
+#[derive(Debug)]
 pub struct Credential {
     path: PathBuf,
     slot: TokenSlot,
-    current: String,
-}
-
-impl fmt::Debug for Credential {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credential")
-            .field("path", &self.path)
-            .field("current", &"<redacted>")
-            .finish()
-    }
+    current: SecretString,
 }
 
 impl Credential {
     /// Starts using `current`, a credential already stored in `state_dir`.
-    pub fn new(state_dir: &Path, slot: TokenSlot, current: String) -> anyhow::Result<Self> {
-        slot.set(Some(&current))
+    pub fn new(
+        state_dir: &Path,
+        slot: TokenSlot,
+        current: impl Into<SecretString>,
+    ) -> anyhow::Result<Self> {
+        let current = current.into();
+        slot.set(Some(current.expose_secret()))
             .context("the stored credential is not usable as a header")?;
         Ok(Credential {
             path: credential_path(state_dir),
@@ -81,7 +78,7 @@ impl Credential {
     /// On error the current credential stays in use, and the server's next
     /// answer offers the new one again.
     pub fn rotate(&mut self, new: &str) -> anyhow::Result<bool> {
-        if new.is_empty() || new == self.current {
+        if new.is_empty() || new == self.current.expose_secret() {
             return Ok(false);
         }
         check_usable(new).context("the new credential from the puppeteer")?;
@@ -91,7 +88,7 @@ impl Credential {
         self.slot
             .set(Some(new))
             .context("the new credential from the puppeteer is not usable as a header")?;
-        self.current = new.to_string();
+        self.current = new.into();
         Ok(true)
     }
 }
@@ -234,7 +231,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write_atomically(&credential_path(dir.path()), b"cred-1", 0o600).unwrap();
         let slot = TokenSlot::default();
-        let mut credential = Credential::new(dir.path(), slot.clone(), "cred-1".into()).unwrap();
+        let mut credential = Credential::new(dir.path(), slot.clone(), "cred-1").unwrap();
         assert_eq!(header_sent(&slot).await.as_deref(), Some("Bearer cred-1"));
 
         assert!(credential.rotate("cred-2").unwrap());
@@ -257,8 +254,7 @@ mod tests {
     fn an_unusable_credential_is_neither_stored_nor_used() {
         let dir = tempfile::tempdir().unwrap();
         write_atomically(&credential_path(dir.path()), b"cred-1", 0o600).unwrap();
-        let mut credential =
-            Credential::new(dir.path(), TokenSlot::default(), "cred-1".into()).unwrap();
+        let mut credential = Credential::new(dir.path(), TokenSlot::default(), "cred-1").unwrap();
         for bad in ["s3cret\n2", " s3cret-2", "s3cret-2\u{7f}"] {
             let e = credential.rotate(bad).unwrap_err();
             assert!(!format!("{e:#}").contains("s3cret"), "{e:#}");
@@ -273,8 +269,7 @@ mod tests {
         let tmp = dir.path().join("credential.tmp");
         std::fs::write(&tmp, "old").unwrap();
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let mut credential =
-            Credential::new(dir.path(), TokenSlot::default(), "cred-1".into()).unwrap();
+        let mut credential = Credential::new(dir.path(), TokenSlot::default(), "cred-1").unwrap();
         assert!(credential.rotate("cred-2").unwrap());
         assert_eq!(stored(dir.path()), ("cred-2".to_string(), 0o600));
     }
@@ -282,9 +277,11 @@ mod tests {
     #[test]
     fn debug_redacts_the_credential() {
         let dir = tempfile::tempdir().unwrap();
-        let credential =
-            Credential::new(dir.path(), TokenSlot::default(), "s3cret-cred".into()).unwrap();
+        let credential = Credential::new(dir.path(), TokenSlot::default(), "s3cret-cred").unwrap();
         let shown = format!("{credential:?}");
-        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(
+            !shown.contains("s3cret") && shown.contains("REDACTED"),
+            "{shown}"
+        );
     }
 }

@@ -46,7 +46,7 @@ pub use tasks::{CreateTaskArgs, ProgramArgs, SpecArgs, TasksCommand, UpdateTaskA
 pub use tokens::{CreateTokenArgs, TokensCommand};
 pub use users::{RoleArg, UsersCommand};
 
-use crate::config::Secret;
+use secrecy::SecretString;
 
 const TOUR: &str = "\
 Connection settings come from flags, then the environment (GEPPETTO_SERVER, GEPPETTO_CA,
@@ -147,7 +147,7 @@ pub struct GlobalArgs {
         value_name = "TOKEN",
         conflicts_with = "token_file"
     )]
-    pub token: Option<Secret>,
+    pub token: Option<SecretString>,
     /// File holding the API token, e.g. the one the puppeteer wrote at its first start
     /// [env: GEPPETTO_TOKEN_FILE]
     #[arg(long, global = true, value_name = "FILE")]

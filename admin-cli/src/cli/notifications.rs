@@ -1,8 +1,8 @@
 //! `geppetto notifications`: rules that send an email or a webhook on events.
 
 use clap::{ArgGroup, Args, Subcommand};
+use secrecy::SecretString;
 
-use crate::config::Secret;
 use crate::parse::parse_rule_event;
 
 pub(super) const NOTIFICATIONS_HELP: &str = "\
@@ -63,7 +63,7 @@ pub struct AddRuleArgs {
     /// Sign webhook bodies with HMAC-SHA256 using this secret (X-Geppetto-Signature
     /// header); it is never shown again
     #[arg(long, value_name = "S", conflicts_with = "email")]
-    pub secret: Option<Secret>,
+    pub secret: Option<SecretString>,
     /// Only events about puppets matching this label selector, e.g. "site=lyon"
     /// (events about no puppet, such as job events, always match) [default: all]
     #[arg(long, value_name = "SELECTOR")]
@@ -100,7 +100,11 @@ mod tests {
         };
         assert_eq!(args.on, ["job.failed", "run.", "puppet.offline"]);
         assert_eq!(args.webhook.as_deref(), Some("https://hooks.example/gp"));
-        assert_eq!(args.secret, Some(Secret::new("s3cret")));
+        let secret = args
+            .secret
+            .as_ref()
+            .map(secrecy::ExposeSecret::expose_secret);
+        assert_eq!(secret, Some("s3cret"));
         assert!(!format!("{args:?}").contains("s3cret"));
         assert_eq!(args.target.as_deref(), Some("site=lyon"));
         assert!(args.email.is_none());

@@ -75,7 +75,7 @@ fn add_request(args: AddRuleArgs) -> pb::AddRuleRequest {
         channel,
         secret: args
             .secret
-            .map(|s| s.expose().to_string())
+            .map(|s| secrecy::ExposeSecret::expose_secret(&s).to_owned())
             .unwrap_or_default(),
         target: args.target.unwrap_or_default(),
     }
@@ -138,7 +138,6 @@ fn list_table(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Secret;
 
     #[test]
     fn add_request_carries_the_channel() {
@@ -146,7 +145,7 @@ mod tests {
             on: vec!["job.failed".into(), "run.".into()],
             email: None,
             webhook: Some("https://hooks.example/gp".into()),
-            secret: Some(Secret::new("s3cret")),
+            secret: Some("s3cret".into()),
             target: Some("site=lyon".into()),
         });
         assert_eq!(
