@@ -63,6 +63,7 @@ mod jobs;
 mod keys;
 mod logs;
 mod notifications;
+mod pages;
 mod prune;
 mod puppets;
 mod resources;
@@ -77,6 +78,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 pub use keys::prefix_of;
 pub use logs::{Appended, LogLimit, LogRead};
+pub use pages::{Cursor, Page, PageRequest, RunsOf};
 pub use prune::{PruneReport, PrunedJob, stored_log_bytes};
 pub use puppets::NewPuppet;
 pub use resources::ResourceUse;

@@ -114,7 +114,7 @@ impl Store {
 
     /// The puppet's last poll: the later of its record's and the `seen`
     /// tree's (see [`Store::touch_puppet`]).
-    fn overlay_seen(&self, puppet: &mut Puppet) -> Result<()> {
+    pub(super) fn overlay_seen(&self, puppet: &mut Puppet) -> Result<()> {
         if let Some(seen) = self.seen_at(&puppet.name)? {
             puppet.last_seen = puppet.last_seen.max(Some(seen));
         }
