@@ -1,5 +1,13 @@
 //! Conversions between protobuf messages and domain types. Incoming values
 //! are validated here, once; what comes out is valid by construction.
+//!
+//! A message becomes a domain value by `TryFrom` (refused with an
+//! InvalidArgument error saying what is wrong), a domain value a message by
+//! `From`. An absent message field converts as the message's default, whose
+//! refusal says what to give. Free functions remain where a value is not a
+//! message of its own (times, durations, ids, labels, a strategy's limits
+//! named by their field) or where a view needs more than the value (a
+//! puppet's presence, a job's runs).
 
 use std::time::Duration;
 
@@ -90,69 +98,84 @@ fn fact(mut text: String) -> String {
 
 /// A puppet's facts, each bounded (see [`MAX_FACT_BYTES`]; the load is the
 /// 1, 5 and 15 minute averages).
-pub fn facts_from(f: pb::Facts) -> domain::Facts {
-    let mut load = f.load;
-    load.truncate(3);
-    domain::Facts {
-        hostname: fact(f.hostname),
-        os: fact(f.os),
-        os_id: fact(f.os_id),
-        kernel: fact(f.kernel),
-        arch: fact(f.arch),
-        memory_total_bytes: f.memory_total_bytes,
-        disk_total_bytes: f.disk_total_bytes,
-        agent_version: fact(f.agent_version),
-        uptime_secs: f.uptime.map(|d| d.seconds.max(0) as u64).unwrap_or(0),
-        load,
-        memory_available_bytes: f.memory_available_bytes,
-        disk_available_bytes: f.disk_available_bytes,
-        boot_id: fact(f.boot_id),
-        collected_at: f
-            .collected_at
-            .as_ref()
-            .and_then(|t| plausible_ts(t, Millis::now())),
+impl From<pb::Facts> for domain::Facts {
+    fn from(f: pb::Facts) -> Self {
+        let mut load = f.load;
+        load.truncate(3);
+        domain::Facts {
+            hostname: fact(f.hostname),
+            os: fact(f.os),
+            os_id: fact(f.os_id),
+            kernel: fact(f.kernel),
+            arch: fact(f.arch),
+            memory_total_bytes: f.memory_total_bytes,
+            disk_total_bytes: f.disk_total_bytes,
+            agent_version: fact(f.agent_version),
+            uptime_secs: f.uptime.map(|d| d.seconds.max(0) as u64).unwrap_or(0),
+            load,
+            memory_available_bytes: f.memory_available_bytes,
+            disk_available_bytes: f.disk_available_bytes,
+            boot_id: fact(f.boot_id),
+            collected_at: f
+                .collected_at
+                .as_ref()
+                .and_then(|t| plausible_ts(t, Millis::now())),
+        }
     }
 }
 
-pub fn facts_to(f: &domain::Facts) -> pb::Facts {
-    pb::Facts {
-        hostname: f.hostname.clone(),
-        os: f.os.clone(),
-        os_id: f.os_id.clone(),
-        kernel: f.kernel.clone(),
-        arch: f.arch.clone(),
-        memory_total_bytes: f.memory_total_bytes,
-        disk_total_bytes: f.disk_total_bytes,
-        agent_version: f.agent_version.clone(),
-        uptime: Some(dur(Duration::from_secs(f.uptime_secs))),
-        load: f.load.clone(),
-        memory_available_bytes: f.memory_available_bytes,
-        disk_available_bytes: f.disk_available_bytes,
-        boot_id: f.boot_id.clone(),
-        collected_at: opt_ts(f.collected_at),
+impl From<&domain::Facts> for pb::Facts {
+    fn from(f: &domain::Facts) -> Self {
+        pb::Facts {
+            hostname: f.hostname.clone(),
+            os: f.os.clone(),
+            os_id: f.os_id.clone(),
+            kernel: f.kernel.clone(),
+            arch: f.arch.clone(),
+            memory_total_bytes: f.memory_total_bytes,
+            disk_total_bytes: f.disk_total_bytes,
+            agent_version: f.agent_version.clone(),
+            uptime: Some(dur(Duration::from_secs(f.uptime_secs))),
+            load: f.load.clone(),
+            memory_available_bytes: f.memory_available_bytes,
+            disk_available_bytes: f.disk_available_bytes,
+            boot_id: f.boot_id.clone(),
+            collected_at: opt_ts(f.collected_at),
+        }
     }
 }
 
-pub fn program_from(p: Option<pb::Program>) -> ApiResult<domain::Program> {
-    match p.and_then(|p| p.kind) {
-        Some(pb::program::Kind::Script(s)) => Ok(domain::Program::Script {
-            body: s.body,
-            interpreter: s.interpreter,
-        }),
-        Some(pb::program::Kind::Argv(a)) => Ok(domain::Program::Argv { args: a.args }),
-        None => Err(invalid("the task has no program: give a script or an argv")),
+/// A program; an empty one (or none: the default message) is refused.
+impl TryFrom<pb::Program> for domain::Program {
+    type Error = ApiError;
+
+    fn try_from(p: pb::Program) -> ApiResult<Self> {
+        match p.kind {
+            Some(pb::program::Kind::Script(s)) => Ok(domain::Program::Script {
+                body: s.body,
+                interpreter: s.interpreter,
+            }),
+            Some(pb::program::Kind::Argv(a)) => Ok(domain::Program::Argv { args: a.args }),
+            None => Err(invalid("the task has no program: give a script or an argv")),
+        }
     }
 }
 
-pub fn program_to(p: &domain::Program) -> pb::Program {
-    let kind = match p {
-        domain::Program::Script { body, interpreter } => pb::program::Kind::Script(pb::Script {
-            body: body.clone(),
-            interpreter: interpreter.clone(),
-        }),
-        domain::Program::Argv { args } => pb::program::Kind::Argv(pb::Argv { args: args.clone() }),
-    };
-    pb::Program { kind: Some(kind) }
+impl From<&domain::Program> for pb::Program {
+    fn from(p: &domain::Program) -> Self {
+        let kind = match p {
+            domain::Program::Script { body, interpreter } => {
+                pb::program::Kind::Script(pb::Script {
+                    body: body.clone(),
+                    interpreter: interpreter.clone(),
+                })
+            }
+            domain::Program::Argv { args } => {
+                pb::program::Kind::Argv(pb::Argv { args: args.clone() })
+            }
+        };
+        pb::Program { kind: Some(kind) }
+    }
 }
 
 pub fn timeout_from(t: Option<&prost_types::Duration>) -> ApiResult<u64> {
@@ -162,52 +185,64 @@ pub fn timeout_from(t: Option<&prost_types::Duration>) -> ApiResult<u64> {
     }
 }
 
-pub fn spec_from(s: Option<pb::RunSpec>) -> ApiResult<domain::RunSpec> {
-    let s = s.ok_or_else(|| invalid("the task has no spec: give at least a program"))?;
-    let spec = domain::RunSpec {
-        program: program_from(s.program)?,
-        timeout_ms: timeout_from(s.timeout.as_ref())?,
-        env: s.env.into_iter().collect(),
-        workdir: s.workdir,
-        artifacts: s
-            .artifacts
-            .into_iter()
-            .map(|a| domain::ArtifactRef {
-                name: a.name,
-                sha256: a.sha256,
-                size: a.size,
-                env: a.env,
-            })
-            .collect(),
-        expect_reboot: s.expect_reboot,
-        reboot_window_ms: s
-            .reboot_window
-            .as_ref()
-            .map(|d| from_dur("reboot window", d).map(|d| d.as_millis() as u64))
-            .transpose()?,
-    };
-    spec.validate()?;
-    Ok(spec)
+/// An artifact reference as sent; a task's are checked and pinned by
+/// content by the Tasks service, not here.
+impl From<pb::ArtifactRef> for domain::ArtifactRef {
+    fn from(a: pb::ArtifactRef) -> Self {
+        domain::ArtifactRef {
+            name: a.name,
+            sha256: a.sha256,
+            size: a.size,
+            env: a.env,
+        }
+    }
 }
 
-pub fn spec_to(s: &domain::RunSpec) -> pb::RunSpec {
-    pb::RunSpec {
-        program: Some(program_to(&s.program)),
-        timeout: Some(dur(Duration::from_millis(s.timeout_ms))),
-        env: s.env.clone().into_iter().collect(),
-        workdir: s.workdir.clone(),
-        artifacts: s
-            .artifacts
-            .iter()
-            .map(|a| pb::ArtifactRef {
-                name: a.name.clone(),
-                sha256: a.sha256.clone(),
-                size: a.size,
-                env: a.env.clone(),
-            })
-            .collect(),
-        expect_reboot: s.expect_reboot,
-        reboot_window: s.reboot_window_ms.map(|ms| dur(Duration::from_millis(ms))),
+impl From<&domain::ArtifactRef> for pb::ArtifactRef {
+    fn from(a: &domain::ArtifactRef) -> Self {
+        pb::ArtifactRef {
+            name: a.name.clone(),
+            sha256: a.sha256.clone(),
+            size: a.size,
+            env: a.env.clone(),
+        }
+    }
+}
+
+/// A run spec, validated whole (`RunSpec::validate`).
+impl TryFrom<pb::RunSpec> for domain::RunSpec {
+    type Error = ApiError;
+
+    fn try_from(s: pb::RunSpec) -> ApiResult<Self> {
+        let spec = domain::RunSpec {
+            program: s.program.unwrap_or_default().try_into()?,
+            timeout_ms: timeout_from(s.timeout.as_ref())?,
+            env: s.env.into_iter().collect(),
+            workdir: s.workdir,
+            artifacts: s.artifacts.into_iter().map(Into::into).collect(),
+            expect_reboot: s.expect_reboot,
+            reboot_window_ms: s
+                .reboot_window
+                .as_ref()
+                .map(|d| from_dur("reboot window", d).map(|d| d.as_millis() as u64))
+                .transpose()?,
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+}
+
+impl From<&domain::RunSpec> for pb::RunSpec {
+    fn from(s: &domain::RunSpec) -> Self {
+        pb::RunSpec {
+            program: Some((&s.program).into()),
+            timeout: Some(dur(Duration::from_millis(s.timeout_ms))),
+            env: s.env.clone().into_iter().collect(),
+            workdir: s.workdir.clone(),
+            artifacts: s.artifacts.iter().map(Into::into).collect(),
+            expect_reboot: s.expect_reboot,
+            reboot_window: s.reboot_window_ms.map(|ms| dur(Duration::from_millis(ms))),
+        }
     }
 }
 
@@ -221,33 +256,39 @@ fn labels_to(l: &domain::Labels) -> std::collections::HashMap<String, String> {
     l.clone().into_iter().collect()
 }
 
-pub fn presence_to(p: Presence) -> pb::Presence {
-    match p {
-        Presence::Online => pb::Presence::Online,
-        Presence::Late => pb::Presence::Late,
-        Presence::Offline => pb::Presence::Offline,
+impl From<Presence> for pb::Presence {
+    fn from(p: Presence) -> Self {
+        match p {
+            Presence::Online => pb::Presence::Online,
+            Presence::Late => pb::Presence::Late,
+            Presence::Offline => pb::Presence::Offline,
+        }
     }
 }
 
-pub fn puppet_state_to(s: domain::PuppetState) -> pb::PuppetState {
-    match s {
-        domain::PuppetState::Pending => pb::PuppetState::Pending,
-        domain::PuppetState::Enabled => pb::PuppetState::Enabled,
-        domain::PuppetState::Disabled => pb::PuppetState::Disabled,
+impl From<domain::PuppetState> for pb::PuppetState {
+    fn from(s: domain::PuppetState) -> Self {
+        match s {
+            domain::PuppetState::Pending => pb::PuppetState::Pending,
+            domain::PuppetState::Enabled => pb::PuppetState::Enabled,
+            domain::PuppetState::Disabled => pb::PuppetState::Disabled,
+        }
     }
 }
 
+/// A puppet as answered, with what only the puppeteer's memory knows of it
+/// (its presence) and its count of unfinished runs.
 pub fn puppet_to(p: &domain::Puppet, presence: Presence, active_runs: u32) -> pb::Puppet {
     pb::Puppet {
         name: p.name.clone(),
-        state: puppet_state_to(p.state) as i32,
-        presence: presence_to(presence) as i32,
+        state: pb::PuppetState::from(p.state) as i32,
+        presence: pb::Presence::from(presence) as i32,
         last_seen: opt_ts(p.last_seen),
         enrolled_at: Some(ts(p.enrolled_at)),
         labels: labels_to(&p.labels()),
         declared_labels: labels_to(&p.declared_labels),
         assigned_labels: labels_to(&p.assigned_labels),
-        facts: Some(facts_to(&p.facts)),
+        facts: Some((&p.facts).into()),
         active_runs,
         enroll_token_id: p.enroll_token_id.clone(),
         polling: false,
@@ -258,141 +299,177 @@ pub fn puppet_to(p: &domain::Puppet, presence: Presence, active_runs: u32) -> pb
     }
 }
 
-pub fn task_to(t: &domain::Task) -> pb::Task {
-    pb::Task {
-        name: t.name.clone(),
-        version: t.version,
-        description: t.description.clone(),
-        spec: Some(spec_to(&t.spec)),
-        created_at: Some(ts(t.created_at)),
-        updated_at: Some(ts(t.updated_at)),
-        resources: t.resources.iter().map(need_to).collect(),
-        retries: t.retries,
-        requires: t.requires.clone(),
+impl From<&domain::Task> for pb::Task {
+    fn from(t: &domain::Task) -> Self {
+        pb::Task {
+            name: t.name.clone(),
+            version: t.version,
+            description: t.description.clone(),
+            spec: Some((&t.spec).into()),
+            created_at: Some(ts(t.created_at)),
+            updated_at: Some(ts(t.updated_at)),
+            resources: t.resources.iter().map(Into::into).collect(),
+            retries: t.retries,
+            requires: t.requires.clone(),
+        }
     }
 }
 
-pub fn run_state_to(s: domain::RunState) -> pb::RunState {
-    use domain::RunState as D;
-    match s {
-        D::Queued => pb::RunState::Queued,
-        D::Waiting => pb::RunState::Waiting,
-        D::Offered => pb::RunState::Offered,
-        D::Running => pb::RunState::Running,
-        D::Succeeded => pb::RunState::Succeeded,
-        D::Failed => pb::RunState::Failed,
-        D::TimedOut => pb::RunState::TimedOut,
-        D::Cancelled => pb::RunState::Cancelled,
-        D::Lost => pb::RunState::Lost,
-        D::Interrupted => pb::RunState::Interrupted,
-        D::Skipped => pb::RunState::Skipped,
+impl From<domain::RunState> for pb::RunState {
+    fn from(s: domain::RunState) -> Self {
+        use domain::RunState as D;
+        match s {
+            D::Queued => pb::RunState::Queued,
+            D::Waiting => pb::RunState::Waiting,
+            D::Offered => pb::RunState::Offered,
+            D::Running => pb::RunState::Running,
+            D::Succeeded => pb::RunState::Succeeded,
+            D::Failed => pb::RunState::Failed,
+            D::TimedOut => pb::RunState::TimedOut,
+            D::Cancelled => pb::RunState::Cancelled,
+            D::Lost => pb::RunState::Lost,
+            D::Interrupted => pb::RunState::Interrupted,
+            D::Skipped => pb::RunState::Skipped,
+        }
     }
 }
 
+/// An outcome a puppet reports; `Unspecified` is not one.
+impl TryFrom<pb::Outcome> for domain::Outcome {
+    type Error = ApiError;
+
+    fn try_from(o: pb::Outcome) -> ApiResult<Self> {
+        use domain::Outcome as D;
+        match o {
+            pb::Outcome::Exited => Ok(D::Exited),
+            pb::Outcome::Signaled => Ok(D::Signaled),
+            pb::Outcome::TimedOut => Ok(D::TimedOut),
+            pb::Outcome::Cancelled => Ok(D::Cancelled),
+            pb::Outcome::StartFailed => Ok(D::StartFailed),
+            pb::Outcome::Interrupted => Ok(D::Interrupted),
+            pb::Outcome::Rebooted => Ok(D::Rebooted),
+            pb::Outcome::Unspecified => Err(invalid("the outcome is unspecified")),
+        }
+    }
+}
+
+/// An outcome field as sent (protobuf enums travel as numbers: any value
+/// may come).
 pub fn outcome_from(value: i32) -> ApiResult<domain::Outcome> {
-    use domain::Outcome as D;
-    match pb::Outcome::try_from(value) {
-        Ok(pb::Outcome::Exited) => Ok(D::Exited),
-        Ok(pb::Outcome::Signaled) => Ok(D::Signaled),
-        Ok(pb::Outcome::TimedOut) => Ok(D::TimedOut),
-        Ok(pb::Outcome::Cancelled) => Ok(D::Cancelled),
-        Ok(pb::Outcome::StartFailed) => Ok(D::StartFailed),
-        Ok(pb::Outcome::Interrupted) => Ok(D::Interrupted),
-        Ok(pb::Outcome::Rebooted) => Ok(D::Rebooted),
-        Ok(pb::Outcome::Unspecified) | Err(_) => {
-            Err(invalid(format!("outcome {value} is not a valid Outcome")))
+    pb::Outcome::try_from(value)
+        .ok()
+        .and_then(|o| domain::Outcome::try_from(o).ok())
+        .ok_or_else(|| invalid(format!("outcome {value} is not a valid Outcome")))
+}
+
+impl From<domain::Outcome> for pb::Outcome {
+    fn from(o: domain::Outcome) -> Self {
+        use domain::Outcome as D;
+        match o {
+            D::Exited => pb::Outcome::Exited,
+            D::Signaled => pb::Outcome::Signaled,
+            D::TimedOut => pb::Outcome::TimedOut,
+            D::Cancelled => pb::Outcome::Cancelled,
+            D::StartFailed => pb::Outcome::StartFailed,
+            D::Interrupted => pb::Outcome::Interrupted,
+            D::Rebooted => pb::Outcome::Rebooted,
         }
     }
 }
 
-pub fn outcome_to(o: Option<domain::Outcome>) -> pb::Outcome {
-    use domain::Outcome as D;
-    match o {
-        None => pb::Outcome::Unspecified,
-        Some(D::Exited) => pb::Outcome::Exited,
-        Some(D::Signaled) => pb::Outcome::Signaled,
-        Some(D::TimedOut) => pb::Outcome::TimedOut,
-        Some(D::Cancelled) => pb::Outcome::Cancelled,
-        Some(D::StartFailed) => pb::Outcome::StartFailed,
-        Some(D::Interrupted) => pb::Outcome::Interrupted,
-        Some(D::Rebooted) => pb::Outcome::Rebooted,
-    }
+/// A run's outcome as a field: `Unspecified` while it has none.
+fn outcome_to(o: Option<domain::Outcome>) -> i32 {
+    o.map_or(pb::Outcome::Unspecified, pb::Outcome::from) as i32
 }
 
-pub fn run_to(r: &domain::Run) -> pb::Run {
-    pb::Run {
-        id: r.id.clone(),
-        job_id: r.job_id.clone(),
-        puppet: r.puppet.clone(),
-        task_name: r.task_name.clone(),
-        task_version: r.task_version,
-        state: run_state_to(r.state) as i32,
-        attempt: r.attempt,
-        cause: r.cause.clone(),
-        outcome: outcome_to(r.outcome) as i32,
-        exit_code: r.exit_code.unwrap_or(0),
-        signal: r.signal.unwrap_or(0),
-        created_at: Some(ts(r.created_at)),
-        started_at: opt_ts(r.started_at),
-        finished_at: opt_ts(r.finished_at),
-        duration: r.duration_ms.map(|ms| dur(Duration::from_millis(ms))),
-        log_length: r.log_length,
-        log_truncated: r.log_gap.is_some(),
-        log_dropped: r.log_gap.map_or(0, |g| g.dropped),
-        duplicate_reports: r.duplicate_reports,
-        history: r
-            .history
-            .iter()
-            .map(|t| pb::RunTransition {
-                state: run_state_to(t.state) as i32,
-                at: Some(ts(t.at)),
-                cause: t.cause.clone(),
-                attempt: t.attempt,
-            })
-            .collect(),
-        fetch: None,
-    }
-}
-
-pub fn target_from(t: Option<pb::Target>) -> ApiResult<domain::Target> {
-    match t.and_then(|t| t.kind) {
-        Some(pb::target::Kind::Selector(s)) => Ok(domain::Target::Selector(s)),
-        Some(pb::target::Kind::Puppets(p)) => {
-            if p.names.is_empty() {
-                return Err(invalid("the target lists no puppet"));
-            }
-            for name in &p.names {
-                domain::check_puppet_name(name)?;
-            }
-            Ok(domain::Target::Puppets(p.names))
+impl From<&domain::Transition> for pb::RunTransition {
+    fn from(t: &domain::Transition) -> Self {
+        pb::RunTransition {
+            state: pb::RunState::from(t.state) as i32,
+            at: Some(ts(t.at)),
+            cause: t.cause.clone(),
+            attempt: t.attempt,
         }
-        None => Err(invalid(
-            "the job has no target: give a selector or puppet names",
-        )),
     }
 }
 
-pub fn target_to(t: &domain::Target) -> pb::Target {
-    let kind = match t {
-        domain::Target::Selector(s) => pb::target::Kind::Selector(s.clone()),
-        domain::Target::Puppets(names) => pb::target::Kind::Puppets(pb::PuppetNames {
-            names: names.clone(),
-        }),
-    };
-    pb::Target { kind: Some(kind) }
-}
-
-pub fn job_state_to(s: JobState) -> pb::JobState {
-    match s {
-        JobState::AwaitingApproval => pb::JobState::AwaitingApproval,
-        JobState::Running => pb::JobState::Running,
-        JobState::Succeeded => pb::JobState::Succeeded,
-        JobState::Failed => pb::JobState::Failed,
-        JobState::Cancelled => pb::JobState::Cancelled,
-        JobState::Rejected => pb::JobState::Rejected,
+impl From<&domain::Run> for pb::Run {
+    fn from(r: &domain::Run) -> Self {
+        pb::Run {
+            id: r.id.clone(),
+            job_id: r.job_id.clone(),
+            puppet: r.puppet.clone(),
+            task_name: r.task_name.clone(),
+            task_version: r.task_version,
+            state: pb::RunState::from(r.state) as i32,
+            attempt: r.attempt,
+            cause: r.cause.clone(),
+            outcome: outcome_to(r.outcome),
+            exit_code: r.exit_code.unwrap_or(0),
+            signal: r.signal.unwrap_or(0),
+            created_at: Some(ts(r.created_at)),
+            started_at: opt_ts(r.started_at),
+            finished_at: opt_ts(r.finished_at),
+            duration: r.duration_ms.map(|ms| dur(Duration::from_millis(ms))),
+            log_length: r.log_length,
+            log_truncated: r.log_gap.is_some(),
+            log_dropped: r.log_gap.map_or(0, |g| g.dropped),
+            duplicate_reports: r.duplicate_reports,
+            history: r.history.iter().map(Into::into).collect(),
+            fetch: None,
+        }
     }
 }
 
+/// A job's target; an empty one (or none: the default message) is refused.
+impl TryFrom<pb::Target> for domain::Target {
+    type Error = ApiError;
+
+    fn try_from(t: pb::Target) -> ApiResult<Self> {
+        match t.kind {
+            Some(pb::target::Kind::Selector(s)) => Ok(domain::Target::Selector(s)),
+            Some(pb::target::Kind::Puppets(p)) => {
+                if p.names.is_empty() {
+                    return Err(invalid("the target lists no puppet"));
+                }
+                for name in &p.names {
+                    domain::check_puppet_name(name)?;
+                }
+                Ok(domain::Target::Puppets(p.names))
+            }
+            None => Err(invalid(
+                "the job has no target: give a selector or puppet names",
+            )),
+        }
+    }
+}
+
+impl From<&domain::Target> for pb::Target {
+    fn from(t: &domain::Target) -> Self {
+        let kind = match t {
+            domain::Target::Selector(s) => pb::target::Kind::Selector(s.clone()),
+            domain::Target::Puppets(names) => pb::target::Kind::Puppets(pb::PuppetNames {
+                names: names.clone(),
+            }),
+        };
+        pb::Target { kind: Some(kind) }
+    }
+}
+
+impl From<JobState> for pb::JobState {
+    fn from(s: JobState) -> Self {
+        match s {
+            JobState::AwaitingApproval => pb::JobState::AwaitingApproval,
+            JobState::Running => pb::JobState::Running,
+            JobState::Succeeded => pb::JobState::Succeeded,
+            JobState::Failed => pb::JobState::Failed,
+            JobState::Cancelled => pb::JobState::Cancelled,
+            JobState::Rejected => pb::JobState::Rejected,
+        }
+    }
+}
+
+/// A job as answered, with its runs (its state and counts are theirs).
 pub fn job_to(job: &domain::Job, runs: &[domain::Run]) -> pb::Job {
     let state = crate::scheduler::job_state(job, runs);
     let mut counts = std::collections::HashMap::new();
@@ -408,8 +485,8 @@ pub fn job_to(job: &domain::Job, runs: &[domain::Run]) -> pb::Job {
         id: job.id.clone(),
         task_name: job.task_name.clone(),
         task_version: job.task_version,
-        target: Some(target_to(&job.target)),
-        state: job_state_to(state) as i32,
+        target: Some((&job.target).into()),
+        state: pb::JobState::from(state) as i32,
         created_at: Some(ts(job.created_at)),
         finished_at: opt_ts(finished_at),
         runs: runs
@@ -417,16 +494,16 @@ pub fn job_to(job: &domain::Job, runs: &[domain::Run]) -> pb::Job {
             .map(|r| pb::RunSummary {
                 run_id: r.id.clone(),
                 puppet: r.puppet.clone(),
-                state: run_state_to(r.state) as i32,
+                state: pb::RunState::from(r.state) as i32,
                 exit_code: r.exit_code.unwrap_or(0),
                 cause: r.cause.clone(),
-                outcome: outcome_to(r.outcome) as i32,
+                outcome: outcome_to(r.outcome),
                 signal: r.signal.unwrap_or(0),
                 fetch: None,
             })
             .collect(),
         counts,
-        strategy: Some(strategy_to(&job.strategy)),
+        strategy: Some((&job.strategy).into()),
         approved_by: match &job.approval {
             domain::Approval::Approved { by, .. } | domain::Approval::Rejected { by, .. } => {
                 by.clone()
@@ -457,6 +534,7 @@ pub fn job_to(job: &domain::Job, runs: &[domain::Run]) -> pb::Job {
     }
 }
 
+/// A limit of a strategy; `field` names it in an error.
 fn limit_from(field: &str, l: Option<pb::Limit>) -> ApiResult<Option<domain::Limit>> {
     match l.and_then(|l| l.kind) {
         None => Ok(None),
@@ -469,13 +547,15 @@ fn limit_from(field: &str, l: Option<pb::Limit>) -> ApiResult<Option<domain::Lim
     }
 }
 
-fn limit_to(l: Option<domain::Limit>) -> Option<pb::Limit> {
-    l.map(|l| pb::Limit {
-        kind: Some(match l {
-            domain::Limit::Count(n) => pb::limit::Kind::Count(n),
-            domain::Limit::Percent(p) => pb::limit::Kind::Percent(p),
-        }),
-    })
+impl From<domain::Limit> for pb::Limit {
+    fn from(l: domain::Limit) -> Self {
+        pb::Limit {
+            kind: Some(match l {
+                domain::Limit::Count(n) => pb::limit::Kind::Count(n),
+                domain::Limit::Percent(p) => pb::limit::Kind::Percent(p),
+            }),
+        }
+    }
 }
 
 fn opt_ms(field: &str, d: Option<&prost_types::Duration>) -> ApiResult<Option<u64>> {
@@ -495,68 +575,75 @@ fn opt_ms(field: &str, d: Option<&prost_types::Duration>) -> ApiResult<Option<u6
 /// before skipping its run, when the job does not say.
 pub const DEFAULT_STRATEGY_OFFLINE_WAIT: Duration = Duration::from_secs(600);
 
-pub fn strategy_from(s: Option<pb::Strategy>) -> ApiResult<domain::Strategy> {
-    let Some(s) = s else {
-        return Ok(domain::Strategy::default());
-    };
-    let after_job = if s.after_job.is_empty() {
-        if s.per_puppet {
-            return Err(invalid("per_puppet needs after_job"));
-        }
-        None
-    } else {
-        id_of_kind("job", &s.after_job)?;
-        Some(s.after_job)
-    };
-    let max_in_flight = limit_from("max_in_flight", s.max_in_flight)?;
-    // A strategy that serialises runs would stall on an offline puppet:
-    // unless told otherwise, it is bypassed after a while.
-    let offline_wait_ms = match opt_ms("offline_wait", s.offline_wait.as_ref())? {
-        Some(ms) => Some(ms),
-        None if s.rolling || max_in_flight.is_some() => {
-            Some(DEFAULT_STRATEGY_OFFLINE_WAIT.as_millis() as u64)
-        }
-        None => None,
-    };
-    Ok(domain::Strategy {
-        max_in_flight,
-        max_failures: limit_from("max_failures", s.max_failures)?,
-        rolling: s.rolling,
-        deadline_ms: opt_ms("deadline", s.deadline.as_ref())?,
-        offline_wait_ms,
-        after_job,
-        per_puppet: s.per_puppet,
-        approval: s.approval,
-        ordered: s.ordered,
-    })
-}
+/// A job's strategy; the default message is the default strategy (every
+/// run at once, no gate).
+impl TryFrom<pb::Strategy> for domain::Strategy {
+    type Error = ApiError;
 
-pub fn strategy_to(s: &domain::Strategy) -> pb::Strategy {
-    pb::Strategy {
-        max_in_flight: limit_to(s.max_in_flight),
-        max_failures: limit_to(s.max_failures),
-        rolling: s.rolling,
-        deadline: s.deadline_ms.map(|ms| dur(Duration::from_millis(ms))),
-        offline_wait: s.offline_wait_ms.map(|ms| dur(Duration::from_millis(ms))),
-        after_job: s.after_job.clone().unwrap_or_default(),
-        per_puppet: s.per_puppet,
-        approval: s.approval,
-        ordered: s.ordered,
+    fn try_from(s: pb::Strategy) -> ApiResult<Self> {
+        let after_job = if s.after_job.is_empty() {
+            if s.per_puppet {
+                return Err(invalid("per_puppet needs after_job"));
+            }
+            None
+        } else {
+            id_of_kind("job", &s.after_job)?;
+            Some(s.after_job)
+        };
+        let max_in_flight = limit_from("max_in_flight", s.max_in_flight)?;
+        // A strategy that serialises runs would stall on an offline puppet:
+        // unless told otherwise, it is bypassed after a while.
+        let offline_wait_ms = match opt_ms("offline_wait", s.offline_wait.as_ref())? {
+            Some(ms) => Some(ms),
+            None if s.rolling || max_in_flight.is_some() => {
+                Some(DEFAULT_STRATEGY_OFFLINE_WAIT.as_millis() as u64)
+            }
+            None => None,
+        };
+        Ok(domain::Strategy {
+            max_in_flight,
+            max_failures: limit_from("max_failures", s.max_failures)?,
+            rolling: s.rolling,
+            deadline_ms: opt_ms("deadline", s.deadline.as_ref())?,
+            offline_wait_ms,
+            after_job,
+            per_puppet: s.per_puppet,
+            approval: s.approval,
+            ordered: s.ordered,
+        })
     }
 }
 
-pub fn enroll_token_to(t: &domain::EnrollToken) -> pb::EnrollToken {
-    pb::EnrollToken {
-        id: t.id.clone(),
-        description: t.description.clone(),
-        labels: labels_to(&t.labels),
-        uses_left: t.uses_left.unwrap_or(0),
-        unlimited: t.uses_left.is_none(),
-        created_at: Some(ts(t.created_at)),
-        expires_at: opt_ts(t.expires_at),
-        revoked: t.revoked,
-        used: t.used,
-        auto_approve: t.auto_approve,
+impl From<&domain::Strategy> for pb::Strategy {
+    fn from(s: &domain::Strategy) -> Self {
+        pb::Strategy {
+            max_in_flight: s.max_in_flight.map(Into::into),
+            max_failures: s.max_failures.map(Into::into),
+            rolling: s.rolling,
+            deadline: s.deadline_ms.map(|ms| dur(Duration::from_millis(ms))),
+            offline_wait: s.offline_wait_ms.map(|ms| dur(Duration::from_millis(ms))),
+            after_job: s.after_job.clone().unwrap_or_default(),
+            per_puppet: s.per_puppet,
+            approval: s.approval,
+            ordered: s.ordered,
+        }
+    }
+}
+
+impl From<&domain::EnrollToken> for pb::EnrollToken {
+    fn from(t: &domain::EnrollToken) -> Self {
+        pb::EnrollToken {
+            id: t.id.clone(),
+            description: t.description.clone(),
+            labels: labels_to(&t.labels),
+            uses_left: t.uses_left.unwrap_or(0),
+            unlimited: t.uses_left.is_none(),
+            created_at: Some(ts(t.created_at)),
+            expires_at: opt_ts(t.expires_at),
+            revoked: t.revoked,
+            used: t.used,
+            auto_approve: t.auto_approve,
+        }
     }
 }
 
@@ -565,22 +652,28 @@ pub fn id_of_kind(kind: &str, id: &str) -> ApiResult<()> {
     crate::ids::check_kind(kind, id).map_err(ApiError::Invalid)
 }
 
-pub fn need_to(n: &domain::ResourceNeed) -> pb::ResourceNeed {
-    pb::ResourceNeed {
-        name: n.name.clone(),
-        count: n.count,
+/// A need as sent; a list of them is checked whole by [`needs_from`].
+impl From<pb::ResourceNeed> for domain::ResourceNeed {
+    fn from(n: pb::ResourceNeed) -> Self {
+        domain::ResourceNeed {
+            name: n.name,
+            count: n.count,
+        }
+    }
+}
+
+impl From<&domain::ResourceNeed> for pb::ResourceNeed {
+    fn from(n: &domain::ResourceNeed) -> Self {
+        pb::ResourceNeed {
+            name: n.name.clone(),
+            count: n.count,
+        }
     }
 }
 
 /// Resource needs from the API, checked.
 pub fn needs_from(needs: Vec<pb::ResourceNeed>) -> ApiResult<Vec<domain::ResourceNeed>> {
-    let needs: Vec<domain::ResourceNeed> = needs
-        .into_iter()
-        .map(|n| domain::ResourceNeed {
-            name: n.name,
-            count: n.count,
-        })
-        .collect();
+    let needs: Vec<domain::ResourceNeed> = needs.into_iter().map(Into::into).collect();
     domain::check_needs(&needs)?;
     Ok(needs)
 }
@@ -601,15 +694,82 @@ pub fn retries_from(retries: u32) -> ApiResult<u32> {
     Ok(retries)
 }
 
+/// A role field as sent (a number: any value may come); unspecified is
+/// not a role.
+pub fn role_from(value: i32) -> ApiResult<domain::Role> {
+    match pb::Role::try_from(value) {
+        Ok(pb::Role::Viewer) => Ok(domain::Role::Viewer),
+        Ok(pb::Role::Operator) => Ok(domain::Role::Operator),
+        Ok(pb::Role::Admin) => Ok(domain::Role::Admin),
+        _ => Err(invalid("give a role: viewer, operator or admin")),
+    }
+}
+
+impl From<domain::Role> for pb::Role {
+    fn from(role: domain::Role) -> Self {
+        match role {
+            domain::Role::Viewer => pb::Role::Viewer,
+            domain::Role::Operator => pb::Role::Operator,
+            domain::Role::Admin => pb::Role::Admin,
+        }
+    }
+}
+
+impl From<&domain::ApiToken> for pb::ApiToken {
+    fn from(t: &domain::ApiToken) -> Self {
+        pb::ApiToken {
+            id: t.id.clone(),
+            user: t.user.clone(),
+            name: t.name.clone(),
+            created_at: Some(ts(t.created_at)),
+            expires_at: opt_ts(t.expires_at),
+            revoked: t.revoked,
+        }
+    }
+}
+
+impl From<&domain::Group> for pb::Group {
+    fn from(g: &domain::Group) -> Self {
+        pb::Group {
+            name: g.name.clone(),
+            description: g.description.clone(),
+            members: Some(match &g.selector {
+                Some(s) => pb::group::Members::Selector(s.clone()),
+                None => pb::group::Members::Puppets(pb::PuppetNames {
+                    names: g.puppets.clone(),
+                }),
+            }),
+        }
+    }
+}
+
+impl From<&domain::Event> for pb::Event {
+    fn from(e: &domain::Event) -> Self {
+        pb::Event {
+            id: e.id,
+            at: Some(ts(e.at)),
+            kind: e.kind.clone(),
+            job_id: e.job_id.clone(),
+            run_id: e.run_id.clone(),
+            puppet: e.puppet.clone(),
+            resource: e.resource.clone(),
+            actor: e.actor.clone(),
+            summary: e.summary.clone(),
+        }
+    }
+}
+
 /// A fetch under way, for the API.
-pub fn fetch_to(f: &crate::app::fetches::FetchView) -> pb::RunFetch {
-    pb::RunFetch {
-        artifacts: f.artifacts.clone(),
-        bytes_done: f.bytes_done,
-        bytes_total: f.bytes_total,
-        bytes_per_second: f.bytes_per_second,
-        started_at: Some(ts(f.started)),
-        eta: f.eta.map(dur),
+impl From<&crate::app::fetches::FetchView> for pb::RunFetch {
+    fn from(f: &crate::app::fetches::FetchView) -> Self {
+        pb::RunFetch {
+            artifacts: f.artifacts.clone(),
+            bytes_done: f.bytes_done,
+            bytes_total: f.bytes_total,
+            bytes_per_second: f.bytes_per_second,
+            started_at: Some(ts(f.started)),
+            eta: f.eta.map(dur),
+        }
     }
 }
 
@@ -656,7 +816,7 @@ mod tests {
     /// Facts are cut to their bound (at a character boundary), never refused.
     #[test]
     fn facts_are_bounded_not_refused() {
-        let facts = facts_from(pb::Facts {
+        let facts = domain::Facts::from(pb::Facts {
             hostname: "é".repeat(1000),
             kernel: "k".repeat(10_000),
             os: "debian".into(),
@@ -684,8 +844,8 @@ mod tests {
             timeout: Some(dur(Duration::from_secs(60))),
             ..Default::default()
         };
-        let refused = |spec: pb::RunSpec| spec_from(Some(spec)).unwrap_err().to_string();
-        assert!(spec_from(Some(argv(vec!["true".into(); SpecLimits::ARGS]))).is_ok());
+        let refused = |spec: pb::RunSpec| domain::RunSpec::try_from(spec).unwrap_err().to_string();
+        assert!(domain::RunSpec::try_from(argv(vec!["true".into(); SpecLimits::ARGS])).is_ok());
         let e = refused(argv(vec!["x".into(); SpecLimits::ARGS + 1]));
         assert!(e.contains("argv's argument count is at most 4096"), "{e}");
         let e = refused(argv(vec!["x".repeat(domain::MAX_SCRIPT_BYTES + 1)]));
@@ -758,20 +918,20 @@ mod tests {
                 nanos: 0,
             })
         };
-        let ok = spec_from(Some(pb::RunSpec {
+        let ok = domain::RunSpec::try_from(pb::RunSpec {
             expect_reboot: true,
             reboot_window: window(1200),
             ..spec()
-        }))
+        })
         .unwrap();
         assert_eq!(
             (ok.expect_reboot, ok.reboot_window_ms),
             (true, Some(1_200_000))
         );
-        let default = spec_from(Some(pb::RunSpec {
+        let default = domain::RunSpec::try_from(pb::RunSpec {
             expect_reboot: true,
             ..spec()
-        }))
+        })
         .unwrap();
         assert_eq!(default.reboot_window_ms, None);
         for (expect, secs, needle) in [
@@ -780,11 +940,11 @@ mod tests {
             (true, 2 * 86_400, "out of range"),
             (true, -5, "reboot window"),
         ] {
-            let err = spec_from(Some(pb::RunSpec {
+            let err = domain::RunSpec::try_from(pb::RunSpec {
                 expect_reboot: expect,
                 reboot_window: window(secs),
                 ..spec()
-            }))
+            })
             .unwrap_err();
             assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
             assert!(err.to_string().contains(needle), "{needle}: {err}");

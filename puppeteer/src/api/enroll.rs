@@ -5,7 +5,7 @@ use geppetto_proto::v1::enroll_tokens_server::EnrollTokens;
 use tonic::{Request, Response, Status};
 
 use super::Shared;
-use super::convert::{self, enroll_token_to};
+use super::convert;
 use super::error::{ApiError, invalid};
 use crate::domain::{EnrollToken, Millis};
 use crate::ids::{hash_secret, new_id, new_secret};
@@ -70,7 +70,7 @@ impl EnrollTokens for EnrollTokensApi {
                 .map_err(ApiError::from)?;
             self.state.store.flush().await.map_err(ApiError::from)?;
             Ok(Response::new(pb::CreateEnrollTokenResponse {
-                token: Some(enroll_token_to(&token)),
+                token: Some(pb::EnrollToken::from(&token)),
                 secret,
             }))
         }
@@ -95,7 +95,7 @@ impl EnrollTokens for EnrollTokensApi {
             .list_enroll_tokens()
             .map_err(ApiError::from)?;
         Ok(Response::new(pb::ListEnrollTokensResponse {
-            tokens: tokens.iter().map(enroll_token_to).collect(),
+            tokens: tokens.iter().map(pb::EnrollToken::from).collect(),
         }))
     }
 
@@ -117,7 +117,7 @@ impl EnrollTokens for EnrollTokensApi {
                 .revoke_enroll_token(id)
                 .map_err(ApiError::from)?;
             self.state.store.flush().await.map_err(ApiError::from)?;
-            Ok(Response::new(enroll_token_to(&token)))
+            Ok(Response::new(pb::EnrollToken::from(&token)))
         }
         .await;
         self.state.conclude_status(audit, result).await

@@ -8,7 +8,6 @@ use geppetto_proto::v1 as pb;
 use geppetto_proto::v1::events_server::Events;
 use tonic::{Request, Response, Status};
 
-use super::convert::ts;
 use super::error::{ApiError, ApiResult};
 use super::{AppState, Shared};
 use crate::domain::Event;
@@ -75,20 +74,6 @@ impl Filter {
     }
 }
 
-fn event_to(e: &Event) -> pb::Event {
-    pb::Event {
-        id: e.id,
-        at: Some(ts(e.at)),
-        kind: e.kind.clone(),
-        job_id: e.job_id.clone(),
-        run_id: e.run_id.clone(),
-        puppet: e.puppet.clone(),
-        resource: e.resource.clone(),
-        actor: e.actor.clone(),
-        summary: e.summary.clone(),
-    }
-}
-
 /// Refuses to resume from an event already pruned.
 fn check_resume(state: &AppState, after: u64) -> ApiResult<()> {
     let oldest = state.store.oldest_event_id()?;
@@ -144,7 +129,7 @@ impl Events for EventsApi {
                 async move {
                     loop {
                         if let Some(e) = pending.pop_front() {
-                            return Some((Ok(event_to(&e)), (after, pending)));
+                            return Some((Ok(pb::Event::from(&e)), (after, pending)));
                         }
                         let notified = notify.notified();
                         tokio::pin!(notified);
@@ -196,7 +181,7 @@ impl Events for EventsApi {
             after = last.id;
             for e in batch {
                 if filter.keeps(&self.state, &e) {
-                    events.push(event_to(&e));
+                    events.push(pb::Event::from(&e));
                 }
             }
             if events.len() >= limit {

@@ -26,11 +26,8 @@ pub type ArtifactStream = Pin<Box<dyn Stream<Item = Result<pb::ArtifactChunk, St
 impl super::AppState {
     /// A run for the API, with its fetch under way if any.
     pub fn run_view(&self, run: &Run) -> pb::Run {
-        let mut view = super::convert::run_to(run);
-        view.fetch = self
-            .fetches
-            .of(&run.id)
-            .map(|f| super::convert::fetch_to(&f));
+        let mut view = pb::Run::from(run);
+        view.fetch = self.fetches.of(&run.id).map(|f| pb::RunFetch::from(&f));
         view
     }
 
@@ -38,10 +35,7 @@ impl super::AppState {
     pub fn job_view(&self, job: &crate::domain::Job, runs: &[Run]) -> pb::Job {
         let mut view = super::convert::job_to(job, runs);
         for run in &mut view.runs {
-            run.fetch = self
-                .fetches
-                .of(&run.run_id)
-                .map(|f| super::convert::fetch_to(&f));
+            run.fetch = self.fetches.of(&run.run_id).map(|f| pb::RunFetch::from(&f));
         }
         view
     }

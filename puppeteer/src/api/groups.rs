@@ -14,19 +14,6 @@ pub struct GroupsApi {
     state: Shared,
 }
 
-fn group_to(g: &Group) -> pb::Group {
-    pb::Group {
-        name: g.name.clone(),
-        description: g.description.clone(),
-        members: Some(match &g.selector {
-            Some(s) => pb::group::Members::Selector(s.clone()),
-            None => pb::group::Members::Puppets(pb::PuppetNames {
-                names: g.puppets.clone(),
-            }),
-        }),
-    }
-}
-
 impl super::AppState {
     /// The enabled puppets `selector` matches, by name. The records are
     /// read one at a time: ten thousand decoded at once are about 12 MB.
@@ -103,7 +90,7 @@ impl GroupsApi {
             created_at: Millis::now(),
         };
         self.state.store.create_group(&group)?;
-        Ok(group_to(&group))
+        Ok(pb::Group::from(&group))
     }
 }
 
@@ -126,7 +113,7 @@ impl Groups for GroupsApi {
         self.state.authorize(&request, "Groups/ListGroups")?;
         let groups = self.state.store.list_groups().map_err(ApiError::from)?;
         Ok(Response::new(pb::ListGroupsResponse {
-            groups: groups.iter().map(group_to).collect(),
+            groups: groups.iter().map(pb::Group::from).collect(),
         }))
     }
 
@@ -140,7 +127,7 @@ impl Groups for GroupsApi {
         let group = self.state.store.get_group(name).map_err(ApiError::from)?;
         Ok(Response::new(pb::GroupView {
             current_members: self.state.group_members(&group)?,
-            group: Some(group_to(&group)),
+            group: Some(pb::Group::from(&group)),
         }))
     }
 

@@ -212,13 +212,13 @@ impl Jobs for JobsApi {
             let caller = caller?;
             let req = request.into_inner();
             domain::check_task_name(&req.task_name).map_err(ApiError::from)?;
-            let target = convert::target_from(req.target)?;
+            let target = domain::Target::try_from(req.target.unwrap_or_default())?;
             let store = &self.state.store;
             let version = (req.task_version != 0).then_some(req.task_version);
             let task = store
                 .get_task(&req.task_name, version)
                 .map_err(ApiError::from)?;
-            let strategy = convert::strategy_from(req.strategy)?;
+            let strategy = domain::Strategy::try_from(req.strategy.unwrap_or_default())?;
             if let Some(up) = &strategy.after_job {
                 store.get_job(up).map_err(ApiError::from)?;
             }

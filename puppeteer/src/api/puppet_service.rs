@@ -14,7 +14,7 @@ use geppetto_proto::v1::puppet_service_server::PuppetService;
 use tonic::{Request, Response, Status};
 
 use super::Shared;
-use super::convert::{self, dur, facts_from, spec_to, ts};
+use super::convert::{self, dur, ts};
 use super::error::{ApiError, ApiResult, invalid};
 use super::fetch::ArtifactStream;
 use crate::domain::{self, Millis, Puppet, PuppetState, Run, RunState};
@@ -82,7 +82,7 @@ impl PuppetServiceApi {
             last_seen: Some(now),
             declared_labels: declared,
             assigned_labels: Default::default(),
-            facts: req.facts.map(facts_from).unwrap_or_default(),
+            facts: req.facts.map(domain::Facts::from).unwrap_or_default(),
             enroll_token_id: String::new(),
             credential_hash: hash_secret(&credential),
             rotation: None,
@@ -134,7 +134,7 @@ impl PuppetServiceApi {
             job_id: run.job_id.clone(),
             task_name: run.task_name.clone(),
             task_version: run.task_version,
-            spec: Some(spec_to(&job.spec)),
+            spec: Some(pb::RunSpec::from(&job.spec)),
             log_head: limit.map_or(0, |l| l.head),
             log_tail: limit.map_or(0, |l| l.tail),
         })
@@ -185,7 +185,7 @@ impl PuppetServiceApi {
         // The record is rewritten only for new facts; the time of the poll
         // alone goes to the small `seen` record (see `Store::touch_puppet`).
         store.touch_puppet(&name, now)?;
-        let puppet = match req.facts.map(facts_from) {
+        let puppet = match req.facts.map(domain::Facts::from) {
             Some(facts) => store.update_puppet(&name, |p| {
                 p.last_seen = Some(now);
                 p.facts = facts.clone();
@@ -683,7 +683,7 @@ impl PuppetService for PuppetServiceApi {
         // A poll held while this run executed can now offer the next one.
         self.state.hub.wake(&puppet_key(&name));
         Ok(Response::new(pb::FinishRunResponse {
-            state: convert::run_state_to(run.state) as i32,
+            state: pb::RunState::from(run.state) as i32,
         }))
     }
 }

@@ -228,7 +228,7 @@ impl Puppets for PuppetsApi {
                     run_id: run.id.clone(),
                     job_id: run.job_id.clone(),
                     task_name: run.task_name.clone(),
-                    state: convert::run_state_to(run.state) as i32,
+                    state: pb::RunState::from(run.state) as i32,
                     cause,
                 }
             })

@@ -6,7 +6,7 @@ use geppetto_proto::v1::tasks_server::Tasks;
 use tonic::{Request, Response, Status};
 
 use super::Shared;
-use super::convert::{self, task_to};
+use super::convert;
 use super::error::{ApiError, invalid};
 use crate::artifact::{self, PinError};
 use crate::domain::{self, ArtifactRef, Millis, Task};
@@ -86,7 +86,10 @@ impl Tasks for TasksApi {
             let req = request.into_inner();
             domain::check_task_name(&req.name).map_err(ApiError::from)?;
             check_description(&req.description)?;
-            let mut spec = convert::spec_from(req.spec)?;
+            let spec = req
+                .spec
+                .ok_or_else(|| invalid("the task has no spec: give at least a program"))?;
+            let mut spec = domain::RunSpec::try_from(spec)?;
             let names: Vec<String> = spec.artifacts.iter().map(|a| a.name.clone()).collect();
             spec.artifacts = self.pin_artifacts(&names)?;
             let resources = convert::needs_from(req.resources)?;
@@ -110,7 +113,7 @@ impl Tasks for TasksApi {
                 .create_task(&task)
                 .map_err(ApiError::from)?;
             self.state.store.flush().await.map_err(ApiError::from)?;
-            Ok(Response::new(task_to(&task)))
+            Ok(Response::new(pb::Task::from(&task)))
         }
         .await;
         self.state.conclude_status(audit, result).await
@@ -145,8 +148,8 @@ impl Tasks for TasksApi {
                 check_description(&description)?;
                 task.description = description;
             }
-            if req.program.is_some() {
-                task.spec.program = convert::program_from(req.program)?;
+            if let Some(program) = req.program {
+                task.spec.program = program.try_into()?;
             }
             if let Some(timeout) = &req.timeout {
                 task.spec.timeout_ms = convert::timeout_from(Some(timeout))?;
@@ -205,7 +208,7 @@ impl Tasks for TasksApi {
                 .add_task_version(&task)
                 .map_err(ApiError::from)?;
             self.state.store.flush().await.map_err(ApiError::from)?;
-            Ok(Response::new(task_to(&task)))
+            Ok(Response::new(pb::Task::from(&task)))
         }
         .await;
         self.state.conclude_status(audit, result).await
@@ -224,7 +227,7 @@ impl Tasks for TasksApi {
             .store
             .get_task(&req.name, version)
             .map_err(ApiError::from)?;
-        Ok(Response::new(task_to(&task)))
+        Ok(Response::new(pb::Task::from(&task)))
     }
 
     async fn list_tasks(
@@ -234,7 +237,7 @@ impl Tasks for TasksApi {
         self.state.authorize(&request, "Tasks/ListTasks")?;
         let tasks = self.state.store.list_tasks().map_err(ApiError::from)?;
         Ok(Response::new(pb::ListTasksResponse {
-            tasks: tasks.iter().map(task_to).collect(),
+            tasks: tasks.iter().map(pb::Task::from).collect(),
         }))
     }
 

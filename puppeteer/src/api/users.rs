@@ -9,40 +9,12 @@ use geppetto_proto::v1::users_server::Users;
 use tonic::{Request, Response, Status};
 
 use super::Shared;
-use super::convert::{self, opt_ts, ts};
+use super::convert::{self, ts};
 use super::error::{ApiError, ApiResult, invalid};
 use crate::domain::{self, ApiToken, Millis, Role, User};
 use crate::ids::{hash_secret, new_id, new_secret};
 
 const MAX_TOKEN_TTL: Duration = Duration::from_secs(2 * 366 * 24 * 3600);
-
-pub fn role_from(value: i32) -> ApiResult<Role> {
-    match pb::Role::try_from(value) {
-        Ok(pb::Role::Viewer) => Ok(Role::Viewer),
-        Ok(pb::Role::Operator) => Ok(Role::Operator),
-        Ok(pb::Role::Admin) => Ok(Role::Admin),
-        _ => Err(invalid("give a role: viewer, operator or admin")),
-    }
-}
-
-pub fn role_to(role: Role) -> pb::Role {
-    match role {
-        Role::Viewer => pb::Role::Viewer,
-        Role::Operator => pb::Role::Operator,
-        Role::Admin => pb::Role::Admin,
-    }
-}
-
-fn token_to(t: &ApiToken) -> pb::ApiToken {
-    pb::ApiToken {
-        id: t.id.clone(),
-        user: t.user.clone(),
-        name: t.name.clone(),
-        created_at: Some(ts(t.created_at)),
-        expires_at: opt_ts(t.expires_at),
-        revoked: t.revoked,
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct UsersApi {
@@ -65,7 +37,7 @@ impl UsersApi {
             .count() as u32;
         Ok(pb::User {
             name: user.name.clone(),
-            role: role_to(user.role) as i32,
+            role: pb::Role::from(user.role) as i32,
             created_at: Some(ts(user.created_at)),
             active_tokens: active,
         })
@@ -84,7 +56,7 @@ impl Users for UsersApi {
             domain::check_user_name(&req.name)?;
             let user = User {
                 name: req.name.clone(),
-                role: role_from(req.role)?,
+                role: convert::role_from(req.role)?,
                 created_at: Millis::now(),
             };
             self.state.store.add_user(&user)?;
@@ -117,7 +89,7 @@ impl Users for UsersApi {
         let (audit, caller) = self.state.begin(&request, "Users/SetUserRole", &req.name);
         let result = caller.and_then(|_| {
             domain::check_user_name(&req.name)?;
-            let role = role_from(req.role)?;
+            let role = convert::role_from(req.role)?;
             let user = self.state.store.set_user_role(&req.name, role)?;
             self.view(&user)
         });
@@ -145,7 +117,7 @@ impl Users for UsersApi {
         let caller = self.state.authorize(&request, "Users/WhoAmI")?;
         Ok(Response::new(pb::WhoAmIResponse {
             user: caller.user,
-            role: role_to(caller.role) as i32,
+            role: pb::Role::from(caller.role) as i32,
             token_id: caller.token_id,
         }))
     }
@@ -218,7 +190,7 @@ impl Tokens for TokensApi {
         }
         let (token, secret) = self.state.conclude(audit, result).await?;
         Ok(Response::new(pb::CreateTokenResponse {
-            token: Some(token_to(&token)),
+            token: Some(pb::ApiToken::from(&token)),
             secret,
         }))
     }
@@ -248,7 +220,7 @@ impl Tokens for TokensApi {
             .map_err(ApiError::from)?
             .iter()
             .filter(|t| user.as_ref().is_none_or(|u| &t.user == u))
-            .map(token_to)
+            .map(pb::ApiToken::from)
             .collect();
         Ok(Response::new(pb::ListTokensResponse { tokens }))
     }
@@ -269,7 +241,7 @@ impl Tokens for TokensApi {
                     caller.role.name()
                 )));
             }
-            Ok(token_to(&self.state.store.revoke_api_token(&id)?))
+            Ok(pb::ApiToken::from(&self.state.store.revoke_api_token(&id)?))
         });
         self.state.conclude(audit, result).await.map(Response::new)
     }
