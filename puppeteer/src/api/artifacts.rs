@@ -279,15 +279,11 @@ impl Artifacts for ArtifactsApi {
         &self,
         request: Request<pb::BeginUploadRequest>,
     ) -> Result<Response<pb::UploadStatus>, Status> {
-        let req = request.get_ref().clone();
-        let (audit, caller) = self
-            .state
-            .begin(&request, "Artifacts/BeginUpload", &req.name);
-        let result = match caller {
-            Ok(caller) => self.begin(req, &caller.user).await,
-            Err(e) => Err(e),
-        };
-        self.state.conclude(audit, result).await.map(Response::new)
+        self.state
+            .mutation(request, "Artifacts/BeginUpload", |req| req.name.clone())
+            .run(|caller, req| async move { self.begin(req, &caller.user).await })
+            .await
+            .map(Response::new)
     }
 
     async fn upload_chunk(
@@ -305,15 +301,13 @@ impl Artifacts for ArtifactsApi {
         &self,
         request: Request<pb::CommitUploadRequest>,
     ) -> Result<Response<pb::Artifact>, Status> {
-        let req = request.get_ref().clone();
-        let (audit, caller) = self
-            .state
-            .begin(&request, "Artifacts/CommitUpload", &req.upload_id);
-        let result = match caller {
-            Ok(caller) => self.commit(req, &caller.user).await,
-            Err(e) => Err(e),
-        };
-        self.state.conclude(audit, result).await.map(Response::new)
+        self.state
+            .mutation(request, "Artifacts/CommitUpload", |req| {
+                req.upload_id.clone()
+            })
+            .run(|caller, req| async move { self.commit(req, &caller.user).await })
+            .await
+            .map(Response::new)
     }
 
     async fn list_artifacts(
@@ -351,16 +345,9 @@ impl Artifacts for ArtifactsApi {
         &self,
         request: Request<pb::RemoveArtifactRequest>,
     ) -> Result<Response<pb::RemoveArtifactResponse>, Status> {
-        let req = request.get_ref().clone();
-        let (audit, caller) = self
-            .state
-            .begin(&request, "Artifacts/RemoveArtifact", &req.name);
-        let result = match caller {
-            Ok(caller) => self.remove(req, &caller.user).await,
-            Err(e) => Err(e),
-        };
         self.state
-            .conclude(audit, result)
+            .mutation(request, "Artifacts/RemoveArtifact", |req| req.name.clone())
+            .run(|caller, req| async move { self.remove(req, &caller.user).await })
             .await
             .map(|()| Response::new(pb::RemoveArtifactResponse {}))
     }

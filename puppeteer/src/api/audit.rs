@@ -8,6 +8,8 @@
 //! counted and logged sparingly (see [`crate::app::auth::Refusals`]), never
 //! stored. Entries older than `audit_retention` are pruned by the sweeper.
 
+use std::future::Future;
+
 use tonic::{Request, Status};
 
 use super::AppState;
@@ -50,62 +52,108 @@ pub fn remote_addr<T>(request: &Request<T>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
+/// A mutation authorized (or refused) and about to run: [`Mutation::run`]
+/// runs its body, records how it ended, flushes, and answers. Every audited
+/// call goes through it, so none can forget the record or write it twice.
+#[must_use = "a mutation does nothing until it is run"]
+pub struct Mutation<'a, M, C = Caller> {
+    state: &'a AppState,
+    audited: Audited,
+    /// Who is calling: the body runs only when authorization let it.
+    caller: ApiResult<C>,
+    /// The request's message, handed to the body.
+    message: M,
+}
+
+impl<M, C> Mutation<'_, M, C> {
+    /// Runs `body` with the caller and the request's message (unless the
+    /// call was refused), then records the outcome and answers.
+    pub async fn run<T, F, Fut>(self, body: F) -> Result<T, Status>
+    where
+        F: FnOnce(C, M) -> Fut,
+        Fut: Future<Output = ApiResult<T>>,
+    {
+        self.run_noting(body, |_, _| {}).await
+    }
+
+    /// Like [`Mutation::run`], and `note` completes the record from the
+    /// answer before it is written (the id a creation made, its actor).
+    pub async fn run_noting<T, F, Fut>(
+        mut self,
+        body: F,
+        note: impl FnOnce(&T, &mut Audited),
+    ) -> Result<T, Status>
+    where
+        F: FnOnce(C, M) -> Fut,
+        Fut: Future<Output = ApiResult<T>>,
+    {
+        let result = match self.caller {
+            Ok(caller) => body(caller, self.message).await,
+            Err(refused) => Err(refused),
+        }
+        .map_err(Status::from);
+        if let Ok(answer) = &result {
+            note(answer, &mut self.audited);
+        }
+        self.state.conclude(self.audited, result).await
+    }
+}
+
 impl AppState {
     /// Authorizes a read-only call (not audited).
     pub fn authorize<T>(&self, request: &Request<T>, action: &'static str) -> ApiResult<Caller> {
         self.auth.authorize(&self.store, request, action).1
     }
 
-    /// Authorizes a mutation and starts its audit record.
-    pub fn begin<T>(
+    /// Authorizes a mutation and starts its audit record, naming its target
+    /// from the request's message; [`Mutation::run`] does the rest.
+    pub fn mutation<M>(
         &self,
-        request: &Request<T>,
+        request: Request<M>,
         action: &'static str,
-        target: impl Into<String>,
-    ) -> (Audited, ApiResult<Caller>) {
-        let (actor, caller) = self.auth.authorize(&self.store, request, action);
+        target: impl FnOnce(&M) -> String,
+    ) -> Mutation<'_, M> {
+        let (actor, caller) = self.auth.authorize(&self.store, &request, action);
         let audited = Audited {
             action,
-            target: super::error::bounded(target.into(), MAX_TARGET),
-            remote_addr: remote_addr(request),
+            target: super::error::bounded(target(request.get_ref()), MAX_TARGET),
+            remote_addr: remote_addr(&request),
             actor,
             counted: matches!(caller, Err(ApiError::Unauthenticated(_))),
         };
-        (audited, caller)
+        Mutation {
+            state: self,
+            audited,
+            caller,
+            message: request.into_inner(),
+        }
     }
 
-    /// Starts the audit record of a call that authenticates otherwise.
-    pub fn begin_unauthenticated<T>(
+    /// Starts the audit record of a mutation that authenticates otherwise
+    /// (an enrollment, by its token): its body always runs, with no caller.
+    pub fn unauthenticated_mutation<M>(
         &self,
-        request: &Request<T>,
+        request: Request<M>,
         action: &'static str,
-        target: impl Into<String>,
-    ) -> Audited {
-        Audited {
+        target: impl FnOnce(&M) -> String,
+    ) -> Mutation<'_, M, ()> {
+        let audited = Audited {
             action,
-            target: super::error::bounded(target.into(), MAX_TARGET),
-            remote_addr: remote_addr(request),
+            target: super::error::bounded(target(request.get_ref()), MAX_TARGET),
+            remote_addr: remote_addr(&request),
             actor: "-".into(),
             counted: false,
+        };
+        Mutation {
+            state: self,
+            audited,
+            caller: Ok(()),
+            message: request.into_inner(),
         }
     }
 
     /// Records how the mutation ended, flushes, and answers.
-    pub async fn conclude<T>(&self, audited: Audited, result: ApiResult<T>) -> Result<T, Status> {
-        let (outcome, message) = match &result {
-            Ok(_) => ("ok".to_string(), String::new()),
-            Err(e) => (format!("{:?}", e.code()), e.to_string()),
-        };
-        self.record(audited, outcome, message).await?;
-        result.map_err(Status::from)
-    }
-
-    /// Like [`AppState::conclude`] for a body that already answers with a status.
-    pub async fn conclude_status<T>(
-        &self,
-        audited: Audited,
-        result: Result<T, Status>,
-    ) -> Result<T, Status> {
+    async fn conclude<T>(&self, audited: Audited, result: Result<T, Status>) -> Result<T, Status> {
         let (outcome, message) = match &result {
             Ok(_) => ("ok".to_string(), String::new()),
             Err(status) => (format!("{:?}", status.code()), status.message().to_string()),

@@ -29,58 +29,58 @@ impl EnrollTokens for EnrollTokensApi {
         &self,
         request: Request<pb::CreateEnrollTokenRequest>,
     ) -> Result<Response<pb::CreateEnrollTokenResponse>, Status> {
-        let target = String::from("new enrollment token");
-        let (mut audit, caller) =
-            self.state
-                .begin(&request, "EnrollTokens/CreateEnrollToken", target);
-        let result: Result<Response<pb::CreateEnrollTokenResponse>, Status> = async {
-            caller?;
-            let req = request.into_inner();
-            let labels = convert::labels_from(req.labels)?;
-            if req.description.len() > 1024 {
-                return Err(invalid("the description is longer than 1024 bytes").into());
-            }
-            let now = Millis::now();
-            let expires_at = match &req.ttl {
-                Some(ttl) => {
-                    let ttl = convert::from_dur("ttl", ttl)?;
-                    if ttl.is_zero() || ttl > MAX_TTL {
-                        return Err(invalid("ttl must be between 1s and 366 days").into());
+        self.state
+            .mutation(request, "EnrollTokens/CreateEnrollToken", |_| {
+                "new enrollment token".into()
+            })
+            .run_noting(
+                |_, req| async move {
+                    let labels = convert::labels_from(req.labels)?;
+                    if req.description.len() > 1024 {
+                        return Err(invalid("the description is longer than 1024 bytes"));
                     }
-                    Some(now.plus(ttl))
-                }
-                None => None,
-            };
-            let secret = new_secret("gpe");
-            let token = EnrollToken {
-                id: new_id("enr"),
-                description: req.description,
-                labels,
-                uses_left: (req.uses > 0).then_some(req.uses),
-                used: 0,
-                created_at: now,
-                expires_at,
-                revoked: false,
-                secret_hash: hash_secret(&secret),
-                auto_approve: req.auto_approve,
-            };
-            self.state
-                .store
-                .create_enroll_token(&token)
-                .map_err(ApiError::from)?;
-            self.state.store.flush().await.map_err(ApiError::from)?;
-            Ok(Response::new(pb::CreateEnrollTokenResponse {
-                token: Some(pb::EnrollToken::from(&token)),
-                secret,
-            }))
-        }
-        .await;
-        if let Ok(created) = &result
-            && let Some(token) = &created.get_ref().token
-        {
-            audit.target(token.id.clone());
-        }
-        self.state.conclude_status(audit, result).await
+                    let now = Millis::now();
+                    let expires_at = match &req.ttl {
+                        Some(ttl) => {
+                            let ttl = convert::from_dur("ttl", ttl)?;
+                            if ttl.is_zero() || ttl > MAX_TTL {
+                                return Err(invalid("ttl must be between 1s and 366 days"));
+                            }
+                            Some(now.plus(ttl))
+                        }
+                        None => None,
+                    };
+                    let secret = new_secret("gpe");
+                    let token = EnrollToken {
+                        id: new_id("enr"),
+                        description: req.description,
+                        labels,
+                        uses_left: (req.uses > 0).then_some(req.uses),
+                        used: 0,
+                        created_at: now,
+                        expires_at,
+                        revoked: false,
+                        secret_hash: hash_secret(&secret),
+                        auto_approve: req.auto_approve,
+                    };
+                    self.state
+                        .store
+                        .create_enroll_token(&token)
+                        .map_err(ApiError::from)?;
+                    self.state.store.flush().await.map_err(ApiError::from)?;
+                    Ok(pb::CreateEnrollTokenResponse {
+                        token: Some(pb::EnrollToken::from(&token)),
+                        secret,
+                    })
+                },
+                |created, audit| {
+                    if let Some(token) = &created.token {
+                        audit.target(token.id.clone());
+                    }
+                },
+            )
+            .await
+            .map(Response::new)
     }
 
     async fn list_enroll_tokens(
@@ -103,23 +103,21 @@ impl EnrollTokens for EnrollTokensApi {
         &self,
         request: Request<pb::RevokeEnrollTokenRequest>,
     ) -> Result<Response<pb::EnrollToken>, Status> {
-        let target = request.get_ref().id.clone();
-        let (audit, caller) = self
-            .state
-            .begin(&request, "EnrollTokens/RevokeEnrollToken", target);
-        let result: Result<Response<pb::EnrollToken>, Status> = async {
-            caller?;
-            let id = &request.get_ref().id;
-            convert::id_of_kind("enr", id)?;
-            let token = self
-                .state
-                .store
-                .revoke_enroll_token(id)
-                .map_err(ApiError::from)?;
-            self.state.store.flush().await.map_err(ApiError::from)?;
-            Ok(Response::new(pb::EnrollToken::from(&token)))
-        }
-        .await;
-        self.state.conclude_status(audit, result).await
+        self.state
+            .mutation(request, "EnrollTokens/RevokeEnrollToken", |req| {
+                req.id.clone()
+            })
+            .run(|_, req| async move {
+                let id = &req.id;
+                convert::id_of_kind("enr", id)?;
+                let token = self
+                    .state
+                    .store
+                    .revoke_enroll_token(id)
+                    .map_err(ApiError::from)?;
+                self.state.store.flush().await.map_err(ApiError::from)?;
+                Ok(Response::new(pb::EnrollToken::from(&token)))
+            })
+            .await
     }
 }

@@ -100,10 +100,11 @@ impl Groups for GroupsApi {
         &self,
         request: Request<pb::Group>,
     ) -> Result<Response<pb::Group>, Status> {
-        let req = request.get_ref().clone();
-        let (audit, caller) = self.state.begin(&request, "Groups/CreateGroup", &req.name);
-        let result = caller.and_then(|_| self.create(req));
-        self.state.conclude(audit, result).await.map(Response::new)
+        self.state
+            .mutation(request, "Groups/CreateGroup", |req| req.name.clone())
+            .run(|_, req| async move { self.create(req) })
+            .await
+            .map(Response::new)
     }
 
     async fn list_groups(
@@ -135,13 +136,15 @@ impl Groups for GroupsApi {
         &self,
         request: Request<pb::GetGroupRequest>,
     ) -> Result<Response<pb::RemoveGroupResponse>, Status> {
-        let name = request.get_ref().name.clone();
-        let (audit, caller) = self.state.begin(&request, "Groups/RemoveGroup", &name);
-        let result = caller.and_then(|_| {
-            domain::check_group_name(&name)?;
-            self.state.store.remove_group(&name)?;
-            Ok(pb::RemoveGroupResponse {})
-        });
-        self.state.conclude(audit, result).await.map(Response::new)
+        self.state
+            .mutation(request, "Groups/RemoveGroup", |req| req.name.clone())
+            .run(|_, req| async move {
+                let name = req.name;
+                domain::check_group_name(&name)?;
+                self.state.store.remove_group(&name)?;
+                Ok(pb::RemoveGroupResponse {})
+            })
+            .await
+            .map(Response::new)
     }
 }

@@ -7,9 +7,9 @@ use geppetto_proto::v1 as pb;
 use geppetto_proto::v1::jobs_server::Jobs;
 use tonic::{Request, Response, Status};
 
-use super::Shared;
 use super::convert;
 use super::error::{ApiError, ApiResult};
+use super::{Caller, Shared};
 use crate::domain::{self, Job, Millis, PuppetState, Run, RunState, Target};
 use crate::hub::{job_key, puppet_key};
 use crate::ids::new_id;
@@ -198,6 +198,108 @@ impl JobsApi {
         self.state.hub.wake(&job_key(id));
         Ok(self.state.job_view(&job, &runs))
     }
+
+    /// Creates a job of a task version: one run per target puppet.
+    async fn create(&self, caller: Caller, req: pb::CreateJobRequest) -> ApiResult<pb::Job> {
+        domain::check_task_name(&req.task_name).map_err(ApiError::from)?;
+        let target = domain::Target::try_from(req.target.unwrap_or_default())?;
+        let store = &self.state.store;
+        let version = (req.task_version != 0).then_some(req.task_version);
+        let task = store
+            .get_task(&req.task_name, version)
+            .map_err(ApiError::from)?;
+        let strategy = domain::Strategy::try_from(req.strategy.unwrap_or_default())?;
+        if let Some(up) = &strategy.after_job {
+            store.get_job(up).map_err(ApiError::from)?;
+        }
+        let mut puppets = self.resolve(&target)?;
+        let mut not_targeted = Vec::new();
+        if !task.requires.is_empty() {
+            let class = Selector::parse(&task.requires).map_err(ApiError::from)?;
+            let mut inside = Vec::new();
+            for name in puppets {
+                let puppet = store.get_puppet(&name).map_err(ApiError::from)?;
+                if class.matches(&puppet.labels()) {
+                    inside.push(name);
+                } else {
+                    not_targeted.push((name, format!("not in the task's class {}", task.requires)));
+                }
+            }
+            if inside.is_empty() {
+                return Err(ApiError::Conflict(format!(
+                    "no targeted puppet is in the class of task {} ({})",
+                    task.name, task.requires
+                )));
+            }
+            puppets = inside;
+        }
+        let now = Millis::now();
+        let job_id = new_id("job");
+        let mut runs = Vec::with_capacity(puppets.len());
+        for puppet in &puppets {
+            let mut run = Run {
+                id: new_id("run"),
+                job_id: job_id.clone(),
+                puppet: puppet.clone(),
+                task_name: task.name.clone(),
+                task_version: task.version,
+                state: RunState::Queued,
+                attempt: 1,
+                cause: String::new(),
+                outcome: None,
+                exit_code: None,
+                signal: None,
+                created_at: now,
+                started_at: None,
+                finished_at: None,
+                duration_ms: None,
+                log_length: 0,
+                history: vec![],
+                cancel_requested: false,
+                queue_seq: store.next_seq().map_err(ApiError::from)?,
+                duplicate_reports: 0,
+                needs: task.resources.clone(),
+                holds: vec![],
+                log_base: 0,
+                max_attempts: 1 + task.retries,
+                log_gap: None,
+                reboot_window_ms: task.spec.reboot_window().map(|w| w.as_millis() as u64),
+            };
+            run.transition(RunState::Queued, now, format!("created by job {job_id}"));
+            runs.push(run);
+        }
+        let job = Job {
+            id: job_id,
+            task_name: task.name.clone(),
+            task_version: task.version,
+            spec: task.spec.clone(),
+            target,
+            created_at: now,
+            run_ids: runs.iter().map(|r| r.id.clone()).collect(),
+            cancelled: false,
+            seq: store.next_seq().map_err(ApiError::from)?,
+            approval: if strategy.approval {
+                domain::Approval::Awaiting
+            } else {
+                domain::Approval::NotNeeded
+            },
+            strategy,
+            not_targeted,
+            reported_end: None,
+            acknowledged: None,
+            created_by: Some(caller.user.clone()),
+            approval_requested: false,
+        };
+        store.create_job(&job, &runs).map_err(ApiError::from)?;
+        store.flush().await.map_err(ApiError::from)?;
+        for puppet in &puppets {
+            self.state.hub.wake(&puppet_key(puppet));
+        }
+        tracing::info!(job = %job.id, task = %job.task_name, runs = runs.len(), "job created");
+        // A job awaiting approval asks for it from the sweeper, once
+        // nothing else it depends on is pending (see `AppState::apply_gates`).
+        Ok(self.state.job_view(&job, &runs))
+    }
 }
 
 #[tonic::async_trait]
@@ -206,121 +308,16 @@ impl Jobs for JobsApi {
         &self,
         request: Request<pb::CreateJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        let target = format!("task {}", request.get_ref().task_name);
-        let (mut audit, caller) = self.state.begin(&request, "Jobs/CreateJob", target);
-        let result: Result<Response<pb::Job>, Status> = async {
-            let caller = caller?;
-            let req = request.into_inner();
-            domain::check_task_name(&req.task_name).map_err(ApiError::from)?;
-            let target = domain::Target::try_from(req.target.unwrap_or_default())?;
-            let store = &self.state.store;
-            let version = (req.task_version != 0).then_some(req.task_version);
-            let task = store
-                .get_task(&req.task_name, version)
-                .map_err(ApiError::from)?;
-            let strategy = domain::Strategy::try_from(req.strategy.unwrap_or_default())?;
-            if let Some(up) = &strategy.after_job {
-                store.get_job(up).map_err(ApiError::from)?;
-            }
-            let mut puppets = self.resolve(&target)?;
-            let mut not_targeted = Vec::new();
-            if !task.requires.is_empty() {
-                let class = Selector::parse(&task.requires).map_err(ApiError::from)?;
-                let mut inside = Vec::new();
-                for name in puppets {
-                    let puppet = store.get_puppet(&name).map_err(ApiError::from)?;
-                    if class.matches(&puppet.labels()) {
-                        inside.push(name);
-                    } else {
-                        not_targeted
-                            .push((name, format!("not in the task's class {}", task.requires)));
-                    }
-                }
-                if inside.is_empty() {
-                    return Err(ApiError::Conflict(format!(
-                        "no targeted puppet is in the class of task {} ({})",
-                        task.name, task.requires
-                    ))
-                    .into());
-                }
-                puppets = inside;
-            }
-            let now = Millis::now();
-            let job_id = new_id("job");
-            let mut runs = Vec::with_capacity(puppets.len());
-            for puppet in &puppets {
-                let mut run = Run {
-                    id: new_id("run"),
-                    job_id: job_id.clone(),
-                    puppet: puppet.clone(),
-                    task_name: task.name.clone(),
-                    task_version: task.version,
-                    state: RunState::Queued,
-                    attempt: 1,
-                    cause: String::new(),
-                    outcome: None,
-                    exit_code: None,
-                    signal: None,
-                    created_at: now,
-                    started_at: None,
-                    finished_at: None,
-                    duration_ms: None,
-                    log_length: 0,
-                    history: vec![],
-                    cancel_requested: false,
-                    queue_seq: store.next_seq().map_err(ApiError::from)?,
-                    duplicate_reports: 0,
-                    needs: task.resources.clone(),
-                    holds: vec![],
-                    log_base: 0,
-                    max_attempts: 1 + task.retries,
-                    log_gap: None,
-                    reboot_window_ms: task.spec.reboot_window().map(|w| w.as_millis() as u64),
-                };
-                run.transition(RunState::Queued, now, format!("created by job {job_id}"));
-                runs.push(run);
-            }
-            let job = Job {
-                id: job_id,
-                task_name: task.name.clone(),
-                task_version: task.version,
-                spec: task.spec.clone(),
-                target,
-                created_at: now,
-                run_ids: runs.iter().map(|r| r.id.clone()).collect(),
-                cancelled: false,
-                seq: store.next_seq().map_err(ApiError::from)?,
-                approval: if strategy.approval {
-                    domain::Approval::Awaiting
-                } else {
-                    domain::Approval::NotNeeded
-                },
-                strategy,
-                not_targeted,
-                reported_end: None,
-                acknowledged: None,
-                created_by: Some(caller.user.clone()),
-                approval_requested: false,
-            };
-            store.create_job(&job, &runs).map_err(ApiError::from)?;
-            store.flush().await.map_err(ApiError::from)?;
-            for puppet in &puppets {
-                self.state.hub.wake(&puppet_key(puppet));
-            }
-            tracing::info!(job = %job.id, task = %job.task_name, runs = runs.len(), "job created");
-            // A job awaiting approval asks for it from the sweeper, once
-            // nothing else it depends on is pending (see `AppState::apply_gates`).
-            Ok(Response::new(self.state.job_view(&job, &runs)))
-        }
-        .await;
-        if let Ok(job) = &result {
-            audit.target(format!(
-                "{} (task {})",
-                job.get_ref().id,
-                job.get_ref().task_name
-            ));
-        }
-        self.state.conclude_status(audit, result).await
+        self.state
+            .mutation(request, "Jobs/CreateJob", |req| {
+                format!("task {}", req.task_name)
+            })
+            .run_noting(
+                |caller, req| self.create(caller, req),
+                |job, audit| audit.target(format!("{} (task {})", job.id, job.task_name)),
+            )
+            .await
+            .map(Response::new)
     }
 
     async fn get_job(
@@ -372,153 +369,156 @@ impl Jobs for JobsApi {
         &self,
         request: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        let target = request.get_ref().id.clone();
-        let (audit, caller) = self.state.begin(&request, "Jobs/CancelJob", target);
-        let result: Result<Response<pb::Job>, Status> = async {
-            caller?;
-            let id = &request.get_ref().id;
-            convert::id_of_kind("job", id)?;
-            let store = &self.state.store;
-            let job = store
-                .update_job(id, |job| {
-                    let change = !job.cancelled;
-                    job.cancelled = true;
-                    Ok(change)
-                })
-                .map_err(ApiError::from)?;
-            let changed = cancel_runs(&self.state, &job.run_ids, "cancelled with its job")?;
-            store.flush().await.map_err(ApiError::from)?;
-            wake_cancelled(&self.state, &changed);
-            let (job, runs) = self.load(&job.id)?;
-            Ok(Response::new(self.state.job_view(&job, &runs)))
-        }
-        .await;
-        self.state.conclude_status(audit, result).await
+        self.state
+            .mutation(request, "Jobs/CancelJob", |req| req.id.clone())
+            .run(|_, req| async move {
+                let id = &req.id;
+                convert::id_of_kind("job", id)?;
+                let store = &self.state.store;
+                let job = store
+                    .update_job(id, |job| {
+                        let change = !job.cancelled;
+                        job.cancelled = true;
+                        Ok(change)
+                    })
+                    .map_err(ApiError::from)?;
+                let changed = cancel_runs(&self.state, &job.run_ids, "cancelled with its job")?;
+                store.flush().await.map_err(ApiError::from)?;
+                wake_cancelled(&self.state, &changed);
+                let (job, runs) = self.load(&job.id)?;
+                Ok(Response::new(self.state.job_view(&job, &runs)))
+            })
+            .await
     }
 
     async fn approve_job(
         &self,
         request: Request<pb::ApproveJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        let id = request.get_ref().id.clone();
-        let (audit, caller) = self.state.begin(&request, "Jobs/ApproveJob", &id);
-        let result = caller.and_then(|caller| self.decide(&id, &caller.user, true));
-        self.state.conclude(audit, result).await.map(Response::new)
+        self.state
+            .mutation(request, "Jobs/ApproveJob", |req| req.id.clone())
+            .run(|caller, req| async move { self.decide(&req.id, &caller.user, true) })
+            .await
+            .map(Response::new)
     }
 
     async fn reject_job(
         &self,
         request: Request<pb::ApproveJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        let id = request.get_ref().id.clone();
-        let (audit, caller) = self.state.begin(&request, "Jobs/RejectJob", &id);
-        let result = caller.and_then(|caller| self.decide(&id, &caller.user, false));
-        self.state.conclude(audit, result).await.map(Response::new)
+        self.state
+            .mutation(request, "Jobs/RejectJob", |req| req.id.clone())
+            .run(|caller, req| async move { self.decide(&req.id, &caller.user, false) })
+            .await
+            .map(Response::new)
     }
 
     async fn retry_job(
         &self,
         request: Request<pb::RetryJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        let req = request.get_ref().clone();
-        let (audit, caller) = self.state.begin(&request, "Jobs/RetryJob", &req.id);
-        let result = caller.and_then(|_| {
-            let pick: fn(RunState) -> bool = match req.only.as_str() {
-                "" | "skipped" => |s| s == RunState::Skipped,
-                "failed" => |s| {
-                    matches!(
-                        s,
-                        RunState::Failed
-                            | RunState::TimedOut
-                            | RunState::Lost
-                            | RunState::Interrupted
-                    )
-                },
-                "all" => |s| s != RunState::Succeeded,
-                other => {
-                    return Err(ApiError::Invalid(format!(
-                        "only must be skipped, failed or all, not {other:?}"
+        self.state
+            .mutation(request, "Jobs/RetryJob", |req| req.id.clone())
+            .run(|_, req| async move {
+                let pick: fn(RunState) -> bool = match req.only.as_str() {
+                    "" | "skipped" => |s| s == RunState::Skipped,
+                    "failed" => |s| {
+                        matches!(
+                            s,
+                            RunState::Failed
+                                | RunState::TimedOut
+                                | RunState::Lost
+                                | RunState::Interrupted
+                        )
+                    },
+                    "all" => |s| s != RunState::Succeeded,
+                    other => {
+                        return Err(ApiError::Invalid(format!(
+                            "only must be skipped, failed or all, not {other:?}"
+                        )));
+                    }
+                };
+                convert::id_of_kind("job", &req.id)?;
+                let job = self.state.store.update_job(&req.id, |job| {
+                    let change = job.cancelled;
+                    job.cancelled = false;
+                    Ok(change)
+                })?;
+                let requeued = self
+                    .state
+                    .store
+                    .requeue_runs(&job.run_ids, Millis::now(), |r| pick(r.state))?;
+                self.state.job_reopened(&job.id);
+                if requeued.is_empty() {
+                    return Err(ApiError::Conflict(format!(
+                        "job {} has no run to retry with only={:?}",
+                        job.id,
+                        if req.only.is_empty() {
+                            "skipped"
+                        } else {
+                            &req.only
+                        }
                     )));
                 }
-            };
-            convert::id_of_kind("job", &req.id)?;
-            let job = self.state.store.update_job(&req.id, |job| {
-                let change = job.cancelled;
-                job.cancelled = false;
-                Ok(change)
-            })?;
-            let requeued = self
-                .state
-                .store
-                .requeue_runs(&job.run_ids, Millis::now(), |r| pick(r.state))?;
-            self.state.job_reopened(&job.id);
-            if requeued.is_empty() {
-                return Err(ApiError::Conflict(format!(
-                    "job {} has no run to retry with only={:?}",
-                    job.id,
-                    if req.only.is_empty() {
-                        "skipped"
-                    } else {
-                        &req.only
-                    }
-                )));
-            }
-            for run in &requeued {
-                self.state.hub.wake(&puppet_key(&run.puppet));
-            }
-            let (job, runs) = self.load(&job.id)?;
-            self.state.hub.wake(&job_key(&job.id));
-            Ok(self.state.job_view(&job, &runs))
-        });
-        self.state.conclude(audit, result).await.map(Response::new)
+                for run in &requeued {
+                    self.state.hub.wake(&puppet_key(&run.puppet));
+                }
+                let (job, runs) = self.load(&job.id)?;
+                self.state.hub.wake(&job_key(&job.id));
+                Ok(self.state.job_view(&job, &runs))
+            })
+            .await
+            .map(Response::new)
     }
 
     async fn skip_runs(
         &self,
         request: Request<pb::SkipRunsRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        let req = request.get_ref().clone();
-        let (audit, caller) = self.state.begin(
-            &request,
-            "Jobs/SkipRuns",
-            format!("{} on {}", req.job_id, req.puppets.len()),
-        );
-        let result = caller.and_then(|caller| self.skip(&req, &caller.user));
-        self.state.conclude(audit, result).await.map(Response::new)
+        self.state
+            .mutation(request, "Jobs/SkipRuns", |req| {
+                format!("{} on {}", req.job_id, req.puppets.len())
+            })
+            .run(|caller, req| async move { self.skip(&req, &caller.user) })
+            .await
+            .map(Response::new)
     }
 
     async fn acknowledge_job(
         &self,
         request: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        let id = request.get_ref().id.clone();
-        let (audit, caller) = self.state.begin(&request, "Jobs/AcknowledgeJob", &id);
-        let result = caller.and_then(|caller| {
-            let (job, runs) = self.load(&id)?;
-            let state = crate::scheduler::job_state(&job, &runs);
-            if matches!(
-                state,
-                crate::scheduler::JobState::Running | crate::scheduler::JobState::AwaitingApproval
-            ) {
-                return Err(ApiError::Conflict(format!(
-                    "job {id} is not finished: only a finished job can be acknowledged"
-                )));
-            }
-            // Acknowledging again keeps the first acknowledgement.
-            let job = self.state.store.update_job(&id, |job| {
-                if job.acknowledged.is_some() {
-                    return Ok(false);
+        self.state
+            .mutation(request, "Jobs/AcknowledgeJob", |req| req.id.clone())
+            .run(|caller, req| async move {
+                let id = req.id;
+                let (job, runs) = self.load(&id)?;
+                let state = crate::scheduler::job_state(&job, &runs);
+                if matches!(
+                    state,
+                    crate::scheduler::JobState::Running
+                        | crate::scheduler::JobState::AwaitingApproval
+                ) {
+                    return Err(ApiError::Conflict(format!(
+                        "job {id} is not finished: only a finished job can be acknowledged"
+                    )));
                 }
-                job.acknowledged = Some(domain::Acknowledged {
-                    by: caller.user.clone(),
-                    at: Millis::now(),
-                });
-                Ok(true)
-            })?;
-            self.state.hub.wake(&job_key(&id));
-            Ok(self.state.job_view(&job, &runs))
-        });
-        self.state.conclude(audit, result).await.map(Response::new)
+                // Acknowledging again keeps the first acknowledgement.
+                let job = self.state.store.update_job(&id, |job| {
+                    if job.acknowledged.is_some() {
+                        return Ok(false);
+                    }
+                    job.acknowledged = Some(domain::Acknowledged {
+                        by: caller.user.clone(),
+                        at: Millis::now(),
+                    });
+                    Ok(true)
+                })?;
+                self.state.hub.wake(&job_key(&id));
+                Ok(self.state.job_view(&job, &runs))
+            })
+            .await
+            .map(Response::new)
     }
 
     type WatchJobStream = JobStream;

@@ -158,15 +158,14 @@ impl Notifications for NotificationsApi {
         &self,
         request: Request<pb::AddRuleRequest>,
     ) -> Result<Response<pb::NotificationRule>, Status> {
-        let req = request.get_ref().clone();
-        let (mut audit, caller) =
-            self.state
-                .begin(&request, "Notifications/AddRule", req.on.join(","));
-        let result = caller.and_then(|caller| self.add(req, caller.role));
-        if let Ok(rule) = &result {
-            audit.target(rule.id.clone());
-        }
-        self.state.conclude(audit, result).await.map(Response::new)
+        self.state
+            .mutation(request, "Notifications/AddRule", |req| req.on.join(","))
+            .run_noting(
+                |caller, req| async move { self.add(req, caller.role) },
+                |rule, audit| audit.target(rule.id.clone()),
+            )
+            .await
+            .map(Response::new)
     }
 
     async fn list_rules(
@@ -189,45 +188,48 @@ impl Notifications for NotificationsApi {
         &self,
         request: Request<pb::RemoveRuleRequest>,
     ) -> Result<Response<pb::RemoveRuleResponse>, Status> {
-        let id = request.get_ref().id.clone();
-        let (audit, caller) = self.state.begin(&request, "Notifications/RemoveRule", &id);
-        let result = caller.and_then(|_| {
-            super::convert::id_of_kind("ntf", &id)?;
-            self.state.store.remove_rule(&id)?;
-            Ok(pb::RemoveRuleResponse {})
-        });
-        self.state.conclude(audit, result).await.map(Response::new)
+        self.state
+            .mutation(request, "Notifications/RemoveRule", |req| req.id.clone())
+            .run(|_, req| async move {
+                super::convert::id_of_kind("ntf", &req.id)?;
+                self.state.store.remove_rule(&req.id)?;
+                Ok(pb::RemoveRuleResponse {})
+            })
+            .await
+            .map(Response::new)
     }
 
     async fn test_rule(
         &self,
         request: Request<pb::RemoveRuleRequest>,
     ) -> Result<Response<pb::NotificationRule>, Status> {
-        let id = request.get_ref().id.clone();
-        let (audit, caller) = self.state.begin(&request, "Notifications/TestRule", &id);
-        let result = caller.and_then(|caller| {
-            super::convert::id_of_kind("ntf", &id)?;
-            let rule = self.state.store.get_rule(&id)?;
-            let now = Millis::now();
-            let event = super::events::event(
-                "notification.test",
-                caller.user.clone(),
-                format!("a test of notification rule {id} by {}", caller.user),
-            );
-            let delivery = Delivery {
-                id: new_id("dlv"),
-                rule_id: rule.id.clone(),
-                event,
-                created_at: now,
-                attempts: 0,
-                next_at: now,
-                last_error: None,
-            };
-            let cursor = self.state.store.notify_cursor()?.unwrap_or(0);
-            self.state.store.queue_deliveries(cursor, &[delivery])?;
-            self.state.hub.wake(super::events::EVENTS_KEY);
-            self.view(&rule, caller.role)
-        });
-        self.state.conclude(audit, result).await.map(Response::new)
+        self.state
+            .mutation(request, "Notifications/TestRule", |req| req.id.clone())
+            .run(|caller, req| async move {
+                let id = req.id;
+                super::convert::id_of_kind("ntf", &id)?;
+                let rule = self.state.store.get_rule(&id)?;
+                let now = Millis::now();
+                let event = super::events::event(
+                    "notification.test",
+                    caller.user.clone(),
+                    format!("a test of notification rule {id} by {}", caller.user),
+                );
+                let delivery = Delivery {
+                    id: new_id("dlv"),
+                    rule_id: rule.id.clone(),
+                    event,
+                    created_at: now,
+                    attempts: 0,
+                    next_at: now,
+                    last_error: None,
+                };
+                let cursor = self.state.store.notify_cursor()?.unwrap_or(0);
+                self.state.store.queue_deliveries(cursor, &[delivery])?;
+                self.state.hub.wake(super::events::EVENTS_KEY);
+                self.view(&rule, caller.role)
+            })
+            .await
+            .map(Response::new)
     }
 }

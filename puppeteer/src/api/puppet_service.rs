@@ -67,9 +67,11 @@ impl PuppetServiceApi {
     }
 
     /// Enrolls a puppet with an enrollment token; returns it and its credential.
-    fn enroll_puppet(&self, req: pb::EnrollRequest) -> Result<(Puppet, String), Status> {
+    fn enroll_puppet(&self, req: pb::EnrollRequest) -> ApiResult<(Puppet, String)> {
         if req.enroll_token.is_empty() {
-            return Err(ApiError::Unauthenticated("an enrollment token is required".into()).into());
+            return Err(ApiError::Unauthenticated(
+                "an enrollment token is required".into(),
+            ));
         }
         domain::check_puppet_name(&req.name).map_err(ApiError::from)?;
         let declared = convert::labels_from(req.labels)?;
@@ -99,9 +101,8 @@ impl PuppetServiceApi {
             Err(StoreError::AlreadyExists { .. }) => Err(ApiError::AlreadyExists(format!(
                 "a puppet named {:?} is already enrolled; choose another name, or remove it first (geppetto puppets remove {})",
                 req.name, req.name
-            ))
-            .into()),
-            Err(e) => Err(ApiError::from(e).into()),
+            ))),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -416,17 +417,17 @@ impl PuppetService for PuppetServiceApi {
         &self,
         request: Request<pb::EnrollRequest>,
     ) -> Result<Response<pb::EnrollResponse>, Status> {
-        let mut audit = self.state.begin_unauthenticated(
-            &request,
-            "PuppetService/Enroll",
-            request.get_ref().name.clone(),
-        );
-        let result = self.enroll_puppet(request.into_inner());
-        if let Ok((puppet, _)) = &result {
-            audit.actor(format!("puppet:{}", puppet.name));
-            audit.target(format!("{} via {}", puppet.name, puppet.enroll_token_id));
-        }
-        let (puppet, credential) = self.state.conclude_status(audit, result).await?;
+        let (puppet, credential) = self
+            .state
+            .unauthenticated_mutation(request, "PuppetService/Enroll", |req| req.name.clone())
+            .run_noting(
+                |(), req| async move { self.enroll_puppet(req) },
+                |(puppet, _), audit| {
+                    audit.actor(format!("puppet:{}", puppet.name));
+                    audit.target(format!("{} via {}", puppet.name, puppet.enroll_token_id));
+                },
+            )
+            .await?;
         // Enrolled: a sign of life of the new puppet (see `presence`).
         self.state.presences.heard(&puppet.name);
         let pending = puppet.state == PuppetState::Pending;

@@ -243,158 +243,168 @@ impl Puppets for PuppetsApi {
         &self,
         request: Request<pb::LabelPuppetRequest>,
     ) -> Result<Response<pb::Puppet>, Status> {
-        let (audit, caller) =
-            self.state
-                .begin(&request, "Puppets/LabelPuppet", &request.get_ref().name);
-        let req = request.into_inner();
-        let result = (|| {
-            caller?;
-            let name = Self::name_of(&req.name)?;
-            let set = convert::labels_from(req.set.clone())?;
-            for key in &req.remove {
-                domain::check_label_key(key)?;
-            }
-            let puppet = self.state.store.update_puppet(name, |p| {
-                p.assigned_labels.extend(set.clone());
+        self.state
+            .mutation(request, "Puppets/LabelPuppet", |req| req.name.clone())
+            .run(|_, req| async move {
+                let name = Self::name_of(&req.name)?;
+                let set = convert::labels_from(req.set.clone())?;
                 for key in &req.remove {
-                    p.assigned_labels.remove(key);
-                    p.declared_labels.remove(key);
+                    domain::check_label_key(key)?;
                 }
-                Ok(())
-            })?;
-            self.view(&puppet)
-        })();
-        self.state.conclude(audit, result).await.map(Response::new)
+                let puppet = self.state.store.update_puppet(name, |p| {
+                    p.assigned_labels.extend(set.clone());
+                    for key in &req.remove {
+                        p.assigned_labels.remove(key);
+                        p.declared_labels.remove(key);
+                    }
+                    Ok(())
+                })?;
+                self.view(&puppet)
+            })
+            .await
+            .map(Response::new)
     }
 
     async fn disable_puppet(
         &self,
         request: Request<pb::GetPuppetRequest>,
     ) -> Result<Response<pb::Puppet>, Status> {
-        let name = request.get_ref().name.clone();
-        let (audit, caller) = self.state.begin(&request, "Puppets/DisablePuppet", &name);
-        let result = caller.and_then(|_| {
-            self.set_state(
-                &name,
-                PuppetState::Disabled,
-                &[PuppetState::Enabled, PuppetState::Disabled],
-            )
-        });
-        self.state.conclude(audit, result).await.map(Response::new)
+        self.state
+            .mutation(request, "Puppets/DisablePuppet", |req| req.name.clone())
+            .run(|_, req| async move {
+                self.set_state(
+                    &req.name,
+                    PuppetState::Disabled,
+                    &[PuppetState::Enabled, PuppetState::Disabled],
+                )
+            })
+            .await
+            .map(Response::new)
     }
 
     async fn enable_puppet(
         &self,
         request: Request<pb::GetPuppetRequest>,
     ) -> Result<Response<pb::Puppet>, Status> {
-        let name = request.get_ref().name.clone();
-        let (audit, caller) = self.state.begin(&request, "Puppets/EnablePuppet", &name);
-        let result = caller.and_then(|_| {
-            self.set_state(
-                &name,
-                PuppetState::Enabled,
-                &[PuppetState::Enabled, PuppetState::Disabled],
-            )
-        });
-        self.state.conclude(audit, result).await.map(Response::new)
+        self.state
+            .mutation(request, "Puppets/EnablePuppet", |req| req.name.clone())
+            .run(|_, req| async move {
+                self.set_state(
+                    &req.name,
+                    PuppetState::Enabled,
+                    &[PuppetState::Enabled, PuppetState::Disabled],
+                )
+            })
+            .await
+            .map(Response::new)
     }
 
     async fn remove_puppet(
         &self,
         request: Request<pb::RemovePuppetRequest>,
     ) -> Result<Response<pb::RemovePuppetResponse>, Status> {
-        let name = request.get_ref().name.clone();
-        let force = request.get_ref().force;
-        let (audit, caller) = self.state.begin(&request, "Puppets/RemovePuppet", &name);
-        let result = caller.and_then(|_| {
-            let name = Self::name_of(&name)?;
-            self.remove(name, force, RunState::Cancelled, "its puppet was removed")
-        });
-        self.state.conclude(audit, result).await.map(Response::new)
+        self.state
+            .mutation(request, "Puppets/RemovePuppet", |req| req.name.clone())
+            .run(|_, req| async move {
+                let name = Self::name_of(&req.name)?;
+                self.remove(
+                    name,
+                    req.force,
+                    RunState::Cancelled,
+                    "its puppet was removed",
+                )
+            })
+            .await
+            .map(Response::new)
     }
 
     async fn approve_puppet(
         &self,
         request: Request<pb::GetPuppetRequest>,
     ) -> Result<Response<pb::Puppet>, Status> {
-        let name = request.get_ref().name.clone();
-        let (audit, caller) = self.state.begin(&request, "Puppets/ApprovePuppet", &name);
-        let result = caller
-            .and_then(|_| self.set_state(&name, PuppetState::Enabled, &[PuppetState::Pending]));
-        self.state.conclude(audit, result).await.map(Response::new)
+        self.state
+            .mutation(request, "Puppets/ApprovePuppet", |req| req.name.clone())
+            .run(|_, req| async move {
+                self.set_state(&req.name, PuppetState::Enabled, &[PuppetState::Pending])
+            })
+            .await
+            .map(Response::new)
     }
 
     async fn reject_puppet(
         &self,
         request: Request<pb::GetPuppetRequest>,
     ) -> Result<Response<pb::RemovePuppetResponse>, Status> {
-        let name = request.get_ref().name.clone();
-        let (audit, caller) = self.state.begin(&request, "Puppets/RejectPuppet", &name);
-        let result = caller.and_then(|_| {
-            let name = Self::name_of(&name)?;
-            let puppet = self.state.store.get_puppet(name)?;
-            if puppet.state != PuppetState::Pending {
-                return Err(ApiError::Conflict(format!(
-                    "puppet {name} is {}, not pending: remove it instead",
-                    state_name(puppet.state)
-                )));
-            }
-            self.remove(
-                name,
-                true,
-                RunState::Skipped,
-                "skipped: its puppet was rejected",
-            )
-        });
-        self.state.conclude(audit, result).await.map(Response::new)
+        self.state
+            .mutation(request, "Puppets/RejectPuppet", |req| req.name.clone())
+            .run(|_, req| async move {
+                let name = Self::name_of(&req.name)?;
+                let puppet = self.state.store.get_puppet(name)?;
+                if puppet.state != PuppetState::Pending {
+                    return Err(ApiError::Conflict(format!(
+                        "puppet {name} is {}, not pending: remove it instead",
+                        state_name(puppet.state)
+                    )));
+                }
+                self.remove(
+                    name,
+                    true,
+                    RunState::Skipped,
+                    "skipped: its puppet was rejected",
+                )
+            })
+            .await
+            .map(Response::new)
     }
 
     async fn rotate_puppet_credential(
         &self,
         request: Request<pb::RotatePuppetCredentialRequest>,
     ) -> Result<Response<pb::Puppet>, Status> {
-        let req = request.get_ref().clone();
-        let (audit, caller) =
-            self.state
-                .begin(&request, "Puppets/RotatePuppetCredential", &req.name);
-        let result = caller.and_then(|_| {
-            let name = Self::name_of(&req.name)?;
-            let grace = match &req.grace {
-                Some(g) => convert::from_dur("grace", g)?,
-                None => DEFAULT_GRACE,
-            };
-            if grace > MAX_GRACE {
-                return Err(invalid("grace must be at most 30 days"));
-            }
-            let secret = new_secret("gpp");
-            let rotation = Rotation {
-                new_hash: hash_secret(&secret),
-                new_secret: secret,
-                old_expires_at: Millis::now().plus(grace),
-            };
-            let puppet = self.state.store.rotate_puppet(name, &rotation)?;
-            // Its held poll answers at once with the new credential.
-            self.state.hub.wake(&puppet_key(name));
-            self.view(&puppet)
-        });
-        self.state.conclude(audit, result).await.map(Response::new)
+        self.state
+            .mutation(request, "Puppets/RotatePuppetCredential", |req| {
+                req.name.clone()
+            })
+            .run(|_, req| async move {
+                let name = Self::name_of(&req.name)?;
+                let grace = match &req.grace {
+                    Some(g) => convert::from_dur("grace", g)?,
+                    None => DEFAULT_GRACE,
+                };
+                if grace > MAX_GRACE {
+                    return Err(invalid("grace must be at most 30 days"));
+                }
+                let secret = new_secret("gpp");
+                let rotation = Rotation {
+                    new_hash: hash_secret(&secret),
+                    new_secret: secret,
+                    old_expires_at: Millis::now().plus(grace),
+                };
+                let puppet = self.state.store.rotate_puppet(name, &rotation)?;
+                // Its held poll answers at once with the new credential.
+                self.state.hub.wake(&puppet_key(name));
+                self.view(&puppet)
+            })
+            .await
+            .map(Response::new)
     }
 
     async fn revoke_puppet_credential(
         &self,
         request: Request<pb::GetPuppetRequest>,
     ) -> Result<Response<pb::Puppet>, Status> {
-        let name = request.get_ref().name.clone();
-        let (audit, caller) = self
-            .state
-            .begin(&request, "Puppets/RevokePuppetCredential", &name);
-        let result = caller.and_then(|_| {
-            let name = Self::name_of(&name)?;
-            let puppet = self.state.store.revoke_puppet(name)?;
-            // Its held poll ends, refused.
-            self.state.hub.wake(&puppet_key(name));
-            self.view(&puppet)
-        });
-        self.state.conclude(audit, result).await.map(Response::new)
+        self.state
+            .mutation(request, "Puppets/RevokePuppetCredential", |req| {
+                req.name.clone()
+            })
+            .run(|_, req| async move {
+                let name = Self::name_of(&req.name)?;
+                let puppet = self.state.store.revoke_puppet(name)?;
+                // Its held poll ends, refused.
+                self.state.hub.wake(&puppet_key(name));
+                self.view(&puppet)
+            })
+            .await
+            .map(Response::new)
     }
 }

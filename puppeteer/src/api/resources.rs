@@ -99,29 +99,28 @@ impl Resources for ResourcesApi {
         &self,
         request: Request<pb::CreateResourceRequest>,
     ) -> Result<Response<pb::Resource>, Status> {
-        let req = request.get_ref().clone();
-        let (audit, caller) = self
-            .state
-            .begin(&request, "Resources/CreateResource", &req.name);
-        let result = caller.and_then(|_| {
-            domain::check_resource_name(&req.name)?;
-            check_capacity(req.capacity)?;
-            check_bandwidth(req.bandwidth)?;
-            let resource = Resource {
-                name: req.name.clone(),
-                capacity: req.capacity,
-                created_at: Millis::now(),
-                bandwidth: req.bandwidth,
-            };
-            self.state.store.create_resource(&resource)?;
-            self.resource_event(
-                "resource.created",
-                &req.name,
-                format!("capacity {}, {}", req.capacity, budget_words(req.bandwidth)),
-            );
-            self.view(&ResourceUse { resource, used: 0 })
-        });
-        self.state.conclude(audit, result).await.map(Response::new)
+        self.state
+            .mutation(request, "Resources/CreateResource", |req| req.name.clone())
+            .run(|_, req| async move {
+                domain::check_resource_name(&req.name)?;
+                check_capacity(req.capacity)?;
+                check_bandwidth(req.bandwidth)?;
+                let resource = Resource {
+                    name: req.name.clone(),
+                    capacity: req.capacity,
+                    created_at: Millis::now(),
+                    bandwidth: req.bandwidth,
+                };
+                self.state.store.create_resource(&resource)?;
+                self.resource_event(
+                    "resource.created",
+                    &req.name,
+                    format!("capacity {}, {}", req.capacity, budget_words(req.bandwidth)),
+                );
+                self.view(&ResourceUse { resource, used: 0 })
+            })
+            .await
+            .map(Response::new)
     }
 
     async fn list_resources(
@@ -159,66 +158,65 @@ impl Resources for ResourcesApi {
         &self,
         request: Request<pb::UpdateResourceRequest>,
     ) -> Result<Response<pb::Resource>, Status> {
-        let req = request.get_ref().clone();
-        let (audit, caller) = self
-            .state
-            .begin(&request, "Resources/UpdateResource", &req.name);
-        let result = caller.and_then(|_| {
-            domain::check_resource_name(&req.name)?;
-            let capacity = (req.capacity != 0).then_some(req.capacity);
-            if let Some(capacity) = capacity {
-                check_capacity(capacity)?;
-            }
-            if let Some(bandwidth) = req.bandwidth {
-                check_bandwidth(bandwidth)?;
-            }
-            if capacity.is_none() && req.bandwidth.is_none() {
-                return Err(invalid(
-                    "nothing to change: give a new capacity or bandwidth budget",
-                ));
-            }
-            let r = self
-                .state
-                .store
-                .update_resource(&req.name, capacity, req.bandwidth)?;
-            if let Some(bandwidth) = req.bandwidth {
-                self.resource_event("resource.updated", &req.name, budget_words(bandwidth));
-            }
-            // More room may let waiting runs start.
-            self.state.hub.resource_released(&req.name);
-            self.view(&r)
-        });
-        self.state.conclude(audit, result).await.map(Response::new)
+        self.state
+            .mutation(request, "Resources/UpdateResource", |req| req.name.clone())
+            .run(|_, req| async move {
+                domain::check_resource_name(&req.name)?;
+                let capacity = (req.capacity != 0).then_some(req.capacity);
+                if let Some(capacity) = capacity {
+                    check_capacity(capacity)?;
+                }
+                if let Some(bandwidth) = req.bandwidth {
+                    check_bandwidth(bandwidth)?;
+                }
+                if capacity.is_none() && req.bandwidth.is_none() {
+                    return Err(invalid(
+                        "nothing to change: give a new capacity or bandwidth budget",
+                    ));
+                }
+                let r = self
+                    .state
+                    .store
+                    .update_resource(&req.name, capacity, req.bandwidth)?;
+                if let Some(bandwidth) = req.bandwidth {
+                    self.resource_event("resource.updated", &req.name, budget_words(bandwidth));
+                }
+                // More room may let waiting runs start.
+                self.state.hub.resource_released(&req.name);
+                self.view(&r)
+            })
+            .await
+            .map(Response::new)
     }
 
     async fn remove_resource(
         &self,
         request: Request<pb::GetResourceRequest>,
     ) -> Result<Response<pb::RemoveResourceResponse>, Status> {
-        let name = request.get_ref().name.clone();
-        let (audit, caller) = self
-            .state
-            .begin(&request, "Resources/RemoveResource", &name);
-        let result = caller.and_then(|_| {
-            domain::check_resource_name(&name)?;
-            let users: Vec<String> = self
-                .state
-                .store
-                .list_tasks()?
-                .into_iter()
-                .filter(|t| t.resources.iter().any(|n| n.name == name))
-                .map(|t| t.name)
-                .collect();
-            if !users.is_empty() {
-                return Err(ApiError::Conflict(format!(
-                    "resource {name} is needed by tasks {}: update them first",
-                    users.join(", ")
-                )));
-            }
-            self.state.store.remove_resource(&name)?;
-            self.resource_event("resource.removed", &name, "removed".into());
-            Ok(pb::RemoveResourceResponse {})
-        });
-        self.state.conclude(audit, result).await.map(Response::new)
+        self.state
+            .mutation(request, "Resources/RemoveResource", |req| req.name.clone())
+            .run(|_, req| async move {
+                let name = req.name;
+                domain::check_resource_name(&name)?;
+                let users: Vec<String> = self
+                    .state
+                    .store
+                    .list_tasks()?
+                    .into_iter()
+                    .filter(|t| t.resources.iter().any(|n| n.name == name))
+                    .map(|t| t.name)
+                    .collect();
+                if !users.is_empty() {
+                    return Err(ApiError::Conflict(format!(
+                        "resource {name} is needed by tasks {}: update them first",
+                        users.join(", ")
+                    )));
+                }
+                self.state.store.remove_resource(&name)?;
+                self.resource_event("resource.removed", &name, "removed".into());
+                Ok(pb::RemoveResourceResponse {})
+            })
+            .await
+            .map(Response::new)
     }
 }

@@ -104,27 +104,26 @@ impl Runs for RunsApi {
         &self,
         request: Request<pb::GetRunRequest>,
     ) -> Result<Response<pb::Run>, Status> {
-        let target = request.get_ref().id.clone();
-        let (audit, caller) = self.state.begin(&request, "Runs/CancelRun", target);
-        let result: Result<Response<pb::Run>, Status> = async {
-            caller?;
-            let run = self.run(&request.get_ref().id)?;
-            if run.state.is_terminal() {
-                return Err(
-                    ApiError::Conflict(format!("run {} is already {}", run.id, run.state)).into(),
-                );
-            }
-            let changed = cancel_runs(
-                &self.state,
-                std::slice::from_ref(&run.id),
-                "cancelled by an operator",
-            )?;
-            self.state.store.flush().await.map_err(ApiError::from)?;
-            wake_cancelled(&self.state, &changed);
-            Ok(Response::new(self.state.run_view(&self.run(&run.id)?)))
-        }
-        .await;
-        self.state.conclude_status(audit, result).await
+        self.state
+            .mutation(request, "Runs/CancelRun", |req| req.id.clone())
+            .run(|_, req| async move {
+                let run = self.run(&req.id)?;
+                if run.state.is_terminal() {
+                    return Err(ApiError::Conflict(format!(
+                        "run {} is already {}",
+                        run.id, run.state
+                    )));
+                }
+                let changed = cancel_runs(
+                    &self.state,
+                    std::slice::from_ref(&run.id),
+                    "cancelled by an operator",
+                )?;
+                self.state.store.flush().await.map_err(ApiError::from)?;
+                wake_cancelled(&self.state, &changed);
+                Ok(Response::new(self.state.run_view(&self.run(&run.id)?)))
+            })
+            .await
     }
 
     async fn read_log(

@@ -79,139 +79,132 @@ impl Tasks for TasksApi {
         &self,
         request: Request<pb::CreateTaskRequest>,
     ) -> Result<Response<pb::Task>, Status> {
-        let target = request.get_ref().name.clone();
-        let (audit, caller) = self.state.begin(&request, "Tasks/CreateTask", target);
-        let result: Result<Response<pb::Task>, Status> = async {
-            caller?;
-            let req = request.into_inner();
-            domain::check_task_name(&req.name).map_err(ApiError::from)?;
-            check_description(&req.description)?;
-            let spec = req
-                .spec
-                .ok_or_else(|| invalid("the task has no spec: give at least a program"))?;
-            let mut spec = domain::RunSpec::try_from(spec)?;
-            let names: Vec<String> = spec.artifacts.iter().map(|a| a.name.clone()).collect();
-            spec.artifacts = self.pin_artifacts(&names)?;
-            let resources = convert::needs_from(req.resources)?;
-            self.check_resources_exist(&resources)?;
-            let retries = convert::retries_from(req.retries)?;
-            let requires = convert::requires_from(&req.requires)?;
-            let now = Millis::now();
-            let task = Task {
-                name: req.name,
-                version: 1,
-                description: req.description,
-                spec,
-                created_at: now,
-                updated_at: now,
-                resources,
-                retries,
-                requires,
-            };
-            self.state
-                .store
-                .create_task(&task)
-                .map_err(ApiError::from)?;
-            self.state.store.flush().await.map_err(ApiError::from)?;
-            Ok(Response::new(pb::Task::from(&task)))
-        }
-        .await;
-        self.state.conclude_status(audit, result).await
+        self.state
+            .mutation(request, "Tasks/CreateTask", |req| req.name.clone())
+            .run(|_, req| async move {
+                domain::check_task_name(&req.name).map_err(ApiError::from)?;
+                check_description(&req.description)?;
+                let spec = req
+                    .spec
+                    .ok_or_else(|| invalid("the task has no spec: give at least a program"))?;
+                let mut spec = domain::RunSpec::try_from(spec)?;
+                let names: Vec<String> = spec.artifacts.iter().map(|a| a.name.clone()).collect();
+                spec.artifacts = self.pin_artifacts(&names)?;
+                let resources = convert::needs_from(req.resources)?;
+                self.check_resources_exist(&resources)?;
+                let retries = convert::retries_from(req.retries)?;
+                let requires = convert::requires_from(&req.requires)?;
+                let now = Millis::now();
+                let task = Task {
+                    name: req.name,
+                    version: 1,
+                    description: req.description,
+                    spec,
+                    created_at: now,
+                    updated_at: now,
+                    resources,
+                    retries,
+                    requires,
+                };
+                self.state
+                    .store
+                    .create_task(&task)
+                    .map_err(ApiError::from)?;
+                self.state.store.flush().await.map_err(ApiError::from)?;
+                Ok(Response::new(pb::Task::from(&task)))
+            })
+            .await
     }
 
     async fn update_task(
         &self,
         request: Request<pb::UpdateTaskRequest>,
     ) -> Result<Response<pb::Task>, Status> {
-        let target = request.get_ref().name.clone();
-        let (audit, caller) = self.state.begin(&request, "Tasks/UpdateTask", target);
-        let result: Result<Response<pb::Task>, Status> = async {
-            caller?;
-            let req = request.into_inner();
-            domain::check_task_name(&req.name).map_err(ApiError::from)?;
-            let current = self
-                .state
-                .store
-                .get_task(&req.name, None)
-                .map_err(ApiError::from)?;
-            if req.expected_version != 0 && req.expected_version != current.version {
-                return Err(ApiError::Stale(format!(
-                    "task {} is at version {}, not {}: read it again",
-                    req.name, current.version, req.expected_version
-                ))
-                .into());
-            }
-            let mut task = current.clone();
-            task.version += 1;
-            task.updated_at = Millis::now();
-            if let Some(description) = req.description {
-                check_description(&description)?;
-                task.description = description;
-            }
-            if let Some(program) = req.program {
-                task.spec.program = program.try_into()?;
-            }
-            if let Some(timeout) = &req.timeout {
-                task.spec.timeout_ms = convert::timeout_from(Some(timeout))?;
-            }
-            if req.replace_env {
-                task.spec.env = req.env.into_iter().collect();
-            } else {
-                task.spec.env.extend(req.env);
-            }
-            if let Some(workdir) = req.workdir {
-                task.spec.workdir = workdir;
-            }
-            if req.replace_resources || !req.resources.is_empty() {
-                let needs = convert::needs_from(req.resources)?;
-                if req.replace_resources {
-                    task.resources = needs;
+        self.state
+            .mutation(request, "Tasks/UpdateTask", |req| req.name.clone())
+            .run(|_, req| async move {
+                domain::check_task_name(&req.name).map_err(ApiError::from)?;
+                let current = self
+                    .state
+                    .store
+                    .get_task(&req.name, None)
+                    .map_err(ApiError::from)?;
+                if req.expected_version != 0 && req.expected_version != current.version {
+                    return Err(ApiError::Stale(format!(
+                        "task {} is at version {}, not {}: read it again",
+                        req.name, current.version, req.expected_version
+                    )));
+                }
+                let mut task = current.clone();
+                task.version += 1;
+                task.updated_at = Millis::now();
+                if let Some(description) = req.description {
+                    check_description(&description)?;
+                    task.description = description;
+                }
+                if let Some(program) = req.program {
+                    task.spec.program = program.try_into()?;
+                }
+                if let Some(timeout) = &req.timeout {
+                    task.spec.timeout_ms = convert::timeout_from(Some(timeout))?;
+                }
+                if req.replace_env {
+                    task.spec.env = req.env.into_iter().collect();
                 } else {
-                    for need in needs {
-                        task.resources.retain(|n| n.name != need.name);
-                        task.resources.push(need);
+                    task.spec.env.extend(req.env);
+                }
+                if let Some(workdir) = req.workdir {
+                    task.spec.workdir = workdir;
+                }
+                if req.replace_resources || !req.resources.is_empty() {
+                    let needs = convert::needs_from(req.resources)?;
+                    if req.replace_resources {
+                        task.resources = needs;
+                    } else {
+                        for need in needs {
+                            task.resources.retain(|n| n.name != need.name);
+                            task.resources.push(need);
+                        }
+                    }
+                    self.check_resources_exist(&task.resources)?;
+                }
+                if req.replace_artifacts || !req.artifacts.is_empty() {
+                    let pinned = self.pin_artifacts(&req.artifacts)?;
+                    if req.replace_artifacts {
+                        task.spec.artifacts = pinned;
+                    } else {
+                        task.spec
+                            .artifacts
+                            .retain(|a| !req.artifacts.contains(&a.name));
+                        task.spec.artifacts.extend(pinned);
+                        artifact::check_refs(&task.spec.artifacts).map_err(ApiError::from)?;
                     }
                 }
-                self.check_resources_exist(&task.resources)?;
-            }
-            if req.replace_artifacts || !req.artifacts.is_empty() {
-                let pinned = self.pin_artifacts(&req.artifacts)?;
-                if req.replace_artifacts {
-                    task.spec.artifacts = pinned;
-                } else {
-                    task.spec
-                        .artifacts
-                        .retain(|a| !req.artifacts.contains(&a.name));
-                    task.spec.artifacts.extend(pinned);
-                    artifact::check_refs(&task.spec.artifacts).map_err(ApiError::from)?;
+                if let Some(retries) = req.retries {
+                    task.retries = convert::retries_from(retries)?;
                 }
-            }
-            if let Some(retries) = req.retries {
-                task.retries = convert::retries_from(retries)?;
-            }
-            if let Some(requires) = &req.requires {
-                task.requires = convert::requires_from(requires)?;
-            }
-            if let Some(expect) = req.expect_reboot {
-                task.spec.expect_reboot = expect;
-                if !expect {
-                    task.spec.reboot_window_ms = None;
+                if let Some(requires) = &req.requires {
+                    task.requires = convert::requires_from(requires)?;
                 }
-            }
-            if let Some(window) = &req.reboot_window {
-                let window = convert::from_dur("reboot window", window)?;
-                task.spec.reboot_window_ms = Some(window.as_millis() as u64);
-            }
-            task.spec.validate().map_err(ApiError::from)?;
-            self.state
-                .store
-                .add_task_version(&task)
-                .map_err(ApiError::from)?;
-            self.state.store.flush().await.map_err(ApiError::from)?;
-            Ok(Response::new(pb::Task::from(&task)))
-        }
-        .await;
-        self.state.conclude_status(audit, result).await
+                if let Some(expect) = req.expect_reboot {
+                    task.spec.expect_reboot = expect;
+                    if !expect {
+                        task.spec.reboot_window_ms = None;
+                    }
+                }
+                if let Some(window) = &req.reboot_window {
+                    let window = convert::from_dur("reboot window", window)?;
+                    task.spec.reboot_window_ms = Some(window.as_millis() as u64);
+                }
+                task.spec.validate().map_err(ApiError::from)?;
+                self.state
+                    .store
+                    .add_task_version(&task)
+                    .map_err(ApiError::from)?;
+                self.state.store.flush().await.map_err(ApiError::from)?;
+                Ok(Response::new(pb::Task::from(&task)))
+            })
+            .await
     }
 
     async fn get_task(
@@ -245,42 +238,41 @@ impl Tasks for TasksApi {
         &self,
         request: Request<pb::RemoveTaskRequest>,
     ) -> Result<Response<pb::RemoveTaskResponse>, Status> {
-        let target = request.get_ref().name.clone();
-        let (audit, caller) = self.state.begin(&request, "Tasks/RemoveTask", target);
-        let result: Result<Response<pb::RemoveTaskResponse>, Status> = async {
-            caller?;
-            let name = &request.get_ref().name;
-            domain::check_task_name(name).map_err(ApiError::from)?;
-            let contents = self
-                .state
-                .store
-                .task_contents(name)
-                .map_err(ApiError::from)?;
-            self.state.store.remove_task(name).map_err(ApiError::from)?;
-            self.state.store.flush().await.map_err(ApiError::from)?;
-            // Content only this task's versions pinned (its name was
-            // removed or re-uploaded since) is not needed any more.
-            for sha256 in contents {
-                if !self
+        self.state
+            .mutation(request, "Tasks/RemoveTask", |req| req.name.clone())
+            .run(|_, req| async move {
+                let name = &req.name;
+                domain::check_task_name(name).map_err(ApiError::from)?;
+                let contents = self
                     .state
                     .store
-                    .content_pinned(&sha256)
-                    .map_err(ApiError::from)?
-                {
-                    let blobs = self.state.blobs.clone();
-                    let removed =
-                        tokio::task::spawn_blocking(move || blobs.remove_content(&sha256)).await;
-                    if let Err(e) = removed
-                        .map_err(|e| e.to_string())
-                        .and_then(|r| r.map_err(|e| e.to_string()))
+                    .task_contents(name)
+                    .map_err(ApiError::from)?;
+                self.state.store.remove_task(name).map_err(ApiError::from)?;
+                self.state.store.flush().await.map_err(ApiError::from)?;
+                // Content only this task's versions pinned (its name was
+                // removed or re-uploaded since) is not needed any more.
+                for sha256 in contents {
+                    if !self
+                        .state
+                        .store
+                        .content_pinned(&sha256)
+                        .map_err(ApiError::from)?
                     {
-                        tracing::warn!(error = %e, "cannot remove unused artifact content");
+                        let blobs = self.state.blobs.clone();
+                        let removed =
+                            tokio::task::spawn_blocking(move || blobs.remove_content(&sha256))
+                                .await;
+                        if let Err(e) = removed
+                            .map_err(|e| e.to_string())
+                            .and_then(|r| r.map_err(|e| e.to_string()))
+                        {
+                            tracing::warn!(error = %e, "cannot remove unused artifact content");
+                        }
                     }
                 }
-            }
-            Ok(Response::new(pb::RemoveTaskResponse {}))
-        }
-        .await;
-        self.state.conclude_status(audit, result).await
+                Ok(Response::new(pb::RemoveTaskResponse {}))
+            })
+            .await
     }
 }

@@ -50,19 +50,20 @@ impl Users for UsersApi {
         &self,
         request: Request<pb::AddUserRequest>,
     ) -> Result<Response<pb::User>, Status> {
-        let req = request.get_ref().clone();
-        let (audit, caller) = self.state.begin(&request, "Users/AddUser", &req.name);
-        let result = caller.and_then(|_| {
-            domain::check_user_name(&req.name)?;
-            let user = User {
-                name: req.name.clone(),
-                role: convert::role_from(req.role)?,
-                created_at: Millis::now(),
-            };
-            self.state.store.add_user(&user)?;
-            self.view(&user)
-        });
-        self.state.conclude(audit, result).await.map(Response::new)
+        self.state
+            .mutation(request, "Users/AddUser", |req| req.name.clone())
+            .run(|_, req| async move {
+                domain::check_user_name(&req.name)?;
+                let user = User {
+                    name: req.name.clone(),
+                    role: convert::role_from(req.role)?,
+                    created_at: Millis::now(),
+                };
+                self.state.store.add_user(&user)?;
+                self.view(&user)
+            })
+            .await
+            .map(Response::new)
     }
 
     async fn list_users(
@@ -85,29 +86,32 @@ impl Users for UsersApi {
         &self,
         request: Request<pb::SetUserRoleRequest>,
     ) -> Result<Response<pb::User>, Status> {
-        let req = request.get_ref().clone();
-        let (audit, caller) = self.state.begin(&request, "Users/SetUserRole", &req.name);
-        let result = caller.and_then(|_| {
-            domain::check_user_name(&req.name)?;
-            let role = convert::role_from(req.role)?;
-            let user = self.state.store.set_user_role(&req.name, role)?;
-            self.view(&user)
-        });
-        self.state.conclude(audit, result).await.map(Response::new)
+        self.state
+            .mutation(request, "Users/SetUserRole", |req| req.name.clone())
+            .run(|_, req| async move {
+                domain::check_user_name(&req.name)?;
+                let role = convert::role_from(req.role)?;
+                let user = self.state.store.set_user_role(&req.name, role)?;
+                self.view(&user)
+            })
+            .await
+            .map(Response::new)
     }
 
     async fn remove_user(
         &self,
         request: Request<pb::RemoveUserRequest>,
     ) -> Result<Response<pb::RemoveUserResponse>, Status> {
-        let name = request.get_ref().name.clone();
-        let (audit, caller) = self.state.begin(&request, "Users/RemoveUser", &name);
-        let result = caller.and_then(|_| {
-            domain::check_user_name(&name)?;
-            let revoked_tokens = self.state.store.remove_user(&name)?;
-            Ok(pb::RemoveUserResponse { revoked_tokens })
-        });
-        self.state.conclude(audit, result).await.map(Response::new)
+        self.state
+            .mutation(request, "Users/RemoveUser", |req| req.name.clone())
+            .run(|_, req| async move {
+                let name = req.name;
+                domain::check_user_name(&name)?;
+                let revoked_tokens = self.state.store.remove_user(&name)?;
+                Ok(pb::RemoveUserResponse { revoked_tokens })
+            })
+            .await
+            .map(Response::new)
     }
 
     async fn who_am_i(
@@ -140,55 +144,58 @@ impl Tokens for TokensApi {
         &self,
         request: Request<pb::CreateTokenRequest>,
     ) -> Result<Response<pb::CreateTokenResponse>, Status> {
-        let req = request.get_ref().clone();
-        let (mut audit, caller) = self.state.begin(&request, "Tokens/CreateToken", &req.user);
-        let result = caller.and_then(|caller| {
-            let user = if req.user.is_empty() {
-                caller.user.clone()
-            } else {
-                domain::check_user_name(&req.user)?;
-                req.user.clone()
-            };
-            if user != caller.user && caller.role < Role::Admin {
-                return Err(ApiError::PermissionDenied(format!(
-                    "only admins create tokens for other users; {} is {}",
-                    caller.user,
-                    caller.role.name()
-                )));
-            }
-            if req.name.len() > 128 {
-                return Err(invalid("the token name is longer than 128 bytes"));
-            }
-            let now = Millis::now();
-            let expires_at = match &req.ttl {
-                Some(ttl) => {
-                    let ttl = convert::from_dur("ttl", ttl)?;
-                    if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
-                        return Err(invalid(
-                            "the token's lifetime must be between 1s and 2 years",
-                        ));
+        let (token, secret) = self
+            .state
+            .mutation(request, "Tokens/CreateToken", |req| req.user.clone())
+            .run_noting(
+                |caller, req| async move {
+                    let user = if req.user.is_empty() {
+                        caller.user.clone()
+                    } else {
+                        domain::check_user_name(&req.user)?;
+                        req.user.clone()
+                    };
+                    if user != caller.user && caller.role < Role::Admin {
+                        return Err(ApiError::PermissionDenied(format!(
+                            "only admins create tokens for other users; {} is {}",
+                            caller.user,
+                            caller.role.name()
+                        )));
                     }
-                    Some(now.plus(ttl))
-                }
-                None => None,
-            };
-            let secret = new_secret("gpa");
-            let token = ApiToken {
-                id: new_id("tok"),
-                user,
-                name: req.name.clone(),
-                created_at: now,
-                expires_at,
-                revoked: false,
-                secret_hash: hash_secret(&secret),
-            };
-            self.state.store.create_api_token(&token)?;
-            Ok((token, secret))
-        });
-        if let Ok((token, _)) = &result {
-            audit.target(format!("{} (user {})", token.id, token.user));
-        }
-        let (token, secret) = self.state.conclude(audit, result).await?;
+                    if req.name.len() > 128 {
+                        return Err(invalid("the token name is longer than 128 bytes"));
+                    }
+                    let now = Millis::now();
+                    let expires_at = match &req.ttl {
+                        Some(ttl) => {
+                            let ttl = convert::from_dur("ttl", ttl)?;
+                            if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
+                                return Err(invalid(
+                                    "the token's lifetime must be between 1s and 2 years",
+                                ));
+                            }
+                            Some(now.plus(ttl))
+                        }
+                        None => None,
+                    };
+                    let secret = new_secret("gpa");
+                    let token = ApiToken {
+                        id: new_id("tok"),
+                        user,
+                        name: req.name.clone(),
+                        created_at: now,
+                        expires_at,
+                        revoked: false,
+                        secret_hash: hash_secret(&secret),
+                    };
+                    self.state.store.create_api_token(&token)?;
+                    Ok((token, secret))
+                },
+                |(token, _), audit| {
+                    audit.target(format!("{} (user {})", token.id, token.user));
+                },
+            )
+            .await?;
         Ok(Response::new(pb::CreateTokenResponse {
             token: Some(pb::ApiToken::from(&token)),
             secret,
@@ -229,21 +236,23 @@ impl Tokens for TokensApi {
         &self,
         request: Request<pb::RevokeTokenRequest>,
     ) -> Result<Response<pb::ApiToken>, Status> {
-        let id = request.get_ref().id.clone();
-        let (audit, caller) = self.state.begin(&request, "Tokens/RevokeToken", &id);
-        let result = caller.and_then(|caller| {
-            convert::id_of_kind("tok", &id)?;
-            let token = self.state.store.get_api_token(&id)?;
-            if token.user != caller.user && caller.role < Role::Admin {
-                return Err(ApiError::PermissionDenied(format!(
-                    "only admins revoke other users' tokens; {} is {}",
-                    caller.user,
-                    caller.role.name()
-                )));
-            }
-            Ok(pb::ApiToken::from(&self.state.store.revoke_api_token(&id)?))
-        });
-        self.state.conclude(audit, result).await.map(Response::new)
+        self.state
+            .mutation(request, "Tokens/RevokeToken", |req| req.id.clone())
+            .run(|caller, req| async move {
+                let id = req.id;
+                convert::id_of_kind("tok", &id)?;
+                let token = self.state.store.get_api_token(&id)?;
+                if token.user != caller.user && caller.role < Role::Admin {
+                    return Err(ApiError::PermissionDenied(format!(
+                        "only admins revoke other users' tokens; {} is {}",
+                        caller.user,
+                        caller.role.name()
+                    )));
+                }
+                Ok(pb::ApiToken::from(&self.state.store.revoke_api_token(&id)?))
+            })
+            .await
+            .map(Response::new)
     }
 }
 
