@@ -11,7 +11,7 @@ use super::convert;
 use super::error::{ApiError, ApiResult};
 use super::{Caller, Shared};
 use crate::domain::{self, Job, Millis, PuppetState, Run, RunState, Target};
-use crate::hub::{job_key, puppet_key};
+use crate::hub::HubKey;
 use crate::ids::new_id;
 use crate::selector::Selector;
 
@@ -129,9 +129,9 @@ impl JobsApi {
         })?;
         self.state.ended(&skipped);
         for run in &skipped {
-            self.state.hub.wake(&puppet_key(&run.puppet));
+            self.state.hub.wake(HubKey::puppet(&run.puppet));
         }
-        self.state.hub.wake(&job_key(&job.id));
+        self.state.hub.wake(HubKey::job(&job.id));
         let (job, runs) = self.load(&job.id)?;
         Ok(self.state.job_view(&job, &runs))
     }
@@ -193,9 +193,9 @@ impl JobsApi {
         }
         let (job, runs) = self.load(id)?;
         for run in &runs {
-            self.state.hub.wake(&puppet_key(&run.puppet));
+            self.state.hub.wake(HubKey::puppet(&run.puppet));
         }
-        self.state.hub.wake(&job_key(id));
+        self.state.hub.wake(HubKey::job(id));
         Ok(self.state.job_view(&job, &runs))
     }
 
@@ -293,7 +293,7 @@ impl JobsApi {
         store.create_job(&job, &runs).map_err(ApiError::from)?;
         store.flush().await.map_err(ApiError::from)?;
         for puppet in &puppets {
-            self.state.hub.wake(&puppet_key(puppet));
+            self.state.hub.wake(HubKey::puppet(puppet));
         }
         tracing::info!(job = %job.id, task = %job.task_name, runs = runs.len(), "job created");
         // A job awaiting approval asks for it from the sweeper, once
@@ -461,10 +461,10 @@ impl Jobs for JobsApi {
                     )));
                 }
                 for run in &requeued {
-                    self.state.hub.wake(&puppet_key(&run.puppet));
+                    self.state.hub.wake(HubKey::puppet(&run.puppet));
                 }
                 let (job, runs) = self.load(&job.id)?;
-                self.state.hub.wake(&job_key(&job.id));
+                self.state.hub.wake(HubKey::job(&job.id));
                 Ok(self.state.job_view(&job, &runs))
             })
             .await
@@ -514,7 +514,7 @@ impl Jobs for JobsApi {
                     });
                     Ok(true)
                 })?;
-                self.state.hub.wake(&job_key(&id));
+                self.state.hub.wake(HubKey::job(&id));
                 Ok(self.state.job_view(&job, &runs))
             })
             .await
@@ -531,7 +531,7 @@ impl Jobs for JobsApi {
         let id = request.into_inner().id;
         self.load(&id)?;
         let api = self.clone();
-        let notify = self.state.hub.subscribe(&job_key(&id));
+        let notify = self.state.hub.subscribe(HubKey::job(&id));
         // Each step sends the job as it is now, then waits for a change; the
         // stream ends after it sent the job finished.
         // The state: `None` once the job was sent finished; otherwise
@@ -598,6 +598,6 @@ pub fn cancel_runs(state: &super::AppState, ids: &[String], cause: &str) -> ApiR
 pub fn wake_cancelled(state: &super::AppState, runs: &[Run]) {
     state.ended(runs);
     for run in runs {
-        state.hub.wake(&puppet_key(&run.puppet));
+        state.hub.wake(HubKey::puppet(&run.puppet));
     }
 }

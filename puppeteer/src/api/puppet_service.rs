@@ -18,7 +18,7 @@ use super::convert::{self, dur, ts};
 use super::error::{ApiError, ApiResult, invalid};
 use super::fetch::ArtifactStream;
 use crate::domain::{self, Millis, Puppet, PuppetState, Run, RunState};
-use crate::hub::{job_key, puppet_key, run_key};
+use crate::hub::HubKey;
 use crate::ids::{hash_secret, new_secret};
 use crate::scheduler::{self, PollReport};
 use crate::store::{NewPuppet, StoreError};
@@ -107,8 +107,8 @@ impl PuppetServiceApi {
     }
 
     fn wake_run(&self, run: &Run) {
-        self.state.hub.wake(&run_key(&run.id));
-        self.state.hub.wake(&job_key(&run.job_id));
+        self.state.hub.wake(HubKey::run(&run.id));
+        self.state.hub.wake(HubKey::job(&run.job_id));
         self.state.hub.wake(super::events::EVENTS_KEY);
     }
 
@@ -218,7 +218,7 @@ impl PuppetServiceApi {
             .collect();
         let held_since = tokio::time::Instant::now();
         let waiting = Waiting {
-            notify: self.state.hub.subscribe(&puppet_key(&name)),
+            notify: self.state.hub.subscribe(HubKey::puppet(&name)),
             name,
             hold,
             deadline: held_since + hold,
@@ -682,7 +682,7 @@ impl PuppetService for PuppetServiceApi {
             self.state.ended(std::slice::from_ref(&run));
         }
         // A poll held while this run executed can now offer the next one.
-        self.state.hub.wake(&puppet_key(&name));
+        self.state.hub.wake(HubKey::puppet(&name));
         Ok(Response::new(pb::FinishRunResponse {
             state: pb::RunState::from(run.state) as i32,
         }))

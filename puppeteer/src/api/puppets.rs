@@ -11,7 +11,7 @@ use super::Shared;
 use super::convert::{self, puppet_to};
 use super::error::{ApiError, ApiResult, invalid};
 use crate::domain::{self, Millis, Puppet, PuppetState, Rotation, RunState};
-use crate::hub::{job_key, puppet_key, run_key};
+use crate::hub::HubKey;
 use crate::ids::{hash_secret, new_secret};
 use crate::selector::Selector;
 use crate::store::StoreError;
@@ -76,7 +76,7 @@ impl PuppetsApi {
             Ok(())
         })?;
         // A held poll re-reads the puppet: enabled, it gets its runs.
-        self.state.hub.wake(&puppet_key(name));
+        self.state.hub.wake(HubKey::puppet(name));
         self.view(&puppet)
     }
 
@@ -111,10 +111,10 @@ impl PuppetsApi {
         }
         self.state.presences.forget(name);
         for run in &ended {
-            self.state.hub.wake(&run_key(&run.id));
-            self.state.hub.wake(&job_key(&run.job_id));
+            self.state.hub.wake(HubKey::run(&run.id));
+            self.state.hub.wake(HubKey::job(&run.job_id));
         }
-        self.state.hub.wake(&puppet_key(name));
+        self.state.hub.wake(HubKey::puppet(name));
         Ok(pb::RemovePuppetResponse {
             cancelled_runs: ended.into_iter().map(|r| r.id).collect(),
         })
@@ -382,7 +382,7 @@ impl Puppets for PuppetsApi {
                 };
                 let puppet = self.state.store.rotate_puppet(name, &rotation)?;
                 // Its held poll answers at once with the new credential.
-                self.state.hub.wake(&puppet_key(name));
+                self.state.hub.wake(HubKey::puppet(name));
                 self.view(&puppet)
             })
             .await
@@ -401,7 +401,7 @@ impl Puppets for PuppetsApi {
                 let name = Self::name_of(&req.name)?;
                 let puppet = self.state.store.revoke_puppet(name)?;
                 // Its held poll ends, refused.
-                self.state.hub.wake(&puppet_key(name));
+                self.state.hub.wake(HubKey::puppet(name));
                 self.view(&puppet)
             })
             .await

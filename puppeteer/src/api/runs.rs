@@ -12,7 +12,7 @@ use super::convert;
 use super::error::{ApiError, ApiResult, invalid};
 use super::jobs::{cancel_runs, wake_cancelled};
 use crate::domain;
-use crate::hub::run_key;
+use crate::hub::HubKey;
 
 /// Default and largest read of `ReadLog`, and the chunk size of `FollowLog`.
 const MAX_READ: usize = 1024 * 1024;
@@ -176,7 +176,7 @@ impl Runs for RunsApi {
             ))
             .into());
         }
-        let notify = self.state.hub.subscribe(&run_key(&run.id));
+        let notify = self.state.hub.subscribe(HubKey::run(&run.id));
         let state = self.state.clone();
         let run_id = run.id;
         // Each step sends the next chunk there is, waiting for one if needed;

@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use super::AppState;
 use super::error::ApiResult;
 use crate::domain::{Millis, Run, RunState};
-use crate::hub::{job_key, puppet_key, run_key};
+use crate::hub::HubKey;
 
 /// What is known in memory of one job's end (see the module's doc).
 #[derive(Debug, Default)]
@@ -67,8 +67,8 @@ impl AppState {
         }
         for run in runs {
             self.metrics.run_ended(run);
-            self.hub.wake(&run_key(&run.id));
-            self.hub.wake(&job_key(&run.job_id));
+            self.hub.wake(HubKey::run(&run.id));
+            self.hub.wake(HubKey::job(&run.job_id));
             if !matches!(run.state, RunState::Offered | RunState::Running) {
                 for need in &run.needs {
                     self.hub.resource_released(&need.name);
@@ -76,7 +76,7 @@ impl AppState {
             }
             if run.state == RunState::Queued {
                 // A new attempt: its puppet may take it at once.
-                self.hub.wake(&puppet_key(&run.puppet));
+                self.hub.wake(HubKey::puppet(&run.puppet));
             }
         }
     }
@@ -278,8 +278,8 @@ impl AppState {
             Ok(true)
         })?;
         for run in &changed {
-            self.hub.wake(&run_key(&run.id));
-            self.hub.wake(&job_key(&run.job_id));
+            self.hub.wake(HubKey::run(&run.id));
+            self.hub.wake(HubKey::job(&run.job_id));
         }
         self.hub.wake(super::events::EVENTS_KEY);
         Ok(())

@@ -2,9 +2,10 @@
 
 use super::AppState;
 use crate::domain::{Event, Millis};
+use crate::hub::HubKey;
 
 /// The hub key woken whenever events are appended.
-pub const EVENTS_KEY: &str = "events";
+pub const EVENTS_KEY: HubKey = HubKey::Events;
 
 impl AppState {
     /// Appends events announced by the api layer and wakes the watchers.

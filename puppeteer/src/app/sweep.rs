@@ -12,9 +12,10 @@
 
 use std::time::Duration;
 
-use super::{AppState, blocking};
 use super::error::ApiResult;
+use super::{AppState, blocking};
 use crate::domain::{Millis, RunState};
+use crate::hub::HubKey;
 use crate::scheduler;
 
 pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -151,7 +152,7 @@ impl AppState {
                 && gates.get(&run.id) == Some(&Gate::Go)
                 && self.presences.ready(&run.puppet)
             {
-                self.hub.wake(&crate::hub::puppet_key(&run.puppet));
+                self.hub.wake(HubKey::puppet(&run.puppet));
             }
         }
         let changed = self.store.update_runs(&ids, |run| {
@@ -186,7 +187,7 @@ impl AppState {
         self.ended(&changed);
         for run in &changed {
             if run.state == RunState::Queued {
-                self.hub.wake(&crate::hub::puppet_key(&run.puppet));
+                self.hub.wake(HubKey::puppet(&run.puppet));
             }
         }
         Ok(())
