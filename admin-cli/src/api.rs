@@ -145,6 +145,39 @@ impl Api {
 }
 
 /// A request that tells the server our deadline too, so it can give up.
+/// Pages through a listing: `page` asks for the page at a token (empty:
+/// the first) and gives its items and the next token (empty: none left).
+/// Stops once `want` items were received, or at the last page.
+pub async fn pages<T, Fut>(
+    want: Option<usize>,
+    mut page: impl FnMut(String) -> Fut,
+) -> Result<Vec<T>, Error>
+where
+    Fut: Future<Output = Result<(Vec<T>, String), Error>>,
+{
+    let mut items = Vec::new();
+    let mut token = String::new();
+    loop {
+        let (mut got, next) = page(token.clone()).await?;
+        items.append(&mut got);
+        if let Some(want) = want
+            && items.len() >= want
+        {
+            items.truncate(want);
+            return Ok(items);
+        }
+        if next.is_empty() {
+            return Ok(items);
+        }
+        if next == token {
+            return Err(Error::Api(
+                "the puppeteer answered the same page twice; stopping".into(),
+            ));
+        }
+        token = next;
+    }
+}
+
 pub fn request<T>(message: T) -> Request<T> {
     let mut request = Request::new(message);
     request.set_timeout(CALL_TIMEOUT);

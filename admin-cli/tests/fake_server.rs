@@ -1,7 +1,8 @@
-//! The streaming commands (`logs`, `logs --follow`, `jobs run --wait`)
-//! against a small in-process fake of the Runs and Jobs services, served
-//! over plain HTTP/2 on port 0. It checks what the CLI does with the
-//! answers, not what the puppeteer does: that is the end-to-end tests' job.
+//! The streaming and paging commands (`logs`, `logs --follow`, `jobs run
+//! --wait`, `runs list`) against a small in-process fake of the Runs and
+//! Jobs services, served over plain HTTP/2 on port 0. It checks what the
+//! CLI does with the answers, not what the puppeteer does: that is the
+//! end-to-end tests' job.
 
 mod common;
 
@@ -67,6 +68,10 @@ impl Runs for FakeRuns {
         request: Request<pb::ListRunsRequest>,
     ) -> Answer<pb::ListRunsResponse> {
         check_token(&request)?;
+        let req = request.into_inner();
+        if req.of == Some(pb::list_runs_request::Of::Puppet("busy".into())) {
+            return Ok(Response::new(busy_page(&req)?));
+        }
         let runs = ["web-1", "web-2"]
             .iter()
             .map(|p| pb::Run {
@@ -76,7 +81,10 @@ impl Runs for FakeRuns {
                 ..Default::default()
             })
             .collect();
-        Ok(Response::new(pb::ListRunsResponse { runs }))
+        Ok(Response::new(pb::ListRunsResponse {
+            runs,
+            ..Default::default()
+        }))
     }
 
     async fn cancel_run(&self, _: Request<pb::GetRunRequest>) -> Answer<pb::Run> {
@@ -128,6 +136,45 @@ impl Runs for FakeRuns {
         ];
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
     }
+}
+
+/// Runs of the puppet "busy": more than a page holds.
+const BUSY_RUNS: usize = 2500;
+
+/// A page of the "busy" puppet's runs, as the puppeteer pages: at most
+/// 1000 (or page_size), the token the position of the next; a short page
+/// before the end, as a filtering server may answer.
+fn busy_page(req: &pb::ListRunsRequest) -> Result<pb::ListRunsResponse, Status> {
+    let from: usize = match req.page_token.as_str() {
+        "" => 0,
+        token => token
+            .strip_prefix("runs.")
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| Status::invalid_argument("invalid page_token"))?,
+    };
+    let size = match req.page_size {
+        0 => 1000,
+        n => (n as usize).min(1000),
+    };
+    let size = if from == 1000 { 3 } else { size };
+    let end = (from + size).min(BUSY_RUNS);
+    let runs = (from..end)
+        .map(|i| pb::Run {
+            id: format!("run-{i:05}"),
+            job_id: "job-1".into(),
+            puppet: "busy".into(),
+            ..Default::default()
+        })
+        .collect();
+    let next_page_token = if end < BUSY_RUNS {
+        format!("runs.{end}")
+    } else {
+        String::new()
+    };
+    Ok(pb::ListRunsResponse {
+        runs,
+        next_page_token,
+    })
 }
 
 struct FakeJobs;
@@ -367,4 +414,17 @@ fn output_is_one_error_line_on_a_wrong_transport() {
         err.starts_with("error: ") && err.lines().count() == 1,
         "{err}"
     );
+}
+
+#[test]
+fn runs_list_pages_through_every_run() {
+    let (_server, url) = start();
+    let assert = connected(&url)
+        .args(["-o", "json", "runs", "list", "--puppet", "busy"])
+        .assert()
+        .success();
+    let runs: Vec<serde_json::Value> = serde_json::from_slice(&assert.get_output().stdout).unwrap();
+    let ids: Vec<&str> = runs.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    let expected: Vec<String> = (0..BUSY_RUNS).map(|i| format!("run-{i:05}")).collect();
+    assert_eq!(ids, expected, "every page, in order, nothing twice");
 }

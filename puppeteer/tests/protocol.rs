@@ -421,6 +421,7 @@ async fn bad_input_gets_the_right_status_and_changes_nothing() {
         .puppets
         .list_puppets(pb::ListPuppetsRequest {
             selector: "os!debian".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -4,32 +4,46 @@ use std::time::{Duration, SystemTime};
 
 use geppetto_proto::v1 as pb;
 
-use crate::api::{Api, request};
+use crate::api::{Api, pages, request};
 use crate::cli::{AuditArgs, Format};
 use crate::error::Error;
 use crate::output::{self, Cell};
 use crate::views::AuditEntryView;
 
-/// What the puppeteer answers at most when no limit is given.
-const SERVER_DEFAULT_LIMIT: usize = 1000;
+/// How many entries are shown when no limit is given.
+const DEFAULT_LIMIT: usize = 1000;
 
 pub async fn run(api: &Api, args: AuditArgs, format: Format) -> Result<(), Error> {
     let since = args
         .since
         .map(|ago| since(SystemTime::now(), ago))
         .transpose()?;
-    let req = pb::ListAuditRequest {
-        since,
-        actor: args.user.unwrap_or_default(),
-        limit: args.limit.unwrap_or(0),
-    };
-    let list = api.call(api.audit().list_audit(request(req))).await?;
+    let limit = args.limit.map_or(DEFAULT_LIMIT, |l| l as usize);
+    let actor = args.user.unwrap_or_default();
+    // Pages go back in time, each oldest first: newest first here, then
+    // turned round once the newest `limit` are in.
+    let mut entries = pages(Some(limit), |page_token| {
+        let req = pb::ListAuditRequest {
+            since,
+            actor: actor.clone(),
+            limit: u32::try_from(limit).unwrap_or(u32::MAX),
+            page_token,
+        };
+        async move {
+            let page = api.call(api.audit().list_audit(request(req))).await?;
+            let mut newest_first = page.entries;
+            newest_first.reverse();
+            Ok((newest_first, page.next_page_token))
+        }
+    })
+    .await?;
+    entries.reverse();
     if format == Format::Json {
-        let views: Vec<_> = list.entries.iter().map(AuditEntryView::from).collect();
+        let views: Vec<_> = entries.iter().map(AuditEntryView::from).collect();
         return output::print_json(&views);
     }
     let mut table = output::table(["TIME", "ACTOR", "ACTION", "TARGET", "FROM", "OUTCOME"]);
-    for e in &list.entries {
+    for e in &entries {
         table.add_row(vec![
             output::cell(time(e.at.as_ref())),
             output::cell(or_dash(&e.actor)),
@@ -40,8 +54,7 @@ pub async fn run(api: &Api, args: AuditArgs, format: Format) -> Result<(), Error
         ]);
     }
     output::print_table(&table)?;
-    let limit = args.limit.map_or(SERVER_DEFAULT_LIMIT, |l| l as usize);
-    if list.entries.len() >= limit {
+    if entries.len() >= limit {
         eprintln!(
             "note: only the newest {limit} entries are shown; use --since or a larger --limit"
         );

@@ -3,7 +3,7 @@
 use geppetto_proto::v1 as pb;
 
 use super::watch::{counts_line, verdict, watch};
-use crate::api::{Api, request};
+use crate::api::{Api, pages, request};
 use crate::cli::{Format, JobsCommand, RetryOnly, RunJobArgs, StrategyArgs};
 use crate::error::Error;
 use crate::output;
@@ -14,12 +14,19 @@ pub async fn run(api: &Api, command: JobsCommand, format: Format) -> Result<(), 
     match command {
         JobsCommand::Run(args) => launch(api, args, format).await,
         JobsCommand::List { limit, state } => {
-            let req = pb::ListJobsRequest {
-                limit,
-                states: state,
-            };
-            let list = api.call(api.jobs().list_jobs(request(req))).await?;
-            print_list(&list.jobs, format)
+            let jobs = pages(Some(limit as usize), |page_token| {
+                let req = pb::ListJobsRequest {
+                    limit,
+                    states: state.clone(),
+                    page_token,
+                };
+                async move {
+                    let page = api.call(api.jobs().list_jobs(request(req))).await?;
+                    Ok((page.jobs, page.next_page_token))
+                }
+            })
+            .await?;
+            print_list(&jobs, format)
         }
         JobsCommand::Show { job, state, target } => {
             let req = pb::GetJobRequest { id: job.clone() };
@@ -31,8 +38,9 @@ pub async fn run(api: &Api, command: JobsCommand, format: Format) -> Result<(), 
                     of: Some(pb::list_runs_request::Of::JobId(job)),
                     states: state,
                     selector: target.unwrap_or_default(),
+                    ..Default::default()
                 };
-                let runs = api.call(api.runs().list_runs(request(req))).await?.runs;
+                let runs = super::runs::list_runs(api, req).await?;
                 let kept: std::collections::HashSet<&str> =
                     runs.iter().map(|r| r.id.as_str()).collect();
                 shown.runs.retain(|r| kept.contains(r.run_id.as_str()));

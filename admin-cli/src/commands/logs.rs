@@ -41,7 +41,7 @@ async fn find_run(api: &Api, job_id: &str, puppet: Option<&str>) -> Result<Strin
         of: Some(Of::JobId(job_id.into())),
         ..Default::default()
     };
-    let runs = api.call(api.runs().list_runs(request(req))).await?.runs;
+    let runs = super::runs::list_runs(api, req).await?;
     pick_run(job_id, &runs, puppet)
 }
 

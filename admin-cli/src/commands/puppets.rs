@@ -2,22 +2,34 @@
 
 use geppetto_proto::v1 as pb;
 
-use crate::api::{Api, request};
+use crate::api::{Api, pages, request};
 use crate::cli::{Format, PuppetsCommand};
 use crate::error::Error;
 use crate::output;
 use crate::parse::pairs_to_map;
 use crate::views::{self, PuppetView};
 
+/// Every puppet the selector matches, by name, a page at a time.
+pub async fn list_puppets(api: &Api, selector: String) -> Result<Vec<pb::Puppet>, Error> {
+    pages(None, |page_token| {
+        let req = pb::ListPuppetsRequest {
+            selector: selector.clone(),
+            page_token,
+            ..Default::default()
+        };
+        async move {
+            let page = api.call(api.puppets().list_puppets(request(req))).await?;
+            Ok((page.puppets, page.next_page_token))
+        }
+    })
+    .await
+}
+
 pub async fn run(api: &Api, command: PuppetsCommand, format: Format) -> Result<(), Error> {
     match command {
         PuppetsCommand::List { selector } => {
-            let req = pb::ListPuppetsRequest {
-                selector: selector.unwrap_or_default(),
-            };
-            let mut list = api.call(api.puppets().list_puppets(request(req))).await?;
-            list.puppets.sort_by(|a, b| a.name.cmp(&b.name));
-            print_list(&list.puppets, format)
+            let puppets = list_puppets(api, selector.unwrap_or_default()).await?;
+            print_list(&puppets, format)
         }
         PuppetsCommand::Show { name } => {
             let req = pb::GetPuppetRequest { name };

@@ -3,11 +3,26 @@
 use geppetto_proto::v1 as pb;
 use pb::list_runs_request::Of;
 
-use crate::api::{Api, request};
+use crate::api::{Api, pages, request};
 use crate::cli::{Format, RunsCommand};
 use crate::error::Error;
 use crate::output;
 use crate::views::{self, RunView};
+
+/// Every run the request asks for, a page at a time.
+pub async fn list_runs(api: &Api, req: pb::ListRunsRequest) -> Result<Vec<pb::Run>, Error> {
+    pages(None, |page_token| {
+        let req = pb::ListRunsRequest {
+            page_token,
+            ..req.clone()
+        };
+        async move {
+            let page = api.call(api.runs().list_runs(request(req))).await?;
+            Ok((page.runs, page.next_page_token))
+        }
+    })
+    .await
+}
 
 pub async fn run(api: &Api, command: RunsCommand, format: Format) -> Result<(), Error> {
     match command {
@@ -31,9 +46,10 @@ pub async fn run(api: &Api, command: RunsCommand, format: Format) -> Result<(), 
                 of,
                 states: state,
                 selector: target.unwrap_or_default(),
+                ..Default::default()
             };
-            let list = api.call(api.runs().list_runs(request(req))).await?;
-            print_list(&list.runs, format)
+            let runs = list_runs(api, req).await?;
+            print_list(&runs, format)
         }
         RunsCommand::Cancel { run } => {
             let req = pb::GetRunRequest { id: run };

@@ -16,8 +16,8 @@ use crate::views::{JobBriefView, ServerView, StatusView};
 const JOBS_LOOKED_AT: u32 = 100;
 
 pub async fn run(api: &Api, format: Format) -> Result<(), Error> {
-    let (mut puppets_client, mut jobs_client, mut resources_client, mut server_client) =
-        (api.puppets(), api.jobs(), api.resources(), api.server());
+    let (mut jobs_client, mut resources_client, mut server_client) =
+        (api.jobs(), api.resources(), api.server());
     let server = async {
         // An older puppeteer cannot say: the rest of the screen still shows.
         Ok::<_, Error>(
@@ -27,9 +27,7 @@ pub async fn run(api: &Api, format: Format) -> Result<(), Error> {
         )
     };
     let (puppets, jobs, resources, server) = tokio::try_join!(
-        api.call(puppets_client.list_puppets(request(pb::ListPuppetsRequest {
-            selector: String::new(),
-        }))),
+        super::puppets::list_puppets(api, String::new()),
         api.call(jobs_client.list_jobs(request(pb::ListJobsRequest {
             limit: JOBS_LOOKED_AT,
             ..Default::default()
@@ -37,7 +35,7 @@ pub async fn run(api: &Api, format: Format) -> Result<(), Error> {
         api.call(resources_client.list_resources(request(pb::ListResourcesRequest {}))),
         server,
     )?;
-    let mut view = StatusView::new(&puppets.puppets, &jobs.jobs, &resources.resources);
+    let mut view = StatusView::new(&puppets, &jobs.jobs, &resources.resources);
     view.server = server.as_ref().map(ServerView::from);
     if format == Format::Json {
         return output::print_json(&view);

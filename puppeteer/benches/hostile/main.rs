@@ -342,6 +342,7 @@ async fn selectors(options: &Options) -> anyhow::Result<Value> {
             .puppets
             .list_puppets(pb::ListPuppetsRequest {
                 selector: worst.clone(),
+                ..Default::default()
             })
             .await;
     }
@@ -350,7 +351,10 @@ async fn selectors(options: &Options) -> anyhow::Result<Value> {
     let started = Instant::now();
     let refused = admin
         .puppets
-        .list_puppets(pb::ListPuppetsRequest { selector: huge })
+        .list_puppets(pb::ListPuppetsRequest {
+            selector: huge,
+            ..Default::default()
+        })
         .await
         .err()
         .map(|s| format!("{:?}", s.code()));
@@ -366,6 +370,7 @@ async fn selectors(options: &Options) -> anyhow::Result<Value> {
                     .puppets
                     .list_puppets(pb::ListPuppetsRequest {
                         selector: worst.clone(),
+                        ..Default::default()
                     })
                     .await;
             }

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use super::error::{ApiError, ApiResult};
-use super::{Caller, Shared};
+use super::{Caller, Shared, pages};
 use crate::domain::{self, Job, Millis, PuppetState, Run, RunState, Target};
 use crate::hub::HubKey;
 use crate::ids::new_id;
@@ -302,6 +302,9 @@ impl JobsApi {
     }
 }
 
+/// The most jobs a page filtered by state looks at.
+const JOBS_LOOKED_AT_FILTERED: usize = 1000;
+
 #[tonic::async_trait]
 impl Jobs for JobsApi {
     async fn create_job(
@@ -334,35 +337,47 @@ impl Jobs for JobsApi {
         request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
         self.state.authorize(&request, "Jobs/ListJobs")?;
-        let limit = match request.get_ref().limit {
-            0 => 100,
-            n => n.min(10_000) as usize,
-        };
-        let store = &self.state.store;
-        let states = &request.get_ref().states;
-        super::runs::check_states(states.len())?;
-        // A filter looks at the newest jobs only, so that a rare state does
-        // not make one call read the whole history.
-        const FILTER_SCAN: usize = 10_000;
-        let scan = if states.is_empty() {
-            limit
+        let req = request.into_inner();
+        super::runs::check_states(req.states.len())?;
+        let mut page = pages::JOBS.request(req.limit, &req.page_token)?;
+        // A job's state needs its runs read: a filtered page looks at a
+        // thousand jobs at most, so that a rare state does not make one call
+        // read the whole history.
+        page.budget = if req.states.is_empty() {
+            page.limit
         } else {
-            FILTER_SCAN
+            page.limit.max(JOBS_LOOKED_AT_FILTERED)
         };
-        let mut jobs = Vec::new();
-        for job in store.jobs_newest_first().take(scan) {
-            let job = job.map_err(ApiError::from)?;
-            let view = self
-                .state
-                .job_view(&job, &store.get_runs(&job.run_ids).map_err(ApiError::from)?);
-            if states.is_empty() || states.contains(&view.state) {
-                jobs.push(view);
-                if jobs.len() == limit {
-                    break;
+        let state = self.state.clone();
+        let (jobs, next) = crate::app::blocking(move || {
+            let store = &state.store;
+            // Views are made once, while the store filters.
+            let views = std::cell::RefCell::new(Vec::new());
+            let failed = std::cell::RefCell::new(None);
+            let page = store.jobs_page(&page, |job| match store.get_runs(&job.run_ids) {
+                Ok(runs) => {
+                    let view = state.job_view(job, &runs);
+                    let keep = req.states.is_empty() || req.states.contains(&view.state);
+                    if keep {
+                        views.borrow_mut().push(view);
+                    }
+                    keep
                 }
+                Err(e) => {
+                    failed.borrow_mut().get_or_insert(e);
+                    false
+                }
+            })?;
+            if let Some(e) = failed.into_inner() {
+                return Err(ApiError::from(e));
             }
-        }
-        Ok(Response::new(pb::ListJobsResponse { jobs }))
+            Ok((views.into_inner(), page.next))
+        })
+        .await?;
+        Ok(Response::new(pb::ListJobsResponse {
+            jobs,
+            next_page_token: pages::JOBS.token(next),
+        }))
     }
 
     async fn cancel_job(

@@ -14,6 +14,7 @@ mod fetch;
 mod groups;
 mod jobs;
 mod notifications;
+mod pages;
 mod puppet_service;
 mod puppets;
 mod resources;

@@ -7,9 +7,9 @@ use geppetto_proto::v1 as pb;
 use geppetto_proto::v1::puppets_server::Puppets;
 use tonic::{Request, Response, Status};
 
-use super::Shared;
 use super::convert::{self, puppet_to};
 use super::error::{ApiError, ApiResult, invalid};
+use super::{Shared, pages};
 use crate::domain::{self, Millis, Puppet, PuppetState, Rotation, RunState};
 use crate::hub::HubKey;
 use crate::ids::{hash_secret, new_secret};
@@ -168,23 +168,29 @@ impl Puppets for PuppetsApi {
                 .auth
                 .authorize(&self.state.store, &request, "Puppets/ListPuppets");
         caller?;
-        let selector = Selector::parse(&request.get_ref().selector).map_err(ApiError::from)?;
-        // Off the async threads: a listing reads every puppet and its
-        // active runs, and with 10,000 puppets the polls and reports
-        // waiting behind it would wait that long.
+        let req = request.get_ref();
+        let selector = Selector::parse(&req.selector).map_err(ApiError::from)?;
+        let page = pages::PUPPETS.request(req.page_size, &req.page_token)?;
+        // Off the async threads: a page reads up to ten thousand puppets
+        // (and the active runs of those it lists).
         let api = self.clone();
-        let puppets = tokio::task::spawn_blocking(move || {
-            api.state
+        let (puppets, next) = crate::app::blocking(move || {
+            let page = api
+                .state
                 .store
-                .list_puppets()?
+                .puppets_page(&page, |p| selector.matches(&p.labels()))?;
+            let views = page
+                .items
                 .iter()
-                .filter(|p| selector.matches(&p.labels()))
                 .map(|p| api.view(p))
-                .collect::<ApiResult<_>>()
+                .collect::<ApiResult<_>>()?;
+            Ok::<_, ApiError>((views, page.next))
         })
-        .await
-        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
-        Ok(Response::new(pb::ListPuppetsResponse { puppets }))
+        .await?;
+        Ok(Response::new(pb::ListPuppetsResponse {
+            puppets,
+            next_page_token: pages::PUPPETS.token(next),
+        }))
     }
 
     async fn get_puppet(

@@ -7,12 +7,16 @@ use geppetto_proto::v1 as pb;
 use geppetto_proto::v1::runs_server::Runs;
 use tonic::{Request, Response, Status};
 
-use super::Shared;
+use std::cell::RefCell;
+use std::collections::HashMap;
+
 use super::convert;
 use super::error::{ApiError, ApiResult, invalid};
 use super::jobs::{cancel_runs, wake_cancelled};
+use super::{Shared, pages};
 use crate::domain;
 use crate::hub::HubKey;
+use crate::store::RunsOf;
 
 /// Default and largest read of `ReadLog`, and the chunk size of `FollowLog`.
 const MAX_READ: usize = 1024 * 1024;
@@ -53,51 +57,59 @@ impl Runs for RunsApi {
         request: Request<pb::ListRunsRequest>,
     ) -> Result<Response<pb::ListRunsResponse>, Status> {
         self.state.authorize(&request, "Runs/ListRuns")?;
-        let store = &self.state.store;
-        let req = request.get_ref();
+        let req = request.into_inner();
         check_states(req.states.len())?;
         let selector = match req.selector.trim() {
             "" => None,
             text => Some(crate::selector::Selector::parse(text).map_err(ApiError::from)?),
         };
-        let runs = match &req.of {
-            Some(pb::list_runs_request::Of::JobId(id)) => {
-                convert::id_of_kind("job", id)?;
-                let job = store.get_job(id).map_err(ApiError::from)?;
-                store.get_runs(&job.run_ids).map_err(ApiError::from)?
-            }
-            Some(pb::list_runs_request::Of::Puppet(name)) => {
-                domain::check_puppet_name(name).map_err(ApiError::from)?;
-                store.runs_of_puppet(name).map_err(ApiError::from)?
-            }
-            None => store.all_active_runs().map_err(ApiError::from)?,
-        };
-        // Each puppet's labels read once, for the selector.
-        let mut matching: std::collections::HashMap<String, bool> = Default::default();
-        let mut listed = Vec::new();
-        for run in &runs {
-            let view = self.state.run_view(run);
-            if !req.states.is_empty() && !req.states.contains(&view.state) {
-                continue;
-            }
-            if let Some(selector) = &selector {
-                let matches = match matching.get(&run.puppet) {
-                    Some(matches) => *matches,
-                    None => {
-                        let matches = store
-                            .get_puppet(&run.puppet)
-                            .is_ok_and(|p| selector.matches(&p.labels()));
-                        matching.insert(run.puppet.clone(), matches);
-                        matches
-                    }
-                };
-                if !matches {
-                    continue;
-                }
-            }
-            listed.push(view);
+        let page = pages::RUNS.request(req.page_size, &req.page_token)?;
+        if let Some(pb::list_runs_request::Of::JobId(id)) = &req.of {
+            convert::id_of_kind("job", id)?;
         }
-        Ok(Response::new(pb::ListRunsResponse { runs: listed }))
+        if let Some(pb::list_runs_request::Of::Puppet(name)) = &req.of {
+            domain::check_puppet_name(name).map_err(ApiError::from)?;
+        }
+        // Off the async threads: a page looks at up to ten thousand runs.
+        let state = self.state.clone();
+        let (runs, next) = crate::app::blocking(move || {
+            let store = &state.store;
+            let job;
+            let of = match &req.of {
+                Some(pb::list_runs_request::Of::JobId(id)) => {
+                    job = store.get_job(id)?;
+                    RunsOf::Job(&job)
+                }
+                Some(pb::list_runs_request::Of::Puppet(name)) => RunsOf::Puppet(name),
+                None => RunsOf::Active,
+            };
+            // Each puppet's labels read once, for the selector.
+            let matching: RefCell<HashMap<String, bool>> = Default::default();
+            let keep = |run: &domain::Run| {
+                if !req.states.is_empty() && !req.states.contains(&state.run_view(run).state) {
+                    return false;
+                }
+                let Some(selector) = &selector else {
+                    return true;
+                };
+                *matching
+                    .borrow_mut()
+                    .entry(run.puppet.clone())
+                    .or_insert_with(|| {
+                        store
+                            .get_puppet(&run.puppet)
+                            .is_ok_and(|p| selector.matches(&p.labels()))
+                    })
+            };
+            let page = store.runs_page(of, &page, keep)?;
+            let views: Vec<_> = page.items.iter().map(|run| state.run_view(run)).collect();
+            Ok::<_, ApiError>((views, page.next))
+        })
+        .await?;
+        Ok(Response::new(pb::ListRunsResponse {
+            runs,
+            next_page_token: pages::RUNS.token(next),
+        }))
     }
 
     async fn cancel_run(

@@ -8,9 +8,9 @@ use geppetto_proto::v1::tokens_server::Tokens;
 use geppetto_proto::v1::users_server::Users;
 use tonic::{Request, Response, Status};
 
-use super::Shared;
 use super::convert::{self, ts};
 use super::error::{ApiError, ApiResult, invalid};
+use super::{Shared, pages};
 use crate::domain::{self, ApiToken, Millis, Role, User};
 use crate::ids::{hash_secret, new_id, new_secret};
 
@@ -275,18 +275,20 @@ impl Audit for AuditApi {
     ) -> Result<Response<pb::ListAuditResponse>, Status> {
         self.state.authorize(&request, "Audit/ListAudit")?;
         let req = request.into_inner();
-        let limit = match req.limit {
-            0 => 1000,
-            n => n.min(100_000) as usize,
-        };
+        let page = pages::AUDIT.request(req.limit, &req.page_token)?;
         let since = req.since.as_ref().map(convert::from_ts);
-        let actor = (!req.actor.is_empty()).then_some(req.actor.as_str());
-        let entries = self
-            .state
-            .store
-            .list_audit(since, actor, limit)
-            .map_err(ApiError::from)?
+        let store = self.state.store.clone();
+        let page = crate::app::blocking(move || {
+            let actor = (!req.actor.is_empty()).then_some(req.actor.as_str());
+            store.audit_page(since, actor, &page)
+        })
+        .await
+        .map_err(ApiError::from)?;
+        // Pages go back in time; each one's entries oldest first.
+        let entries = page
+            .items
             .into_iter()
+            .rev()
             .map(|e| pb::AuditEntry {
                 seq: e.seq,
                 at: Some(ts(e.at)),
@@ -298,6 +300,9 @@ impl Audit for AuditApi {
                 message: e.message,
             })
             .collect();
-        Ok(Response::new(pb::ListAuditResponse { entries }))
+        Ok(Response::new(pb::ListAuditResponse {
+            entries,
+            next_page_token: pages::AUDIT.token(page.next),
+        }))
     }
 }

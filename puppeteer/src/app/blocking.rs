@@ -16,13 +16,11 @@
 //!
 //! A new store call is placed by that rule, and the review checks it.
 
-use crate::store::StoreError;
-
 /// Runs `f` on tokio's blocking pool and waits for it; a panic in `f`
 /// resumes here, as if `f` had run inline.
-pub async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
+pub async fn blocking<T: Send + 'static, E: Send + 'static>(
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, E> {
     tokio::task::spawn_blocking(f)
         .await
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))

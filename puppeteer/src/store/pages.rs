@@ -83,7 +83,7 @@ fn fill<T>(
     let mut looked = 0;
     let mut last = None;
     let mut entries = entries.peekable();
-    while let Some(entry) = entries.next() {
+    for entry in entries.by_ref() {
         let (key, value) = entry?;
         looked += 1;
         match pick(&key, &value)? {
