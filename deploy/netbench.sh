@@ -5,15 +5,15 @@
 # TCP transfer over the same link. A real puppeteer process and a real
 # puppet process in a network namespace behind a veth pair (tbf rate,
 # nftables loss, delay from the test relay since the kernel has no netem):
-# puppeteer/tests/netbench.rs.
+# the `netbench` bench of the puppeteer, puppeteer/benches/netbench/.
 #
 # Needs root, iproute2 and nftables (apt-get install -y nftables). Takes
 # about NETBENCH_IDLE_WINDOW seconds (default 600) plus the build; the
 # artifact alone about 7 minutes.
 #
 # Knobs (environment): NETBENCH_IDLE_WINDOW (s), NETBENCH_LOG_BYTES,
-# NETBENCH_RAW_BYTES, NETBENCH_ARTIFACT_BYTES. Extra arguments go to the
-# test harness, e.g. `deploy/netbench.sh netbench_transfers` for the log
+# NETBENCH_RAW_BYTES, NETBENCH_ARTIFACT_BYTES. Extra arguments name the
+# benchmarks to run, e.g. `deploy/netbench.sh netbench_transfers` for the log
 # transfer only, `deploy/netbench.sh netbench_artifact` for the artifact.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,7 +30,7 @@ for tool in ip tc nft; do
 done
 
 echo "netbench: $(date -u +%Y-%m-%d) commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-# Both benchmarks run at once, each on its own namespace and link. Network
-# bound: the debug build is enough.
-GEPPETTO_REQUIRE_NETNS=1 cargo test -p puppeteer --test netbench -- \
-    --ignored --nocapture --test-threads=2 "$@" 2>&1 | grep -E '^(NETBENCH|test result|thread .* panicked)'
+# Two benchmarks run at once, each on its own namespace and link. Network
+# bound: the debug build (`--profile dev`) is enough.
+GEPPETTO_REQUIRE_NETNS=1 cargo bench -p puppeteer --profile dev --bench netbench -- "$@" 2>&1 |
+    grep -E '^(NETBENCH|thread .* panicked)'

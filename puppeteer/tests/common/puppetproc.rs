@@ -1,4 +1,4 @@
-//! Real puppet processes for the bad-network tests.
+//! Real puppet processes for the bad-network tests and benchmarks.
 //!
 //! The puppet binary belongs to another package, so `cargo test -p
 //! puppeteer` does not build it. Instead the test binary runs itself with
@@ -14,6 +14,10 @@
 //!     puppetproc::entry();
 //! }
 //! ```
+//!
+//! A benchmark without the test harness (`benches/netbench`) calls
+//! `puppetproc::entry()` first thing in its `main` instead, before it starts
+//! a runtime; the test harness's arguments it is started with go unread.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};

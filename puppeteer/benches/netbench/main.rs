@@ -1,9 +1,14 @@
-//! Network benchmarks (not tests: every function is `#[ignore]`d and only
-//! prints figures). Run them with `deploy/netbench.sh`, which needs root,
-//! iproute2 and nftables; they use the same rig as the bad-network tests: a
-//! real puppeteer process, the puppet in a network namespace behind a veth
-//! link shaped by tbf and nftables, and the userspace relay (`faultproxy`)
-//! for the delay, since the kernel has no netem.
+//! `cargo bench -p puppeteer --bench netbench -- [NAME...]`, as root: run
+//! by `deploy/netbench.sh`, which checks for root, iproute2 and nftables.
+//!
+//! Network benchmarks of `BENCHMARKS.md` ("Bad networks"). They print
+//! figures on lines starting with `NETBENCH` and use the same rig as the
+//! bad-network tests (`tests/faults.rs`, whose modules they include): a real
+//! puppeteer process, the puppet in a network namespace behind a veth link
+//! shaped by tbf and nftables, and the userspace relay (`faultproxy`) for
+//! the delay, since the kernel has no netem. Without namespaces they say
+//! `SKIPPED` (and fail with `GEPPETTO_REQUIRE_NETNS` set, as the script
+//! sets it).
 //!
 //! - `netbench_idle`: bytes on the wire for one idle puppet, at the default
 //!   hold and at the longest hold the path allows (nothing on this path cuts
@@ -13,29 +18,107 @@
 //! - `netbench_artifact`: time from a job's creation to its run started, for
 //!   a task needing a 20 MiB incompressible artifact the puppet must fetch
 //!   and verify first, over the same link, against a plain TCP download.
+//!
+//! The names given select the benchmarks whose name contains one of them
+//! (all by default). They run two at a time, each on its own namespace and
+//! link. Knobs (environment): `NETBENCH_IDLE_WINDOW` (seconds, default
+//! 600), `NETBENCH_LOG_BYTES`, `NETBENCH_RAW_BYTES`, `NETBENCH_ARTIFACT_BYTES`.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
-#[path = "common/faultproxy.rs"]
+#[path = "../../tests/common/faultproxy.rs"]
 mod faultproxy;
-#[path = "common/netns.rs"]
+#[path = "../../tests/common/netns.rs"]
 mod netns;
-#[path = "common/puppetproc.rs"]
+#[path = "../../tests/common/puppetproc.rs"]
 mod puppetproc;
-#[path = "common/rig.rs"]
+#[path = "../../tests/common/rig.rs"]
 mod rig;
 
+use std::collections::VecDeque;
+use std::process::ExitCode;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use faultproxy::FaultProxy;
 use geppetto_proto::v1 as pb;
+use geppetto_test_support::wait_until_async;
 use netns::NetNs;
 use rig::Rig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Hosts the puppet processes (see `common/puppetproc.rs`).
-#[test]
-fn puppet_process_entry() {
+/// The benchmarks, in the order they start.
+const BENCHMARKS: [&str; 3] = ["netbench_artifact", "netbench_idle", "netbench_transfers"];
+/// How many run at once.
+const AT_ONCE: usize = 2;
+
+fn main() -> ExitCode {
+    // The rig's puppet processes are this program again: run the puppet
+    // when started as one (see `tests/common/puppetproc.rs`).
     puppetproc::entry();
+    let names: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    if let Some(option) = names.iter().find(|a| a.starts_with('-')) {
+        let usage = format!("usage: netbench [NAME...], as root; NAMEs among {BENCHMARKS:?}");
+        if option == "-h" || option == "--help" {
+            println!("{usage}");
+            return ExitCode::SUCCESS;
+        }
+        eprintln!("{usage}");
+        return ExitCode::from(2);
+    }
+    let chosen: Vec<&'static str> = BENCHMARKS
+        .into_iter()
+        .filter(|b| names.is_empty() || names.iter().any(|n| b.contains(n.as_str())))
+        .collect();
+    run(&chosen)
+}
+
+/// Runs `chosen`, [`AT_ONCE`] at a time, each on a thread and runtime of its
+/// own as the test harness ran them; a benchmark that panics does not stop
+/// the others, and fails the whole.
+fn run(chosen: &[&'static str]) -> ExitCode {
+    // Plain mutexes: held for a push or a pop, never across an await.
+    let queue = Mutex::new(chosen.iter().copied().collect::<VecDeque<_>>());
+    let failed = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..AT_ONCE {
+            scope.spawn(|| {
+                loop {
+                    let Some(name) = queue.lock().unwrap().pop_front() else {
+                        return;
+                    };
+                    let ran = std::panic::catch_unwind(|| {
+                        tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                            .expect("a tokio runtime")
+                            .block_on(benchmark(name))
+                    });
+                    if ran.is_err() {
+                        failed.lock().unwrap().push(name);
+                    }
+                }
+            });
+        }
+    });
+    let failed = failed.into_inner().unwrap();
+    println!("NETBENCH done: {} run, failed: {failed:?}", chosen.len());
+    if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+async fn benchmark(name: &str) {
+    match name {
+        "netbench_artifact" => netbench_artifact().await,
+        "netbench_idle" => netbench_idle().await,
+        _ => netbench_transfers().await,
+    }
 }
 
 fn env_secs(name: &str, default: u64) -> Duration {
@@ -95,8 +178,6 @@ async fn idle_cost(label: &str, puppet_args: &[&str], window: Duration) {
     );
 }
 
-#[tokio::test]
-#[ignore = "benchmark: run deploy/netbench.sh"]
 async fn netbench_idle() {
     let window = env_secs("NETBENCH_IDLE_WINDOW", 600);
     tokio::join!(
@@ -207,8 +288,6 @@ async fn run_seconds(rig: &Rig, name: &str, file: Option<&std::path::Path>) -> (
     (started.elapsed().as_secs_f64(), run)
 }
 
-#[tokio::test]
-#[ignore = "benchmark: run deploy/netbench.sh"]
 async fn netbench_transfers() {
     let log_bytes = env_bytes("NETBENCH_LOG_BYTES", 5 * 1024 * 1024);
     let raw_bytes = env_bytes("NETBENCH_RAW_BYTES", 2 * 1024 * 1024);
@@ -312,47 +391,49 @@ async fn timed_run(rig: &Rig, name: &str, artifacts: &[&str]) -> Timed {
     let asked = now_seconds();
     let run_id = rig.launch(name).await;
     // Longer than the rig's patience: 20 MiB at 64 kB/s is over 5 minutes.
-    let until = Instant::now() + Duration::from_secs(1800);
-    loop {
-        let run = rig
-            .admin()
-            .runs
-            .get_run(pb::GetRunRequest { id: run_id.clone() })
-            .await
-            .unwrap()
-            .into_inner();
-        if rig::is_terminal(run.state) {
-            assert_eq!(
-                run.state,
-                pb::RunState::Succeeded as i32,
-                "{run:?}\npuppet log:\n{}",
-                rig.puppet_log()
-            );
-            let created = seconds(&run.created_at);
-            assert!(created >= asked - 1.0, "one clock for all");
-            let child: f64 = std::fs::read_to_string(&stamp)
+    let run = wait_until_async(
+        &format!("run {run_id} ended"),
+        Duration::from_secs(1800),
+        async || {
+            let run = rig
+                .admin()
+                .runs
+                .get_run(pb::GetRunRequest { id: run_id.clone() })
+                .await
                 .unwrap()
-                .trim()
-                .parse()
-                .unwrap();
-            return Timed {
-                child: child - created,
-                finished: seconds(&run.finished_at) - created,
-                run,
-            };
-        }
-        assert!(
-            Instant::now() < until,
-            "run {run_id} did not end in time: {run:?}\nproxy: {:?}\npuppet log:\n{}",
-            rig.proxy.stats(),
-            rig.puppet_log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+                .into_inner();
+            if rig::is_terminal(run.state) {
+                Ok(run)
+            } else {
+                Err(format!(
+                    "{run:?}\nproxy: {:?}\npuppet log:\n{}",
+                    rig.proxy.stats(),
+                    rig.puppet_log()
+                ))
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        run.state,
+        pb::RunState::Succeeded as i32,
+        "{run:?}\npuppet log:\n{}",
+        rig.puppet_log()
+    );
+    let created = seconds(&run.created_at);
+    assert!(created >= asked - 1.0, "one clock for all");
+    let child: f64 = std::fs::read_to_string(&stamp)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    Timed {
+        child: child - created,
+        finished: seconds(&run.finished_at) - created,
+        run,
     }
 }
 
-#[tokio::test]
-#[ignore = "benchmark: run deploy/netbench.sh"]
 async fn netbench_artifact() {
     let artifact_bytes = env_bytes("NETBENCH_ARTIFACT_BYTES", 20 * 1024 * 1024);
     let raw_bytes = env_bytes("NETBENCH_RAW_BYTES", 2 * 1024 * 1024);
