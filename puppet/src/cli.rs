@@ -123,7 +123,7 @@ impl SimArgs {
             server: self.server,
             ca_file: self.ca,
             // The simulator's configuration holds the token as a String.
-            enroll_token: self.enroll_token.map(|t| t.expose_secret().to_owned()),
+            enroll_token: self.enroll_token,
             labels,
             script_mode: self.script_mode,
             state_dir: self.state_dir,
@@ -396,7 +396,7 @@ impl RunArgs {
             server,
             ca_file: self.ca.or(file.ca),
             // The agent's configuration holds the token as a String.
-            enroll_token: enroll_token.map(|t| t.expose_secret().to_owned()),
+            enroll_token,
             state_dir,
             name: self.name.or(file.name).unwrap_or_else(default_name),
             labels,
@@ -523,7 +523,10 @@ mod tests {
         ])
         .into_config()
         .unwrap();
-        assert_eq!(config.enroll_token.as_deref(), Some("gpe_secret"));
+        assert_eq!(
+            config.enroll_token.as_ref().map(|t| t.expose_secret()),
+            Some("gpe_secret")
+        );
 
         let toml = dir.path().join("puppet.toml");
         std::fs::write(
@@ -536,7 +539,10 @@ mod tests {
         let config = parse(&["--config", toml.to_str().unwrap()])
             .into_config()
             .unwrap();
-        assert_eq!(config.enroll_token.as_deref(), Some("gpe_secret"));
+        assert_eq!(
+            config.enroll_token.as_ref().map(|t| t.expose_secret()),
+            Some("gpe_secret")
+        );
 
         std::fs::write(&token_file, "\n").unwrap();
         let e = parse(&[
@@ -605,7 +611,10 @@ mod tests {
         assert_eq!(config.transport, Transport::Grpc);
         assert_eq!(config.slots, 3);
         assert_eq!(config.poll_hold, Some(Duration::from_secs(20)));
-        assert_eq!(config.enroll_token.as_deref(), Some("tok"));
+        assert_eq!(
+            config.enroll_token.as_ref().map(|t| t.expose_secret()),
+            Some("tok")
+        );
         assert_eq!(config.compression, Compression::Gzip);
         assert_eq!(config.state_dir, std::path::Path::new("/tmp/p"));
     }

@@ -4,12 +4,12 @@
 //! one clear error line at start-up instead of a puppet that retries forever.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use geppetto_proto::client::Transport;
 use geppetto_proto::proxy::ProxyConfig;
+use secrecy::{ExposeSecret, SecretString};
 
 /// Runs a puppet executes at the same time unless told otherwise.
 pub const DEFAULT_SLOTS: u32 = 1;
@@ -58,15 +58,16 @@ fn err<T>(message: impl Into<String>) -> Result<T, ConfigError> {
     Err(ConfigError(message.into()))
 }
 
-/// Everything [`crate::run_agent`] needs.
-#[derive(Clone)]
+/// Everything [`crate::run_agent`] needs. Its Debug shows no secret: the
+/// enrollment token is redacted by its type.
+#[derive(Clone, Debug)]
 pub struct AgentConfig {
     /// `https://host:port` of the puppeteer.
     pub server: String,
     /// PEM file of the CA that signed the puppeteer's certificate.
     pub ca_file: Option<PathBuf>,
     /// Needed only until the puppet holds a credential.
-    pub enroll_token: Option<String>,
+    pub enroll_token: Option<SecretString>,
     /// Holds the credential, run records and spools (created with mode 0700).
     pub state_dir: PathBuf,
     /// The name the puppet asks for when it enrolls.
@@ -94,31 +95,6 @@ pub struct AgentConfig {
     /// Where the machine's boot id is read instead of
     /// `/proc/sys/kernel/random/boot_id`: tests simulate a reboot with it.
     pub boot_id_file: Option<PathBuf>,
-}
-
-impl fmt::Debug for AgentConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AgentConfig")
-            .field("server", &self.server)
-            .field("ca_file", &self.ca_file)
-            .field(
-                "enroll_token",
-                &self.enroll_token.as_ref().map(|_| "<redacted>"),
-            )
-            .field("state_dir", &self.state_dir)
-            .field("name", &self.name)
-            .field("labels", &self.labels)
-            .field("transport", &self.transport)
-            .field("slots", &self.slots)
-            .field("poll_hold", &self.poll_hold)
-            .field("proxy", &self.proxy)
-            .field("artifact_cache_max", &self.artifact_cache_max)
-            .field("compression", &self.compression)
-            .field("poll_hold_floor", &self.poll_hold_floor)
-            .field("poll_hold_ceiling", &self.poll_hold_ceiling)
-            .field("boot_id_file", &self.boot_id_file)
-            .finish()
-    }
 }
 
 impl AgentConfig {
@@ -183,8 +159,8 @@ impl AgentConfig {
         }
         if self
             .enroll_token
-            .as_deref()
-            .is_some_and(|t| t.trim().is_empty())
+            .as_ref()
+            .is_some_and(|t| t.expose_secret().trim().is_empty())
         {
             return err("the enrollment token is empty");
         }
@@ -452,6 +428,6 @@ mod tests {
         config.enroll_token = Some("s3cret-token".into());
         let shown = format!("{config:?}");
         assert!(!shown.contains("s3cret"));
-        assert!(shown.contains("<redacted>"));
+        assert!(shown.contains("REDACTED"));
     }
 }

@@ -120,14 +120,14 @@ pub async fn enroll(
     facts: Facts,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<String>> {
-    let Some(enroll_token) = config.enroll_token.clone() else {
+    let Some(enroll_token) = config.enroll_token.as_ref() else {
         bail!(
             "this puppet has no credential in {} and no enrollment token: give --enroll-token TOKEN",
             config.state_dir.display()
         );
     };
     let message = EnrollRequest {
-        enroll_token,
+        enroll_token: secrecy::ExposeSecret::expose_secret(enroll_token).to_owned(),
         name: config.name.clone(),
         labels: config.labels.clone().into_iter().collect(),
         facts: Some(facts),

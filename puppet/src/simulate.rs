@@ -93,15 +93,15 @@ impl FromStr for ScriptMode {
     }
 }
 
-/// Everything [`run_simulation`] needs.
-#[derive(Clone)]
+/// Everything [`run_simulation`] needs (its Debug shows no secret).
+#[derive(Clone, Debug)]
 pub struct SimConfig {
     /// How many puppets to simulate.
     pub count: u32,
     pub server: String,
     pub ca_file: Option<PathBuf>,
     /// Needed only for puppets without a stored credential.
-    pub enroll_token: Option<String>,
+    pub enroll_token: Option<secrecy::SecretString>,
     /// Labels every simulated puppet declares when it enrolls.
     pub labels: BTreeMap<String, String>,
     pub script_mode: ScriptMode,
@@ -120,21 +120,6 @@ pub struct SimConfig {
     pub enroll_concurrency: usize,
     /// How many puppets start polling per second.
     pub connect_rate: u32,
-}
-
-impl std::fmt::Debug for SimConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SimConfig")
-            .field("count", &self.count)
-            .field("server", &self.server)
-            .field(
-                "enroll_token",
-                &self.enroll_token.as_ref().map(|_| "<redacted>"),
-            )
-            .field("state_dir", &self.state_dir)
-            .field("script_mode", &self.script_mode)
-            .finish_non_exhaustive()
-    }
 }
 
 impl SimConfig {

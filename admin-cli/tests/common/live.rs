@@ -78,7 +78,7 @@ impl Live {
         let state_dir = tempfile::tempdir().unwrap();
         let mut config = puppet::AgentConfig::new(&self.url, state_dir.path().join("state"));
         config.ca_file = Some(self.ca.clone());
-        config.enroll_token = Some(secret.to_string());
+        config.enroll_token = Some(secret.into());
         config.name = name.to_string();
         config.transport = puppet::Transport::GrpcWeb;
         let shutdown = CancellationToken::new();

@@ -309,7 +309,7 @@ impl RealPuppet {
     ) -> Self {
         let mut config = puppet::AgentConfig::new(url, state_dir.path().join("state"));
         config.ca_file = ca.map(|p| p.to_path_buf());
-        config.enroll_token = Some(secret.to_string());
+        config.enroll_token = Some(secret.into());
         config.name = name.to_string();
         config.transport = Transport::GrpcWeb;
         tweak(&mut config);
