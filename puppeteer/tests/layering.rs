@@ -3,7 +3,7 @@
 //! the binary and its settings (`main.rs`, `lib.rs`, `config.rs`), the edge
 //! (`server`), the tonic services (`api`), the application layer (`app`),
 //! the offline tools (`pki.rs`, `backup.rs`), the storage (`store`), and
-//! the core (pure decisions and domain types: `scheduler.rs`, `domain.rs`,
+//! the core (pure decisions and domain types: `scheduler.rs`, `domain/`,
 //! ...). An upward `use` fails this test with the file and the line.
 
 use std::path::{Path, PathBuf};
