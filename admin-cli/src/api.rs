@@ -144,30 +144,42 @@ impl Api {
     }
 }
 
-/// A request that tells the server our deadline too, so it can give up.
 /// Pages through a listing: `page` asks for the page at a token (empty:
 /// the first) and gives its items and the next token (empty: none left).
 /// Stops once `want` items were received, or at the last page.
 pub async fn pages<T, Fut>(
     want: Option<usize>,
-    mut page: impl FnMut(String) -> Fut,
+    page: impl FnMut(String) -> Fut,
 ) -> Result<Vec<T>, Error>
+where
+    Fut: Future<Output = Result<(Vec<T>, String), Error>>,
+{
+    Ok(pages_at_most(want, usize::MAX, page).await?.0)
+}
+
+/// [`pages`], reading at most `max_pages` pages; says whether the listing
+/// went on past them.
+pub async fn pages_at_most<T, Fut>(
+    want: Option<usize>,
+    max_pages: usize,
+    mut page: impl FnMut(String) -> Fut,
+) -> Result<(Vec<T>, bool), Error>
 where
     Fut: Future<Output = Result<(Vec<T>, String), Error>>,
 {
     let mut items = Vec::new();
     let mut token = String::new();
-    loop {
+    for _ in 0..max_pages {
         let (mut got, next) = page(token.clone()).await?;
         items.append(&mut got);
         if let Some(want) = want
             && items.len() >= want
         {
             items.truncate(want);
-            return Ok(items);
+            return Ok((items, false));
         }
         if next.is_empty() {
-            return Ok(items);
+            return Ok((items, false));
         }
         if next == token {
             return Err(Error::Api(
@@ -176,8 +188,10 @@ where
         }
         token = next;
     }
+    Ok((items, true))
 }
 
+/// A request that tells the server our deadline too, so it can give up.
 pub fn request<T>(message: T) -> Request<T> {
     let mut request = Request::new(message);
     request.set_timeout(CALL_TIMEOUT);

@@ -201,22 +201,10 @@ pub(crate) fn validate_hold(limits: crate::hold::HoldLimits) -> Result<(), Confi
     Ok(())
 }
 
-/// Parses a size as the `bytesize` crate reads it, the rule the puppeteer
-/// follows too: a number of bytes (`4096`), or a number and a unit,
-/// case-insensitive, with or without a space: `KiB`, `MiB`, `GiB`, `TiB`
-/// (also `Ki`, `Mi`, ...) are powers of 1024; `kB`, `MB`, `GB`, `TB` (also
-/// `k`, `M`, ...) are powers of 1000. A fraction needs a unit (`1.5GiB`).
+/// Parses a size: the rule every binary follows,
+/// [`geppetto_proto::units::parse_size`].
 pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
-    s.trim()
-        .parse::<bytesize::ByteSize>()
-        .map(|size| size.as_u64())
-        .map_err(|_| {
-            ConfigError(format!(
-                "invalid size {s:?}: write a number of bytes, or a number and a unit in any case: \
-                 KiB, MiB, GiB, TiB (powers of 1024) or kB, MB, GB, TB (powers of 1000), \
-                 e.g. 2GiB or 500MiB"
-            ))
-        })
+    geppetto_proto::units::parse_size(s).map_err(|e| ConfigError(e.to_string()))
 }
 
 fn validate_server(server: &str, has_ca: bool) -> Result<(), ConfigError> {
@@ -330,10 +318,10 @@ mod tests {
         ] {
             assert_eq!(parse_size(text).unwrap(), bytes, "{text:?}");
         }
-        for bad in ["", "2 gigs", "GiB", "-2GiB", "1.5", "2GiB!"] {
+        for bad in ["", "2 gigs", "GiB", "-2GiB", "1.5", "2GiB!", "2g"] {
             let error = parse_size(bad).unwrap_err().0;
             assert!(
-                error.contains("invalid size") && error.contains("500MiB"),
+                error.contains("invalid size") && error.contains("64MiB"),
                 "{bad:?}: {error}"
             );
         }

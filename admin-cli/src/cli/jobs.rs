@@ -13,7 +13,7 @@ pub enum JobsCommand {
     /// Lists jobs, newest first
     List {
         /// At most this many jobs
-        #[arg(long, default_value_t = 20, value_name = "N")]
+        #[arg(long, default_value_t = 20, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         limit: u32,
         /// Only jobs in this state (repeat it, or comma-separate): running,
         /// awaiting_approval, succeeded, failed, cancelled, rejected

@@ -3,7 +3,7 @@
 use geppetto_proto::v1 as pb;
 
 use super::watch::{counts_line, verdict, watch};
-use crate::api::{Api, pages, request};
+use crate::api::{Api, pages_at_most, request};
 use crate::cli::{Format, JobsCommand, RetryOnly, RunJobArgs, StrategyArgs};
 use crate::error::Error;
 use crate::output;
@@ -14,7 +14,11 @@ pub async fn run(api: &Api, command: JobsCommand, format: Format) -> Result<(), 
     match command {
         JobsCommand::Run(args) => launch(api, args, format).await,
         JobsCommand::List { limit, state } => {
-            let jobs = pages(Some(limit as usize), |page_token| {
+            // A page filtered by state looks at a thousand jobs: the newest
+            // ten thousand at most, so that a rare state does not read the
+            // whole history.
+            let max_pages = if state.is_empty() { usize::MAX } else { 10 };
+            let (jobs, more) = pages_at_most(Some(limit as usize), max_pages, |page_token| {
                 let req = pb::ListJobsRequest {
                     limit,
                     states: state.clone(),
@@ -26,6 +30,11 @@ pub async fn run(api: &Api, command: JobsCommand, format: Format) -> Result<(), 
                 }
             })
             .await?;
+            if more {
+                eprintln!(
+                    "note: only the newest 10,000 jobs were looked at for --state; fewer than {limit} matched"
+                );
+            }
             print_list(&jobs, format)
         }
         JobsCommand::Show { job, state, target } => {

@@ -22,8 +22,21 @@ pub const PUPPETS: Listing = Listing {
     default_size: 1000,
     max_size: 1000,
 };
+/// Every unfinished run.
 pub const RUNS: Listing = Listing {
     name: "runs",
+    default_size: 1000,
+    max_size: 1000,
+};
+/// A job's runs: the cursor is a position in the job.
+pub const JOB_RUNS: Listing = Listing {
+    name: "jobruns",
+    default_size: 1000,
+    max_size: 1000,
+};
+/// A puppet's runs: the cursor is a key under the puppet's name.
+pub const PUPPET_RUNS: Listing = Listing {
+    name: "puppetruns",
     default_size: 1000,
     max_size: 1000,
 };
@@ -59,6 +72,15 @@ impl Listing {
         })
     }
 
+    /// Refuses a token whose cursor `fits` does not accept: one made for
+    /// another job or puppet, or tampered with.
+    pub fn check(&self, page: &PageRequest, fits: impl Fn(&[u8]) -> bool) -> ApiResult<()> {
+        match &page.after {
+            Some(Cursor(key)) if !fits(key) => Err(self.refused()),
+            _ => Ok(()),
+        }
+    }
+
     /// The token of the next page, empty after the last.
     pub fn token(&self, next: Option<Cursor>) -> String {
         match next {
@@ -71,12 +93,7 @@ impl Listing {
         if token.is_empty() {
             return Ok(None);
         }
-        let refused = || {
-            invalid(format!(
-                "invalid page_token: give the next_page_token of the previous page of this {} listing, unchanged",
-                self.name
-            ))
-        };
+        let refused = || self.refused();
         if token.len() > MAX_TOKEN {
             return Err(refused());
         }
@@ -86,6 +103,15 @@ impl Listing {
             .ok_or_else(refused)?;
         let key = hex::decode(hex).map_err(|_| refused())?;
         Ok(Some(Cursor(key)))
+    }
+}
+
+impl Listing {
+    fn refused(&self) -> crate::app::ApiError {
+        invalid(format!(
+            "invalid page_token: give the next_page_token of the previous page of this {} listing, unchanged",
+            self.name
+        ))
     }
 }
 
@@ -117,5 +143,17 @@ mod tests {
         assert_eq!(JOBS.request(7, "").unwrap().limit, 7);
         assert_eq!(JOBS.request(1_000_000, "").unwrap().limit, 1000);
         assert_eq!(RUNS.request(2000, "").unwrap().budget, 10_000);
+    }
+
+    #[test]
+    fn a_cursor_must_fit_its_listing() {
+        let token = JOB_RUNS.token(Some(Cursor(7u64.to_be_bytes().to_vec())));
+        let page = JOB_RUNS.request(0, &token).unwrap();
+        assert!(JOB_RUNS.check(&page, |key| key.len() == 8).is_ok());
+        let tampered = JOB_RUNS.token(Some(Cursor(vec![1, 2, 3])));
+        let page = JOB_RUNS.request(0, &tampered).unwrap();
+        assert!(JOB_RUNS.check(&page, |key| key.len() == 8).is_err());
+        // Another listing's token, even of runs, is refused.
+        assert!(PUPPET_RUNS.request(0, &token).is_err());
     }
 }

@@ -63,13 +63,27 @@ impl Runs for RunsApi {
             "" => None,
             text => Some(crate::selector::Selector::parse(text).map_err(ApiError::from)?),
         };
-        let page = pages::RUNS.request(req.page_size, &req.page_token)?;
-        if let Some(pb::list_runs_request::Of::JobId(id)) = &req.of {
-            convert::id_of_kind("job", id)?;
-        }
-        if let Some(pb::list_runs_request::Of::Puppet(name)) = &req.of {
-            domain::check_puppet_name(name).map_err(ApiError::from)?;
-        }
+        // Each listing its own tokens, and a cursor must fit its listing.
+        let listing = match &req.of {
+            Some(pb::list_runs_request::Of::JobId(id)) => {
+                convert::id_of_kind("job", id)?;
+                pages::JOB_RUNS
+            }
+            Some(pb::list_runs_request::Of::Puppet(name)) => {
+                domain::check_puppet_name(name).map_err(ApiError::from)?;
+                pages::PUPPET_RUNS
+            }
+            None => pages::RUNS,
+        };
+        let page = listing.request(req.page_size, &req.page_token)?;
+        listing.check(&page, |key| match &req.of {
+            Some(pb::list_runs_request::Of::JobId(_)) => key.len() == 8,
+            Some(pb::list_runs_request::Of::Puppet(name)) => {
+                let prefix = crate::store::prefix_of(name);
+                key.len() == prefix.len() + 8 && key.starts_with(&prefix)
+            }
+            None => true,
+        })?;
         // Off the async threads: a page looks at up to ten thousand runs.
         let state = self.state.clone();
         let (runs, next) = crate::app::blocking(move || {
@@ -108,7 +122,7 @@ impl Runs for RunsApi {
         .await?;
         Ok(Response::new(pb::ListRunsResponse {
             runs,
-            next_page_token: pages::RUNS.token(next),
+            next_page_token: listing.token(next),
         }))
     }
 

@@ -200,8 +200,12 @@ impl Store {
             None => self.job_order.range::<Vec<u8>, _>(..).rev(),
         };
         fill(entries, request, |_, id| {
-            let job = self.get_job(&String::from_utf8_lossy(id))?;
-            Ok(Pick::kept_if(keep(&job), job))
+            match self.get_job(&String::from_utf8_lossy(id)) {
+                Ok(job) => Ok(Pick::kept_if(keep(&job), job)),
+                // Pruned between the index's read and the job's.
+                Err(super::StoreError::NotFound { .. }) => Ok(Pick::Skip),
+                Err(e) => Err(e),
+            }
         })
     }
 
