@@ -239,7 +239,12 @@ pub async fn run_simulation(config: SimConfig, shutdown: CancellationToken) -> a
             held: HeldRuns::default(),
         });
     }
-    let (credentials, enrolled) = enroll_all(&config, &swarm, &puppets).await?;
+    let connect = || -> anyhow::Result<Client> {
+        let channel =
+            Channel::with_tls(&endpoint, TokenSlot::default(), &ProxyConfig::FromEnv, &tls)?;
+        Ok(PuppetServiceClient::new(channel))
+    };
+    let (credentials, enrolled) = enroll_all(&config, &swarm, &puppets, connect).await?;
     if shutdown.is_cancelled() {
         return Ok(());
     }
@@ -298,12 +303,18 @@ fn say(line: String) {
 }
 
 /// Loads every stored credential and enrolls the puppets without one, at
-/// most `enroll_concurrency` at a time. Returns the credentials in the
+/// most `enroll_concurrency` at a time. Each enrollment has a connection of
+/// its own (from `connect`), closed once it is done: the simulator polls only
+/// once every puppet is enrolled, and thousands of connections left idle
+/// without a credential would be what the puppeteer's per-address cap on
+/// unauthenticated connections refuses (an agent polls at once on the
+/// connection it enrolled on, which proves it). Returns the credentials in the
 /// puppets' order and how many were enrolled now.
 async fn enroll_all(
     config: &SimConfig,
     swarm: &Arc<Swarm>,
     puppets: &[SimPuppet],
+    connect: impl Fn() -> anyhow::Result<Client>,
 ) -> anyhow::Result<(Vec<String>, usize)> {
     let mut credentials = vec![String::new(); puppets.len()];
     let mut missing = Vec::new();
@@ -333,7 +344,7 @@ async fn enroll_all(
                 .create(&puppet.state_dir)
                 .with_context(|| format!("cannot create {}", puppet.state_dir.display()))?;
             let agent = config.agent_config(&puppet.name, &puppet.state_dir);
-            let client = puppet.client.clone();
+            let client = connect()?;
             let swarm = swarm.clone();
             in_flight.spawn(async move {
                 let result =

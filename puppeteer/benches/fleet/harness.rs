@@ -573,27 +573,47 @@ impl Admin {
         }
     }
 
+    /// Every run of a job, a page at a time.
     pub async fn runs_of(&mut self, job: &str) -> Result<Vec<pb::Run>> {
-        Ok(self
-            .runs
-            .list_runs(pb::ListRunsRequest {
-                of: Some(pb::list_runs_request::Of::JobId(job.into())),
-                ..Default::default()
-            })
-            .await?
-            .into_inner()
-            .runs)
+        let mut runs = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = self
+                .runs
+                .list_runs(pb::ListRunsRequest {
+                    of: Some(pb::list_runs_request::Of::JobId(job.into())),
+                    page_token,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            runs.extend(page.runs);
+            if page.next_page_token.is_empty() {
+                return Ok(runs);
+            }
+            page_token = page.next_page_token;
+        }
     }
 
-    /// How many puppets hold a poll now.
+    /// How many puppets hold a poll now (every page of the listing).
     pub async fn polling(&mut self) -> Result<usize> {
-        let puppets = self
-            .puppets
-            .list_puppets(pb::ListPuppetsRequest::default())
-            .await?
-            .into_inner()
-            .puppets;
-        Ok(puppets.iter().filter(|p| p.polling).count())
+        let mut polling = 0;
+        let mut page_token = String::new();
+        loop {
+            let page = self
+                .puppets
+                .list_puppets(pb::ListPuppetsRequest {
+                    page_token,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            polling += page.puppets.iter().filter(|p| p.polling).count();
+            if page.next_page_token.is_empty() {
+                return Ok(polling);
+            }
+            page_token = page.next_page_token;
+        }
     }
 
     pub async fn wait_polling(&mut self, n: usize, deadline: Duration) -> Result<()> {
