@@ -244,3 +244,49 @@ async fn a_page_token_of_another_listing_or_tampered_with_is_refused() {
     }
     server.stop().await;
 }
+
+/// At the sizes that ship: 1,001 puppets are one full page of 1,000 and a
+/// page of one, for a client that gives no page size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_default_size_a_fleet_past_a_thousand_takes_two_pages() {
+    let server = TestServer::start().await;
+    let mut admin = server.admin();
+    let secret = admin.enroll_secret().await;
+    let mut enrolling = tokio::task::JoinSet::new();
+    let server = std::sync::Arc::new(server);
+    for worker in 0..8 {
+        let (server, secret) = (server.clone(), secret.clone());
+        enrolling.spawn(async move {
+            for i in (worker..1001).step_by(8) {
+                FakePuppet::enroll(&server, &secret, &format!("fleet-{i:04}")).await;
+            }
+        });
+    }
+    while let Some(done) = enrolling.join_next().await {
+        done.unwrap();
+    }
+    let first = admin
+        .puppets
+        .list_puppets(pb::ListPuppetsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.puppets.len(), 1000);
+    assert_eq!(first.puppets[0].name, "fleet-0000");
+    let second = admin
+        .puppets
+        .list_puppets(pb::ListPuppetsRequest {
+            page_token: first.next_page_token,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<&str> = second.puppets.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["fleet-1000"]);
+    assert!(second.next_page_token.is_empty());
+    std::sync::Arc::into_inner(server)
+        .expect("the enrollments are done")
+        .stop()
+        .await;
+}
