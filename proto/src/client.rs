@@ -15,6 +15,12 @@
 //! Either way it may go through an HTTP CONNECT proxy ([`crate::proxy`]):
 //! `HTTPS_PROXY`/`NO_PROXY` by default, or as [`Channel::with_proxy`] is told.
 //!
+//! The URL may name several puppeteers of one cluster, comma-separated
+//! (`https://a:7443,https://b:7443`): a call goes to the one the last call
+//! reached, and a call that cannot connect to it is sent to the next in
+//! turn, at once (its message is buffered for that; every request of the
+//! API is one message). Once a puppeteer answered, calls stay with it.
+//!
 //! Connections are kept alive and reused. The puppeteer closes an idle
 //! HTTP/1 connection after 30 s, so the pool drops idle connections sooner
 //! ([`POOL_IDLE_TIMEOUT`]) rather than reuse one the server is closing.
@@ -24,6 +30,7 @@
 
 use std::fmt;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -106,7 +113,8 @@ pub enum ClientError {
 #[derive(Clone, Debug)]
 pub struct Endpoint {
     /// `https://host:port` (or `http://` when the puppeteer was started with
-    /// its insecure plaintext flag).
+    /// its insecure plaintext flag); several, comma-separated, for the nodes
+    /// of a cluster, tried in turn.
     pub url: String,
     /// PEM file of the CA that signed the puppeteer's certificate. `None`
     /// means the CA bundle is not needed (plain `http://`).
@@ -143,23 +151,36 @@ impl TokenSlot {
     }
 }
 
+type Inner = BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>;
+
+/// One puppeteer a channel may call: its URL's parts and its own pool.
+#[derive(Clone)]
+struct Target {
+    inner: Inner,
+    scheme: Scheme,
+    authority: http::uri::Authority,
+    proxy: Option<ProxyUrl>,
+}
+
 /// A connection to the puppeteer for tonic's generated clients.
 #[derive(Clone)]
 pub struct Channel {
-    inner: BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>,
-    scheme: Scheme,
-    authority: http::uri::Authority,
+    targets: Vec<Target>,
+    /// The target calls go to: the last one that could be reached. Shared
+    /// by the channel's clones.
+    current: Arc<AtomicUsize>,
     token: TokenSlot,
-    proxy: Option<ProxyUrl>,
 }
 
 impl fmt::Debug for Channel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Channel")
-            .field("scheme", &self.scheme)
-            .field("authority", &self.authority)
-            .field("proxy", &self.proxy)
-            .finish_non_exhaustive()
+        let mut f = f.debug_struct("Channel");
+        for target in &self.targets {
+            f.field("scheme", &target.scheme)
+                .field("authority", &target.authority)
+                .field("proxy", &target.proxy);
+        }
+        f.finish_non_exhaustive()
     }
 }
 
@@ -209,12 +230,43 @@ impl Channel {
         proxy: &ProxyConfig,
         tls: &ClientTls,
     ) -> Result<Self, ClientError> {
-        let uri: Uri = endpoint.url.parse().map_err(|e| ClientError::BadUrl {
-            url: endpoint.url.clone(),
+        let targets = endpoint
+            .url
+            .split(',')
+            .map(|url| Target::new(url.trim(), endpoint.transport, proxy, tls))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Channel {
+            targets,
+            current: Arc::new(AtomicUsize::new(0)),
+            token,
+        })
+    }
+
+    /// The proxy this channel connects through, shown without credentials
+    /// (`http://host:port (from HTTPS_PROXY)`); `None`: direct.
+    pub fn proxy(&self) -> Option<String> {
+        self.targets[0].proxy.as_ref().map(ToString::to_string)
+    }
+
+    /// The token slot of this channel.
+    pub fn token(&self) -> &TokenSlot {
+        &self.token
+    }
+}
+
+impl Target {
+    fn new(
+        url: &str,
+        transport: Transport,
+        proxy: &ProxyConfig,
+        tls: &ClientTls,
+    ) -> Result<Self, ClientError> {
+        let uri: Uri = url.parse().map_err(|e| ClientError::BadUrl {
+            url: url.to_string(),
             reason: format!("{e}"),
         })?;
         let bad = |reason: &str| ClientError::BadUrl {
-            url: endpoint.url.clone(),
+            url: url.to_string(),
             reason: reason.to_string(),
         };
         let scheme = uri
@@ -242,7 +294,7 @@ impl Channel {
         http.set_keepalive(Some(Duration::from_secs(60)));
         let connector = ProxyConnector::new(http, proxy.clone());
 
-        let inner = match endpoint.transport {
+        let inner = match transport {
             Transport::GrpcWeb => {
                 // hyper-rustls offers no ALPN for an HTTP/1-only connector;
                 // offering `http/1.1` spares the server guessing the
@@ -280,57 +332,95 @@ impl Channel {
                 BoxCloneSyncService::new(service)
             }
         };
-        Ok(Channel {
+        Ok(Target {
             inner,
             scheme,
             authority,
-            token,
             proxy,
         })
     }
 
-    /// The proxy this channel connects through, shown without credentials
-    /// (`http://host:port (from HTTPS_PROXY)`); `None`: direct.
-    pub fn proxy(&self) -> Option<String> {
-        self.proxy.as_ref().map(ToString::to_string)
-    }
-
-    /// The token slot of this channel.
-    pub fn token(&self) -> &TokenSlot {
-        &self.token
-    }
-}
-
-impl Service<Request<Body>> for Channel {
-    type Response = Response<Body>;
-    type Error = BoxError;
-    type Future = <BoxCloneSyncService<Request<Body>, Response<Body>, BoxError> as Service<
-        Request<Body>,
-    >>::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: Request<Body>) -> Self::Future {
-        // tonic hands us a path-only URI; the HTTP client needs it absolute.
+    /// `request` addressed to this target: tonic hands over a path-only
+    /// URI, the HTTP client needs it absolute.
+    fn address(&self, request: &mut Request<Body>) {
         let path = request
             .uri()
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let uri = Uri::builder()
+        *request.uri_mut() = Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
             .path_and_query(path)
             .build()
             .expect("scheme, authority and path were valid on their own");
-        *request.uri_mut() = uri;
+    }
+}
+
+type CallFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<Body>, BoxError>> + Send>>;
+
+impl Service<Request<Body>> for Channel {
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = CallFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Each call readies the target it goes to (in `call`'s future).
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut request: Request<Body>) -> Self::Future {
         if let Some(token) = self.token.get() {
             request.headers_mut().insert(AUTHORIZATION, token);
         }
-        self.inner.call(request)
+        let first = self.current.load(Ordering::Relaxed) % self.targets.len();
+        if let [target] = self.targets.as_slice() {
+            target.address(&mut request);
+            let mut inner = target.inner.clone();
+            return Box::pin(async move { inner.ready().await?.call(request).await });
+        }
+        let (targets, current) = (self.targets.clone(), self.current.clone());
+        Box::pin(async move {
+            // Every request of the API is one message: kept, it can be sent
+            // again to the next puppeteer when one cannot be reached.
+            let (parts, body) = request.into_parts();
+            let message = http_body_util::BodyExt::collect(body).await?.to_bytes();
+            let mut last_error = None;
+            for turn in 0..targets.len() {
+                let i = (first + turn) % targets.len();
+                let mut target = targets[i].clone();
+                let mut request = Request::builder()
+                    .method(parts.method.clone())
+                    .uri(parts.uri.clone())
+                    .version(parts.version)
+                    .body(Body::new(http_body_util::Full::new(message.clone())))?;
+                *request.headers_mut() = parts.headers.clone();
+                target.address(&mut request);
+                match target.inner.ready().await?.call(request).await {
+                    Err(error) if connect_failed(error.as_ref()) => last_error = Some(error),
+                    answered => {
+                        current.store(i, Ordering::Relaxed);
+                        return answered;
+                    }
+                }
+            }
+            Err(last_error.expect("at least one target was tried"))
+        })
     }
+}
+
+/// Whether a call's error, or any error it was caused by, is a failure to
+/// connect.
+fn connect_failed(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut link = Some(error);
+    while let Some(e) = link {
+        if is_connect_error(e) {
+            return true;
+        }
+        link = e.source();
+    }
+    false
 }
 
 /// A failure to reach the puppeteer through the proxy becomes `Unavailable`

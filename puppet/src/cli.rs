@@ -51,8 +51,9 @@ pub struct SimArgs {
     /// How many puppets to simulate.
     #[arg(long, value_name = "N")]
     pub count: u32,
-    /// The puppeteer's URL, https://host:port.
-    #[arg(long, env = "PUPPET_SERVER", value_name = "URL")]
+    /// The puppeteer's URL, https://host:port; for a cluster, its nodes'
+    /// URLs comma-separated, tried in turn when one cannot be reached.
+    #[arg(long, env = "PUPPET_SERVER", value_name = "URL[,URL...]")]
     pub server: String,
     /// PEM file of the CA that signed the puppeteer's certificate.
     #[arg(long, env = "PUPPET_CA", value_name = "FILE")]
@@ -149,8 +150,9 @@ pub struct RunArgs {
     /// poll_hold_ceiling, proxy, compression, artifact_cache_max); flags win.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// The puppeteer's URL, https://host:port.
-    #[arg(long, env = "PUPPET_SERVER", value_name = "URL")]
+    /// The puppeteer's URL, https://host:port; for a cluster, its nodes'
+    /// URLs comma-separated, tried in turn when one cannot be reached.
+    #[arg(long, env = "PUPPET_SERVER", value_name = "URL[,URL...]")]
     pub server: Option<String>,
     /// PEM file of the CA that signed the puppeteer's certificate.
     #[arg(long, env = "PUPPET_CA", value_name = "FILE")]

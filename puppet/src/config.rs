@@ -62,7 +62,8 @@ fn err<T>(message: impl Into<String>) -> Result<T, ConfigError> {
 /// enrollment token is redacted by its type.
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
-    /// `https://host:port` of the puppeteer.
+    /// `https://host:port` of the puppeteer; several comma-separated for
+    /// the nodes of a cluster.
     pub server: String,
     /// PEM file of the CA that signed the puppeteer's certificate.
     pub ca_file: Option<PathBuf>,
@@ -207,9 +208,20 @@ pub fn parse_size(s: &str) -> Result<u64, ConfigError> {
     geppetto_proto::units::parse_size(s).map_err(|e| ConfigError(e.to_string()))
 }
 
-fn validate_server(server: &str, has_ca: bool) -> Result<(), ConfigError> {
-    if server.is_empty() {
+/// Checks the server URL, or each of the comma-separated URLs of a
+/// cluster's nodes.
+fn validate_server(servers: &str, has_ca: bool) -> Result<(), ConfigError> {
+    if servers.trim().is_empty() {
         return err("no server given: use --server https://host:port");
+    }
+    servers
+        .split(',')
+        .try_for_each(|server| validate_one_server(server.trim(), has_ca))
+}
+
+fn validate_one_server(server: &str, has_ca: bool) -> Result<(), ConfigError> {
+    if server.is_empty() {
+        return err("an empty server URL in the list: write https://a:7443,https://b:7443");
     }
     if let Some(rest) = server.strip_prefix("https://") {
         if rest.is_empty() {
@@ -325,6 +337,21 @@ mod tests {
                 "{bad:?}: {error}"
             );
         }
+    }
+
+    #[test]
+    fn a_cluster_is_a_list_of_urls_each_checked() {
+        assert_eq!(
+            validate_server("https://a:7443, https://b:7443", true),
+            Ok(())
+        );
+        assert_eq!(validate_server("http://a:1,http://b:2", false), Ok(()));
+        let e = validate_server("https://a:7443,,https://b:7443", true).unwrap_err();
+        assert!(e.0.contains("empty server URL"), "{e}");
+        let e = validate_server("https://a:7443,ftp://b", true).unwrap_err();
+        assert!(e.0.contains("ftp://b"), "{e}");
+        let e = validate_server("http://a:1,https://b:2", false).unwrap_err();
+        assert!(e.0.contains("--ca"), "{e}");
     }
 
     fn valid() -> AgentConfig {

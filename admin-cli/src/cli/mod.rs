@@ -134,7 +134,7 @@ pub struct Cli {
 #[derive(Debug, Clone, Default, Args)]
 #[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
-    /// URL of the puppeteer [env: GEPPETTO_SERVER] [default: https://localhost:7443]
+    /// URL of the puppeteer; a cluster's nodes comma-separated, tried in turn when one cannot be reached [env: GEPPETTO_SERVER] [default: https://localhost:7443]
     #[arg(long, global = true, value_name = "URL")]
     pub server: Option<String>,
     /// PEM file of the CA that signed the puppeteer's certificate [env: GEPPETTO_CA]
