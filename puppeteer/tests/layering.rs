@@ -107,6 +107,35 @@ fn every_module_names_only_its_layer_and_those_below() {
     );
 }
 
+/// Only the store knows its engine: no other module names `sled`, so that
+/// another engine (PostgreSQL, for a cluster) goes behind the same
+/// interface without the layers above changing.
+#[test]
+fn only_the_store_names_its_engine() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    sources(&src, &mut files);
+    let mut naming = Vec::new();
+    for file in &files {
+        let relative = file.strip_prefix(&src).unwrap();
+        if relative.starts_with("store") {
+            continue;
+        }
+        let text = std::fs::read_to_string(file).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            if code.contains("sled::") || code.contains("use sled") {
+                naming.push(format!("{}:{}: {}", relative.display(), n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        naming.is_empty(),
+        "sled named outside store/:\n{}",
+        naming.join("\n")
+    );
+}
+
 #[test]
 fn the_check_reads_paths_and_groups() {
     assert_eq!(named("use crate::app::{AppState, Shared};"), vec!["app"]);

@@ -36,14 +36,14 @@ fn store_code(e: &StoreError) -> Code {
         StoreError::BadCredential(_) => Code::Unauthenticated,
         StoreError::SchemaMismatch { .. } => Code::FailedPrecondition,
         StoreError::Corrupt { .. } => Code::DataLoss,
-        StoreError::Sled(_) | StoreError::Locked(_) => Code::Internal,
+        StoreError::Sled(_) | StoreError::Files(_) | StoreError::Locked(_) => Code::Internal,
     }
 }
 
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Self {
-        if let ApiError::Store(StoreError::Sled(err)) = &e {
-            tracing::error!(error = %err, "database error");
+        if let ApiError::Store(err @ (StoreError::Sled(_) | StoreError::Files(_))) = &e {
+            tracing::error!(error = %err, "storage error");
         }
         Status::new(e.code(), bounded(e.to_string(), MAX_MESSAGE))
     }

@@ -126,7 +126,7 @@ impl AppState {
         let orphans: Vec<String> = self
             .blobs
             .partial_ids()
-            .map_err(|e| StoreError::Sled(sled::Error::Io(e)))?
+            .map_err(StoreError::Files)?
             .into_iter()
             .filter(|id| !live.contains(id))
             .collect();

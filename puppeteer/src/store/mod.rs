@@ -119,6 +119,10 @@ pub enum StoreError {
     Corrupt { key: String, reason: String },
     #[error("database error: {0}")]
     Sled(#[from] sled::Error),
+    /// A file beside the database (artifact content, uploads under way)
+    /// could not be read or written.
+    #[error("file error: {0}")]
+    Files(std::io::Error),
     /// Another process holds the database.
     #[error("the database {0} is in use by another process (another puppeteer on this data dir?)")]
     Locked(String),
