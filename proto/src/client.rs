@@ -365,9 +365,14 @@ impl Service<Request<Body>> for Channel {
     type Error = BoxError;
     type Future = CallFuture;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // Each call readies the target it goes to (in `call`'s future).
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        match self.targets.as_mut_slice() {
+            // One puppeteer (every puppet but a cluster's): straight through,
+            // nothing added to the poll's path.
+            [target] => target.inner.poll_ready(cx),
+            // Several: each call readies the one it goes to, in its future.
+            _ => Poll::Ready(Ok(())),
+        }
     }
 
     fn call(&mut self, mut request: Request<Body>) -> Self::Future {
@@ -375,10 +380,9 @@ impl Service<Request<Body>> for Channel {
             request.headers_mut().insert(AUTHORIZATION, token);
         }
         let first = self.current.load(Ordering::Relaxed) % self.targets.len();
-        if let [target] = self.targets.as_slice() {
+        if let [target] = self.targets.as_mut_slice() {
             target.address(&mut request);
-            let mut inner = target.inner.clone();
-            return Box::pin(async move { inner.ready().await?.call(request).await });
+            return target.inner.call(request);
         }
         let (targets, current) = (self.targets.clone(), self.current.clone());
         Box::pin(async move {
