@@ -36,13 +36,23 @@ fn store_code(e: &StoreError) -> Code {
         StoreError::BadCredential(_) => Code::Unauthenticated,
         StoreError::SchemaMismatch { .. } => Code::FailedPrecondition,
         StoreError::Corrupt { .. } => Code::DataLoss,
-        StoreError::Sled(_) | StoreError::Files(_) | StoreError::Locked(_) => Code::Internal,
+        StoreError::Sled(_)
+        | StoreError::Postgres(_)
+        | StoreError::Files(_)
+        | StoreError::Locked(_) => Code::Internal,
+        StoreError::Unreachable(_) => Code::Unavailable,
     }
 }
 
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Self {
-        if let ApiError::Store(err @ (StoreError::Sled(_) | StoreError::Files(_))) = &e {
+        if let ApiError::Store(
+            err @ (StoreError::Sled(_)
+            | StoreError::Postgres(_)
+            | StoreError::Unreachable(_)
+            | StoreError::Files(_)),
+        ) = &e
+        {
             tracing::error!(error = %err, "storage error");
         }
         Status::new(e.code(), bounded(e.to_string(), MAX_MESSAGE))

@@ -153,7 +153,7 @@ impl AppState {
             }
         }
         let totals = Totals {
-            finished_jobs: (self.store.job_count() as u64).saturating_sub(unfinished.len() as u64),
+            finished_jobs: (self.store.job_count()? as u64).saturating_sub(unfinished.len() as u64),
             log_bytes: self.store.log_bytes(),
         };
         Ok((totals, protected))

@@ -7,7 +7,7 @@
 //! | `artifacts` | name      | [`Artifact`]   |
 //! | `uploads`   | upload id | [`Upload`]     |
 
-use crate::store::GatedTransaction;
+use crate::store::Transactional;
 
 use super::{Result, Store, StoreError, abort, decode, encode};
 use crate::artifact::{Artifact, Upload};
@@ -61,7 +61,7 @@ impl Store {
     /// Moves an upload's committed length from `from` to `to`; refused if
     /// another call moved it meanwhile.
     pub fn advance_upload(&self, id: &str, from: u64, to: u64) -> Result<Upload> {
-        let upload = self.uploads.gated_transaction(|uploads| {
+        let upload = self.uploads.transaction(|uploads| {
             let Some(v) = uploads.get(id.as_bytes())? else {
                 return abort(no_upload(id));
             };
@@ -104,14 +104,13 @@ impl Store {
         upload_id: &str,
         artifact: &Artifact,
     ) -> Result<Option<Artifact>> {
-        let previous =
-            (&self.uploads, &self.artifacts).gated_transaction(|(uploads, artifacts)| {
-                if uploads.remove(upload_id.as_bytes())?.is_none() {
-                    return abort(no_upload(upload_id));
-                }
-                let previous = artifacts.insert(artifact.name.as_bytes(), encode(artifact))?;
-                Ok(previous)
-            })?;
+        let previous = (&self.uploads, &self.artifacts).transaction(|(uploads, artifacts)| {
+            if uploads.remove(upload_id.as_bytes())?.is_none() {
+                return abort(no_upload(upload_id));
+            }
+            let previous = artifacts.insert(artifact.name.as_bytes(), encode(artifact))?;
+            Ok(previous)
+        })?;
         previous
             .map(|v| decode(artifact.name.as_bytes(), &v))
             .transpose()

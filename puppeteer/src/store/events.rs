@@ -7,18 +7,18 @@
 //! every transition exactly once. Old events are pruned by age; the oldest
 //! id kept is `event_oldest` in `meta`.
 
-use crate::store::GatedTransaction;
-use sled::transaction::{TransactionalTree, UnabortableTransactionError};
+use crate::store::Transactional;
+use crate::store::{TxError, TxTree};
 
 use super::{Result, Store, decode, encode};
 use crate::domain::{Event, Millis, Run};
 
-type TxResult<T> = std::result::Result<T, UnabortableTransactionError>;
+type TxResult<T> = std::result::Result<T, TxError>;
 
 const SEQ: &[u8] = b"event_seq";
 const OLDEST: &[u8] = b"event_oldest";
 
-fn read_u64(tree: &TransactionalTree, key: &[u8]) -> TxResult<u64> {
+fn read_u64(tree: &TxTree<'_>, key: &[u8]) -> TxResult<u64> {
     Ok(tree
         .get(key)?
         .map(|v| u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])))
@@ -28,8 +28,8 @@ fn read_u64(tree: &TransactionalTree, key: &[u8]) -> TxResult<u64> {
 /// Appends events within a transaction over `meta` and `events`; returns
 /// them with their ids.
 pub(crate) fn append(
-    meta: &TransactionalTree,
-    events: &TransactionalTree,
+    meta: &TxTree<'_>,
+    events: &TxTree<'_>,
     new: Vec<Event>,
 ) -> TxResult<Vec<Event>> {
     let mut next = read_u64(meta, SEQ)?;
@@ -57,7 +57,7 @@ impl Store {
     /// event was appended now.
     pub fn report_job_end(&self, job_id: &str, state: &str, event: Event) -> Result<bool> {
         let reported =
-            (&self.jobs, &self.meta, &self.events).gated_transaction(|(jobs, meta, events)| {
+            (&self.jobs, &self.meta, &self.events).transaction(|(jobs, meta, events)| {
                 let Some(v) = jobs.get(job_id.as_bytes())? else {
                     return Ok(false);
                 };
@@ -83,7 +83,7 @@ impl Store {
             return Ok(vec![]);
         }
         let appended = (&self.meta, &self.events)
-            .gated_transaction(|(meta, events)| Ok(append(meta, events, new.clone())?))?;
+            .transaction(|(meta, events)| Ok(append(meta, events, new.clone())?))?;
         Ok(appended)
     }
 

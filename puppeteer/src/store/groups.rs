@@ -2,11 +2,11 @@
 
 use super::{Result, Store, StoreError, abort, decode, encode};
 use crate::domain::Group;
-use crate::store::GatedTransaction;
+use crate::store::Transactional;
 
 impl Store {
     pub fn create_group(&self, group: &Group) -> Result<()> {
-        self.groups.gated_transaction(|groups| {
+        self.groups.transaction(|groups| {
             if groups.get(group.name.as_bytes())?.is_some() {
                 return abort(StoreError::AlreadyExists {
                     kind: "group",

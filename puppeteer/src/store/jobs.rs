@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::store::GatedTransaction;
-use sled::transaction::TransactionalTree;
+use crate::store::Transactional;
+use crate::store::TxTree;
 
 use super::keys::{prefix_of, seq_key};
 use super::{Result, Store, StoreError, abort, decode, encode};
@@ -93,7 +93,7 @@ impl Store {
             &self.meta,
             &self.events,
         )
-            .gated_transaction(
+            .transaction(
                 |(jobs, order, runs_tree, queue, puppet_runs, meta, events)| {
                     jobs.insert(job.id.as_bytes(), encode(job))?;
                     order.insert(&job.seq.to_be_bytes(), job.id.as_bytes())?;
@@ -147,9 +147,9 @@ impl Store {
             }
             let swapped =
                 self.jobs
-                    .compare_and_swap(id.as_bytes(), Some(old), Some(encode(&job)))?;
+                    .compare_and_swap(id.as_bytes(), Some(&old), Some(encode(&job).into()))?;
             self.job_cache.changed(id);
-            if swapped.is_ok() {
+            if swapped {
                 return Ok(job);
             }
         }
@@ -211,7 +211,7 @@ impl Store {
         self.runs_under(&self.puppet_runs, puppet)
     }
 
-    fn runs_under(&self, index: &sled::Tree, puppet: &str) -> Result<Vec<Run>> {
+    fn runs_under(&self, index: &super::kv::Tree, puppet: &str) -> Result<Vec<Run>> {
         let mut runs = Vec::new();
         for kv in index.scan_prefix(prefix_of(puppet)) {
             let (_, id) = kv?;
@@ -242,7 +242,7 @@ impl Store {
             &self.meta,
             &self.events,
         )
-            .gated_transaction(|(runs, queue, usage, meta, events)| {
+            .transaction(|(runs, queue, usage, meta, events)| {
                 let mut changed = Vec::new();
                 let mut new_events = Vec::new();
                 for id in ids {
@@ -289,7 +289,7 @@ impl Store {
             &self.meta,
             &self.events,
         )
-            .gated_transaction(|(runs, resources, usage, meta, events)| {
+            .transaction(|(runs, resources, usage, meta, events)| {
                 let mut offered = Vec::new();
                 let mut new_events = Vec::new();
                 for id in ids {
@@ -324,7 +324,7 @@ impl Store {
         now: Millis,
         pick: impl Fn(&Run) -> bool,
     ) -> Result<Vec<Run>> {
-        let requeued = (&self.runs, &self.queue, &self.meta, &self.events).gated_transaction(
+        let requeued = (&self.runs, &self.queue, &self.meta, &self.events).transaction(
             |(runs, queue, meta, events)| {
                 let mut requeued = Vec::new();
                 let mut new_events = Vec::new();
@@ -376,9 +376,9 @@ impl Store {
 }
 
 fn load_run(
-    runs: &TransactionalTree,
+    runs: &TxTree<'_>,
     id: &str,
-) -> std::result::Result<Result<Run>, sled::transaction::UnabortableTransactionError> {
+) -> std::result::Result<Result<Run>, crate::store::kv::TxError> {
     Ok(match runs.get(id.as_bytes())? {
         Some(v) => decode(id.as_bytes(), &v),
         None => Err(StoreError::NotFound {

@@ -16,7 +16,7 @@
 //! transactions cannot scan a range); a crash in between leaves dead chunks
 //! inside the gap, which readers never look at and the next append removes.
 
-use crate::store::GatedTransaction;
+use crate::store::Transactional;
 use std::sync::Mutex;
 
 use super::keys::{prefix_of, seq_key, seq_of};
@@ -130,7 +130,7 @@ impl Store {
         limit: Option<LogLimit>,
         check: impl Fn(&Run) -> Result<()>,
     ) -> Result<Appended> {
-        let (appended, gap, stored) = (&self.runs, &self.logs).gated_transaction(|(runs, logs)| {
+        let (appended, gap, stored) = (&self.runs, &self.logs).transaction(|(runs, logs)| {
             let Some(v) = runs.get(run_id.as_bytes())? else {
                 return abort(StoreError::NotFound {
                     kind: "run",
@@ -227,7 +227,7 @@ impl Store {
             let old_gap = run.log_gap;
             let gap = next_gap(old_gap, to, limit);
             // Only the parts of the fresh bytes outside the gap are written.
-            let keep = |a: u64, b: u64| -> sled::transaction::ConflictableTransactionResult<(), StoreError> {
+            let keep = |a: u64, b: u64| -> crate::store::TxResult<()> {
                 if a < b {
                     let slice = &fresh[(a - from) as usize..(b - from) as usize];
                     logs.insert(seq_key(run_id, a), slice)?;
@@ -269,7 +269,7 @@ impl Store {
     /// straddling an edge keep their part outside it.
     fn remove_gap(&self, run_id: &str, gap: LogGap) -> Result<()> {
         let _trimming = self.log_trim.lock().unwrap_or_else(|e| e.into_inner());
-        let mut batch = sled::Batch::default();
+        let mut batch = super::kv::Batch::default();
         let at = seq_key(run_id, gap.at);
         if let Some((k, chunk)) = self
             .logs

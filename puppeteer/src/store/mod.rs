@@ -61,6 +61,7 @@ mod flush;
 mod groups;
 mod jobs;
 mod keys;
+pub(crate) mod kv;
 mod logs;
 mod notifications;
 mod pages;
@@ -74,7 +75,9 @@ use std::path::Path;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+use kv::{Db, Tree};
+pub(crate) use kv::{Transactional, TxError, TxResult, TxTree, abort};
 
 pub use keys::prefix_of;
 pub use logs::{Appended, LogLimit, LogRead};
@@ -119,6 +122,12 @@ pub enum StoreError {
     Corrupt { key: String, reason: String },
     #[error("database error: {0}")]
     Sled(#[from] sled::Error),
+    #[error("database error: {0}")]
+    Postgres(String),
+    /// The database cannot be reached now (restarting, network cut): the
+    /// call may succeed later.
+    #[error("the database is unreachable: {0}")]
+    Unreachable(String),
     /// A file beside the database (artifact content, uploads under way)
     /// could not be read or written.
     #[error("file error: {0}")]
@@ -129,22 +138,6 @@ pub enum StoreError {
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
-
-impl From<TransactionError<StoreError>> for StoreError {
-    fn from(e: TransactionError<StoreError>) -> Self {
-        match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => StoreError::Sled(e),
-        }
-    }
-}
-
-/// Aborts a transaction with a store error.
-pub(crate) fn abort<T>(
-    e: StoreError,
-) -> std::result::Result<T, ConflictableTransactionError<StoreError>> {
-    Err(ConflictableTransactionError::Abort(e))
-}
 
 pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("domain records always serialize")
@@ -160,36 +153,36 @@ pub(crate) fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T>
 /// The typed handle on the database. Cloning it is cheap.
 #[derive(Clone)]
 pub struct Store {
-    db: sled::Db,
-    meta: sled::Tree,
-    credentials: sled::Tree,
-    puppets: sled::Tree,
-    seen: sled::Tree,
-    enroll_tokens: sled::Tree,
-    enroll_secrets: sled::Tree,
-    tasks: sled::Tree,
-    jobs: sled::Tree,
-    job_order: sled::Tree,
-    runs: sled::Tree,
-    queue: sled::Tree,
-    puppet_runs: sled::Tree,
-    logs: sled::Tree,
-    users: sled::Tree,
-    api_tokens: sled::Tree,
-    audit: sled::Tree,
-    resources: sled::Tree,
-    resource_usage: sled::Tree,
-    groups: sled::Tree,
-    events: sled::Tree,
-    rules: sled::Tree,
-    deliveries: sled::Tree,
+    db: Db,
+    meta: Tree,
+    credentials: Tree,
+    puppets: Tree,
+    seen: Tree,
+    enroll_tokens: Tree,
+    enroll_secrets: Tree,
+    tasks: Tree,
+    jobs: Tree,
+    job_order: Tree,
+    runs: Tree,
+    queue: Tree,
+    puppet_runs: Tree,
+    logs: Tree,
+    users: Tree,
+    api_tokens: Tree,
+    audit: Tree,
+    resources: Tree,
+    resource_usage: Tree,
+    groups: Tree,
+    events: Tree,
+    rules: Tree,
+    deliveries: Tree,
     log_trim: logs::TrimLock,
     group_commit: std::sync::Arc<flush::GroupCommit>,
     job_cache: std::sync::Arc<jobs::JobCache>,
     puppet_names: std::sync::Arc<puppets::PuppetNames>,
     log_bytes: prune::LogBytes,
-    artifacts: sled::Tree,
-    uploads: sled::Tree,
+    artifacts: Tree,
+    uploads: Tree,
 }
 
 impl std::fmt::Debug for Store {
@@ -218,21 +211,6 @@ pub(crate) fn opening() -> std::sync::RwLockWriteGuard<'static, ()> {
         .write()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
-
-/// `transaction`, kept out of the way of a database being opened (see [`OPEN_GATE`]).
-pub(crate) trait GatedTransaction<E>: sled::Transactional<E> {
-    fn gated_transaction<F, A>(&self, f: F) -> sled::transaction::TransactionResult<A, E>
-    where
-        F: Fn(&Self::View) -> sled::transaction::ConflictableTransactionResult<A, E>,
-    {
-        let _gate = OPEN_GATE
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        self.transaction(f)
-    }
-}
-
-impl<E, T: sled::Transactional<E>> GatedTransaction<E> for T {}
 
 impl Store {
     /// Opens (or creates) the database in `path` and checks its schema version.
@@ -265,7 +243,20 @@ impl Store {
             .mode(sled::Mode::LowSpace)
             .cache_capacity(CACHE_CAPACITY)
             .open()?;
-        let tree = |name: &str| db.open_tree(name);
+        Self::on(Db::Sled(db))
+    }
+
+    /// Connects to the PostgreSQL database at `url` (creating the tables a
+    /// new database lacks) and checks its schema version. Several
+    /// puppeteers may share it: see `kv/mod.rs` for how each rule holds
+    /// across them.
+    pub fn open_postgres(url: &str) -> Result<Self> {
+        Self::on(Db::Pg(kv::pg::Pg::connect(url)?))
+    }
+
+    /// The store on an opened engine.
+    fn on(db: Db) -> Result<Self> {
+        let tree = |name: &'static str| db.open_tree(name);
         let store = Store {
             meta: tree("meta")?,
             credentials: tree("credentials")?,
@@ -304,13 +295,24 @@ impl Store {
         Ok(store)
     }
 
+    /// Whether other processes may change this store at the same time (a
+    /// cluster's shared database): what a process keeps in memory about
+    /// the stored records is then only a hint.
+    pub fn is_shared(&self) -> bool {
+        self.db.is_shared()
+    }
+
     fn check_schema(&self) -> Result<()> {
         match self.meta.get("schema_version")? {
             None => {
-                self.meta
-                    .insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
-                self.db.flush()?;
-                Ok(())
+                // Another node may be creating the same new database.
+                let wrote = self.meta.compare_and_swap(
+                    b"schema_version",
+                    None,
+                    Some(SCHEMA_VERSION.to_be_bytes().as_slice().into()),
+                )?;
+                self.db.flush_blocking()?;
+                if wrote { Ok(()) } else { self.check_schema() }
             }
             Some(v) => {
                 let found =
@@ -333,9 +335,7 @@ impl Store {
     /// in flight, which keeps clear of sled 0.34's deadlock between
     /// concurrent `flush_async` calls (see [`Store::flush_alone`]).
     pub async fn flush(&self) -> Result<()> {
-        self.group_commit
-            .flush(|| async { self.db.flush_async().await.map(|_| ()) })
-            .await?;
+        self.group_commit.flush(|| self.db.flush()).await?;
         Ok(())
     }
 
@@ -347,10 +347,9 @@ impl Store {
     /// which is what stalled the durability benchmark with eight writers.
     pub async fn flush_alone(&self) -> Result<()> {
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
+        tokio::task::spawn_blocking(move || db.flush_blocking())
             .await
-            .map_err(|e| sled::Error::ReportableBug(format!("the flush thread failed: {e}")))??;
-        Ok(())
+            .map_err(|e| sled::Error::ReportableBug(format!("the flush thread failed: {e}")))?
     }
 
     /// How many flushes [`Store::flush`] has run so far.
@@ -360,11 +359,11 @@ impl Store {
 
     /// A fresh number, increasing across restarts.
     pub fn next_seq(&self) -> Result<u64> {
-        Ok(self.db.generate_id()?)
+        self.db.generate_id()
     }
 
     pub fn size_on_disk(&self) -> Result<u64> {
-        Ok(self.db.size_on_disk()?)
+        self.db.size_on_disk()
     }
 }
 
@@ -411,7 +410,7 @@ mod tests {
                 .meta
                 .insert("schema_version", &99u32.to_be_bytes())
                 .unwrap();
-            store.db.flush().unwrap();
+            store.db.flush_blocking().unwrap();
         }
         match Store::open(&path) {
             Err(StoreError::SchemaMismatch { found: 99 }) => {}

@@ -6,7 +6,7 @@
 //! event is matched twice or skipped. A delivery stays in `deliveries` until
 //! it was sent (then it is removed and counted on its rule) or given up.
 
-use crate::store::GatedTransaction;
+use crate::store::Transactional;
 
 use super::{Result, Store, StoreError, abort, decode, encode};
 use crate::domain::{Delivery, Millis, NotificationRule};
@@ -62,7 +62,7 @@ impl Store {
 
     /// Stores deliveries and moves the cursor, all or nothing.
     pub fn queue_deliveries(&self, cursor: u64, deliveries: &[Delivery]) -> Result<()> {
-        (&self.meta, &self.deliveries).gated_transaction(|(meta, tree)| {
+        (&self.meta, &self.deliveries).transaction(|(meta, tree)| {
             for d in deliveries {
                 tree.insert(d.id.as_bytes(), encode(d))?;
             }
@@ -94,7 +94,7 @@ impl Store {
     }
 
     fn delivery_done(&self, delivery: &Delivery, failure: Option<(Millis, String)>) -> Result<()> {
-        (&self.rules, &self.deliveries).gated_transaction(|(rules, tree)| {
+        (&self.rules, &self.deliveries).transaction(|(rules, tree)| {
             tree.remove(delivery.id.as_bytes())?;
             if let Some(v) = rules.get(delivery.rule_id.as_bytes())? {
                 let mut rule: NotificationRule = match decode(delivery.rule_id.as_bytes(), &v) {
@@ -117,7 +117,7 @@ impl Store {
 
     /// An attempt failed; the delivery is tried again later.
     pub fn delivery_retry(&self, delivery: &Delivery, now: Millis) -> Result<()> {
-        (&self.rules, &self.deliveries).gated_transaction(|(rules, tree)| {
+        (&self.rules, &self.deliveries).transaction(|(rules, tree)| {
             tree.insert(delivery.id.as_bytes(), encode(delivery))?;
             if let Some(v) = rules.get(delivery.rule_id.as_bytes())? {
                 let mut rule: NotificationRule = match decode(delivery.rule_id.as_bytes(), &v) {

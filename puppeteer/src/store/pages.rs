@@ -17,7 +17,7 @@
 
 use std::ops::Bound;
 
-use sled::IVec;
+use super::kv::Bytes;
 
 use super::{Result, Store, decode, keys};
 use crate::domain::{AuditEntry, Job, Millis, Puppet, Run};
@@ -73,7 +73,7 @@ impl<T> Pick<T> {
 
 /// Fills a page from `entries`, deciding on each with `pick`.
 fn fill<T>(
-    entries: impl Iterator<Item = sled::Result<(IVec, IVec)>>,
+    entries: impl Iterator<Item = Result<(Bytes, Bytes)>>,
     request: &PageRequest,
     mut pick: impl FnMut(&[u8], &[u8]) -> Result<Pick<T>>,
 ) -> Result<Page<T>> {
@@ -180,8 +180,8 @@ impl Store {
                     .skip(usize::try_from(from).unwrap_or(usize::MAX))
                     .map(|(i, id)| {
                         Ok((
-                            IVec::from(&(i as u64).to_be_bytes()[..]),
-                            IVec::from(id.as_bytes()),
+                            Bytes::from(&(i as u64).to_be_bytes()[..]),
+                            Bytes::from(id.as_bytes()),
                         ))
                     });
                 fill(entries, request, pick)

@@ -7,7 +7,7 @@
 //! after (sled's transactions cannot scan a range), then the markers; a crash
 //! in between leaves markers that the next pass finishes.
 
-use crate::store::GatedTransaction;
+use crate::store::Transactional;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Deserialize;
@@ -45,7 +45,7 @@ pub fn stored_log_bytes(run: &Run) -> u64 {
 }
 
 /// Counts the stored output of every run, decoding only what it needs.
-pub(crate) fn count_log_bytes(runs: &sled::Tree) -> Result<u64> {
+pub(crate) fn count_log_bytes(runs: &super::kv::Tree) -> Result<u64> {
     #[derive(Deserialize)]
     struct Lengths {
         log_length: u64,
@@ -84,7 +84,7 @@ impl Store {
     }
 
     /// How many jobs are stored (finished or not).
-    pub fn job_count(&self) -> usize {
+    pub fn job_count(&self) -> Result<usize> {
         self.job_order.len()
     }
 
@@ -138,7 +138,7 @@ impl Store {
             &self.meta,
             &self.events,
         )
-            .gated_transaction(|(jobs, order, runs, queue, puppet_runs, meta, events)| {
+            .transaction(|(jobs, order, runs, queue, puppet_runs, meta, events)| {
                 let mut pruned = Vec::new();
                 let mut owed = Vec::new();
                 let mut new_events = Vec::new();
@@ -213,7 +213,7 @@ impl Store {
     }
 
     fn delete_owed_logs(&self, run_id: &str) -> Result<()> {
-        let mut batch = sled::Batch::default();
+        let mut batch = super::kv::Batch::default();
         for kv in self.logs.scan_prefix(prefix_of(run_id)) {
             let (k, _) = kv?;
             batch.remove(k);

@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use crate::store::GatedTransaction;
+use crate::store::Transactional;
 
 use super::{Result, Store, StoreError, abort, decode, encode};
 use crate::domain::{EnrollToken, Millis, Principal, Puppet, PuppetState, Rotation};
@@ -161,7 +161,7 @@ impl Store {
         name: &str,
         change: impl Fn(&mut Puppet) -> Result<()>,
     ) -> Result<Puppet> {
-        let puppet = self.puppets.gated_transaction(|puppets| {
+        let puppet = self.puppets.transaction(|puppets| {
             let Some(v) = puppets.get(name)? else {
                 return abort(StoreError::NotFound {
                     kind: "puppet",
@@ -213,7 +213,7 @@ impl Store {
             &self.puppets,
             &self.credentials,
         )
-            .gated_transaction(|(secrets, tokens, puppets, credentials)| {
+            .transaction(|(secrets, tokens, puppets, credentials)| {
                 // A secret of no token and a token gone are the same to the
                 // caller: its credential is unknown.
                 let unknown =
@@ -266,7 +266,7 @@ impl Store {
 
     /// Removes a puppet and its credential. Its runs stay for the record.
     pub fn remove_puppet(&self, name: &str) -> Result<Puppet> {
-        let puppet = (&self.puppets, &self.credentials, &self.seen).gated_transaction(
+        let puppet = (&self.puppets, &self.credentials, &self.seen).transaction(
             |(puppets, credentials, seen)| {
                 seen.remove(name.as_bytes())?;
                 let Some(v) = puppets.remove(name.as_bytes())? else {
@@ -292,38 +292,37 @@ impl Store {
     /// Starts a rotation: the new credential works from now on, the current
     /// one until `rotation.old_expires_at`.
     pub fn rotate_puppet(&self, name: &str, rotation: &Rotation) -> Result<Puppet> {
-        let puppet =
-            (&self.puppets, &self.credentials).gated_transaction(|(puppets, credentials)| {
-                let Some(v) = puppets.get(name.as_bytes())? else {
-                    return abort(StoreError::NotFound {
-                        kind: "puppet",
-                        id: name.to_string(),
-                    });
-                };
-                let mut puppet: Puppet = match decode(name.as_bytes(), &v) {
-                    Ok(p) => p,
-                    Err(e) => return abort(e),
-                };
-                if puppet.revoked {
-                    return abort(StoreError::Conflict(format!(
-                        "puppet {name} was revoked: remove it and enroll it again"
-                    )));
-                }
-                // A rotation replacing one not yet picked up: the older new
-                // credential was never used, it simply stops existing.
-                if let Some(previous) = &puppet.rotation {
-                    credentials.remove(previous.new_hash.as_bytes())?;
-                }
-                puppet.rotation = Some(rotation.clone());
-                credentials.insert(
-                    rotation.new_hash.as_bytes(),
-                    encode(&Principal::Puppet {
-                        name: name.to_string(),
-                    }),
-                )?;
-                puppets.insert(name.as_bytes(), encode(&puppet))?;
-                Ok(puppet)
-            })?;
+        let puppet = (&self.puppets, &self.credentials).transaction(|(puppets, credentials)| {
+            let Some(v) = puppets.get(name.as_bytes())? else {
+                return abort(StoreError::NotFound {
+                    kind: "puppet",
+                    id: name.to_string(),
+                });
+            };
+            let mut puppet: Puppet = match decode(name.as_bytes(), &v) {
+                Ok(p) => p,
+                Err(e) => return abort(e),
+            };
+            if puppet.revoked {
+                return abort(StoreError::Conflict(format!(
+                    "puppet {name} was revoked: remove it and enroll it again"
+                )));
+            }
+            // A rotation replacing one not yet picked up: the older new
+            // credential was never used, it simply stops existing.
+            if let Some(previous) = &puppet.rotation {
+                credentials.remove(previous.new_hash.as_bytes())?;
+            }
+            puppet.rotation = Some(rotation.clone());
+            credentials.insert(
+                rotation.new_hash.as_bytes(),
+                encode(&Principal::Puppet {
+                    name: name.to_string(),
+                }),
+            )?;
+            puppets.insert(name.as_bytes(), encode(&puppet))?;
+            Ok(puppet)
+        })?;
         Ok(puppet)
     }
 
@@ -357,7 +356,7 @@ impl Store {
 
     /// Forgets an expired old credential.
     pub fn expire_old_credential(&self, name: &str, hash: &str) -> Result<()> {
-        (&self.puppets, &self.credentials).gated_transaction(|(puppets, credentials)| {
+        (&self.puppets, &self.credentials).transaction(|(puppets, credentials)| {
             credentials.remove(hash.as_bytes())?;
             if let Some(v) = puppets.get(name.as_bytes())? {
                 let mut puppet: Puppet = match decode(name.as_bytes(), &v) {
@@ -380,33 +379,32 @@ impl Store {
 
     /// Revokes every credential of a puppet and disables it.
     pub fn revoke_puppet(&self, name: &str) -> Result<Puppet> {
-        let puppet =
-            (&self.puppets, &self.credentials).gated_transaction(|(puppets, credentials)| {
-                let Some(v) = puppets.get(name.as_bytes())? else {
-                    return abort(StoreError::NotFound {
-                        kind: "puppet",
-                        id: name.to_string(),
-                    });
-                };
-                let mut puppet: Puppet = match decode(name.as_bytes(), &v) {
-                    Ok(p) => p,
-                    Err(e) => return abort(e),
-                };
-                for hash in puppet_hashes(&puppet) {
-                    credentials.remove(hash.as_bytes())?;
-                }
-                puppet.revoked = true;
-                puppet.state = PuppetState::Disabled;
-                puppet.rotation = None;
-                puppet.old_credential = None;
-                puppets.insert(name.as_bytes(), encode(&puppet))?;
-                Ok(puppet)
-            })?;
+        let puppet = (&self.puppets, &self.credentials).transaction(|(puppets, credentials)| {
+            let Some(v) = puppets.get(name.as_bytes())? else {
+                return abort(StoreError::NotFound {
+                    kind: "puppet",
+                    id: name.to_string(),
+                });
+            };
+            let mut puppet: Puppet = match decode(name.as_bytes(), &v) {
+                Ok(p) => p,
+                Err(e) => return abort(e),
+            };
+            for hash in puppet_hashes(&puppet) {
+                credentials.remove(hash.as_bytes())?;
+            }
+            puppet.revoked = true;
+            puppet.state = PuppetState::Disabled;
+            puppet.rotation = None;
+            puppet.old_credential = None;
+            puppets.insert(name.as_bytes(), encode(&puppet))?;
+            Ok(puppet)
+        })?;
         Ok(puppet)
     }
 
     pub fn create_enroll_token(&self, token: &EnrollToken) -> Result<()> {
-        (&self.enroll_tokens, &self.enroll_secrets).gated_transaction(|(tokens, secrets)| {
+        (&self.enroll_tokens, &self.enroll_secrets).transaction(|(tokens, secrets)| {
             tokens.insert(token.id.as_bytes(), encode(token))?;
             secrets.insert(token.secret_hash.as_bytes(), token.id.as_bytes())?;
             Ok(())
@@ -428,7 +426,7 @@ impl Store {
     }
 
     pub fn revoke_enroll_token(&self, id: &str) -> Result<EnrollToken> {
-        let token = self.enroll_tokens.gated_transaction(|tokens| {
+        let token = self.enroll_tokens.transaction(|tokens| {
             let Some(v) = tokens.get(id.as_bytes())? else {
                 return abort(StoreError::NotFound {
                     kind: "enrollment token",

@@ -6,13 +6,13 @@
 //! `offered`/`running` (giving them back), so the sum of what runs hold always
 //! equals the usage, and usage never exceeds capacity when taken.
 
-use crate::store::GatedTransaction;
-use sled::transaction::{TransactionalTree, UnabortableTransactionError};
+use crate::store::Transactional;
+use crate::store::{TxError, TxTree};
 
 use super::{Result, Store, StoreError, abort, decode, encode};
 use crate::domain::{Resource, ResourceNeed};
 
-type TxResult<T> = std::result::Result<T, UnabortableTransactionError>;
+type TxResult<T> = std::result::Result<T, TxError>;
 
 /// A resource with what is held of it now.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,7 +21,7 @@ pub struct ResourceUse {
     pub used: u32,
 }
 
-fn used_in(usage: &TransactionalTree, name: &str) -> TxResult<u32> {
+fn used_in(usage: &TxTree<'_>, name: &str) -> TxResult<u32> {
     Ok(usage
         .get(name.as_bytes())?
         .map(|v| u32::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 4])))
@@ -31,8 +31,8 @@ fn used_in(usage: &TransactionalTree, name: &str) -> TxResult<u32> {
 /// Takes every need, or nothing: `Err(name)` names the first resource
 /// lacking capacity (or missing).
 pub(crate) fn acquire(
-    resources: &TransactionalTree,
-    usage: &TransactionalTree,
+    resources: &TxTree<'_>,
+    usage: &TxTree<'_>,
     needs: &[ResourceNeed],
 ) -> TxResult<std::result::Result<(), String>> {
     for need in needs {
@@ -55,7 +55,7 @@ pub(crate) fn acquire(
 }
 
 /// Gives back what a run held.
-pub(crate) fn release(usage: &TransactionalTree, hold: &ResourceNeed) -> TxResult<()> {
+pub(crate) fn release(usage: &TxTree<'_>, hold: &ResourceNeed) -> TxResult<()> {
     let used = used_in(usage, &hold.name)?;
     usage.insert(
         hold.name.as_bytes(),
@@ -66,7 +66,7 @@ pub(crate) fn release(usage: &TransactionalTree, hold: &ResourceNeed) -> TxResul
 
 impl Store {
     pub fn create_resource(&self, resource: &Resource) -> Result<()> {
-        self.resources.gated_transaction(|resources| {
+        self.resources.transaction(|resources| {
             if resources.get(resource.name.as_bytes())?.is_some() {
                 return abort(StoreError::AlreadyExists {
                     kind: "resource",
@@ -118,7 +118,7 @@ impl Store {
         capacity: Option<u32>,
         bandwidth: Option<u64>,
     ) -> Result<ResourceUse> {
-        self.resources.gated_transaction(|resources| {
+        self.resources.transaction(|resources| {
             let Some(v) = resources.get(name.as_bytes())? else {
                 return abort(StoreError::NotFound {
                     kind: "resource",
@@ -160,7 +160,7 @@ impl Store {
 
     /// Removes a resource that nothing holds.
     pub fn remove_resource(&self, name: &str) -> Result<()> {
-        (&self.resources, &self.resource_usage).gated_transaction(|(resources, usage)| {
+        (&self.resources, &self.resource_usage).transaction(|(resources, usage)| {
             if resources.get(name.as_bytes())?.is_none() {
                 return abort(StoreError::NotFound {
                     kind: "resource",

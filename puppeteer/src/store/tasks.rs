@@ -4,7 +4,7 @@
 use super::keys::{prefix_of, version_key};
 use super::{Result, Store, StoreError, abort, decode, encode};
 use crate::domain::Task;
-use crate::store::GatedTransaction;
+use crate::store::Transactional;
 
 impl Store {
     /// Stores version 1 of a new task.
@@ -12,7 +12,7 @@ impl Store {
         let prefix = prefix_of(&task.name);
         // A transactional tree cannot scan, so the existence check reads the
         // first version, which every task has until it is removed as a whole.
-        self.tasks.gated_transaction(|tasks| {
+        self.tasks.transaction(|tasks| {
             if tasks.get(version_key(&task.name, 1))?.is_some() {
                 return abort(StoreError::AlreadyExists {
                     kind: "task",
@@ -53,7 +53,7 @@ impl Store {
     /// caller read); refused if another version came in between.
     pub fn add_task_version(&self, task: &Task) -> Result<()> {
         let previous = task.version - 1;
-        self.tasks.gated_transaction(|tasks| {
+        self.tasks.transaction(|tasks| {
             if tasks.get(version_key(&task.name, previous))?.is_none() {
                 return abort(StoreError::NotFound {
                     kind: "task",
@@ -99,7 +99,7 @@ impl Store {
                 id: name.to_string(),
             });
         }
-        let mut batch = sled::Batch::default();
+        let mut batch = super::kv::Batch::default();
         for k in keys {
             batch.remove(k);
         }

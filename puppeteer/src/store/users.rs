@@ -11,7 +11,7 @@
 //! (A user added meanwhile is missed by the count, which only makes it
 //! stricter.)
 
-use crate::store::GatedTransaction;
+use crate::store::Transactional;
 
 use super::{Result, Store, StoreError, abort, decode, encode};
 use crate::domain::{ApiToken, AuditEntry, Millis, Principal, Role, User};
@@ -28,7 +28,7 @@ impl Store {
     }
 
     pub fn add_user(&self, user: &User) -> Result<()> {
-        self.users.gated_transaction(|users| {
+        self.users.transaction(|users| {
             if users.get(user.name.as_bytes())?.is_some() {
                 return abort(StoreError::AlreadyExists {
                     kind: "user",
@@ -64,7 +64,7 @@ impl Store {
     /// Changes a user's role; the last admin cannot be demoted.
     pub fn set_user_role(&self, name: &str, role: Role) -> Result<User> {
         let names = self.user_names()?;
-        let user = self.users.gated_transaction(|users| {
+        let user = self.users.transaction(|users| {
             let Some(v) = users.get(name.as_bytes())? else {
                 return abort(StoreError::NotFound {
                     kind: "user",
@@ -92,7 +92,7 @@ impl Store {
             .into_iter()
             .filter(|t| t.user == name && !t.revoked)
             .collect();
-        (&self.users, &self.api_tokens, &self.credentials).gated_transaction(
+        (&self.users, &self.api_tokens, &self.credentials).transaction(
             |(users, api_tokens, credentials)| {
                 let Some(v) = users.remove(name.as_bytes())? else {
                     return abort(StoreError::NotFound {
@@ -118,7 +118,7 @@ impl Store {
 
     /// Stores a token and makes its secret usable.
     pub fn create_api_token(&self, token: &ApiToken) -> Result<()> {
-        (&self.users, &self.api_tokens, &self.credentials).gated_transaction(
+        (&self.users, &self.api_tokens, &self.credentials).transaction(
             |(users, api_tokens, credentials)| {
                 if users.get(token.user.as_bytes())?.is_none() {
                     return abort(StoreError::NotFound {
@@ -165,8 +165,8 @@ impl Store {
 
     /// Revokes a token: its secret stops working at once.
     pub fn revoke_api_token(&self, id: &str) -> Result<ApiToken> {
-        let token = (&self.api_tokens, &self.credentials).gated_transaction(
-            |(api_tokens, credentials)| {
+        let token =
+            (&self.api_tokens, &self.credentials).transaction(|(api_tokens, credentials)| {
                 let Some(v) = api_tokens.get(id.as_bytes())? else {
                     return abort(StoreError::NotFound {
                         kind: "token",
@@ -181,8 +181,7 @@ impl Store {
                 api_tokens.insert(id.as_bytes(), encode(&token))?;
                 credentials.remove(token.secret_hash.as_bytes())?;
                 Ok(token)
-            },
-        )?;
+            })?;
         Ok(token)
     }
 
@@ -239,10 +238,10 @@ impl Store {
 /// Inside a transaction: refuses to leave no admin once `name` is no longer
 /// one, counting among `names`.
 fn last_admin_check(
-    users: &sled::transaction::TransactionalTree,
+    users: &crate::store::TxTree<'_>,
     names: &[String],
     name: &str,
-) -> sled::transaction::ConflictableTransactionResult<(), StoreError> {
+) -> crate::store::TxResult<()> {
     for other in names.iter().filter(|n| n.as_str() != name) {
         if let Some(v) = users.get(other.as_bytes())? {
             let user: User = decode(other.as_bytes(), &v).or_else(abort)?;

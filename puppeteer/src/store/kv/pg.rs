@@ -1,0 +1,669 @@
+//! The PostgreSQL engine: each tree a table, each transaction a
+//! `SERIALIZABLE` transaction retried on conflict (see the parent module).
+//!
+//! Layout: `kv_<tree>(key bytea primary key, value bytea not null)`, one
+//! table per tree of the store, and the sequence `geppetto_ids` behind
+//! [`Pg::next_id`]. Tables are created when first opened, under a
+//! transaction-scoped advisory lock so that nodes starting together do not
+//! race on the catalog.
+//!
+//! Calls: the store's interface is synchronous (sled's is), so the client
+//! futures of `tokio-postgres` are driven to completion on the calling
+//! thread (`futures_executor::block_on`), while each connection's socket is
+//! served by a small runtime of the engine's own, on its own thread. A
+//! store call therefore blocks its thread for its round trips, as a sled
+//! call blocks it for the disk; the rules of `app/blocking.rs` say which
+//! calls may do that on the async runtime.
+//!
+//! Connections: a pool of at most [`POOL_SIZE`], opened on demand. A
+//! connection that broke (the database restarted, the network cut) is
+//! dropped when it is handed back and a new one is opened on the next
+//! call; meanwhile calls fail with [`StoreError::Unreachable`], which
+//! callers see as `Unavailable` and retry. Every connection has TCP
+//! keepalives, a connect timeout and a statement timeout, so a dead
+//! database is noticed within a minute, never waited on forever.
+//!
+//! Retries: a transaction that fails with a serialization failure
+//! (SQLSTATE 40001) or a deadlock (40P01), at any statement or at its
+//! commit, is rolled back and run again from the start, after a short
+//! random pause that grows with each attempt; after [`MAX_ATTEMPTS`] it
+//! gives up with [`StoreError::Stale`]. Its closure therefore must not
+//! have effects outside the transaction (the same rule as sled's).
+
+use std::collections::{HashMap, VecDeque};
+use std::ops::Bound;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, NoTls, Statement};
+
+use super::{Bytes, TxError, TxResult};
+use crate::store::{Result, StoreError};
+
+/// Connections one process keeps open at most.
+pub(crate) const POOL_SIZE: usize = 16;
+
+/// Attempts of one transaction before it gives up under contention.
+const MAX_ATTEMPTS: u32 = 100;
+
+/// How long a call waits for a free connection of the pool.
+const POOL_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Rows read per round trip of a scan, at first and at most: a scan that
+/// stops after a few records fetches few; a long one fetches in bulk.
+const SCAN_FIRST: i64 = 16;
+const SCAN_MOST: i64 = 1024;
+
+/// The lock key under which tables are created (any constant: "geppetto").
+const DDL_LOCK: i64 = 0x6765_7070_6574_746f;
+
+/// The engine: a pool of connections to one database.
+pub(crate) struct Pg {
+    config: tokio_postgres::Config,
+    /// Serves the connections' sockets; stops when the engine is dropped.
+    runtime: tokio::runtime::Handle,
+    _stop: tokio::sync::oneshot::Sender<()>,
+    pool: Mutex<Pool>,
+    freed: Condvar,
+}
+
+#[derive(Default)]
+struct Pool {
+    idle: Vec<Conn>,
+    /// Open connections, idle or lent.
+    open: usize,
+}
+
+struct Conn {
+    client: Client,
+    statements: HashMap<String, Statement>,
+}
+
+impl std::fmt::Debug for Pg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pg").finish_non_exhaustive()
+    }
+}
+
+fn error(e: tokio_postgres::Error) -> StoreError {
+    if e.is_closed() || e.as_db_error().is_none() && e.code().is_none() {
+        StoreError::Unreachable(e.to_string())
+    } else {
+        StoreError::Postgres(e.to_string())
+    }
+}
+
+fn retryable(e: &tokio_postgres::Error) -> bool {
+    matches!(
+        e.code(),
+        Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
+    )
+}
+
+fn tx_error(e: tokio_postgres::Error) -> TxError {
+    if retryable(&e) {
+        TxError::Conflict
+    } else {
+        TxError::Storage(error(e))
+    }
+}
+
+impl Pg {
+    /// Connects to the database at `url` (a libpq-style URL or key=value
+    /// string), checking that it answers.
+    pub(crate) fn connect(url: &str) -> Result<Arc<Pg>> {
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Postgres(format!("the store URL is not valid: {e}")))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(10));
+        }
+        config.keepalives(true);
+        config.keepalives_idle(Duration::from_secs(30));
+        config.application_name("geppetto-puppeteer");
+        let (ready, handle) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("postgres-io".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a runtime for the database connections");
+                let _ = ready.send(runtime.handle().clone());
+                runtime.block_on(async move {
+                    let _ = stopped.await;
+                });
+            })
+            .map_err(StoreError::Files)?;
+        let runtime = handle
+            .recv()
+            .map_err(|_| StoreError::Postgres("the database thread did not start".into()))?;
+        let pg = Arc::new(Pg {
+            config,
+            runtime,
+            _stop: stop,
+            pool: Mutex::new(Pool::default()),
+            freed: Condvar::new(),
+        });
+        let mut conn = pg.lease()?;
+        conn.batch(&format!(
+            "BEGIN; SELECT pg_advisory_xact_lock({DDL_LOCK}); \
+             CREATE SEQUENCE IF NOT EXISTS geppetto_ids; COMMIT"
+        ))?;
+        drop(conn);
+        Ok(pg)
+    }
+
+    /// Opens one connection, on the engine's runtime.
+    fn open(&self) -> Result<Conn> {
+        let config = self.config.clone();
+        let (done, result) = std::sync::mpsc::channel();
+        self.runtime.spawn(async move {
+            let connected = match config.connect(NoTls).await {
+                Ok((client, connection)) => {
+                    tokio::spawn(async move {
+                        if let Err(e) = connection.await {
+                            tracing::warn!("database connection closed: {e}");
+                        }
+                    });
+                    Ok(client)
+                }
+                Err(e) => Err(e),
+            };
+            let _ = done.send(connected);
+        });
+        let client = result
+            .recv()
+            .map_err(|_| StoreError::Unreachable("the database thread stopped".into()))?
+            .map_err(error)?;
+        // A statement that hangs (a lock never granted, a database gone
+        // quiet) ends in an error rather than holding its caller forever.
+        futures_executor::block_on(client.batch_execute(
+            "SET statement_timeout = '60s'; SET idle_in_transaction_session_timeout = '60s'; \
+             SET lock_timeout = '30s'",
+        ))
+        .map_err(error)?;
+        Ok(Conn {
+            client,
+            statements: HashMap::new(),
+        })
+    }
+
+    /// A connection of the pool, for as long as the lease is held.
+    fn lease(&self) -> Result<Lease<'_>> {
+        let deadline = std::time::Instant::now() + POOL_PATIENCE;
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(conn) = pool.idle.pop() {
+                return Ok(Lease {
+                    pg: self,
+                    conn: Some(conn),
+                });
+            }
+            if pool.open < POOL_SIZE {
+                pool.open += 1;
+                drop(pool);
+                return match self.open() {
+                    Ok(conn) => Ok(Lease {
+                        pg: self,
+                        conn: Some(conn),
+                    }),
+                    Err(e) => {
+                        self.forget_one();
+                        Err(e)
+                    }
+                };
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return Err(StoreError::Unreachable(format!(
+                    "all {POOL_SIZE} database connections stayed busy for {}s",
+                    POOL_PATIENCE.as_secs()
+                )));
+            }
+            pool = self
+                .freed
+                .wait_timeout(pool, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    fn forget_one(&self) {
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        pool.open -= 1;
+        self.freed.notify_one();
+    }
+
+    /// The table of a tree, created if it does not exist yet.
+    pub(crate) fn table(self: &Arc<Self>, tree: &'static str) -> Result<Table> {
+        assert!(
+            tree.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+            "tree names are plain identifiers"
+        );
+        let name = format!("kv_{tree}");
+        let mut conn = self.lease()?;
+        conn.batch(&format!(
+            "BEGIN; SELECT pg_advisory_xact_lock({DDL_LOCK}); \
+             CREATE TABLE IF NOT EXISTS {name} (key bytea PRIMARY KEY, value bytea NOT NULL); \
+             COMMIT"
+        ))?;
+        Ok(Table {
+            pg: self.clone(),
+            sql: Arc::new(Sql::new(&name)),
+        })
+    }
+
+    pub(crate) fn next_id(&self) -> Result<u64> {
+        let mut conn = self.lease()?;
+        let row = conn.query_one("SELECT nextval('geppetto_ids')", &[])?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    pub(crate) fn size(&self) -> Result<u64> {
+        let mut conn = self.lease()?;
+        let row = conn.query_one("SELECT pg_database_size(current_database())", &[])?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+}
+
+/// A connection lent by the pool; handed back when dropped (or closed, if
+/// it broke).
+struct Lease<'p> {
+    pg: &'p Pg,
+    conn: Option<Conn>,
+}
+
+impl Lease<'_> {
+    fn conn(&mut self) -> &mut Conn {
+        self.conn.as_mut().expect("a lease holds its connection")
+    }
+
+    fn batch(&mut self, sql: &str) -> Result<()> {
+        futures_executor::block_on(self.conn().client.batch_execute(sql)).map_err(error)
+    }
+
+    fn statement(&mut self, sql: &str) -> std::result::Result<Statement, tokio_postgres::Error> {
+        let conn = self.conn();
+        if let Some(statement) = conn.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = futures_executor::block_on(conn.client.prepare(sql))?;
+        conn.statements.insert(sql.to_string(), statement.clone());
+        Ok(statement)
+    }
+
+    fn try_query(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> std::result::Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+        let statement = self.statement(sql)?;
+        futures_executor::block_on(self.conn().client.query(&statement, params))
+    }
+
+    fn query(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>> {
+        self.try_query(sql, params).map_err(error)
+    }
+
+    fn query_one(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<tokio_postgres::Row> {
+        self.query(sql, params)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| StoreError::Postgres(format!("no row from {sql}")))
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        if conn.client.is_closed() {
+            self.pg.forget_one();
+            return;
+        }
+        let mut pool = self.pg.pool.lock().unwrap_or_else(|e| e.into_inner());
+        pool.idle.push(conn);
+        self.pg.freed.notify_one();
+    }
+}
+
+/// The statements of one table.
+struct Sql {
+    get: String,
+    insert: String,
+    remove: String,
+    update_if: String,
+    insert_if_absent: String,
+    remove_if: String,
+    count: String,
+    scan: HashMap<(u8, u8, bool), String>,
+}
+
+impl Sql {
+    fn new(table: &str) -> Sql {
+        let mut scan = HashMap::new();
+        // Bounds: 0 none, 1 included, 2 excluded.
+        for lo in 0..3u8 {
+            for hi in 0..3u8 {
+                for rev in [false, true] {
+                    let mut conditions = Vec::new();
+                    match lo {
+                        1 => conditions.push("key >= $1"),
+                        2 => conditions.push("key > $1"),
+                        _ => conditions.push("$1::bytea IS NULL OR TRUE"),
+                    }
+                    match hi {
+                        1 => conditions.push("key <= $2"),
+                        2 => conditions.push("key < $2"),
+                        _ => conditions.push("$2::bytea IS NULL OR TRUE"),
+                    }
+                    let order = if rev { "DESC" } else { "ASC" };
+                    scan.insert(
+                        (lo, hi, rev),
+                        format!(
+                            "SELECT key, value FROM {table} WHERE ({}) AND ({}) \
+                             ORDER BY key {order} LIMIT $3",
+                            conditions[0], conditions[1]
+                        ),
+                    );
+                }
+            }
+        }
+        Sql {
+            get: format!("SELECT value FROM {table} WHERE key = $1"),
+            insert: format!(
+                "WITH old AS (SELECT value FROM {table} WHERE key = $1) \
+                 INSERT INTO {table} (key, value) VALUES ($1, $2) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value \
+                 RETURNING (SELECT value FROM old)"
+            ),
+            remove: format!("DELETE FROM {table} WHERE key = $1 RETURNING value"),
+            update_if: format!("UPDATE {table} SET value = $3 WHERE key = $1 AND value = $2"),
+            insert_if_absent: format!(
+                "INSERT INTO {table} (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING"
+            ),
+            remove_if: format!("DELETE FROM {table} WHERE key = $1 AND value = $2"),
+            count: format!("SELECT count(*) FROM {table}"),
+            scan,
+        }
+    }
+}
+
+fn bytes(row: &tokio_postgres::Row, i: usize) -> Bytes {
+    Bytes::from(row.get::<_, &[u8]>(i))
+}
+
+fn maybe_bytes(rows: &[tokio_postgres::Row]) -> Option<Bytes> {
+    rows.first()
+        .and_then(|r| r.get::<_, Option<&[u8]>>(0))
+        .map(Bytes::from)
+}
+
+/// One tree's table.
+#[derive(Clone)]
+pub(crate) struct Table {
+    pg: Arc<Pg>,
+    sql: Arc<Sql>,
+}
+
+impl Table {
+    pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
+        let rows = self.pg.lease()?.query(&self.sql.get, &[&key])?;
+        Ok(maybe_bytes(&rows))
+    }
+
+    pub(crate) fn insert(&self, key: &[u8], value: &[u8]) -> Result<Option<Bytes>> {
+        let rows = self.pg.lease()?.query(&self.sql.insert, &[&key, &value])?;
+        Ok(maybe_bytes(&rows))
+    }
+
+    pub(crate) fn remove(&self, key: &[u8]) -> Result<Option<Bytes>> {
+        let rows = self.pg.lease()?.query(&self.sql.remove, &[&key])?;
+        Ok(maybe_bytes(&rows))
+    }
+
+    pub(crate) fn compare_and_swap(
+        &self,
+        key: &[u8],
+        old: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> Result<bool> {
+        let mut conn = self.pg.lease()?;
+        let statement = |conn: &mut Lease<'_>,
+                         sql: &str,
+                         params: &[&(dyn tokio_postgres::types::ToSql + Sync)]|
+         -> Result<u64> {
+            let statement = conn.statement(sql).map_err(error)?;
+            futures_executor::block_on(conn.conn().client.execute(&statement, params))
+                .map_err(error)
+        };
+        let changed = match (old, new) {
+            (Some(old), Some(new)) => {
+                statement(&mut conn, &self.sql.update_if, &[&key, &old, &new])?
+            }
+            (None, Some(new)) => statement(&mut conn, &self.sql.insert_if_absent, &[&key, &new])?,
+            (Some(old), None) => statement(&mut conn, &self.sql.remove_if, &[&key, &old])?,
+            (None, None) => u64::from(conn.query(&self.sql.get, &[&key])?.is_empty()),
+        };
+        Ok(changed == 1)
+    }
+
+    pub(crate) fn apply_batch(&self, writes: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<()> {
+        transaction(&[self], |tx| {
+            let table = tx.table(self);
+            for (key, value) in &writes {
+                match value {
+                    Some(v) => table.insert(key, v)?,
+                    None => table.remove(key)?,
+                };
+            }
+            Ok(())
+        })
+    }
+
+    pub(crate) fn len(&self) -> Result<usize> {
+        let row = self.pg.lease()?.query_one(&self.sql.count, &[])?;
+        Ok(row.get::<_, i64>(0) as usize)
+    }
+
+    pub(crate) fn scan(&self, lo: Bound<Vec<u8>>, hi: Bound<Vec<u8>>) -> Scan {
+        Scan {
+            table: self.clone(),
+            lo,
+            hi,
+            rev: false,
+            batch: SCAN_FIRST,
+            buffered: VecDeque::new(),
+            done: false,
+        }
+    }
+}
+
+/// A range of one table, read a batch at a time (each batch its own
+/// statement: like a sled iterator, not one snapshot).
+pub(crate) struct Scan {
+    table: Table,
+    lo: Bound<Vec<u8>>,
+    hi: Bound<Vec<u8>>,
+    rev: bool,
+    batch: i64,
+    buffered: VecDeque<(Bytes, Bytes)>,
+    done: bool,
+}
+
+fn split(bound: &Bound<Vec<u8>>) -> (u8, Option<&[u8]>) {
+    match bound {
+        Bound::Unbounded => (0, None),
+        Bound::Included(k) => (1, Some(k)),
+        Bound::Excluded(k) => (2, Some(k)),
+    }
+}
+
+impl Scan {
+    pub(crate) fn reversed(mut self) -> Scan {
+        self.rev = !self.rev;
+        self
+    }
+
+    fn fetch(&mut self) -> Result<()> {
+        let (lo_kind, lo) = split(&self.lo);
+        let (hi_kind, hi) = split(&self.hi);
+        let sql = &self.table.sql.scan[&(lo_kind, hi_kind, self.rev)];
+        let rows = self
+            .table
+            .pg
+            .lease()?
+            .query(sql, &[&lo, &hi, &self.batch])?;
+        if (rows.len() as i64) < self.batch {
+            self.done = true;
+        }
+        self.batch = (self.batch * 4).min(SCAN_MOST);
+        for row in &rows {
+            self.buffered.push_back((bytes(row, 0), bytes(row, 1)));
+        }
+        if let Some((last, _)) = self.buffered.back() {
+            let next = Bound::Excluded(last.to_vec());
+            if self.rev {
+                self.hi = next;
+            } else {
+                self.lo = next;
+            }
+        }
+        Ok(())
+    }
+
+    /// The last record of a scan not yet read from.
+    pub(crate) fn next_back(&mut self) -> Option<Result<(Bytes, Bytes)>> {
+        debug_assert!(self.buffered.is_empty() && !self.done, "a fresh scan");
+        self.rev = !self.rev;
+        self.batch = 1;
+        let last = self.next();
+        self.done = true;
+        self.buffered.clear();
+        last
+    }
+
+    pub(crate) fn next(&mut self) -> Option<Result<(Bytes, Bytes)>> {
+        if self.buffered.is_empty() && !self.done {
+            if let Err(e) = self.fetch() {
+                self.done = true;
+                return Some(Err(e));
+            }
+        }
+        self.buffered.pop_front().map(Ok)
+    }
+}
+
+/// A transaction under way, on one connection.
+pub(crate) struct Tx<'p> {
+    conn: std::cell::RefCell<Lease<'p>>,
+}
+
+impl Tx<'_> {
+    pub(crate) fn table<'a>(&'a self, table: &'a Table) -> TxTable<'a> {
+        TxTable {
+            tx: self,
+            sql: &table.sql,
+        }
+    }
+
+    fn finish(&self, sql: &str) -> std::result::Result<(), tokio_postgres::Error> {
+        let mut conn = self.conn.borrow_mut();
+        futures_executor::block_on(conn.conn().client.batch_execute(sql))
+    }
+}
+
+/// Statements inside a transaction (what a [`TxTable`] needs of its [`Tx`]).
+trait TxQuery {
+    fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> TxResult<Vec<tokio_postgres::Row>>;
+}
+
+impl TxQuery for Tx<'_> {
+    fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> TxResult<Vec<tokio_postgres::Row>> {
+        self.conn
+            .borrow_mut()
+            .try_query(sql, params)
+            .map_err(tx_error)
+    }
+}
+
+/// One table inside a transaction.
+#[derive(Clone, Copy)]
+pub(crate) struct TxTable<'a> {
+    tx: &'a dyn TxQuery,
+    sql: &'a Sql,
+}
+
+impl TxTable<'_> {
+    pub(crate) fn get(&self, key: &[u8]) -> TxResult<Option<Bytes>> {
+        Ok(maybe_bytes(&self.tx.query(&self.sql.get, &[&key])?))
+    }
+
+    pub(crate) fn insert(&self, key: &[u8], value: &[u8]) -> TxResult<Option<Bytes>> {
+        Ok(maybe_bytes(
+            &self.tx.query(&self.sql.insert, &[&key, &value])?,
+        ))
+    }
+
+    pub(crate) fn remove(&self, key: &[u8]) -> TxResult<Option<Bytes>> {
+        Ok(maybe_bytes(&self.tx.query(&self.sql.remove, &[&key])?))
+    }
+}
+
+/// Runs `body` in a serializable transaction, again from the start after a
+/// conflict (see the module doc).
+pub(crate) fn transaction<A>(
+    tables: &[&Table],
+    body: impl Fn(&Tx<'_>) -> TxResult<A>,
+) -> Result<A> {
+    let pg = &tables[0].pg;
+    for attempt in 0..MAX_ATTEMPTS {
+        if attempt > 0 {
+            let most = 1u64 << attempt.min(6);
+            let pause = rand::random_range(0..=most);
+            std::thread::sleep(Duration::from_millis(pause));
+        }
+        let tx = Tx {
+            conn: std::cell::RefCell::new(pg.lease()?),
+        };
+        tx.finish("BEGIN ISOLATION LEVEL SERIALIZABLE")
+            .map_err(error)?;
+        match body(&tx) {
+            Ok(value) => match tx.finish("COMMIT") {
+                Ok(()) => return Ok(value),
+                Err(e) if retryable(&e) => continue,
+                Err(e) => return Err(error(e)),
+            },
+            Err(TxError::Conflict) => {
+                let _ = tx.finish("ROLLBACK");
+            }
+            Err(TxError::Abort(e) | TxError::Storage(e)) => {
+                let _ = tx.finish("ROLLBACK");
+                return Err(e);
+            }
+        }
+    }
+    Err(StoreError::Stale(format!(
+        "a change met concurrent changes {MAX_ATTEMPTS} times in a row; try again"
+    )))
+}
