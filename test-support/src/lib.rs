@@ -21,9 +21,15 @@
 //!
 //! The async helpers read tokio's clock, so a test with paused time gets a
 //! deadline in that time, as its own sleeps are.
+//!
+//! [`postgres`] gives tests a real PostgreSQL server, of the test process's
+//! own, and a fresh database on it for each test.
 
 use std::fmt::Display;
 use std::time::Duration;
+
+#[cfg(target_os = "linux")]
+pub mod postgres;
 
 /// The first pause between two checks: a condition about to hold is seen
 /// at once.
