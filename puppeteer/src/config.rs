@@ -20,6 +20,9 @@ pub use crate::app::{DEFAULT_AUDIT_RETENTION, DEFAULT_LOG_LIMIT, DEFAULT_MAX_POL
 pub struct FileConfig {
     pub listen: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
+    /// A PostgreSQL URL: the state lives there instead of the data dir.
+    pub store: Option<String>,
+    pub store_password_file: Option<PathBuf>,
     pub server_names: Option<Vec<String>>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -106,11 +109,64 @@ impl FileConfig {
     }
 }
 
+/// Which engine holds the state.
+#[derive(Clone, Debug, Default)]
+pub enum StoreConfig {
+    /// sled, in `data_dir/db`: one node.
+    #[default]
+    Sled,
+    /// PostgreSQL: one node or a cluster.
+    Postgres {
+        /// The URL (a password in it is kept secret in logs).
+        url: secrecy::SecretString,
+        /// The password, from a file or the environment.
+        password: Option<secrecy::SecretString>,
+    },
+}
+
+impl StoreConfig {
+    /// From the `--store` URL (or `store` key), the password file, and
+    /// the password from the environment.
+    pub fn from_parts(
+        url: Option<String>,
+        password_file: Option<PathBuf>,
+        password_env: Option<String>,
+    ) -> Result<Self> {
+        let Some(url) = url else {
+            if password_file.is_some() {
+                bail!("store_password_file is set but no store URL: give --store postgres://…");
+            }
+            return Ok(StoreConfig::Sled);
+        };
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            bail!(
+                "the store must be a postgres:// or postgresql:// URL (sled needs no URL: leave --store out)"
+            );
+        }
+        let password = match password_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(&path).with_context(|| {
+                    format!("cannot read the store password file {}", path.display())
+                })?;
+                Some(text.trim_end_matches(['\n', '\r']).to_string())
+            }
+            None => password_env,
+        };
+        Ok(StoreConfig::Postgres {
+            url: url.into(),
+            password: password.map(Into::into),
+        })
+    }
+}
+
 /// The validated configuration the server runs with.
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    /// Where the state lives: sled in the data dir (`Sled`), or a
+    /// PostgreSQL database shared by a cluster's nodes.
+    pub store: StoreConfig,
     /// Names (DNS or IP) of the generated server certificate.
     pub server_names: Vec<String>,
     /// Your own certificate, instead of the generated one.
@@ -184,6 +240,7 @@ impl Config {
         Config {
             listen,
             data_dir,
+            store: StoreConfig::Sled,
             server_names: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
             tls: None,
             poll_timeout: Duration::from_secs(50),

@@ -39,8 +39,44 @@ impl HubKey {
     }
 }
 
+/// A wake-up that crosses to the other nodes of a cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Signal {
+    Wake(HubKey),
+    Released(String),
+}
+
+impl Signal {
+    /// As text: a tag, a colon, the name (names hold no NUL, and PostgreSQL
+    /// text cannot).
+    pub fn encode(&self) -> String {
+        match self {
+            Signal::Wake(HubKey::Puppet(n)) => format!("p:{n}"),
+            Signal::Wake(HubKey::Run(n)) => format!("r:{n}"),
+            Signal::Wake(HubKey::Job(n)) => format!("j:{n}"),
+            Signal::Wake(HubKey::Events) => "e:".into(),
+            Signal::Released(n) => format!("x:{n}"),
+        }
+    }
+
+    pub fn decode(text: &str) -> Option<Signal> {
+        let (tag, name) = text.split_once(':')?;
+        let name = name.to_string();
+        Some(match tag {
+            "p" => Signal::Wake(HubKey::Puppet(name)),
+            "r" => Signal::Wake(HubKey::Run(name)),
+            "j" => Signal::Wake(HubKey::Job(name)),
+            "e" => Signal::Wake(HubKey::Events),
+            "x" => Signal::Released(name),
+            _ => return None,
+        })
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Hub {
+    /// Where wake-ups go to reach the other nodes (a cluster only).
+    relay: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Signal>>,
     // A std mutex: held only to look up or insert an entry, never across an
     // await.
     keys: Mutex<HashMap<HubKey, Arc<Notify>>>,
@@ -55,8 +91,54 @@ impl Hub {
         keys.entry(key).or_default().clone()
     }
 
-    /// Wakes every current waiter of a key.
+    /// Wakes every current waiter of a key, on this node and (in a
+    /// cluster) on the others.
     pub fn wake(&self, key: HubKey) {
+        if let Some(relay) = self.relay.get() {
+            let _ = relay.send(Signal::Wake(key.clone()));
+        }
+        self.wake_here(key);
+    }
+
+    /// Sends every later wake-up to the other nodes too, through `relay`.
+    pub fn relay_to(&self, relay: tokio::sync::mpsc::UnboundedSender<Signal>) {
+        let _ = self.relay.set(relay);
+    }
+
+    /// A wake-up from another node: applied here only.
+    pub fn heard(&self, signal: Signal) {
+        match signal {
+            Signal::Wake(key) => self.wake_here(key),
+            Signal::Released(resource) => self.release_here(&resource),
+        }
+    }
+
+    /// Wakes every waiter: wake-ups from other nodes may have been lost
+    /// (each waiter re-reads the store and finds what changed).
+    pub fn wake_all(&self) {
+        let keys: Vec<HubKey> = self
+            .keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        for key in keys {
+            self.wake_here(key);
+        }
+        let resources: Vec<String> = self
+            .resource_waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        for resource in resources {
+            self.release_here(&resource);
+        }
+    }
+
+    fn wake_here(&self, key: HubKey) {
         let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(notify) = keys.get(&key) {
             notify.notify_waiters();
@@ -82,6 +164,13 @@ impl Hub {
     /// Some of `resource` was released: wakes the puppets whose runs wait
     /// for it, so their held polls try again.
     pub fn resource_released(&self, resource: &str) {
+        if let Some(relay) = self.relay.get() {
+            let _ = relay.send(Signal::Released(resource.to_string()));
+        }
+        self.release_here(resource);
+    }
+
+    fn release_here(&self, resource: &str) {
         let waiters = self
             .resource_waiters
             .lock()
@@ -89,7 +178,7 @@ impl Hub {
             .remove(resource)
             .unwrap_or_default();
         for puppet in waiters {
-            self.wake(HubKey::Puppet(puppet));
+            self.wake_here(HubKey::Puppet(puppet));
         }
     }
 }

@@ -107,8 +107,24 @@ pub async fn start(config: Config) -> Result<Running> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))?;
-    let store = Store::open(&config.data_dir.join("db"))
-        .with_context(|| format!("cannot open the database in {}", config.data_dir.display()))?;
+    let store = match &config.store {
+        config::StoreConfig::Sled => {
+            Store::open(&config.data_dir.join("db")).with_context(|| {
+                format!("cannot open the database in {}", config.data_dir.display())
+            })?
+        }
+        config::StoreConfig::Postgres { url, password } => {
+            let (url, password) = (url.clone(), password.clone());
+            tokio::task::spawn_blocking(move || {
+                use secrecy::ExposeSecret;
+                let password = password.as_ref().map(|p| p.expose_secret());
+                Store::open_postgres_with(url.expose_secret(), password)
+            })
+            .await
+            .context("the database thread failed")?
+            .context("cannot open the PostgreSQL store")?
+        }
+    };
 
     let (tls, ca_file, created_tls) = if config.insecure_plaintext {
         (None, None, false)
@@ -139,6 +155,16 @@ pub async fn start(config: Config) -> Result<Running> {
             config.data_dir.display()
         )
     })?;
+    // A shared database is served by one puppeteer at a time (see
+    // `store/cluster.rs`): take its lease before anything is written.
+    let node = app::ownership::new_node_id();
+    if store.is_shared() {
+        let (taking, id) = (store.clone(), node.clone());
+        tokio::task::spawn_blocking(move || app::ownership::take(&taking, &id))
+            .await
+            .context("the database thread failed")?
+            .context("cannot serve this database")?;
+    }
     let new_admin_token = pki::ensure_admin_token(&config.data_dir, &store)?;
     store.flush().await?;
 
@@ -158,6 +184,14 @@ pub async fn start(config: Config) -> Result<Running> {
         .map(|l| l.local_addr())
         .transpose()?;
     let shutdown = CancellationToken::new();
+    let lease_task = store.is_shared().then(|| {
+        tokio::spawn(app::ownership::keep(
+            store.clone(),
+            node.clone(),
+            shutdown.child_token(),
+            shutdown.clone(),
+        ))
+    });
     let metrics = app::metrics::Metrics::new();
     let state = Arc::new(AppState {
         store,
@@ -197,6 +231,14 @@ pub async fn start(config: Config) -> Result<Running> {
         request_body_timeout: config.request_body_timeout,
     };
     let serving = serve(listener, state, tls, settings, shutdown.clone());
+    let serving = async move {
+        let served = serving.await;
+        // Given up once nothing is served any more.
+        if let Some(lease_task) = lease_task {
+            let _ = lease_task.await;
+        }
+        served
+    };
     let task = tokio::spawn(async move {
         match metrics_task {
             None => serving.await,

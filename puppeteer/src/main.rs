@@ -100,6 +100,16 @@ struct ServeArgs {
     /// [default: ./geppetto-data].
     #[arg(long, env = "PUPPETEER_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Keep the state in this PostgreSQL database instead of sled in the
+    /// data dir: `postgres://USER@HOST:PORT/DB?sslmode=disable`. Several
+    /// puppeteers on one database form a cluster (README: "Running a
+    /// cluster"). The data dir still holds the TLS files and artifacts.
+    #[arg(long, value_name = "URL", env = "PUPPETEER_STORE")]
+    store: Option<String>,
+    /// A file holding the database password (rather than in the URL,
+    /// where the process list would show it). Also: PUPPETEER_STORE_PASSWORD.
+    #[arg(long, value_name = "FILE")]
+    store_password_file: Option<PathBuf>,
     /// Name (DNS or IP) for the generated server certificate; repeat for
     /// several [default: localhost, 127.0.0.1, ::1].
     #[arg(long = "server-name")]
@@ -224,6 +234,11 @@ fn config_from(args: ServeArgs) -> Result<Config> {
         .or(file.listen)
         .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default"));
     let mut config = Config::new(data_dir, listen);
+    config.store = puppeteer::config::StoreConfig::from_parts(
+        args.store.or(file.store),
+        args.store_password_file.or(file.store_password_file),
+        std::env::var("PUPPETEER_STORE_PASSWORD").ok(),
+    )?;
     if !args.server_names.is_empty() {
         config.server_names = args.server_names;
     } else if let Some(names) = file.server_names {

@@ -162,9 +162,15 @@ async fn a_clean_restart_keeps_everything() {
     let mut admin = server.admin();
     admin.script_task("t", "true", Duration::from_secs(5)).await;
     let data = server.dir.path().join("data");
-    let TestServer { dir, running, .. } = server;
+    let TestServer {
+        dir,
+        running,
+        store,
+        ..
+    } = server;
     running.unwrap().stop().await.unwrap();
     let mut config = puppeteer::Config::new(data, "127.0.0.1:0".parse().unwrap());
+    config.store = store.clone();
     config.poll_timeout = Duration::from_secs(1);
     let running = puppeteer::start(config).await.unwrap();
     assert!(running.new_admin_token.is_none(), "the token is kept");
@@ -175,6 +181,7 @@ async fn a_clean_restart_keeps_everything() {
         admin_token: running.admin_token().unwrap(),
         running: Some(running),
         dir,
+        store,
     };
     let tasks = server
         .admin()

@@ -263,14 +263,21 @@ async fn puppets_reconnect_after_the_puppeteer_restarts() {
         .await;
 
     // Stop the puppeteer and start it again on the same port and data dir.
-    let TestServer { dir, running, .. } = server;
+    let TestServer {
+        dir,
+        running,
+        store,
+        ..
+    } = server;
     let running = running.unwrap();
     let addr = running.addr;
     running.stop().await.unwrap();
     let mut config = puppeteer::Config::new(dir.path().join("data"), addr);
+    config.store = store.clone();
     config.poll_timeout = Duration::from_secs(5);
     let running = puppeteer::start(config).await.unwrap();
     let server = TestServer {
+        store,
         url: running.url(false),
         ca: running.ca_file.clone().unwrap(),
         admin_token: running.admin_token().unwrap(),

@@ -189,14 +189,21 @@ async fn a_failing_job_sends_one_mail_and_one_signed_webhook_across_a_restart() 
         refused.exists()
     })
     .await;
-    let TestServer { dir, running, .. } = server;
+    let TestServer {
+        dir,
+        running,
+        store,
+        ..
+    } = server;
     let running = running.unwrap();
     let addr = running.addr;
     running.stop().await.unwrap();
     let mut config = puppeteer::Config::new(dir.path().join("data"), addr);
+    config.store = store.clone();
     notify(&mut config);
     let running = puppeteer::start(config).await.unwrap();
     let server = TestServer {
+        store,
         url: running.url(false),
         ca: running.ca_file.clone().unwrap(),
         admin_token: running.admin_token().unwrap(),

@@ -601,6 +601,8 @@ async fn backup_and_restore_round_trip_everything() {
         admin_token,
         running: Some(running),
         dir,
+        // A backup of the data dir: sled's (PostgreSQL's is pg_dump's).
+        store: puppeteer::config::StoreConfig::Sled,
     };
     let mut admin = server.admin();
     let tasks = admin

@@ -524,7 +524,12 @@ async fn a_renewed_server_certificate_needs_nothing_from_puppets() {
     let before = std::fs::read(tls.join("server.pem")).unwrap();
     let ca_before = std::fs::read(tls.join("ca.pem")).unwrap();
 
-    let TestServer { dir, running, .. } = server;
+    let TestServer {
+        dir,
+        running,
+        store,
+        ..
+    } = server;
     let running = running.unwrap();
     let addr = running.addr;
     running.stop().await.unwrap();
@@ -532,9 +537,11 @@ async fn a_renewed_server_certificate_needs_nothing_from_puppets() {
     assert_ne!(std::fs::read(tls.join("server.pem")).unwrap(), before);
     assert_eq!(std::fs::read(tls.join("ca.pem")).unwrap(), ca_before);
     let mut config = puppeteer::Config::new(dir.path().join("data"), addr);
+    config.store = store.clone();
     config.poll_timeout = Duration::from_secs(5);
     let running = puppeteer::start(config).await.unwrap();
     let server = TestServer {
+        store,
         url: running.url(false),
         ca: running.ca_file.clone().unwrap(),
         admin_token: running.admin_token().unwrap(),

@@ -332,6 +332,7 @@ impl PuppetServiceApi {
             .dispatch
             .lock()
             .unwrap_or_else(|e| e.into_inner());
+        let _cluster_dispatch = store.dispatch_lock()?;
         let active = store.active_runs(&puppet.name)?;
         let mut available = self.state.available_resources(&active)?;
         for (resource, reserved) in self.state.fifo_reserve(&puppet.name, &active, now)? {

@@ -24,6 +24,7 @@ pub mod fetches;
 mod gates;
 pub mod metrics;
 pub mod notify;
+pub mod ownership;
 mod prune;
 mod sweep;
 

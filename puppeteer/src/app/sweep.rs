@@ -137,6 +137,7 @@ impl AppState {
         use crate::scheduler::Gate;
         let gates = {
             let _dispatch = self.dispatch.lock().unwrap_or_else(|e| e.into_inner());
+            let _cluster_dispatch = self.store.dispatch_lock()?;
             self.gates_for(&active, now)?
         };
         let ids: Vec<String> = gates.keys().cloned().collect();

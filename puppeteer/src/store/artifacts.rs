@@ -185,7 +185,7 @@ impl Store {
 mod tests {
     use super::*;
     use crate::domain::Millis;
-    use crate::store::testing::temp_store;
+    use crate::store::testing;
 
     fn upload(id: &str) -> Upload {
         Upload {
@@ -201,46 +201,47 @@ mod tests {
 
     #[test]
     fn uploads_advance_once_and_publish_in_one_step() {
-        let (_dir, store) = temp_store();
-        store.put_upload(&upload("upl-1")).unwrap();
-        let (found, open) = store
-            .find_upload("patch", &"ab".repeat(32), 10, "admin")
-            .unwrap();
-        assert_eq!((found.unwrap().id.as_str(), open), ("upl-1", 1));
-        let (found, open) = store
-            .find_upload("patch", &"ab".repeat(32), 11, "admin")
-            .unwrap();
-        assert_eq!((found, open), (None, 1));
-        // Another user's upload is theirs alone.
-        let (found, open) = store
-            .find_upload("patch", &"ab".repeat(32), 10, "bob")
-            .unwrap();
-        assert_eq!((found, open), (None, 0));
-        store.advance_upload("upl-1", 0, 4).unwrap();
-        assert!(matches!(
-            store.advance_upload("upl-1", 0, 4),
-            Err(StoreError::Conflict(_))
-        ));
-        let artifact = Artifact {
-            name: "patch".into(),
-            sha256: "ab".repeat(32),
-            size: 10,
-            created_at: Millis(2),
-            uploaded_by: "admin".into(),
-        };
-        assert_eq!(store.publish_artifact("upl-1", &artifact).unwrap(), None);
-        assert!(matches!(
-            store.get_upload("upl-1"),
-            Err(StoreError::NotFound { .. })
-        ));
-        assert!(matches!(
-            store.publish_artifact("upl-1", &artifact),
-            Err(StoreError::NotFound { .. })
-        ));
-        assert_eq!(store.get_artifact("patch").unwrap(), artifact);
-        assert!(store.content_pinned(&"ab".repeat(32)).unwrap());
-        store.remove_artifact("patch").unwrap();
-        assert!(!store.content_pinned(&"ab".repeat(32)).unwrap());
-        assert!(store.list_artifacts().unwrap().is_empty());
+        for (_engine, store) in testing::stores() {
+            store.put_upload(&upload("upl-1")).unwrap();
+            let (found, open) = store
+                .find_upload("patch", &"ab".repeat(32), 10, "admin")
+                .unwrap();
+            assert_eq!((found.unwrap().id.as_str(), open), ("upl-1", 1));
+            let (found, open) = store
+                .find_upload("patch", &"ab".repeat(32), 11, "admin")
+                .unwrap();
+            assert_eq!((found, open), (None, 1));
+            // Another user's upload is theirs alone.
+            let (found, open) = store
+                .find_upload("patch", &"ab".repeat(32), 10, "bob")
+                .unwrap();
+            assert_eq!((found, open), (None, 0));
+            store.advance_upload("upl-1", 0, 4).unwrap();
+            assert!(matches!(
+                store.advance_upload("upl-1", 0, 4),
+                Err(StoreError::Conflict(_))
+            ));
+            let artifact = Artifact {
+                name: "patch".into(),
+                sha256: "ab".repeat(32),
+                size: 10,
+                created_at: Millis(2),
+                uploaded_by: "admin".into(),
+            };
+            assert_eq!(store.publish_artifact("upl-1", &artifact).unwrap(), None);
+            assert!(matches!(
+                store.get_upload("upl-1"),
+                Err(StoreError::NotFound { .. })
+            ));
+            assert!(matches!(
+                store.publish_artifact("upl-1", &artifact),
+                Err(StoreError::NotFound { .. })
+            ));
+            assert_eq!(store.get_artifact("patch").unwrap(), artifact);
+            assert!(store.content_pinned(&"ab".repeat(32)).unwrap());
+            store.remove_artifact("patch").unwrap();
+            assert!(!store.content_pinned(&"ab".repeat(32)).unwrap());
+            assert!(store.list_artifacts().unwrap().is_empty());
+        }
     }
 }

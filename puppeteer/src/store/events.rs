@@ -37,7 +37,7 @@ pub(crate) fn append(
     for mut event in new {
         next += 1;
         event.id = next;
-        events.insert(&next.to_be_bytes(), encode(&event))?;
+        events.insert(next.to_be_bytes(), encode(&event))?;
         out.push(event);
     }
     meta.insert(SEQ, &next.to_be_bytes())?;
@@ -74,7 +74,7 @@ impl Store {
                 Ok(true)
             });
         self.job_cache.changed(job_id);
-        Ok(reported?)
+        reported
     }
 
     /// Appends events (not about run transitions, which come with them).
@@ -83,7 +83,7 @@ impl Store {
             return Ok(vec![]);
         }
         let appended = (&self.meta, &self.events)
-            .transaction(|(meta, events)| Ok(append(meta, events, new.clone())?))?;
+            .transaction(|(meta, events)| append(meta, events, new.clone()))?;
         Ok(appended)
     }
 

@@ -73,6 +73,10 @@ impl Store {
     /// The job, shared: for paths that read it often and change nothing
     /// (polls, run starts and ends). Decoded once per change of the job.
     pub fn job(&self, id: &str) -> Result<Arc<Job>> {
+        if self.is_shared() {
+            // Other nodes change jobs too; this node's cache would not see it.
+            return Ok(Arc::new(self.get_job(id)?));
+        }
         let version = match self.job_cache.get(id) {
             Ok(job) => return Ok(job),
             Err(version) => version,
@@ -96,7 +100,7 @@ impl Store {
             .transaction(
                 |(jobs, order, runs_tree, queue, puppet_runs, meta, events)| {
                     jobs.insert(job.id.as_bytes(), encode(job))?;
-                    order.insert(&job.seq.to_be_bytes(), job.id.as_bytes())?;
+                    order.insert(job.seq.to_be_bytes(), job.id.as_bytes())?;
                     let mut new = Vec::new();
                     for run in runs {
                         runs_tree.insert(run.id.as_bytes(), encode(run))?;
@@ -249,7 +253,7 @@ impl Store {
                     let mut run = match load_run(runs, id) {
                         Ok(Ok(run)) => run,
                         Ok(Err(e)) => return abort(e),
-                        Err(e) => return Err(e.into()),
+                        Err(e) => return Err(e),
                     };
                     let was_terminal = run.state.is_terminal();
                     let history_len = run.history.len();
@@ -296,7 +300,7 @@ impl Store {
                     let mut run = match load_run(runs, id) {
                         Ok(Ok(run)) => run,
                         Ok(Err(e)) => return abort(e),
-                        Err(e) => return Err(e.into()),
+                        Err(e) => return Err(e),
                     };
                     if !matches!(run.state, RunState::Queued | RunState::Waiting) {
                         continue;
@@ -332,7 +336,7 @@ impl Store {
                     let mut run = match load_run(runs, id) {
                         Ok(Ok(run)) => run,
                         Ok(Err(e)) => return abort(e),
-                        Err(e) => return Err(e.into()),
+                        Err(e) => return Err(e),
                     };
                     if !run.state.is_terminal() || !pick(&run) {
                         continue;
@@ -392,34 +396,35 @@ fn load_run(
 mod tests {
     use super::*;
     use crate::store::logs::tests::{job, run};
-    use crate::store::testing::temp_store;
+    use crate::store::testing;
 
     #[test]
     fn the_shared_job_follows_every_write() {
-        let (_dir, store) = temp_store();
-        store.create_job(&job(), &[run("run-a")]).unwrap();
-        let first = store.job("job-1").unwrap();
-        assert!(!first.cancelled);
-        // Read again without a write: the same decoded job.
-        assert!(Arc::ptr_eq(&first, &store.job("job-1").unwrap()));
+        for (_engine, store) in testing::stores() {
+            store.create_job(&job(), &[run("run-a")]).unwrap();
+            let first = store.job("job-1").unwrap();
+            assert!(!first.cancelled);
+            // Read again without a write: the same decoded job.
+            assert!(Arc::ptr_eq(&first, &store.job("job-1").unwrap()));
 
-        store
-            .update_job("job-1", |job| {
-                job.cancelled = true;
-                Ok(true)
-            })
-            .unwrap();
-        assert!(store.job("job-1").unwrap().cancelled);
+            store
+                .update_job("job-1", |job| {
+                    job.cancelled = true;
+                    Ok(true)
+                })
+                .unwrap();
+            assert!(store.job("job-1").unwrap().cancelled);
 
-        let event = crate::domain::Event {
-            job_id: "job-1".into(),
-            ..Default::default()
-        };
-        assert!(store.report_job_end("job-1", "cancelled", event).unwrap());
-        assert_eq!(
-            store.job("job-1").unwrap().reported_end.as_deref(),
-            Some("cancelled")
-        );
+            let event = crate::domain::Event {
+                job_id: "job-1".into(),
+                ..Default::default()
+            };
+            assert!(store.report_job_end("job-1", "cancelled", event).unwrap());
+            assert_eq!(
+                store.job("job-1").unwrap().reported_end.as_deref(),
+                Some("cancelled")
+            );
+        }
     }
 
     #[test]

@@ -374,7 +374,7 @@ impl Store {
 pub(crate) mod tests {
     use super::*;
     use crate::domain::*;
-    use crate::store::testing::temp_store;
+    use crate::store::testing;
 
     pub(crate) fn run(id: &str) -> Run {
         Run {
@@ -440,42 +440,43 @@ pub(crate) mod tests {
 
     #[test]
     fn appends_are_idempotent_and_gapless() {
-        let (_dir, store) = temp_store();
-        store.create_job(&job(), &[run("run-a")]).unwrap();
-        let ok = |_: &Run| Ok(());
-        assert_eq!(
-            store
-                .append_log("run-a", 0, b"hello ", None, ok)
-                .unwrap()
-                .committed,
-            6
-        );
-        // A resend of the same chunk changes nothing.
-        let again = store.append_log("run-a", 0, b"hello ", None, ok).unwrap();
-        assert!(again.duplicate);
-        assert_eq!(again.committed, 6);
-        // An empty chunk asks what is held: not a resend.
-        let asked = store.append_log("run-a", 0, b"", None, ok).unwrap();
-        assert_eq!((asked.duplicate, asked.committed), (false, 6));
-        assert_eq!(store.get_run("run-a").unwrap().duplicate_reports, 1);
-        // An overlapping chunk stores only its new bytes.
-        assert_eq!(
-            store
-                .append_log("run-a", 3, b"lo world", None, ok)
-                .unwrap()
-                .committed,
-            11
-        );
-        // A gap is refused.
-        assert!(store.append_log("run-a", 20, b"x", None, ok).is_err());
-        assert_eq!(
-            store.read_log("run-a", 0, 100).unwrap().1.data,
-            b"hello world"
-        );
-        assert_eq!(store.read_log("run-a", 4, 3).unwrap().1.data, b"o w");
-        assert_eq!(store.read_log("run-a", 8, 100).unwrap().1.data, b"rld");
-        assert_eq!(store.read_log("run-a", 11, 100).unwrap().1.data, b"");
-        assert_eq!(store.get_run("run-a").unwrap().log_length, 11);
+        for (_engine, store) in testing::stores() {
+            store.create_job(&job(), &[run("run-a")]).unwrap();
+            let ok = |_: &Run| Ok(());
+            assert_eq!(
+                store
+                    .append_log("run-a", 0, b"hello ", None, ok)
+                    .unwrap()
+                    .committed,
+                6
+            );
+            // A resend of the same chunk changes nothing.
+            let again = store.append_log("run-a", 0, b"hello ", None, ok).unwrap();
+            assert!(again.duplicate);
+            assert_eq!(again.committed, 6);
+            // An empty chunk asks what is held: not a resend.
+            let asked = store.append_log("run-a", 0, b"", None, ok).unwrap();
+            assert_eq!((asked.duplicate, asked.committed), (false, 6));
+            assert_eq!(store.get_run("run-a").unwrap().duplicate_reports, 1);
+            // An overlapping chunk stores only its new bytes.
+            assert_eq!(
+                store
+                    .append_log("run-a", 3, b"lo world", None, ok)
+                    .unwrap()
+                    .committed,
+                11
+            );
+            // A gap is refused.
+            assert!(store.append_log("run-a", 20, b"x", None, ok).is_err());
+            assert_eq!(
+                store.read_log("run-a", 0, 100).unwrap().1.data,
+                b"hello world"
+            );
+            assert_eq!(store.read_log("run-a", 4, 3).unwrap().1.data, b"o w");
+            assert_eq!(store.read_log("run-a", 8, 100).unwrap().1.data, b"rld");
+            assert_eq!(store.read_log("run-a", 11, 100).unwrap().1.data, b"");
+            assert_eq!(store.get_run("run-a").unwrap().log_length, 11);
+        }
     }
 
     #[test]
@@ -491,45 +492,46 @@ pub(crate) mod tests {
 
     #[test]
     fn a_long_log_keeps_its_head_and_tail() {
-        let (_dir, store) = temp_store();
-        store.create_job(&job(), &[run("run-a")]).unwrap();
-        let ok = |_: &Run| Ok(());
-        let limit = Some(LogLimit { head: 10, tail: 10 });
-        let output: Vec<u8> = (0..1000u32).map(|i| b'a' + (i % 26) as u8).collect();
-        let mut offset = 0;
-        let mut dropped = 0;
-        for size in [3usize, 15, 1, 200, 7, 400, 2, 372] {
-            let chunk = &output[offset..offset + size];
-            let appended = store
-                .append_log("run-a", offset as u64, chunk, limit, ok)
-                .unwrap();
-            assert_eq!(appended.committed, (offset + size) as u64);
-            dropped += appended.dropped;
-            // A resend of a chunk now in the gap is acknowledged as a duplicate.
-            assert!(
-                store
+        for (_engine, store) in testing::stores() {
+            store.create_job(&job(), &[run("run-a")]).unwrap();
+            let ok = |_: &Run| Ok(());
+            let limit = Some(LogLimit { head: 10, tail: 10 });
+            let output: Vec<u8> = (0..1000u32).map(|i| b'a' + (i % 26) as u8).collect();
+            let mut offset = 0;
+            let mut dropped = 0;
+            for size in [3usize, 15, 1, 200, 7, 400, 2, 372] {
+                let chunk = &output[offset..offset + size];
+                let appended = store
                     .append_log("run-a", offset as u64, chunk, limit, ok)
-                    .unwrap()
-                    .duplicate
-            );
-            offset += size;
+                    .unwrap();
+                assert_eq!(appended.committed, (offset + size) as u64);
+                dropped += appended.dropped;
+                // A resend of a chunk now in the gap is acknowledged as a duplicate.
+                assert!(
+                    store
+                        .append_log("run-a", offset as u64, chunk, limit, ok)
+                        .unwrap()
+                        .duplicate
+                );
+                offset += size;
+            }
+            assert_eq!(offset, 1000);
+            let run = store.get_run("run-a").unwrap();
+            assert_eq!(run.log_length, 1000);
+            let gap = run.log_gap.unwrap();
+            assert_eq!((gap.at, gap.dropped, dropped), (10, 980, 980));
+            // Only the head and the tail are stored.
+            let stored: usize = store.logs.iter().map(|kv| kv.unwrap().1.len()).sum();
+            assert_eq!(stored, 20);
+            let (_, head) = store.read_log("run-a", 0, 100).unwrap();
+            assert_eq!((head.offset, head.skipped), (0, 0));
+            assert_eq!(head.data, &output[..10]);
+            let (_, tail) = store.read_log("run-a", 10, 100).unwrap();
+            assert_eq!((tail.offset, tail.skipped), (990, 980));
+            assert_eq!(tail.data, &output[990..]);
+            let (_, inside) = store.read_log("run-a", 995, 3).unwrap();
+            assert_eq!(inside.data, &output[995..998]);
+            assert_eq!(store.read_log("run-a", 1000, 10).unwrap().1.data, b"");
         }
-        assert_eq!(offset, 1000);
-        let run = store.get_run("run-a").unwrap();
-        assert_eq!(run.log_length, 1000);
-        let gap = run.log_gap.unwrap();
-        assert_eq!((gap.at, gap.dropped, dropped), (10, 980, 980));
-        // Only the head and the tail are stored.
-        let stored: usize = store.logs.iter().map(|kv| kv.unwrap().1.len()).sum();
-        assert_eq!(stored, 20);
-        let (_, head) = store.read_log("run-a", 0, 100).unwrap();
-        assert_eq!((head.offset, head.skipped), (0, 0));
-        assert_eq!(head.data, &output[..10]);
-        let (_, tail) = store.read_log("run-a", 10, 100).unwrap();
-        assert_eq!((tail.offset, tail.skipped), (990, 980));
-        assert_eq!(tail.data, &output[990..]);
-        let (_, inside) = store.read_log("run-a", 995, 3).unwrap();
-        assert_eq!(inside.data, &output[995..998]);
-        assert_eq!(store.read_log("run-a", 1000, 10).unwrap().1.data, b"");
     }
 }

@@ -56,6 +56,7 @@
 
 mod artifacts;
 pub mod backup;
+mod cluster;
 mod events;
 mod flush;
 mod groups;
@@ -79,7 +80,15 @@ use serde::de::DeserializeOwned;
 use kv::{Db, Tree};
 pub(crate) use kv::{Transactional, TxError, TxResult, TxTree, abort};
 
+pub use cluster::NodeLease;
 pub use keys::prefix_of;
+pub use kv::pg::Heard;
+
+/// The advisory lock key of [`Store::dispatch_lock`] ("dispatch").
+const DISPATCH_LOCK: i64 = 0x6469_7370_6174_6368;
+
+/// The PostgreSQL channel of cross-node wake-ups.
+const WAKE_CHANNEL: &str = "geppetto_wake";
 pub use logs::{Appended, LogLimit, LogRead};
 pub use pages::{Cursor, Page, PageRequest, RunsOf};
 pub use prune::{PruneReport, PrunedJob, stored_log_bytes};
@@ -251,7 +260,12 @@ impl Store {
     /// puppeteers may share it: see `kv/mod.rs` for how each rule holds
     /// across them.
     pub fn open_postgres(url: &str) -> Result<Self> {
-        Self::on(Db::Pg(kv::pg::Pg::connect(url)?))
+        Self::open_postgres_with(url, None)
+    }
+
+    /// [`Store::open_postgres`] with a password kept out of the URL.
+    pub fn open_postgres_with(url: &str, password: Option<&str>) -> Result<Self> {
+        Self::on(Db::Pg(kv::pg::Pg::connect(url, password)?))
     }
 
     /// The store on an opened engine.
@@ -293,6 +307,42 @@ impl Store {
         let counted = prune::count_log_bytes(&store.runs)?;
         store.add_log_bytes(counted as i64);
         Ok(store)
+    }
+
+    /// Sends wake-ups to every process on this store (a shared store; a
+    /// no-op on sled, where this process is the only one).
+    pub fn broadcast(&self, messages: &[String]) -> Result<()> {
+        match &self.db {
+            Db::Sled(_) => Ok(()),
+            Db::Pg(pg) => pg.notify(WAKE_CHANNEL, messages),
+        }
+    }
+
+    /// What [`Store::broadcast`] sends, as every process hears it (`None`
+    /// on sled).
+    pub fn listen(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Heard>> {
+        match &self.db {
+            Db::Sled(_) => None,
+            Db::Pg(pg) => Some(pg.listen(WAKE_CHANNEL)),
+        }
+    }
+
+    /// Holds the dispatch lock of every process on this store (a shared
+    /// store; nothing on sled, where the process's own mutex is enough):
+    /// a poll's planning and the storing of its offers happen with no other
+    /// node planning, so job limits (max-in-flight, rolling order) see
+    /// every offer of every node.
+    pub(crate) fn dispatch_lock(&self) -> Result<Option<kv::pg::AdvisoryLock<'_>>> {
+        match &self.db {
+            Db::Sled(_) => Ok(None),
+            Db::Pg(pg) => pg.advisory_lock(DISPATCH_LOCK).map(Some),
+        }
+    }
+
+    /// Milliseconds since the epoch, on one clock for every process on
+    /// the store (the database's, when shared).
+    pub fn now_ms(&self) -> Result<i64> {
+        self.db.now_ms()
     }
 
     /// Whether other processes may change this store at the same time (a
@@ -393,6 +443,31 @@ pub(crate) mod testing {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db")).unwrap();
         (dir, store)
+    }
+
+    /// What keeps a test's store alive, and names its engine.
+    #[derive(Debug)]
+    pub enum Engine {
+        /// Held for the store's files to outlive the test body.
+        Sled(#[allow(dead_code)] tempfile::TempDir),
+        Postgres,
+    }
+
+    /// A fresh store on each engine, for one test body run on both: sled
+    /// always; PostgreSQL when the test process can start one (see
+    /// `geppetto_test_support::postgres`: skipped loudly without it,
+    /// required in CI). Each is announced on stdout, so a failure's
+    /// captured output says which engine failed.
+    pub fn stores() -> impl Iterator<Item = (Engine, Store)> {
+        let (dir, sled) = temp_store();
+        let mut stores = vec![(Engine::Sled(dir), sled)];
+        if let Some(server) = geppetto_test_support::postgres::server() {
+            let url = server.fresh_database();
+            stores.push((Engine::Postgres, Store::open_postgres(&url).unwrap()));
+        }
+        stores
+            .into_iter()
+            .inspect(|(engine, _)| println!("engine: {engine:?}"))
     }
 }
 

@@ -242,7 +242,7 @@ fn position(key: &[u8]) -> Option<u64> {
 mod tests {
     use super::*;
     use crate::store::encode;
-    use crate::store::testing::{job, run, temp_store};
+    use crate::store::testing::{self, job, run};
 
     fn put_puppet(store: &Store, name: &str, even: bool) {
         let puppet = Puppet {
@@ -294,163 +294,170 @@ mod tests {
 
     #[test]
     fn puppets_page_by_name_and_the_last_page_has_no_cursor() {
-        let (_dir, store) = temp_store();
-        for i in 0..10 {
-            put_puppet(&store, &format!("p{i:02}"), i % 2 == 0);
+        for (_engine, store) in testing::stores() {
+            for i in 0..10 {
+                put_puppet(&store, &format!("p{i:02}"), i % 2 == 0);
+            }
+            let (all, sizes) = all_pages(|after| {
+                store
+                    .puppets_page(&request(after, 4, 100), |_| true)
+                    .unwrap()
+            });
+            assert_eq!(all.len(), 10);
+            assert_eq!(names(&all)[..3], ["p00", "p01", "p02"]);
+            assert_eq!(sizes, [4, 4, 2]);
+            // A page that ends exactly at the end says so.
+            let exact = store
+                .puppets_page(&request(None, 10, 100), |_| true)
+                .unwrap();
+            assert_eq!((exact.items.len(), exact.next), (10, None));
         }
-        let (all, sizes) = all_pages(|after| {
-            store
-                .puppets_page(&request(after, 4, 100), |_| true)
-                .unwrap()
-        });
-        assert_eq!(all.len(), 10);
-        assert_eq!(names(&all)[..3], ["p00", "p01", "p02"]);
-        assert_eq!(sizes, [4, 4, 2]);
-        // A page that ends exactly at the end says so.
-        let exact = store
-            .puppets_page(&request(None, 10, 100), |_| true)
-            .unwrap();
-        assert_eq!((exact.items.len(), exact.next), (10, None));
     }
 
     #[test]
     fn a_filter_looks_at_no_more_than_the_budget_per_page() {
-        let (_dir, store) = temp_store();
-        for i in 0..30 {
-            // Only p00 and p29 match.
-            put_puppet(&store, &format!("p{i:02}"), i == 0 || i == 29);
+        for (_engine, store) in testing::stores() {
+            for i in 0..30 {
+                // Only p00 and p29 match.
+                put_puppet(&store, &format!("p{i:02}"), i == 0 || i == 29);
+            }
+            let looked = std::cell::Cell::new(0);
+            let (kept, sizes) = all_pages(|after| {
+                store
+                    .puppets_page(&request(after, 5, 10), |p| {
+                        looked.set(looked.get() + 1);
+                        p.declared_labels["even"] == "true"
+                    })
+                    .unwrap()
+            });
+            assert_eq!(names(&kept), ["p00", "p29"]);
+            // Three pages of ten looked at: short and empty pages, each bounded.
+            assert_eq!(sizes, [1, 0, 1]);
+            assert_eq!(looked.get(), 30);
         }
-        let looked = std::cell::Cell::new(0);
-        let (kept, sizes) = all_pages(|after| {
-            store
-                .puppets_page(&request(after, 5, 10), |p| {
-                    looked.set(looked.get() + 1);
-                    p.declared_labels["even"] == "true"
-                })
-                .unwrap()
-        });
-        assert_eq!(names(&kept), ["p00", "p29"]);
-        // Three pages of ten looked at: short and empty pages, each bounded.
-        assert_eq!(sizes, [1, 0, 1]);
-        assert_eq!(looked.get(), 30);
     }
 
     #[test]
     fn records_added_or_removed_between_pages_are_never_listed_twice() {
-        let (_dir, store) = temp_store();
-        for name in ["b", "d", "f", "h"] {
-            put_puppet(&store, name, true);
+        for (_engine, store) in testing::stores() {
+            for name in ["b", "d", "f", "h"] {
+                put_puppet(&store, name, true);
+            }
+            let first = store
+                .puppets_page(&request(None, 2, 100), |_| true)
+                .unwrap();
+            assert_eq!(names(&first.items), ["b", "d"]);
+            // Before the cursor (not listed), after it (listed), one removed.
+            put_puppet(&store, "a", true);
+            put_puppet(&store, "e", true);
+            store.puppets.remove("f").unwrap();
+            let second = store
+                .puppets_page(&request(first.next, 10, 100), |_| true)
+                .unwrap();
+            assert_eq!(names(&second.items), ["e", "h"]);
+            assert_eq!(second.next, None);
         }
-        let first = store
-            .puppets_page(&request(None, 2, 100), |_| true)
-            .unwrap();
-        assert_eq!(names(&first.items), ["b", "d"]);
-        // Before the cursor (not listed), after it (listed), one removed.
-        put_puppet(&store, "a", true);
-        put_puppet(&store, "e", true);
-        store.puppets.remove("f").unwrap();
-        let second = store
-            .puppets_page(&request(first.next, 10, 100), |_| true)
-            .unwrap();
-        assert_eq!(names(&second.items), ["e", "h"]);
-        assert_eq!(second.next, None);
     }
 
     #[test]
     fn runs_page_by_puppet_by_job_and_unfinished() {
-        let (_dir, store) = temp_store();
-        let mut job = job();
-        let mut runs = Vec::new();
-        for i in 0..7 {
-            let mut r = run(&format!("run-{i}"));
-            r.puppet = if i < 4 { "p1".into() } else { "p2".into() };
-            r.queue_seq = i;
-            runs.push(r);
-        }
-        job.run_ids = runs.iter().map(|r| r.id.clone()).collect();
-        store.create_job(&job, &runs).unwrap();
+        for (_engine, store) in testing::stores() {
+            let mut job = job();
+            let mut runs = Vec::new();
+            for i in 0..7 {
+                let mut r = run(&format!("run-{i}"));
+                r.puppet = if i < 4 { "p1".into() } else { "p2".into() };
+                r.queue_seq = i;
+                runs.push(r);
+            }
+            job.run_ids = runs.iter().map(|r| r.id.clone()).collect();
+            store.create_job(&job, &runs).unwrap();
 
-        let ids = |runs: Vec<Run>| runs.into_iter().map(|r| r.id).collect::<Vec<_>>();
-        let (of_job, sizes) = all_pages(|after| {
-            store
-                .runs_page(RunsOf::Job(&job), &request(after, 3, 100), |_| true)
-                .unwrap()
-        });
-        assert_eq!(sizes, [3, 3, 1]);
-        assert_eq!(ids(of_job), job.run_ids);
-        let (of_p1, _) = all_pages(|after| {
-            store
-                .runs_page(RunsOf::Puppet("p1"), &request(after, 3, 100), |_| true)
-                .unwrap()
-        });
-        assert_eq!(ids(of_p1), ["run-0", "run-1", "run-2", "run-3"]);
-        let (of_p2, _) = all_pages(|after| {
-            store
-                .runs_page(RunsOf::Puppet("p2"), &request(after, 2, 100), |_| true)
-                .unwrap()
-        });
-        assert_eq!(ids(of_p2), ["run-4", "run-5", "run-6"]);
-        let (active, _) = all_pages(|after| {
-            store
-                .runs_page(RunsOf::Active, &request(after, 2, 100), |r| {
-                    r.puppet == "p2"
-                })
-                .unwrap()
-        });
-        assert_eq!(ids(active).len(), 3);
+            let ids = |runs: Vec<Run>| runs.into_iter().map(|r| r.id).collect::<Vec<_>>();
+            let (of_job, sizes) = all_pages(|after| {
+                store
+                    .runs_page(RunsOf::Job(&job), &request(after, 3, 100), |_| true)
+                    .unwrap()
+            });
+            assert_eq!(sizes, [3, 3, 1]);
+            assert_eq!(ids(of_job), job.run_ids);
+            let (of_p1, _) = all_pages(|after| {
+                store
+                    .runs_page(RunsOf::Puppet("p1"), &request(after, 3, 100), |_| true)
+                    .unwrap()
+            });
+            assert_eq!(ids(of_p1), ["run-0", "run-1", "run-2", "run-3"]);
+            let (of_p2, _) = all_pages(|after| {
+                store
+                    .runs_page(RunsOf::Puppet("p2"), &request(after, 2, 100), |_| true)
+                    .unwrap()
+            });
+            assert_eq!(ids(of_p2), ["run-4", "run-5", "run-6"]);
+            let (active, _) = all_pages(|after| {
+                store
+                    .runs_page(RunsOf::Active, &request(after, 2, 100), |r| {
+                        r.puppet == "p2"
+                    })
+                    .unwrap()
+            });
+            assert_eq!(ids(active).len(), 3);
+        }
     }
 
     #[test]
     fn audit_pages_go_back_in_time_and_stop_at_since() {
-        let (_dir, store) = temp_store();
-        for i in 0..9 {
-            store
-                .append_audit(AuditEntry {
-                    seq: 0,
-                    at: Millis(i * 1000),
-                    actor: if i % 3 == 0 { "alice" } else { "bob" }.into(),
-                    action: format!("a{i}"),
-                    target: String::new(),
-                    remote_addr: String::new(),
-                    outcome: "ok".into(),
-                    message: String::new(),
-                })
-                .unwrap();
+        for (_engine, store) in testing::stores() {
+            for i in 0..9 {
+                store
+                    .append_audit(AuditEntry {
+                        seq: 0,
+                        at: Millis(i * 1000),
+                        actor: if i % 3 == 0 { "alice" } else { "bob" }.into(),
+                        action: format!("a{i}"),
+                        target: String::new(),
+                        remote_addr: String::new(),
+                        outcome: "ok".into(),
+                        message: String::new(),
+                    })
+                    .unwrap();
+            }
+            let actions = |entries: Vec<AuditEntry>| {
+                entries.into_iter().map(|e| e.action).collect::<Vec<_>>()
+            };
+            let (all, sizes) = all_pages(|after| {
+                store
+                    .audit_page(Some(Millis(3000)), None, &request(after, 4, 100))
+                    .unwrap()
+            });
+            assert_eq!(sizes, [4, 2]);
+            assert_eq!(actions(all), ["a8", "a7", "a6", "a5", "a4", "a3"]);
+            let (alice, _) = all_pages(|after| {
+                store
+                    .audit_page(None, Some("alice"), &request(after, 1, 100))
+                    .unwrap()
+            });
+            assert_eq!(actions(alice), ["a6", "a3", "a0"]);
         }
-        let actions =
-            |entries: Vec<AuditEntry>| entries.into_iter().map(|e| e.action).collect::<Vec<_>>();
-        let (all, sizes) = all_pages(|after| {
-            store
-                .audit_page(Some(Millis(3000)), None, &request(after, 4, 100))
-                .unwrap()
-        });
-        assert_eq!(sizes, [4, 2]);
-        assert_eq!(actions(all), ["a8", "a7", "a6", "a5", "a4", "a3"]);
-        let (alice, _) = all_pages(|after| {
-            store
-                .audit_page(None, Some("alice"), &request(after, 1, 100))
-                .unwrap()
-        });
-        assert_eq!(actions(alice), ["a6", "a3", "a0"]);
     }
 
     #[test]
     fn jobs_page_newest_first() {
-        let (_dir, store) = temp_store();
-        for i in 1..=5 {
-            let mut j = job();
-            j.id = format!("job-{i}");
-            j.seq = i;
-            j.run_ids = vec![];
-            store.create_job(&j, &[]).unwrap();
+        for (_engine, store) in testing::stores() {
+            for i in 1..=5 {
+                let mut j = job();
+                j.id = format!("job-{i}");
+                j.seq = i;
+                j.run_ids = vec![];
+                store.create_job(&j, &[]).unwrap();
+            }
+            let (jobs, sizes) = all_pages(|after| {
+                store
+                    .jobs_page(&request(after, 2, 100), |j| j.id != "job-3")
+                    .unwrap()
+            });
+            let ids: Vec<_> = jobs.into_iter().map(|j| j.id).collect();
+            assert_eq!(ids, ["job-5", "job-4", "job-2", "job-1"]);
+            assert_eq!(sizes, [2, 2]);
         }
-        let (jobs, sizes) = all_pages(|after| {
-            store
-                .jobs_page(&request(after, 2, 100), |j| j.id != "job-3")
-                .unwrap()
-        });
-        let ids: Vec<_> = jobs.into_iter().map(|j| j.id).collect();
-        assert_eq!(ids, ["job-5", "job-4", "job-2", "job-1"]);
-        assert_eq!(sizes, [2, 2]);
     }
 }

@@ -179,7 +179,7 @@ impl Store {
                         owed.push(run.id.clone());
                     }
                     jobs.remove(id.as_bytes())?;
-                    order.remove(&job.seq.to_be_bytes())?;
+                    order.remove(job.seq.to_be_bytes())?;
                     new_events.push(event(&job, &done));
                     pruned.push(done);
                 }

@@ -125,7 +125,9 @@ impl Store {
     /// (see [`PuppetNames`]).
     pub fn puppet_names(&self) -> Result<Arc<[String]>> {
         let version = match self.puppet_names.get() {
-            Ok(names) => return Ok(names),
+            // Other nodes enroll and remove puppets too: no cache then.
+            Ok(names) if !self.is_shared() => return Ok(names),
+            Ok(_) => 0,
             Err(version) => version,
         };
         let names: Arc<[String]> = self
@@ -286,7 +288,7 @@ impl Store {
             },
         );
         self.puppet_names.changed();
-        Ok(puppet?)
+        puppet
     }
 
     /// Starts a rotation: the new credential works from now on, the current
@@ -448,7 +450,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::testing::temp_store;
+    use crate::store::testing;
 
     fn enroll(store: &Store, name: &str, now: Millis) -> Puppet {
         let token = EnrollToken {
@@ -493,83 +495,86 @@ mod tests {
     /// stayed there, orphaned, and still proved connections).
     #[test]
     fn a_second_rotation_forgets_the_first_credential_entirely() {
-        let (_dir, store) = temp_store();
-        enroll(&store, "p1", Millis(1_000));
-        for (secret, hash) in [("s2", "hash-2"), ("s3", "hash-3")] {
-            let rotation = Rotation {
-                new_secret: secret.into(),
-                new_hash: hash.into(),
-                old_expires_at: Millis(i64::MAX),
-            };
-            store.rotate_puppet("p1", &rotation).unwrap();
-            store.complete_rotation("p1").unwrap();
+        for (_engine, store) in testing::stores() {
+            enroll(&store, "p1", Millis(1_000));
+            for (secret, hash) in [("s2", "hash-2"), ("s3", "hash-3")] {
+                let rotation = Rotation {
+                    new_secret: secret.into(),
+                    new_hash: hash.into(),
+                    old_expires_at: Millis(i64::MAX),
+                };
+                store.rotate_puppet("p1", &rotation).unwrap();
+                store.complete_rotation("p1").unwrap();
+            }
+            let puppet = store.get_puppet("p1").unwrap();
+            assert_eq!(puppet.credential_hash, "hash-3");
+            assert_eq!(puppet.old_credential.as_ref().unwrap().0, "hash-2");
+            assert!(store.principal("hash-of-p1").unwrap().is_none());
+            assert!(store.principal("hash-2").unwrap().is_some());
+            assert!(store.principal("hash-3").unwrap().is_some());
         }
-        let puppet = store.get_puppet("p1").unwrap();
-        assert_eq!(puppet.credential_hash, "hash-3");
-        assert_eq!(puppet.old_credential.as_ref().unwrap().0, "hash-2");
-        assert!(store.principal("hash-of-p1").unwrap().is_none());
-        assert!(store.principal("hash-2").unwrap().is_some());
-        assert!(store.principal("hash-3").unwrap().is_some());
     }
 
     #[test]
     fn a_touch_is_seen_by_every_reader_and_leaves_the_record_alone() {
-        let (_dir, store) = temp_store();
-        enroll(&store, "p1", Millis(1_000));
-        let record = store.puppets.get("p1").unwrap().unwrap();
-        store.touch_puppet("p1", Millis(5_000)).unwrap();
-        assert_eq!(store.puppets.get("p1").unwrap().unwrap(), record);
-        assert_eq!(
-            store.get_puppet("p1").unwrap().last_seen,
-            Some(Millis(5_000))
-        );
-        assert_eq!(
-            store.list_puppets().unwrap()[0].last_seen,
-            Some(Millis(5_000))
-        );
-        // A rewrite of the record with a later time wins, an earlier loses.
-        let p = store
-            .update_puppet("p1", |p| {
-                p.last_seen = Some(Millis(7_000));
-                Ok(())
-            })
-            .unwrap();
-        assert_eq!(p.last_seen, Some(Millis(7_000)));
-        let p = store
-            .update_puppet("p1", |p| {
-                p.last_seen = Some(Millis(2_000));
-                Ok(())
-            })
-            .unwrap();
-        assert_eq!(p.last_seen, Some(Millis(5_000)));
-        // Unknown puppets are not touched.
-        assert!(matches!(
-            store.touch_puppet("nobody", Millis(1)),
-            Err(StoreError::NotFound { .. })
-        ));
+        for (_engine, store) in testing::stores() {
+            enroll(&store, "p1", Millis(1_000));
+            let record = store.puppets.get("p1").unwrap().unwrap();
+            store.touch_puppet("p1", Millis(5_000)).unwrap();
+            assert_eq!(store.puppets.get("p1").unwrap().unwrap(), record);
+            assert_eq!(
+                store.get_puppet("p1").unwrap().last_seen,
+                Some(Millis(5_000))
+            );
+            assert_eq!(
+                store.list_puppets().unwrap()[0].last_seen,
+                Some(Millis(5_000))
+            );
+            // A rewrite of the record with a later time wins, an earlier loses.
+            let p = store
+                .update_puppet("p1", |p| {
+                    p.last_seen = Some(Millis(7_000));
+                    Ok(())
+                })
+                .unwrap();
+            assert_eq!(p.last_seen, Some(Millis(7_000)));
+            let p = store
+                .update_puppet("p1", |p| {
+                    p.last_seen = Some(Millis(2_000));
+                    Ok(())
+                })
+                .unwrap();
+            assert_eq!(p.last_seen, Some(Millis(5_000)));
+            // Unknown puppets are not touched.
+            assert!(matches!(
+                store.touch_puppet("nobody", Millis(1)),
+                Err(StoreError::NotFound { .. })
+            ));
+        }
     }
 
     #[test]
     fn the_shared_names_follow_enrollments_and_removals() {
-        let (_dir, store) = temp_store();
-        assert!(store.puppet_names().unwrap().is_empty());
-        enroll(&store, "p1", Millis(1_000));
-        assert_eq!(&*store.puppet_names().unwrap(), ["p1"]);
-        enroll(&store, "p2", Millis(1_000));
-        let names = store.puppet_names().unwrap();
-        assert_eq!(&*names, ["p1", "p2"]);
-        // Unchanged: the same list, not a new scan.
-        assert!(Arc::ptr_eq(&names, &store.puppet_names().unwrap()));
-        store.remove_puppet("p1").unwrap();
-        assert_eq!(&*store.puppet_names().unwrap(), ["p2"]);
-        // A failed enrollment changes nothing, and the list says so.
-        let mut failed = NewPuppet {
-            puppet: store.get_puppet("p2").unwrap(),
-            enroll_secret_hash: "secret-hash".into(),
-        };
-        failed.puppet.credential_hash = "other".into();
-        assert!(store.enroll(failed, Millis(2_000)).is_err());
-        assert_eq!(&*store.puppet_names().unwrap(), ["p2"]);
+        for (_engine, store) in testing::stores() {
+            assert!(store.puppet_names().unwrap().is_empty());
+            enroll(&store, "p1", Millis(1_000));
+            assert_eq!(&*store.puppet_names().unwrap(), ["p1"]);
+            enroll(&store, "p2", Millis(1_000));
+            let names = store.puppet_names().unwrap();
+            assert_eq!(&*names, ["p1", "p2"]);
+            // Unchanged: the same list, not a new scan.
+            assert!(Arc::ptr_eq(&names, &store.puppet_names().unwrap()));
+            store.remove_puppet("p1").unwrap();
+            assert_eq!(&*store.puppet_names().unwrap(), ["p2"]);
+            // A failed enrollment changes nothing, and the list says so.
+            let mut failed = NewPuppet {
+                puppet: store.get_puppet("p2").unwrap(),
+                enroll_secret_hash: "secret-hash".into(),
+            };
+            failed.puppet.credential_hash = "other".into();
+            assert!(store.enroll(failed, Millis(2_000)).is_err());
+            assert_eq!(&*store.puppet_names().unwrap(), ["p2"]);
+        }
     }
 
     #[test]
@@ -587,35 +592,37 @@ mod tests {
 
     #[test]
     fn concurrent_enrollments_all_show_in_the_names() {
-        let (_dir, store) = temp_store();
-        enroll(&store, "p0", Millis(1_000));
-        std::thread::scope(|scope| {
-            for t in 0..4 {
-                let store = &store;
-                scope.spawn(move || {
-                    for i in 0..10 {
-                        enroll(store, &format!("t{t}-{i}"), Millis(1_000));
-                        // Readers between the writers keep lists as they go.
-                        let _ = store.puppet_names().unwrap();
-                    }
-                });
-            }
-        });
-        assert_eq!(store.puppet_names().unwrap().len(), 41);
+        for (_engine, store) in testing::stores() {
+            enroll(&store, "p0", Millis(1_000));
+            std::thread::scope(|scope| {
+                for t in 0..4 {
+                    let store = &store;
+                    scope.spawn(move || {
+                        for i in 0..10 {
+                            enroll(store, &format!("t{t}-{i}"), Millis(1_000));
+                            // Readers between the writers keep lists as they go.
+                            let _ = store.puppet_names().unwrap();
+                        }
+                    });
+                }
+            });
+            assert_eq!(store.puppet_names().unwrap().len(), 41);
+        }
     }
 
     #[test]
     fn a_removed_puppet_leaves_no_last_poll_behind() {
-        let (_dir, store) = temp_store();
-        enroll(&store, "p1", Millis(1_000));
-        store.touch_puppet("p1", Millis(9_000)).unwrap();
-        store.remove_puppet("p1").unwrap();
-        assert!(store.seen.get("p1").unwrap().is_none());
-        let again = enroll(&store, "p1", Millis(3_000));
-        assert_eq!(again.last_seen, Some(Millis(3_000)));
-        assert_eq!(
-            store.get_puppet("p1").unwrap().last_seen,
-            Some(Millis(3_000))
-        );
+        for (_engine, store) in testing::stores() {
+            enroll(&store, "p1", Millis(1_000));
+            store.touch_puppet("p1", Millis(9_000)).unwrap();
+            store.remove_puppet("p1").unwrap();
+            assert!(store.seen.get("p1").unwrap().is_none());
+            let again = enroll(&store, "p1", Millis(3_000));
+            assert_eq!(again.last_seen, Some(Millis(3_000)));
+            assert_eq!(
+                store.get_puppet("p1").unwrap().last_seen,
+                Some(Millis(3_000))
+            );
+        }
     }
 }

@@ -111,36 +111,37 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use crate::store::StoreError;
-    use crate::store::testing::temp_store;
+    use crate::store::testing;
 
     /// Two updates of the same version: the second finds its version taken
     /// and is told to read again (Stale), nothing is overwritten.
     #[test]
     fn a_concurrent_update_of_the_same_version_is_stale() {
-        let (_dir, store) = temp_store();
-        let mut task = crate::domain::Task {
-            name: "t".into(),
-            version: 1,
-            description: "ours".into(),
-            spec: crate::store::testing::job().spec,
-            created_at: crate::domain::Millis(1),
-            updated_at: crate::domain::Millis(1),
-            resources: Vec::new(),
-            retries: 0,
-            requires: String::new(),
-        };
-        store.create_task(&task).unwrap();
-        task.version = 2;
-        store.add_task_version(&task).unwrap();
-        let mut other = task.clone();
-        other.description = "theirs".into();
-        match store.add_task_version(&other) {
-            Err(StoreError::Stale(m)) => assert!(m.contains("read it again"), "{m}"),
-            other => panic!("{other:?}"),
+        for (_engine, store) in testing::stores() {
+            let mut task = crate::domain::Task {
+                name: "t".into(),
+                version: 1,
+                description: "ours".into(),
+                spec: crate::store::testing::job().spec,
+                created_at: crate::domain::Millis(1),
+                updated_at: crate::domain::Millis(1),
+                resources: Vec::new(),
+                retries: 0,
+                requires: String::new(),
+            };
+            store.create_task(&task).unwrap();
+            task.version = 2;
+            store.add_task_version(&task).unwrap();
+            let mut other = task.clone();
+            other.description = "theirs".into();
+            match store.add_task_version(&other) {
+                Err(StoreError::Stale(m)) => assert!(m.contains("read it again"), "{m}"),
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(
+                store.get_task("t", Some(2)).unwrap().description,
+                task.description
+            );
         }
-        assert_eq!(
-            store.get_task("t", Some(2)).unwrap().description,
-            task.description
-        );
     }
 }

@@ -260,7 +260,7 @@ mod tests {
     use std::sync::{Arc, Barrier};
 
     use super::*;
-    use crate::store::testing::temp_store;
+    use crate::store::testing;
 
     fn admin(name: &str) -> User {
         User {
@@ -274,42 +274,43 @@ mod tests {
     /// one wins, the other is refused, and an admin always remains.
     #[test]
     fn two_admins_demoting_each_other_at_once_leave_one() {
-        let (_dir, store) = temp_store();
-        let store = Arc::new(store);
-        for round in 0..200 {
-            let (a, b) = (format!("a{round}"), format!("b{round}"));
-            store.add_user(&admin(&a)).unwrap();
-            store.add_user(&admin(&b)).unwrap();
-            // Only these two are admins this round.
-            for user in store.list_users().unwrap() {
-                if user.name != a && user.name != b && user.role == Role::Admin {
-                    store.set_user_role(&user.name, Role::Viewer).unwrap();
-                }
-            }
-            let barrier = Arc::new(Barrier::new(2));
-            let demote = |me: String, other: String| {
-                let (store, barrier) = (store.clone(), barrier.clone());
-                std::thread::spawn(move || {
-                    barrier.wait();
-                    if round % 2 == 0 {
-                        store.set_user_role(&other, Role::Operator).is_ok()
-                    } else {
-                        store.remove_user(&other).is_ok()
+        for (_engine, store) in testing::stores() {
+            let store = Arc::new(store);
+            for round in 0..200 {
+                let (a, b) = (format!("a{round}"), format!("b{round}"));
+                store.add_user(&admin(&a)).unwrap();
+                store.add_user(&admin(&b)).unwrap();
+                // Only these two are admins this round.
+                for user in store.list_users().unwrap() {
+                    if user.name != a && user.name != b && user.role == Role::Admin {
+                        store.set_user_role(&user.name, Role::Viewer).unwrap();
                     }
-                    .then_some(me)
-                })
-            };
-            let one = demote(a.clone(), b.clone());
-            let two = demote(b.clone(), a.clone());
-            let won = [one.join().unwrap(), two.join().unwrap()];
-            assert_eq!(won.iter().flatten().count(), 1, "round {round}: {won:?}");
-            let admins = store
-                .list_users()
-                .unwrap()
-                .into_iter()
-                .filter(|u| u.role == Role::Admin)
-                .count();
-            assert_eq!(admins, 1, "round {round}");
+                }
+                let barrier = Arc::new(Barrier::new(2));
+                let demote = |me: String, other: String| {
+                    let (store, barrier) = (store.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        if round % 2 == 0 {
+                            store.set_user_role(&other, Role::Operator).is_ok()
+                        } else {
+                            store.remove_user(&other).is_ok()
+                        }
+                        .then_some(me)
+                    })
+                };
+                let one = demote(a.clone(), b.clone());
+                let two = demote(b.clone(), a.clone());
+                let won = [one.join().unwrap(), two.join().unwrap()];
+                assert_eq!(won.iter().flatten().count(), 1, "round {round}: {won:?}");
+                let admins = store
+                    .list_users()
+                    .unwrap()
+                    .into_iter()
+                    .filter(|u| u.role == Role::Admin)
+                    .count();
+                assert_eq!(admins, 1, "round {round}");
+            }
         }
     }
 }

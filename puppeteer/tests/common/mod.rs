@@ -25,6 +25,26 @@ pub struct TestServer {
     pub url: String,
     pub ca: PathBuf,
     pub admin_token: String,
+    /// The engine: a restart in a test reopens the same one.
+    pub store: puppeteer::config::StoreConfig,
+}
+
+/// The engine the test servers use: sled, or PostgreSQL when
+/// `GEPPETTO_TEST_STORE=postgres` (`.ci/run` runs the API suites again so;
+/// a fresh database per server, on the test process's own PostgreSQL).
+pub fn test_store() -> puppeteer::config::StoreConfig {
+    match std::env::var("GEPPETTO_TEST_STORE").as_deref() {
+        Ok("postgres") => {
+            let server = geppetto_test_support::postgres::server()
+                .expect("GEPPETTO_TEST_STORE=postgres needs PostgreSQL (initdb, postgres)");
+            puppeteer::config::StoreConfig::Postgres {
+                url: server.fresh_database().into(),
+                password: None,
+            }
+        }
+        Ok("sled") | Err(_) => puppeteer::config::StoreConfig::Sled,
+        Ok(other) => panic!("GEPPETTO_TEST_STORE={other}: sled or postgres"),
+    }
 }
 
 impl TestServer {
@@ -35,7 +55,9 @@ impl TestServer {
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::new(dir.path().join("data"), "127.0.0.1:0".parse().unwrap());
+        config.store = test_store();
         tweak(&mut config);
+        let store = config.store.clone();
         let running = puppeteer::start(config).await.expect("puppeteer starts");
         let url = running.url(false);
         let ca = running.ca_file.clone().unwrap_or_default();
@@ -46,6 +68,7 @@ impl TestServer {
             url,
             ca,
             admin_token,
+            store,
         }
     }
 

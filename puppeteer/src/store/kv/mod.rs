@@ -88,6 +88,15 @@ impl Db {
         }
     }
 
+    /// Milliseconds since the epoch: the database's clock when it is
+    /// shared (one clock for every node), this machine's otherwise.
+    pub(crate) fn now_ms(&self) -> Result<i64> {
+        match self {
+            Db::Sled(_) => Ok(crate::domain::Millis::now().0),
+            Db::Pg(pg) => pg.now_ms(),
+        }
+    }
+
     pub(crate) fn is_shared(&self) -> bool {
         matches!(self, Db::Pg(_))
     }

@@ -112,10 +112,13 @@ fn tx_error(e: tokio_postgres::Error) -> TxError {
 impl Pg {
     /// Connects to the database at `url` (a libpq-style URL or key=value
     /// string), checking that it answers.
-    pub(crate) fn connect(url: &str) -> Result<Arc<Pg>> {
+    pub(crate) fn connect(url: &str, password: Option<&str>) -> Result<Arc<Pg>> {
         let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| StoreError::Postgres(format!("the store URL is not valid: {e}")))?;
+        if let Some(password) = password {
+            config.password(password);
+        }
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(10));
         }
@@ -256,6 +259,50 @@ impl Pg {
         })
     }
 
+    /// Sends `messages` to every listener of `channel` (this process's
+    /// included), in one statement.
+    pub(crate) fn notify(&self, channel: &str, messages: &[String]) -> Result<()> {
+        let mut conn = self.lease()?;
+        conn.query(
+            "SELECT pg_notify($1, m) FROM unnest($2::text[]) AS m",
+            &[&channel, &messages],
+        )?;
+        Ok(())
+    }
+
+    /// Listens on `channel` on a connection of its own (pooled connections
+    /// never see notifications), reconnecting after a failure with a
+    /// pause; [`Heard::Missed`] after each reconnection, since whatever
+    /// was sent meanwhile is lost. Stops when the receiver is dropped.
+    pub(crate) fn listen(&self, channel: &str) -> tokio::sync::mpsc::UnboundedReceiver<Heard> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let config = self.config.clone();
+        let channel = channel.to_string();
+        self.runtime.spawn(async move {
+            let mut first = true;
+            while !tx.is_closed() {
+                match listen_once(&config, &channel, &tx, first).await {
+                    Ok(()) => return,
+                    Err(e) => tracing::warn!(error = %e, "database notifications interrupted; reconnecting"),
+                }
+                first = false;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        rx
+    }
+
+    /// Milliseconds since the epoch on the database's clock: one clock for
+    /// every node of a cluster.
+    pub(crate) fn now_ms(&self) -> Result<i64> {
+        let mut conn = self.lease()?;
+        let row = conn.query_one(
+            "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint",
+            &[],
+        )?;
+        Ok(row.get(0))
+    }
+
     pub(crate) fn next_id(&self) -> Result<u64> {
         let mut conn = self.lease()?;
         let row = conn.query_one("SELECT nextval('geppetto_ids')", &[])?;
@@ -266,6 +313,123 @@ impl Pg {
         let mut conn = self.lease()?;
         let row = conn.query_one("SELECT pg_database_size(current_database())", &[])?;
         Ok(row.get::<_, i64>(0) as u64)
+    }
+}
+
+/// What a listener hears.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Heard {
+    Message(String),
+    /// The listening connection broke and was opened again: messages sent
+    /// in between are lost.
+    Missed,
+}
+
+/// How often the listening connection proves it is alive (a half-open TCP
+/// connection would otherwise stay silent for as long as the keepalives
+/// take).
+const LISTEN_PING: Duration = Duration::from_secs(5);
+
+/// One listening connection, until it fails (`Ok`: the receiver is gone).
+async fn listen_once(
+    config: &tokio_postgres::Config,
+    channel: &str,
+    tx: &tokio::sync::mpsc::UnboundedSender<Heard>,
+    first: bool,
+) -> std::result::Result<(), String> {
+    use futures_util::StreamExt;
+    let (client, mut connection) = config.connect(NoTls).await.map_err(|e| e.to_string())?;
+    let (messages_tx, mut messages) = tokio::sync::mpsc::unbounded_channel();
+    let pump = tokio::spawn(async move {
+        let mut stream = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = stream.next().await {
+            match message {
+                Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                    if messages_tx.send(Ok(n.payload().to_string())).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = messages_tx.send(Err(e));
+                    return;
+                }
+            }
+        }
+    });
+    let _stop_pump = AbortOnDrop(pump);
+    let quoted = channel.replace('"', "");
+    client
+        .batch_execute(&format!("LISTEN \"{quoted}\""))
+        .await
+        .map_err(|e| e.to_string())?;
+    if !first {
+        // Listening again: what was sent while we were not is lost.
+        let _ = tx.send(Heard::Missed);
+    }
+    let mut ping = tokio::time::interval(LISTEN_PING);
+    loop {
+        tokio::select! {
+            message = messages.recv() => match message {
+                Some(Ok(payload)) => {
+                    if tx.send(Heard::Message(payload)).is_err() {
+                        return Ok(());
+                    }
+                }
+                Some(Err(e)) => return Err(e.to_string()),
+                None => return Err("the listening connection closed".into()),
+            },
+            _ = ping.tick() => {
+                if tx.is_closed() {
+                    return Ok(());
+                }
+                match tokio::time::timeout(LISTEN_PING, client.batch_execute("SELECT 1")).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(e.to_string()),
+                    Err(_) => return Err(format!("no answer to a ping in {}s", LISTEN_PING.as_secs())),
+                }
+            }
+        }
+    }
+}
+
+/// A session advisory lock, held until dropped (or until its connection
+/// dies, when PostgreSQL lets it go).
+pub(crate) struct AdvisoryLock<'p> {
+    lease: Lease<'p>,
+    key: i64,
+}
+
+impl Pg {
+    /// Waits for the cluster-wide lock `key` (at most the statement
+    /// timeout).
+    pub(crate) fn advisory_lock(&self, key: i64) -> Result<AdvisoryLock<'_>> {
+        let mut lease = self.lease()?;
+        lease.query("SELECT pg_advisory_lock($1)", &[&key])?;
+        Ok(AdvisoryLock { lease, key })
+    }
+}
+
+impl Drop for AdvisoryLock<'_> {
+    fn drop(&mut self) {
+        if self
+            .lease
+            .query("SELECT pg_advisory_unlock($1)", &[&self.key])
+            .is_err()
+        {
+            // Unknown state: close the connection, which lets the lock go.
+            self.lease.conn = None;
+            self.lease.pg.forget_one();
+        }
+    }
+}
+
+/// Stops a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -556,11 +720,12 @@ impl Scan {
     }
 
     pub(crate) fn next(&mut self) -> Option<Result<(Bytes, Bytes)>> {
-        if self.buffered.is_empty() && !self.done {
-            if let Err(e) = self.fetch() {
-                self.done = true;
-                return Some(Err(e));
-            }
+        if self.buffered.is_empty()
+            && !self.done
+            && let Err(e) = self.fetch()
+        {
+            self.done = true;
+            return Some(Err(e));
         }
         self.buffered.pop_front().map(Ok)
     }
