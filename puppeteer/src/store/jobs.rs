@@ -405,7 +405,8 @@ mod tests {
             let first = store.job("job-1").unwrap();
             assert!(!first.cancelled);
             // Read again without a write: the same decoded job.
-            assert!(Arc::ptr_eq(&first, &store.job("job-1").unwrap()));
+            // (Cached on sled only: other nodes write a shared store.)
+            assert!(store.is_shared() || Arc::ptr_eq(&first, &store.job("job-1").unwrap()));
 
             store
                 .update_job("job-1", |job| {
