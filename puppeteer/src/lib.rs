@@ -131,6 +131,9 @@ pub async fn start(config: Config) -> Result<Running> {
     } else {
         let (files, created) = match &config.tls {
             Some(files) => (files.clone(), false),
+            None if store.is_shared() => {
+                pki::ensure_cluster_tls(&config.data_dir.join("tls"), &config.server_names, &store)?
+            }
             None => pki::ensure_local_tls(&config.data_dir.join("tls"), &config.server_names)?,
         };
         (
@@ -155,16 +158,6 @@ pub async fn start(config: Config) -> Result<Running> {
             config.data_dir.display()
         )
     })?;
-    // A shared database is served by one puppeteer at a time (see
-    // `store/cluster.rs`): take its lease before anything is written.
-    let node = app::ownership::new_node_id();
-    if store.is_shared() {
-        let (taking, id) = (store.clone(), node.clone());
-        tokio::task::spawn_blocking(move || app::ownership::take(&taking, &id))
-            .await
-            .context("the database thread failed")?
-            .context("cannot serve this database")?;
-    }
     let new_admin_token = pki::ensure_admin_token(&config.data_dir, &store)?;
     store.flush().await?;
 
@@ -184,17 +177,30 @@ pub async fn start(config: Config) -> Result<Running> {
         .map(|l| l.local_addr())
         .transpose()?;
     let shutdown = CancellationToken::new();
-    let lease_task = store.is_shared().then(|| {
-        tokio::spawn(app::ownership::keep(
+    // On a shared store, this node is one of a cluster (app/cluster.rs):
+    // it leads while it holds the leader's lease.
+    let (node, election) = if store.is_shared() {
+        let id = app::cluster::new_node_id();
+        let (leading, follows) = tokio::sync::watch::channel(false);
+        let election = tokio::spawn(app::cluster::elect(
             store.clone(),
-            node.clone(),
+            id.clone(),
+            leading,
             shutdown.child_token(),
-            shutdown.clone(),
-        ))
-    });
+        ));
+        tracing::info!(node = id, "joining the cluster on the shared database");
+        let listen = addr.to_string();
+        (
+            app::cluster::Node::member(id, listen, follows),
+            Some(election),
+        )
+    } else {
+        (app::cluster::Node::alone(), None)
+    };
     let metrics = app::metrics::Metrics::new();
     let state = Arc::new(AppState {
         store,
+        node,
         hub: Default::default(),
         config: AppConfig {
             poll_timeout: config.poll_timeout,
@@ -233,9 +239,9 @@ pub async fn start(config: Config) -> Result<Running> {
     let serving = serve(listener, state, tls, settings, shutdown.clone());
     let serving = async move {
         let served = serving.await;
-        // Given up once nothing is served any more.
-        if let Some(lease_task) = lease_task {
-            let _ = lease_task.await;
+        // The lease is given up once nothing is served any more.
+        if let Some(election) = election {
+            let _ = election.await;
         }
         served
     };

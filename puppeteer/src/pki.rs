@@ -88,6 +88,44 @@ pub fn renew_server_cert(dir: &Path, names: &[String]) -> Result<TlsFiles> {
 }
 
 /// Creates the local CA and a server certificate in `dir` if absent.
+/// [`ensure_local_tls`] for a node of a cluster: the first node's CA and
+/// certificate are kept in the shared store and every node writes the same
+/// files into its `dir`, so puppets trust whichever node they reach.
+/// `names` must therefore name the cluster (its balancer's name, every
+/// node's): the first node's names are the ones in the certificate.
+pub fn ensure_cluster_tls(dir: &Path, names: &[String], store: &Store) -> Result<(TlsFiles, bool)> {
+    let (files, created) = ensure_local_tls(dir, names)?;
+    let read = |p: &Path| {
+        std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+    };
+    let ca_pem = dir.join("ca.pem");
+    let ca_key = dir.join("ca.key");
+    let ours = crate::store::SharedTls {
+        ca_cert: read(&ca_pem)?,
+        ca_key: if ca_key.exists() {
+            read(&ca_key)?
+        } else {
+            String::new()
+        },
+        cert: read(&files.cert)?,
+        key: read(&files.key)?,
+    };
+    let kept = store
+        .share_tls(&ours)
+        .context("cannot share the TLS files through the database")?;
+    if kept == ours {
+        return Ok((files, created));
+    }
+    tracing::info!(dir = %dir.display(), "using the cluster's CA and certificate, kept in the database");
+    write_file(&ca_pem, kept.ca_cert.as_bytes(), 0o644)?;
+    if !kept.ca_key.is_empty() {
+        write_secret(&ca_key, kept.ca_key.as_bytes())?;
+    }
+    write_file(&files.cert, kept.cert.as_bytes(), 0o644)?;
+    write_secret(&files.key, kept.key.as_bytes())?;
+    Ok((files, false))
+}
+
 pub fn ensure_local_tls(dir: &Path, names: &[String]) -> Result<(TlsFiles, bool)> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;

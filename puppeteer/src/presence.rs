@@ -159,6 +159,10 @@ pub struct Presences {
     /// need not decode their records every second.
     // A std mutex: held only for a map lookup or insert, never across an await.
     reported: Mutex<HashMap<String, Presence>>,
+    /// The puppets whose polls the cluster's other nodes hold, as they last
+    /// said (see `app/cluster.rs`); empty on one node.
+    // A std mutex: held to swap or read the set, never across an await.
+    remote_held: Mutex<Arc<std::collections::HashSet<String>>>,
 }
 
 impl Default for Presences {
@@ -206,7 +210,25 @@ impl Presences {
                 puppets: Default::default(),
             }),
             reported: Default::default(),
+            remote_held: Default::default(),
         }
+    }
+
+    /// What the other nodes of the cluster said they hold.
+    pub fn set_remote_held(&self, held: std::collections::HashSet<String>) {
+        *self.remote_held.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(held);
+    }
+
+    /// The puppets whose polls this node holds.
+    pub fn held_here(&self) -> Vec<String> {
+        self.signs
+            .puppets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, heard)| heard.held > 0)
+            .map(|(name, _)| name.clone())
+            .collect()
     }
 
     pub fn clock(&self) -> &Clock {
@@ -233,6 +255,30 @@ impl Presences {
             signs: self.signs.clone(),
             name: name.to_string(),
         }
+    }
+
+    /// A sign of life heard `ago` by another node of the cluster (see
+    /// `app/cluster.rs`): counts as heard then, if later than what this
+    /// node knows.
+    pub fn heard_ago(&self, name: &str, ago: Duration) {
+        let now = self.signs.clock.now();
+        let then = Mono(now.0.saturating_sub(ago.as_millis() as u64));
+        self.signs.update(name, |heard| {
+            heard.last = heard.last.max(Some(then));
+        });
+    }
+
+    /// The puppets heard since `since` or holding a poll now: what this
+    /// node shares with the others.
+    pub fn heard_since(&self, since: Mono) -> Vec<String> {
+        self.signs
+            .puppets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, heard)| heard.held > 0 || heard.last.is_some_and(|l| l >= since))
+            .map(|(name, _)| name.clone())
+            .collect()
     }
 
     /// Forgets a removed puppet.
@@ -263,9 +309,15 @@ impl Presences {
             .is_some_and(|heard| heard.held > 0 && heard.free_slots > 0)
     }
 
-    /// Whether a poll of this puppet is held right now.
+    /// Whether a poll of this puppet is held right now, by this node or (as
+    /// they last said) another node of the cluster.
     pub fn is_held(&self, name: &str) -> bool {
         self.signs.get(name).is_some_and(|heard| heard.held > 0)
+            || self
+                .remote_held
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(name)
     }
 
     /// Whether this puppet made a call since this puppeteer started.
@@ -278,6 +330,14 @@ impl Presences {
     /// How long the puppet has been silent (see the module's doc): zero
     /// while a poll of it is held. No wall clock is read.
     pub fn silence(&self, name: &str) -> Duration {
+        if self
+            .remote_held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(name)
+        {
+            return Duration::ZERO;
+        }
         let now = self.signs.clock.now();
         match self.signs.get(name) {
             Some(heard) if heard.held > 0 => Duration::ZERO,

@@ -209,14 +209,31 @@ pub async fn serve(
     let api = api(&state).await?;
     // The background work, each in its own task: a long sweep or prune
     // never delays accepting connections.
+    // In a cluster, the work that must run once runs on the leader only,
+    // and the nodes share wake-ups and signs of life (app/cluster.rs).
+    use crate::app::cluster::while_leading;
     let background = [
-        tokio::spawn(crate::app::run_sweeper(state.clone(), shutdown.clone())),
-        tokio::spawn(crate::app::notify::run_notifier(
+        tokio::spawn(while_leading(
+            state.clone(),
+            shutdown.clone(),
+            crate::app::run_sweeper,
+        )),
+        tokio::spawn(while_leading(
+            state.clone(),
+            shutdown.clone(),
+            crate::app::notify::run_notifier,
+        )),
+        tokio::spawn(while_leading(
+            state.clone(),
+            shutdown.clone(),
+            crate::app::run_pruner,
+        )),
+        tokio::spawn(crate::app::cluster::share_presence(
             state.clone(),
             shutdown.clone(),
         )),
-        tokio::spawn(crate::app::run_pruner(state.clone(), shutdown.clone())),
     ];
+    crate::app::cluster::relay(&state, shutdown.clone());
     let cap = settings
         .max_connections
         .unwrap_or_else(|| connection_cap(open_file_limit()));

@@ -187,6 +187,40 @@ fn server_lines(s: &ServerView) -> String {
         }
         None => text.push_str("last prune: not yet\n"),
     }
+    if !s.store.is_empty() {
+        let _ = writeln!(text, "store: {}", s.store);
+    }
+    if !s.nodes.is_empty() {
+        let _ = writeln!(
+            text,
+            "cluster: {} node{}",
+            s.nodes.len(),
+            plural(s.nodes.len())
+        );
+        for node in &s.nodes {
+            let mut marks = Vec::new();
+            if node.leader {
+                marks.push("leader");
+            }
+            if node.answering {
+                marks.push("answered this");
+            }
+            let marks = if marks.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", marks.join(", "))
+            };
+            let _ = writeln!(
+                text,
+                "  node {} at {}: {} poll{} held, seen {}{marks}",
+                node.id,
+                node.listen,
+                node.polls_held,
+                plural(node.polls_held as usize),
+                node.last_seen.as_deref().unwrap_or("never")
+            );
+        }
+    }
     text
 }
 
@@ -313,6 +347,16 @@ mod tests {
             last_prune_at: None,
             pruned_jobs: 0,
             pruned_runs: 0,
+            store: "PostgreSQL db:5432/geppetto".into(),
+            nodes: vec![crate::views::NodeView {
+                id: "n1".into(),
+                listen: "10.0.0.1:7443".into(),
+                started_at: None,
+                last_seen: Some("2026-12-06T00:00:00Z".into()),
+                polls_held: 2,
+                leader: true,
+                answering: true,
+            }],
         });
         let quiet = render(&quiet);
         assert!(
@@ -320,6 +364,14 @@ mod tests {
             "{quiet}"
         );
         assert!(quiet.contains("last prune: not yet"), "{quiet}");
+        assert!(
+            quiet.contains("store: PostgreSQL db:5432/geppetto"),
+            "{quiet}"
+        );
+        assert!(
+            quiet.contains("cluster: 1 node\n  node n1 at 10.0.0.1:7443: 2 polls held, seen 2026-12-06T00:00:00Z (leader, answered this)"),
+            "{quiet}"
+        );
         assert!(quiet.contains("jobs: none running"), "{quiet}");
         assert!(quiet.contains("resources: none in use"), "{quiet}");
         assert!(quiet.contains("needs attention: nothing"), "{quiet}");

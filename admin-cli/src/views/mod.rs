@@ -41,8 +41,8 @@ pub use puppets::{FactsView, PuppetQueueView, PuppetView, QueueEntryView};
 pub use resources::{ResourceHolderView, ResourceView};
 pub use runs::{FetchView, RunView, TransitionView};
 pub use status::{
-    AttentionView, FetchingRunView, FleetView, JobBriefView, OFFLINE_WAIT, OfflineWaitView,
-    ResourceUseView, ServerView, StatusView,
+    AttentionView, FetchingRunView, FleetView, JobBriefView, NodeView, OFFLINE_WAIT,
+    OfflineWaitView, ResourceUseView, ServerView, StatusView,
 };
 pub use tasks::{
     ArtifactRefView, ProgramView, ResourceNeedView, TaskView, artifacts_line, needs_line,

@@ -37,6 +37,37 @@ pub struct ServerView {
     pub last_prune_at: Option<String>,
     pub pruned_jobs: u64,
     pub pruned_runs: u64,
+    /// "sled", or "PostgreSQL HOST:PORT/DB".
+    pub store: String,
+    /// A cluster's nodes; empty on one node.
+    pub nodes: Vec<NodeView>,
+}
+
+/// One puppeteer of a cluster.
+#[derive(Debug, Serialize)]
+pub struct NodeView {
+    pub id: String,
+    pub listen: String,
+    pub started_at: Option<String>,
+    pub last_seen: Option<String>,
+    pub polls_held: u32,
+    pub leader: bool,
+    /// The node that answered.
+    pub answering: bool,
+}
+
+impl From<&pb::ClusterNode> for NodeView {
+    fn from(n: &pb::ClusterNode) -> Self {
+        NodeView {
+            id: n.id.clone(),
+            listen: n.listen.clone(),
+            started_at: rfc3339(n.started_at.as_ref()),
+            last_seen: rfc3339(n.last_seen.as_ref()),
+            polls_held: n.polls_held,
+            leader: n.leader,
+            answering: n.answering,
+        }
+    }
 }
 
 impl From<&pb::ServerInfo> for ServerView {
@@ -50,6 +81,8 @@ impl From<&pb::ServerInfo> for ServerView {
             last_prune_at: rfc3339(i.last_prune_at.as_ref()),
             pruned_jobs: i.pruned_jobs,
             pruned_runs: i.pruned_runs,
+            store: i.store.clone(),
+            nodes: i.nodes.iter().map(NodeView::from).collect(),
         }
     }
 }

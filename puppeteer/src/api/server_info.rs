@@ -46,6 +46,40 @@ impl DataSize {
 
 pub use crate::store::dir_bytes;
 
+/// The cluster's nodes seen within [`crate::app::cluster::NODE_GONE`], the
+/// leader marked (the holder of a live lease); none on sled.
+fn cluster_nodes(
+    state: &crate::app::AppState,
+) -> Result<Vec<pb::ClusterNode>, crate::store::StoreError> {
+    let store = &state.store;
+    if !store.is_shared() {
+        return Ok(Vec::new());
+    }
+    let now = store.now_ms()?;
+    let leader = store
+        .node_lease()?
+        .filter(|l| l.expires_ms > now)
+        .map(|l| l.node);
+    let gone = crate::app::cluster::NODE_GONE.as_millis() as i64;
+    let local_now = crate::domain::Millis::now().0;
+    let mut nodes: Vec<pb::ClusterNode> = store
+        .nodes()?
+        .into_iter()
+        .filter(|n| local_now - n.seen_ms <= gone)
+        .map(|n| pb::ClusterNode {
+            leader: leader.as_deref() == Some(n.id.as_str()),
+            answering: n.id == state.node.id,
+            polls_held: n.held.len() as u32,
+            started_at: Some(ts(crate::domain::Millis(n.started_ms))),
+            last_seen: Some(ts(crate::domain::Millis(n.seen_ms))),
+            id: n.id,
+            listen: n.listen,
+        })
+        .collect();
+    nodes.sort_by(|a, b| a.listen.cmp(&b.listen));
+    Ok(nodes)
+}
+
 #[tonic::async_trait]
 impl Server for ServerApi {
     async fn get_server_info(
@@ -54,9 +88,10 @@ impl Server for ServerApi {
     ) -> Result<Response<pb::ServerInfo>, Status> {
         self.state.authorize(&request, "Server/GetServerInfo")?;
         let state = self.state.clone();
-        let (size, last) = tokio::task::spawn_blocking(move || {
+        let (size, last, nodes) = tokio::task::spawn_blocking(move || {
             let size = DataSize::measure(&state.store, &state.config.data_dir)?;
-            Ok::<_, crate::store::StoreError>((size, state.store.last_prune()?))
+            let nodes = cluster_nodes(&state)?;
+            Ok::<_, crate::store::StoreError>((size, state.store.last_prune()?, nodes))
         })
         .await
         .map_err(|e| ApiError::Internal(format!("server info failed: {e}")))?
@@ -71,6 +106,8 @@ impl Server for ServerApi {
             last_prune_at: (last.at.0 > 0).then(|| ts(last.at)),
             pruned_jobs: last.jobs,
             pruned_runs: last.runs,
+            store: self.state.store.describe(),
+            nodes,
         }))
     }
 }

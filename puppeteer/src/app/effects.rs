@@ -166,6 +166,11 @@ impl AppState {
     /// `None` if the job's end is known (announced, no run reopened
     /// since); otherwise how many times its runs were reopened so far.
     fn job_end_unknown(&self, job_id: &str) -> Option<u64> {
+        if self.store.is_shared() {
+            // Another node may reopen a run of the job: ask the store each
+            // time (its `reported_end` still announces an end once).
+            return Some(0);
+        }
         match self
             .job_ends
             .lock()

@@ -17,6 +17,7 @@
 pub mod auth;
 pub mod authz;
 pub mod blocking;
+pub mod cluster;
 pub mod effects;
 pub mod error;
 pub mod events;
@@ -24,7 +25,6 @@ pub mod fetches;
 mod gates;
 pub mod metrics;
 pub mod notify;
-pub mod ownership;
 mod prune;
 mod sweep;
 
@@ -105,6 +105,8 @@ impl Default for AppConfig {
 #[derive(Debug)]
 pub struct AppState {
     pub store: Store,
+    /// This node, and whether it leads the cluster (always, on sled).
+    pub node: cluster::Node,
     pub hub: Hub,
     pub config: AppConfig,
     pub auth: Auth,

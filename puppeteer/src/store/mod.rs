@@ -80,7 +80,7 @@ use serde::de::DeserializeOwned;
 use kv::{Db, Tree};
 pub(crate) use kv::{Transactional, TxError, TxResult, TxTree, abort};
 
-pub use cluster::NodeLease;
+pub use cluster::{NodeInfo, NodeLease, SharedTls};
 pub use keys::prefix_of;
 pub use kv::pg::Heard;
 
@@ -343,6 +343,15 @@ impl Store {
     /// the store (the database's, when shared).
     pub fn now_ms(&self) -> Result<i64> {
         self.db.now_ms()
+    }
+
+    /// What holds the state, for operators: "sled", or "PostgreSQL
+    /// HOST:PORT/DB" (never a password).
+    pub fn describe(&self) -> String {
+        match &self.db {
+            Db::Sled(_) => "sled".into(),
+            Db::Pg(pg) => format!("PostgreSQL {}", pg.describe()),
+        }
     }
 
     /// Whether other processes may change this store at the same time (a

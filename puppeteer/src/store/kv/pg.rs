@@ -130,11 +130,17 @@ impl Pg {
         std::thread::Builder::new()
             .name("postgres-io".into())
             .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
+                let runtime = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
-                    .expect("a runtime for the database connections");
-                let _ = ready.send(runtime.handle().clone());
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready.send(Ok(runtime.handle().clone()));
                 runtime.block_on(async move {
                     let _ = stopped.await;
                 });
@@ -142,7 +148,8 @@ impl Pg {
             .map_err(StoreError::Files)?;
         let runtime = handle
             .recv()
-            .map_err(|_| StoreError::Postgres("the database thread did not start".into()))?;
+            .map_err(|_| StoreError::Postgres("the database thread did not start".into()))?
+            .map_err(StoreError::Files)?;
         let pg = Arc::new(Pg {
             config,
             runtime,
@@ -301,6 +308,18 @@ impl Pg {
             &[],
         )?;
         Ok(row.get(0))
+    }
+
+    /// `HOST:PORT/DB` of the database (no user, no password).
+    pub(crate) fn describe(&self) -> String {
+        let host = match self.config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+            None => "localhost".into(),
+        };
+        let port = self.config.get_ports().first().copied().unwrap_or(5432);
+        let db = self.config.get_dbname().unwrap_or("");
+        format!("{host}:{port}/{db}")
     }
 
     pub(crate) fn next_id(&self) -> Result<u64> {
@@ -511,6 +530,8 @@ struct Sql {
     update_if: String,
     insert_if_absent: String,
     remove_if: String,
+    insert_many: String,
+    remove_many: String,
     count: String,
     scan: HashMap<(u8, u8, bool), String>,
 }
@@ -559,6 +580,11 @@ impl Sql {
                 "INSERT INTO {table} (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING"
             ),
             remove_if: format!("DELETE FROM {table} WHERE key = $1 AND value = $2"),
+            insert_many: format!(
+                "INSERT INTO {table} (key, value) SELECT * FROM unnest($1::bytea[], $2::bytea[]) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+            ),
+            remove_many: format!("DELETE FROM {table} WHERE key = ANY($1::bytea[])"),
             count: format!("SELECT count(*) FROM {table}"),
             scan,
         }
@@ -624,14 +650,27 @@ impl Table {
         Ok(changed == 1)
     }
 
+    /// The batch's writes in one transaction of two statements (the last
+    /// write of a key wins, as in sled's batches).
     pub(crate) fn apply_batch(&self, writes: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<()> {
+        let last: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>> =
+            writes.into_iter().collect();
+        let (mut keys, mut values, mut gone) = (Vec::new(), Vec::new(), Vec::new());
+        for (key, value) in last {
+            match value {
+                Some(v) => {
+                    keys.push(key);
+                    values.push(v);
+                }
+                None => gone.push(key),
+            }
+        }
         transaction(&[self], |tx| {
-            let table = tx.table(self);
-            for (key, value) in &writes {
-                match value {
-                    Some(v) => table.insert(key, v)?,
-                    None => table.remove(key)?,
-                };
+            if !keys.is_empty() {
+                tx.query(&self.sql.insert_many, &[&keys, &values])?;
+            }
+            if !gone.is_empty() {
+                tx.query(&self.sql.remove_many, &[&gone])?;
             }
             Ok(())
         })

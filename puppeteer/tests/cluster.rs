@@ -1,0 +1,284 @@
+//! Several puppeteer processes on one PostgreSQL database: one puppeteer.
+//! Real processes (`puppeteer serve --store postgres://…`), real puppets
+//! spread over the nodes with the list of every node's URL, a node killed
+//! with `kill -9` mid-job and started again.
+//!
+//! Needs PostgreSQL (`geppetto_test_support::postgres`): without it the
+//! tests skip loudly; `.ci/run` installs it and forbids the skip.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{Admin, ProcServer, RealPuppet};
+use geppetto_proto::client::{Channel, Endpoint, TokenSlot, Transport};
+use geppetto_proto::v1 as pb;
+use geppetto_test_support::wait_until_async;
+
+const DEADLINE: Duration = Duration::from_secs(240);
+
+/// A node: its process, data dir and port.
+struct Node {
+    server: Option<ProcServer>,
+    data: PathBuf,
+    port: u16,
+}
+
+async fn start_node(data: &Path, port: u16, store: &str, extra: &[&str]) -> ProcServer {
+    let mut args = vec!["--store", store];
+    args.extend_from_slice(extra);
+    ProcServer::start_with(data, &format!("127.0.0.1:{port}"), &args).await
+}
+
+struct Cluster {
+    _dir: tempfile::TempDir,
+    store: String,
+    nodes: Vec<Node>,
+    ca: PathBuf,
+    token: String,
+    extra: Vec<String>,
+}
+
+impl Cluster {
+    /// `n` nodes on a fresh database; `None` without PostgreSQL.
+    async fn start(n: usize, extra: &[&str]) -> Option<Cluster> {
+        let store = geppetto_test_support::postgres::server()?.fresh_database();
+        let dir = tempfile::tempdir().unwrap();
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            let data = dir.path().join(format!("node{i}"));
+            let server = start_node(&data, 0, &store, extra).await;
+            nodes.push(Node {
+                port: server.port,
+                server: Some(server),
+                data,
+            });
+        }
+        // The first node made the CA and the first admin; the others serve
+        // the same CA, kept in the database.
+        let ca = nodes[0].data.join("tls/ca.pem");
+        for node in &nodes[1..] {
+            assert_eq!(
+                std::fs::read(node.data.join("tls/ca.pem")).unwrap(),
+                std::fs::read(&ca).unwrap(),
+                "every node serves the cluster's CA"
+            );
+        }
+        let token = std::fs::read_to_string(nodes[0].data.join("admin-token"))
+            .unwrap()
+            .trim()
+            .to_string();
+        Some(Cluster {
+            _dir: dir,
+            store,
+            nodes,
+            ca,
+            token,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        })
+    }
+
+    fn url(&self, i: usize) -> String {
+        format!("https://localhost:{}", self.nodes[i].port)
+    }
+
+    /// Every node's URL, starting with node `first`'s.
+    fn urls_from(&self, first: usize) -> String {
+        (0..self.nodes.len())
+            .map(|k| self.url((first + k) % self.nodes.len()))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn admin_at(&self, url: &str) -> Admin {
+        let slot = TokenSlot::default();
+        slot.set(Some(&self.token)).unwrap();
+        let endpoint = Endpoint {
+            url: url.to_string(),
+            ca_file: Some(self.ca.clone()),
+            transport: Transport::Grpc,
+        };
+        Admin::new(Channel::new(&endpoint, slot).unwrap())
+    }
+
+    async fn kill9(&mut self, i: usize) {
+        let server = self.nodes[i].server.take().expect("running");
+        server.kill9().await;
+    }
+
+    async fn restart(&mut self, i: usize) {
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        let node = &mut self.nodes[i];
+        node.server = Some(start_node(&node.data, node.port, &self.store, &extra).await);
+    }
+}
+
+/// What GetServerInfo says of the cluster's nodes.
+async fn nodes(admin: &Admin) -> Vec<pb::ClusterNode> {
+    geppetto_proto::v1::server_client::ServerClient::new(admin.channel.clone())
+        .get_server_info(pb::GetServerInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .nodes
+}
+
+/// The port of the node leading now, once exactly one of `n` nodes leads.
+async fn leader_port(admin: &Admin, n: usize) -> u16 {
+    let mut port = 0;
+    wait_until_async("one leader among the nodes", DEADLINE, async || {
+        let nodes = nodes(admin).await;
+        let leaders: Vec<&pb::ClusterNode> = nodes.iter().filter(|n| n.leader).collect();
+        if nodes.len() == n && leaders.len() == 1 {
+            port = leaders[0]
+                .listen
+                .rsplit(':')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            true
+        } else {
+            false
+        }
+    })
+    .await;
+    port
+}
+
+/// A job created through node A reaches a puppet whose poll is held on node
+/// B at once (a wake-up through the database), not when the hold ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_created_on_one_node_wakes_a_poll_held_on_another() {
+    let Some(cluster) = Cluster::start(2, &["--poll-timeout", "300s"]).await else {
+        return;
+    };
+    let mut admin = cluster.admin_at(&cluster.url(0));
+    let secret = admin.enroll_secret().await;
+    // The puppet knows node 1 only, and holds its polls for 300 s.
+    let puppet = RealPuppet::start_with(
+        tempfile::tempdir().unwrap(),
+        &cluster.url(1),
+        Some(&cluster.ca),
+        &secret,
+        "p1",
+        |c| c.poll_hold = Some(Duration::from_secs(300)),
+    );
+    admin.wait_polling("p1").await;
+    admin
+        .script_task("hello", "echo hello", Duration::from_secs(30))
+        .await;
+    let job = admin.run_on("hello", &["p1"]).await;
+    // Far less than the hold: only a wake-up from node 0 to node 1 can
+    // have ended the held poll.
+    let job = admin.wait_job(&job.id, Duration::from_secs(30)).await;
+    assert_eq!(job.state, pb::JobState::Succeeded as i32, "{job:?}");
+    puppet.stop().await;
+}
+
+/// A script recording each execution (a line in `executions`) and when it
+/// held the resource ("START END" in ns, in `file`).
+fn interval_script(file: &Path, executions: &Path) -> String {
+    format!(
+        "echo ran >> {}\nstart=$(date +%s%N)\nsleep 0.3\nend=$(date +%s%N)\n\
+         echo \"$start $end\" >> {}\necho done",
+        executions.display(),
+        file.display()
+    )
+}
+
+/// Three nodes, thirty puppets spread over them, a capacity-1 resource, a
+/// 30-puppet job; a node killed with `kill -9` mid-job, then started
+/// again. The resource is never held twice at once, every run ends
+/// succeeded with its whole log, and no run executes twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn three_nodes_keep_every_rule_across_a_kill_9() {
+    let Some(mut cluster) = Cluster::start(3, &["--poll-timeout", "5s"]).await else {
+        return;
+    };
+    let mut admin = cluster.admin_at(&cluster.urls_from(0));
+    let secret = admin.enroll_secret().await;
+    let names: Vec<String> = (0..30).map(|i| format!("p{i:02}")).collect();
+    let puppets: Vec<RealPuppet> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            // Each puppet starts with another node first: spread.
+            RealPuppet::start(&cluster.urls_from(i % 3), Some(&cluster.ca), &secret, n)
+        })
+        .collect();
+    for n in &names {
+        admin.wait_polling(n).await;
+    }
+    admin.resource("uplink", 1).await;
+    let files = tempfile::tempdir().unwrap();
+    let intervals = files.path().join("intervals");
+    let executions = files.path().join("executions");
+    admin
+        .task_needing("patch", &interval_script(&intervals, &executions), "uplink")
+        .await;
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let job = admin.run_on("patch", &refs).await;
+
+    // Kill the leader (and a third of the puppets' first node) with
+    // `kill -9` once a few runs ended: another node leads within seconds,
+    // the puppets and the operator's client go on through the other nodes.
+    let leader = leader_port(&admin, 3).await;
+    let victim = cluster.nodes.iter().position(|n| n.port == leader).unwrap();
+    wait_until_async("some runs ended", DEADLINE, async || {
+        std::fs::read_to_string(&intervals).map_or(0, |t| t.lines().count()) >= 3
+    })
+    .await;
+    cluster.kill9(victim).await;
+    wait_until_async("another node leads", DEADLINE, async || {
+        nodes(&admin)
+            .await
+            .iter()
+            .any(|n| n.leader && n.listen.rsplit(':').next() != Some(&leader.to_string()))
+    })
+    .await;
+    wait_until_async("more runs ended without that node", DEADLINE, async || {
+        std::fs::read_to_string(&intervals).map_or(0, |t| t.lines().count()) >= 8
+    })
+    .await;
+    cluster.restart(victim).await;
+
+    let job = admin.wait_job(&job.id, DEADLINE).await;
+    assert_eq!(job.state, pb::JobState::Succeeded as i32, "{job:?}");
+
+    // No overlap on the capacity-1 resource.
+    let text = std::fs::read_to_string(&intervals).unwrap();
+    let mut held: Vec<(u128, u128)> = text
+        .lines()
+        .map(|l| {
+            let (a, b) = l.split_once(' ').unwrap();
+            (a.parse().unwrap(), b.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(held.len(), 30, "{text}");
+    held.sort();
+    for pair in held.windows(2) {
+        assert!(
+            pair[1].0 >= pair[0].1,
+            "the resource was held twice at once: {pair:?}"
+        );
+    }
+    // Thirty runs succeeded and thirty executions happened: none twice.
+    let executed = std::fs::read_to_string(&executions).unwrap();
+    assert_eq!(executed.lines().count(), 30, "executions:\n{executed}");
+    // Every log complete, read through another node than the one used.
+    let mut other = cluster.admin_at(&cluster.urls_from(2));
+    for run in &job.runs {
+        let log = other.log(&run.run_id).await;
+        assert_eq!(
+            String::from_utf8_lossy(&log),
+            "done\n",
+            "the log of {}",
+            run.run_id
+        );
+    }
+    for p in puppets {
+        p.stop().await;
+    }
+}
