@@ -84,6 +84,47 @@ impl Blobs {
         Ok(true)
     }
 
+    /// Writes an upload's partial file afresh from its chunks (offset,
+    /// bytes), synced: for an upload whose chunks another node of a cluster
+    /// received. Blocking.
+    pub fn rebuild_partial(
+        &self,
+        upload_id: &str,
+        chunks: impl Iterator<Item = std::io::Result<(u64, Vec<u8>)>>,
+    ) -> std::io::Result<()> {
+        let mut file = std::fs::File::create(self.partial_path(upload_id))?;
+        for chunk in chunks {
+            let (at, data) = chunk?;
+            file.seek(SeekFrom::Start(at))?;
+            file.write_all(&data)?;
+        }
+        file.sync_data()
+    }
+
+    /// Installs content from its chunks (kept by a cluster's shared
+    /// store), checked against `sha256` and `size` like an upload: false,
+    /// and nothing installed, if they do not match. Blocking.
+    pub fn install(
+        &self,
+        sha256: &str,
+        size: u64,
+        chunks: impl Iterator<Item = std::io::Result<Vec<u8>>>,
+    ) -> std::io::Result<bool> {
+        let id = format!("install-{sha256}-{:016x}", rand::random::<u64>());
+        let written = (|| {
+            let mut file = std::fs::File::create(self.partial_path(&id))?;
+            for chunk in chunks {
+                file.write_all(&chunk?)?;
+            }
+            file.sync_data()
+        })();
+        if let Err(e) = written {
+            self.discard(&id);
+            return Err(e);
+        }
+        self.publish(&id, sha256, size)
+    }
+
     /// Removes an upload's partial file, if any.
     pub fn discard(&self, upload_id: &str) {
         let _ = std::fs::remove_file(self.partial_path(upload_id));

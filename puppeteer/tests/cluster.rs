@@ -282,3 +282,92 @@ async fn three_nodes_keep_every_rule_across_a_kill_9() {
         p.stop().await;
     }
 }
+
+/// Artifact content reaches every node: an upload begun through node 0 is
+/// finished through node 1, and a puppet that knows only node 2 fetches it,
+/// checked by its hash.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_artifact_uploaded_through_two_nodes_is_served_by_a_third() {
+    use geppetto_proto::v1::artifacts_client::ArtifactsClient;
+    use sha2::Digest;
+    let Some(cluster) = Cluster::start(3, &["--poll-timeout", "5s"]).await else {
+        return;
+    };
+    let data: Vec<u8> = (0..3 * 1024 * 1024 + 17)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect();
+    let sha = hex::encode(sha2::Sha256::digest(&data));
+    let (first, second) = (
+        cluster.admin_at(&cluster.url(0)),
+        cluster.admin_at(&cluster.url(1)),
+    );
+    let mut through_0 = ArtifactsClient::new(first.channel.clone());
+    let status = through_0
+        .begin_upload(pb::BeginUploadRequest {
+            name: "blob".into(),
+            sha256: sha.clone(),
+            size: data.len() as u64,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    const MIB: usize = 1024 * 1024;
+    through_0
+        .upload_chunk(pb::UploadChunkRequest {
+            upload_id: status.upload_id.clone(),
+            offset: 0,
+            data: data[..MIB].to_vec(),
+        })
+        .await
+        .unwrap();
+    let mut through_1 = ArtifactsClient::new(second.channel.clone());
+    let mut at = MIB;
+    while at < data.len() {
+        let end = (at + MIB).min(data.len());
+        at = through_1
+            .upload_chunk(pb::UploadChunkRequest {
+                upload_id: status.upload_id.clone(),
+                offset: at as u64,
+                data: data[at..end].to_vec(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .committed as usize;
+    }
+    through_1
+        .commit_upload(pb::CommitUploadRequest {
+            upload_id: status.upload_id,
+        })
+        .await
+        .unwrap();
+
+    let mut admin = cluster.admin_at(&cluster.url(0));
+    let secret = admin.enroll_secret().await;
+    let puppet = RealPuppet::start(&cluster.url(2), Some(&cluster.ca), &secret, "p1");
+    admin.wait_polling("p1").await;
+    admin
+        .tasks
+        .create_task(pb::CreateTaskRequest {
+            name: "check".into(),
+            spec: Some(pb::RunSpec {
+                artifacts: vec![pb::ArtifactRef {
+                    name: "blob".into(),
+                    ..Default::default()
+                }],
+                ..common::script_spec(
+                    "sha256sum \"$GEPPETTO_ARTIFACT_BLOB\" | cut -d' ' -f1",
+                    Duration::from_secs(60),
+                )
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let job = admin.run_on("check", &["p1"]).await;
+    let job = admin.wait_job(&job.id, DEADLINE).await;
+    assert_eq!(job.state, pb::JobState::Succeeded as i32, "{job:?}");
+    let log = admin.log(&job.runs[0].run_id).await;
+    assert_eq!(String::from_utf8_lossy(&log), format!("{sha}\n"));
+    puppet.stop().await;
+}

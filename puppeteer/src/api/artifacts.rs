@@ -58,14 +58,15 @@ fn status(upload: &Upload) -> pb::UploadStatus {
 /// Runs blocking file work off the async threads.
 async fn blocking<T: Send + 'static>(
     what: &str,
-    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+    work: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
 ) -> ApiResult<T> {
     match tokio::task::spawn_blocking(work).await {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => {
+        Ok(Err(crate::store::StoreError::Files(e))) => {
             tracing::error!(error = %e, "artifact storage: {what}");
             Err(ApiError::Internal(format!("cannot {what}: {e}")))
         }
+        Ok(Err(e)) => Err(ApiError::from(e)),
         Err(e) => Err(ApiError::Internal(format!("cannot {what}: {e}"))),
     }
 }
@@ -105,10 +106,10 @@ impl ArtifactsApi {
     /// Deletes content once nothing pins it any more.
     async fn collect(&self, sha256: &str) -> ApiResult<()> {
         if !self.state.store.content_pinned(sha256)? {
-            let blobs = self.state.blobs.clone();
+            let state = self.state.clone();
             let sha = sha256.to_string();
             blocking("remove unused artifact content", move || {
-                blobs.remove_content(&sha)
+                state.remove_content(&sha)
             })
             .await?;
         }
@@ -134,7 +135,11 @@ impl ArtifactsApi {
         }
         // Content already held (under another name, or a previous upload
         // of this one) need not travel again.
-        let held = self.state.blobs.has_content(&req.sha256, req.size);
+        let (state, sha, size) = (self.state.clone(), req.sha256.clone(), req.size);
+        let held = blocking("look for the content", move || {
+            state.content_held(&sha, size)
+        })
+        .await?;
         let upload = Upload {
             id: new_id("upl"),
             name: req.name,
@@ -180,13 +185,9 @@ impl ArtifactsApi {
         }
         let skip = (upload.committed - req.offset) as usize;
         let data = req.data[skip..].to_vec();
-        let (blobs, id, at) = (
-            self.state.blobs.clone(),
-            upload.id.clone(),
-            upload.committed,
-        );
+        let (state, id, at) = (self.state.clone(), upload.id.clone(), upload.committed);
         blocking("write the upload", move || {
-            blobs.write_chunk(&id, at, &data)
+            state.write_upload_chunk(&id, at, &data)
         })
         .await?;
         let upload = self
@@ -208,13 +209,16 @@ impl ArtifactsApi {
                 upload.id, upload.committed, upload.size
             )));
         }
-        let (blobs, id, sha, size) = (
-            self.state.blobs.clone(),
+        let (state, id, sha, size) = (
+            self.state.clone(),
             upload.id.clone(),
             upload.sha256.clone(),
             upload.size,
         );
-        let matches = blocking("check the upload", move || blobs.publish(&id, &sha, size)).await?;
+        let matches = blocking("check the upload", move || {
+            state.publish_upload(&id, &sha, size)
+        })
+        .await?;
         if !matches {
             self.state.store.remove_upload(&upload.id)?;
             self.state.store.flush().await?;

@@ -110,7 +110,11 @@ pub async fn open(
         ))
         .into());
     }
-    let path = state.blobs.content_path(&req.sha256);
+    let (local, sha) = (state.clone(), req.sha256.clone());
+    let path = tokio::task::spawn_blocking(move || local.local_content(&sha, size))
+        .await
+        .map_err(|e| ApiError::Internal(format!("cannot find the content: {e}")))?
+        .map_err(ApiError::from)?;
     let mut file = tokio::fs::File::open(&path).await.map_err(|e| {
         tracing::error!(path = %path.display(), error = %e, "artifact content missing");
         ApiError::NotFound(format!(

@@ -259,9 +259,9 @@ impl Tasks for TasksApi {
                         .content_pinned(&sha256)
                         .map_err(ApiError::from)?
                     {
-                        let blobs = self.state.blobs.clone();
+                        let state = self.state.clone();
                         let removed =
-                            tokio::task::spawn_blocking(move || blobs.remove_content(&sha256))
+                            tokio::task::spawn_blocking(move || state.remove_content(&sha256))
                                 .await;
                         if let Err(e) = removed
                             .map_err(|e| e.to_string())

@@ -18,6 +18,7 @@ pub mod auth;
 pub mod authz;
 pub mod blocking;
 pub mod cluster;
+mod content;
 pub mod effects;
 pub mod error;
 pub mod events;

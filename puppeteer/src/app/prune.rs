@@ -113,7 +113,7 @@ impl AppState {
                 // The record first: a crash in between leaves only a file
                 // no upload owns, which the next pass deletes.
                 self.store.remove_upload(&upload.id)?;
-                self.blobs.discard(&upload.id);
+                self.discard_upload(&upload.id);
                 tracing::info!(upload = %upload.id, name = %upload.name, committed = upload.committed, size = upload.size, "artifact upload abandoned; discarded");
                 discarded += 1;
             } else {

@@ -34,6 +34,9 @@
 //! | `meta`         | `last_prune`                 | [`PruneReport`]        |
 //! | `artifacts`    | name                         | [`Artifact`] (see `artifacts.rs`) |
 //! | `uploads`      | upload id                    | [`Upload`]             |
+//! | `upload_chunks`| upload id 0 offset(u64 BE)   | bytes (shared store only, see `contents.rs`) |
+//! | `contents`     | sha256 0 offset(u64 BE)      | bytes (shared store only) |
+//! | `content_sizes`| sha256                       | size, u64 BE (shared store only) |
 //!
 //! Durability policy:
 //! - Every state change is one sled transaction over all the trees it
@@ -57,6 +60,7 @@
 mod artifacts;
 pub mod backup;
 mod cluster;
+mod contents;
 mod events;
 mod flush;
 mod groups;
@@ -81,6 +85,7 @@ use kv::{Db, Tree};
 pub(crate) use kv::{Transactional, TxError, TxResult, TxTree, abort};
 
 pub use cluster::{NodeInfo, NodeLease, SharedTls};
+pub use contents::CONTENT_CHUNK;
 pub use keys::prefix_of;
 pub use kv::pg::Heard;
 
@@ -192,6 +197,9 @@ pub struct Store {
     log_bytes: prune::LogBytes,
     artifacts: Tree,
     uploads: Tree,
+    upload_chunks: Tree,
+    contents: Tree,
+    content_sizes: Tree,
 }
 
 impl std::fmt::Debug for Store {
@@ -301,6 +309,9 @@ impl Store {
             log_bytes: Default::default(),
             artifacts: tree("artifacts")?,
             uploads: tree("uploads")?,
+            upload_chunks: tree("upload_chunks")?,
+            contents: tree("contents")?,
+            content_sizes: tree("content_sizes")?,
             db,
         };
         store.check_schema()?;
