@@ -559,6 +559,182 @@ impl<T: Read> Read for Hashing<T> {
     }
 }
 
+/// One side of a migration: a sled data dir, or a PostgreSQL database.
+#[derive(Clone, Debug)]
+pub enum Location {
+    DataDir(PathBuf),
+    Postgres {
+        url: String,
+        password: Option<String>,
+    },
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::DataDir(dir) => write!(f, "the data dir {}", dir.display()),
+            Location::Postgres { .. } => f.write_str("the PostgreSQL database"),
+        }
+    }
+}
+
+impl Location {
+    /// `postgres://…` (or `postgresql://…`) is a database, anything else a
+    /// data dir.
+    pub fn parse(text: &str, password: Option<String>) -> Location {
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            Location::Postgres {
+                url: text.to_string(),
+                password,
+            }
+        } else {
+            Location::DataDir(PathBuf::from(text))
+        }
+    }
+
+    fn open(&self) -> Result<crate::store::Store> {
+        match self {
+            Location::DataDir(dir) => {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+                crate::store::Store::open(&dir.join(DB_DIR))
+                    .with_context(|| format!("cannot open the database in {}", dir.display()))
+            }
+            Location::Postgres { url, password } => {
+                crate::store::Store::open_postgres_with(url, password.as_deref())
+                    .context("cannot open the PostgreSQL store")
+            }
+        }
+    }
+}
+
+/// What a migration moved and checked.
+#[derive(Debug)]
+pub struct Migrated {
+    pub trees: Vec<crate::store::TreeCheck>,
+    /// Artifact contents moved, each checked against its hash.
+    pub contents: usize,
+}
+
+/// Moves a whole installation from one engine to the other (offline: no
+/// puppeteer may use either side), then checks every tree (counts and
+/// hashes, see `store/migrate.rs`) and every artifact's content (its
+/// hash). The destination must be new or empty. Nothing is removed from
+/// the source.
+pub fn migrate(from: &Location, to: &Location, mut progress: impl FnMut(&str)) -> Result<Migrated> {
+    let sled_to_pg = match (from, to) {
+        (Location::DataDir(_), Location::Postgres { .. }) => true,
+        (Location::Postgres { .. }, Location::DataDir(_)) => false,
+        (Location::DataDir(_), Location::DataDir(_)) => {
+            bail!("both sides are data dirs: use `puppeteer backup` and `puppeteer restore`")
+        }
+        _ => bail!("both sides are PostgreSQL databases: use pg_dump and pg_restore"),
+    };
+    let source = from.open()?;
+    let dest = to.open()?;
+    progress(&format!("copying the records from {from} to {to}"));
+    source
+        .copy_records_into(&dest, |tree, n| progress(&format!("  {tree}: {n} records")))
+        .with_context(|| format!("cannot copy into {to}"))?;
+    let contents = if sled_to_pg {
+        let Location::DataDir(dir) = from else {
+            unreachable!()
+        };
+        contents_into_store(&dir.join("artifacts"), &dest)?
+    } else {
+        let Location::DataDir(dir) = to else {
+            unreachable!()
+        };
+        contents_into_files(&source, dir)?
+    };
+    progress(&format!(
+        "  artifact contents: {contents}, each checked against its hash"
+    ));
+    let (ours, theirs) = (source.record_checks()?, dest.record_checks()?);
+    for (a, b) in ours.iter().zip(&theirs) {
+        if a != b {
+            bail!(
+                "the check failed for {}: {} records (sha256 {}) in the source, {} (sha256 {}) in the destination; the destination is incomplete, do not use it",
+                a.tree,
+                a.records,
+                a.sha256,
+                b.records,
+                b.sha256
+            );
+        }
+    }
+    Ok(Migrated {
+        trees: ours,
+        contents,
+    })
+}
+
+/// Published artifact files (named by their SHA-256) into a store's chunks.
+fn contents_into_store(dir: &Path, dest: &crate::store::Store) -> Result<usize> {
+    let mut moved = 0;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(0);
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !entry.file_type()?.is_file() || crate::artifact::check_sha256(&name).is_err() {
+            continue;
+        }
+        let mut file = File::open(entry.path())?;
+        let mut hash = Sha256::new();
+        let mut buf = vec![0u8; crate::store::CONTENT_CHUNK];
+        let mut at = 0u64;
+        loop {
+            let n = read_full(&mut file, &mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hash.update(&buf[..n]);
+            dest.put_content_chunk(&name, at, &buf[..n])?;
+            at += n as u64;
+        }
+        if hex::encode(hash.finalize()) != name {
+            bail!(
+                "the artifact file {} does not hash to its name: the data dir is damaged",
+                entry.path().display()
+            );
+        }
+        dest.finish_content(&name, at)?;
+        moved += 1;
+    }
+    Ok(moved)
+}
+
+fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
+
+/// A store's chunks of content into artifact files, each checked.
+fn contents_into_files(source: &crate::store::Store, dir: &Path) -> Result<usize> {
+    let blobs = crate::blobs::Blobs::open(dir)?;
+    let contents = source.stored_contents()?;
+    for (sha, size) in &contents {
+        let chunks = source
+            .content_chunks(sha)
+            .map(|c| c.map_err(|e| io::Error::other(e.to_string())));
+        if !blobs.install(sha, *size, chunks)? {
+            bail!("the stored content {sha} does not hash to its name: the database is damaged");
+        }
+    }
+    Ok(contents.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

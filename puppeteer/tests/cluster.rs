@@ -371,3 +371,103 @@ async fn an_artifact_uploaded_through_two_nodes_is_served_by_a_third() {
     assert_eq!(String::from_utf8_lossy(&log), format!("{sha}\n"));
     puppet.stop().await;
 }
+
+fn puppeteer_cmd(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_puppeteer"))
+        .args(args)
+        .output()
+        .expect("the puppeteer binary runs");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn admin_for(port: u16, ca: &Path, token: &str) -> Admin {
+    let slot = TokenSlot::default();
+    slot.set(Some(token)).unwrap();
+    let endpoint = Endpoint {
+        url: format!("https://localhost:{port}"),
+        ca_file: Some(ca.to_path_buf()),
+        transport: Transport::Grpc,
+    };
+    Admin::new(Channel::new(&endpoint, slot).unwrap())
+}
+
+async fn task_names(admin: &mut Admin) -> Vec<String> {
+    admin
+        .tasks
+        .list_tasks(pb::ListTasksRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks
+        .into_iter()
+        .map(|t| t.name)
+        .collect()
+}
+
+/// `puppeteer migrate`: a sled installation into PostgreSQL (served from
+/// there with its old data dir: same CA, same token, its tasks and
+/// artifacts), and back into a new data dir; never into a store that holds
+/// data.
+#[tokio::test(flavor = "multi_thread")]
+async fn migrate_moves_an_installation_to_postgres_and_back() {
+    let Some(pg) = geppetto_test_support::postgres::server() else {
+        return;
+    };
+    let url = pg.fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("old");
+    let server = ProcServer::start(&old, 0, "5s").await;
+    let ca = old.join("tls/ca.pem");
+    let token = std::fs::read_to_string(old.join("admin-token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let mut admin = admin_for(server.port, &ca, &token);
+    admin
+        .script_task("hello", "echo hello", Duration::from_secs(30))
+        .await;
+    let data: Vec<u8> = (0..1_500_000u32).map(|i| (i % 253) as u8).collect();
+    let artifact = admin.upload_artifact("blob", &data).await;
+    let port = server.kill9().await;
+
+    let (ok, out) = puppeteer_cmd(&["migrate", "--from", old.to_str().unwrap(), "--to", &url]);
+    assert!(ok, "{out}");
+    assert!(out.contains("Migrated and checked"), "{out}");
+    assert!(out.contains("1 artifact contents"), "{out}");
+    let (ok, out) = puppeteer_cmd(&["migrate", "--from", old.to_str().unwrap(), "--to", &url]);
+    assert!(!ok && out.contains("already holds data"), "{out}");
+
+    // Served from PostgreSQL, with the old data dir: the same CA and token.
+    let server = start_node(&old, port, &url, &["--poll-timeout", "5s"]).await;
+    let mut admin = admin_for(server.port, &ca, &token);
+    assert_eq!(task_names(&mut admin).await, ["hello"]);
+    let listed = geppetto_proto::v1::artifacts_client::ArtifactsClient::new(admin.channel.clone())
+        .get_artifact(pb::GetArtifactRequest {
+            name: "blob".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.sha256, artifact.sha256);
+    server.kill9().await;
+
+    // And back into a new data dir.
+    let back = dir.path().join("back");
+    let (ok, out) = puppeteer_cmd(&["migrate", "--from", &url, "--to", back.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    assert!(
+        std::fs::read(back.join("artifacts").join(&artifact.sha256)).unwrap() == data,
+        "the content came back whole"
+    );
+    let server = ProcServer::start(&back, 0, "5s").await;
+    let mut admin = admin_for(server.port, &back.join("tls/ca.pem"), &token);
+    assert_eq!(task_names(&mut admin).await, ["hello"]);
+    server.kill9().await;
+}

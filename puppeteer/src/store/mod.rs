@@ -68,6 +68,7 @@ mod jobs;
 mod keys;
 pub(crate) mod kv;
 mod logs;
+mod migrate;
 mod notifications;
 mod pages;
 mod prune;
@@ -88,6 +89,7 @@ pub use cluster::{NodeInfo, NodeLease, SharedTls};
 pub use contents::CONTENT_CHUNK;
 pub use keys::prefix_of;
 pub use kv::pg::Heard;
+pub use migrate::TreeCheck;
 
 /// The advisory lock key of [`Store::dispatch_lock`] ("dispatch").
 const DISPATCH_LOCK: i64 = 0x6469_7370_6174_6368;
@@ -99,6 +101,37 @@ pub use pages::{Cursor, Page, PageRequest, RunsOf};
 pub use prune::{PruneReport, PrunedJob, stored_log_bytes};
 pub use puppets::NewPuppet;
 pub use resources::ResourceUse;
+
+/// Every tree of the store, by name (what `migrate` copies).
+pub(crate) const TREES: [&str; 27] = [
+    "meta",
+    "credentials",
+    "puppets",
+    "seen",
+    "enroll_tokens",
+    "enroll_secrets",
+    "tasks",
+    "jobs",
+    "job_order",
+    "runs",
+    "queue",
+    "puppet_runs",
+    "logs",
+    "users",
+    "api_tokens",
+    "audit",
+    "resources",
+    "resource_usage",
+    "groups",
+    "events",
+    "rules",
+    "deliveries",
+    "artifacts",
+    "uploads",
+    "upload_chunks",
+    "contents",
+    "content_sizes",
+];
 
 /// The on-disk layout this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 2;

@@ -59,6 +59,17 @@ impl Db {
         }
     }
 
+    /// Moves the id generator past `id`: the next id is greater.
+    pub(crate) fn advance_ids_past(&self, id: u64) -> Result<()> {
+        match self {
+            Db::Sled(db) => {
+                while db.generate_id()? <= id {}
+                Ok(())
+            }
+            Db::Pg(pg) => pg.advance_ids_past(id),
+        }
+    }
+
     pub(crate) fn size_on_disk(&self) -> Result<u64> {
         match self {
             Db::Sled(db) => Ok(db.size_on_disk()?),

@@ -322,6 +322,15 @@ impl Pg {
         format!("{host}:{port}/{db}")
     }
 
+    pub(crate) fn advance_ids_past(&self, id: u64) -> Result<()> {
+        let mut conn = self.lease()?;
+        conn.query(
+            "SELECT setval('geppetto_ids', GREATEST($1, (SELECT last_value FROM geppetto_ids)))",
+            &[&(id as i64)],
+        )?;
+        Ok(())
+    }
+
     pub(crate) fn next_id(&self) -> Result<u64> {
         let mut conn = self.lease()?;
         let row = conn.query_one("SELECT nextval('geppetto_ids')", &[])?;
