@@ -207,6 +207,11 @@ impl Pg {
         let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if let Some(conn) = pool.idle.pop() {
+                if conn.client.is_closed() {
+                    // Broke while idle (the database restarted): replaced.
+                    pool.open -= 1;
+                    continue;
+                }
                 return Ok(Lease {
                     pg: self,
                     conn: Some(conn),
@@ -440,6 +445,10 @@ impl Pg {
 
 impl Drop for AdvisoryLock<'_> {
     fn drop(&mut self) {
+        if self.lease.conn.is_none() {
+            // Its connection is gone, and the lock with it.
+            return;
+        }
         if self
             .lease
             .query("SELECT pg_advisory_unlock($1)", &[&self.key])
@@ -496,12 +505,39 @@ impl Lease<'_> {
         futures_executor::block_on(self.conn().client.query(&statement, params))
     }
 
+    /// A statement on its own (no transaction around it); once more on a
+    /// new connection if this one turned out broken (a database restart
+    /// leaves every pooled connection so, noticed only at its next use).
     fn query(
         &mut self,
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>> {
-        self.try_query(sql, params).map_err(error)
+        if self.conn.is_none() {
+            self.reconnect()?;
+        }
+        match self.try_query(sql, params) {
+            Err(e) if e.is_closed() || self.conn().client.is_closed() => {
+                self.reconnect()?;
+                self.try_query(sql, params).map_err(error)
+            }
+            other => other.map_err(error),
+        }
+    }
+
+    /// Replaces a broken connection with a new one (same place in the pool).
+    fn reconnect(&mut self) -> Result<()> {
+        self.conn = None;
+        match self.pg.open() {
+            Ok(conn) => {
+                self.conn = Some(conn);
+                Ok(())
+            }
+            Err(e) => {
+                self.pg.forget_one();
+                Err(e)
+            }
+        }
     }
 
     fn query_one(
@@ -859,8 +895,12 @@ pub(crate) fn transaction<A>(
         let tx = Tx {
             conn: std::cell::RefCell::new(pg.lease()?),
         };
-        tx.finish("BEGIN ISOLATION LEVEL SERIALIZABLE")
-            .map_err(error)?;
+        match tx.finish("BEGIN ISOLATION LEVEL SERIALIZABLE") {
+            Ok(()) => {}
+            // A pooled connection broken while idle: try a new one.
+            Err(e) if e.is_closed() || tx.conn.borrow_mut().conn().client.is_closed() => continue,
+            Err(e) => return Err(error(e)),
+        }
         match body(&tx) {
             Ok(value) => match tx.finish("COMMIT") {
                 Ok(()) => return Ok(value),
