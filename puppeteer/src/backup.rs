@@ -566,6 +566,7 @@ pub enum Location {
     Postgres {
         url: String,
         password: Option<String>,
+        ca_file: Option<PathBuf>,
     },
 }
 
@@ -581,11 +582,12 @@ impl std::fmt::Display for Location {
 impl Location {
     /// `postgres://…` (or `postgresql://…`) is a database, anything else a
     /// data dir.
-    pub fn parse(text: &str, password: Option<String>) -> Location {
+    pub fn parse(text: &str, password: Option<String>, ca_file: Option<PathBuf>) -> Location {
         if text.starts_with("postgres://") || text.starts_with("postgresql://") {
             Location::Postgres {
                 url: text.to_string(),
                 password,
+                ca_file,
             }
         } else {
             Location::DataDir(PathBuf::from(text))
@@ -603,10 +605,16 @@ impl Location {
                 crate::store::Store::open(&dir.join(DB_DIR))
                     .with_context(|| format!("cannot open the database in {}", dir.display()))
             }
-            Location::Postgres { url, password } => {
-                crate::store::Store::open_postgres_with(url, password.as_deref())
-                    .context("cannot open the PostgreSQL store")
-            }
+            Location::Postgres {
+                url,
+                password,
+                ca_file,
+            } => crate::store::Store::open_postgres_with(
+                url,
+                password.as_deref(),
+                ca_file.as_deref(),
+            )
+            .context("cannot open the PostgreSQL store"),
         }
     }
 }

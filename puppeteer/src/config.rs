@@ -23,6 +23,7 @@ pub struct FileConfig {
     /// A PostgreSQL URL: the state lives there instead of the data dir.
     pub store: Option<String>,
     pub store_password_file: Option<PathBuf>,
+    pub store_ca_file: Option<PathBuf>,
     pub server_names: Option<Vec<String>>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -121,6 +122,9 @@ pub enum StoreConfig {
         url: secrecy::SecretString,
         /// The password, from a file or the environment.
         password: Option<secrecy::SecretString>,
+        /// The CA of the database's certificate (TLS per the URL's
+        /// `sslmode`); `None`: the public web roots.
+        ca_file: Option<PathBuf>,
     },
 }
 
@@ -131,6 +135,7 @@ impl StoreConfig {
         url: Option<String>,
         password_file: Option<PathBuf>,
         password_env: Option<String>,
+        ca_file: Option<PathBuf>,
     ) -> Result<Self> {
         let Some(url) = url else {
             if password_file.is_some() {
@@ -155,6 +160,7 @@ impl StoreConfig {
         Ok(StoreConfig::Postgres {
             url: url.into(),
             password: password.map(Into::into),
+            ca_file,
         })
     }
 }

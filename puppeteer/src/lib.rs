@@ -113,12 +113,16 @@ pub async fn start(config: Config) -> Result<Running> {
                 format!("cannot open the database in {}", config.data_dir.display())
             })?
         }
-        config::StoreConfig::Postgres { url, password } => {
-            let (url, password) = (url.clone(), password.clone());
+        config::StoreConfig::Postgres {
+            url,
+            password,
+            ca_file,
+        } => {
+            let (url, password, ca) = (url.clone(), password.clone(), ca_file.clone());
             tokio::task::spawn_blocking(move || {
                 use secrecy::ExposeSecret;
                 let password = password.as_ref().map(|p| p.expose_secret());
-                Store::open_postgres_with(url.expose_secret(), password)
+                Store::open_postgres_with(url.expose_secret(), password, ca.as_deref())
             })
             .await
             .context("the database thread failed")?

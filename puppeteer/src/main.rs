@@ -62,6 +62,9 @@ struct MigrateArgs {
     /// The database password, from a file (also: PUPPETEER_STORE_PASSWORD).
     #[arg(long, value_name = "FILE")]
     store_password_file: Option<PathBuf>,
+    /// The CA (PEM) of the database's certificate, for TLS to it.
+    #[arg(long, value_name = "FILE")]
+    store_ca: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -130,6 +133,11 @@ struct ServeArgs {
     /// where the process list would show it). Also: PUPPETEER_STORE_PASSWORD.
     #[arg(long, value_name = "FILE")]
     store_password_file: Option<PathBuf>,
+    /// The CA (PEM) that signed the database's certificate, for TLS to it
+    /// (`sslmode=require` in the URL insists on TLS; the default, `prefer`,
+    /// uses it when the server offers it) [default: the public web roots].
+    #[arg(long, value_name = "FILE")]
+    store_ca: Option<PathBuf>,
     /// Name (DNS or IP) for the generated server certificate; repeat for
     /// several [default: localhost, 127.0.0.1, ::1].
     #[arg(long = "server-name")]
@@ -258,6 +266,7 @@ fn config_from(args: ServeArgs) -> Result<Config> {
         args.store.or(file.store),
         args.store_password_file.or(file.store_password_file),
         std::env::var("PUPPETEER_STORE_PASSWORD").ok(),
+        args.store_ca.or(file.store_ca_file),
     )?;
     if !args.server_names.is_empty() {
         config.server_names = args.server_names;
@@ -426,8 +435,9 @@ fn migrate(args: MigrateArgs) -> Result<()> {
         ),
         None => std::env::var("PUPPETEER_STORE_PASSWORD").ok(),
     };
-    let from = puppeteer::backup::Location::parse(&args.from, password.clone());
-    let to = puppeteer::backup::Location::parse(&args.to, password);
+    let ca = args.store_ca.clone();
+    let from = puppeteer::backup::Location::parse(&args.from, password.clone(), ca.clone());
+    let to = puppeteer::backup::Location::parse(&args.to, password, ca);
     let migrated = puppeteer::backup::migrate(&from, &to, |line| println!("{line}"))?;
     let records: u64 = migrated.trees.iter().map(|t| t.records).sum();
     println!(

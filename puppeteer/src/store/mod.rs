@@ -301,12 +301,18 @@ impl Store {
     /// puppeteers may share it: see `kv/mod.rs` for how each rule holds
     /// across them.
     pub fn open_postgres(url: &str) -> Result<Self> {
-        Self::open_postgres_with(url, None)
+        Self::open_postgres_with(url, None, None)
     }
 
-    /// [`Store::open_postgres`] with a password kept out of the URL.
-    pub fn open_postgres_with(url: &str, password: Option<&str>) -> Result<Self> {
-        Self::on(Db::Pg(kv::pg::Pg::connect(url, password)?))
+    /// [`Store::open_postgres`] with a password kept out of the URL, and
+    /// the CA that signed the database's certificate (TLS: `sslmode` in
+    /// the URL; without a CA file, the public web roots are trusted).
+    pub fn open_postgres_with(
+        url: &str,
+        password: Option<&str>,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Self> {
+        Self::on(Db::Pg(kv::pg::Pg::connect(url, password, ca_file)?))
     }
 
     /// The store on an opened engine.

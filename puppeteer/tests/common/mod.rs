@@ -40,6 +40,7 @@ pub fn test_store() -> puppeteer::config::StoreConfig {
             puppeteer::config::StoreConfig::Postgres {
                 url: server.fresh_database().into(),
                 password: None,
+                ca_file: None,
             }
         }
         Ok("sled") | Err(_) => puppeteer::config::StoreConfig::Sled,

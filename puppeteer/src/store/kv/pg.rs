@@ -36,7 +36,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, Statement};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{Bytes, TxError, TxResult};
 use crate::store::{Result, StoreError};
@@ -61,6 +62,11 @@ const DDL_LOCK: i64 = 0x6765_7070_6574_746f;
 /// The engine: a pool of connections to one database.
 pub(crate) struct Pg {
     config: tokio_postgres::Config,
+    /// TLS to the database, when its `sslmode` asks for it (`prefer`, the
+    /// default, uses it if the server offers it; `require` refuses plain
+    /// TCP). Certificates are checked against the store's CA file if given,
+    /// else the public web roots.
+    tls: MakeRustlsConnect,
     /// Serves the connections' sockets; stops when the engine is dropped.
     runtime: tokio::runtime::Handle,
     _stop: tokio::sync::oneshot::Sender<()>,
@@ -87,10 +93,21 @@ impl std::fmt::Debug for Pg {
 }
 
 fn error(e: tokio_postgres::Error) -> StoreError {
+    // The causes too: "error performing TLS handshake" alone does not say
+    // that the certificate was refused.
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = c.source();
+    }
     if e.is_closed() || e.as_db_error().is_none() && e.code().is_none() {
-        StoreError::Unreachable(e.to_string())
+        StoreError::Unreachable(text)
     } else {
-        StoreError::Postgres(e.to_string())
+        StoreError::Postgres(text)
     }
 }
 
@@ -112,7 +129,12 @@ fn tx_error(e: tokio_postgres::Error) -> TxError {
 impl Pg {
     /// Connects to the database at `url` (a libpq-style URL or key=value
     /// string), checking that it answers.
-    pub(crate) fn connect(url: &str, password: Option<&str>) -> Result<Arc<Pg>> {
+    pub(crate) fn connect(
+        url: &str,
+        password: Option<&str>,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Arc<Pg>> {
+        let tls = tls(ca_file)?;
         let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| StoreError::Postgres(format!("the store URL is not valid: {e}")))?;
@@ -152,6 +174,7 @@ impl Pg {
             .map_err(StoreError::Files)?;
         let pg = Arc::new(Pg {
             config,
+            tls,
             runtime,
             _stop: stop,
             pool: Mutex::new(Pool::default()),
@@ -168,10 +191,10 @@ impl Pg {
 
     /// Opens one connection, on the engine's runtime.
     fn open(&self) -> Result<Conn> {
-        let config = self.config.clone();
+        let (config, tls) = (self.config.clone(), self.tls.clone());
         let (done, result) = std::sync::mpsc::channel();
         self.runtime.spawn(async move {
-            let connected = match config.connect(NoTls).await {
+            let connected = match config.connect(tls).await {
                 Ok((client, connection)) => {
                     tokio::spawn(async move {
                         if let Err(e) = connection.await {
@@ -288,12 +311,12 @@ impl Pg {
     /// was sent meanwhile is lost. Stops when the receiver is dropped.
     pub(crate) fn listen(&self, channel: &str) -> tokio::sync::mpsc::UnboundedReceiver<Heard> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let config = self.config.clone();
+        let (config, tls) = (self.config.clone(), self.tls.clone());
         let channel = channel.to_string();
         self.runtime.spawn(async move {
             let mut first = true;
             while !tx.is_closed() {
-                match listen_once(&config, &channel, &tx, first).await {
+                match listen_once(&config, tls.clone(), &channel, &tx, first).await {
                     Ok(()) => return,
                     Err(e) => tracing::warn!(error = %e, "database notifications interrupted; reconnecting"),
                 }
@@ -349,6 +372,42 @@ impl Pg {
     }
 }
 
+/// The TLS client for database connections: trusting `ca_file`'s
+/// certificates if given, else the public web roots.
+fn tls(ca_file: Option<&std::path::Path>) -> Result<MakeRustlsConnect> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(|certs| certs.collect::<std::result::Result<Vec<_>, _>>())
+                .map_err(|e| {
+                    StoreError::Postgres(format!(
+                        "cannot read the database's CA file {}: {e}",
+                        path.display()
+                    ))
+                })?;
+            let (added, _) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(StoreError::Postgres(format!(
+                    "no certificate in the database's CA file {}",
+                    path.display()
+                )));
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| StoreError::Postgres(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
+}
+
 /// What a listener hears.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Heard {
@@ -366,12 +425,13 @@ const LISTEN_PING: Duration = Duration::from_secs(5);
 /// One listening connection, until it fails (`Ok`: the receiver is gone).
 async fn listen_once(
     config: &tokio_postgres::Config,
+    tls: MakeRustlsConnect,
     channel: &str,
     tx: &tokio::sync::mpsc::UnboundedSender<Heard>,
     first: bool,
 ) -> std::result::Result<(), String> {
     use futures_util::StreamExt;
-    let (client, mut connection) = config.connect(NoTls).await.map_err(|e| e.to_string())?;
+    let (client, mut connection) = config.connect(tls).await.map_err(|e| e.to_string())?;
     let (messages_tx, mut messages) = tokio::sync::mpsc::unbounded_channel();
     let pump = tokio::spawn(async move {
         let mut stream = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
