@@ -471,3 +471,153 @@ async fn migrate_moves_an_installation_to_postgres_and_back() {
     assert_eq!(task_names(&mut admin).await, ["hello"]);
     server.kill9().await;
 }
+
+/// How many of the intervals ("START END" lines) overlap at most at once.
+fn most_at_once(text: &str) -> usize {
+    let mut edges: Vec<(u128, i32)> = Vec::new();
+    for line in text.lines() {
+        let (a, b) = line.split_once(' ').unwrap();
+        edges.push((a.parse().unwrap(), 1));
+        edges.push((b.parse().unwrap(), -1));
+    }
+    // An end before a start at the same instant: touching is not overlapping.
+    edges.sort();
+    let (mut now, mut most) = (0i32, 0i32);
+    for (_, step) in edges {
+        now += step;
+        most = most.max(now);
+    }
+    most as usize
+}
+
+/// Two nodes racing: an enrollment token's use count is exact however the
+/// enrollments spread over the nodes, a job's max-in-flight holds for runs
+/// offered by either node, and the event ids both nodes hand out are one
+/// gap-free sequence.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_nodes_racing_keep_counts_limits_and_event_ids() {
+    use geppetto_proto::v1::events_client::EventsClient;
+    use geppetto_proto::v1::puppet_service_client::PuppetServiceClient;
+    let Some(cluster) = Cluster::start(2, &["--poll-timeout", "5s"]).await else {
+        return;
+    };
+    let mut admin = cluster.admin_at(&cluster.urls_from(0));
+
+    // Twelve enrollments at once, half through each node, on a 5-use token.
+    let limited = admin
+        .tokens
+        .create_enroll_token(pb::CreateEnrollTokenRequest {
+            uses: 5,
+            auto_approve: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .secret;
+    let attempts = (0..12).map(|i| {
+        let endpoint = Endpoint {
+            url: cluster.url(i % 2),
+            ca_file: Some(cluster.ca.clone()),
+            transport: Transport::Grpc,
+        };
+        let channel = Channel::new(&endpoint, TokenSlot::default()).unwrap();
+        let secret = limited.clone();
+        tokio::spawn(async move {
+            PuppetServiceClient::new(channel)
+                .enroll(pb::EnrollRequest {
+                    enroll_token: secret,
+                    name: format!("racer{i}"),
+                    labels: Default::default(),
+                    facts: None,
+                })
+                .await
+                .is_ok()
+        })
+    });
+    let mut enrolled = 0;
+    for attempt in attempts {
+        enrolled += usize::from(attempt.await.unwrap());
+    }
+    assert_eq!(enrolled, 5, "a 5-use token enrolled {enrolled} puppets");
+
+    // Eight real puppets over both nodes, a job of eight runs, two at most
+    // in flight.
+    let secret = admin.enroll_secret().await;
+    let names: Vec<String> = (0..8).map(|i| format!("p{i}")).collect();
+    let puppets: Vec<RealPuppet> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| RealPuppet::start(&cluster.urls_from(i % 2), Some(&cluster.ca), &secret, n))
+        .collect();
+    for n in &names {
+        admin.wait_polling(n).await;
+    }
+    let files = tempfile::tempdir().unwrap();
+    let intervals = files.path().join("intervals");
+    admin
+        .script_task(
+            "patch",
+            &format!(
+                "start=$(date +%s%N)\nsleep 0.5\nend=$(date +%s%N)\necho \"$start $end\" >> {}",
+                intervals.display()
+            ),
+            Duration::from_secs(60),
+        )
+        .await;
+    let job = admin
+        .jobs
+        .create_job(pb::CreateJobRequest {
+            task_name: "patch".into(),
+            task_version: 0,
+            target: Some(pb::Target {
+                kind: Some(pb::target::Kind::Puppets(pb::PuppetNames {
+                    names: names.clone(),
+                })),
+            }),
+            strategy: Some(pb::Strategy {
+                max_in_flight: Some(pb::Limit {
+                    kind: Some(pb::limit::Kind::Count(2)),
+                }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let job = admin.wait_job(&job.id, DEADLINE).await;
+    assert_eq!(job.state, pb::JobState::Succeeded as i32, "{job:?}");
+    let text = std::fs::read_to_string(&intervals).unwrap();
+    assert_eq!(text.lines().count(), 8, "{text}");
+    let most = most_at_once(&text);
+    assert!(
+        most <= 2,
+        "{most} runs at once under max-in-flight 2:\n{text}"
+    );
+
+    // One gap-free sequence of event ids, the same through either node.
+    let mut seen = Vec::new();
+    for i in 0..2 {
+        let other = cluster.admin_at(&cluster.url(i));
+        let events = EventsClient::new(other.channel.clone())
+            .list_events(pb::WatchEventsRequest {
+                limit: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .events;
+        let ids: Vec<u64> = events.iter().map(|e| e.id).collect();
+        assert!(ids.len() > 20, "{ids:?}");
+        for pair in ids.windows(2) {
+            assert_eq!(pair[1], pair[0] + 1, "a gap in the event ids: {ids:?}");
+        }
+        seen.push(ids);
+    }
+    let shorter = seen[0].len().min(seen[1].len());
+    assert_eq!(seen[0][..shorter], seen[1][..shorter]);
+    for p in puppets {
+        p.stop().await;
+    }
+}
