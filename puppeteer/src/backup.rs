@@ -42,6 +42,9 @@ const MAX_ENTRY: u32 = 256 << 20;
 /// The database directory inside a data dir.
 const DB_DIR: &str = "db";
 
+/// The oldest schema a restore accepts (opening upgrades it).
+const OLDEST_SCHEMA: u32 = 2;
+
 /// What the header of a backup says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Header {
@@ -358,9 +361,11 @@ fn read_header(r: &mut Hashing<BufReader<File>>) -> Result<Header> {
     }
     let header: Header = serde_json::from_slice(&read_bytes(r, 1 << 20)?)
         .map_err(|e| anyhow::anyhow!("the backup header is corrupt: {e}"))?;
-    if header.schema_version != RawDb::current_schema() {
+    // Older schemas are upgraded when the restored database is first
+    // opened (2 to 3: jobs' run lists become an index).
+    if !(OLDEST_SCHEMA..=RawDb::current_schema()).contains(&header.schema_version) {
         bail!(
-            "the backup holds a database of schema version {} (puppeteer {}); this puppeteer reads version {}",
+            "the backup holds a database of schema version {} (puppeteer {}); this puppeteer reads versions {OLDEST_SCHEMA} to {}",
             header.schema_version,
             header.puppeteer_version,
             RawDb::current_schema()

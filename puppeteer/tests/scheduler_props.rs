@@ -84,7 +84,7 @@ fn job(id: &str, strategy: JobStrategy, approval: Approval, cancelled: bool) -> 
         },
         target: Target::Puppets(vec![]),
         created_at: Millis(0),
-        run_ids: vec![],
+        run_count: 0,
         cancelled,
         seq: 0,
         strategy,

@@ -64,7 +64,7 @@ async fn write_finished_runs(db: &std::path::Path, from: usize, count: usize) {
             },
             target: Target::Puppets(vec!["p1".into()]),
             created_at: Millis::now(),
-            run_ids: vec![run.id.clone()],
+            run_count: 1,
             cancelled: false,
             seq: store.next_seq().unwrap(),
             strategy: Default::default(),

@@ -62,7 +62,7 @@ pub async fn durability_cost_of_acknowledgements() {
         },
         target: Target::Puppets(vec!["p1".into()]),
         created_at: Millis(0),
-        run_ids: runs.iter().map(|r| r.id.clone()).collect(),
+        run_count: runs.len() as u64,
         cancelled: false,
         seq: 1,
         strategy: Default::default(),

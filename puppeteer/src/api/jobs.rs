@@ -28,7 +28,7 @@ impl JobsApi {
     fn load(&self, id: &str) -> ApiResult<(Job, Vec<Run>)> {
         convert::id_of_kind("job", id)?;
         let job = self.state.store.get_job(id)?;
-        let runs = self.state.store.get_runs(&job.run_ids)?;
+        let runs = self.state.store.job_runs(&job.id)?;
         Ok((job, runs))
     }
 
@@ -182,7 +182,8 @@ impl JobsApi {
         self.state.announce(vec![event]);
         if !approve {
             let cause = format!("skipped: the job was rejected by {user}");
-            let skipped = self.state.store.update_runs(&job.run_ids, |run| {
+            let ids = self.state.store.job_run_ids(&job.id)?;
+            let skipped = self.state.store.update_runs(&ids, |run| {
                 if !matches!(run.state, RunState::Queued | RunState::Waiting) {
                     return Ok(false);
                 }
@@ -275,7 +276,7 @@ impl JobsApi {
             spec: task.spec.clone(),
             target,
             created_at: now,
-            run_ids: runs.iter().map(|r| r.id.clone()).collect(),
+            run_count: runs.len() as u64,
             cancelled: false,
             seq: store.next_seq().map_err(ApiError::from)?,
             approval: if strategy.approval {
@@ -354,7 +355,7 @@ impl Jobs for JobsApi {
             // Views are made once, while the store filters.
             let views = std::cell::RefCell::new(Vec::new());
             let failed = std::cell::RefCell::new(None);
-            let page = store.jobs_page(&page, |job| match store.get_runs(&job.run_ids) {
+            let page = store.jobs_page(&page, |job| match store.job_runs(&job.id) {
                 Ok(runs) => {
                     let view = state.job_view(job, &runs);
                     let keep = req.states.is_empty() || req.states.contains(&view.state);
@@ -397,7 +398,8 @@ impl Jobs for JobsApi {
                         Ok(change)
                     })
                     .map_err(ApiError::from)?;
-                let changed = cancel_runs(&self.state, &job.run_ids, "cancelled with its job")?;
+                let ids = store.job_run_ids(&job.id).map_err(ApiError::from)?;
+                let changed = cancel_runs(&self.state, &ids, "cancelled with its job")?;
                 store.flush().await.map_err(ApiError::from)?;
                 wake_cancelled(&self.state, &changed);
                 let (job, runs) = self.load(&job.id)?;
@@ -459,10 +461,11 @@ impl Jobs for JobsApi {
                     job.cancelled = false;
                     Ok(change)
                 })?;
-                let requeued = self
-                    .state
-                    .store
-                    .requeue_runs(&job.run_ids, Millis::now(), |r| pick(r.state))?;
+                let requeued = self.state.store.requeue_runs(
+                    &self.state.store.job_run_ids(&job.id)?,
+                    Millis::now(),
+                    |r| pick(r.state),
+                )?;
                 self.state.job_reopened(&job.id);
                 if requeued.is_empty() {
                     return Err(ApiError::Conflict(format!(

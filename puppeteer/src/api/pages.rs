@@ -34,7 +34,8 @@ pub const JOB_RUNS: Listing = Listing {
     default_size: 1000,
     max_size: 1000,
 };
-/// A puppet's runs: the cursor is a key under the puppet's name.
+/// A puppet's runs: the cursor is a key under the puppet's name (a job's
+/// runs: under the job's id).
 pub const PUPPET_RUNS: Listing = Listing {
     name: "puppetruns",
     default_size: 1000,

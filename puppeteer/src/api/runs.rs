@@ -77,8 +77,10 @@ impl Runs for RunsApi {
         };
         let page = listing.request(req.page_size, &req.page_token)?;
         listing.check(&page, |key| match &req.of {
-            Some(pb::list_runs_request::Of::JobId(_)) => key.len() == 8,
-            Some(pb::list_runs_request::Of::Puppet(name)) => {
+            // A key of the job's index, or of the puppet's runs.
+            Some(
+                pb::list_runs_request::Of::JobId(name) | pb::list_runs_request::Of::Puppet(name),
+            ) => {
                 let prefix = crate::store::prefix_of(name);
                 key.len() == prefix.len() + 8 && key.starts_with(&prefix)
             }

@@ -31,8 +31,6 @@ use crate::hub::HubKey;
 /// What is known in memory of one job's end (see the module's doc).
 #[derive(Debug, Default)]
 pub struct JobEnd {
-    /// Where in `run_ids` the last search found an unfinished run.
-    cursor: usize,
     /// The job's end was announced, and no run of it reopened since.
     ended: bool,
     /// How many times a run of the job was reopened.
@@ -108,7 +106,7 @@ impl AppState {
         if self.has_unfinished_run(&job)? {
             return Ok(());
         }
-        let runs = self.store.get_runs(&job.run_ids)?;
+        let runs = self.store.job_runs(&job.id)?;
         let state = match crate::scheduler::job_state(&job, &runs) {
             JobState::Succeeded => "succeeded",
             JobState::Failed => "failed",
@@ -194,42 +192,9 @@ impl AppState {
     }
 
     /// Whether some run of the job is unfinished (then the job has not
-    /// ended). The search starts at the run found unfinished last time and
-    /// wraps around, so that over a fan-out to N puppets, where this is asked
-    /// at each of the N runs' ends, the runs are read O(N) times in all
-    /// rather than N times each.
+    /// ended): the store's count, kept with every run change.
     fn has_unfinished_run(&self, job: &crate::domain::Job) -> ApiResult<bool> {
-        let n = job.run_ids.len();
-        let start = self
-            .job_ends
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&job.id)
-            .map_or(0, |end| end.cursor);
-        for k in 0..n {
-            let i = (start + k) % n;
-            match self.store.get_run(&job.run_ids[i]) {
-                Ok(run) if !run.state.is_terminal() => {
-                    let mut ends = self.job_ends.lock().unwrap_or_else(|e| e.into_inner());
-                    match ends.get_mut(&job.id) {
-                        Some(end) => end.cursor = i,
-                        None => {
-                            ends.insert(
-                                job.id.clone(),
-                                JobEnd {
-                                    cursor: i,
-                                    ..JobEnd::default()
-                                },
-                            );
-                        }
-                    }
-                    return Ok(true);
-                }
-                Ok(_) | Err(crate::store::StoreError::NotFound { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(false)
+        Ok(self.store.job_unfinished_runs(&job.id)? > 0)
     }
 
     /// Free capacity of the resources these runs need.

@@ -17,14 +17,14 @@ impl AppState {
     fn load_job_view(&self, id: &str) -> ApiResult<Loaded> {
         let job = self.store.job(id)?;
         let runs = if scheduler::gate_reads_job_runs(&job.strategy) {
-            self.store.get_runs(&job.run_ids)?
+            self.store.job_runs(&job.id)?
         } else {
             Vec::new()
         };
         let upstream = match &job.strategy.after_job {
             Some(up) => match self.store.job(up) {
                 Ok(up) => {
-                    let runs = self.store.get_runs(&up.run_ids)?;
+                    let runs = self.store.job_runs(&up.id)?;
                     Some((up, runs))
                 }
                 Err(StoreError::NotFound { .. }) => None,

@@ -273,7 +273,7 @@ pub fn compose(state: &super::AppState, event: &Event) -> (String, String) {
         .flatten();
     let runs = job
         .as_ref()
-        .and_then(|job| state.store.get_runs(&job.run_ids).ok())
+        .and_then(|job| state.store.job_runs(&job.id).ok())
         .unwrap_or_default();
     let tail = |run: &crate::domain::Run| {
         let from = run.log_length.saturating_sub(2048);

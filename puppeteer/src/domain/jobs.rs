@@ -72,7 +72,10 @@ pub struct Job {
     pub spec: RunSpec,
     pub target: Target,
     pub created_at: Millis,
-    pub run_ids: Vec<String>,
+    /// How many runs it has (their ids are the store's `job_runs` index,
+    /// not a list in this record: see `store/jobs.rs`).
+    #[serde(default)]
+    pub run_count: u64,
     pub cancelled: bool,
     /// Creation order, for listing newest first.
     pub seq: u64,

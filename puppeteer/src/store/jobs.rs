@@ -1,4 +1,12 @@
 //! Jobs, their runs, and each puppet's queue of unfinished runs.
+//!
+//! A job's runs are an index (`job_runs`: job id, position → run id), not a
+//! list inside the job's record: a fleet-wide job's record stays small, and
+//! changing the job (an approval, its end) rewrites no list of ten thousand
+//! ids. Whether a job still has unfinished runs is a counter (`job_open`),
+//! kept in the same transaction as every change of a run between unfinished
+//! and finished (creation, updates, retries), so the end of a job is known
+//! without reading its runs.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -88,6 +96,10 @@ impl Store {
 
     /// Stores a job with its runs, and queues each run on its puppet.
     pub fn create_job(&self, job: &Job, runs: &[Run]) -> Result<()> {
+        let mut job = job.clone();
+        job.run_count = runs.len() as u64;
+        let job = &job;
+        let open = runs.iter().filter(|r| !r.state.is_terminal()).count() as u64;
         let result = (
             &self.jobs,
             &self.job_order,
@@ -96,14 +108,18 @@ impl Store {
             &self.puppet_runs,
             &self.meta,
             &self.events,
+            &self.job_runs,
+            &self.job_open,
         )
             .transaction(
-                |(jobs, order, runs_tree, queue, puppet_runs, meta, events)| {
+                |(jobs, order, runs_tree, queue, puppet_runs, meta, events, job_runs, job_open)| {
                     jobs.insert(job.id.as_bytes(), encode(job))?;
                     order.insert(job.seq.to_be_bytes(), job.id.as_bytes())?;
+                    job_open.insert(job.id.as_bytes(), &open.to_be_bytes())?;
                     let mut new = Vec::new();
-                    for run in runs {
+                    for (i, run) in runs.iter().enumerate() {
                         runs_tree.insert(run.id.as_bytes(), encode(run))?;
+                        job_runs.insert(seq_key(&job.id, i as u64), run.id.as_bytes())?;
                         let key = seq_key(&run.puppet, run.queue_seq);
                         queue.insert(key.clone(), run.id.as_bytes())?;
                         puppet_runs.insert(key, run.id.as_bytes())?;
@@ -245,8 +261,9 @@ impl Store {
             &self.resource_usage,
             &self.meta,
             &self.events,
+            &self.job_open,
         )
-            .transaction(|(runs, queue, usage, meta, events)| {
+            .transaction(|(runs, queue, usage, meta, events, job_open)| {
                 let mut changed = Vec::new();
                 let mut new_events = Vec::new();
                 for id in ids {
@@ -271,6 +288,9 @@ impl Store {
                     runs.insert(id.as_bytes(), encode(&run))?;
                     if run.state.is_terminal() && !was_terminal {
                         queue.remove(seq_key(&run.puppet, run.queue_seq))?;
+                        count_open(job_open, &run.job_id, -1)?;
+                    } else if !run.state.is_terminal() && was_terminal {
+                        count_open(job_open, &run.job_id, 1)?;
                     }
                     new_events.extend(super::events::of_run(&run, history_len));
                     changed.push(run);
@@ -328,8 +348,14 @@ impl Store {
         now: Millis,
         pick: impl Fn(&Run) -> bool,
     ) -> Result<Vec<Run>> {
-        let requeued = (&self.runs, &self.queue, &self.meta, &self.events).transaction(
-            |(runs, queue, meta, events)| {
+        let requeued = (
+            &self.runs,
+            &self.queue,
+            &self.meta,
+            &self.events,
+            &self.job_open,
+        )
+            .transaction(|(runs, queue, meta, events, job_open)| {
                 let mut requeued = Vec::new();
                 let mut new_events = Vec::new();
                 for id in ids {
@@ -359,14 +385,36 @@ impl Store {
                     );
                     runs.insert(id.as_bytes(), encode(&run))?;
                     queue.insert(seq_key(&run.puppet, run.queue_seq), run.id.as_bytes())?;
+                    count_open(job_open, &run.job_id, 1)?;
                     new_events.extend(super::events::of_run(&run, run.history.len() - 1));
                     requeued.push(run);
                 }
                 super::events::append(meta, events, new_events)?;
                 Ok(requeued)
-            },
-        )?;
+            })?;
         Ok(requeued)
+    }
+
+    /// The ids of a job's runs, in the order they were created.
+    pub fn job_run_ids(&self, job_id: &str) -> Result<Vec<String>> {
+        self.job_runs
+            .scan_prefix(prefix_of(job_id))
+            .map(|kv| kv.map(|(_, id)| String::from_utf8_lossy(&id).into_owned()))
+            .collect()
+    }
+
+    /// A job's runs, in the order they were created.
+    pub fn job_runs(&self, job_id: &str) -> Result<Vec<Run>> {
+        self.get_runs(&self.job_run_ids(job_id)?)
+    }
+
+    /// How many of a job's runs are unfinished (0: it ended).
+    pub fn job_unfinished_runs(&self, job_id: &str) -> Result<u64> {
+        Ok(self
+            .job_open
+            .get(job_id.as_bytes())?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map_or(0, u64::from_be_bytes))
     }
 
     /// Like [`Store::update_runs`] for one run; returns it whether or not it changed.
@@ -377,6 +425,67 @@ impl Store {
             None => self.get_run(id),
         }
     }
+}
+
+/// Moves a job's count of unfinished runs by `delta`, in a transaction.
+fn count_open(job_open: &TxTree<'_>, job_id: &str, delta: i64) -> crate::store::TxResult<()> {
+    if delta == 0 {
+        return Ok(());
+    }
+    let now = job_open
+        .get(job_id.as_bytes())?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+        .map_or(0, u64::from_be_bytes);
+    let next = now.saturating_add_signed(delta);
+    job_open.insert(job_id.as_bytes(), &next.to_be_bytes())?;
+    Ok(())
+}
+
+/// Schema 2 to 3: each job's list of run ids becomes the `job_runs` index
+/// and its `job_open` count, and leaves the job's record. One job per
+/// transaction: a crash in between leaves jobs of both forms, and the next
+/// open goes on (a job already moved has no list left).
+pub(crate) fn index_runs_of_version_2(store: &Store) -> Result<()> {
+    let mut moved = 0u64;
+    for kv in store.jobs.iter() {
+        let (key, value) = kv?;
+        let mut record: serde_json::Value =
+            serde_json::from_slice(&value).map_err(|e| StoreError::Corrupt {
+                key: String::from_utf8_lossy(&key).into_owned(),
+                reason: e.to_string(),
+            })?;
+        let Some(ids) = record.as_object_mut().and_then(|o| o.remove("run_ids")) else {
+            continue;
+        };
+        let ids: Vec<String> = serde_json::from_value(ids).unwrap_or_default();
+        let job_id = String::from_utf8_lossy(&key).into_owned();
+        let mut open = 0u64;
+        for id in &ids {
+            if store.get_run(id).is_ok_and(|r| !r.state.is_terminal()) {
+                open += 1;
+            }
+        }
+        record["run_count"] = serde_json::json!(ids.len());
+        let record = serde_json::to_vec(&record).expect("a JSON value serializes");
+        (&store.jobs, &store.job_runs, &store.job_open).transaction(
+            |(jobs, job_runs, job_open)| {
+                for (i, id) in ids.iter().enumerate() {
+                    job_runs.insert(seq_key(&job_id, i as u64), id.as_bytes())?;
+                }
+                job_open.insert(job_id.as_bytes(), &open.to_be_bytes())?;
+                jobs.insert(job_id.as_bytes(), record.clone())?;
+                Ok(())
+            },
+        )?;
+        moved += 1;
+    }
+    if moved > 0 {
+        tracing::info!(
+            jobs = moved,
+            "schema 2 to 3: the runs of each job became an index"
+        );
+    }
+    Ok(())
 }
 
 fn load_run(
@@ -441,5 +550,85 @@ mod tests {
         let version = cache.get("job-1").unwrap_err();
         cache.keep(version, &old);
         assert!(cache.get("job-1").is_ok());
+    }
+}
+
+#[cfg(test)]
+mod index_tests {
+    use crate::domain::{Millis, RunState};
+    use crate::store::logs::tests::{job, run};
+    use crate::store::testing;
+
+    #[test]
+    fn a_jobs_runs_are_an_index_and_its_end_a_count() {
+        for (_engine, store) in testing::stores() {
+            let runs = [run("run-a"), run("run-b"), run("run-c")];
+            store.create_job(&job(), &runs).unwrap();
+            assert_eq!(store.get_job("job-1").unwrap().run_count, 3);
+            assert_eq!(
+                store.job_run_ids("job-1").unwrap(),
+                ["run-a", "run-b", "run-c"]
+            );
+            assert_eq!(store.job_unfinished_runs("job-1").unwrap(), 3);
+            let finish = |id: &str| {
+                store
+                    .update_run(id, |r| {
+                        r.transition(RunState::Succeeded, Millis(1), "done");
+                        Ok(true)
+                    })
+                    .unwrap();
+            };
+            finish("run-a");
+            finish("run-b");
+            // A change that does not finish it counts nothing twice.
+            finish("run-b");
+            assert_eq!(store.job_unfinished_runs("job-1").unwrap(), 1);
+            store
+                .requeue_runs(&["run-a".into()], Millis(2), |_| true)
+                .unwrap();
+            assert_eq!(store.job_unfinished_runs("job-1").unwrap(), 2);
+            finish("run-a");
+            finish("run-c");
+            assert_eq!(store.job_unfinished_runs("job-1").unwrap(), 0);
+        }
+    }
+
+    /// A data dir of schema 2 (each job listing its run ids) is moved to
+    /// the index at open.
+    #[test]
+    fn schema_2_jobs_get_their_index_at_open() {
+        for (_engine, store) in testing::stores() {
+            let mut done = run("run-b");
+            done.state = RunState::Succeeded;
+            store.create_job(&job(), &[run("run-a"), done]).unwrap();
+            // Back to the old form: the list in the record, no index.
+            let mut old: serde_json::Value =
+                serde_json::from_slice(&store.jobs.get("job-1").unwrap().unwrap()).unwrap();
+            old.as_object_mut().unwrap().remove("run_count");
+            old["run_ids"] = serde_json::json!(["run-a", "run-b"]);
+            store
+                .jobs
+                .insert("job-1", serde_json::to_vec(&old).unwrap())
+                .unwrap();
+            for i in 0..2u64 {
+                store.job_runs.remove(super::seq_key("job-1", i)).unwrap();
+            }
+            store.job_open.remove("job-1").unwrap();
+            store
+                .meta
+                .insert("schema_version", &2u32.to_be_bytes())
+                .unwrap();
+
+            store.check_schema().unwrap();
+            assert_eq!(store.job_run_ids("job-1").unwrap(), ["run-a", "run-b"]);
+            assert_eq!(store.job_unfinished_runs("job-1").unwrap(), 1);
+            let record =
+                String::from_utf8(store.jobs.get("job-1").unwrap().unwrap().to_vec()).unwrap();
+            assert!(!record.contains("run_ids"), "{record}");
+            assert_eq!(store.get_job("job-1").unwrap().run_count, 2);
+            // Once more changes nothing.
+            store.check_schema().unwrap();
+            assert_eq!(store.job_run_ids("job-1").unwrap().len(), 2);
+        }
     }
 }

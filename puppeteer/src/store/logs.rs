@@ -425,7 +425,7 @@ pub(crate) mod tests {
             },
             target: Target::Puppets(vec!["p1".into()]),
             created_at: Millis(0),
-            run_ids: vec!["run-a".into()],
+            run_count: 1,
             cancelled: false,
             seq: 1,
             strategy: Default::default(),

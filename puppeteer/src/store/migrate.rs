@@ -66,6 +66,8 @@ impl Store {
             "upload_chunks" => &self.upload_chunks,
             "contents" => &self.contents,
             "content_sizes" => &self.content_sizes,
+            "job_runs" => &self.job_runs,
+            "job_open" => &self.job_open,
             other => unreachable!("no tree {other}"),
         }
     }

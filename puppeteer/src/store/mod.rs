@@ -37,6 +37,8 @@
 //! | `upload_chunks`| upload id 0 offset(u64 BE)   | bytes (shared store only, see `contents.rs`) |
 //! | `contents`     | sha256 0 offset(u64 BE)      | bytes (shared store only) |
 //! | `content_sizes`| sha256                       | size, u64 BE (shared store only) |
+//! | `job_runs`     | job id 0 position(u64 BE)    | run id: a job's runs, in order |
+//! | `job_open`     | job id                       | its unfinished runs, u64 BE |
 //!
 //! Durability policy:
 //! - Every state change is one sled transaction over all the trees it
@@ -103,7 +105,7 @@ pub use puppets::NewPuppet;
 pub use resources::ResourceUse;
 
 /// Every tree of the store, by name (what `migrate` copies).
-pub(crate) const TREES: [&str; 27] = [
+pub(crate) const TREES: [&str; 29] = [
     "meta",
     "credentials",
     "puppets",
@@ -131,10 +133,12 @@ pub(crate) const TREES: [&str; 27] = [
     "upload_chunks",
     "contents",
     "content_sizes",
+    "job_runs",
+    "job_open",
 ];
 
 /// The on-disk layout this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// sled's page cache. Its default (1 GiB) would let the cache alone grow the
 /// puppeteer far past its memory budget (300 MiB for 10,000 puppets); the
@@ -233,6 +237,8 @@ pub struct Store {
     upload_chunks: Tree,
     contents: Tree,
     content_sizes: Tree,
+    job_runs: Tree,
+    job_open: Tree,
 }
 
 impl std::fmt::Debug for Store {
@@ -351,6 +357,8 @@ impl Store {
             upload_chunks: tree("upload_chunks")?,
             contents: tree("contents")?,
             content_sizes: tree("content_sizes")?,
+            job_runs: tree("job_runs")?,
+            job_open: tree("job_open")?,
             db,
         };
         store.check_schema()?;
@@ -429,10 +437,16 @@ impl Store {
                         key: "meta/schema_version".into(),
                         reason: "not 4 bytes".into(),
                     })?);
-                if found == SCHEMA_VERSION {
-                    Ok(())
-                } else {
-                    Err(StoreError::SchemaMismatch { found })
+                match found {
+                    SCHEMA_VERSION => Ok(()),
+                    2 => {
+                        jobs::index_runs_of_version_2(self)?;
+                        self.meta
+                            .insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
+                        self.db.flush_blocking()?;
+                        Ok(())
+                    }
+                    _ => Err(StoreError::SchemaMismatch { found }),
                 }
             }
         }

@@ -168,22 +168,9 @@ impl Store {
                 fill(entries, request, pick)
             }
             RunsOf::Job(job) => {
-                // The job's run ids, keyed by their position (u64 BE).
-                let from = match &request.after {
-                    Some(Cursor(key)) => position(key).map_or(0, |p| p.saturating_add(1)),
-                    None => 0,
-                };
-                let entries = job
-                    .run_ids
-                    .iter()
-                    .enumerate()
-                    .skip(usize::try_from(from).unwrap_or(usize::MAX))
-                    .map(|(i, id)| {
-                        Ok((
-                            Bytes::from(&(i as u64).to_be_bytes()[..]),
-                            Bytes::from(id.as_bytes()),
-                        ))
-                    });
+                // The job's index, keyed by position (u64 BE) under its id.
+                let prefix = keys::prefix_of(&job.id);
+                let entries = self.job_runs.range(after(&prefix, request.after.as_ref()));
                 fill(entries, request, pick)
             }
         }
@@ -231,11 +218,6 @@ impl Store {
             Ok(Pick::kept_if(actor.is_none_or(|a| entry.actor == a), entry))
         })
     }
-}
-
-/// The position a job-runs cursor holds.
-fn position(key: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(key.try_into().ok()?))
 }
 
 #[cfg(test)]
@@ -362,7 +344,7 @@ mod tests {
     #[test]
     fn runs_page_by_puppet_by_job_and_unfinished() {
         for (_engine, store) in testing::stores() {
-            let mut job = job();
+            let job = job();
             let mut runs = Vec::new();
             for i in 0..7 {
                 let mut r = run(&format!("run-{i}"));
@@ -370,7 +352,6 @@ mod tests {
                 r.queue_seq = i;
                 runs.push(r);
             }
-            job.run_ids = runs.iter().map(|r| r.id.clone()).collect();
             store.create_job(&job, &runs).unwrap();
 
             let ids = |runs: Vec<Run>| runs.into_iter().map(|r| r.id).collect::<Vec<_>>();
@@ -380,7 +361,8 @@ mod tests {
                     .unwrap()
             });
             assert_eq!(sizes, [3, 3, 1]);
-            assert_eq!(ids(of_job), job.run_ids);
+            assert_eq!(ids(of_job), store.job_run_ids(&job.id).unwrap());
+            assert_eq!(store.job_run_ids(&job.id).unwrap().len(), 7);
             let (of_p1, _) = all_pages(|after| {
                 store
                     .runs_page(RunsOf::Puppet("p1"), &request(after, 3, 100), |_| true)
@@ -447,7 +429,6 @@ mod tests {
                 let mut j = job();
                 j.id = format!("job-{i}");
                 j.seq = i;
-                j.run_ids = vec![];
                 store.create_job(&j, &[]).unwrap();
             }
             let (jobs, sizes) = all_pages(|after| {

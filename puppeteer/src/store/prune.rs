@@ -105,8 +105,9 @@ impl Store {
                 Err(StoreError::NotFound { .. }) => continue,
                 Err(e) => return Err(e),
             };
-            let mut runs = Vec::with_capacity(job.run_ids.len());
-            for run_id in &job.run_ids {
+            let run_ids = self.job_run_ids(&job.id)?;
+            let mut runs = Vec::with_capacity(run_ids.len());
+            for run_id in &run_ids {
                 match self.get_run(run_id) {
                     Ok(run) => runs.push(run),
                     Err(StoreError::NotFound { .. }) => {}
@@ -129,6 +130,12 @@ impl Store {
         ids: &[String],
         event: impl Fn(&Job, &PrunedJob) -> Event,
     ) -> Result<Vec<PrunedJob>> {
+        // A job's runs never change after its creation: their ids are read
+        // before the transaction (which cannot scan).
+        let mut run_ids = std::collections::HashMap::new();
+        for id in ids {
+            run_ids.insert(id.clone(), self.job_run_ids(id)?);
+        }
         let result = (
             &self.jobs,
             &self.job_order,
@@ -137,55 +144,64 @@ impl Store {
             &self.puppet_runs,
             &self.meta,
             &self.events,
+            &self.job_runs,
+            &self.job_open,
         )
-            .transaction(|(jobs, order, runs, queue, puppet_runs, meta, events)| {
-                let mut pruned = Vec::new();
-                let mut owed = Vec::new();
-                let mut new_events = Vec::new();
-                'jobs: for id in ids {
-                    let Some(v) = jobs.get(id.as_bytes())? else {
-                        continue;
-                    };
-                    let job: Job = match decode(id.as_bytes(), &v) {
-                        Ok(job) => job,
-                        Err(e) => return abort(e),
-                    };
-                    let mut job_runs = Vec::new();
-                    for run_id in &job.run_ids {
-                        let Some(v) = runs.get(run_id.as_bytes())? else {
+            .transaction(
+                |(jobs, order, runs, queue, puppet_runs, meta, events, job_index, job_open)| {
+                    let mut pruned = Vec::new();
+                    let mut owed = Vec::new();
+                    let mut new_events = Vec::new();
+                    'jobs: for id in ids {
+                        let Some(v) = jobs.get(id.as_bytes())? else {
                             continue;
                         };
-                        let run: Run = match decode(run_id.as_bytes(), &v) {
-                            Ok(run) => run,
+                        let job: Job = match decode(id.as_bytes(), &v) {
+                            Ok(job) => job,
                             Err(e) => return abort(e),
                         };
-                        if !run.state.is_terminal() {
-                            continue 'jobs;
+                        let mut job_runs = Vec::new();
+                        let ids_of_job = run_ids.get(id).map(Vec::as_slice).unwrap_or_default();
+                        for run_id in ids_of_job {
+                            let Some(v) = runs.get(run_id.as_bytes())? else {
+                                continue;
+                            };
+                            let run: Run = match decode(run_id.as_bytes(), &v) {
+                                Ok(run) => run,
+                                Err(e) => return abort(e),
+                            };
+                            if !run.state.is_terminal() {
+                                continue 'jobs;
+                            }
+                            job_runs.push(run);
                         }
-                        job_runs.push(run);
+                        let mut done = PrunedJob {
+                            id: job.id.clone(),
+                            runs: job_runs.len() as u64,
+                            log_bytes: 0,
+                        };
+                        for run in &job_runs {
+                            let key = seq_key(&run.puppet, run.queue_seq);
+                            queue.remove(key.clone())?;
+                            puppet_runs.remove(key)?;
+                            runs.remove(run.id.as_bytes())?;
+                            meta.insert(owed_key(&run.id), &[])?;
+                            done.log_bytes += stored_log_bytes(run);
+                            owed.push(run.id.clone());
+                        }
+                        jobs.remove(id.as_bytes())?;
+                        order.remove(job.seq.to_be_bytes())?;
+                        job_open.remove(id.as_bytes())?;
+                        for i in 0..ids_of_job.len() {
+                            job_index.remove(seq_key(id, i as u64))?;
+                        }
+                        new_events.push(event(&job, &done));
+                        pruned.push(done);
                     }
-                    let mut done = PrunedJob {
-                        id: job.id.clone(),
-                        runs: job_runs.len() as u64,
-                        log_bytes: 0,
-                    };
-                    for run in &job_runs {
-                        let key = seq_key(&run.puppet, run.queue_seq);
-                        queue.remove(key.clone())?;
-                        puppet_runs.remove(key)?;
-                        runs.remove(run.id.as_bytes())?;
-                        meta.insert(owed_key(&run.id), &[])?;
-                        done.log_bytes += stored_log_bytes(run);
-                        owed.push(run.id.clone());
-                    }
-                    jobs.remove(id.as_bytes())?;
-                    order.remove(job.seq.to_be_bytes())?;
-                    new_events.push(event(&job, &done));
-                    pruned.push(done);
-                }
-                super::events::append(meta, events, new_events)?;
-                Ok((pruned, owed))
-            });
+                    super::events::append(meta, events, new_events)?;
+                    Ok((pruned, owed))
+                },
+            );
         for id in ids {
             self.job_cache.changed(id);
         }

@@ -470,3 +470,5 @@ transactional_tuple!(0, 1, 2, 3);
 transactional_tuple!(0, 1, 2, 3, 4);
 transactional_tuple!(0, 1, 2, 3, 4, 5);
 transactional_tuple!(0, 1, 2, 3, 4, 5, 6);
+transactional_tuple!(0, 1, 2, 3, 4, 5, 6, 7);
+transactional_tuple!(0, 1, 2, 3, 4, 5, 6, 7, 8);
