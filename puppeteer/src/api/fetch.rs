@@ -171,7 +171,6 @@ async fn read_chunk(d: &mut Download) -> Result<Option<pb::ArtifactChunk>, Statu
     }
     let budgets = d
         .state
-        .store
         .bandwidth_budgets(d.holds.iter().map(String::as_str))
         .map_err(ApiError::from)?;
     let slowest = budgets.iter().map(|(_, rate)| *rate).min();

@@ -153,7 +153,6 @@ impl PuppetServiceApi {
         }
         let budgets = self
             .state
-            .store
             .bandwidth_budgets(run.holds.iter().map(|h| h.name.as_str()))?;
         let wait = self.state.budgets.reserve(&budgets, bytes).min(MAX_PACE);
         if !wait.is_zero() {

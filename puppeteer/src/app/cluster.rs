@@ -67,6 +67,8 @@ pub struct Node {
     /// The address it listens on (shown to operators).
     pub listen: String,
     pub started: Millis,
+    /// Nodes of the cluster alive as last seen (this one included).
+    live: std::sync::atomic::AtomicUsize,
     leading: watch::Receiver<bool>,
     /// Alone, the sender of `leading`, kept so that the channel stays
     /// open (waiting on a closed one returns at once).
@@ -81,6 +83,7 @@ impl Node {
             id: new_node_id(),
             listen: String::new(),
             started: Millis::now(),
+            live: std::sync::atomic::AtomicUsize::new(1),
             leading,
             _alone: Some(alone),
         }
@@ -92,6 +95,7 @@ impl Node {
             id,
             listen,
             started: Millis::now(),
+            live: std::sync::atomic::AtomicUsize::new(1),
             leading,
             _alone: None,
         }
@@ -99,6 +103,31 @@ impl Node {
 
     pub fn is_leader(&self) -> bool {
         *self.leading.borrow()
+    }
+
+    /// How many nodes the cluster has alive (1 alone).
+    pub fn live_nodes(&self) -> usize {
+        self.live.load(std::sync::atomic::Ordering::Relaxed).max(1)
+    }
+}
+
+impl super::AppState {
+    /// The bandwidth budgets of these resources, as this node may spend
+    /// them: each node of a cluster paces its transfers at an equal share
+    /// (the budget ÷ the nodes alive), so that the link a budget models is
+    /// never asked for more than the budget whichever nodes its puppets
+    /// reach. (A node whose share goes unused leaves it unused.)
+    pub fn bandwidth_budgets<'a>(
+        &self,
+        names: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        let nodes = self.node.live_nodes() as u64;
+        Ok(self
+            .store
+            .bandwidth_budgets(names)?
+            .into_iter()
+            .map(|(name, rate)| (name, (rate / nodes).max(1)))
+            .collect())
     }
 }
 
@@ -279,6 +308,7 @@ pub async fn share_presence(state: Shared, shutdown: CancellationToken) {
             store.touch_puppets(&names, Millis::now())?;
             store.publish_node(&me)?;
             let mut remote = HashSet::new();
+            let mut live = 1;
             for node in store.nodes()? {
                 let age = Millis::now().0 - node.seen_ms;
                 if age > NODE_GONE.as_millis() as i64 {
@@ -288,14 +318,19 @@ pub async fn share_presence(state: Shared, shutdown: CancellationToken) {
                     }
                 } else if node.id != me.id && age <= 3 * SHARE_EVERY.as_millis() as i64 {
                     remote.extend(node.held);
+                    live += 1;
                 }
             }
-            Ok((store.last_polls()?, remote))
+            Ok((store.last_polls()?, remote, live))
         })
         .await;
         let sightings = match shared {
-            Ok((sightings, remote)) => {
+            Ok((sightings, remote, live)) => {
                 state.presences.set_remote_held(remote);
+                state
+                    .node
+                    .live
+                    .store(live, std::sync::atomic::Ordering::Relaxed);
                 sightings
             }
             Err(e) => {
