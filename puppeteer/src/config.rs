@@ -44,6 +44,8 @@ pub struct FileConfig {
     #[serde(default, with = "humantime_serde_opt")]
     pub notify_retry: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
+    pub notify_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
     pub late_after: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
     pub offline_after: Option<Duration>,

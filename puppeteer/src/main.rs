@@ -303,6 +303,9 @@ fn config_from(args: ServeArgs) -> Result<Config> {
     if let Some(d) = file.notify_retry {
         config.notify.retry_base = d;
     }
+    if let Some(d) = file.notify_timeout {
+        config.notify.webhook_timeout = d;
+    }
     config.offline_after = args.offline_after.or(file.offline_after);
     config.insecure_plaintext = args.insecure_plaintext || file.insecure_plaintext.unwrap_or(false);
     config.approval_four_eyes = args.approval_four_eyes || file.approval_four_eyes.unwrap_or(false);

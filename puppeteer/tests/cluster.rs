@@ -622,3 +622,206 @@ async fn two_nodes_racing_keep_counts_limits_and_event_ids() {
         p.stop().await;
     }
 }
+
+/// What the webhook receiver saw: per request, the delivery id and the
+/// resource its event is about, and whether it was answered.
+#[derive(Clone, Default)]
+struct Hooks {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String, bool)>>>,
+    /// While set, requests are recorded and never answered.
+    hold: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Hooks {
+    fn seen(&self) -> Vec<(String, String, bool)> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    fn hold(&self, on: bool) {
+        self.hold.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Requests about `resource`: (delivery id, answered).
+    fn about(&self, resource: &str) -> Vec<(String, bool)> {
+        self.seen()
+            .into_iter()
+            .filter(|(_, r, _)| r == resource)
+            .map(|(id, _, answered)| (id, answered))
+            .collect()
+    }
+}
+
+/// A plain HTTP webhook receiver on a free loopback port.
+async fn hook_receiver() -> (u16, Hooks) {
+    use http_body_util::{BodyExt, Full};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hooks = Hooks::default();
+    let shared = hooks.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let hooks = shared.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |request: http::Request<hyper::body::Incoming>| {
+                        let hooks = hooks.clone();
+                        async move {
+                            let (parts, body) = request.into_parts();
+                            let body = body.collect().await?.to_bytes();
+                            let id = parts.headers["x-geppetto-delivery"]
+                                .to_str()
+                                .unwrap()
+                                .to_string();
+                            let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                            let resource = json["event"]["resource"].as_str().unwrap().to_string();
+                            let held = hooks.hold.load(std::sync::atomic::Ordering::SeqCst);
+                            hooks.seen.lock().unwrap().push((id, resource, !held));
+                            if held {
+                                std::future::pending::<()>().await;
+                            }
+                            Ok::<_, hyper::Error>(http::Response::new(Full::new(
+                                hyper::body::Bytes::from("ok"),
+                            )))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (port, hooks)
+}
+
+/// Creates resource `name` through `admin`, which a rule notifies.
+async fn create_resource(admin: &Admin, name: &str) {
+    geppetto_proto::v1::resources_client::ResourcesClient::new(admin.channel.clone())
+        .create_resource(pb::CreateResourceRequest {
+            name: name.into(),
+            capacity: 1,
+            bandwidth: 0,
+        })
+        .await
+        .unwrap();
+}
+
+/// The leader is paused (SIGSTOP) in the middle of sending a notification,
+/// then resumed; later the new leader is killed (`kill -9`) in the middle of
+/// another. Each time the next leader sends the interrupted notification
+/// again, with the same delivery id, once the claim of the old one lapsed;
+/// the resumed node neither sends nor counts anything; every other event
+/// reaches the receiver exactly once, and the rule counts each delivery
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_notification_is_delivered_once_across_changes_of_leader() {
+    let config_dir = tempfile::tempdir().unwrap();
+    let config = config_dir.path().join("puppeteer.toml");
+    // Attempts cut at 2 × 2 s, claims lapsing 10 s after.
+    std::fs::write(&config, "notify_timeout = \"2s\"\nnotify_retry = \"1s\"\n").unwrap();
+    let Some(mut cluster) = Cluster::start(2, &["--config", config.to_str().unwrap()]).await else {
+        return;
+    };
+    let (port, hooks) = hook_receiver().await;
+    let via = |cluster: &Cluster, i: usize| cluster.admin_at(&cluster.url(i));
+    let admin = via(&cluster, 0);
+    geppetto_proto::v1::notifications_client::NotificationsClient::new(admin.channel.clone())
+        .add_rule(pb::AddRuleRequest {
+            on: vec!["resource.created".into()],
+            channel: Some(pb::add_rule_request::Channel::Webhook(format!(
+                "http://127.0.0.1:{port}/hook"
+            ))),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let index_of = |cluster: &Cluster, port: u16| {
+        cluster
+            .nodes
+            .iter()
+            .position(|n| n.port == port)
+            .expect("a node of ours leads")
+    };
+    let delivered = async |resource: &str| {
+        wait_until_async(
+            &format!("the notification about {resource} answered"),
+            DEADLINE,
+            async || hooks.about(resource).iter().any(|(_, answered)| *answered),
+        )
+        .await;
+    };
+
+    // 1. The leader paused mid-send.
+    let first = index_of(&cluster, leader_port(&admin, 2).await);
+    let other = 1 - first;
+    hooks.hold(true);
+    create_resource(&via(&cluster, other), "r0").await;
+    wait_until_async("the leader sends about r0", DEADLINE, async || {
+        !hooks.about("r0").is_empty()
+    })
+    .await;
+    cluster.nodes[first].server.as_ref().unwrap().signal("STOP");
+    hooks.hold(false);
+    let survivor = via(&cluster, other);
+    delivered("r0").await;
+    assert_eq!(index_of(&cluster, leader_port(&survivor, 2).await), other);
+    cluster.nodes[first].server.as_ref().unwrap().signal("CONT");
+    for name in ["r1", "r2", "r3"] {
+        create_resource(&via(&cluster, first), name).await;
+        delivered(name).await;
+    }
+
+    // 2. The new leader killed mid-send.
+    hooks.hold(true);
+    create_resource(&via(&cluster, first), "r4").await;
+    wait_until_async("the leader sends about r4", DEADLINE, async || {
+        !hooks.about("r4").is_empty()
+    })
+    .await;
+    cluster.kill9(other).await;
+    hooks.hold(false);
+    let resumed = via(&cluster, first);
+    delivered("r4").await;
+    cluster.restart(other).await;
+    for (i, name) in [(other, "r5"), (first, "r6"), (other, "r7")] {
+        create_resource(&via(&cluster, i), name).await;
+        delivered(name).await;
+    }
+
+    // Whatever is still in flight has had time to arrive.
+    let rules = async || {
+        geppetto_proto::v1::notifications_client::NotificationsClient::new(resumed.channel.clone())
+            .list_rules(pb::ListRulesRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .rules
+            .remove(0)
+    };
+    wait_until_async("no delivery pending", DEADLINE, async || {
+        rules().await.pending == 0
+    })
+    .await;
+    let rule = rules().await;
+    assert_eq!((rule.delivered, rule.failed), (8, 0), "{rule:?}");
+    for name in ["r0", "r4"] {
+        let seen = hooks.about(name);
+        assert_eq!(seen.len(), 2, "{name}: cut once, then sent again: {seen:?}");
+        assert_eq!(
+            seen[0].0, seen[1].0,
+            "{name}: the same delivery id both times"
+        );
+        assert!(!seen[0].1 && seen[1].1, "{name}: {seen:?}");
+    }
+    for name in ["r1", "r2", "r3", "r5", "r6", "r7"] {
+        assert_eq!(hooks.about(name).len(), 1, "{name}: {:?}", hooks.seen());
+    }
+    let ids: std::collections::HashSet<String> =
+        hooks.seen().into_iter().map(|(id, _, _)| id).collect();
+    assert_eq!(
+        ids.len(),
+        8,
+        "one delivery id per event: {:?}",
+        hooks.seen()
+    );
+}

@@ -223,9 +223,9 @@ impl Notifications for NotificationsApi {
                     attempts: 0,
                     next_at: now,
                     last_error: None,
+                    claim: None,
                 };
-                let cursor = self.state.store.notify_cursor()?.unwrap_or(0);
-                self.state.store.queue_deliveries(cursor, &[delivery])?;
+                self.state.store.queue_delivery(&delivery)?;
                 self.state.hub.wake(super::events::EVENTS_KEY);
                 self.view(&rule, caller.role)
             })

@@ -105,6 +105,13 @@ impl Node {
         *self.leading.borrow()
     }
 
+    /// The node whose lease a change made by work that runs once checks in
+    /// its own transaction (`store::notifications`): this node in a
+    /// cluster, none alone (nobody else could be doing it).
+    pub fn fence(&self) -> Option<&str> {
+        self._alone.is_none().then_some(self.id.as_str())
+    }
+
     /// How many nodes the cluster has alive (1 alone).
     pub fn live_nodes(&self) -> usize {
         self.live.load(std::sync::atomic::Ordering::Relaxed).max(1)

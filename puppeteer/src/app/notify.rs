@@ -7,10 +7,18 @@
 //! with exponential backoff, and given up after `give_up`; a give-up is
 //! counted on the rule and announced as a `notification.failed` event.
 //!
-//! Delivery is at least once: a delivery is removed right after the relay
-//! or the receiver accepted it, so it is sent twice only if the puppeteer
-//! dies in between. Each carries a stable id (mail Message-ID, webhook
-//! header `X-Geppetto-Delivery`) so a receiver can drop such a duplicate.
+//! Each (event, rule) makes exactly one delivery, with a stable id (mail
+//! Message-ID, webhook header `X-Geppetto-Delivery`). In a cluster only the
+//! leader matches and sends, and each attempt is made under a claim checked
+//! against the leader's lease (see `store::notifications`): a node deposed
+//! or paused mid-attempt cannot record it, and another node sends it again
+//! only once the claim has lapsed. An attempt is cut at [`attempt_limit`],
+//! well within its claim ([`CLAIM_MARGIN`] more).
+//!
+//! A delivery is removed right after the relay or the receiver accepted
+//! it, so it goes out twice only if the node sending it dies (or is paused
+//! past its claim) in between: the stable id lets a receiver drop such a
+//! duplicate.
 
 use std::time::Duration;
 
@@ -23,7 +31,6 @@ use sha2::Sha256;
 
 use crate::app::Shared;
 use crate::domain::{Channel, Delivery, Event, Millis, NotificationRule, RunState};
-use crate::ids::new_id;
 use crate::selector::Selector;
 
 /// How mail leaves: TLS from the start, STARTTLS, or plain (a local relay).
@@ -85,6 +92,19 @@ impl Default for NotifyConfig {
 }
 
 const RETRY_CAP: Duration = Duration::from_secs(600);
+
+/// A claim on a delivery lasts this much longer than its attempt may.
+pub const CLAIM_MARGIN: Duration = Duration::from_secs(10);
+
+/// How long one attempt may take before it is cut: twice the webhook
+/// timeout (the request, then the response's body) for a webhook, a minute
+/// for mail (each SMTP exchange is bounded at 30 s by the client).
+pub fn attempt_limit(config: &NotifyConfig, channel: &Channel) -> Duration {
+    match channel {
+        Channel::Webhook { .. } => config.webhook_timeout.saturating_mul(2),
+        Channel::Email { .. } => Duration::from_secs(60),
+    }
+}
 const BATCH: usize = 500;
 
 /// The JSON body of a webhook (schema `geppetto.notification/v1`).
@@ -154,13 +174,15 @@ fn rule_matches(state: &super::AppState, rule: &NotificationRule, e: &Event) -> 
 /// Turns new events into stored deliveries.
 fn match_events(state: &super::AppState) -> crate::store::Result<()> {
     let store = &state.store;
-    let cursor = match store.notify_cursor()? {
+    let leader = state.node.fence();
+    let read = store.notify_cursor()?;
+    let cursor = match read {
         Some(c) => c,
         // First start: nothing from before is owed.
         None => {
             let last = store.last_event_id()?;
-            store.queue_deliveries(last, &[])?;
-            last
+            store.queue_deliveries(None, last, &[], leader)?;
+            return Ok(());
         }
     };
     let events = store.events_after(cursor, BATCH)?;
@@ -177,17 +199,27 @@ fn match_events(state: &super::AppState) -> crate::store::Result<()> {
         }
         for rule in rules.iter().filter(|r| rule_matches(state, r, event)) {
             deliveries.push(Delivery {
-                id: new_id("dlv"),
+                id: delivery_id(event.id, &rule.id),
                 rule_id: rule.id.clone(),
                 event: event.clone(),
                 created_at: now,
                 attempts: 0,
                 next_at: now,
                 last_error: None,
+                claim: None,
             });
         }
     }
-    store.queue_deliveries(last, &deliveries)
+    if !store.queue_deliveries(read, last, &deliveries, leader)? {
+        tracing::info!("the notifier's cursor moved or this node no longer leads; matching again");
+    }
+    Ok(())
+}
+
+/// The id of the delivery of an event to a rule: the same whoever makes
+/// it, so a receiver can tell a duplicate.
+pub fn delivery_id(event: u64, rule: &str) -> String {
+    format!("dlv-{event}-{rule}")
 }
 
 /// Attempts every delivery that is due.
@@ -200,16 +232,37 @@ async fn deliver_due(state: &Shared) {
             return;
         }
     };
-    for mut delivery in due.into_iter().filter(|d| d.next_at <= now) {
-        let rule = match state.store.get_rule(&delivery.rule_id) {
-            Ok(rule) => rule,
-            // The rule was removed: nothing is owed any more.
-            Err(_) => {
-                let _ = state.store.delivery_sent(&delivery);
+    for owed in due.into_iter().filter(|d| d.next_at <= now) {
+        let rule = state.store.get_rule(&owed.rule_id).ok();
+        // A removed rule's deliveries are claimed only to be dropped.
+        let limit = rule.as_ref().map_or(Duration::ZERO, |r| {
+            attempt_limit(&state.config.notify, &r.channel)
+        });
+        let hold = (limit + CLAIM_MARGIN).as_millis() as i64;
+        let mut delivery = match state
+            .store
+            .claim_delivery(&owed.id, state.node.fence(), hold)
+        {
+            Ok(Some(d)) => d,
+            // Sent meanwhile, claimed by another node, or not leading.
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::error!(error = %e, delivery = %owed.id, "cannot claim a delivery");
                 continue;
             }
         };
-        let outcome = attempt(state, &rule, &delivery).await;
+        let Some(rule) = rule else {
+            // The rule was removed: nothing is owed any more.
+            let _ = state.store.delivery_sent(&delivery);
+            continue;
+        };
+        let outcome = match tokio::time::timeout(limit, attempt(state, &rule, &delivery)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(format!(
+                "no answer within {}",
+                humantime::format_duration(limit)
+            )),
+        };
         let now = Millis::now();
         let result = match outcome {
             Ok(()) => {
@@ -221,18 +274,21 @@ async fn deliver_due(state: &Shared) {
                 delivery.last_error = Some(error.clone());
                 if now.since(delivery.created_at) >= state.config.notify.give_up {
                     tracing::warn!(delivery = %delivery.id, rule = %rule.id, %error, "notification given up");
-                    state.metrics.notification_failed();
-                    let mut event = super::events::event(
-                        "notification.failed",
-                        "puppeteer",
-                        format!(
-                            "notification {} of rule {} for event {} given up after {} attempts: {error}",
-                            delivery.id, rule.id, delivery.event.id, delivery.attempts
-                        ),
-                    );
-                    event.job_id = delivery.event.job_id.clone();
-                    state.announce(vec![event]);
-                    state.store.delivery_failed(&delivery, &error, now)
+                    let given_up = state.store.delivery_failed(&delivery, &error, now);
+                    if matches!(given_up, Ok(true)) {
+                        state.metrics.notification_failed();
+                        let mut event = super::events::event(
+                            "notification.failed",
+                            "puppeteer",
+                            format!(
+                                "notification {} of rule {} for event {} given up after {} attempts: {error}",
+                                delivery.id, rule.id, delivery.event.id, delivery.attempts
+                            ),
+                        );
+                        event.job_id = delivery.event.job_id.clone();
+                        state.announce(vec![event]);
+                    }
+                    given_up
                 } else {
                     let backoff = state
                         .config
@@ -246,8 +302,13 @@ async fn deliver_due(state: &Shared) {
                 }
             }
         };
-        if let Err(e) = result.and(Ok(())) {
-            tracing::error!(error = %e, "cannot record a delivery");
+        match result {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                delivery = %delivery.id,
+                "the claim on this delivery lapsed during the attempt (another node may send it again); its outcome is not recorded here"
+            ),
+            Err(e) => tracing::error!(error = %e, "cannot record a delivery"),
         }
         let _ = state.store.flush().await;
     }

@@ -51,4 +51,18 @@ pub struct Delivery {
     pub attempts: u32,
     pub next_at: Millis,
     pub last_error: Option<String>,
+    /// Who is attempting it now, if anyone (see `store::notifications`).
+    #[serde(default)]
+    pub claim: Option<DeliveryClaim>,
+}
+
+/// A node's claim on a delivery while it attempts it: the node, its term
+/// as leader, and until when (the database's clock, ms since the epoch).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryClaim {
+    pub node: String,
+    pub term: u64,
+    pub until_ms: i64,
+    /// Random: tells two claims of the same node apart.
+    pub nonce: u64,
 }

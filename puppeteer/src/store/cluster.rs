@@ -15,7 +15,7 @@ use crate::domain::Millis;
 use super::kv::Batch;
 use super::{Result, Store, Transactional, abort, decode, encode};
 
-const LEASE: &[u8] = b"node_lease";
+pub(super) const LEASE: &[u8] = b"node_lease";
 
 /// Who holds the database, until when.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

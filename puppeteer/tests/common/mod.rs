@@ -497,6 +497,16 @@ impl ProcServer {
         ProcServer { child, port }
     }
 
+    /// Sends `signal` ("STOP", "CONT", ...) to the process, as `kill -SIGNAL`.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("running").to_string();
+        let status = std::process::Command::new("kill")
+            .args([format!("-{signal}").as_str(), pid.as_str()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
     /// SIGKILL: no shutdown code runs. Returns the port, to restart on it.
     pub async fn kill9(mut self) -> u16 {
         self.child.start_kill().unwrap();
