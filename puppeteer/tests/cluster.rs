@@ -696,11 +696,15 @@ async fn hook_receiver() -> (u16, Hooks) {
 
 /// Creates resource `name` through `admin`, which a rule notifies.
 async fn create_resource(admin: &Admin, name: &str) {
+    create_resource_with(admin, name, 1, 0).await;
+}
+
+async fn create_resource_with(admin: &Admin, name: &str, capacity: u32, bandwidth: u64) {
     geppetto_proto::v1::resources_client::ResourcesClient::new(admin.channel.clone())
         .create_resource(pb::CreateResourceRequest {
             name: name.into(),
-            capacity: 1,
-            bandwidth: 0,
+            capacity,
+            bandwidth,
         })
         .await
         .unwrap();
@@ -824,4 +828,108 @@ async fn a_notification_is_delivered_once_across_changes_of_leader() {
         "one delivery id per event: {:?}",
         hooks.seen()
     );
+}
+
+/// What GetServerInfo says through `admin`.
+async fn server_info(admin: &Admin) -> Option<pb::ServerInfo> {
+    geppetto_proto::v1::server_client::ServerClient::new(admin.channel.clone())
+        .get_server_info(pb::GetServerInfoRequest {})
+        .await
+        .ok()
+        .map(|r| r.into_inner())
+}
+
+fn unix_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// A resource's bandwidth budget holds for the cluster, not per node: two
+/// puppets, each on its own node, fetch one artifact at once under a
+/// budgeted resource; together they cannot beat the budget (each node
+/// paces at half of it). Measured from the job's creation to the later
+/// script's start, which comes after its fetch: a lower bound only.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bandwidth_budget_is_shared_by_the_nodes() {
+    const BUDGET: u64 = 64 * 1024;
+    let Some(cluster) = Cluster::start(2, &["--poll-timeout", "5s"]).await else {
+        return;
+    };
+    for i in 0..2 {
+        let admin = cluster.admin_at(&cluster.url(i));
+        wait_until_async(
+            &format!("node {i} counts two nodes alive"),
+            DEADLINE,
+            async || {
+                server_info(&admin)
+                    .await
+                    .is_some_and(|s| s.nodes_alive == 2)
+            },
+        )
+        .await;
+    }
+    let mut admin = cluster.admin_at(&cluster.url(0));
+    create_resource_with(&admin, "uplink", 2, BUDGET).await;
+    let data: Vec<u8> = (0..256 * 1024).map(|i| (i * 13 % 251) as u8).collect();
+    admin.upload_artifact("blob", &data).await;
+    let secret = admin.enroll_secret().await;
+    let puppets = [
+        RealPuppet::start(&cluster.url(0), Some(&cluster.ca), &secret, "p0"),
+        RealPuppet::start(&cluster.url(1), Some(&cluster.ca), &secret, "p1"),
+    ];
+    admin.wait_polling("p0").await;
+    admin.wait_polling("p1").await;
+    let files = tempfile::tempdir().unwrap();
+    let starts = files.path().join("starts");
+    admin
+        .tasks
+        .create_task(pb::CreateTaskRequest {
+            name: "fetch".into(),
+            spec: Some(pb::RunSpec {
+                artifacts: vec![pb::ArtifactRef {
+                    name: "blob".into(),
+                    ..Default::default()
+                }],
+                ..common::script_spec(
+                    &format!("date +%s%N >> {}", starts.display()),
+                    Duration::from_secs(120),
+                )
+            }),
+            resources: vec![pb::ResourceNeed {
+                name: "uplink".into(),
+                count: 1,
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let created = unix_ns();
+    let job = admin.run_on("fetch", &["p0", "p1"]).await;
+    let job = admin.wait_job(&job.id, DEADLINE).await;
+    assert_eq!(job.state, pb::JobState::Succeeded as i32, "{job:?}");
+    let text = std::fs::read_to_string(&starts).unwrap();
+    let last: u128 = text
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .max()
+        .unwrap();
+    assert_eq!(text.lines().count(), 2, "{text}");
+    let elapsed = Duration::from_nanos((last - created) as u64);
+    // Each node's bucket lets one burst of at most a sixteenth of the
+    // budget through at once.
+    let floor =
+        Duration::from_secs_f64((2 * data.len() as u64 - BUDGET / 8) as f64 / BUDGET as f64);
+    eprintln!(
+        "two fetches of {} bytes through two nodes on a {BUDGET} B/s budget: {elapsed:?} (floor {floor:?})",
+        data.len()
+    );
+    assert!(
+        elapsed >= floor,
+        "{elapsed:?} < {floor:?}: the budget was spent twice"
+    );
+    for p in puppets {
+        p.stop().await;
+    }
 }

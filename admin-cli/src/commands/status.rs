@@ -193,9 +193,12 @@ fn server_lines(s: &ServerView) -> String {
     if !s.nodes.is_empty() {
         let _ = writeln!(
             text,
-            "cluster: {} node{}",
+            "cluster: {} node{}, {} alive (bandwidth budgets split {} way{})",
             s.nodes.len(),
-            plural(s.nodes.len())
+            plural(s.nodes.len()),
+            s.nodes_alive,
+            s.nodes_alive.max(1),
+            plural(s.nodes_alive.max(1) as usize)
         );
         for node in &s.nodes {
             let mut marks = Vec::new();
@@ -357,6 +360,7 @@ mod tests {
                 leader: true,
                 answering: true,
             }],
+            nodes_alive: 1,
         });
         let quiet = render(&quiet);
         assert!(
@@ -369,7 +373,7 @@ mod tests {
             "{quiet}"
         );
         assert!(
-            quiet.contains("cluster: 1 node\n  node n1 at 10.0.0.1:7443: 2 polls held, seen 2026-12-06T00:00:00Z (leader, answered this)"),
+            quiet.contains("cluster: 1 node, 1 alive (bandwidth budgets split 1 way)\n  node n1 at 10.0.0.1:7443: 2 polls held, seen 2026-12-06T00:00:00Z (leader, answered this)"),
             "{quiet}"
         );
         assert!(quiet.contains("jobs: none running"), "{quiet}");

@@ -41,6 +41,8 @@ pub struct ServerView {
     pub store: String,
     /// A cluster's nodes; empty on one node.
     pub nodes: Vec<NodeView>,
+    /// Nodes the answering one counts alive (budgets are split among them).
+    pub nodes_alive: u32,
 }
 
 /// One puppeteer of a cluster.
@@ -83,6 +85,7 @@ impl From<&pb::ServerInfo> for ServerView {
             pruned_runs: i.pruned_runs,
             store: i.store.clone(),
             nodes: i.nodes.iter().map(NodeView::from).collect(),
+            nodes_alive: i.nodes_alive,
         }
     }
 }

@@ -108,6 +108,7 @@ impl Server for ServerApi {
             pruned_runs: last.runs,
             store: self.state.store.describe(),
             nodes,
+            nodes_alive: self.state.node.live_nodes() as u32,
         }))
     }
 }
