@@ -141,6 +141,34 @@ impl Blobs {
         Ok(ids)
     }
 
+    /// Removes the content files at least `older_than` old that `keep`
+    /// does not want (a cluster node's copies of content removed through
+    /// another node); returns their hashes. Younger files are left: one
+    /// may be content being published right now, not yet in the store.
+    pub fn drop_copies(
+        &self,
+        older_than: std::time::Duration,
+        mut keep: impl FnMut(&str) -> std::io::Result<bool>,
+    ) -> std::io::Result<Vec<String>> {
+        let mut dropped = Vec::new();
+        for entry in std::fs::read_dir(&self.root)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let is_content = name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit());
+            let meta = entry.metadata()?;
+            let age = meta
+                .modified()?
+                .elapsed()
+                .unwrap_or(std::time::Duration::ZERO);
+            if !is_content || !meta.is_file() || age < older_than || keep(&name)? {
+                continue;
+            }
+            self.remove_content(&name)?;
+            dropped.push(name);
+        }
+        Ok(dropped)
+    }
+
     /// Removes published content no name or task version pins any more.
     pub fn remove_content(&self, sha256: &str) -> std::io::Result<()> {
         match std::fs::remove_file(self.content_path(sha256)) {
@@ -198,5 +226,26 @@ mod tests {
         blobs.remove_content(&good).unwrap();
         assert!(!blobs.has_content(&good, 11));
         blobs.remove_content(&good).unwrap();
+    }
+
+    #[test]
+    fn copies_are_dropped_when_unwanted_and_old_enough() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Blobs::open(dir.path()).unwrap();
+        let (kept, gone) = (sha(b"kept"), sha(b"gone"));
+        for (id, data) in [("upl-1", b"kept"), ("upl-2", b"gone")] {
+            blobs.write_chunk(id, 0, data).unwrap();
+            blobs.publish(id, &sha(data), 4).unwrap();
+        }
+        blobs.write_chunk("upl-3", 0, b"partial").unwrap();
+        // Young files stay whatever `keep` says.
+        let hour = std::time::Duration::from_secs(3600);
+        assert!(blobs.drop_copies(hour, |_| Ok(false)).unwrap().is_empty());
+        let dropped = blobs
+            .drop_copies(std::time::Duration::ZERO, |h| Ok(h == kept))
+            .unwrap();
+        assert_eq!(dropped, [gone.clone()]);
+        assert!(blobs.has_content(&kept, 4) && !blobs.has_content(&gone, 4));
+        assert_eq!(blobs.partial_ids().unwrap(), ["upl-3"], "uploads untouched");
     }
 }

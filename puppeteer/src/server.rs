@@ -232,6 +232,10 @@ pub async fn serve(
             state.clone(),
             shutdown.clone(),
         )),
+        tokio::spawn(crate::app::cluster::tidy_copies(
+            state.clone(),
+            shutdown.clone(),
+        )),
     ];
     crate::app::cluster::relay(&state, shutdown.clone());
     let cap = settings

@@ -56,6 +56,9 @@ pub const SHARE_EVERY: Duration = Duration::from_secs(5);
 /// A node silent this long is gone: its record is removed.
 pub const NODE_GONE: Duration = Duration::from_secs(60);
 
+/// How often a node drops its copies of content removed through another.
+pub const TIDY_EVERY: Duration = Duration::from_secs(600);
+
 /// Wake-ups sent to the other nodes in one statement at most.
 const RELAY_BATCH: usize = 500;
 
@@ -353,6 +356,29 @@ pub async fn share_presence(state: Shared, shutdown: CancellationToken) {
             let ago = Duration::from_millis(wall.saturating_sub(at).max(0) as u64);
             state.presences.heard_ago(&name, ago);
             imported.insert(name, at);
+        }
+    }
+}
+
+/// Drops this node's copies of removed content every [`TIDY_EVERY`],
+/// until `shutdown` (see `app/content.rs`). Nothing to do alone.
+pub async fn tidy_copies(state: Shared, shutdown: CancellationToken) {
+    if !state.store.is_shared() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(TIDY_EVERY) => {}
+        }
+        let tidying = state.clone();
+        match blocking(move || tidying.drop_removed_copies(TIDY_EVERY)).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                copies = n,
+                "dropped this node's copies of removed artifact content"
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot drop copies of removed artifact content"),
         }
     }
 }

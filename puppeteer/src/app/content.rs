@@ -11,7 +11,11 @@
 //!   have reached other nodes), checks the hash as on one node, then stores
 //!   the content in chunks, its size last, and drops the upload's chunks;
 //! - a node asked for content it lacks makes its local copy from the
-//!   store's, checked against the hash before it is served.
+//!   store's, checked against the hash before it is served;
+//! - content removed through one node leaves copies on the others: each
+//!   node drops its copies of content the store no longer holds every
+//!   [`super::cluster::TIDY_EVERY`] (copies younger than that are left, so
+//!   content being published is never taken for removed).
 
 use std::path::PathBuf;
 
@@ -120,6 +124,25 @@ impl AppState {
             self.store.remove_stored_content(sha256)?;
         }
         self.blobs.remove_content(sha256).map_err(files)
+    }
+
+    /// On a shared store, removes this node's copies (older than
+    /// `older_than`) of content the store no longer holds: removed through
+    /// another node. Returns how many.
+    pub fn drop_removed_copies(&self, older_than: std::time::Duration) -> Result<usize> {
+        if !self.store.is_shared() {
+            return Ok(0);
+        }
+        let dropped = self
+            .blobs
+            .drop_copies(older_than, |sha| {
+                self.store
+                    .content_size(sha)
+                    .map(|size| size.is_some())
+                    .map_err(io)
+            })
+            .map_err(files)?;
+        Ok(dropped.len())
     }
 
     /// Drops an upload's bytes.
