@@ -244,7 +244,7 @@ mod tests {
         let dropped = blobs
             .drop_copies(std::time::Duration::ZERO, |h| Ok(h == kept))
             .unwrap();
-        assert_eq!(dropped, [gone.clone()]);
+        assert_eq!(dropped, [gone.as_str()]);
         assert!(blobs.has_content(&kept, 4) && !blobs.has_content(&gone, 4));
         assert_eq!(blobs.partial_ids().unwrap(), ["upl-3"], "uploads untouched");
     }
