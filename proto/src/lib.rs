@@ -10,6 +10,7 @@ pub mod client;
 pub mod codec;
 pub mod http1;
 pub mod proxy;
+pub mod ticket;
 pub mod units;
 
 /// The generated messages, clients and servers of `geppetto.v1`.

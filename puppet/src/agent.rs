@@ -92,6 +92,19 @@ pub async fn run_agent(config: AgentConfig, shutdown: CancellationToken) -> anyh
         ),
         boot_id: facts::boot_id(config.boot_id_file.as_deref()),
     };
+    let offer = match config.peer_listen {
+        Some(listen) => Some(
+            crate::peer::serve(
+                listen,
+                config.peer_advertise.as_deref().unwrap_or_default(),
+                ctx.artifacts.clone(),
+                config.name.clone(),
+                shutdown.clone(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let mut tasks = JoinSet::new();
     recover(&ctx, &mut tasks)?;
     let poll = PollLoop {
@@ -104,6 +117,7 @@ pub async fn run_agent(config: AgentConfig, shutdown: CancellationToken) -> anyh
         runs: AgentRuns {
             ctx: ctx.clone(),
             fixed_boot_id: config.boot_id_file.is_some(),
+            offer,
         },
     };
     poll.run(&mut credential, &mut tasks).await;
@@ -117,6 +131,8 @@ struct AgentRuns {
     /// The boot id comes from `--boot-id-file` (tests that simulate a
     /// reboot), read at start, rather than from the system.
     fixed_boot_id: bool,
+    /// What it offers its site's peers (`--peer-listen`).
+    offer: Option<geppetto_proto::v1::PeerOffer>,
 }
 
 impl Runs for AgentRuns {
@@ -134,6 +150,10 @@ impl Runs for AgentRuns {
         cancel: CancellationToken,
     ) -> impl Future<Output = ()> + Send + 'static {
         run::run_assignment(self.ctx.clone(), assignment, cancel)
+    }
+
+    fn peer_offer(&self) -> Option<geppetto_proto::v1::PeerOffer> {
+        self.offer.clone()
     }
 }
 

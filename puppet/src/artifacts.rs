@@ -20,12 +20,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use geppetto_proto::v1::{ArtifactRef, FetchArtifactRequest};
+use geppetto_proto::v1::{
+    ArtifactRef, FetchArtifactRequest, FindSourceRequest, PeerFailure, ReportFetchRequest,
+};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::peer::PeerSource;
 use crate::rpc::{self, CALL_TIMEOUT, Client, Retry};
 
 /// The default bound of the cache: 2 GiB.
@@ -81,6 +84,18 @@ struct State {
     in_use: HashMap<String, usize>,
     /// One lock per content being made ready, so it is fetched once.
     fetching: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
+    /// Content being received (into its `.part` file), with its size: what
+    /// the peer server may serve while the rest arrives.
+    receiving: HashMap<String, u64>,
+}
+
+/// What the peer server may serve of some content: its file and size, and
+/// whether the file is still being received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Servable {
+    pub path: PathBuf,
+    pub size: u64,
+    pub receiving: bool,
 }
 
 /// The cache. Cloning is cheap: clones share their state.
@@ -106,6 +121,33 @@ impl ArtifactCache {
             max_bytes,
             state: Arc::default(),
         }
+    }
+
+    /// The content's file for a peer, if this puppet holds it or is
+    /// receiving it.
+    pub fn servable(&self, sha256: &str) -> Option<Servable> {
+        if !is_sha256(sha256) {
+            return None;
+        }
+        if let Some(size) = self.lock().receiving.get(sha256).copied() {
+            return Some(Servable {
+                path: self.part_path(sha256),
+                size,
+                receiving: true,
+            });
+        }
+        let path = self.path(sha256);
+        let size = std::fs::metadata(&path).ok().filter(|m| m.is_file())?.len();
+        Some(Servable {
+            path,
+            size,
+            receiving: false,
+        })
+    }
+
+    /// Whether the content is still being received.
+    pub fn is_receiving(&self, sha256: &str) -> bool {
+        self.lock().receiving.contains_key(sha256)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -200,9 +242,11 @@ impl ArtifactCache {
             let _ = tokio::fs::remove_file(&path).await;
         }
         let mut refetches = 0;
+        let mut failed: Vec<(String, String)> = Vec::new();
+        let began = std::time::Instant::now();
         loop {
             self.make_room(wanted.artifact.size).await;
-            self.download(client, wanted, stop).await?;
+            let fetched = self.download(client, wanted, stop, &mut failed).await?;
             let part = self.part_path(sha256);
             if self.verify(&part, sha256).await? {
                 tokio::fs::rename(&part, &path).await.map_err(|e| {
@@ -214,10 +258,24 @@ impl ArtifactCache {
                 if let Ok(dir) = std::fs::File::open(&self.dir) {
                     let _ = dir.sync_all();
                 }
-                tracing::info!(run_id = wanted.run_id, artifact = %wanted.artifact.name, size = wanted.artifact.size, "artifact fetched and verified");
+                tracing::info!(run_id = wanted.run_id, artifact = %wanted.artifact.name, size = wanted.artifact.size, source = %fetched.source_name(), "artifact fetched and verified");
+                report_fetch(client, wanted, &fetched, began.elapsed(), &failed).await;
                 return Ok(path);
             }
             let _ = tokio::fs::remove_file(&part).await;
+            // Bytes from peers that do not hash right: those peers are
+            // dropped, and the content fetched again from other sources
+            // (bounded: a dropped peer is not asked again).
+            if !fetched.peers.is_empty() && failed.len() < MAX_FAILED_PEERS {
+                for name in &fetched.peers {
+                    tracing::warn!(artifact = %wanted.artifact.name, %sha256, peer = %name, "content from a peer does not match its SHA-256; fetching it again elsewhere");
+                    failed.push((
+                        name.clone(),
+                        "served bytes that do not match the SHA-256".into(),
+                    ));
+                }
+                continue;
+            }
             if refetches == REFETCHES {
                 return Err(FetchError::Failed(format!(
                     "artifact {}: the content fetched does not match its SHA-256 {} (fetched {} times); \
@@ -242,14 +300,17 @@ impl ArtifactCache {
         Ok(found == sha256)
     }
 
-    /// Fetches into the partial file until it holds the whole size, resuming
-    /// after every failure of the link.
+    /// Fetches into the partial file until it holds the whole size, from
+    /// the source the puppeteer names (itself, or a peer of the site),
+    /// resuming after every failure of the link and moving to another
+    /// source when a peer fails (noted in `failed`).
     async fn download(
         &self,
         client: &Client,
         wanted: &Wanted<'_>,
         stop: &CancellationToken,
-    ) -> Result<(), FetchError> {
+        failed: &mut Vec<(String, String)>,
+    ) -> Result<Fetched, FetchError> {
         let artifact = wanted.artifact;
         let part = self.part_path(&artifact.sha256);
         let mut file = tokio::fs::OpenOptions::new()
@@ -268,15 +329,53 @@ impl ArtifactCache {
         if have > 0 {
             tracing::info!(artifact = %artifact.name, from = have, size = artifact.size, "resuming an artifact download");
         }
+        let _receiving = Receiving::new(self, &artifact.sha256, artifact.size);
+        let mut fetched = Fetched {
+            bytes: 0,
+            source: None,
+            peers: Vec::new(),
+        };
+        let mut source: Option<Option<PeerSource>> = None;
         let mut backoff = Backoff::standard();
         while have < artifact.size {
             let before = have;
+            let chosen = match &source {
+                Some(chosen) => chosen.clone(),
+                None => {
+                    let chosen = find_source(client, wanted, failed, stop).await?;
+                    source = Some(chosen.clone());
+                    chosen
+                }
+            };
+            fetched.source = chosen.as_ref().map(|p| p.name.clone());
+            if let Some(peer) = chosen {
+                if !fetched.peers.contains(&peer.name) {
+                    fetched.peers.push(peer.name.clone());
+                }
+                tracing::info!(artifact = %artifact.name, peer = %peer.name, address = %peer.address, at = have, "fetching from a peer of the site");
+                let result = tokio::select! {
+                    r = crate::peer::fetch_into(&peer, &artifact.sha256, artifact.size, &mut file, &mut have) => r,
+                    _ = stop.cancelled() => {
+                        let _ = file.flush().await;
+                        return Err(FetchError::Stopped);
+                    }
+                };
+                let _ = file.flush().await;
+                fetched.bytes += have - before;
+                if let Err(why) = result {
+                    tracing::warn!(artifact = %artifact.name, peer = %peer.name, at = have, error = %why, "a peer failed; asking the puppeteer for another source");
+                    failed.push((peer.name.clone(), why));
+                    source = None;
+                }
+                continue;
+            }
             let result = tokio::select! {
                 result = stream_into(client, wanted, &mut file, &mut have) => result,
                 _ = stop.cancelled() => Err(Interrupted::Stopped),
             };
             // What was written stays for the next try, even after a stop.
             let _ = file.flush().await;
+            fetched.bytes += have - before;
             match result {
                 Ok(()) => {}
                 Err(Interrupted::Stopped) => return Err(FetchError::Stopped),
@@ -303,13 +402,15 @@ impl ArtifactCache {
                         _ = tokio::time::sleep(delay) => {}
                         _ = stop.cancelled() => return Err(FetchError::Stopped),
                     }
+                    // A peer may hold it by now: ask again.
+                    source = None;
                 }
             }
         }
         file.sync_all()
             .await
             .map_err(|e| FetchError::Failed(format!("cannot write {}: {e}", part.display())))?;
-        Ok(())
+        Ok(fetched)
     }
 
     /// Deletes the least recently used files no run holds until `incoming`
@@ -334,6 +435,149 @@ impl ArtifactCache {
                 incoming,
                 "the artifact cache holds more than its bound: the runs using it need more"
             );
+        }
+    }
+}
+
+/// At most this many peers are reported failed in one fetch.
+const MAX_FAILED_PEERS: usize = 16;
+
+/// What one download brought: the bytes, the last source (a peer; `None`:
+/// the puppeteer) and every peer it used.
+struct Fetched {
+    bytes: u64,
+    source: Option<String>,
+    peers: Vec<String>,
+}
+
+impl Fetched {
+    fn source_name(&self) -> String {
+        self.source
+            .clone()
+            .map_or_else(|| "the puppeteer".to_string(), |p| format!("peer {p}"))
+    }
+}
+
+/// Marks content as being received (servable to peers) while it lives.
+struct Receiving {
+    cache: ArtifactCache,
+    sha256: String,
+}
+
+impl Receiving {
+    fn new(cache: &ArtifactCache, sha256: &str, size: u64) -> Self {
+        cache.lock().receiving.insert(sha256.to_string(), size);
+        Receiving {
+            cache: cache.clone(),
+            sha256: sha256.to_string(),
+        }
+    }
+}
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        self.cache.lock().receiving.remove(&self.sha256);
+    }
+}
+
+/// The last failures, as a request carries them.
+fn failures(failed: &[(String, String)]) -> Vec<PeerFailure> {
+    failed
+        .iter()
+        .rev()
+        .take(MAX_FAILED_PEERS)
+        .map(|(peer, reason)| PeerFailure {
+            peer: peer.clone(),
+            reason: reason.chars().take(200).collect(),
+        })
+        .collect()
+}
+
+/// Asks the puppeteer where to fetch from (`None`: itself), retrying on a
+/// bad link; a puppeteer that does not know the call means itself.
+async fn find_source(
+    client: &Client,
+    wanted: &Wanted<'_>,
+    failed: &[(String, String)],
+    stop: &CancellationToken,
+) -> Result<Option<PeerSource>, FetchError> {
+    let mut backoff = Backoff::standard();
+    loop {
+        let request = FindSourceRequest {
+            run_id: wanted.run_id.to_string(),
+            attempt: wanted.attempt,
+            sha256: wanted.artifact.sha256.clone(),
+            failed: failures(failed),
+        };
+        let mut client = client.clone();
+        let status = match rpc::with_deadline(CALL_TIMEOUT, client.find_source(request)).await {
+            Ok(source) => {
+                if source.peer.is_empty() {
+                    tracing::info!(artifact = %wanted.artifact.name, reason = %source.reason, "fetching from the puppeteer");
+                    return Ok(None);
+                }
+                tracing::info!(artifact = %wanted.artifact.name, peer = %source.peer, reason = %source.reason, "fetching from a peer");
+                return Ok(Some(PeerSource {
+                    name: source.peer,
+                    address: source.address,
+                    cert_sha256: source.cert_sha256,
+                    ticket: source.ticket,
+                }));
+            }
+            Err(status) => status,
+        };
+        if status.code() == tonic::Code::Unimplemented {
+            return Ok(None);
+        }
+        if rpc::classify(&status) == Retry::Never {
+            return Err(FetchError::Failed(format!(
+                "the puppeteer refused artifact {}: {}",
+                wanted.artifact.name,
+                status.message()
+            )));
+        }
+        tracing::warn!(code = ?status.code(), error = status.message(), "cannot ask where to fetch an artifact; retrying");
+        tokio::select! {
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+            _ = stop.cancelled() => return Err(FetchError::Stopped),
+        }
+    }
+}
+
+/// Tells the puppeteer the content is held now, and from where (best
+/// effort: a lost report only means the puppeteer sends fewer peers here).
+async fn report_fetch(
+    client: &Client,
+    wanted: &Wanted<'_>,
+    fetched: &Fetched,
+    took: Duration,
+    failed: &[(String, String)],
+) {
+    let request = ReportFetchRequest {
+        run_id: wanted.run_id.to_string(),
+        attempt: wanted.attempt,
+        sha256: wanted.artifact.sha256.clone(),
+        source: fetched.source.clone().unwrap_or_default(),
+        bytes: fetched.bytes,
+        took: Some(rpc::to_proto_duration(took)),
+        failed: failures(failed),
+    };
+    for _ in 0..3 {
+        let mut client = client.clone();
+        match rpc::with_deadline(CALL_TIMEOUT, client.report_fetch(request.clone())).await {
+            Ok(_) => return,
+            Err(status) if status.code() == tonic::Code::Unimplemented => return,
+            Err(status) if rpc::classify(&status) == Retry::Never => {
+                tracing::warn!(
+                    error = status.message(),
+                    "the puppeteer refused a fetch report"
+                );
+                return;
+            }
+            Err(status) => {
+                tracing::warn!(error = status.message(), "cannot report a fetch; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
         }
     }
 }

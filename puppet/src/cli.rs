@@ -207,6 +207,15 @@ pub struct RunArgs {
     /// Compression of log uploads: gzip or none [default: gzip].
     #[arg(long, value_name = "gzip|none")]
     pub compression: Option<Compression>,
+    /// Serve the artifact cache to this puppet's site's peers on ADDR:PORT,
+    /// over TLS, to those the puppeteer sends with a ticket (off by
+    /// default; see README, "Sites and the peer cache").
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub peer_listen: Option<std::net::SocketAddr>,
+    /// The HOST:PORT the site's peers reach this puppet on [default: the
+    /// --peer-listen address, which must then not be 0.0.0.0 or [::]].
+    #[arg(long, value_name = "HOST:PORT", requires = "peer_listen")]
+    pub peer_advertise: Option<String>,
     /// The lowest poll hold the puppet adapts down to [default: 10s].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub poll_hold_floor: Option<Duration>,
@@ -265,6 +274,8 @@ pub struct FileConfig {
     pub compression: Option<String>,
     pub poll_hold_floor: Option<String>,
     pub poll_hold_ceiling: Option<String>,
+    pub peer_listen: Option<std::net::SocketAddr>,
+    pub peer_advertise: Option<String>,
 }
 
 /// Reads a secret from the file as a string: secrecy's own `serde` support
@@ -411,6 +422,8 @@ impl RunArgs {
             poll_hold_floor,
             poll_hold_ceiling,
             boot_id_file: self.boot_id_file,
+            peer_listen: self.peer_listen.or(file.peer_listen),
+            peer_advertise: self.peer_advertise.or(file.peer_advertise),
         };
         config.validate()?;
         Ok(config)

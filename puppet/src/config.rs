@@ -96,6 +96,11 @@ pub struct AgentConfig {
     /// Where the machine's boot id is read instead of
     /// `/proc/sys/kernel/random/boot_id`: tests simulate a reboot with it.
     pub boot_id_file: Option<PathBuf>,
+    /// Serve the artifact cache to the site's peers on this address
+    /// (`None`: off), telling them to use `peer_advertise` (default: this
+    /// address).
+    pub peer_listen: Option<std::net::SocketAddr>,
+    pub peer_advertise: Option<String>,
 }
 
 impl AgentConfig {
@@ -117,6 +122,8 @@ impl AgentConfig {
             poll_hold_floor: None,
             poll_hold_ceiling: None,
             boot_id_file: None,
+            peer_listen: None,
+            peer_advertise: None,
         }
     }
 
@@ -155,6 +162,10 @@ impl AgentConfig {
             ));
         }
         validate_name(&self.name)?;
+        if let Some(listen) = self.peer_listen {
+            crate::peer::check_advertise(listen, self.peer_advertise.as_deref())
+                .map_err(ConfigError)?;
+        }
         for (key, value) in &self.labels {
             validate_label(key, value)?;
         }

@@ -55,6 +55,7 @@ pub mod executor;
 mod facts;
 mod held;
 pub mod hold;
+mod peer;
 mod poll;
 pub mod records;
 mod rpc;

@@ -61,6 +61,11 @@ pub trait Runs: Send + Sync {
     ) -> impl Future<Output = ()> + Send + 'static;
     /// How each poll ended (`true`: answered), for counters.
     fn polled(&self, _answered: bool) {}
+    /// What this puppet offers its site's peers (sent until a poll carrying
+    /// it is answered); `None`: it serves no peers.
+    fn peer_offer(&self) -> Option<geppetto_proto::v1::PeerOffer> {
+        None
+    }
 }
 
 /// One puppet's side of the conversation.
@@ -83,6 +88,7 @@ impl<R: Runs> PollLoop<R> {
         let mut backoff = Backoff::standard();
         let mut schedule = FactsSchedule::default();
         let mut tuner = HoldTuner::new(self.hold_limits);
+        let mut offer = self.runs.peer_offer();
         while !self.shutdown.is_cancelled() {
             let hold = tuner.hold();
             let timeout = poll_timeout(hold);
@@ -97,6 +103,7 @@ impl<R: Runs> PollLoop<R> {
                 hold: Some(rpc::to_proto_duration(hold)),
                 finishing_runs: snapshot.finishing_runs,
                 polls_cut: tuner.polls_cut(),
+                peer: offer.clone(),
             };
             let mut client = self.client.clone();
             let sent = Instant::now();
@@ -133,6 +140,7 @@ impl<R: Runs> PollLoop<R> {
                     if send_facts {
                         schedule.sent(&facts, Instant::now());
                     }
+                    offer = None;
                     take_new_credential(credential, &answer.new_credential);
                     let admitted = self.handle_answer(tasks, answer);
                     self.settle(tasks, &admitted).await;

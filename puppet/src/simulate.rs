@@ -152,6 +152,8 @@ impl SimConfig {
             compression: Default::default(),
             artifact_cache_max: crate::artifacts::DEFAULT_CACHE_MAX,
             boot_id_file: None,
+            peer_listen: None,
+            peer_advertise: None,
         }
     }
 }

@@ -72,6 +72,20 @@ impl PuppetService for Fake {
         Err(Status::unimplemented("no artifacts here"))
     }
 
+    async fn find_source(
+        &self,
+        _request: Request<geppetto_proto::v1::FindSourceRequest>,
+    ) -> Result<Response<geppetto_proto::v1::ArtifactSource>, Status> {
+        Err(Status::unimplemented("no artifacts here"))
+    }
+
+    async fn report_fetch(
+        &self,
+        _request: Request<geppetto_proto::v1::ReportFetchRequest>,
+    ) -> Result<Response<geppetto_proto::v1::ReportFetchResponse>, Status> {
+        Err(Status::unimplemented("no artifacts here"))
+    }
+
     async fn enroll(
         &self,
         request: Request<EnrollRequest>,

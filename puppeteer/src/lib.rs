@@ -24,6 +24,7 @@ pub mod domain;
 pub mod hub;
 pub mod ids;
 pub mod memory;
+pub mod peers;
 pub mod pki;
 pub mod presence;
 pub mod retention;

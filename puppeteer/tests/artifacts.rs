@@ -468,6 +468,7 @@ async fn resources_take_and_show_a_bandwidth_budget() {
     let mut client = resources(&admin);
     let created = client
         .create_resource(pb::CreateResourceRequest {
+            site: String::new(),
             name: "uplink-lyon".into(),
             capacity: 2,
             bandwidth: 48 * 1024,
@@ -479,6 +480,7 @@ async fn resources_take_and_show_a_bandwidth_budget() {
     // Only the budget changes; capacity 0 keeps the capacity.
     let updated = client
         .update_resource(pb::UpdateResourceRequest {
+            site: None,
             name: "uplink-lyon".into(),
             capacity: 0,
             bandwidth: Some(1000),
@@ -489,6 +491,7 @@ async fn resources_take_and_show_a_bandwidth_budget() {
     assert_eq!((updated.capacity, updated.bandwidth), (2, 1000));
     let resized = client
         .update_resource(pb::UpdateResourceRequest {
+            site: None,
             name: "uplink-lyon".into(),
             capacity: 3,
             bandwidth: None,
@@ -499,6 +502,7 @@ async fn resources_take_and_show_a_bandwidth_budget() {
     assert_eq!((resized.capacity, resized.bandwidth), (3, 1000));
     let nothing = client
         .update_resource(pb::UpdateResourceRequest {
+            site: None,
             name: "uplink-lyon".into(),
             capacity: 0,
             bandwidth: None,
@@ -508,6 +512,7 @@ async fn resources_take_and_show_a_bandwidth_budget() {
     assert_eq!(nothing.code(), Code::InvalidArgument, "{nothing:?}");
     let huge = client
         .create_resource(pb::CreateResourceRequest {
+            site: String::new(),
             name: "huge".into(),
             capacity: 1,
             bandwidth: u64::MAX,
@@ -544,6 +549,7 @@ async fn concurrent_downloads_share_the_budget_of_the_resource_they_hold() {
     const BUDGET: u64 = 64 * 1024;
     resources(&admin)
         .create_resource(pb::CreateResourceRequest {
+            site: String::new(),
             name: "uplink".into(),
             capacity: 2,
             bandwidth: BUDGET,
@@ -746,6 +752,7 @@ async fn a_download_cut_by_a_puppet_kill_resumes_from_the_bytes_it_held() {
     const BUDGET: u64 = 256 * 1024;
     resources(&admin)
         .create_resource(pb::CreateResourceRequest {
+            site: String::new(),
             name: "uplink".into(),
             capacity: 1,
             bandwidth: BUDGET,
@@ -821,6 +828,7 @@ async fn a_download_cut_by_the_link_resumes_in_the_same_attempt() {
     const BUDGET: u64 = 256 * 1024;
     resources(&admin)
         .create_resource(pb::CreateResourceRequest {
+            site: String::new(),
             name: "uplink".into(),
             capacity: 1,
             bandwidth: BUDGET,
@@ -951,6 +959,7 @@ async fn a_run_fetching_its_artifacts_says_so_with_bytes_rate_and_estimate() {
     const BUDGET: u64 = 128 * 1024;
     resources(&admin)
         .create_resource(pb::CreateResourceRequest {
+            site: String::new(),
             name: "uplink".into(),
             capacity: 1,
             bandwidth: BUDGET,
@@ -1015,7 +1024,7 @@ async fn a_run_fetching_its_artifacts_says_so_with_bytes_rate_and_estimate() {
         .iter()
         .find(|t| {
             t.cause
-                .starts_with("fetched artifact patch.bin: 1.0 MiB in ")
+                .starts_with("fetched artifact patch.bin: 1.0 MiB from the puppeteer in ")
         })
         .unwrap_or_else(|| panic!("no fetch in the history: {:?}", run.history));
     assert_eq!(noted.state, pb::RunState::Running as i32);

@@ -702,6 +702,7 @@ async fn create_resource(admin: &Admin, name: &str) {
 async fn create_resource_with(admin: &Admin, name: &str, capacity: u32, bandwidth: u64) {
     geppetto_proto::v1::resources_client::ResourcesClient::new(admin.channel.clone())
         .create_resource(pb::CreateResourceRequest {
+            site: String::new(),
             name: name.into(),
             capacity,
             bandwidth,

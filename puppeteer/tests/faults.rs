@@ -394,6 +394,7 @@ async fn netns_a_rollout_over_a_slow_site_succeeds_at_the_defaults() {
     // The site's uplink: one download at a time, 40 KiB/s of 64 KB/s.
     geppetto_proto::v1::resources_client::ResourcesClient::new(admin.channel.clone())
         .create_resource(pb::CreateResourceRequest {
+            site: String::new(),
             name: "uplink".into(),
             capacity: 1,
             bandwidth: 40 * 1024,

@@ -19,12 +19,18 @@ pub enum ResourcesCommand {
         /// MB/s, kbit/s, Mbit/s) [default: none]
         #[arg(long, value_name = "RATE", value_parser = parse_bandwidth)]
         bandwidth: Option<u64>,
+        /// The site whose uplink this resource models (puppets with the label
+        /// site=SITE): every fetch from the puppeteer by those puppets draws on
+        /// its bandwidth budget, whatever the task holds; fetches between the
+        /// site's peers do not (see README, "Sites and the peer cache")
+        #[arg(long, value_name = "SITE")]
+        site: Option<String>,
     },
     /// Lists resources with their capacity, use, holders and waiters
     List,
     /// Shows a resource, the runs holding it and those waiting for it, in order
     Show { name: String },
-    /// Changes the capacity or the bandwidth budget; lowering the capacity stops
+    /// Changes the capacity, the bandwidth budget or the site; lowering the capacity stops
     /// nothing running, new runs wait until enough is released
     #[command(group(ArgGroup::new("change").required(true).multiple(true)))]
     Update {
@@ -36,6 +42,9 @@ pub enum ResourcesCommand {
         /// progress follow it from their next chunk
         #[arg(long, value_name = "RATE", value_parser = parse_bandwidth, group = "change")]
         bandwidth: Option<u64>,
+        /// The site whose uplink it models; "" for none
+        #[arg(long, value_name = "SITE", group = "change")]
+        site: Option<String>,
     },
     /// Removes a resource; refused while it is held or a task needs it
     Remove { name: String },
@@ -61,7 +70,7 @@ mod tests {
         .unwrap();
         assert!(matches!(
             cli.command,
-            Command::Resources(ResourcesCommand::Create { name, capacity: 1, bandwidth: None }) if name == "uplink-lyon"
+            Command::Resources(ResourcesCommand::Create { name, capacity: 1, bandwidth: None, site: None }) if name == "uplink-lyon"
         ));
         let cli = Cli::try_parse_from([
             "geppetto",

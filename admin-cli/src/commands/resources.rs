@@ -14,11 +14,13 @@ pub async fn run(api: &Api, command: ResourcesCommand, format: Format) -> Result
             name,
             capacity,
             bandwidth,
+            site,
         } => {
             let req = pb::CreateResourceRequest {
                 name,
                 capacity,
                 bandwidth: bandwidth.unwrap_or(0),
+                site: site.unwrap_or_default(),
             };
             let resource = api
                 .call(api.resources().create_resource(request(req)))
@@ -42,11 +44,13 @@ pub async fn run(api: &Api, command: ResourcesCommand, format: Format) -> Result
             name,
             capacity,
             bandwidth,
+            site,
         } => {
             let req = pb::UpdateResourceRequest {
                 name,
                 capacity: capacity.unwrap_or(0),
                 bandwidth,
+                site,
             };
             let resource = api
                 .call(api.resources().update_resource(request(req)))
@@ -107,6 +111,14 @@ fn print_one(resource: &pb::Resource, format: Format) -> Result<(), Error> {
         ("used", view.used.to_string()),
         ("free", view.capacity.saturating_sub(view.used).to_string()),
         ("bandwidth", bandwidth_words(view.bandwidth)),
+        (
+            "uplink of site",
+            if view.site.is_empty() {
+                "-".to_string()
+            } else {
+                view.site.clone()
+            },
+        ),
         ("holders", view.holders.len().to_string()),
         ("waiters", view.waiters.len().to_string()),
         ("created", output::when(resource.created_at.as_ref())),

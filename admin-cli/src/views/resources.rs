@@ -19,6 +19,9 @@ pub struct ResourceView {
     /// Bandwidth budget in bytes per second shared by the artifact
     /// downloads of the runs holding it; 0: none.
     pub bandwidth: u64,
+    /// The site whose uplink it models (absent: none).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub site: String,
 }
 
 impl From<&pb::Resource> for ResourceView {
@@ -31,6 +34,7 @@ impl From<&pb::Resource> for ResourceView {
             waiters: r.waiters.iter().map(ResourceHolderView::from).collect(),
             created_at: rfc3339(r.created_at.as_ref()),
             bandwidth: r.bandwidth,
+            site: r.site.clone(),
         }
     }
 }
@@ -71,6 +75,7 @@ mod tests {
             count,
         };
         let resource = pb::Resource {
+            site: String::new(),
             name: "uplink-lyon".into(),
             capacity: 2,
             used: 2,

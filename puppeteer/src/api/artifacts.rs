@@ -95,6 +95,7 @@ impl ArtifactsApi {
             created_at: Some(ts(a.created_at)),
             uploaded_by: a.uploaded_by.clone(),
             used_by,
+            copies: Vec::new(),
         })
     }
 
@@ -342,7 +343,28 @@ impl Artifacts for ArtifactsApi {
             .store
             .get_artifact(name)
             .map_err(ApiError::from)?;
-        Ok(Response::new(self.view(&a)?))
+        let mut view = self.view(&a)?;
+        view.copies = self
+            .state
+            .store
+            .copies_of(&a.sha256)
+            .map_err(ApiError::from)?
+            .into_iter()
+            .map(|c| pb::ArtifactCopy {
+                puppet: c.puppet,
+                site: c.site,
+                held: c.held,
+                source: c.source,
+                since: Some(ts(c.since)),
+                bytes: c.bytes,
+                took: Some(super::convert::dur(std::time::Duration::from_millis(
+                    c.took_ms,
+                ))),
+                last_failure: c.last_failure.unwrap_or_default(),
+                suspect_until: (c.suspect_until.0 > 0).then(|| ts(c.suspect_until)),
+            })
+            .collect();
+        Ok(Response::new(view))
     }
 
     async fn remove_artifact(

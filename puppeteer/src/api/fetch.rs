@@ -52,6 +52,8 @@ struct Download {
     /// The resources the run holds (their budgets are read at each chunk,
     /// so a budget changed mid-download applies at once).
     holds: Vec<String>,
+    /// The puppet's site, whose bytes from the puppeteer are counted.
+    site: Option<String>,
     /// Whether a chunk went out (an empty one tells the size when there is
     /// nothing left to send).
     sent: bool,
@@ -61,7 +63,7 @@ struct Download {
 
 /// Checks that `puppet` may fetch the content for this run and attempt;
 /// returns the run, the artifact's name and the content's size.
-fn permit(
+pub(super) fn permit(
     state: &Shared,
     puppet: &str,
     req: &pb::FetchArtifactRequest,
@@ -129,6 +131,18 @@ pub async fn open(
     state
         .fetches
         .begin(&run, &req.sha256, &name, req.offset, size);
+    // The run's resources, and the uplink of the puppet's site: what
+    // crosses it draws on its budget whatever the task holds.
+    let mut holds: Vec<String> = run.holds.iter().map(|h| h.name.clone()).collect();
+    let site = state.store.get_puppet(puppet).ok().and_then(|p| p.site());
+    if let Some(site) = &site {
+        let uplinks = state.store.list_resources().map_err(ApiError::from)?;
+        for r in uplinks {
+            if &r.resource.site == site && !holds.contains(&r.resource.name) {
+                holds.push(r.resource.name);
+            }
+        }
+    }
     let download = Download {
         state: state.clone(),
         run_id: run.id.clone(),
@@ -136,7 +150,8 @@ pub async fn open(
         file,
         offset: req.offset,
         size,
-        holds: run.holds.iter().map(|h| h.name.clone()).collect(),
+        holds,
+        site,
         sent: false,
         failed: false,
     };
@@ -201,6 +216,9 @@ async fn read_chunk(d: &mut Download) -> Result<Option<pb::ArtifactChunk>, Statu
     d.offset += n;
     d.sent = true;
     d.state.metrics.artifact_sent(n);
+    if let Some(site) = &d.site {
+        d.state.metrics.site_bytes(site, "puppeteer", n);
+    }
     if let Some(done) = d.state.fetches.sent(&d.run_id, &d.sha256, n, d.offset) {
         note_fetched(&d.state, &d.run_id, &done);
     }
@@ -216,12 +234,17 @@ fn note_fetched(state: &Shared, run_id: &str, done: &Completed) {
         0
     };
     let cause = format!(
-        "fetched artifact {}: {} in {} ({}/s)",
+        "fetched artifact {}: {} from the puppeteer in {} ({}/s)",
         done.name,
         bytesize::ByteSize(done.size),
         humantime::format_duration(std::time::Duration::from_secs(done.took.as_secs())),
         bytesize::ByteSize(rate as u64)
     );
+    note_on_run(state, run_id, cause);
+}
+
+/// Leaves a line in the history of a run still offered or running.
+pub(super) fn note_on_run(state: &Shared, run_id: &str, cause: String) {
     let now = crate::domain::Millis::now();
     let noted = state.store.update_run(run_id, |run| {
         if !matches!(run.state, RunState::Offered | RunState::Running) {

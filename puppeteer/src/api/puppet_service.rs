@@ -91,6 +91,7 @@ impl PuppetServiceApi {
             old_credential: None,
             revoked: false,
             reported_presence: None,
+            peer: None,
         };
         let new = NewPuppet {
             puppet,
@@ -185,12 +186,23 @@ impl PuppetServiceApi {
         // The record is rewritten only for new facts; the time of the poll
         // alone goes to the small `seen` record (see `Store::touch_puppet`).
         store.touch_puppet(&name, now)?;
-        let puppet = match req.facts.map(domain::Facts::from) {
-            Some(facts) => store.update_puppet(&name, |p| {
+        let offer = req.peer.map(peer_offer).transpose()?;
+        let facts = req.facts.map(domain::Facts::from);
+        let puppet = match (facts, offer) {
+            (None, None) => None,
+            (facts, offer) => Some(store.update_puppet(&name, |p| {
                 p.last_seen = Some(now);
-                p.facts = facts.clone();
+                if let Some(facts) = &facts {
+                    p.facts = facts.clone();
+                }
+                if let Some(offer) = &offer {
+                    p.peer = (!offer.address.is_empty()).then(|| offer.clone());
+                }
                 Ok(())
-            })?,
+            })?),
+        };
+        let puppet = match puppet {
+            Some(puppet) => puppet,
             // The record authentication just read, as `get_puppet` would
             // give it after the touch, without decoding it again.
             None => Puppet {
@@ -396,6 +408,51 @@ impl PuppetServiceApi {
 }
 
 /// The caller's deadline from its `grpc-timeout` header.
+/// A peer offer as a poll brings it, checked: an address `host:port` (or
+/// empty, to withdraw), a certificate hash, a ticket key of 16 to 64 bytes.
+fn peer_offer(offer: pb::PeerOffer) -> ApiResult<domain::PeerOffer> {
+    if offer.address.is_empty() {
+        return Ok(domain::PeerOffer {
+            address: String::new(),
+            cert_sha256: String::new(),
+            ticket_key: Vec::new(),
+        });
+    }
+    let port_ok = offer
+        .address
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+    if offer.address.len() > 255 || !port_ok {
+        return Err(invalid(
+            "peer.address must be HOST:PORT (at most 255 characters)",
+        ));
+    }
+    crate::artifact::check_sha256(&offer.cert_sha256)
+        .map_err(|_| invalid("peer.cert_sha256 must be 64 lowercase hex digits"))?;
+    if !(16..=64).contains(&offer.ticket_key.len()) {
+        return Err(invalid("peer.ticket_key must be 16 to 64 bytes"));
+    }
+    Ok(domain::PeerOffer {
+        address: offer.address,
+        cert_sha256: offer.cert_sha256,
+        ticket_key: offer.ticket_key,
+    })
+}
+
+/// Failures a puppet reports: at most 16, each peer a puppet name.
+fn failures(failed: Vec<pb::PeerFailure>) -> ApiResult<Vec<(String, String)>> {
+    if failed.len() > 16 {
+        return Err(invalid("at most 16 failed peers per request"));
+    }
+    failed
+        .into_iter()
+        .map(|f| {
+            domain::check_puppet_name(&f.peer).map_err(ApiError::from)?;
+            Ok((f.peer, f.reason.chars().take(200).collect()))
+        })
+        .collect()
+}
+
 fn grpc_timeout<T>(request: &Request<T>) -> Option<Duration> {
     super::parse_grpc_timeout(request.metadata().get("grpc-timeout")?.to_str().ok()?)
 }
@@ -411,6 +468,84 @@ impl PuppetService for PuppetServiceApi {
         let puppet = self.caller(&request)?;
         let stream = super::fetch::open(&self.state, &puppet, request.into_inner()).await?;
         Ok(Response::new(stream))
+    }
+
+    async fn find_source(
+        &self,
+        request: Request<pb::FindSourceRequest>,
+    ) -> Result<Response<pb::ArtifactSource>, Status> {
+        let name = self.caller(&request)?;
+        let req = request.into_inner();
+        let failed = failures(req.failed)?;
+        let state = self.state.clone();
+        let found = tokio::task::spawn_blocking(move || -> ApiResult<_> {
+            let asked = pb::FetchArtifactRequest {
+                run_id: req.run_id,
+                attempt: req.attempt,
+                sha256: req.sha256,
+                offset: 0,
+            };
+            super::fetch::permit(&state, &name, &asked)?;
+            let puppet = state.store.get_puppet(&name)?;
+            Ok(state.find_source(&puppet, &asked.sha256, &failed)?)
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("cannot find a source: {e}")))??;
+        let (address, cert_sha256, ticket) = found.peer.unwrap_or_default();
+        Ok(Response::new(pb::ArtifactSource {
+            peer: found.source.peer().to_string(),
+            address,
+            cert_sha256,
+            ticket,
+            reason: found.source.reason().to_string(),
+        }))
+    }
+
+    async fn report_fetch(
+        &self,
+        request: Request<pb::ReportFetchRequest>,
+    ) -> Result<Response<pb::ReportFetchResponse>, Status> {
+        let name = self.caller(&request)?;
+        let req = request.into_inner();
+        let failed = failures(req.failed)?;
+        if !req.source.is_empty() {
+            domain::check_puppet_name(&req.source).map_err(ApiError::from)?;
+        }
+        let took = req.took.map_or(0, |d| {
+            (d.seconds.max(0) as u64) * 1000 + (d.nanos.max(0) as u64) / 1_000_000
+        });
+        let state = self.state.clone();
+        tokio::task::spawn_blocking(move || -> ApiResult<()> {
+            let asked = pb::FetchArtifactRequest {
+                run_id: req.run_id.clone(),
+                attempt: req.attempt,
+                sha256: req.sha256.clone(),
+                offset: 0,
+            };
+            let (_, artifact, size) = super::fetch::permit(&state, &name, &asked)?;
+            let puppet = state.store.get_puppet(&name)?;
+            state.fetch_done(&puppet, &req.sha256, &req.source, req.bytes, took, &failed)?;
+            if !req.source.is_empty() || !failed.is_empty() {
+                let mut cause = format!(
+                    "fetched artifact {artifact}: {} from {} in {}",
+                    bytesize::ByteSize(size),
+                    if req.source.is_empty() {
+                        "the puppeteer".to_string()
+                    } else {
+                        format!("peer {}", req.source)
+                    },
+                    humantime::format_duration(Duration::from_millis(took - took % 100))
+                );
+                for (peer, reason) in &failed {
+                    cause.push_str(&format!("; peer {peer} dropped: {reason}"));
+                }
+                super::fetch::note_on_run(&state, &req.run_id, cause);
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("cannot record a fetch: {e}")))??;
+        Ok(Response::new(pb::ReportFetchResponse {}))
     }
 
     async fn enroll(

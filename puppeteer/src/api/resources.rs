@@ -20,6 +20,14 @@ pub struct ResourcesApi {
     state: Shared,
 }
 
+/// A site is a value of the `site` label (empty: none).
+fn check_site(site: &str) -> ApiResult<()> {
+    if site.is_empty() {
+        return Ok(());
+    }
+    domain::check_label_value("site", site).map_err(ApiError::from)
+}
+
 impl ResourcesApi {
     pub fn new(state: Shared) -> Self {
         ResourcesApi { state }
@@ -53,6 +61,7 @@ impl ResourcesApi {
             waiters,
             created_at: Some(ts(r.resource.created_at)),
             bandwidth: r.resource.bandwidth,
+            site: r.resource.site.clone(),
         })
     }
 }
@@ -105,11 +114,13 @@ impl Resources for ResourcesApi {
                 domain::check_resource_name(&req.name)?;
                 check_capacity(req.capacity)?;
                 check_bandwidth(req.bandwidth)?;
+                check_site(&req.site)?;
                 let resource = Resource {
                     name: req.name.clone(),
                     capacity: req.capacity,
                     created_at: Millis::now(),
                     bandwidth: req.bandwidth,
+                    site: req.site.clone(),
                 };
                 self.state.store.create_resource(&resource)?;
                 self.resource_event(
@@ -169,15 +180,20 @@ impl Resources for ResourcesApi {
                 if let Some(bandwidth) = req.bandwidth {
                     check_bandwidth(bandwidth)?;
                 }
-                if capacity.is_none() && req.bandwidth.is_none() {
+                if let Some(site) = &req.site {
+                    check_site(site)?;
+                }
+                if capacity.is_none() && req.bandwidth.is_none() && req.site.is_none() {
                     return Err(invalid(
-                        "nothing to change: give a new capacity or bandwidth budget",
+                        "nothing to change: give a new capacity, bandwidth budget or site",
                     ));
                 }
-                let r = self
-                    .state
-                    .store
-                    .update_resource(&req.name, capacity, req.bandwidth)?;
+                let r = self.state.store.update_resource(
+                    &req.name,
+                    capacity,
+                    req.bandwidth,
+                    req.site.as_deref(),
+                )?;
                 if let Some(bandwidth) = req.bandwidth {
                     self.resource_event("resource.updated", &req.name, budget_words(bandwidth));
                 }

@@ -120,6 +120,7 @@ impl AppState {
 
     /// Removes content no artifact or task pins any more.
     pub fn remove_content(&self, sha256: &str) -> Result<()> {
+        self.store.forget_copies(sha256)?;
         if self.store.is_shared() {
             self.store.remove_stored_content(sha256)?;
         }

@@ -64,6 +64,13 @@ struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SiteLabel {
+    site: String,
+    /// "puppeteer" or "peer".
+    source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResourceLabel {
     resource: String,
 }
@@ -84,6 +91,7 @@ pub struct Metrics {
     response_bytes: Counter,
     notification_failures: Counter,
     artifact_bytes: Counter,
+    site_bytes: Family<SiteLabel, Counter>,
     puppets: Family<PresenceLabel, Gauge>,
     puppets_pending: Gauge,
     runs: Family<StateLabel, Gauge>,
@@ -123,6 +131,7 @@ impl Metrics {
             response_bytes: Default::default(),
             notification_failures: Default::default(),
             artifact_bytes: Default::default(),
+            site_bytes: Default::default(),
             puppets: Default::default(),
             puppets_pending: Default::default(),
             runs: Default::default(),
@@ -235,6 +244,11 @@ impl Metrics {
             "Bytes of artifact content streamed to puppets",
             m.artifact_bytes.clone(),
         );
+        r.register(
+            "geppetto_site_artifact_bytes",
+            "Bytes of artifact content received by the puppets of each site, by source: the puppeteer (across the site's uplink) or the site's peers",
+            m.site_bytes.clone(),
+        );
         Metrics {
             registry: Arc::new(r),
             ..m
@@ -308,6 +322,17 @@ impl Metrics {
     /// Bytes of artifact content were sent to a puppet.
     pub fn artifact_sent(&self, bytes: u64) {
         self.artifact_bytes.inc_by(bytes);
+    }
+
+    /// Bytes of artifact content a site's puppets received from `source`
+    /// ("puppeteer" or "peer").
+    pub fn site_bytes(&self, site: &str, source: &str, bytes: u64) {
+        self.site_bytes
+            .get_or_create(&SiteLabel {
+                site: site.to_string(),
+                source: source.to_string(),
+            })
+            .inc_by(bytes);
     }
 
     /// Artifact content bytes sent since the start.

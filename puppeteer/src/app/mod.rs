@@ -26,6 +26,7 @@ pub mod fetches;
 mod gates;
 pub mod metrics;
 pub mod notify;
+pub mod peers;
 mod prune;
 mod sweep;
 

@@ -10,9 +10,10 @@
 //! groups), `tasks` (with run specs), `resources`, `jobs` (with strategies
 //! and approval), `runs` (with states and transitions), `users` (with roles,
 //! API tokens and principals), `events` (with the audit trail) and
-//! `notifications`. Everything is re-exported here: callers name
+//! `notifications`, `copies` (content held by puppets, for the peer cache). Everything is re-exported here: callers name
 //! `crate::domain::X`.
 
+mod copies;
 mod events;
 mod jobs;
 mod names;
@@ -24,6 +25,7 @@ mod tasks;
 mod time;
 mod users;
 
+pub use copies::*;
 pub use events::*;
 pub use jobs::*;
 pub use names::*;

@@ -58,9 +58,35 @@ pub struct Puppet {
     /// The presence last announced in the event stream ("online", "offline").
     #[serde(default)]
     pub reported_presence: Option<String>,
+    /// What it offers its site's peers, if it serves its artifact cache.
+    #[serde(default)]
+    pub peer: Option<PeerOffer>,
+}
+
+/// How a puppet serving its artifact cache is reached and trusted (see
+/// `peers.rs`). The ticket key is a secret: never shown.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerOffer {
+    pub address: String,
+    pub cert_sha256: String,
+    pub ticket_key: Vec<u8>,
+}
+
+impl std::fmt::Debug for PeerOffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerOffer")
+            .field("address", &self.address)
+            .field("cert_sha256", &self.cert_sha256)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Puppet {
+    /// Its site: the value of its `site` label, if any.
+    pub fn site(&self) -> Option<String> {
+        self.labels().remove("site").filter(|s| !s.is_empty())
+    }
+
     /// Declared labels overridden by assigned ones.
     pub fn labels(&self) -> Labels {
         let mut labels = self.declared_labels.clone();
@@ -129,6 +155,7 @@ mod tests {
     #[test]
     fn assigned_labels_win() {
         let puppet = Puppet {
+            peer: None,
             name: "p".into(),
             state: PuppetState::Enabled,
             enrolled_at: Millis(0),

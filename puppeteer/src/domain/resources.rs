@@ -14,6 +14,10 @@ pub struct Resource {
     /// holding it; 0: no budget.
     #[serde(default)]
     pub bandwidth: u64,
+    /// The site whose uplink it models (empty: none): fetches from the
+    /// puppeteer by that site's puppets draw on its bandwidth budget.
+    #[serde(default)]
+    pub site: String,
 }
 
 /// Some capacity of a resource that a run holds while offered or running.

@@ -68,6 +68,7 @@ impl Store {
             "content_sizes" => &self.content_sizes,
             "job_runs" => &self.job_runs,
             "job_open" => &self.job_open,
+            "copies" => &self.copies,
             other => unreachable!("no tree {other}"),
         }
     }

@@ -63,6 +63,7 @@ mod artifacts;
 pub mod backup;
 mod cluster;
 mod contents;
+mod copies;
 mod events;
 mod flush;
 mod groups;
@@ -105,7 +106,7 @@ pub use puppets::NewPuppet;
 pub use resources::ResourceUse;
 
 /// Every tree of the store, by name (what `migrate` copies).
-pub(crate) const TREES: [&str; 29] = [
+pub(crate) const TREES: [&str; 30] = [
     "meta",
     "credentials",
     "puppets",
@@ -135,6 +136,7 @@ pub(crate) const TREES: [&str; 29] = [
     "content_sizes",
     "job_runs",
     "job_open",
+    "copies",
 ];
 
 /// The on-disk layout this build reads and writes.
@@ -239,6 +241,7 @@ pub struct Store {
     content_sizes: Tree,
     job_runs: Tree,
     job_open: Tree,
+    copies: Tree,
 }
 
 impl std::fmt::Debug for Store {
@@ -359,6 +362,7 @@ impl Store {
             content_sizes: tree("content_sizes")?,
             job_runs: tree("job_runs")?,
             job_open: tree("job_open")?,
+            copies: tree("copies")?,
             db,
         };
         store.check_schema()?;

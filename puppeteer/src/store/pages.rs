@@ -228,6 +228,7 @@ mod tests {
 
     fn put_puppet(store: &Store, name: &str, even: bool) {
         let puppet = Puppet {
+            peer: None,
             name: name.into(),
             state: crate::domain::PuppetState::Enabled,
             enrolled_at: Millis(0),

@@ -469,6 +469,7 @@ mod tests {
             store.create_enroll_token(&token).unwrap();
         }
         let puppet = Puppet {
+            peer: None,
             name: name.into(),
             state: PuppetState::Pending,
             enrolled_at: now,

@@ -117,6 +117,7 @@ impl Store {
         name: &str,
         capacity: Option<u32>,
         bandwidth: Option<u64>,
+        site: Option<&str>,
     ) -> Result<ResourceUse> {
         self.resources.transaction(|resources| {
             let Some(v) = resources.get(name.as_bytes())? else {
@@ -134,6 +135,9 @@ impl Store {
             }
             if let Some(bandwidth) = bandwidth {
                 resource.bandwidth = bandwidth;
+            }
+            if let Some(site) = site {
+                resource.site = site.to_string();
             }
             resources.insert(name.as_bytes(), encode(&resource))?;
             Ok(())

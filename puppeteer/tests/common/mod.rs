@@ -285,6 +285,7 @@ impl FakePuppet {
     pub async fn poll(&mut self, free_slots: u32, known: &[&str]) -> pb::PollResponse {
         self.client
             .poll(pb::PollRequest {
+                peer: None,
                 free_slots,
                 known_runs: known.iter().map(|s| s.to_string()).collect(),
                 facts: None,
@@ -402,6 +403,7 @@ impl Admin {
     pub async fn resource(&mut self, name: &str, capacity: u32) {
         geppetto_proto::v1::resources_client::ResourcesClient::new(self.channel.clone())
             .create_resource(pb::CreateResourceRequest {
+                site: String::new(),
                 name: name.into(),
                 capacity,
                 bandwidth: 0,
