@@ -504,3 +504,157 @@ async fn netns_a_rollout_over_a_slow_site_succeeds_at_the_defaults() {
         puppet.stop().await;
     }
 }
+
+/// The site peer cache across a real slow uplink: four puppets in a site
+/// namespace behind 512 kbit/s with 2 % loss each way, serving their caches
+/// to each other on the site's side of the link; a 3 MiB artifact for all
+/// of them. A peer that others are fetching from is `kill -9`ed mid-transfer
+/// and started again (its own run, interrupted before it started, is
+/// retried). Every run succeeds with the right bytes, and the
+/// uplink carries at most 1.1 times the artifact (everything counted: polls,
+/// logs, handshakes).
+#[tokio::test]
+async fn netns_a_site_behind_a_slow_uplink_fetches_an_artifact_once() {
+    use sha2::Digest;
+    let test = "netns_a_site_behind_a_slow_uplink_fetches_an_artifact_once";
+    let Some(mut ns) = netns::create_with_nft_or_skip(test) else {
+        return;
+    };
+    ns.limit_rate(512).unwrap();
+    ns.drop_percent(2).unwrap();
+    let peer_args = |ns: &netns::NetNs| {
+        vec![
+            "--labels".to_string(),
+            "site=lab".into(),
+            "--peer-listen".into(),
+            format!("{}:0", ns.ns_ip),
+        ]
+    };
+    let args = peer_args(&ns);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut rig = Rig::start_in(Some(&ns), &["--poll-timeout", "5s"], &args).await;
+    let mut admin = rig.admin();
+    let secret = admin.enroll_secret().await;
+    let mut puppets = std::collections::BTreeMap::new();
+    for i in 2..=4 {
+        let mut options = rig.puppet_options.clone();
+        options.name = format!("p{i}");
+        options.state_dir = rig.dir.path().join(format!("puppet-state-{i}"));
+        options.enroll_token = secret.clone();
+        puppets.insert(options.name.clone(), puppetproc::PuppetProc::start(options));
+    }
+    for i in 1..=4 {
+        let name = format!("p{i}");
+        wait_until_async(&format!("{name} holds a poll"), PATIENCE, async || {
+            let found = admin
+                .puppets
+                .get_puppet(pb::GetPuppetRequest { name: name.clone() })
+                .await;
+            found.is_ok_and(|p| p.into_inner().polling)
+        })
+        .await;
+    }
+    let data: Vec<u8> = (0..3 * 1024 * 1024u32)
+        .map(|i| (i * 13 % 251) as u8)
+        .collect();
+    let digest = hex::encode(sha2::Sha256::digest(&data));
+    admin.upload_artifact("patch.bin", &data).await;
+    admin
+        .tasks
+        .create_task(pb::CreateTaskRequest {
+            name: "patch".into(),
+            spec: Some(pb::RunSpec {
+                artifacts: vec![pb::ArtifactRef {
+                    name: "patch.bin".into(),
+                    ..Default::default()
+                }],
+                ..common::script_spec(
+                    "sha256sum \"$GEPPETTO_ARTIFACT_PATCH_BIN\" | cut -d' ' -f1",
+                    Duration::from_secs(60),
+                )
+            }),
+            // The killed puppet's own run is interrupted before it started:
+            // its retry runs once it is back.
+            retries: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let (tx_before, _) = ns.host_bytes();
+    let job = admin.run_on("patch", &["p1", "p2", "p3", "p4"]).await;
+
+    // Find a puppet that others fetch from while it receives, and kill it
+    // once it holds part of the content.
+    let copies = async |admin: &common::Admin| {
+        geppetto_proto::v1::artifacts_client::ArtifactsClient::new(admin.channel.clone())
+            .get_artifact(pb::GetArtifactRequest {
+                name: "patch.bin".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .copies
+    };
+    let mut victim = String::new();
+    wait_until_async(
+        "a peer serving others while it receives",
+        PATIENCE,
+        async || {
+            let copies = copies(&admin).await;
+            let middle = copies.iter().find(|c| {
+                !c.held
+                    && !c.source.is_empty()
+                    && c.puppet != "p1"
+                    && copies.iter().any(|d| d.source == c.puppet)
+            });
+            match middle {
+                Some(c) => {
+                    victim = c.puppet.clone();
+                    Ok(())
+                }
+                None => Err(format!("{copies:?}")),
+            }
+        },
+    )
+    .await;
+    let part = rig
+        .dir
+        .path()
+        .join(format!("puppet-state-{}", &victim[1..]))
+        .join("cache")
+        .join(format!("{digest}.part"));
+    wait_until("the victim holds part of the content", PATIENCE, || {
+        std::fs::metadata(&part).is_ok_and(|m| m.len() >= 256 * 1024)
+    });
+    let options = puppets.remove(&victim).unwrap().kill9().await;
+    puppets.insert(victim.clone(), puppetproc::PuppetProc::start(options));
+
+    let job = admin.wait_job(&job.id, PATIENCE * 5).await;
+    for run in &job.runs {
+        let log = String::from_utf8(admin.log(&run.run_id).await).unwrap();
+        assert_eq!(
+            run.state,
+            pb::RunState::Succeeded as i32,
+            "{} on {}: {}\n{log}",
+            run.run_id,
+            run.puppet,
+            run.cause
+        );
+        assert_eq!(log.trim(), digest, "{}", run.puppet);
+    }
+    let (tx_after, _) = ns.host_bytes();
+    let uplink = tx_after - tx_before;
+    eprintln!(
+        "the uplink carried {uplink} bytes for a {}-byte artifact to 4 puppets ({victim} killed mid-transfer)",
+        data.len()
+    );
+    assert!(
+        uplink as f64 <= 1.1 * data.len() as f64,
+        "the uplink carried {uplink} bytes for a {}-byte artifact",
+        data.len()
+    );
+    for (_, p) in puppets {
+        p.stop().await;
+    }
+    let _ = rig.puppet.take();
+}
