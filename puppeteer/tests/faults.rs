@@ -625,7 +625,8 @@ async fn netns_a_site_behind_a_slow_uplink_fetches_an_artifact_once() {
         .join(format!("{digest}.part"));
     wait_until("the victim holds part of the content", PATIENCE, || {
         std::fs::metadata(&part).is_ok_and(|m| m.len() >= 256 * 1024)
-    });
+    })
+    .await;
     let options = puppets.remove(&victim).unwrap().kill9().await;
     puppets.insert(victim.clone(), puppetproc::PuppetProc::start(options));
 

@@ -249,7 +249,41 @@ fn print_one(artifact: &pb::Artifact, format: Format) -> Result<(), Error> {
                 view.used_by.join(", ")
             },
         ),
-    ]))
+    ]))?;
+    if !view.copies.is_empty() {
+        output::print_section("copies on puppets (the site peer cache):")?;
+        let mut table = output::table(["PUPPET", "SITE", "STATE", "FROM", "FETCH", "LAST FAILURE"]);
+        for c in &view.copies {
+            table.add_row(vec![
+                output::cell(&c.puppet),
+                output::cell(if c.site.is_empty() { "-" } else { &c.site }),
+                output::cell(if c.held { "held" } else { "receiving" }),
+                output::cell(if c.source.is_empty() {
+                    "the puppeteer".to_string()
+                } else {
+                    format!("peer {}", c.source)
+                }),
+                output::cell(if c.held {
+                    format!(
+                        "{} in {}",
+                        output::bytes(c.bytes),
+                        humantime::format_duration(std::time::Duration::from_millis(
+                            c.took_ms - c.took_ms % 100
+                        ))
+                    )
+                } else {
+                    "-".to_string()
+                }),
+                output::cell(if c.last_failure.is_empty() {
+                    "-"
+                } else {
+                    &c.last_failure
+                }),
+            ]);
+        }
+        output::print_table(&table)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
