@@ -459,13 +459,13 @@ impl Fetched {
 }
 
 /// Marks content as being received (servable to peers) while it lives.
-struct Receiving {
+pub(crate) struct Receiving {
     cache: ArtifactCache,
     sha256: String,
 }
 
 impl Receiving {
-    fn new(cache: &ArtifactCache, sha256: &str, size: u64) -> Self {
+    pub(crate) fn new(cache: &ArtifactCache, sha256: &str, size: u64) -> Self {
         cache.lock().receiving.insert(sha256.to_string(), size);
         Receiving {
             cache: cache.clone(),

@@ -25,6 +25,8 @@
 //! the bytes' hash is checked by the cache before any run uses them.
 
 use std::net::SocketAddr;
+#[cfg(test)]
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -507,5 +509,141 @@ pub fn check_advertise(listen: SocketAddr, advertise: Option<&str>) -> Result<St
         )),
         None if listen.port() == 0 => Ok(String::new()),
         None => Ok(listen.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cache in a temp dir, serving on a free loopback port.
+    async fn server(dir: &Path) -> (ArtifactCache, PeerOffer, CancellationToken) {
+        let cache = ArtifactCache::new(dir, 1 << 30);
+        std::fs::create_dir_all(dir.join("cache")).unwrap();
+        let stop = CancellationToken::new();
+        let offer = serve(
+            "127.0.0.1:0".parse().unwrap(),
+            "",
+            cache.clone(),
+            "p1".into(),
+            stop.clone(),
+        )
+        .await
+        .unwrap();
+        (cache, offer, stop)
+    }
+
+    fn source(offer: &PeerOffer, sha256: &str, fetcher: &str, expires_ms: i64) -> PeerSource {
+        PeerSource {
+            name: "p1".into(),
+            address: offer.address.clone(),
+            cert_sha256: offer.cert_sha256.clone(),
+            ticket: Ticket {
+                sha256: sha256.into(),
+                peer: "p1".into(),
+                fetcher: fetcher.into(),
+                expires_ms,
+            }
+            .sign(&offer.ticket_key),
+        }
+    }
+
+    async fn fetch(
+        peer: &PeerSource,
+        sha256: &str,
+        size: u64,
+        dir: &Path,
+    ) -> (Result<(), String>, Vec<u8>) {
+        let path = dir.join("out");
+        let _ = std::fs::remove_file(&path);
+        let mut file = tokio::fs::File::create(&path).await.unwrap();
+        let mut have = 0;
+        let result = fetch_into(peer, sha256, size, &mut file, &mut have).await;
+        file.flush().await.unwrap();
+        (result, std::fs::read(&path).unwrap())
+    }
+
+    #[tokio::test]
+    async fn only_a_ticket_of_the_puppeteer_for_this_content_opens_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_cache, offer, stop) = server(dir.path()).await;
+        let data = b"the content".to_vec();
+        let sha = hex::encode(Sha256::digest(&data));
+        std::fs::write(dir.path().join("cache").join(&sha), &data).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let later = now_ms() + 60_000;
+        let size = data.len() as u64;
+
+        let (ok, got) = fetch(&source(&offer, &sha, "p2", later), &sha, size, out.path()).await;
+        assert_eq!(ok, Ok(()));
+        assert_eq!(got, data);
+
+        // Expired, for other content, signed with another key, or none.
+        let expired = source(&offer, &sha, "p2", now_ms() - 1);
+        let other = source(&offer, &"ab".repeat(32), "p2", later);
+        let mut forged = source(&offer, &sha, "p2", later);
+        forged.ticket = Ticket {
+            sha256: sha.clone(),
+            peer: "p1".into(),
+            fetcher: "p2".into(),
+            expires_ms: later,
+        }
+        .sign(b"not the peer's key");
+        let mut none = source(&offer, &sha, "p2", later);
+        none.ticket = String::new();
+        for (what, peer, status) in [
+            ("expired", expired, "401"),
+            ("other content", other, "403"),
+            ("forged", forged, "401"),
+            ("no ticket", none, "401"),
+        ] {
+            let (result, got) = fetch(&peer, &sha, size, out.path()).await;
+            let why = result.unwrap_err();
+            assert!(
+                why.contains("refused") && why.contains(status),
+                "{what}: {why}"
+            );
+            assert!(got.is_empty(), "{what}");
+        }
+        // A certificate other than the one the puppeteer named.
+        let mut impostor = source(&offer, &sha, "p2", later);
+        impostor.cert_sha256 = "00".repeat(32);
+        let (result, _) = fetch(&impostor, &sha, size, out.path()).await;
+        assert!(result.unwrap_err().contains("TLS"), "pinned certificate");
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn content_being_received_is_served_as_it_arrives() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cache, offer, stop) = server(dir.path()).await;
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let sha = hex::encode(Sha256::digest(&data));
+        let part = dir.path().join("cache").join(format!("{sha}.part"));
+        std::fs::write(&part, &data[..1000]).unwrap();
+        let receiving = crate::artifacts::Receiving::new(&cache, &sha, data.len() as u64);
+        let writer = {
+            let (part, data) = (part.clone(), data.clone());
+            tokio::spawn(async move {
+                use std::io::Write;
+                let mut file = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&part)
+                    .unwrap();
+                for chunk in data[1000..].chunks(50_000) {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    file.write_all(chunk).unwrap();
+                }
+                drop(receiving);
+                std::fs::rename(&part, part.with_extension("")).unwrap();
+            })
+        };
+        let out = tempfile::tempdir().unwrap();
+        let peer = source(&offer, &sha, "p2", now_ms() + 60_000);
+        let (result, got) = fetch(&peer, &sha, data.len() as u64, out.path()).await;
+        assert_eq!(result, Ok(()));
+        assert!(got == data, "the bytes differ");
+        writer.await.unwrap();
+        stop.cancel();
     }
 }
