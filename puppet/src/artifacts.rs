@@ -489,6 +489,7 @@ fn failures(failed: &[(String, String)]) -> Vec<PeerFailure> {
         .map(|(peer, reason)| PeerFailure {
             peer: peer.clone(),
             reason: reason.chars().take(200).collect(),
+            gone: reason.starts_with(crate::peer::GONE),
         })
         .collect()
 }

@@ -389,8 +389,12 @@ pub struct PeerSource {
     pub ticket: String,
 }
 
+/// Marks the reason of a peer that does not hold the content (any more).
+pub const GONE: &str = "the peer does not hold the content";
+
 /// Fetches `sha256` from `peer` into `file` from byte `*have` up to
-/// `size`, counting what arrives in `*have`. Err: why the peer failed.
+/// `size`, counting what arrives in `*have`. Err: why the peer failed
+/// (starting with [`GONE`] when it does not hold the content).
 pub async fn fetch_into(
     peer: &PeerSource,
     sha256: &str,
@@ -455,6 +459,9 @@ pub async fn fetch_into(
                     .collect(),
                 _ => String::new(),
             };
+            if status == http::StatusCode::NOT_FOUND {
+                return Err(format!("{GONE} ({text})"));
+            }
             return Err(format!("the peer refused ({status}): {text}"));
         }
         while *have < size {

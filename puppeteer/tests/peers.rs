@@ -169,10 +169,10 @@ async fn a_site_fetches_across_its_uplink_once_and_the_rest_from_peers() {
     }
     run_all(&mut admin, &names, &sha(&data)).await;
 
-    let sent = sent(&server).await;
+    let uplink = sent(&server).await;
     assert!(
-        sent as f64 <= data.len() as f64 * 1.1,
-        "the uplink carried {sent} bytes for a {}-byte artifact",
+        uplink as f64 <= data.len() as f64 * 1.1,
+        "the uplink carried {uplink} bytes for a {}-byte artifact",
         data.len()
     );
     let copies = copies(&admin).await;
@@ -183,6 +183,33 @@ async fn a_site_fetches_across_its_uplink_once_and_the_rest_from_peers() {
     );
     let from_peers = copies.iter().filter(|c| !c.source.is_empty()).count();
     assert_eq!(from_peers, 3, "{copies:?}");
+
+    // s1 evicts the content: the next fetcher sent to it finds it gone,
+    // the puppeteer forgets that copy, and another peer serves.
+    let cached = puppets[0]
+        .state_dir
+        .path()
+        .join("state/cache")
+        .join(sha(&data));
+    std::fs::remove_file(&cached).unwrap();
+    let late = peer(&server, &secret, "s5", None);
+    admin.wait_polling("s5").await;
+    let before = sent(&server).await;
+    let runs = run_all(&mut admin, &["s5"], &sha(&data)).await;
+    let history: Vec<&str> = runs[0].history.iter().map(|t| t.cause.as_str()).collect();
+    assert!(
+        history.iter().any(|c| c.contains("from peer s")
+            && c.contains("peer s1 dropped: the peer does not hold the content")),
+        "{history:#?}"
+    );
+    assert_eq!(
+        sent(&server).await,
+        before,
+        "nothing more crossed the uplink"
+    );
+    let copies = self::copies(&admin).await;
+    assert!(!copies.iter().any(|c| c.puppet == "s1"), "{copies:?}");
+    late.stop().await;
     for p in puppets {
         p.stop().await;
     }

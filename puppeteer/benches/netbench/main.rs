@@ -19,6 +19,14 @@
 //!   a task needing a 20 MiB incompressible artifact the puppet must fetch
 //!   and verify first, over the same link, against a plain TCP download.
 //!
+//! - `netbench_site`: the site peer cache, off and on side by side: a site
+//!   of 3 and of 10 puppets behind the same link, a 5 MiB and a 20 MiB
+//!   incompressible artifact for all of them; bytes across the uplink and
+//!   the time from the job's creation until the last puppet's child started,
+//!   against one puppet's download alone. Every case runs at once, each on
+//!   its own namespace and link (`NETBENCH_SITE_SIZES`, MiB, default
+//!   "5,20"; `NETBENCH_SITE_PUPPETS`, default "3,10").
+//!
 //! The names given select the benchmarks whose name contains one of them
 //! (all by default). They run two at a time, each on its own namespace and
 //! link. Knobs (environment): `NETBENCH_IDLE_WINDOW` (seconds, default
@@ -48,7 +56,12 @@ use rig::Rig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The benchmarks, in the order they start.
-const BENCHMARKS: [&str; 3] = ["netbench_artifact", "netbench_idle", "netbench_transfers"];
+const BENCHMARKS: [&str; 4] = [
+    "netbench_artifact",
+    "netbench_idle",
+    "netbench_transfers",
+    "netbench_site",
+];
 /// How many run at once.
 const AT_ONCE: usize = 2;
 
@@ -117,6 +130,7 @@ async fn benchmark(name: &str) {
     match name {
         "netbench_artifact" => netbench_artifact().await,
         "netbench_idle" => netbench_idle().await,
+        "netbench_site" => netbench_site().await,
         _ => netbench_transfers().await,
     }
 }
@@ -483,4 +497,137 @@ async fn netbench_artifact() {
         after.bytes_down - before.bytes_down,
         after.bytes_up - before.bytes_up,
     );
+}
+
+/// One site: `puppets` puppets behind the shaped link, each needing an
+/// incompressible artifact of `bytes`; with `peers`, they serve their
+/// caches to each other. Returns the bytes the uplink carried toward the
+/// site (IP packets) and the seconds from the job's creation until the
+/// last puppet's child started (every artifact fetched and verified).
+async fn site_case(puppets: usize, bytes: u64, peers: bool) -> Option<(u64, f64)> {
+    let label = format!(
+        "netbench_site_{puppets}_{}_{}",
+        bytes >> 20,
+        if peers { "on" } else { "off" }
+    );
+    let ns = shaped_link(&label)?;
+    let mut args = vec!["--labels".to_string(), "site=lab".into()];
+    if peers {
+        args.extend(["--peer-listen".to_string(), format!("{}:0", ns.ns_ip)]);
+    }
+    let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let rig = Rig::start_in(Some(&ns), &[], &arg_refs).await;
+    rig.proxy.set_delay(ONE_WAY);
+    let mut admin = rig.admin();
+    let secret = admin.enroll_secret().await;
+    let mut others = Vec::new();
+    for i in 2..=puppets {
+        let mut options = rig.puppet_options.clone();
+        options.name = format!("p{i}");
+        options.state_dir = rig.dir.path().join(format!("puppet-state-{i}"));
+        options.enroll_token = secret.clone();
+        others.push(puppetproc::PuppetProc::start(options));
+    }
+    let names: Vec<String> = (1..=puppets).map(|i| format!("p{i}")).collect();
+    for name in &names {
+        wait_until_async(
+            &format!("{name} polls"),
+            Duration::from_secs(600),
+            async || {
+                admin
+                    .puppets
+                    .get_puppet(pb::GetPuppetRequest { name: name.clone() })
+                    .await
+                    .is_ok_and(|p| p.into_inner().polling)
+            },
+        )
+        .await;
+    }
+    let mut data = vec![0u8; bytes as usize];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut data);
+    upload_artifact(&rig, "patch.bin", &data).await;
+    let stamps = rig.dir.path().join("started");
+    admin
+        .tasks
+        .create_task(pb::CreateTaskRequest {
+            name: "patch".into(),
+            spec: Some(pb::RunSpec {
+                artifacts: vec![pb::ArtifactRef {
+                    name: "patch.bin".into(),
+                    ..Default::default()
+                }],
+                ..common::script_spec(
+                    &format!("date +%s.%N >> '{}'", stamps.display()),
+                    Duration::from_secs(3600),
+                )
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let (sent_before, _) = ns.host_bytes();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let job = admin.run_on("patch", &refs).await;
+    let job = admin.wait_job(&job.id, Duration::from_secs(4 * 3600)).await;
+    let (sent_after, _) = ns.host_bytes();
+    assert_eq!(
+        job.state,
+        pb::JobState::Succeeded as i32,
+        "{label}: {job:?}"
+    );
+    let created = seconds(&job.created_at);
+    let text = std::fs::read_to_string(&stamps).unwrap();
+    let starts: Vec<f64> = text.lines().map(|l| l.trim().parse().unwrap()).collect();
+    assert_eq!(starts.len(), puppets, "{label}: {text}");
+    let last = starts.iter().cloned().fold(f64::MIN, f64::max) - created;
+    for p in others {
+        p.stop().await;
+    }
+    Some((sent_after - sent_before, last))
+}
+
+async fn netbench_site() {
+    let list = |name: &str, default: &str| -> Vec<u64> {
+        std::env::var(name)
+            .unwrap_or_else(|_| default.into())
+            .split(',')
+            .map(|n| n.trim().parse().expect("a list of numbers"))
+            .collect()
+    };
+    let sizes = list("NETBENCH_SITE_SIZES", "5,20");
+    let fleets = list("NETBENCH_SITE_PUPPETS", "3,10");
+    let link = "512 kbit/s, 300 ms RTT, 2 % loss";
+    let mut cases = Vec::new();
+    for &mib in &sizes {
+        cases.push((1, mib, false));
+        for &n in &fleets {
+            cases.push((n as usize, mib, false));
+            cases.push((n as usize, mib, true));
+        }
+    }
+    let results = futures_util::future::join_all(
+        cases
+            .iter()
+            .map(|&(n, mib, peers)| site_case(n, mib << 20, peers)),
+    )
+    .await;
+    let mut alone = std::collections::HashMap::new();
+    for (&(n, mib, _), result) in cases.iter().zip(&results) {
+        if let (1, Some((_, t))) = (n, result) {
+            alone.insert(mib, *t);
+        }
+    }
+    for (&(n, mib, peers), result) in cases.iter().zip(&results) {
+        let &Some((uplink, last)) = result else {
+            continue;
+        };
+        let one = alone.get(&mib).copied().unwrap_or(f64::NAN);
+        println!(
+            "NETBENCH site of {n} puppet{}, {mib} MiB artifact over {link}, peer cache {}: uplink {uplink} B = {:.2} x the artifact; last child started {last:.1} s = {:.2} x one puppet alone ({one:.1} s)",
+            if n == 1 { "" } else { "s" },
+            if peers { "on " } else { "off" },
+            uplink as f64 / (mib << 20) as f64,
+            last / one,
+        );
+    }
 }

@@ -440,7 +440,7 @@ fn peer_offer(offer: pb::PeerOffer) -> ApiResult<domain::PeerOffer> {
 }
 
 /// Failures a puppet reports: at most 16, each peer a puppet name.
-fn failures(failed: Vec<pb::PeerFailure>) -> ApiResult<Vec<(String, String)>> {
+fn failures(failed: Vec<pb::PeerFailure>) -> ApiResult<Vec<crate::app::peers::Failure>> {
     if failed.len() > 16 {
         return Err(invalid("at most 16 failed peers per request"));
     }
@@ -448,7 +448,11 @@ fn failures(failed: Vec<pb::PeerFailure>) -> ApiResult<Vec<(String, String)>> {
         .into_iter()
         .map(|f| {
             domain::check_puppet_name(&f.peer).map_err(ApiError::from)?;
-            Ok((f.peer, f.reason.chars().take(200).collect()))
+            Ok(crate::app::peers::Failure {
+                peer: f.peer,
+                reason: f.reason.chars().take(200).collect(),
+                gone: f.gone,
+            })
         })
         .collect()
 }
@@ -536,8 +540,8 @@ impl PuppetService for PuppetServiceApi {
                     },
                     humantime::format_duration(Duration::from_millis(took - took % 100))
                 );
-                for (peer, reason) in &failed {
-                    cause.push_str(&format!("; peer {peer} dropped: {reason}"));
+                for f in &failed {
+                    cause.push_str(&format!("; peer {} dropped: {}", f.peer, f.reason));
                 }
                 super::fetch::note_on_run(&state, &req.run_id, cause);
             }

@@ -24,6 +24,15 @@ pub struct Found {
     pub peer: Option<(String, String, String)>,
 }
 
+/// A peer that failed a fetch, as the fetcher reports it.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    pub peer: String,
+    pub reason: String,
+    /// It does not hold the content (any more): its copy is forgotten.
+    pub gone: bool,
+}
+
 /// How many times a decision is taken again when others of the site came
 /// first, before it is refused as busy.
 const DECISIONS: usize = 20;
@@ -42,15 +51,11 @@ impl AppState {
         &self,
         puppet: &Puppet,
         sha256: &str,
-        failed: &[(String, String)],
+        failed: &[Failure],
     ) -> Result<Found, StoreError> {
         let now = Millis::now();
-        for (peer, reason) in failed {
-            tracing::info!(puppet = %puppet.name, peer, sha256, reason, "a peer failed a fetch");
-            self.store
-                .suspect_copy(sha256, peer, &bounded(reason), now.plus(SUSPECT_FOR))?;
-        }
-        let failed: HashSet<String> = failed.iter().map(|(p, _)| p.clone()).collect();
+        self.note_failures(&puppet.name, sha256, failed, now)?;
+        let failed: HashSet<String> = failed.iter().map(|f| f.peer.clone()).collect();
         let site = puppet.site();
         for _ in 0..DECISIONS {
             let version = match &site {
@@ -108,6 +113,31 @@ impl AppState {
         )))
     }
 
+    /// Peers that failed a fetch: a copy gone is forgotten, any other is
+    /// avoided for [`SUSPECT_FOR`].
+    fn note_failures(
+        &self,
+        fetcher: &str,
+        sha256: &str,
+        failed: &[Failure],
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        for f in failed {
+            tracing::info!(puppet = fetcher, peer = %f.peer, sha256, reason = %f.reason, "a peer failed a fetch");
+            if f.gone {
+                self.store.forget_copy(sha256, &f.peer)?;
+            } else {
+                self.store.suspect_copy(
+                    sha256,
+                    &f.peer,
+                    &bounded(&f.reason),
+                    now.plus(SUSPECT_FOR),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
     /// The peer offer of a puppet that serves peers and is online.
     fn live_offer(&self, name: &str) -> Option<crate::domain::PeerOffer> {
         let puppet = self.store.get_puppet(name).ok()?;
@@ -126,13 +156,10 @@ impl AppState {
         source: &str,
         bytes: u64,
         took_ms: u64,
-        failed: &[(String, String)],
+        failed: &[Failure],
     ) -> Result<ContentCopy, StoreError> {
         let now = Millis::now();
-        for (peer, reason) in failed {
-            self.store
-                .suspect_copy(sha256, peer, &bounded(reason), now.plus(SUSPECT_FOR))?;
-        }
+        self.note_failures(&puppet.name, sha256, failed, now)?;
         let site = puppet.site().unwrap_or_default();
         if !source.is_empty() && !site.is_empty() {
             self.metrics.site_bytes(&site, "peer", bytes);

@@ -119,6 +119,25 @@ impl Store {
         })
     }
 
+    /// Forgets a puppet's copy (it no longer holds it).
+    pub fn forget_copy(&self, sha256: &str, puppet: &str) -> Result<()> {
+        let key = copy_key(sha256, puppet);
+        self.copies.transaction(|tree| {
+            let Some(v) = tree.get(&key)? else {
+                return Ok(());
+            };
+            let copy: ContentCopy = match decode(&key, &v) {
+                Ok(c) => c,
+                Err(e) => return abort(e),
+            };
+            let version = version_key(sha256, &copy.site);
+            let next = version_of(tree.get(&version)?) + 1;
+            tree.insert(&version, &next.to_be_bytes())?;
+            tree.remove(&key)?;
+            Ok(())
+        })
+    }
+
     /// Forgets every copy of the content (it was removed).
     pub fn forget_copies(&self, sha256: &str) -> Result<()> {
         for prefix in [format!("c\0{sha256}\0"), format!("v\0{sha256}\0")] {
