@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Network benchmarks for BENCHMARKS.md, section "Bad networks": bytes per
-# hour on the wire for one idle puppet, the time to deliver a 5 MiB log and
-# a 20 MiB artifact over 512 kbit/s, 300 ms RTT, 2 % loss, against a plain
-# TCP transfer over the same link. A real puppeteer process and a real
+# Network benchmarks for BENCHMARKS.md, sections "Bad networks" and "Sites
+# and the peer cache": bytes per hour on the wire for one idle puppet, the
+# time to deliver a 5 MiB log and a 20 MiB artifact over 512 kbit/s, 300 ms
+# RTT, 2 % loss, against a plain TCP transfer over the same link; and
+# (`netbench_site`, about an hour) sites of 3 and 10 puppets fetching a 5 and
+# a 20 MiB artifact with the peer cache off and on. A real puppeteer process and a real
 # puppet process in a network namespace behind a veth pair (tbf rate,
 # nftables loss, delay from the test relay since the kernel has no netem):
 # the `netbench` bench of the puppeteer, puppeteer/benches/netbench/.
