@@ -32,6 +32,8 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Api {
     channel: Channel,
     context: ErrorContext,
+    /// The CA file the puppeteer is checked against, if not the system's.
+    ca: Option<std::path::PathBuf>,
 }
 
 impl Api {
@@ -57,7 +59,13 @@ impl Api {
                 url: settings.server.clone(),
                 has_ca: settings.ca.is_some(),
             },
+            ca: settings.ca.clone(),
         })
+    }
+
+    /// The CA file given (`--ca`), if any.
+    pub fn ca_file(&self) -> Option<&std::path::Path> {
+        self.ca.as_deref()
     }
 
     /// The puppeteer's URL, for messages.

@@ -77,6 +77,10 @@ pub async fn run_agent(config: AgentConfig, shutdown: CancellationToken) -> anyh
         }
     };
     let mut credential = Credential::new(&config.state_dir, token_slot, credential)?;
+    if config.enroll_only {
+        tracing::info!(name = %config.name, "enrolled; exiting (--enroll-only)");
+        return Ok(());
+    }
 
     let ctx = RunContext {
         log_client: crate::upload::log_client(&client, config.compression),

@@ -216,6 +216,10 @@ pub struct RunArgs {
     /// --peer-listen address, which must then not be 0.0.0.0 or [::]].
     #[arg(long, value_name = "HOST:PORT", requires = "peer_listen")]
     pub peer_advertise: Option<String>,
+    /// Enroll (if this puppet has no credential yet), then exit: what the
+    /// install script does before starting the service.
+    #[arg(long)]
+    pub enroll_only: bool,
     /// The lowest poll hold the puppet adapts down to [default: 10s].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub poll_hold_floor: Option<Duration>,
@@ -424,6 +428,7 @@ impl RunArgs {
             boot_id_file: self.boot_id_file,
             peer_listen: self.peer_listen.or(file.peer_listen),
             peer_advertise: self.peer_advertise.or(file.peer_advertise),
+            enroll_only: self.enroll_only,
         };
         config.validate()?;
         Ok(config)

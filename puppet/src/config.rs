@@ -101,6 +101,8 @@ pub struct AgentConfig {
     /// address).
     pub peer_listen: Option<std::net::SocketAddr>,
     pub peer_advertise: Option<String>,
+    /// Enroll if not enrolled yet, then exit (the install script).
+    pub enroll_only: bool,
 }
 
 impl AgentConfig {
@@ -124,6 +126,7 @@ impl AgentConfig {
             boot_id_file: None,
             peer_listen: None,
             peer_advertise: None,
+            enroll_only: false,
         }
     }
 

@@ -154,6 +154,7 @@ impl SimConfig {
             boot_id_file: None,
             peer_listen: None,
             peer_advertise: None,
+            enroll_only: false,
         }
     }
 }

@@ -59,6 +59,7 @@ pub struct FileConfig {
     #[serde(default, with = "humantime_serde_opt")]
     pub request_body_timeout: Option<Duration>,
     pub metrics_listen: Option<SocketAddr>,
+    pub puppet_binary: Option<PathBuf>,
     /// Output kept per run: a size ("64MiB") or "off".
     pub log_limit: Option<String>,
     pub retention: Option<RetentionFile>,
@@ -202,6 +203,10 @@ pub struct Config {
     /// authentication) on this address; off when unset. Bind it to loopback
     /// or a private network.
     pub metrics_listen: Option<SocketAddr>,
+    /// The puppet binary served to machines being installed (`GET
+    /// /install/puppet/OS/ARCH`); `None`: the `puppet` beside this
+    /// executable, if there.
+    pub puppet_binary: Option<PathBuf>,
     /// Output kept per run (head and tail, half each); `None`: all of it.
     pub log_limit: Option<u64>,
     /// What finished work is kept.
@@ -261,6 +266,7 @@ impl Config {
             offline_after: None,
             insecure_plaintext: false,
             metrics_listen: None,
+            puppet_binary: None,
             log_limit: Some(DEFAULT_LOG_LIMIT),
             retention: Default::default(),
             approval_four_eyes: false,

@@ -240,6 +240,7 @@ pub async fn start(config: Config) -> Result<Running> {
         max_unauthenticated_per_address: config.max_unauthenticated_per_address,
         max_connections: config.max_connections,
         request_body_timeout: config.request_body_timeout,
+        puppet_binary: config.puppet_binary.clone(),
     };
     let serving = serve(listener, state, tls, settings, shutdown.clone());
     let serving = async move {

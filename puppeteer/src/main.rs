@@ -186,6 +186,11 @@ struct ServeArgs {
     /// or a private network only your Prometheus reaches.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
+    /// The puppet binary served to machines being installed (the install
+    /// script, README "Installing puppets") [default: the `puppet` beside
+    /// this executable, if there]
+    #[arg(long, value_name = "FILE")]
+    puppet_binary: Option<PathBuf>,
     /// Close an HTTP/2 connection without a request in progress for this
     /// long (a held poll is one) [default: 60s].
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -310,6 +315,7 @@ fn config_from(args: ServeArgs) -> Result<Config> {
     config.insecure_plaintext = args.insecure_plaintext || file.insecure_plaintext.unwrap_or(false);
     config.approval_four_eyes = args.approval_four_eyes || file.approval_four_eyes.unwrap_or(false);
     config.metrics_listen = args.metrics_listen.or(file.metrics_listen);
+    config.puppet_binary = args.puppet_binary.or(file.puppet_binary);
     if let Some(idle) = args
         .connection_idle_timeout
         .or(file.connection_idle_timeout)

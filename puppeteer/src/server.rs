@@ -19,6 +19,7 @@
 
 mod conn;
 mod gate;
+pub mod install;
 pub mod limits;
 pub use conn::{BODY_IDLE, DEFAULT_IDLE, HTTP2_MAX_HEADER_LIST, HTTP2_MAX_STREAMS};
 pub use limits::{DEFAULT_UNPROVEN_PER_ADDRESS, default_per_address};
@@ -73,7 +74,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// the gRPC-web translation, then tonic's routes.
 type Api = CountBytes<GrpcWebService<gate::Gate<Routes>>>;
 
-async fn api(state: &Shared) -> Result<Api> {
+async fn api(state: &Shared, puppet_binary: Option<std::path::PathBuf>) -> Result<Api> {
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(geppetto_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -88,7 +89,12 @@ async fn api(state: &Shared) -> Result<Api> {
         .await;
     health_reporter.set_serving::<JobsServer<JobsApi>>().await;
 
+    let binary = puppet_binary.or_else(install::PuppetBuild::beside_me);
     let routes = Routes::default()
+        .add_prefix(
+            install::PREFIX,
+            install::InstallRoute::new(state.clone(), binary),
+        )
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -183,6 +189,9 @@ pub struct Settings {
     pub max_connections: Option<usize>,
     /// A request body sending no byte this long fails.
     pub request_body_timeout: Duration,
+    /// The puppet binary served to machines being installed (`None`: the
+    /// `puppet` beside this executable, if there).
+    pub puppet_binary: Option<std::path::PathBuf>,
 }
 
 impl Default for Settings {
@@ -193,6 +202,7 @@ impl Default for Settings {
             max_unauthenticated_per_address: DEFAULT_UNPROVEN_PER_ADDRESS,
             max_connections: None,
             request_body_timeout: BODY_IDLE,
+            puppet_binary: None,
         }
     }
 }
@@ -206,7 +216,7 @@ pub async fn serve(
     settings: Settings,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let api = api(&state).await?;
+    let api = api(&state, settings.puppet_binary.clone()).await?;
     // The background work, each in its own task: a long sweep or prune
     // never delays accepting connections.
     // In a cluster, the work that must run once runs on the leader only,

@@ -40,6 +40,14 @@ pub struct CreateEnrollTokenArgs {
     /// pending, visible but given no run, until `geppetto puppets approve NAME`
     #[arg(long)]
     pub auto_approve: bool,
+    /// Also print the one-line command that installs a puppet on a machine
+    /// (as root): it fetches the install script from the puppeteer with the
+    /// CA given to this CLI pinned (never `curl -k`), then the puppet binary
+    /// for that machine's platform, checked by its SHA-256, installs it with
+    /// its config, the CA, a state dir and a systemd unit, and enrolls, asking
+    /// for this token on the terminal (README, "Installing puppets")
+    #[arg(long)]
+    pub install_command: bool,
 }
 
 #[cfg(test)]

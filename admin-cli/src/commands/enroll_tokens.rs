@@ -36,6 +36,7 @@ pub async fn run(api: &Api, command: EnrollTokensCommand, format: Format) -> Res
 }
 
 async fn create(api: &Api, args: CreateEnrollTokenArgs, format: Format) -> Result<(), Error> {
+    let args_install = args.install_command;
     let ttl = args
         .expires
         .map(prost_types::Duration::try_from)
@@ -71,8 +72,40 @@ async fn create(api: &Api, args: CreateEnrollTokenArgs, format: Format) -> Resul
                 approval_note(&view)
             );
             println!("{}", created.secret);
+            if args_install {
+                let ca = match api.ca_file() {
+                    Some(path) => Some(std::fs::read(path).map_err(|e| {
+                        Error::Config(format!("cannot read the CA file {}: {e}", path.display()))
+                    })?),
+                    None => None,
+                };
+                let url = api.url().split(',').next().unwrap_or_default().trim();
+                eprintln!(
+                    "to install a puppet, run this on the machine (as a user who may sudo); \
+                     it asks for the secret above:"
+                );
+                eprintln!("{}", install_command(url, ca.as_deref()));
+            }
             Ok(())
         }
+    }
+}
+
+/// The one-line install command for the puppeteer at `url`, with its CA
+/// (PEM) pinned when one is given (else the system's trust store checks it).
+pub fn install_command(url: &str, ca_pem: Option<&[u8]>) -> String {
+    use base64::Engine as _;
+    let url = url.trim_end_matches('/');
+    match ca_pem {
+        Some(pem) => {
+            let ca = base64::engine::general_purpose::STANDARD.encode(pem);
+            format!(
+                "sudo HTTPS_PROXY=\"${{HTTPS_PROXY:-}}\" sh -c 'c=$(mktemp) && echo {ca} | base64 -d > \"$c\" && curl -fsS --cacert \"$c\" {url}/install.sh -o \"$c.sh\" && sh \"$c.sh\" --server {url} --ca-file \"$c\"; r=$?; rm -f \"$c\" \"$c.sh\"; exit $r'"
+            )
+        }
+        None => format!(
+            "sudo HTTPS_PROXY=\"${{HTTPS_PROXY:-}}\" sh -c 'c=$(mktemp) && curl -fsS {url}/install.sh -o \"$c\" && sh \"$c\" --server {url}; r=$?; rm -f \"$c\"; exit $r'"
+        ),
     }
 }
 
@@ -131,4 +164,27 @@ fn print_list(tokens: &[pb::EnrollToken], format: Format) -> Result<(), Error> {
         ]);
     }
     output::print_table(&table)
+}
+
+#[cfg(test)]
+mod install_tests {
+    use super::install_command;
+
+    #[test]
+    fn the_install_command_pins_the_ca_and_carries_no_token() {
+        let pem = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let command = install_command("https://p.example.org:7443/", Some(pem));
+        assert!(
+            command.contains("curl -fsS --cacert \"$c\" https://p.example.org:7443/install.sh")
+        );
+        assert!(command.contains("--server https://p.example.org:7443 --ca-file \"$c\""));
+        assert!(!command.contains(" -k") && !command.contains("--insecure"));
+        // The CA travels in base64, one word.
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(pem);
+        assert!(command.contains(&format!("echo {b64} | base64 -d")));
+        let public = install_command("https://p.example.org", None);
+        assert!(public.contains("curl -fsS https://p.example.org/install.sh"));
+        assert!(!public.contains("--ca-file"));
+    }
 }

@@ -57,6 +57,8 @@ pub struct Routes {
 struct Table {
     services: HashMap<&'static str, Box<dyn GrpcService>>,
     methods: HashMap<&'static str, Box<dyn GrpcService>>,
+    /// Plain HTTP served beside gRPC, by path prefix (the install script).
+    prefixes: Vec<(&'static str, Box<dyn GrpcService>)>,
 }
 
 impl Routes {
@@ -96,9 +98,31 @@ impl Routes {
         self
     }
 
+    /// Serves every path starting with `prefix` with `service` (plain
+    /// HTTP beside gRPC).
+    pub fn add_prefix<S>(mut self, prefix: &'static str, service: S) -> Self
+    where
+        S: Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future = Answer>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.table().prefixes.push((prefix, Box::new(service)));
+        self
+    }
+
     fn route(&self, path: &str) -> Option<&dyn GrpcService> {
         if let Some(method) = self.table.methods.get(path) {
             return Some(method.as_ref());
+        }
+        if let Some((_, service)) = self
+            .table
+            .prefixes
+            .iter()
+            .find(|(p, _)| path.starts_with(p))
+        {
+            return Some(service.as_ref());
         }
         let (service, method) = path.strip_prefix('/')?.split_once('/')?;
         if method.is_empty() {

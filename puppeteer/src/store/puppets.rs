@@ -405,6 +405,19 @@ impl Store {
         Ok(puppet)
     }
 
+    /// Whether `secret` is an enrollment token usable now (nothing used).
+    pub fn enroll_token_usable(&self, secret: &str, now: Millis) -> Result<bool> {
+        let hash = crate::ids::hash_secret(secret);
+        let Some(id) = self.enroll_secrets.get(hash.as_bytes())? else {
+            return Ok(false);
+        };
+        let Some(v) = self.enroll_tokens.get(&id)? else {
+            return Ok(false);
+        };
+        let token: EnrollToken = decode(&id, &v)?;
+        Ok(token.unusable(now).is_none())
+    }
+
     pub fn create_enroll_token(&self, token: &EnrollToken) -> Result<()> {
         (&self.enroll_tokens, &self.enroll_secrets).transaction(|(tokens, secrets)| {
             tokens.insert(token.id.as_bytes(), encode(token))?;

@@ -1,0 +1,261 @@
+//! Installing puppets: plain HTTPS GETs on the puppeteer's own port,
+//! beside gRPC (README, "Installing puppets").
+//!
+//! - `GET /install.sh`: the install script (`deploy/install.sh`). Public: it
+//!   holds no secret, and a machine fetches it with the puppeteer's CA
+//!   pinned in the command an operator pastes.
+//! - `GET /install/puppet/OS/ARCH.sha256`: `SHA256 SIZE VERSION` of the
+//!   puppet binary this puppeteer serves for that platform. Public.
+//! - `GET /install/puppet/OS/ARCH`: the binary itself, only with
+//!   `authorization: Bearer ENROLL_TOKEN`, a token usable now (nothing of it
+//!   is used up): a caller without one costs a small answer, not a download.
+//!
+//! The binary served is this puppeteer's own puppet build for its own
+//! platform: the `puppet` file beside its executable, or `--puppet-binary`.
+//! Its hash is taken once, at the first request for it, so a file changed
+//! on disk afterwards is served with the old hash, and refused by the script. A platform without
+//! a binary is a 404 that names the platforms known.
+
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use anyhow::Context as _;
+use futures_util::StreamExt as _;
+use http::{Request, Response, StatusCode};
+use hyper::body::{Bytes, Frame};
+use tokio::io::AsyncReadExt;
+use tonic::body::Body;
+use tonic::codegen::BoxFuture;
+
+use crate::api::Shared;
+use crate::domain::Millis;
+
+/// The paths served here start with this.
+pub const PREFIX: &str = "/install";
+
+/// The install script, as served.
+pub const SCRIPT: &str = include_str!("../../../deploy/install.sh");
+
+/// A puppet binary the puppeteer serves.
+#[derive(Clone, Debug)]
+pub struct PuppetBuild {
+    pub path: PathBuf,
+    pub sha256: String,
+    pub size: u64,
+    pub version: String,
+    pub os: String,
+    pub arch: String,
+}
+
+impl PuppetBuild {
+    /// The puppet binary at `path`, for this machine's platform: hashed,
+    /// and asked its version (`puppet --version`).
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let file = std::fs::File::open(path)
+            .with_context(|| format!("cannot read the puppet binary {}", path.display()))?;
+        let (sha256, size) = crate::blobs::hash_file(file)?;
+        let output = std::process::Command::new(path)
+            .arg("--version")
+            .output()
+            .with_context(|| format!("cannot run {} --version", path.display()))?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        let version = text
+            .split_whitespace()
+            .nth(1)
+            .filter(|_| output.status.success())
+            .with_context(|| format!("{} --version said {text:?}", path.display()))?
+            .to_string();
+        Ok(PuppetBuild {
+            path: path.to_path_buf(),
+            sha256,
+            size,
+            version,
+            os: std::env::consts::OS.to_string(),
+            arch: std::env::consts::ARCH.to_string(),
+        })
+    }
+
+    /// The default: `puppet` beside the running executable, if there.
+    pub fn beside_me() -> Option<PathBuf> {
+        let me = std::env::current_exe().ok()?;
+        let path = me.parent()?.join("puppet");
+        path.is_file().then_some(path)
+    }
+}
+
+/// The service of the install paths.
+#[derive(Clone)]
+pub struct InstallRoute {
+    state: Shared,
+    /// The binary's file; hashed and asked its version at the first request
+    /// that needs it (not at start: every start would hash it), then kept.
+    binary: Option<PathBuf>,
+    builds: Arc<tokio::sync::OnceCell<Vec<PuppetBuild>>>,
+}
+
+impl InstallRoute {
+    pub fn new(state: Shared, binary: Option<PathBuf>) -> Self {
+        InstallRoute {
+            state,
+            binary,
+            builds: Arc::default(),
+        }
+    }
+
+    async fn builds(&self) -> &[PuppetBuild] {
+        self.builds
+            .get_or_init(|| async {
+                let Some(path) = self.binary.clone() else {
+                    return Vec::new();
+                };
+                match tokio::task::spawn_blocking(move || PuppetBuild::load(&path)).await {
+                    Ok(Ok(build)) => {
+                        tracing::info!(path = %build.path.display(), version = %build.version, sha256 = %build.sha256, "serving the puppet binary to machines being installed ({}/{})", build.os, build.arch);
+                        vec![build]
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "no puppet binary to serve to machines being installed");
+                        Vec::new()
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot load the puppet binary");
+                        Vec::new()
+                    }
+                }
+            })
+            .await
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Body> {
+    let mut response = Response::new(Body::new(http_body_util::Full::new(Bytes::from(body))));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+impl tower::Service<Request<Body>> for InstallRoute {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Response<Body>, Infallible>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let route = self.clone();
+        Box::pin(async move { Ok(route.answer(request).await) })
+    }
+}
+
+impl InstallRoute {
+    async fn answer(&self, request: Request<Body>) -> Response<Body> {
+        if request.method() != http::Method::GET {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
+        }
+        let path = request.uri().path();
+        if path == "/install.sh" {
+            let mut response = text(StatusCode::OK, SCRIPT.to_string());
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/x-shellscript; charset=utf-8"),
+            );
+            return response;
+        }
+        let Some(platform) = path.strip_prefix("/install/puppet/") else {
+            return text(StatusCode::NOT_FOUND, "no such path\n".into());
+        };
+        let (platform, hash_only) = match platform.strip_suffix(".sha256") {
+            Some(p) => (p, true),
+            None => (platform, false),
+        };
+        let builds = self.builds().await;
+        let Some(build) = builds
+            .iter()
+            .find(|b| format!("{}/{}", b.os, b.arch) == platform)
+        else {
+            let known: Vec<String> = builds
+                .iter()
+                .map(|b| format!("{}/{}", b.os, b.arch))
+                .collect();
+            let platform: String = platform.chars().take(64).collect();
+            return text(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "this puppeteer has no puppet binary for {platform:?}; it has: {}\n",
+                    if known.is_empty() {
+                        "none (start it with --puppet-binary FILE)".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            );
+        };
+        if hash_only {
+            return text(
+                StatusCode::OK,
+                format!("{} {} {}\n", build.sha256, build.size, build.version),
+            );
+        }
+        let token = request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_string);
+        let Some(token) = token.filter(|t| t.len() <= 256) else {
+            return text(
+                StatusCode::UNAUTHORIZED,
+                "an enrollment token is needed (authorization: Bearer TOKEN)\n".into(),
+            );
+        };
+        let store = self.state.store.clone();
+        let usable =
+            tokio::task::spawn_blocking(move || store.enroll_token_usable(&token, Millis::now()))
+                .await;
+        if !matches!(usable, Ok(Ok(true))) {
+            return text(
+                StatusCode::UNAUTHORIZED,
+                "the enrollment token is unknown, expired, used up or revoked\n".into(),
+            );
+        }
+        let file = match tokio::fs::File::open(&build.path).await {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(path = %build.path.display(), error = %e, "cannot read the puppet binary");
+                return text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the puppet binary cannot be read on the puppeteer\n".into(),
+                );
+            }
+        };
+        let chunks = futures_util::stream::unfold(file, |mut file| async move {
+            let mut buf = vec![0u8; 256 * 1024];
+            match file.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((Ok::<_, std::io::Error>(Frame::data(Bytes::from(buf))), file))
+                }
+                Err(e) => Some((Err(e), file)),
+            }
+        });
+        let mut response =
+            Response::new(Body::new(http_body_util::StreamBody::new(chunks.boxed())));
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/octet-stream"),
+        );
+        response.headers_mut().insert(
+            http::header::CONTENT_LENGTH,
+            http::HeaderValue::from(build.size),
+        );
+        response
+    }
+}
