@@ -32,6 +32,7 @@ pub mod scheduler;
 pub mod selector;
 pub mod server;
 pub mod store;
+pub mod versions;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;

@@ -528,3 +528,69 @@ impl RunOnErr for common::Admin {
             .unwrap_err()
     }
 }
+
+/// A puppet older than the puppeteer serves is refused at its poll with
+/// FAILED_PRECONDITION and what to do; its own version and unknown ones are
+/// served; `status` counts the fleet's versions.
+#[tokio::test]
+async fn a_puppet_too_old_is_refused_with_how_to_upgrade_it() {
+    use geppetto_proto::v1::server_client::ServerClient;
+    let server = TestServer::start().await;
+    let mut admin = server.admin();
+    let secret = admin.enroll_secret().await;
+    let mut old = FakePuppet::enroll(&server, &secret, "old").await;
+    let poll = |facts: Option<pb::Facts>| pb::PollRequest {
+        facts,
+        hold: Some(prost_types::Duration {
+            seconds: 0,
+            nanos: 1_000_000,
+        }),
+        ..Default::default()
+    };
+    let facts = |v: &str| pb::Facts {
+        agent_version: v.into(),
+        ..Default::default()
+    };
+    let refused = old
+        .client
+        .poll(poll(Some(facts("0.0.9"))))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(
+        refused.message().contains("0.0.9 is older than")
+            && refused.message().contains("Installing puppets"),
+        "{refused:?}"
+    );
+    // Later polls, without facts, are refused too (the version is kept).
+    let again = old.client.poll(poll(None)).await.unwrap_err();
+    assert_eq!(again.code(), Code::FailedPrecondition);
+    // Upgraded: served.
+    old.client
+        .poll(poll(Some(facts(env!("CARGO_PKG_VERSION")))))
+        .await
+        .unwrap();
+    let mut silent = FakePuppet::enroll(&server, &secret, "silent").await;
+    silent.client.poll(poll(None)).await.unwrap();
+
+    let info = ServerClient::new(admin.channel.clone())
+        .get_server_info(pb::GetServerInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let versions: Vec<(String, u32)> = info
+        .puppet_versions
+        .iter()
+        .map(|v| (v.version.clone(), v.puppets))
+        .collect();
+    assert!(
+        versions.contains(&(env!("CARGO_PKG_VERSION").to_string(), 1)),
+        "{versions:?}"
+    );
+    assert!(
+        versions.contains(&("unknown".to_string(), 1)),
+        "{versions:?}"
+    );
+    assert_eq!(info.puppets_older, 0);
+    server.stop().await;
+}

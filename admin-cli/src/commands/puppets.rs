@@ -193,6 +193,7 @@ fn print_list(puppets: &[pb::Puppet], format: Format) -> Result<(), Error> {
         "LAST SEEN",
         "RUNS",
         "OS (FACT)",
+        "VERSION",
         "LABELS",
     ]);
     for p in puppets {
@@ -201,6 +202,11 @@ fn print_list(puppets: &[pb::Puppet], format: Format) -> Result<(), Error> {
             .as_ref()
             .map(|f| f.os_id.clone())
             .unwrap_or_default();
+        let version = p
+            .facts
+            .as_ref()
+            .map(|f| f.agent_version.clone())
+            .unwrap_or_default();
         table.add_row(vec![
             output::cell(&p.name),
             output::state_cell(&state_word(p)),
@@ -208,6 +214,11 @@ fn print_list(puppets: &[pb::Puppet], format: Format) -> Result<(), Error> {
             output::cell(output::ago(p.last_seen.as_ref())),
             output::cell(p.active_runs),
             output::cell(if os.is_empty() { "-".into() } else { os }),
+            output::cell(if version.is_empty() {
+                "-".into()
+            } else {
+                version
+            }),
             output::cell(output::labels(&p.labels)),
         ]);
     }

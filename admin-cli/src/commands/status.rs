@@ -190,6 +190,19 @@ fn server_lines(s: &ServerView) -> String {
     if !s.store.is_empty() {
         let _ = writeln!(text, "store: {}", s.store);
     }
+    if !s.puppet_versions.is_empty() {
+        let versions: Vec<String> = s
+            .puppet_versions
+            .iter()
+            .map(|(v, n)| format!("{n} on {v}"))
+            .collect();
+        let _ = writeln!(
+            text,
+            "puppet versions: {}; {} older than this puppeteer",
+            versions.join(", "),
+            s.puppets_older
+        );
+    }
     if !s.nodes.is_empty() {
         let _ = writeln!(
             text,
@@ -361,6 +374,8 @@ mod tests {
                 answering: true,
             }],
             nodes_alive: 1,
+            puppet_versions: vec![("0.1.0".into(), 3), ("unknown".into(), 1)],
+            puppets_older: 0,
         });
         let quiet = render(&quiet);
         assert!(

@@ -43,6 +43,10 @@ pub struct ServerView {
     pub nodes: Vec<NodeView>,
     /// Nodes the answering one counts alive (budgets are split among them).
     pub nodes_alive: u32,
+    /// The puppets' versions and how many run each, most common first.
+    pub puppet_versions: Vec<(String, u32)>,
+    /// Puppets older than the puppeteer.
+    pub puppets_older: u32,
 }
 
 /// One puppeteer of a cluster.
@@ -86,6 +90,12 @@ impl From<&pb::ServerInfo> for ServerView {
             store: i.store.clone(),
             nodes: i.nodes.iter().map(NodeView::from).collect(),
             nodes_alive: i.nodes_alive,
+            puppet_versions: i
+                .puppet_versions
+                .iter()
+                .map(|v| (v.version.clone(), v.puppets))
+                .collect(),
+            puppets_older: i.puppets_older,
         }
     }
 }

@@ -210,6 +210,9 @@ impl PuppetServiceApi {
                 ..authenticated
             },
         };
+        if let Some(why) = crate::versions::refuse(&puppet.facts.agent_version) {
+            return Err(ApiError::Conflict(why));
+        }
         self.state.presences.note_path(
             &name,
             crate::presence::PollPath {

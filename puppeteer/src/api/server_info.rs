@@ -80,6 +80,28 @@ fn cluster_nodes(
     Ok(nodes)
 }
 
+/// The puppets' versions with their counts, most common first.
+fn puppet_versions(
+    store: &crate::store::Store,
+) -> Result<Vec<pb::VersionCount>, crate::store::StoreError> {
+    let mut counts: std::collections::HashMap<String, u32> = Default::default();
+    for puppet in store.puppets() {
+        let version = puppet?.facts.agent_version;
+        let version = if version.is_empty() {
+            "unknown".to_string()
+        } else {
+            version.chars().take(64).collect()
+        };
+        *counts.entry(version).or_default() += 1;
+    }
+    let mut versions: Vec<pb::VersionCount> = counts
+        .into_iter()
+        .map(|(version, puppets)| pb::VersionCount { version, puppets })
+        .collect();
+    versions.sort_by(|a, b| b.puppets.cmp(&a.puppets).then(a.version.cmp(&b.version)));
+    Ok(versions)
+}
+
 #[tonic::async_trait]
 impl Server for ServerApi {
     async fn get_server_info(
@@ -88,10 +110,11 @@ impl Server for ServerApi {
     ) -> Result<Response<pb::ServerInfo>, Status> {
         self.state.authorize(&request, "Server/GetServerInfo")?;
         let state = self.state.clone();
-        let (size, last, nodes) = tokio::task::spawn_blocking(move || {
+        let (size, last, nodes, versions) = tokio::task::spawn_blocking(move || {
             let size = DataSize::measure(&state.store, &state.config.data_dir)?;
             let nodes = cluster_nodes(&state)?;
-            Ok::<_, crate::store::StoreError>((size, state.store.last_prune()?, nodes))
+            let versions = puppet_versions(&state.store)?;
+            Ok::<_, crate::store::StoreError>((size, state.store.last_prune()?, nodes, versions))
         })
         .await
         .map_err(|e| ApiError::Internal(format!("server info failed: {e}")))?
@@ -109,6 +132,15 @@ impl Server for ServerApi {
             store: self.state.store.describe(),
             nodes,
             nodes_alive: self.state.node.live_nodes() as u32,
+            puppets_older: versions
+                .iter()
+                .filter(|v| {
+                    crate::versions::compare(&v.version, crate::versions::OWN)
+                        == Some(std::cmp::Ordering::Less)
+                })
+                .map(|v| v.puppets)
+                .sum(),
+            puppet_versions: versions,
         }))
     }
 }
