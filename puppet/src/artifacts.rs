@@ -236,6 +236,14 @@ impl ArtifactCache {
             if self.verify(&path, sha256).await? {
                 touch(&path);
                 tracing::info!(run_id = wanted.run_id, artifact = %wanted.artifact.name, "artifact found in the cache");
+                // The puppeteer learns it is held here (its site's peers
+                // may be sent to it), if it did not know.
+                let held = Fetched {
+                    bytes: 0,
+                    source: None,
+                    peers: Vec::new(),
+                };
+                report_fetch(client, wanted, &held, Duration::ZERO, &[]).await;
                 return Ok(path);
             }
             tracing::warn!(artifact = %wanted.artifact.name, %sha256, "the cached artifact does not match its SHA-256; fetching it again");
@@ -546,7 +554,8 @@ async fn find_source(
 }
 
 /// Tells the puppeteer the content is held now, and from where (best
-/// effort: a lost report only means the puppeteer sends fewer peers here).
+/// effort, in the background so that the run does not wait for it: a lost
+/// report only means the puppeteer sends fewer peers here).
 async fn report_fetch(
     client: &Client,
     wanted: &Wanted<'_>,
@@ -563,24 +572,27 @@ async fn report_fetch(
         took: Some(rpc::to_proto_duration(took)),
         failed: failures(failed),
     };
-    for _ in 0..3 {
-        let mut client = client.clone();
-        match rpc::with_deadline(CALL_TIMEOUT, client.report_fetch(request.clone())).await {
-            Ok(_) => return,
-            Err(status) if status.code() == tonic::Code::Unimplemented => return,
-            Err(status) if rpc::classify(&status) == Retry::Never => {
-                tracing::warn!(
-                    error = status.message(),
-                    "the puppeteer refused a fetch report"
-                );
-                return;
-            }
-            Err(status) => {
-                tracing::warn!(error = status.message(), "cannot report a fetch; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+    let client = client.clone();
+    tokio::spawn(async move {
+        for _ in 0..3 {
+            let mut client = client.clone();
+            match rpc::with_deadline(CALL_TIMEOUT, client.report_fetch(request.clone())).await {
+                Ok(_) => return,
+                Err(status) if status.code() == tonic::Code::Unimplemented => return,
+                Err(status) if rpc::classify(&status) == Retry::Never => {
+                    tracing::warn!(
+                        error = status.message(),
+                        "the puppeteer refused a fetch report"
+                    );
+                    return;
+                }
+                Err(status) => {
+                    tracing::warn!(error = status.message(), "cannot report a fetch; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
             }
         }
-    }
+    });
 }
 
 /// How one stream ended early.

@@ -68,6 +68,17 @@ pub(super) fn permit(
     puppet: &str,
     req: &pb::FetchArtifactRequest,
 ) -> ApiResult<(Run, String, u64)> {
+    permit_in(state, puppet, req, false)
+}
+
+/// [`permit`]; with `ended`, also for a run of that attempt that ended
+/// since (a report of its fetch may come after it).
+pub(super) fn permit_in(
+    state: &Shared,
+    puppet: &str,
+    req: &pb::FetchArtifactRequest,
+    ended: bool,
+) -> ApiResult<(Run, String, u64)> {
     artifact::check_sha256(&req.sha256)?;
     id_of_kind("run", &req.run_id)?;
     let run = state.store.get_run(&req.run_id)?;
@@ -77,7 +88,8 @@ pub(super) fn permit(
             req.run_id
         )));
     }
-    if run.attempt != req.attempt || !matches!(run.state, RunState::Offered | RunState::Running) {
+    let live = matches!(run.state, RunState::Offered | RunState::Running);
+    if run.attempt != req.attempt || !(live || ended && run.state.is_terminal()) {
         return Err(ApiError::Conflict(format!(
             "run {} attempt {} is not offered to or running on this puppet (it is {} in attempt {})",
             req.run_id,

@@ -529,7 +529,7 @@ impl PuppetService for PuppetServiceApi {
                 sha256: req.sha256.clone(),
                 offset: 0,
             };
-            let (_, artifact, size) = super::fetch::permit(&state, &name, &asked)?;
+            let (_, artifact, size) = super::fetch::permit_in(&state, &name, &asked, true)?;
             let puppet = state.store.get_puppet(&name)?;
             state.fetch_done(&puppet, &req.sha256, &req.source, req.bytes, took, &failed)?;
             if !req.source.is_empty() || !failed.is_empty() {
