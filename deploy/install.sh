@@ -9,11 +9,11 @@
 #
 # It fetches the puppet binary for this machine's platform, checks its
 # SHA-256, and installs:
-#   /usr/local/bin/geppetto-puppet      the binary
+#   /usr/local/bin/puppet               the binary
 #   /etc/geppetto/puppet.toml           its config (kept if already there)
 #   /etc/geppetto/ca.pem                the puppeteer's CA
 #   /var/lib/geppetto-puppet/           its state (mode 0700)
-#   /etc/systemd/system/geppetto-puppet.service, enabled and started
+#   /etc/systemd/system/puppet.service  deploy/puppet.service, enabled, started
 # then enrolls with the enrollment token, read from --token-file or asked on
 # the terminal (never on a command line, never kept: the file written for
 # the enrollment is removed once enrolled). Running it again changes nothing
@@ -59,15 +59,15 @@ case "$arch" in
 esac
 [ -n "$name" ] || name="$(hostname | tr '[:upper:]' '[:lower:]' | cut -d. -f1)"
 
-bin="$root/usr/local/bin/geppetto-puppet"
+bin="$root/usr/local/bin/puppet"
 etc="$root/etc/geppetto"
 state="$root/var/lib/geppetto-puppet"
-unit="/etc/systemd/system/geppetto-puppet.service"
+unit="/etc/systemd/system/puppet.service"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT INT TERM
 umask 077
 changed=0
-say() { echo "geppetto-puppet: $*"; }
+say() { echo "puppet install: $*"; }
 
 get() { # URL OUTPUT [HEADER_FILE]: the HTTP status, the body in OUTPUT
     if [ $# -gt 2 ]; then
@@ -178,22 +178,8 @@ fi
 
 start="$bin run --config $etc/puppet.toml"
 if [ -z "$root" ] && [ -d /run/systemd/system ]; then
-    cat > "$work/unit" <<EOF
-[Unit]
-Description=Geppetto puppet (agent)
-Documentation=https://github.com/geppetto/geppetto
-After=network-online.target
-Wants=network-online.target
-
-[Service]
-ExecStart=$start
-Restart=always
-RestartSec=5
-KillMode=process
-
-[Install]
-WantedBy=multi-user.target
-EOF
+    status=$(get "$server/install/puppet.service" "$work/unit") || fail "cannot fetch the unit"
+    [ "$status" = 200 ] || fail "the puppeteer answered $status for the unit"
     if cmp -s "$work/unit" "$unit"; then
         say "unit $unit unchanged"
     else
@@ -202,13 +188,13 @@ EOF
         say "unit $unit installed"
         changed=1
     fi
-    systemctl enable --quiet geppetto-puppet.service
+    systemctl enable --quiet puppet.service
     if [ "$changed" = 1 ]; then
-        systemctl restart geppetto-puppet.service
+        systemctl restart puppet.service
     else
-        systemctl start geppetto-puppet.service
+        systemctl start puppet.service
     fi
-    say "running: systemctl status geppetto-puppet"
+    say "running: systemctl status puppet"
 else
     say "no systemd here: start it with"
     echo "  $start"

@@ -184,6 +184,17 @@ async fn the_install_script_makes_an_enrolled_puppet_and_changes_nothing_the_sec
         "nothing installed"
     );
 
+    // The unit installed is deploy/puppet.service.
+    let (ok, unit) = run(Command::new("curl")
+        .args(["-fsS", "--cacert"])
+        .arg(&ca)
+        .arg(format!("{url}/install/puppet.service")));
+    assert!(
+        ok && unit
+            .contains("ExecStart=/usr/local/bin/puppet run --config /etc/geppetto/puppet.toml"),
+        "{unit}"
+    );
+
     // The binary needs an enrollment token.
     let arch = std::env::consts::ARCH;
     let (_, code) = run(Command::new("curl")
@@ -196,7 +207,7 @@ async fn the_install_script_makes_an_enrolled_puppet_and_changes_nothing_the_sec
     let (ok, text) = install(&url, &ca, &machine, Some(&token_file), &[]);
     assert!(ok, "{text}");
     let root = machine.root.path();
-    let bin = root.join("usr/local/bin/geppetto-puppet");
+    let bin = root.join("usr/local/bin/puppet");
     assert_eq!(
         std::fs::read(&bin).unwrap(),
         std::fs::read(&served).unwrap()
@@ -268,12 +279,6 @@ async fn the_install_script_makes_an_enrolled_puppet_and_changes_nothing_the_sec
     let (ok, text) = install(&url, &ca, &other, Some(&token_file), &[]);
     assert!(!ok, "{text}");
     assert!(text.contains("does not match its SHA-256"), "{text}");
-    assert!(
-        !other
-            .root
-            .path()
-            .join("usr/local/bin/geppetto-puppet")
-            .exists()
-    );
+    assert!(!other.root.path().join("usr/local/bin/puppet").exists());
     puppet.kill().await.unwrap();
 }

@@ -4,6 +4,8 @@
 //! - `GET /install.sh`: the install script (`deploy/install.sh`). Public: it
 //!   holds no secret, and a machine fetches it with the puppeteer's CA
 //!   pinned in the command an operator pastes.
+//! - `GET /install/puppet.service`: the puppet's systemd unit
+//!   (`deploy/puppet.service`). Public.
 //! - `GET /install/puppet/OS/ARCH.sha256`: `SHA256 SIZE VERSION` of the
 //!   puppet binary this puppeteer serves for that platform. Public.
 //! - `GET /install/puppet/OS/ARCH`: the binary itself, only with
@@ -37,6 +39,9 @@ pub const PREFIX: &str = "/install";
 
 /// The install script, as served.
 pub const SCRIPT: &str = include_str!("../../../deploy/install.sh");
+
+/// The puppet's systemd unit, as served (the script installs it).
+pub const UNIT: &str = include_str!("../../../deploy/puppet.service");
 
 /// A puppet binary the puppeteer serves.
 #[derive(Clone, Debug)]
@@ -167,6 +172,9 @@ impl InstallRoute {
                 http::HeaderValue::from_static("text/x-shellscript; charset=utf-8"),
             );
             return response;
+        }
+        if path == "/install/puppet.service" {
+            return text(StatusCode::OK, UNIT.to_string());
         }
         let Some(platform) = path.strip_prefix("/install/puppet/") else {
             return text(StatusCode::NOT_FOUND, "no such path\n".into());
