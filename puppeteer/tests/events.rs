@@ -171,3 +171,49 @@ async fn audit_entries_older_than_the_retention_are_pruned() {
     .await;
     server.stop().await;
 }
+
+/// `ListEvents` answers at most 1,000 events at a time, whatever the limit
+/// asked: more come page by page, after the last id received.
+#[tokio::test]
+async fn list_events_pages_by_a_thousand() {
+    use geppetto_proto::v1::events_client::EventsClient;
+    use geppetto_proto::v1::resources_client::ResourcesClient;
+    let server = common::TestServer::start().await;
+    let admin = server.admin();
+    let mut resources = ResourcesClient::new(admin.channel.clone());
+    for i in 0..1_100 {
+        resources
+            .create_resource(pb::CreateResourceRequest {
+                name: format!("r{i}"),
+                capacity: 1,
+                bandwidth: 0,
+                site: String::new(),
+            })
+            .await
+            .unwrap();
+    }
+    let mut events = EventsClient::new(admin.channel.clone());
+    let ask = |after_id: u64| pb::WatchEventsRequest {
+        after_id,
+        kinds: vec!["resource.created".into()],
+        limit: 100_000,
+        ..Default::default()
+    };
+    let first = events
+        .list_events(ask(0))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert_eq!(first.len(), 1_000);
+    let after = first.last().unwrap().id;
+    let second = events
+        .list_events(ask(after))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert_eq!(second.len(), 100);
+    assert!(second[0].id > after);
+    server.stop().await;
+}

@@ -52,9 +52,29 @@ pub fn events_request(args: &EventsArgs, after_id: u64) -> pb::WatchEventsReques
 }
 
 async fn list(api: &Api, args: &EventsArgs, format: Format) -> Result<(), Error> {
-    let req = events_request(args, args.after.unwrap_or(0));
-    let list = api.call(api.events().list_events(request(req))).await?;
     let limit = args.limit.map_or(SERVER_DEFAULT_LIMIT, |l| l as usize);
+    // Page by id: the server answers at most 1000 events at a time.
+    let mut events: Vec<pb::Event> = Vec::new();
+    let mut after = args.after.unwrap_or(0);
+    while events.len() < limit {
+        let mut req = events_request(args, after);
+        req.limit = (limit - events.len()).min(u32::MAX as usize) as u32;
+        let page = api.call(api.events().list_events(request(req))).await?;
+        let asked = req_len(limit - events.len());
+        let got = page.events.len();
+        let Some(last) = page.events.last() else {
+            break;
+        };
+        after = last.id;
+        events.extend(page.events);
+        if got < asked {
+            break;
+        }
+    }
+    let list = pb::ListEventsResponse {
+        events,
+        oldest_id: 0,
+    };
     if list.events.len() >= limit
         && let Some(last) = list.events.last()
     {
@@ -78,6 +98,12 @@ async fn list(api: &Api, args: &EventsArgs, format: Format) -> Result<(), Error>
         ]);
     }
     output::print_table(&table)
+}
+
+/// How many events one page brings at most when `wanted` are still wanted
+/// (the server's page bound).
+fn req_len(wanted: usize) -> usize {
+    wanted.min(1000)
 }
 
 /// Prints events as they come. The stream has no deadline (it lasts as

@@ -14,6 +14,8 @@ use crate::domain::Event;
 use crate::selector::Selector;
 
 pub use crate::app::events::{EVENTS_KEY, event};
+/// The most events one `ListEvents` answer holds.
+const PAGE_MAX: usize = 1000;
 const BATCH: usize = 500;
 
 /// Event kinds a watcher may name.
@@ -165,9 +167,11 @@ impl Events for EventsApi {
         let req = request.into_inner();
         let filter = Filter::from(&req)?;
         check_resume(&self.state, req.after_id)?;
+        // A page holds at most PAGE_MAX events, whatever the limit: a
+        // client wanting more asks again after the last id it received.
         let limit = match req.limit {
-            0 => 1000,
-            n => n.min(100_000) as usize,
+            0 => PAGE_MAX,
+            n => (n as usize).min(PAGE_MAX),
         };
         let mut events = Vec::new();
         let mut after = req.after_id;
