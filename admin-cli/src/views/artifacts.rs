@@ -48,7 +48,8 @@ impl From<&pb::ArtifactCopy> for CopyView {
             since: rfc3339(c.since.as_ref()),
             bytes: c.bytes,
             took_ms: c.took.as_ref().map_or(0, |d| {
-                d.seconds.max(0) as u64 * 1000 + d.nanos.max(0) as u64 / 1_000_000
+                (d.seconds.max(0) as u64).saturating_mul(1000)
+                    + d.nanos.clamp(0, 999_999_999) as u64 / 1_000_000
             }),
             last_failure: c.last_failure.clone(),
             suspect_until: rfc3339(c.suspect_until.as_ref()),

@@ -519,7 +519,8 @@ impl PuppetService for PuppetServiceApi {
             domain::check_puppet_name(&req.source).map_err(ApiError::from)?;
         }
         let took = req.took.map_or(0, |d| {
-            (d.seconds.max(0) as u64) * 1000 + (d.nanos.max(0) as u64) / 1_000_000
+            (d.seconds.clamp(0, 30 * 86_400) as u64) * 1000
+                + (d.nanos.clamp(0, 999_999_999) as u64) / 1_000_000
         });
         let state = self.state.clone();
         tokio::task::spawn_blocking(move || -> ApiResult<()> {
