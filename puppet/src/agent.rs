@@ -27,6 +27,21 @@ const ABANDON_GRACE: Duration = Duration::from_secs(3);
 /// Runs the puppet until `shutdown` is cancelled (then returns `Ok`) or a
 /// fatal error (bad configuration, enrollment refused) occurs.
 pub async fn run_agent(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    run_puppet(config, shutdown).await.map(|_| ())
+}
+
+/// How the agent ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Shut down, or done (`--enroll-only`, `--upgrade-check`).
+    Stopped,
+    /// An upgrade swapped the executable (or put the previous one back):
+    /// the caller executes it in this process's place (`AgentConfig::relaunch`).
+    Restart,
+}
+
+/// [`run_agent`], saying whether the process must execute its (new) binary.
+pub async fn run_puppet(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<Exit> {
     config.validate()?;
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -66,20 +81,35 @@ pub async fn run_agent(config: AgentConfig, shutdown: CancellationToken) -> anyh
     let client = PuppetServiceClient::new(channel);
     tracing::info!(server = %config.server, transport = %config.transport, %proxy, name = %config.name, slots = config.slots, "puppet starting");
 
+    if config.upgrade_check && credential.is_none() {
+        anyhow::bail!(
+            "this puppet has no credential in {}: a new binary is checked with an enrolled puppet's",
+            config.state_dir.display()
+        );
+    }
     let credential = match credential {
         Some(credential) => credential,
         None => {
             let facts = facts::collect(&config.state_dir);
             match enroll::enroll(&config, &client, facts, &shutdown).await? {
                 Some(credential) => credential,
-                None => return Ok(()),
+                None => return Ok(Exit::Stopped),
             }
         }
     };
     let mut credential = Credential::new(&config.state_dir, token_slot, credential)?;
     if config.enroll_only {
         tracing::info!(name = %config.name, "enrolled; exiting (--enroll-only)");
-        return Ok(());
+        return Ok(Exit::Stopped);
+    }
+    if config.upgrade_check {
+        crate::upgrade::check_mode(&client, &shutdown).await?;
+        return Ok(Exit::Stopped);
+    }
+    if crate::upgrade::at_start(&config.state_dir, &store, &client, &shutdown).await
+        == crate::upgrade::AtStart::Restart
+    {
+        return Ok(Exit::Restart);
     }
 
     let ctx = RunContext {
@@ -95,6 +125,8 @@ pub async fn run_agent(config: AgentConfig, shutdown: CancellationToken) -> anyh
             config.artifact_cache_max,
         ),
         boot_id: facts::boot_id(config.boot_id_file.as_deref()),
+        relaunch: config.relaunch.clone(),
+        restart: Default::default(),
     };
     let offer = match config.peer_listen {
         Some(listen) => Some(
@@ -126,7 +158,10 @@ pub async fn run_agent(config: AgentConfig, shutdown: CancellationToken) -> anyh
     };
     poll.run(&mut credential, &mut tasks).await;
     drain(&ctx, &mut tasks).await;
-    Ok(())
+    if ctx.restart.load(std::sync::atomic::Ordering::SeqCst) {
+        return Ok(Exit::Restart);
+    }
+    Ok(Exit::Stopped)
 }
 
 /// The agent's runs: real child processes, with records and a spool on disk.

@@ -19,7 +19,7 @@ use crate::config::{
 
 /// Geppetto's agent: long-polls the puppeteer over outgoing HTTPS and runs what it is given.
 #[derive(Debug, Parser)]
-#[command(name = "puppet", version, about, long_about = None)]
+#[command(name = "puppet", version = crate::VERSION, about, long_about = None)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -220,6 +220,10 @@ pub struct RunArgs {
     /// install script does before starting the service.
     #[arg(long)]
     pub enroll_only: bool,
+    /// Check in with the puppeteer once and exit: how an upgrade checks a
+    /// new binary before swapping it in.
+    #[arg(long, hide = true)]
+    pub upgrade_check: bool,
     /// The lowest poll hold the puppet adapts down to [default: 10s].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub poll_hold_floor: Option<Duration>,
@@ -429,6 +433,8 @@ impl RunArgs {
             peer_listen: self.peer_listen.or(file.peer_listen),
             peer_advertise: self.peer_advertise.or(file.peer_advertise),
             enroll_only: self.enroll_only,
+            upgrade_check: self.upgrade_check,
+            relaunch: None,
         };
         config.validate()?;
         Ok(config)

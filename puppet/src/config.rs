@@ -103,6 +103,13 @@ pub struct AgentConfig {
     pub peer_advertise: Option<String>,
     /// Enroll if not enrolled yet, then exit (the install script).
     pub enroll_only: bool,
+    /// Only check in with the puppeteer and exit (a new binary being
+    /// checked by an upgrade: see `upgrade`).
+    pub upgrade_check: bool,
+    /// How this process was started, for an upgrade to start its new
+    /// binary the same way; `None` (a puppet run inside another program):
+    /// upgrades fail.
+    pub relaunch: Option<crate::upgrade::Relaunch>,
 }
 
 impl AgentConfig {
@@ -127,6 +134,8 @@ impl AgentConfig {
             peer_listen: None,
             peer_advertise: None,
             enroll_only: false,
+            upgrade_check: false,
+            relaunch: None,
         }
     }
 

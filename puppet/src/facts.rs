@@ -31,7 +31,7 @@ pub fn collect(state_dir: &Path) -> Facts {
         arch: std::env::consts::ARCH.to_string(),
         memory_total_bytes: meminfo_bytes(&meminfo, "MemTotal").unwrap_or(0),
         disk_total_bytes: disk_total,
-        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        agent_version: crate::VERSION.to_string(),
         uptime: parse_uptime(&read_trimmed("/proc/uptime")).map(to_proto_duration),
         load: parse_loadavg(&read_trimmed("/proc/loadavg")),
         memory_available_bytes: meminfo_bytes(&meminfo, "MemAvailable").unwrap_or(0),

@@ -39,6 +39,8 @@ struct Entry {
 struct Table {
     runs: BTreeMap<String, Entry>,
     forgotten: VecDeque<(String, u32)>,
+    /// Pauses in force (an upgrade under way): no new run is asked for.
+    paused: u32,
 }
 
 /// What a poll reports about the held runs.
@@ -218,6 +220,7 @@ impl HeldRuns {
             .values()
             .filter(|e| e.stage != Stage::Finishing)
             .count();
+        let slots = if table.paused > 0 { 0 } else { slots };
         Snapshot {
             free_slots: slots.saturating_sub(u32::try_from(busy).unwrap_or(u32::MAX)),
             known_runs: table.runs.keys().cloned().collect(),
@@ -227,6 +230,32 @@ impl HeldRuns {
                 .filter(|(_, e)| e.stage == Stage::Finishing)
                 .map(|(id, _)| id.clone())
                 .collect(),
+        }
+    }
+
+    /// Takes no new run until the guard is dropped (an upgrade: the next
+    /// polls say no slot is free).
+    pub fn pause(&self) -> PauseGuard {
+        self.lock().paused += 1;
+        PauseGuard { held: self.clone() }
+    }
+
+    /// Waits until no run but `run_id` is starting or executing (runs
+    /// finishing are reporting, with their outcome on disk).
+    pub async fn wait_alone(&self, run_id: &str) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let others = self
+                .lock()
+                .runs
+                .iter()
+                .any(|(id, e)| id != run_id && e.stage != Stage::Finishing);
+            if !others {
+                return;
+            }
+            changed.await;
         }
     }
 
@@ -241,6 +270,22 @@ impl HeldRuns {
             held: self.clone(),
             run_id: run_id.to_string(),
         }
+    }
+}
+
+/// Ends a pause when dropped.
+#[derive(Debug)]
+pub struct PauseGuard {
+    held: HeldRuns,
+}
+
+impl Drop for PauseGuard {
+    fn drop(&mut self) {
+        {
+            let mut table = self.held.lock();
+            table.paused = table.paused.saturating_sub(1);
+        }
+        self.held.slot_freed.notify_one();
     }
 }
 
@@ -342,6 +387,30 @@ mod tests {
         let start = tokio::time::Instant::now();
         assert!(!held.settle(&ids, GRACE, CAP).await);
         assert_eq!(start.elapsed(), CAP);
+    }
+
+    #[tokio::test]
+    async fn a_pause_takes_no_new_run_and_waits_for_the_others() {
+        let held = HeldRuns::default();
+        let shutdown = CancellationToken::new();
+        held.admit("run-up", 1, Stage::Executing, &shutdown);
+        held.admit("run-other", 1, Stage::Executing, &shutdown);
+        let pause = held.pause();
+        assert_eq!(held.snapshot(4).free_slots, 0);
+        let alone = held.wait_alone("run-up");
+        tokio::pin!(alone);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), &mut alone)
+                .await
+                .is_err(),
+            "another run is executing"
+        );
+        held.set_stage("run-other", Stage::Finishing);
+        tokio::time::timeout(Duration::from_secs(5), alone)
+            .await
+            .expect("alone once the other run finished");
+        drop(pause);
+        assert_eq!(held.snapshot(4).free_slots, 3);
     }
 
     #[test]

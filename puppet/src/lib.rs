@@ -63,9 +63,23 @@ mod run;
 pub mod simulate;
 pub mod spool;
 mod sys;
+pub mod upgrade;
 mod upload;
 
-pub use agent::run_agent;
+pub use agent::{Exit, run_agent, run_puppet};
+
+/// This puppet's version: `GEPPETTO_VERSION` when it was built, if set
+/// (packagers mark their builds with it), else the crate's version.
+pub const VERSION: &str = match option_env!("GEPPETTO_VERSION") {
+    Some(version) => version,
+    None => env!("CARGO_PKG_VERSION"),
+};
+
+/// A value from the network, bounded and escaped for a message.
+pub(crate) fn shown(value: &str) -> String {
+    let cut: String = value.chars().take(64).collect();
+    format!("{:?}", cut)
+}
 pub use config::{AgentConfig, Compression, ConfigError, default_name};
 pub use geppetto_proto::client::Transport;
 pub use geppetto_proto::proxy::{ProxyConfig, ProxyUrl};

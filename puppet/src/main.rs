@@ -13,14 +13,23 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => {
             init_logging(args.log_format, "info");
-            let config = match args.into_config() {
+            let mut config = match args.into_config() {
                 Ok(config) => config,
                 Err(e) => {
                     eprintln!("puppet: {e}");
                     return ExitCode::from(2);
                 }
             };
-            block_on(run(config))
+            config.relaunch = puppet::upgrade::Relaunch::of_this_process();
+            let relaunch = config.relaunch.clone();
+            match block_on(run(config)) {
+                Ok(puppet::Exit::Restart) => match relaunch {
+                    Some(relaunch) => restart(&relaunch),
+                    None => ExitCode::FAILURE,
+                },
+                Ok(puppet::Exit::Stopped) => ExitCode::SUCCESS,
+                Err(code) => code,
+            }
         }
         Command::Simulate(args) => {
             // Ten thousand puppets logging at info would drown the progress lines.
@@ -32,7 +41,10 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            block_on(simulate(config))
+            match block_on(simulate(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(code) => code,
+            }
         }
     }
 }
@@ -51,21 +63,37 @@ fn init_logging(format: LogFormat, default_level: &str) {
     }
 }
 
-fn block_on(work: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+fn block_on<T>(work: impl std::future::Future<Output = anyhow::Result<T>>) -> Result<T, ExitCode> {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("puppet: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            return Err(ExitCode::FAILURE);
         }
     };
-    match runtime.block_on(work) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("puppet: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    let result = runtime.block_on(work);
+    // Its threads end before an upgrade's exec replaces the process.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result.map_err(|e| {
+        eprintln!("puppet: {e:#}");
+        ExitCode::FAILURE
+    })
+}
+
+/// Executes the executable's (new, or put back) binary in this process's
+/// place, with the same arguments and environment; returns only if that
+/// fails.
+fn restart(relaunch: &puppet::upgrade::Relaunch) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    tracing::info!(exe = %relaunch.exe.display(), "restarting as the binary now at the executable's path");
+    let e = std::process::Command::new(&relaunch.exe)
+        .args(&relaunch.args)
+        .exec();
+    eprintln!(
+        "puppet: cannot execute {}: {e}; exiting for the service manager to start it",
+        relaunch.exe.display()
+    );
+    ExitCode::FAILURE
 }
 
 async fn simulate(config: puppet::SimConfig) -> anyhow::Result<()> {
@@ -76,10 +104,10 @@ async fn simulate(config: puppet::SimConfig) -> anyhow::Result<()> {
     result
 }
 
-async fn run(config: puppet::AgentConfig) -> anyhow::Result<()> {
+async fn run(config: puppet::AgentConfig) -> anyhow::Result<puppet::Exit> {
     let shutdown = CancellationToken::new();
     let signals = tokio::spawn(cancel_on_signal(shutdown.clone()));
-    let result = puppet::run_agent(config, shutdown.clone()).await;
+    let result = puppet::run_puppet(config, shutdown.clone()).await;
     signals.abort();
     result
 }

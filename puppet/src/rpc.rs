@@ -217,6 +217,8 @@ pub fn program_of(spec: &v1::RunSpec) -> Option<Program> {
             interpreter: script.interpreter.clone(),
         }),
         v1::program::Kind::Argv(argv) => Some(Program::Argv(argv.args.clone())),
+        // Not a process: see `upgrade`.
+        v1::program::Kind::Upgrade(_) => None,
     }
 }
 

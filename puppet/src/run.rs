@@ -36,6 +36,12 @@ pub struct RunContext {
     pub artifacts: ArtifactCache,
     /// The machine's boot id when the puppet started (empty: unknown).
     pub boot_id: String,
+    /// How this process was started, for an upgrade to start its new
+    /// binary the same way; `None`: not a program of its own (upgrades fail).
+    pub relaunch: Option<crate::upgrade::Relaunch>,
+    /// Set by an upgrade that swapped the binary, before it cancels
+    /// `shutdown`: the process then executes the new binary.
+    pub restart: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// How long after its start a run that expects a reboot may take to come
@@ -89,6 +95,11 @@ pub async fn run_assignment(ctx: RunContext, assignment: Assignment, cancel: Can
             report_and_forget(&ctx, &target, report, 0).await;
             return;
         }
+    }
+
+    if let Some(upgrade) = upgrade_of(&assignment) {
+        run_upgrade(&ctx, &assignment, record, &target, &cancel, upgrade).await;
+        return;
     }
 
     // Artifacts come before the child: fetching them does not count against
@@ -212,6 +223,186 @@ pub async fn run_assignment(ctx: RunContext, assignment: Assignment, cancel: Can
     }
 }
 
+/// The version and deadline of an upgrade run.
+fn upgrade_of(assignment: &Assignment) -> Option<(String, Duration)> {
+    let spec = assignment.spec.as_ref()?;
+    match spec.program.as_ref()?.kind.as_ref()? {
+        geppetto_proto::v1::program::Kind::Upgrade(upgrade) => Some((
+            upgrade.version.clone(),
+            rpc::from_proto_duration(upgrade.deadline.as_ref())
+                .filter(|d| !d.is_zero())
+                .unwrap_or(crate::upgrade::DEFAULT_DEADLINE),
+        )),
+        _ => None,
+    }
+}
+
+/// An upgrade run (see [`crate::upgrade`]): fetch, quiet, stage, check,
+/// swap, restart. Returns without reporting once the binary was swapped:
+/// the new process reports the run (or the old one, after a rollback).
+async fn run_upgrade(
+    ctx: &RunContext,
+    assignment: &Assignment,
+    mut record: RunRecord,
+    target: &LogTarget,
+    cancel: &CancellationToken,
+    (version, deadline): (String, Duration),
+) {
+    use crate::upgrade;
+    let run_id = &target.run_id;
+    let began = std::time::Instant::now();
+    record.phase = Phase::Started;
+    save_or_log(&ctx.store, &record);
+    let log = |line: &str| {
+        tracing::info!(%run_id, "upgrade: {line}");
+        upgrade::append_line(&ctx.store, run_id, line);
+    };
+    let outcome = async {
+        if version == crate::VERSION {
+            log(&format!("this puppet is already {version}; nothing to do"));
+            return Ok(format!("already puppet {version}"));
+        }
+        let Some(relaunch) = &ctx.relaunch else {
+            return Err("this puppet was not started as a program of its own (puppet run) and cannot replace itself".to_string());
+        };
+        let (os, arch) = (std::env::consts::OS, std::env::consts::ARCH);
+        let name = format!("puppet-{version}-{os}-{arch}");
+        let artifacts = assignment.spec.as_ref().map(|s| s.artifacts.as_slice()).unwrap_or_default();
+        let Some(binary) = artifacts.iter().find(|a| a.name == name) else {
+            let has: Vec<&str> = artifacts.iter().map(|a| a.name.as_str()).collect();
+            return Err(format!(
+                "release {version} has no binary for {os}/{arch} (it has {}): add one with \
+                 geppetto puppet-releases add FILE --os {os} --arch {arch} --version {version}",
+                if has.is_empty() { "none".to_string() } else { has.join(", ") }
+            ));
+        };
+        log(&format!(
+            "upgrading puppet {} to {version}: fetching {name} ({} bytes, sha256 {})",
+            crate::VERSION, binary.size, binary.sha256
+        ));
+        let prepared = match ctx
+            .artifacts
+            .prepare(&ctx.client, run_id, target.attempt, std::slice::from_ref(binary), cancel)
+            .await
+        {
+            Ok(prepared) => prepared,
+            Err(FetchError::Stopped) => return Err("stopped while the new binary was fetched".into()),
+            Err(FetchError::Failed(message)) => return Err(message),
+        };
+        let Some((_, fetched)) = prepared.env.first() else {
+            return Err("the new binary was fetched but its file is unknown".into());
+        };
+        let _quiet = ctx.held.pause();
+        log("taking no new run; waiting for the runs executing to end");
+        tokio::select! {
+            () = ctx.held.wait_alone(run_id) => {}
+            () = cancel.cancelled() => return Err("cancelled while waiting for other runs to end".into()),
+        }
+        let staged = relaunch.staged();
+        if let Err(e) = upgrade::stage(std::path::Path::new(fetched), &staged) {
+            return Err(format!("cannot write the new binary to {}: {e}", staged.display()));
+        }
+        log(&format!(
+            "checking the new binary: started as {} {} {}",
+            staged.display(),
+            relaunch.args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" "),
+            upgrade::CHECK_FLAG
+        ));
+        if let Err(why) = upgrade::check_binary(&staged, relaunch, &version, deadline).await {
+            let _ = std::fs::remove_file(&staged);
+            return Err(format!(
+                "the new puppet {version} did not start: {why}; puppet {} stays",
+                crate::VERSION
+            ));
+        }
+        log(&format!("the new binary reached the puppeteer as {version}"));
+        let now = crate::records::now_ms();
+        let pending = upgrade::Pending {
+            run_id: run_id.clone(),
+            attempt: target.attempt,
+            from: crate::VERSION.to_string(),
+            to: version.clone(),
+            exe: relaunch.exe.clone(),
+            previous: relaunch.previous(),
+            swapped_ms: now,
+            deadline_ms: now + u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX / 2),
+            starts: 0,
+            rolled_back: None,
+        };
+        if let Err(e) = upgrade::save_pending(&ctx.state_dir, &pending) {
+            let _ = std::fs::remove_file(&staged);
+            return Err(format!("cannot record the upgrade in {}: {e}", ctx.state_dir.display()));
+        }
+        if let Err(e) = upgrade::swap(&relaunch.exe, &staged, &pending.previous) {
+            let _ = std::fs::remove_file(&staged);
+            let _ = std::fs::remove_file(ctx.state_dir.join(upgrade::PENDING_FILE));
+            return Err(format!("cannot replace {}: {e}; puppet {} stays", relaunch.exe.display(), crate::VERSION));
+        }
+        log(&format!(
+            "replaced {} (the previous binary is kept as {} until the new one proves itself); restarting as puppet {version}",
+            relaunch.exe.display(),
+            pending.previous.display()
+        ));
+        Ok(String::new())
+    }
+    .await;
+    let report = |outcome: Outcome, exit_code: i32, message: String| FinishReport {
+        outcome,
+        exit_code,
+        signal: 0,
+        duration: began.elapsed(),
+        log_length: ctx.store.spool_len(run_id),
+        message,
+    };
+    let report = match outcome {
+        Ok(message) if message.is_empty() => {
+            // Swapped: restart as the new binary; it reports the run.
+            ctx.restart.store(true, std::sync::atomic::Ordering::SeqCst);
+            ctx.shutdown.cancel();
+            return;
+        }
+        Ok(message) => report(Outcome::Exited, 0, message),
+        Err(_) if ctx.shutdown.is_cancelled() => return,
+        Err(why) => {
+            tracing::error!(%run_id, "upgrade failed: {why}");
+            upgrade::append_line(&ctx.store, run_id, &why);
+            report(Outcome::Exited, 1, why)
+        }
+    };
+    record.phase = Phase::Finished;
+    record.finish = Some(report.clone());
+    save_or_log(&ctx.store, &record);
+    ctx.held.set_stage(run_id, Stage::Finishing);
+    report_spooled(ctx, target, report).await;
+}
+
+/// Uploads what a run's spool holds beyond what the puppeteer has, then
+/// finishes the run.
+async fn report_spooled(ctx: &RunContext, target: &LogTarget, report: FinishReport) {
+    let spool_len = ctx.store.spool_len(&target.run_id);
+    if spool_len == 0 {
+        report_and_forget(ctx, target, report, 0).await;
+        return;
+    }
+    let uploaded = match target.committed(&ctx.log_client, &ctx.abandon).await {
+        Ok(committed) => {
+            // The sender is dropped at once: the spool will not grow.
+            let (_, progress) = watch::channel(spool_len);
+            upload::stream_log(
+                &ctx.log_client,
+                target,
+                &ctx.store.spool_path(&target.run_id),
+                progress,
+                committed,
+                &ctx.abandon,
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
+    finish_after_upload(ctx, target, report, uploaded).await;
+}
+
 /// What a run must remember to be judged after a reboot, if its task expects one.
 fn reboot_expectation(ctx: &RunContext, assignment: &Assignment) -> Option<RebootExpectation> {
     let spec = assignment.spec.as_ref()?;
@@ -265,27 +456,7 @@ pub async fn recover_run(ctx: RunContext, mut record: RunRecord) {
         record.finish = Some(report.clone());
         save_or_log(&ctx.store, &record);
     }
-    if spool_len == 0 {
-        report_and_forget(&ctx, &target, report, 0).await;
-        return;
-    }
-    let uploaded = match target.committed(&ctx.log_client, &ctx.abandon).await {
-        Ok(committed) => {
-            // The sender is dropped at once: the spool will not grow.
-            let (_, progress) = watch::channel(spool_len);
-            upload::stream_log(
-                &ctx.log_client,
-                &target,
-                &ctx.store.spool_path(&run_id),
-                progress,
-                committed,
-                &ctx.abandon,
-            )
-            .await
-        }
-        Err(e) => Err(e),
-    };
-    finish_after_upload(&ctx, &target, report, uploaded).await;
+    report_spooled(&ctx, &target, report).await;
 }
 
 enum Started {

@@ -155,6 +155,8 @@ impl SimConfig {
             peer_listen: None,
             peer_advertise: None,
             enroll_only: false,
+            upgrade_check: false,
+            relaunch: None,
         }
     }
 }

@@ -27,6 +27,7 @@ pub mod memory;
 pub mod peers;
 pub mod pki;
 pub mod presence;
+pub mod releases;
 pub mod retention;
 pub mod scheduler;
 pub mod selector;
@@ -230,6 +231,7 @@ pub async fn start(config: Config) -> Result<Running> {
         budgets: Default::default(),
         job_ends: Default::default(),
         fetches: Default::default(),
+        served: Default::default(),
     });
     // The metrics listener stops with the server, whether asked to or not.
     let metrics_stop = shutdown.child_token();

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 fn layer(module: &str) -> Option<u8> {
     Some(match module {
         "domain" | "ids" | "hub" | "bandwidth" | "blobs" | "memory" | "selector" | "artifact"
-        | "presence" | "retention" | "scheduler" | "peers" | "versions" => 0,
+        | "presence" | "retention" | "scheduler" | "peers" | "versions" | "releases" => 0,
         "store" => 1,
         "pki" | "backup" => 2,
         "app" => 3,

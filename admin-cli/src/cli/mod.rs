@@ -17,6 +17,7 @@ mod groups;
 mod jobs;
 mod logs;
 mod notifications;
+mod puppet_releases;
 mod puppets;
 mod resources;
 mod runs;
@@ -39,7 +40,8 @@ pub use jobs::{JobsCommand, RetryOnly, RunJobArgs, StrategyArgs};
 pub use logs::LogsArgs;
 use notifications::NOTIFICATIONS_HELP;
 pub use notifications::{AddRuleArgs, NotificationsCommand};
-pub use puppets::PuppetsCommand;
+pub use puppet_releases::PuppetReleasesCommand;
+pub use puppets::{PuppetsCommand, UpgradeArgs};
 pub use resources::ResourcesCommand;
 pub use runs::RunsCommand;
 pub use tasks::{CreateTaskArgs, ProgramArgs, SpecArgs, TasksCommand, UpdateTaskArgs};
@@ -187,6 +189,10 @@ pub enum Command {
     /// Tokens that let new puppets enroll
     #[command(subcommand)]
     EnrollTokens(EnrollTokensCommand),
+    /// Puppet binaries that installs and upgrades hand out: the build the puppeteer
+    /// serves, and those added for other versions or platforms: add, list, remove
+    #[command(subcommand)]
+    PuppetReleases(PuppetReleasesCommand),
     /// Operators' accounts and their roles (admins only)
     #[command(subcommand)]
     Users(UsersCommand),

@@ -4,10 +4,52 @@ use std::time::Duration;
 
 use clap::Subcommand;
 
+use crate::cli::StrategyArgs;
 use crate::parse::{parse_duration, parse_kv};
+
+const UPGRADE_HELP: &str = "\
+Examples:
+  geppetto puppets upgrade --target site=lyon --rolling --max-failures 1 --wait
+  geppetto puppets upgrade --target all --to 0.3.0 --max-in-flight 10% --approval
+The binaries come from `geppetto puppet-releases list`: the puppet build the
+puppeteer serves, and those added with `geppetto puppet-releases add`.";
+
+/// `geppetto puppets upgrade`.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("on").required(true).multiple(false)))]
+pub struct UpgradeArgs {
+    /// Label selector of the puppets to upgrade, e.g. "site=lyon", or group:NAME
+    #[arg(long, value_name = "SELECTOR", group = "on")]
+    pub target: Option<String>,
+    /// Puppet to upgrade (repeatable)
+    #[arg(long = "puppet", value_name = "NAME", group = "on")]
+    pub puppets: Vec<String>,
+    /// The version to install [default: the puppet build the puppeteer serves]
+    #[arg(long, value_name = "VERSION")]
+    pub to: Option<String>,
+    /// How long a new binary has to start and reach the puppeteer, before the
+    /// swap and again after it, before it is given up (5s to 1h) [default: 2m]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub deadline: Option<Duration>,
+    /// Wait until the job is finished, showing progress; exits 1 if a run did
+    /// not succeed
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: the summary lists every run
+    #[arg(long, requires = "wait")]
+    pub all_runs: bool,
+    #[command(flatten)]
+    pub strategy: StrategyArgs,
+}
 
 #[derive(Debug, Subcommand)]
 pub enum PuppetsCommand {
+    /// Upgrades puppets to another version, as a job: each puppet fetches the
+    /// release's binary for its platform, checks that it starts and reaches the
+    /// puppeteer, swaps it in and restarts as it; one that does not come back in
+    /// time is put back and its run fails (README, "Upgrading puppets")
+    #[command(after_long_help = UPGRADE_HELP)]
+    Upgrade(UpgradeArgs),
     /// Lists puppets with their state, presence and labels
     List {
         /// Label selector, e.g. "os=debian,env!=prod,gpu"

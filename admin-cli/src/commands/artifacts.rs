@@ -89,7 +89,11 @@ pub fn hash_file(path: &Path) -> Result<(String, u64), Error> {
     Ok((hex::encode(hasher.finalize()), size))
 }
 
-async fn upload(api: &Api, file: &Path, name: Option<String>) -> Result<pb::Artifact, Error> {
+pub(crate) async fn upload(
+    api: &Api,
+    file: &Path,
+    name: Option<String>,
+) -> Result<pb::Artifact, Error> {
     let name = match name {
         Some(name) => name,
         None => default_name(file)?,

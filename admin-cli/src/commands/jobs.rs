@@ -200,7 +200,7 @@ fn create_request(args: &RunJobArgs) -> Result<pb::CreateJobRequest, Error> {
     })
 }
 
-async fn launch(api: &Api, args: RunJobArgs, format: Format) -> Result<(), Error> {
+pub(crate) async fn launch(api: &Api, args: RunJobArgs, format: Format) -> Result<(), Error> {
     let req = create_request(&args)?;
     let job = api.call(api.jobs().create_job(request(req))).await?;
     if !args.wait {

@@ -11,6 +11,7 @@ pub mod groups;
 pub mod jobs;
 pub mod logs;
 pub mod notifications;
+pub mod puppet_releases;
 pub mod puppets;
 pub mod resources;
 pub mod runs;
@@ -29,6 +30,7 @@ pub async fn dispatch(api: &Api, command: Command, format: Format) -> Result<(),
     match command {
         Command::Puppets(c) => puppets::run(api, c, format).await,
         Command::EnrollTokens(c) => enroll_tokens::run(api, c, format).await,
+        Command::PuppetReleases(c) => puppet_releases::run(api, c, format).await,
         Command::Users(c) => users::run(api, c, format).await,
         Command::Whoami => users::whoami(api, format).await,
         Command::Tokens(c) => tokens::run(api, c, format).await,

@@ -27,6 +27,7 @@ pub async fn list_puppets(api: &Api, selector: String) -> Result<Vec<pb::Puppet>
 
 pub async fn run(api: &Api, command: PuppetsCommand, format: Format) -> Result<(), Error> {
     match command {
+        PuppetsCommand::Upgrade(args) => super::puppet_releases::upgrade(api, args, format).await,
         PuppetsCommand::List { selector } => {
             let puppets = list_puppets(api, selector.unwrap_or_default()).await?;
             print_list(&puppets, format)

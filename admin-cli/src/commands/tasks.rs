@@ -258,6 +258,7 @@ fn program_summary(task: &pb::Task) -> String {
             format!("script: {line}")
         }
         Some(pb::program::Kind::Argv(a)) => format!("exec: {}", a.args.join(" ")),
+        Some(pb::program::Kind::Upgrade(u)) => format!("upgrade to puppet {}", u.version),
         None => "-".into(),
     }
 }
@@ -319,6 +320,12 @@ fn print_one(task: &pb::Task, format: Format) -> Result<(), Error> {
     ];
     match spec.program.and_then(|p| p.kind) {
         Some(pb::program::Kind::Argv(a)) => rows.push(("exec", a.args.join(" "))),
+        Some(pb::program::Kind::Upgrade(u)) => {
+            rows.push(("upgrade", format!("to puppet {}", u.version)));
+            if let Some(d) = u.deadline {
+                rows.push(("deadline", format!("{}s", d.seconds)));
+            }
+        }
         Some(pb::program::Kind::Script(s)) => {
             let interpreter = if s.interpreter.is_empty() {
                 "/bin/sh".to_string()

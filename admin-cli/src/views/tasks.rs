@@ -18,6 +18,10 @@ pub enum ProgramView {
     Argv {
         args: Vec<String>,
     },
+    Upgrade {
+        version: String,
+        deadline_seconds: Option<i64>,
+    },
     None,
 }
 
@@ -30,6 +34,10 @@ impl From<Option<&pb::Program>> for ProgramView {
             },
             Some(pb::program::Kind::Argv(a)) => ProgramView::Argv {
                 args: a.args.clone(),
+            },
+            Some(pb::program::Kind::Upgrade(u)) => ProgramView::Upgrade {
+                version: u.version.clone(),
+                deadline_seconds: u.deadline.map(|d| d.seconds),
             },
             None => ProgramView::None,
         }

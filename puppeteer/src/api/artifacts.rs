@@ -23,6 +23,7 @@ use super::error::{ApiError, ApiResult, invalid};
 use crate::artifact::{self, Artifact, Upload};
 use crate::domain::Millis;
 use crate::ids::new_id;
+use crate::releases;
 
 /// Unfinished uploads one user may have at once.
 pub const MAX_OPEN_UPLOADS: usize = 16;
@@ -71,7 +72,86 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
+/// Who the served build's release artifact is uploaded by.
+const SERVED_BY: &str = "puppeteer";
+
 impl ArtifactsApi {
+    /// Adds the puppet build this puppeteer serves as the release artifact
+    /// `puppet-VERSION-OS-ARCH`, unless that artifact already holds it (an
+    /// artifact of that name with other content is replaced: the served
+    /// build is what this puppeteer installs). Returns the build; `None`
+    /// when there is none, or when its version cannot name a release.
+    pub async fn import_served(&self) -> ApiResult<Option<crate::app::served::PuppetBuild>> {
+        let Some(build) = self.state.served.build().await.cloned() else {
+            return Ok(None);
+        };
+        if let Err(e) = releases::check_version(&build.version) {
+            tracing::warn!(version = %build.version, "the served puppet build cannot be a release: {e}");
+            return Ok(None);
+        }
+        let name = releases::artifact_name(&build.version, &build.os, &build.arch);
+        let _importing = self.state.served.importing.lock().await;
+        match self.state.store.get_artifact(&name) {
+            Ok(a) if a.sha256 == build.sha256 => return Ok(Some(build)),
+            Ok(a) => {
+                tracing::warn!(artifact = %name, was = %a.sha256, now = %build.sha256, "the release artifact of the served puppet build holds other content: replacing it with the build served")
+            }
+            Err(crate::store::StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let begun = self
+            .begin(
+                pb::BeginUploadRequest {
+                    name: name.clone(),
+                    sha256: build.sha256.clone(),
+                    size: build.size,
+                },
+                SERVED_BY,
+            )
+            .await?;
+        let mut file = tokio::fs::File::open(&build.path).await.map_err(|e| {
+            ApiError::Internal(format!("cannot read {}: {e}", build.path.display()))
+        })?;
+        let mut at = begun.committed;
+        {
+            use tokio::io::{AsyncReadExt, AsyncSeekExt};
+            file.seek(std::io::SeekFrom::Start(at))
+                .await
+                .map_err(|e| ApiError::Internal(format!("cannot read the puppet build: {e}")))?;
+            let mut buf = vec![0u8; artifact::MAX_CHUNK];
+            while at < build.size {
+                let n = file.read(&mut buf).await.map_err(|e| {
+                    ApiError::Internal(format!("cannot read the puppet build: {e}"))
+                })?;
+                if n == 0 {
+                    return Err(ApiError::Internal(format!(
+                        "{} shrank while it was added as a release",
+                        build.path.display()
+                    )));
+                }
+                self.append(
+                    pb::UploadChunkRequest {
+                        upload_id: begun.upload_id.clone(),
+                        offset: at,
+                        data: buf[..n].to_vec(),
+                    },
+                    SERVED_BY,
+                )
+                .await?;
+                at += n as u64;
+            }
+        }
+        self.commit(
+            pb::CommitUploadRequest {
+                upload_id: begun.upload_id,
+            },
+            SERVED_BY,
+        )
+        .await?;
+        tracing::info!(artifact = %name, "the served puppet build is now a release");
+        Ok(Some(build))
+    }
+
     pub fn new(state: Shared) -> Self {
         ArtifactsApi {
             state,
@@ -313,6 +393,38 @@ impl Artifacts for ArtifactsApi {
             .run(|caller, req| async move { self.commit(req, &caller.user).await })
             .await
             .map(Response::new)
+    }
+
+    async fn list_puppet_releases(
+        &self,
+        request: Request<pb::ListPuppetReleasesRequest>,
+    ) -> Result<Response<pb::ListPuppetReleasesResponse>, Status> {
+        self.state
+            .authorize(&request, "Artifacts/ListPuppetReleases")?;
+        let served = self.import_served().await?;
+        let state = self.state.clone();
+        let found = tokio::task::spawn_blocking(move || state.releases())
+            .await
+            .map_err(|e| ApiError::Internal(format!("cannot list the releases: {e}")))?
+            .map_err(ApiError::from)?;
+        let releases = found
+            .iter()
+            .map(|(r, a)| {
+                Ok(pb::PuppetRelease {
+                    version: r.version.clone(),
+                    os: r.os.clone(),
+                    arch: r.arch.clone(),
+                    artifact: Some(self.view(a)?),
+                    served: served
+                        .as_ref()
+                        .is_some_and(|b| b.release() == *r && b.sha256 == a.sha256),
+                })
+            })
+            .collect::<ApiResult<_>>()?;
+        Ok(Response::new(pb::ListPuppetReleasesResponse {
+            releases,
+            served_version: served.map(|b| b.version).unwrap_or_default(),
+        }))
     }
 
     async fn list_artifacts(

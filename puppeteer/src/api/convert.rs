@@ -156,6 +156,14 @@ impl TryFrom<pb::Program> for domain::Program {
                 interpreter: s.interpreter,
             }),
             Some(pb::program::Kind::Argv(a)) => Ok(domain::Program::Argv { args: a.args }),
+            Some(pb::program::Kind::Upgrade(u)) => Ok(domain::Program::Upgrade {
+                version: u.version,
+                deadline_ms: u
+                    .deadline
+                    .as_ref()
+                    .map(|d| from_dur("upgrade deadline", d).map(|d| d.as_millis() as u64))
+                    .transpose()?,
+            }),
             None => Err(invalid("the task has no program: give a script or an argv")),
         }
     }
@@ -173,6 +181,13 @@ impl From<&domain::Program> for pb::Program {
             domain::Program::Argv { args } => {
                 pb::program::Kind::Argv(pb::Argv { args: args.clone() })
             }
+            domain::Program::Upgrade {
+                version,
+                deadline_ms,
+            } => pb::program::Kind::Upgrade(pb::Upgrade {
+                version: version.clone(),
+                deadline: deadline_ms.map(|ms| dur(std::time::Duration::from_millis(ms))),
+            }),
         };
         pb::Program { kind: Some(kind) }
     }

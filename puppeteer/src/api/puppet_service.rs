@@ -508,6 +508,29 @@ impl PuppetService for PuppetServiceApi {
         }))
     }
 
+    async fn check(
+        &self,
+        request: Request<pb::CheckRequest>,
+    ) -> Result<Response<pb::CheckResponse>, Status> {
+        // Authenticates like any call of a puppet; changes nothing else.
+        let name = self.caller(&request)?;
+        let version = &request.get_ref().agent_version;
+        if version.len() > crate::releases::MAX_VERSION_BYTES {
+            return Err(ApiError::Invalid(format!(
+                "a version has at most {} bytes",
+                crate::releases::MAX_VERSION_BYTES
+            ))
+            .into());
+        }
+        if let Some(why) = crate::versions::refuse(version) {
+            tracing::info!(puppet = %name, version = %crate::domain::shown(version), "a puppet's new binary was refused: too old");
+            return Err(ApiError::Conflict(why).into());
+        }
+        Ok(Response::new(pb::CheckResponse {
+            server_version: crate::versions::OWN.to_string(),
+        }))
+    }
+
     async fn report_fetch(
         &self,
         request: Request<pb::ReportFetchRequest>,

@@ -46,6 +46,55 @@ impl TasksApi {
 }
 
 impl TasksApi {
+    /// Resolves an upgrade's version (empty: the served build's) and pins
+    /// its release's binaries, one per platform, as the spec's artifacts.
+    async fn pin_release(&self, spec: &mut domain::RunSpec) -> Result<(), ApiError> {
+        let domain::Program::Upgrade { version, .. } = &mut spec.program else {
+            return Ok(());
+        };
+        let served = super::artifacts::ArtifactsApi::new(self.state.clone())
+            .import_served()
+            .await?;
+        if version.is_empty() {
+            match &served {
+                Some(build) => *version = build.version.clone(),
+                None => {
+                    return Err(ApiError::Conflict(
+                        "this puppeteer serves no puppet build to upgrade to: name the version \
+                         (--to VERSION) of a release added with geppetto puppet-releases add"
+                            .into(),
+                    ));
+                }
+            }
+        }
+        crate::releases::check_version(version).map_err(ApiError::from)?;
+        let state = self.state.clone();
+        let all = tokio::task::spawn_blocking(move || state.releases())
+            .await
+            .map_err(|e| ApiError::Internal(format!("cannot list the releases: {e}")))?
+            .map_err(ApiError::from)?;
+        let names: Vec<String> = all
+            .iter()
+            .filter(|(r, _)| r.version == *version)
+            .map(|(_, a)| a.name.clone())
+            .collect();
+        if names.is_empty() {
+            let mut known: Vec<&str> = all.iter().map(|(r, _)| r.version.as_str()).collect();
+            known.dedup();
+            return Err(ApiError::Conflict(format!(
+                "no release of puppet {version}: add its binaries with geppetto puppet-releases \
+                 add FILE --os OS --arch ARCH --version {version} (releases known: {})",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        }
+        spec.artifacts = self.pin_artifacts(&names)?;
+        Ok(())
+    }
+
     /// Pins artifact names to their current content.
     fn pin_artifacts(&self, names: &[String]) -> Result<Vec<ArtifactRef>, ApiError> {
         let most = crate::domain::SpecLimits::ARTIFACTS;
@@ -89,7 +138,16 @@ impl Tasks for TasksApi {
                     .ok_or_else(|| invalid("the task has no spec: give at least a program"))?;
                 let mut spec = domain::RunSpec::try_from(spec)?;
                 let names: Vec<String> = spec.artifacts.iter().map(|a| a.name.clone()).collect();
-                spec.artifacts = self.pin_artifacts(&names)?;
+                if matches!(spec.program, domain::Program::Upgrade { .. }) {
+                    if !names.is_empty() {
+                        return Err(invalid(
+                            "an upgrade task names no artifacts: its release's binaries are its artifacts",
+                        ));
+                    }
+                    self.pin_release(&mut spec).await?;
+                } else {
+                    spec.artifacts = self.pin_artifacts(&names)?;
+                }
                 let resources = convert::needs_from(req.resources)?;
                 self.check_resources_exist(&resources)?;
                 let retries = convert::retries_from(req.retries)?;
@@ -142,8 +200,20 @@ impl Tasks for TasksApi {
                     check_description(&description)?;
                     task.description = description;
                 }
+                let upgrade = |p: &domain::Program| matches!(p, domain::Program::Upgrade { .. });
+                let was_upgrade = upgrade(&task.spec.program);
                 if let Some(program) = req.program {
                     task.spec.program = program.try_into()?;
+                }
+                if upgrade(&task.spec.program)
+                    && (req.replace_artifacts || !req.artifacts.is_empty())
+                {
+                    return Err(invalid(
+                        "an upgrade task names no artifacts: its release's binaries are its artifacts",
+                    ));
+                }
+                if was_upgrade && !upgrade(&task.spec.program) {
+                    task.spec.artifacts.clear();
                 }
                 if let Some(timeout) = &req.timeout {
                     task.spec.timeout_ms = convert::timeout_from(Some(timeout))?;
@@ -195,6 +265,9 @@ impl Tasks for TasksApi {
                 if let Some(window) = &req.reboot_window {
                     let window = convert::from_dur("reboot window", window)?;
                     task.spec.reboot_window_ms = Some(window.as_millis() as u64);
+                }
+                if upgrade(&task.spec.program) {
+                    self.pin_release(&mut task.spec).await?;
                 }
                 task.spec.validate().map_err(ApiError::from)?;
                 self.state

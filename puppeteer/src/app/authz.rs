@@ -62,6 +62,7 @@ pub const PERMISSIONS: &[(&str, Role)] = &[
     ("Artifacts/UploadChunk", Role::Operator),
     ("Artifacts/CommitUpload", Role::Operator),
     ("Artifacts/ListArtifacts", Role::Viewer),
+    ("Artifacts/ListPuppetReleases", Role::Viewer),
     ("Artifacts/GetArtifact", Role::Viewer),
     ("Artifacts/RemoveArtifact", Role::Operator),
     ("Server/GetServerInfo", Role::Viewer),

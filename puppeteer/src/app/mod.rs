@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod notify;
 pub mod peers;
 mod prune;
+pub mod served;
 mod sweep;
 
 use std::collections::HashMap;
@@ -131,6 +132,8 @@ pub struct AppState {
     pub job_ends: std::sync::Mutex<HashMap<String, effects::JobEnd>>,
     /// Artifact downloads under way, for operators to see.
     pub fetches: fetches::Fetches,
+    /// The puppet binaries handed out (install route, upgrades).
+    pub served: served::Served,
 }
 
 pub type Shared = Arc<AppState>;

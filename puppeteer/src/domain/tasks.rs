@@ -38,7 +38,21 @@ pub enum Program {
     Argv {
         args: Vec<String>,
     },
+    /// The puppet replaces itself with `version` (see `releases` and the
+    /// puppet's `upgrade` module); the spec's artifacts are the release's
+    /// binaries, one per platform.
+    Upgrade {
+        version: String,
+        /// How long the new binary has to prove itself; `None`: [`DEFAULT_UPGRADE_DEADLINE`].
+        #[serde(default)]
+        deadline_ms: Option<u64>,
+    },
 }
+
+/// How long a new puppet binary has to prove itself, before and after the swap.
+pub const DEFAULT_UPGRADE_DEADLINE: Duration = Duration::from_secs(120);
+pub const MIN_UPGRADE_DEADLINE: Duration = Duration::from_secs(5);
+pub const MAX_UPGRADE_DEADLINE: Duration = Duration::from_secs(3600);
 
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const MIN_TIMEOUT: Duration = Duration::from_secs(1);
@@ -133,6 +147,15 @@ impl RunSpec {
                     return over("argv's size in bytes", MAX_SCRIPT_BYTES, bytes);
                 }
             }
+            Program::Upgrade { version, .. } => {
+                if version.len() > crate::releases::MAX_VERSION_BYTES {
+                    return over(
+                        "a version's size in bytes",
+                        crate::releases::MAX_VERSION_BYTES,
+                        version.len(),
+                    );
+                }
+            }
         }
         if self.env.len() > SpecLimits::ENV_VARS {
             return over(
@@ -212,6 +235,26 @@ impl RunSpec {
                 }
                 if args.iter().any(|a| a.contains('\0')) {
                     return Err(Invalid("argv elements must not contain NUL".into()));
+                }
+            }
+            Program::Upgrade {
+                version,
+                deadline_ms,
+            } => {
+                crate::releases::check_version(version)?;
+                if let Some(deadline) = deadline_ms.map(Duration::from_millis)
+                    && !(MIN_UPGRADE_DEADLINE..=MAX_UPGRADE_DEADLINE).contains(&deadline)
+                {
+                    return Err(Invalid(format!(
+                        "an upgrade's deadline {} is out of range: it must be between 5s and 1h",
+                        humantime::format_duration(deadline)
+                    )));
+                }
+                if !self.env.is_empty() || !self.workdir.is_empty() || self.expect_reboot {
+                    return Err(Invalid(
+                        "an upgrade takes no environment, workdir or reboot: the puppet runs nothing but its new binary"
+                            .into(),
+                    ));
                 }
             }
         }

@@ -13,17 +13,17 @@
 //!   is used up): a caller without one costs a small answer, not a download.
 //!
 //! The binary served is this puppeteer's own puppet build for its own
-//! platform: the `puppet` file beside its executable, or `--puppet-binary`.
+//! platform (the `puppet` file beside its executable, or `--puppet-binary`),
+//! or for another platform a release an operator added (`geppetto
+//! puppet-releases add`), of the served build's version if there is one.
 //! Its hash is taken once, at the first request for it, so a file changed
 //! on disk afterwards is served with the old hash, and refused by the script. A platform without
 //! a binary is a 404 that names the platforms known.
 
 use std::convert::Infallible;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::task::{Context, Poll};
 
-use anyhow::Context as _;
 use futures_util::StreamExt as _;
 use http::{Request, Response, StatusCode};
 use hyper::body::{Bytes, Frame};
@@ -33,6 +33,7 @@ use tonic::codegen::BoxFuture;
 
 use crate::api::Shared;
 use crate::domain::Millis;
+use crate::releases;
 
 /// The paths served here start with this.
 pub const PREFIX: &str = "/install";
@@ -43,94 +44,60 @@ pub const SCRIPT: &str = include_str!("../../../deploy/install.sh");
 /// The puppet's systemd unit, as served (the script installs it).
 pub const UNIT: &str = include_str!("../../../deploy/puppet.service");
 
-/// A puppet binary the puppeteer serves.
-#[derive(Clone, Debug)]
-pub struct PuppetBuild {
-    pub path: PathBuf,
-    pub sha256: String,
-    pub size: u64,
-    pub version: String,
-    pub os: String,
-    pub arch: String,
-}
-
-impl PuppetBuild {
-    /// The puppet binary at `path`, for this machine's platform: hashed,
-    /// and asked its version (`puppet --version`).
-    pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let file = std::fs::File::open(path)
-            .with_context(|| format!("cannot read the puppet binary {}", path.display()))?;
-        let (sha256, size) = crate::blobs::hash_file(file)?;
-        let output = std::process::Command::new(path)
-            .arg("--version")
-            .output()
-            .with_context(|| format!("cannot run {} --version", path.display()))?;
-        let text = String::from_utf8_lossy(&output.stdout);
-        let version = text
-            .split_whitespace()
-            .nth(1)
-            .filter(|_| output.status.success())
-            .with_context(|| format!("{} --version said {text:?}", path.display()))?
-            .to_string();
-        Ok(PuppetBuild {
-            path: path.to_path_buf(),
-            sha256,
-            size,
-            version,
-            os: std::env::consts::OS.to_string(),
-            arch: std::env::consts::ARCH.to_string(),
-        })
-    }
-
-    /// The default: `puppet` beside the running executable, if there.
-    pub fn beside_me() -> Option<PathBuf> {
-        let me = std::env::current_exe().ok()?;
-        let path = me.parent()?.join("puppet");
-        path.is_file().then_some(path)
-    }
-}
+pub use crate::app::served::PuppetBuild;
 
 /// The service of the install paths.
 #[derive(Clone)]
 pub struct InstallRoute {
     state: Shared,
-    /// The binary's file; hashed and asked its version at the first request
-    /// that needs it (not at start: every start would hash it), then kept.
-    binary: Option<PathBuf>,
-    builds: Arc<tokio::sync::OnceCell<Vec<PuppetBuild>>>,
 }
 
 impl InstallRoute {
     pub fn new(state: Shared, binary: Option<PathBuf>) -> Self {
-        InstallRoute {
-            state,
-            binary,
-            builds: Arc::default(),
-        }
+        state.served.set_binary(binary);
+        InstallRoute { state }
     }
 
-    async fn builds(&self) -> &[PuppetBuild] {
-        self.builds
-            .get_or_init(|| async {
-                let Some(path) = self.binary.clone() else {
-                    return Vec::new();
-                };
-                match tokio::task::spawn_blocking(move || PuppetBuild::load(&path)).await {
-                    Ok(Ok(build)) => {
-                        tracing::info!(path = %build.path.display(), version = %build.version, sha256 = %build.sha256, "serving the puppet binary to machines being installed ({}/{})", build.os, build.arch);
-                        vec![build]
-                    }
-                    Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "no puppet binary to serve to machines being installed");
-                        Vec::new()
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot load the puppet binary");
-                        Vec::new()
-                    }
+    /// The binary for `os`/`arch`: the served build if it is of that
+    /// platform, else an added release (of the served build's version if
+    /// there is one); with the platforms known when there is none.
+    async fn binary_for(&self, os: &str, arch: &str) -> Result<PuppetBuild, Vec<String>> {
+        let served = self.state.served.build().await.cloned();
+        if let Some(build) = &served
+            && build.os == os
+            && build.arch == arch
+        {
+            return Ok(build.clone());
+        }
+        let (state, os, arch) = (self.state.clone(), os.to_string(), arch.to_string());
+        let preferred = served.as_ref().map(|b| b.version.clone());
+        let found = tokio::task::spawn_blocking(move || {
+            let found = state.release_binary(&os, &arch, preferred.as_deref())?;
+            let platforms = match found {
+                Some(_) => Vec::new(),
+                None => state.release_platforms()?,
+            };
+            Ok::<_, crate::store::StoreError>((found, platforms))
+        })
+        .await;
+        match found {
+            Ok(Ok((Some(build), _))) => Ok(build),
+            Ok(Ok((None, mut known))) => {
+                if let Some(build) = served {
+                    known.insert(0, format!("{}/{}", build.os, build.arch));
+                    known.dedup();
                 }
-            })
-            .await
+                Err(known)
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot look up the puppet releases");
+                Err(Vec::new())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot look up the puppet releases");
+                Err(Vec::new())
+            }
+        }
     }
 }
 
@@ -183,27 +150,30 @@ impl InstallRoute {
             Some(p) => (p, true),
             None => (platform, false),
         };
-        let builds = self.builds().await;
-        let Some(build) = builds
-            .iter()
-            .find(|b| format!("{}/{}", b.os, b.arch) == platform)
-        else {
-            let known: Vec<String> = builds
-                .iter()
-                .map(|b| format!("{}/{}", b.os, b.arch))
-                .collect();
-            let platform: String = platform.chars().take(64).collect();
-            return text(
-                StatusCode::NOT_FOUND,
-                format!(
-                    "this puppeteer has no puppet binary for {platform:?}; it has: {}\n",
-                    if known.is_empty() {
-                        "none (start it with --puppet-binary FILE)".to_string()
-                    } else {
-                        known.join(", ")
-                    }
-                ),
-            );
+        let (os, arch) = platform.split_once('/').unwrap_or((platform, ""));
+        let found = if releases::check_platform_part("os", os).is_ok()
+            && releases::check_platform_part("arch", arch).is_ok()
+        {
+            self.binary_for(os, arch).await
+        } else {
+            Err(Vec::new())
+        };
+        let build = match found {
+            Ok(build) => build,
+            Err(known) => {
+                let platform: String = platform.chars().take(64).collect();
+                return text(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "this puppeteer has no puppet binary for {platform:?}; it has: {}\n",
+                        if known.is_empty() {
+                            "none (start it with --puppet-binary FILE, or add releases: geppetto puppet-releases add)".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                );
+            }
         };
         if hash_only {
             return text(
