@@ -10,8 +10,8 @@ use crate::parse::{parse_duration, parse_kv};
 const UPGRADE_HELP: &str = "\
 Examples:
   geppetto puppets upgrade --target site=lyon --rolling --max-failures 1 --wait
-  geppetto puppets upgrade --target all --to 0.3.0 --max-in-flight 10% --approval
-The binaries come from `geppetto puppet-releases list`: the puppet build the
+  geppetto puppets upgrade --target '' --to 0.3.0 --max-in-flight 10% --approval
+(--target '' selects every enabled puppet.) The binaries come from `geppetto puppet-releases list`: the puppet build the
 puppeteer serves, and those added with `geppetto puppet-releases add`.";
 
 /// `geppetto puppets upgrade`.

@@ -241,7 +241,10 @@ impl RunSpec {
                 version,
                 deadline_ms,
             } => {
-                crate::releases::check_version(version)?;
+                // Empty: resolved to the served build's before it is stored.
+                if !version.is_empty() {
+                    crate::releases::check_version(version)?;
+                }
                 if let Some(deadline) = deadline_ms.map(Duration::from_millis)
                     && !(MIN_UPGRADE_DEADLINE..=MAX_UPGRADE_DEADLINE).contains(&deadline)
                 {
