@@ -314,9 +314,18 @@ pub async fn check_binary(
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
-    let child = command
-        .spawn()
-        .map_err(|e| format!("it cannot be executed: {e}"))?;
+    // A file just written may be busy for a moment: a fork elsewhere in
+    // this process can still hold it open for writing until its exec.
+    let mut tries = 0;
+    let child = loop {
+        match command.spawn() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 50 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            spawned => break spawned.map_err(|e| format!("it cannot be executed: {e}"))?,
+        }
+    };
     let output = match tokio::time::timeout(deadline, child.wait_with_output()).await {
         Ok(Ok(output)) => output,
         Ok(Err(e)) => return Err(format!("waiting for it failed: {e}")),
@@ -425,7 +434,6 @@ pub async fn at_start(
                 Ok(_) => {
                     let took =
                         Duration::from_millis(records::now_ms().saturating_sub(pending.swapped_ms));
-                    let _ = std::fs::remove_file(&pending.previous);
                     let message = format!(
                         "upgraded from puppet {} to {}: the new version reached the puppeteer {} after the swap",
                         pending.from,
@@ -433,8 +441,12 @@ pub async fn at_start(
                         humantime::format_duration(Duration::from_secs(took.as_secs()))
                     );
                     tracing::info!("{message}");
+                    // In this order: a crash in between leaves the outcome
+                    // recorded and the upgrade still to prove (the previous
+                    // binary still there), or only a stray previous copy.
                     finish_record(store, &pending, Outcome::Exited, 0, &message);
                     remove_pending(state_dir);
+                    let _ = std::fs::remove_file(&pending.previous);
                     AtStart::Continue
                 }
                 Err(CallError::Stopped) if shutdown.is_cancelled() => AtStart::Continue,

@@ -86,6 +86,13 @@ impl PuppetService for Fake {
         Err(Status::unimplemented("no artifacts here"))
     }
 
+    async fn check(
+        &self,
+        _request: Request<geppetto_proto::v1::CheckRequest>,
+    ) -> Result<Response<geppetto_proto::v1::CheckResponse>, Status> {
+        Err(Status::unimplemented("no upgrades here"))
+    }
+
     async fn enroll(
         &self,
         request: Request<EnrollRequest>,

@@ -37,6 +37,11 @@ fn old_build() -> PathBuf {
 /// Builds the puppet again as version [`NEW`], in a target directory of its
 /// own (so it never disturbs the build under test), without debug info.
 fn new_build() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(build_new).clone()
+}
+
+fn build_new() -> PathBuf {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let target = workspace.join("target/upgrade-test-build");
     let status = std::process::Command::new(env!("CARGO"))
@@ -81,20 +86,40 @@ fn start(root: &Path, name: &str, url: &str, ca: &Path, token_file: &Path, slots
         dir.join("state").display()
     );
     std::fs::write(dir.join("puppet.toml"), config).unwrap();
-    let log = std::fs::File::create(dir.join("puppet.log")).unwrap();
-    let child = tokio::process::Command::new(dir.join("bin/puppet"))
-        .arg("run")
-        .arg("--config")
-        .arg(dir.join("puppet.toml"))
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let child = spawn(
+        &dir.join("bin/puppet"),
+        &dir.join("puppet.toml"),
+        &dir.join("puppet.log"),
+    );
     Machine {
         name: name.into(),
         dir,
         child,
+    }
+}
+
+/// Starts `puppet run --config CONFIG`, logging to `log`. A binary just
+/// copied may be busy for a moment (another thread of the test forked while
+/// the copy was open for writing: ETXTBSY), so that is tried again.
+fn spawn(bin: &Path, config: &Path, log: &Path) -> tokio::process::Child {
+    let log = std::fs::File::create(log).unwrap();
+    let mut tries = 0;
+    loop {
+        let started = tokio::process::Command::new(bin)
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log.try_clone().unwrap())
+            .kill_on_drop(true)
+            .spawn();
+        match started {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            started => return started.unwrap(),
+        }
     }
 }
 
@@ -121,8 +146,20 @@ fn run_of<'a>(job: &'a pb::Job, puppet: &str) -> &'a pb::RunSummary {
         .unwrap_or_else(|| panic!("no run on {puppet}: {job:?}"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rolling_upgrade_replaces_puppets_and_stops_at_one_that_fails_to_start() {
+/// A puppeteer process serving the new build, with an admin client and an
+/// enrollment token in a file.
+struct Setup {
+    server: ProcServer,
+    root: tempfile::TempDir,
+    url: String,
+    ca: PathBuf,
+    token_file: PathBuf,
+    channel: geppetto_proto::client::Channel,
+    admin: common::Admin,
+    new: PathBuf,
+}
+
+async fn setup() -> Setup {
     let new = tokio::task::spawn_blocking(new_build).await.unwrap();
     let root = tempfile::tempdir().unwrap();
     let server = ProcServer::start_with(
@@ -152,7 +189,59 @@ async fn a_rolling_upgrade_replaces_puppets_and_stops_at_one_that_fails_to_start
     let secret = admin.enroll_secret().await;
     let token_file = root.path().join("token");
     std::fs::write(&token_file, format!("{secret}\n")).unwrap();
+    Setup {
+        server,
+        root,
+        url,
+        ca,
+        token_file,
+        channel,
+        admin,
+        new,
+    }
+}
 
+/// A version of the task puppet-upgrade to the served build, with a deadline.
+async fn upgrade_task(admin: &mut common::Admin, deadline: u64) -> pb::Task {
+    admin
+        .tasks
+        .create_task(pb::CreateTaskRequest {
+            name: "puppet-upgrade".into(),
+            spec: Some(pb::RunSpec {
+                program: Some(pb::Program {
+                    kind: Some(pb::program::Kind::Upgrade(pb::Upgrade {
+                        version: String::new(),
+                        deadline: Some(prost_types::Duration {
+                            seconds: deadline as i64,
+                            nanos: 0,
+                        }),
+                    })),
+                }),
+                timeout: Some(prost_types::Duration {
+                    seconds: 600,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_upgrade_replaces_puppets_and_stops_at_one_that_fails_to_start() {
+    let Setup {
+        server: _server,
+        root,
+        url,
+        ca,
+        token_file,
+        channel,
+        mut admin,
+        new,
+    } = setup().await;
     let m1 = start(root.path(), "m1", &url, &ca, &token_file, 2);
     let m2 = start(root.path(), "m2", &url, &ca, &token_file, 1);
     let m3 = start(root.path(), "m3", &url, &ca, &token_file, 1);
@@ -204,31 +293,7 @@ async fn a_rolling_upgrade_replaces_puppets_and_stops_at_one_that_fails_to_start
     // The upgrade, as `geppetto puppets upgrade --target all --rolling
     // --max-failures 1` makes it: a version of the task puppet-upgrade (to
     // the served build), and a job.
-    let task = admin
-        .tasks
-        .create_task(pb::CreateTaskRequest {
-            name: "puppet-upgrade".into(),
-            spec: Some(pb::RunSpec {
-                program: Some(pb::Program {
-                    kind: Some(pb::program::Kind::Upgrade(pb::Upgrade {
-                        version: String::new(),
-                        deadline: Some(prost_types::Duration {
-                            seconds: 60,
-                            nanos: 0,
-                        }),
-                    })),
-                }),
-                timeout: Some(prost_types::Duration {
-                    seconds: 600,
-                    nanos: 0,
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let task = upgrade_task(&mut admin, 60).await;
     let spec = task.spec.unwrap();
     let Some(pb::program::Kind::Upgrade(upgrade)) = spec.program.unwrap().kind else {
         panic!("an upgrade task");
@@ -330,4 +395,126 @@ async fn a_rolling_upgrade_replaces_puppets_and_stops_at_one_that_fails_to_start
         "{hello:?}"
     );
     drop((m1, m2, m3));
+}
+
+/// `kill -9` of a puppet in the middle of its upgrade, the moment
+/// `upgrade.json` appears (just before or just after the swap, or even
+/// after the new binary took over), then a restart while the puppeteer is
+/// unreachable (SIGSTOP): whatever the instant, the puppet ends with one
+/// whole binary, old or new, its run reports which, and nothing is left
+/// behind. When the kill came after the swap, the new binary cannot reach
+/// the puppeteer within its deadline and the old one is put back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_killed_when_it_records_itself_is_never_half_applied() {
+    killed_during_upgrade(Moment::Record).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_killed_at_the_swap_is_never_half_applied() {
+    killed_during_upgrade(Moment::Swap).await;
+}
+
+/// When the puppet is killed.
+#[derive(Clone, Copy, Debug)]
+enum Moment {
+    /// As soon as `upgrade.json` appears (most often before the swap).
+    Record,
+    /// As soon as the executable's path holds another file (the swap).
+    Swap,
+}
+
+async fn killed_during_upgrade(moment: Moment) {
+    let Setup {
+        server,
+        root,
+        url,
+        ca,
+        token_file,
+        channel: _channel,
+        mut admin,
+        new,
+    } = setup().await;
+    let mut m = start(root.path(), "m4", &url, &ca, &token_file, 1);
+    admin.wait_polling("m4").await;
+    let old_bytes = std::fs::read(old_build()).unwrap();
+    let new_bytes = std::fs::read(&new).unwrap();
+    upgrade_task(&mut admin, 8).await;
+    let job = admin.run_on("puppet-upgrade", &["m4"]).await;
+
+    let pending = m.dir.join("state/upgrade.json");
+    let pid = m.child.id().unwrap();
+    let (watched, bin) = (pending.clone(), m.bin());
+    tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::MetadataExt;
+        let inode = std::fs::metadata(&bin).unwrap().ino();
+        let deadline = std::time::Instant::now() + Duration::from_secs(180);
+        let now = || match moment {
+            Moment::Record => watched.exists(),
+            Moment::Swap => std::fs::metadata(&bin).is_ok_and(|m| m.ino() != inode),
+        };
+        while !now() {
+            assert!(std::time::Instant::now() < deadline, "no {moment:?}");
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let killed = std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+    })
+    .await
+    .unwrap();
+    m.child.wait().await.unwrap();
+    let swapped = std::fs::read(m.bin()).unwrap() == new_bytes;
+    let still_pending = pending.exists();
+    eprintln!("killed at {moment:?}: swapped {swapped}, upgrade.json left {still_pending}");
+
+    // Restarted (as systemd would) while the puppeteer cannot answer.
+    server.signal("STOP");
+    m.child = spawn(&m.bin(), &m.config(), &m.dir.join("puppet-2.log"));
+    let settled = pending.clone();
+    let waited = tokio::time::timeout(Duration::from_secs(60), async move {
+        while settled.exists() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    server.signal("CONT");
+    assert!(waited.is_ok(), "the restarted puppet settled the upgrade");
+
+    let job = admin.wait_job(&job.id, Duration::from_secs(60)).await;
+    let run = &job.runs[0];
+    let bin = std::fs::read(m.bin()).unwrap();
+    assert!(bin == old_bytes || bin == new_bytes, "a whole binary");
+    let expected = if !still_pending {
+        // The new binary had already proved itself.
+        assert_eq!(run.state, pb::RunState::Succeeded as i32, "{run:?}");
+        assert_eq!(bin, new_bytes);
+        NEW
+    } else if swapped {
+        assert_eq!(run.state, pb::RunState::Failed as i32, "{run:?}");
+        assert!(
+            run.cause.contains("did not reach the puppeteer")
+                && run.cause.contains("put back puppet 0.1.0"),
+            "{run:?}"
+        );
+        assert_eq!(bin, old_bytes, "rolled back");
+        "0.1.0"
+    } else {
+        assert_eq!(run.state, pb::RunState::Failed as i32, "{run:?}");
+        assert!(run.cause.contains("nothing was changed"), "{run:?}");
+        assert_eq!(bin, old_bytes);
+        "0.1.0"
+    };
+    assert!(!m.dir.join("bin/.puppet.new").exists());
+    assert!(!m.dir.join("bin/.puppet.previous").exists());
+    wait_until_async(
+        "m4 polls as the binary it runs",
+        Duration::from_secs(30),
+        async || {
+            let p = puppet(&mut admin, "m4").await;
+            version_of(&p) == expected && p.polling
+        },
+    )
+    .await;
 }
