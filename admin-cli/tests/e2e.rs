@@ -1495,3 +1495,106 @@ fn approval_is_asked_once_nothing_else_is_pending_under_four_eyes_and_rejection_
     assert!(kinds.contains(&"job.rejected".to_string()), "{kinds:?}");
     assert!(!kinds.contains(&"job.failed".to_string()), "{kinds:?}");
 }
+
+/// A stand-in for a puppet binary: answers `--version` like one.
+fn fake_puppet(live: &Live, file: &str, version: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = live.path(file);
+    std::fs::write(&path, format!("#!/bin/sh\necho \"puppet {version}\"\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+#[test]
+fn puppet_releases_and_upgrades_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = dir.path().join("puppet");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(&served, "#!/bin/sh\necho \"puppet 0.3.0\"\n").unwrap();
+        std::fs::set_permissions(&served, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let served_path = served.clone();
+    let mut live = Live::start_with(move |c| c.puppet_binary = Some(served_path));
+    with_puppets(&mut live, &["p1"]);
+    let (os, arch) = (std::env::consts::OS, std::env::consts::ARCH);
+
+    // The served build is a release.
+    let list = live.json(&["puppet-releases", "list"]);
+    assert_eq!(list["served_version"], "0.3.0", "{list}");
+    assert_eq!(list["releases"][0]["version"], "0.3.0", "{list}");
+    assert_eq!(list["releases"][0]["served"], true, "{list}");
+    assert_eq!(list["releases"][0]["os"], os, "{list}");
+    assert_eq!(list["releases"][0]["arch"], arch, "{list}");
+
+    // Another platform needs its version said; this one's is asked.
+    let other = fake_puppet(&live, "puppet-aarch64", "0.4.0");
+    live.cli()
+        .args(["puppet-releases", "add"])
+        .arg(&other)
+        .args(["--os", "linux", "--arch", "aarch64"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("give --version VERSION"));
+    live.cli()
+        .args(["puppet-releases", "add"])
+        .arg(&other)
+        .args(["--os", "linux", "--arch", "aarch64", "--version", "0.4.0"])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(
+            "added puppet 0.4.0 for linux/aarch64",
+        ));
+    let here = fake_puppet(&live, "puppet-here", "0.4.0");
+    live.cli()
+        .args(["puppet-releases", "add"])
+        .arg(&here)
+        .args(["--os", os, "--arch", arch])
+        .assert()
+        .success()
+        .stderr(predicate::str::contains(format!(
+            "added puppet 0.4.0 for {os}/{arch}"
+        )));
+    let table = live.ok(&["puppet-releases", "list"]);
+    assert!(
+        table.contains("0.4.0") && table.contains("linux/aarch64") && table.contains("0.3.0"),
+        "{table}"
+    );
+
+    // A version without a release is refused, saying what there is.
+    live.cli()
+        .args(["puppets", "upgrade", "--puppet", "p1", "--to", "9.9.9"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("no release of puppet 9.9.9"))
+        .stderr(predicate::str::contains("0.4.0"));
+
+    // An upgrade is a job: here of an in-process puppet, which cannot
+    // replace itself and says so; the run fails with that cause.
+    let out = live
+        .cli()
+        .args(["puppets", "upgrade", "--puppet", "p1", "--to", "0.4.0"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("upgrading to puppet 0.4.0")
+            && stderr.contains("linux/aarch64")
+            && stderr.contains(&format!("{os}/{arch}")),
+        "{stderr}"
+    );
+    let job = single_id(&String::from_utf8_lossy(&out.stdout), "job");
+    let job = live.wait_job(&job);
+    assert_eq!(job["state"], "failed", "{job}");
+    assert!(
+        job["runs"][0]["cause"]
+            .as_str()
+            .unwrap()
+            .contains("cannot replace itself"),
+        "{job}"
+    );
+    let task = live.json(&["tasks", "show", "puppet-upgrade"]);
+    assert_eq!(task["program"]["kind"], "upgrade", "{task}");
+    assert_eq!(task["program"]["version"], "0.4.0", "{task}");
+}

@@ -30,7 +30,7 @@ pub struct UpgradeArgs {
     /// How long a new binary has to start and reach the puppeteer, before the
     /// swap and again after it, before it is given up (5s to 1h) [default: 2m]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    pub deadline: Option<Duration>,
+    pub prove_within: Option<Duration>,
     /// Wait until the job is finished, showing progress; exits 1 if a run did
     /// not succeed
     #[arg(long)]

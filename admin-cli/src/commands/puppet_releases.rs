@@ -142,7 +142,7 @@ pub async fn upgrade(api: &Api, args: UpgradeArgs, format: Format) -> Result<(),
     let program = pb::Program {
         kind: Some(pb::program::Kind::Upgrade(pb::Upgrade {
             version: args.to.clone().unwrap_or_default(),
-            deadline: args.deadline.map(|d| prost_types::Duration {
+            deadline: args.prove_within.map(|d| prost_types::Duration {
                 seconds: d.as_secs() as i64,
                 nanos: d.subsec_nanos() as i32,
             }),
