@@ -203,6 +203,38 @@ async fn the_install_script_makes_an_enrolled_puppet_and_changes_nothing_the_sec
         .arg(format!("{url}/install/puppet/linux/{arch}")));
     assert_eq!(code, "401");
 
+    // Another platform's build, added as a release, is served too (and its
+    // hash, version and bytes are the release's).
+    let other_build = b"#!/bin/sh\necho 'puppet 0.1.0'\n".to_vec();
+    let release = admin
+        .upload_artifact("puppet-0.1.0-linux-riscv64", &other_build)
+        .await;
+    let (ok, line) = run(Command::new("curl")
+        .args(["-fsS", "--cacert"])
+        .arg(&ca)
+        .arg(format!("{url}/install/puppet/linux/riscv64.sha256")));
+    assert!(ok, "{line}");
+    assert_eq!(
+        line.trim(),
+        format!("{} {} 0.1.0", release.sha256, other_build.len())
+    );
+    let (ok, bytes) = run(Command::new("curl")
+        .args(["-fsS", "--cacert"])
+        .arg(&ca)
+        .arg("-H")
+        .arg(format!("Authorization: Bearer {secret}"))
+        .arg(format!("{url}/install/puppet/linux/riscv64")));
+    assert!(ok, "{bytes}");
+    assert_eq!(bytes.as_bytes(), other_build.as_slice());
+    let (_, missing) = run(Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(&ca)
+        .arg(format!("{url}/install/puppet/linux/mips.sha256")));
+    assert!(
+        missing.contains("linux/riscv64") && missing.contains(&format!("linux/{arch}")),
+        "the platforms known are named: {missing}"
+    );
+
     // A fresh machine: installed, enrolled, and nothing of the token left.
     let (ok, text) = install(&url, &ca, &machine, Some(&token_file), &[]);
     assert!(ok, "{text}");
