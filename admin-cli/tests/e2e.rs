@@ -1597,4 +1597,18 @@ fn puppet_releases_and_upgrades_from_the_cli() {
     let task = live.json(&["tasks", "show", "puppet-upgrade"]);
     assert_eq!(task["program"]["kind"], "upgrade", "{task}");
     assert_eq!(task["program"]["version"], "0.4.0", "{task}");
+
+    // A resource given to the task stays with the next upgrades.
+    live.ok(&["resources", "create", "upgrades", "--capacity", "1"]);
+    live.ok(&[
+        "tasks",
+        "update",
+        "puppet-upgrade",
+        "--resource",
+        "upgrades",
+    ]);
+    live.ok(&["puppets", "upgrade", "--puppet", "p1", "--to", "0.3.0"]);
+    let task = live.json(&["tasks", "show", "puppet-upgrade"]);
+    assert_eq!(task["program"]["version"], "0.3.0", "{task}");
+    assert_eq!(task["resources"][0]["name"], "upgrades", "{task}");
 }

@@ -127,6 +127,7 @@ pub async fn run_puppet(config: AgentConfig, shutdown: CancellationToken) -> any
         boot_id: facts::boot_id(config.boot_id_file.as_deref()),
         relaunch: config.relaunch.clone(),
         restart: Default::default(),
+        upgrading: Default::default(),
     };
     let offer = match config.peer_listen {
         Some(listen) => Some(

@@ -42,6 +42,8 @@ pub struct RunContext {
     /// Set by an upgrade that swapped the binary, before it cancels
     /// `shutdown`: the process then executes the new binary.
     pub restart: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Held by the upgrade run under way.
+    pub upgrading: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 /// How long after its start a run that expects a reboot may take to come
@@ -237,6 +239,14 @@ fn upgrade_of(assignment: &Assignment) -> Option<(String, Duration)> {
     }
 }
 
+/// How an upgrade run went, when it went well.
+enum Upgraded {
+    /// Nothing to do, and why.
+    Already(String),
+    /// The binary was swapped; no new run is taken until the restart.
+    Swapped(crate::held::PauseGuard),
+}
+
 /// An upgrade run (see [`crate::upgrade`]): fetch, quiet, stage, check,
 /// swap, restart. Returns without reporting once the binary was swapped:
 /// the new process reports the run (or the old one, after a rollback).
@@ -260,7 +270,7 @@ async fn run_upgrade(
     let outcome = async {
         if version == crate::VERSION {
             log(&format!("this puppet is already {version}; nothing to do"));
-            return Ok(format!("already puppet {version}"));
+            return Ok(Upgraded::Already(format!("already puppet {version}")));
         }
         let Some(relaunch) = &ctx.relaunch else {
             return Err("this puppet was not started as a program of its own (puppet run) and cannot replace itself".to_string());
@@ -292,7 +302,11 @@ async fn run_upgrade(
         let Some((_, fetched)) = prepared.env.first() else {
             return Err("the new binary was fetched but its file is unknown".into());
         };
-        let _quiet = ctx.held.pause();
+        // One upgrade at a time: two would each wait for the other to end.
+        let Ok(_one) = ctx.upgrading.clone().try_lock_owned() else {
+            return Err("another upgrade is under way on this puppet".into());
+        };
+        let quiet = ctx.held.pause();
         log("taking no new run; waiting for the runs executing to end");
         tokio::select! {
             () = ctx.held.wait_alone(run_id) => {}
@@ -343,7 +357,7 @@ async fn run_upgrade(
             relaunch.exe.display(),
             pending.previous.display()
         ));
-        Ok(String::new())
+        Ok(Upgraded::Swapped(quiet))
     }
     .await;
     let report = |outcome: Outcome, exit_code: i32, message: String| FinishReport {
@@ -355,13 +369,15 @@ async fn run_upgrade(
         message,
     };
     let report = match outcome {
-        Ok(message) if message.is_empty() => {
-            // Swapped: restart as the new binary; it reports the run.
+        Ok(Upgraded::Swapped(quiet)) => {
+            // Restart as the new binary, which reports the run. The pause
+            // ends only after the shutdown began: no new run is taken.
             ctx.restart.store(true, std::sync::atomic::Ordering::SeqCst);
             ctx.shutdown.cancel();
+            drop(quiet);
             return;
         }
-        Ok(message) => report(Outcome::Exited, 0, message),
+        Ok(Upgraded::Already(message)) => report(Outcome::Exited, 0, message),
         Err(_) if ctx.shutdown.is_cancelled() => return,
         Err(why) => {
             tracing::error!(%run_id, "upgrade failed: {why}");
