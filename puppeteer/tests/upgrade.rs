@@ -3,7 +3,8 @@
 //! workspace's puppet built again with `GEPPETTO_VERSION` set, into its own
 //! target directory), and three puppet processes of the first build, each
 //! from its own copy of the binary (each replaces its own). The upgrade is
-//! one job, rolling, `--max-failures 1`:
+//! one job, rolling, `--max-failures 1`, at the defaults a user gets (the
+//! puppets' poll hold, the upgrade's deadline):
 //! - m1 runs another task when the upgrade reaches it (two slots): that run
 //!   keeps its result, then m1 swaps and restarts as the new version (same
 //!   process id, `exec`) and reports it;
@@ -80,7 +81,7 @@ fn start(root: &Path, name: &str, url: &str, ca: &Path, token_file: &Path, slots
     std::fs::copy(old_build(), dir.join("bin/puppet")).unwrap();
     let config = format!(
         "server = \"{url}\"\nca = \"{}\"\nenroll_token_file = \"{}\"\nstate_dir = \"{}\"\n\
-         name = \"{name}\"\nslots = {slots}\npoll_hold = \"5s\"\n",
+         name = \"{name}\"\nslots = {slots}\n",
         ca.display(),
         token_file.display(),
         dir.join("state").display()
@@ -201,8 +202,9 @@ async fn setup() -> Setup {
     }
 }
 
-/// A version of the task puppet-upgrade to the served build, with a deadline.
-async fn upgrade_task(admin: &mut common::Admin, deadline: u64) -> pb::Task {
+/// A version of the task puppet-upgrade to the served build, with a
+/// deadline (`None`: the default, as `geppetto puppets upgrade` leaves it).
+async fn upgrade_task(admin: &mut common::Admin, deadline: Option<u64>) -> pb::Task {
     admin
         .tasks
         .create_task(pb::CreateTaskRequest {
@@ -211,8 +213,8 @@ async fn upgrade_task(admin: &mut common::Admin, deadline: u64) -> pb::Task {
                 program: Some(pb::Program {
                     kind: Some(pb::program::Kind::Upgrade(pb::Upgrade {
                         version: String::new(),
-                        deadline: Some(prost_types::Duration {
-                            seconds: deadline as i64,
+                        deadline: deadline.map(|seconds| prost_types::Duration {
+                            seconds: seconds as i64,
                             nanos: 0,
                         }),
                     })),
@@ -293,7 +295,7 @@ async fn a_rolling_upgrade_replaces_puppets_and_stops_at_one_that_fails_to_start
     // The upgrade, as `geppetto puppets upgrade --target all --rolling
     // --max-failures 1` makes it: a version of the task puppet-upgrade (to
     // the served build), and a job.
-    let task = upgrade_task(&mut admin, 60).await;
+    let task = upgrade_task(&mut admin, None).await;
     let spec = task.spec.unwrap();
     let Some(pb::program::Kind::Upgrade(upgrade)) = spec.program.unwrap().kind else {
         panic!("an upgrade task");
@@ -438,7 +440,7 @@ async fn killed_during_upgrade(moment: Moment) {
     admin.wait_polling("m4").await;
     let old_bytes = std::fs::read(old_build()).unwrap();
     let new_bytes = std::fs::read(&new).unwrap();
-    upgrade_task(&mut admin, 8).await;
+    upgrade_task(&mut admin, Some(8)).await;
     let job = admin.run_on("puppet-upgrade", &["m4"]).await;
 
     let pending = m.dir.join("state/upgrade.json");
