@@ -97,6 +97,52 @@ pub fn print_json<T: Serialize>(value: &T) -> Result<(), Error> {
     Ok(())
 }
 
+/// A JSON array written an element at a time (to stdout unless told),
+/// laid out as [`print_json`] lays out a whole array: a long listing never
+/// needs to be held at once.
+#[derive(Debug)]
+pub struct JsonArray<W: Write = std::io::Stdout> {
+    out: W,
+    started: bool,
+}
+
+impl Default for JsonArray {
+    fn default() -> Self {
+        JsonArray::to(std::io::stdout())
+    }
+}
+
+impl<W: Write> JsonArray<W> {
+    pub fn to(out: W) -> Self {
+        JsonArray {
+            out,
+            started: false,
+        }
+    }
+
+    pub fn push<T: Serialize>(&mut self, value: &T) -> Result<(), Error> {
+        let text = serde_json::to_string_pretty(value).map_err(std::io::Error::from)?;
+        let out = &mut self.out;
+        out.write_all(if self.started { b",\n" } else { b"[\n" })?;
+        self.started = true;
+        for (i, line) in text.lines().enumerate() {
+            if i > 0 {
+                out.write_all(b"\n")?;
+            }
+            write!(out, "  {line}")?;
+        }
+        Ok(())
+    }
+
+    /// Closes the array; returns the writer.
+    pub fn finish(mut self) -> Result<W, Error> {
+        let end: &[u8] = if self.started { b"\n]\n" } else { b"[]\n" };
+        self.out.write_all(end)?;
+        self.out.flush()?;
+        Ok(self.out)
+    }
+}
+
 /// A key/value block for `show` commands: one field per line.
 pub fn fields(rows: Vec<(&str, String)>) -> Table {
     let mut table = Table::new();
@@ -241,6 +287,30 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    /// A streamed array is byte for byte what printing the whole array
+    /// gives, empty or not, strings with newlines included.
+    #[test]
+    fn a_json_array_streamed_is_the_array_printed_whole() {
+        let items = [
+            serde_json::json!({"name": "a", "labels": {"k": "v"}, "n": [1, 2]}),
+            serde_json::json!({"name": "b\nc", "empty": {}, "list": []}),
+            serde_json::json!("plain"),
+        ];
+        for count in 0..=items.len() {
+            let mut array = JsonArray::to(Vec::new());
+            for item in &items[..count] {
+                array.push(item).unwrap();
+            }
+            let streamed = array.finish().unwrap();
+            let mut whole = serde_json::to_vec_pretty(&items[..count].to_vec()).unwrap();
+            whole.push(b'\n');
+            assert_eq!(
+                String::from_utf8(streamed).unwrap(),
+                String::from_utf8(whole).unwrap()
+            );
+        }
+    }
 
     proptest! {
         /// Whatever a puppet or a user puts in a field: the printed text

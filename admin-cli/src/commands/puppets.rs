@@ -28,10 +28,7 @@ pub async fn list_puppets(api: &Api, selector: String) -> Result<Vec<pb::Puppet>
 pub async fn run(api: &Api, command: PuppetsCommand, format: Format) -> Result<(), Error> {
     match command {
         PuppetsCommand::Upgrade(args) => super::puppet_releases::upgrade(api, args, format).await,
-        PuppetsCommand::List { selector } => {
-            let puppets = list_puppets(api, selector.unwrap_or_default()).await?;
-            print_list(&puppets, format)
-        }
+        PuppetsCommand::List { selector } => list(api, selector.unwrap_or_default(), format).await,
         PuppetsCommand::Show { name } => {
             let req = pb::GetPuppetRequest { name };
             let puppet = api.call(api.puppets().get_puppet(request(req))).await?;
@@ -182,12 +179,49 @@ fn credential(p: &pb::Puppet) -> &'static str {
     }
 }
 
-fn print_list(puppets: &[pb::Puppet], format: Format) -> Result<(), Error> {
-    if format == Format::Json {
-        let views: Vec<_> = puppets.iter().map(PuppetView::from).collect();
-        return output::print_json(&views);
+/// `puppets list`: each page is printed (JSON) or turned into table rows
+/// as it comes, so that a listing of a large fleet holds one page of
+/// puppets at a time, not the whole fleet's records.
+async fn list(api: &Api, selector: String, format: Format) -> Result<(), Error> {
+    let mut token = String::new();
+    let mut table = (format == Format::Table).then(table);
+    let mut json = (format == Format::Json).then(output::JsonArray::default);
+    loop {
+        let req = pb::ListPuppetsRequest {
+            selector: selector.clone(),
+            page_token: token.clone(),
+            ..Default::default()
+        };
+        let page = api.call(api.puppets().list_puppets(request(req))).await?;
+        for p in &page.puppets {
+            if let Some(table) = &mut table {
+                table.add_row(row(p));
+            }
+            if let Some(json) = &mut json {
+                json.push(&PuppetView::from(p))?;
+            }
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        if page.next_page_token == token {
+            return Err(Error::Api(
+                "the puppeteer answered the same page twice; stopping".into(),
+            ));
+        }
+        token = page.next_page_token;
     }
-    let mut table = output::table([
+    if let Some(json) = json {
+        json.finish()?;
+    }
+    match table {
+        Some(table) => output::print_table(&table),
+        None => Ok(()),
+    }
+}
+
+fn table() -> comfy_table::Table {
+    output::table([
         "NAME",
         "STATE",
         "PRESENCE",
@@ -196,8 +230,11 @@ fn print_list(puppets: &[pb::Puppet], format: Format) -> Result<(), Error> {
         "OS (FACT)",
         "VERSION",
         "LABELS",
-    ]);
-    for p in puppets {
+    ])
+}
+
+fn row(p: &pb::Puppet) -> Vec<comfy_table::Cell> {
+    {
         let os = p
             .facts
             .as_ref()
@@ -208,7 +245,7 @@ fn print_list(puppets: &[pb::Puppet], format: Format) -> Result<(), Error> {
             .as_ref()
             .map(|f| f.agent_version.clone())
             .unwrap_or_default();
-        table.add_row(vec![
+        vec![
             output::cell(&p.name),
             output::state_cell(&state_word(p)),
             output::state_cell(&views::presence(p.presence)),
@@ -221,9 +258,8 @@ fn print_list(puppets: &[pb::Puppet], format: Format) -> Result<(), Error> {
                 version
             }),
             output::cell(output::labels(&p.labels)),
-        ]);
+        ]
     }
-    output::print_table(&table)
 }
 
 fn print_one(p: &pb::Puppet, format: Format) -> Result<(), Error> {
