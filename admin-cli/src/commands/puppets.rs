@@ -9,8 +9,13 @@ use crate::output;
 use crate::parse::pairs_to_map;
 use crate::views::{self, PuppetView};
 
-/// Every puppet the selector matches, by name, a page at a time.
-pub async fn list_puppets(api: &Api, selector: String) -> Result<Vec<pb::Puppet>, Error> {
+/// What `keep` takes of every puppet the selector matches, by name, a page
+/// at a time: only a page of whole records is held at once.
+pub async fn list_puppets_as<T>(
+    api: &Api,
+    selector: String,
+    keep: fn(&pb::Puppet) -> T,
+) -> Result<Vec<T>, Error> {
     pages(None, |page_token| {
         let req = pb::ListPuppetsRequest {
             selector: selector.clone(),
@@ -19,7 +24,10 @@ pub async fn list_puppets(api: &Api, selector: String) -> Result<Vec<pb::Puppet>
         };
         async move {
             let page = api.call(api.puppets().list_puppets(request(req))).await?;
-            Ok((page.puppets, page.next_page_token))
+            Ok((
+                page.puppets.iter().map(keep).collect(),
+                page.next_page_token,
+            ))
         }
     })
     .await

@@ -10,7 +10,7 @@ use crate::api::{Api, request};
 use crate::cli::Format;
 use crate::error::Error;
 use crate::output;
-use crate::views::{JobBriefView, ServerView, StatusView};
+use crate::views::{JobBriefView, PuppetBrief, ServerView, StatusView};
 
 /// How many of the newest jobs are looked at.
 const JOBS_LOOKED_AT: u32 = 100;
@@ -27,7 +27,7 @@ pub async fn run(api: &Api, format: Format) -> Result<(), Error> {
         )
     };
     let (puppets, jobs, resources, server) = tokio::try_join!(
-        super::puppets::list_puppets(api, String::new()),
+        super::puppets::list_puppets_as(api, String::new(), |p| PuppetBrief::from(p)),
         api.call(jobs_client.list_jobs(request(pb::ListJobsRequest {
             limit: JOBS_LOOKED_AT,
             ..Default::default()
@@ -321,6 +321,7 @@ mod tests {
             waiters: vec![pb::ResourceHolder::default()],
             ..Default::default()
         }];
+        let puppets: Vec<PuppetBrief> = puppets.iter().map(PuppetBrief::from).collect();
         let text = render(&StatusView::new(&puppets, &jobs, &resources));
         assert!(
             text.starts_with(

@@ -42,7 +42,7 @@ pub use resources::{ResourceHolderView, ResourceView};
 pub use runs::{FetchView, RunView, TransitionView};
 pub use status::{
     AttentionView, FetchingRunView, FleetView, JobBriefView, NodeView, OFFLINE_WAIT,
-    OfflineWaitView, ResourceUseView, ServerView, StatusView,
+    OfflineWaitView, PuppetBrief, ResourceUseView, ServerView, StatusView,
 };
 pub use tasks::{
     ArtifactRefView, ProgramView, ResourceNeedView, TaskView, artifacts_line, needs_line,

@@ -183,10 +183,31 @@ pub struct OfflineWaitView {
 /// How the puppeteer's cause of a run waiting for its offline puppet begins.
 pub const OFFLINE_WAIT: &str = "waiting for its puppet, which is offline";
 
+/// What the status needs of a puppet: a few fields, so that a fleet of a
+/// hundred thousand is not held as whole records.
+#[derive(Clone, Debug)]
+pub struct PuppetBrief {
+    pub name: String,
+    pub presence: i32,
+    pub state: i32,
+    pub last_seen: Option<prost_types::Timestamp>,
+}
+
+impl From<&pb::Puppet> for PuppetBrief {
+    fn from(p: &pb::Puppet) -> Self {
+        PuppetBrief {
+            name: p.name.clone(),
+            presence: p.presence,
+            state: p.state,
+            last_seen: p.last_seen,
+        }
+    }
+}
+
 impl StatusView {
     /// The status from the puppets, the last jobs (newest first) and the
     /// resources.
-    pub fn new(puppets: &[pb::Puppet], jobs: &[pb::Job], resources: &[pb::Resource]) -> Self {
+    pub fn new(puppets: &[PuppetBrief], jobs: &[pb::Job], resources: &[pb::Resource]) -> Self {
         let mut fleet = FleetView::default();
         let mut pending_puppets = Vec::new();
         for p in puppets {
@@ -328,6 +349,7 @@ mod tests {
             resource("idle", 0, 0),
             resource("db", 1, 0),
         ];
+        let puppets: Vec<PuppetBrief> = puppets.iter().map(PuppetBrief::from).collect();
         let status = StatusView::new(&puppets, &jobs, &resources);
         assert_eq!(
             status.fleet,
