@@ -316,10 +316,10 @@ async fn run_upgrade(
         if let Err(e) = upgrade::stage(std::path::Path::new(fetched), &staged) {
             return Err(format!("cannot write the new binary to {}: {e}", staged.display()));
         }
+        // Its arguments are not shown: they may hold a token or a proxy's password.
         log(&format!(
-            "checking the new binary: started as {} {} {}",
+            "checking the new binary: {} started with this puppet's arguments and {}",
             staged.display(),
-            relaunch.args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" "),
             upgrade::CHECK_FLAG
         ));
         if let Err(why) = upgrade::check_binary(&staged, relaunch, &version, deadline).await {
