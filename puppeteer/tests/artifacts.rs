@@ -7,7 +7,6 @@ mod common;
 #[path = "common/faultproxy.rs"]
 mod faultproxy;
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::{Admin, FakePuppet, TestServer, script_spec};
@@ -523,25 +522,6 @@ async fn resources_take_and_show_a_bandwidth_budget() {
     server.stop().await;
 }
 
-/// The byte counters of the metrics endpoint.
-pub async fn scrape(addr: std::net::SocketAddr) -> HashMap<String, f64> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await.unwrap();
-    body.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_string(), v.parse().ok()?))
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn concurrent_downloads_share_the_budget_of_the_resource_they_hold() {
     let server = TestServer::start().await;
@@ -606,7 +586,7 @@ async fn concurrent_downloads_share_the_budget_of_the_resource_they_hold() {
 /// The artifact bytes the puppeteer streamed so far.
 async fn bytes_sent(server: &TestServer) -> u64 {
     let addr = server.running.as_ref().unwrap().metrics_addr.unwrap();
-    scrape(addr)
+    common::scrape_metrics(addr)
         .await
         .get("geppetto_artifact_bytes_sent_total")
         .copied()

@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use common::{Admin, RealPuppet, TestServer, script_spec};
@@ -28,28 +27,10 @@ fn content(seed: u8, len: usize) -> Vec<u8> {
         .collect()
 }
 
-async fn scrape(addr: std::net::SocketAddr) -> HashMap<String, f64> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await.unwrap();
-    body.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_string(), v.parse().ok()?))
-        })
-        .collect()
-}
-
 /// Bytes of artifact content the puppeteer sent, in all.
 async fn sent(server: &TestServer) -> u64 {
     let addr = server.running.as_ref().unwrap().metrics_addr.unwrap();
-    scrape(addr)
+    common::scrape_metrics(addr)
         .await
         .get("geppetto_artifact_bytes_sent_total")
         .copied()
