@@ -33,7 +33,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use tokio_util::sync::CancellationToken;
@@ -81,10 +81,23 @@ pub struct Admissions {
     bounds: Bounds,
     inner: Mutex<Inner>,
     refused: [Counter; 2],
-    /// When a refusal was last logged, and the refusals since.
-    log: Mutex<(Option<Instant>, u64)>,
+    /// The refusals logged and to log.
+    log: Mutex<RefusalLog>,
     /// Connections evicted and not yet gone.
     evicting: AtomicUsize,
+}
+
+/// Refusals are logged at most once per [`LOG_EVERY`]: the first at once,
+/// those after it counted, and their count logged when the period ends, so
+/// that a burst shorter than the period is in the log too.
+#[derive(Debug, Default)]
+struct RefusalLog {
+    /// When a line was last written.
+    last: Option<tokio::time::Instant>,
+    /// Refusals not in a line yet.
+    since: u64,
+    /// A line of those is due at the period's end.
+    due: bool,
 }
 
 #[derive(Debug, Default)]
@@ -195,16 +208,37 @@ impl Admissions {
         })
     }
 
-    fn refused(&self, source: IpAddr, why: Refused) {
+    fn refused(self: &Arc<Self>, source: IpAddr, why: Refused) {
         self.refused[why as usize].inc();
         let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
-        log.1 += 1;
-        let now = Instant::now();
-        if log.0.is_some_and(|last| now - last < LOG_EVERY) {
+        log.since += 1;
+        let now = tokio::time::Instant::now();
+        if let Some(last) = log.last.filter(|last| now - *last < LOG_EVERY) {
+            if !log.due
+                && let Ok(runtime) = tokio::runtime::Handle::try_current()
+            {
+                log.due = true;
+                let me = Arc::clone(self);
+                runtime.spawn(async move {
+                    tokio::time::sleep_until(last + LOG_EVERY).await;
+                    me.log_refusals_since(source, why);
+                });
+            }
             return;
         }
-        let refused = std::mem::take(&mut log.1);
-        log.0 = Some(now);
+        drop(log);
+        self.log_refusals_since(source, why);
+    }
+
+    /// Writes the line of the refusals not logged yet, if any.
+    fn log_refusals_since(&self, source: IpAddr, why: Refused) {
+        let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        log.due = false;
+        let refused = std::mem::take(&mut log.since);
+        if refused == 0 {
+            return;
+        }
+        log.last = Some(tokio::time::Instant::now());
         drop(log);
         tracing::warn!(
             %source,
@@ -319,6 +353,30 @@ mod tests {
 
     fn ip(text: &str) -> IpAddr {
         text.parse().unwrap()
+    }
+
+    /// A burst of refusals shorter than the logging period: the first is
+    /// logged at once, the others when the period ends; none is lost.
+    #[tokio::test(start_paused = true)]
+    async fn every_refusal_of_a_burst_reaches_the_log() {
+        let a = admissions(1, 1);
+        let _held = a.admit(ip("192.0.2.1")).unwrap();
+        let pending = || a.log.lock().unwrap().since;
+        a.admit(ip("192.0.2.1")).unwrap_err();
+        assert_eq!(pending(), 0, "the first refusal is logged at once");
+        for _ in 0..4 {
+            a.admit(ip("192.0.2.1")).unwrap_err();
+        }
+        assert_eq!(pending(), 4, "the rest of the burst waits for the period");
+        assert!(a.log.lock().unwrap().due);
+        tokio::time::sleep(LOG_EVERY + Duration::from_millis(1)).await;
+        assert_eq!(pending(), 0, "logged when the period ended");
+        assert!(!a.log.lock().unwrap().due);
+        // The next refusal falls in the new period: counted for its end.
+        a.admit(ip("192.0.2.1")).unwrap_err();
+        assert_eq!(pending(), 1);
+        tokio::time::sleep(LOG_EVERY + Duration::from_millis(1)).await;
+        assert_eq!(pending(), 0);
     }
 
     #[test]
