@@ -594,3 +594,54 @@ async fn a_puppet_too_old_is_refused_with_how_to_upgrade_it() {
     assert_eq!(info.puppets_older, 0);
     server.stop().await;
 }
+
+/// `Check`, which a puppet's new binary calls before an upgrade swaps it
+/// in: it answers for an enrolled puppet of a version served, refuses an
+/// older one with FAILED_PRECONDITION saying how to upgrade, refuses a
+/// caller without a credential and an oversized version, and changes
+/// nothing (the puppet's facts keep its running version).
+#[tokio::test]
+async fn check_says_whether_a_version_is_served_and_changes_nothing() {
+    let server = TestServer::start().await;
+    let mut admin = server.admin();
+    let secret = admin.enroll_secret().await;
+    let mut puppet = FakePuppet::enroll(&server, &secret, "p1").await;
+    let check = |version: &str| pb::CheckRequest {
+        agent_version: version.into(),
+    };
+
+    let answer = puppet
+        .client
+        .check(check("0.1.0"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.server_version, env!("CARGO_PKG_VERSION"));
+    puppet.client.check(check("9.0.0-rc1")).await.unwrap();
+
+    let old = puppet.client.check(check("0.0.9")).await.unwrap_err();
+    assert_eq!(old.code(), Code::FailedPrecondition, "{old:?}");
+    assert!(old.message().contains("older than"), "{old:?}");
+
+    let long = puppet
+        .client
+        .check(check(&"1".repeat(65)))
+        .await
+        .unwrap_err();
+    assert_eq!(long.code(), Code::InvalidArgument, "{long:?}");
+
+    let mut stranger = pb::puppet_service_client::PuppetServiceClient::new(
+        server.channel(Transport::GrpcWeb, None),
+    );
+    let anonymous = stranger.check(check("0.1.0")).await.unwrap_err();
+    assert_eq!(anonymous.code(), Code::Unauthenticated, "{anonymous:?}");
+
+    let shown = admin
+        .puppets
+        .get_puppet(pb::GetPuppetRequest { name: "p1".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    let version = shown.facts.map(|f| f.agent_version).unwrap_or_default();
+    assert!(version.is_empty(), "a check stores nothing: {version:?}");
+}
