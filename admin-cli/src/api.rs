@@ -170,24 +170,42 @@ where
 pub async fn pages_at_most<T, Fut>(
     want: Option<usize>,
     max_pages: usize,
-    mut page: impl FnMut(String) -> Fut,
+    page: impl FnMut(String) -> Fut,
 ) -> Result<(Vec<T>, bool), Error>
 where
     Fut: Future<Output = Result<(Vec<T>, String), Error>>,
 {
     let mut items = Vec::new();
+    let more = each_page(max_pages, page, |mut got| {
+        items.append(&mut got);
+        match want {
+            Some(want) if items.len() >= want => {
+                items.truncate(want);
+                false
+            }
+            _ => true,
+        }
+    })
+    .await?;
+    Ok((items, more))
+}
+
+/// Reads pages one after the other, at most `max_pages`, handing each to
+/// `take` (which returns whether to go on) and keeping none: what a listing
+/// printed as it comes uses. Says whether the listing went on past them.
+pub async fn each_page<T, Fut>(
+    max_pages: usize,
+    mut page: impl FnMut(String) -> Fut,
+    mut take: impl FnMut(Vec<T>) -> bool,
+) -> Result<bool, Error>
+where
+    Fut: Future<Output = Result<(Vec<T>, String), Error>>,
+{
     let mut token = String::new();
     for _ in 0..max_pages {
-        let (mut got, next) = page(token.clone()).await?;
-        items.append(&mut got);
-        if let Some(want) = want
-            && items.len() >= want
-        {
-            items.truncate(want);
-            return Ok((items, false));
-        }
-        if next.is_empty() {
-            return Ok((items, false));
+        let (got, next) = page(token.clone()).await?;
+        if !take(got) || next.is_empty() {
+            return Ok(false);
         }
         if next == token {
             return Err(Error::Api(
@@ -196,7 +214,7 @@ where
         }
         token = next;
     }
-    Ok((items, true))
+    Ok(true)
 }
 
 /// A request that tells the server our deadline too, so it can give up.

@@ -143,22 +143,7 @@ async fn the_install_script_makes_an_enrolled_puppet_and_changes_nothing_the_sec
     .await;
     let url = format!("https://localhost:{}", server.port);
     let ca = dir.path().join("data/tls/ca.pem");
-    let token = std::fs::read_to_string(dir.path().join("data/admin-token"))
-        .unwrap()
-        .trim()
-        .to_string();
-    let slot = geppetto_proto::client::TokenSlot::default();
-    slot.set(Some(&token)).unwrap();
-    let channel = geppetto_proto::client::Channel::new(
-        &geppetto_proto::client::Endpoint {
-            url: url.clone(),
-            ca_file: Some(ca.clone()),
-            transport: geppetto_proto::client::Transport::Grpc,
-        },
-        slot,
-    )
-    .unwrap();
-    let mut admin = common::Admin::new(channel);
+    let mut admin = server.admin(&dir.path().join("data"));
     let secret = admin.enroll_secret().await;
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, format!("{secret}\n")).unwrap();

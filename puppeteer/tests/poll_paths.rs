@@ -15,15 +15,6 @@ use geppetto_test_support::wait_until_async;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
-async fn puppet_view(admin: &mut common::Admin, name: &str) -> pb::Puppet {
-    admin
-        .puppets
-        .get_puppet(pb::GetPuppetRequest { name: name.into() })
-        .await
-        .unwrap()
-        .into_inner()
-}
-
 fn hold_of(p: &pb::Puppet) -> Option<Duration> {
     p.poll_hold.and_then(|d| Duration::try_from(d).ok())
 }
@@ -56,7 +47,7 @@ async fn a_proxy_idle_timeout_shorter_than_the_hold_lowers_it() {
     admin.wait_polling("p1").await;
 
     let view = wait_until_async("the hold adapted to the cut polls", DEADLINE, async || {
-        let view = puppet_view(&mut admin, "p1").await;
+        let view = admin.puppet("p1").await;
         if view.polls_cut >= 1 && hold_of(&view).is_some_and(|h| h < Duration::from_secs(3)) {
             Ok(view)
         } else {
@@ -79,7 +70,7 @@ async fn a_proxy_idle_timeout_shorter_than_the_hold_lowers_it() {
     let job = admin.wait_job(&job.id, DEADLINE).await;
     assert_eq!(job.state, pb::JobState::Succeeded as i32);
     assert_eq!(admin.log(&job.runs[0].run_id).await, b"through\n");
-    let view = puppet_view(&mut admin, "p1").await;
+    let view = admin.puppet("p1").await;
     assert_eq!(view.polls_cut, cut, "cut again after settling: {view:?}");
     assert!(hold_of(&view).unwrap() < Duration::from_secs(3));
 
@@ -117,7 +108,7 @@ async fn a_silent_connection_is_dropped_and_the_puppet_recovers() {
     assert_eq!(job.state, pb::JobState::Succeeded as i32, "{job:?}");
     assert_eq!(admin.log(&job.runs[0].run_id).await, b"recovered\n");
     assert!(relay.accepted() > before, "no new connection was made");
-    let view = puppet_view(&mut admin, "p1").await;
+    let view = admin.puppet("p1").await;
     assert!(
         view.polls_cut >= 1,
         "the silent poll was not counted: {view:?}"

@@ -124,15 +124,6 @@ fn spawn(bin: &Path, config: &Path, log: &Path) -> tokio::process::Child {
     }
 }
 
-async fn puppet(admin: &mut common::Admin, name: &str) -> pb::Puppet {
-    admin
-        .puppets
-        .get_puppet(pb::GetPuppetRequest { name: name.into() })
-        .await
-        .unwrap()
-        .into_inner()
-}
-
 fn version_of(p: &pb::Puppet) -> String {
     p.facts
         .as_ref()
@@ -171,22 +162,8 @@ async fn setup() -> Setup {
     .await;
     let url = format!("https://localhost:{}", server.port);
     let ca = root.path().join("data/tls/ca.pem");
-    let token = std::fs::read_to_string(root.path().join("data/admin-token"))
-        .unwrap()
-        .trim()
-        .to_string();
-    let slot = geppetto_proto::client::TokenSlot::default();
-    slot.set(Some(&token)).unwrap();
-    let channel = geppetto_proto::client::Channel::new(
-        &geppetto_proto::client::Endpoint {
-            url: url.clone(),
-            ca_file: Some(ca.clone()),
-            transport: geppetto_proto::client::Transport::Grpc,
-        },
-        slot,
-    )
-    .unwrap();
-    let mut admin = common::Admin::new(channel.clone());
+    let mut admin = server.admin(&root.path().join("data"));
+    let channel = admin.channel.clone();
     let secret = admin.enroll_secret().await;
     let token_file = root.path().join("token");
     std::fs::write(&token_file, format!("{secret}\n")).unwrap();
@@ -249,7 +226,7 @@ async fn a_rolling_upgrade_replaces_puppets_and_stops_at_one_that_fails_to_start
     let m3 = start(root.path(), "m3", &url, &ca, &token_file, 1);
     for m in [&m1, &m2, &m3] {
         admin.wait_polling(&m.name).await;
-        assert_eq!(version_of(&puppet(&mut admin, &m.name).await), "0.1.0");
+        assert_eq!(version_of(&admin.puppet(&m.name).await), "0.1.0");
     }
     let m1_pid = m1.child.id().unwrap();
     let old_bytes = std::fs::read(old_build()).unwrap();
@@ -350,7 +327,7 @@ async fn a_rolling_upgrade_replaces_puppets_and_stops_at_one_that_fails_to_start
         "m1 reports its new version",
         Duration::from_secs(30),
         async || {
-            let p = puppet(&mut admin, "m1").await;
+            let p = admin.puppet("m1").await;
             version_of(&p) == NEW && p.polling
         },
     )
@@ -374,7 +351,7 @@ async fn a_rolling_upgrade_replaces_puppets_and_stops_at_one_that_fails_to_start
     assert!(!m2.dir.join("bin/.puppet.new").exists());
     assert!(!m2.dir.join("bin/.puppet.previous").exists());
     assert!(!m2.dir.join("state/upgrade.json").exists());
-    let p2 = puppet(&mut admin, "m2").await;
+    let p2 = admin.puppet("m2").await;
     assert_eq!(version_of(&p2), "0.1.0");
 
     // m3: the rollout stopped at the failure.
@@ -514,7 +491,7 @@ async fn killed_during_upgrade(moment: Moment) {
         "m4 polls as the binary it runs",
         Duration::from_secs(30),
         async || {
-            let p = puppet(&mut admin, "m4").await;
+            let p = admin.puppet("m4").await;
             version_of(&p) == expected && p.polling
         },
     )

@@ -2,7 +2,7 @@
 
 use geppetto_proto::v1 as pb;
 
-use crate::api::{Api, pages, request};
+use crate::api::{Api, each_page, pages, request};
 use crate::cli::{Format, PuppetsCommand};
 use crate::error::Error;
 use crate::output;
@@ -191,33 +191,40 @@ fn credential(p: &pb::Puppet) -> &'static str {
 /// as it comes, so that a listing of a large fleet holds one page of
 /// puppets at a time, not the whole fleet's records.
 async fn list(api: &Api, selector: String, format: Format) -> Result<(), Error> {
-    let mut token = String::new();
     let mut table = (format == Format::Table).then(table);
     let mut json = (format == Format::Json).then(output::JsonArray::default);
-    loop {
-        let req = pb::ListPuppetsRequest {
-            selector: selector.clone(),
-            page_token: token.clone(),
-            ..Default::default()
-        };
-        let page = api.call(api.puppets().list_puppets(request(req))).await?;
-        for p in &page.puppets {
-            if let Some(table) = &mut table {
-                table.add_row(row(p));
+    let mut failed = None;
+    each_page(
+        usize::MAX,
+        |page_token| {
+            let req = pb::ListPuppetsRequest {
+                selector: selector.clone(),
+                page_token,
+                ..Default::default()
+            };
+            async move {
+                let page = api.call(api.puppets().list_puppets(request(req))).await?;
+                Ok((page.puppets, page.next_page_token))
             }
-            if let Some(json) = &mut json {
-                json.push(&PuppetView::from(p))?;
+        },
+        |puppets| {
+            for p in &puppets {
+                if let Some(table) = &mut table {
+                    table.add_row(row(p));
+                }
+                if let Some(json) = &mut json
+                    && let Err(e) = json.push(&PuppetView::from(p))
+                {
+                    failed = Some(e);
+                    return false;
+                }
             }
-        }
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        if page.next_page_token == token {
-            return Err(Error::Api(
-                "the puppeteer answered the same page twice; stopping".into(),
-            ));
-        }
-        token = page.next_page_token;
+            true
+        },
+    )
+    .await?;
+    if let Some(e) = failed {
+        return Err(e);
     }
     if let Some(json) = json {
         json.finish()?;

@@ -429,6 +429,15 @@ impl Admin {
 }
 
 impl Admin {
+    /// A puppet as `GetPuppet` shows it.
+    pub async fn puppet(&mut self, name: &str) -> pb::Puppet {
+        self.puppets
+            .get_puppet(pb::GetPuppetRequest { name: name.into() })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
     /// Waits until a puppet is enrolled and holds a poll.
     pub async fn wait_polling(&mut self, name: &str) {
         wait_until_async(
@@ -497,6 +506,24 @@ impl ProcServer {
         .await
         .expect("the puppeteer listens in time");
         ProcServer { child, port }
+    }
+
+    /// An admin client of this puppeteer (gRPC, its generated CA and its
+    /// first admin token, both in `data_dir`).
+    pub fn admin(&self, data_dir: &std::path::Path) -> Admin {
+        let token = std::fs::read_to_string(data_dir.join("admin-token")).unwrap();
+        let slot = TokenSlot::default();
+        slot.set(Some(token.trim())).unwrap();
+        let channel = Channel::new(
+            &Endpoint {
+                url: format!("https://localhost:{}", self.port),
+                ca_file: Some(data_dir.join("tls/ca.pem")),
+                transport: Transport::Grpc,
+            },
+            slot,
+        )
+        .unwrap();
+        Admin::new(channel)
     }
 
     /// Sends `signal` ("STOP", "CONT", ...) to the process, as `kill -SIGNAL`.
